@@ -1,0 +1,252 @@
+//! BERT family encoders (HF `BertModel`: BERT, MiniLM, ...), post-LayerNorm, HF key names.
+use burn::tensor::{activation, backend::AutodiffBackend, Int, Tensor};
+use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
+use serde::{Deserialize, Serialize};
+
+use super::{additive_mask, Backbone, Hooks, TextBatch};
+use crate::bridge::ops::{layer_norm, linear};
+use crate::bridge::value::{fp, ft};
+
+/// The fields of an HF `config.json` that BertModel uses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_positions() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    /// Every weight BertModel has, with its shape (HF keys, PyTorch layouts).
+    pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let mut v = vec![
+            ("embeddings.word_embeddings.weight".to_string(), vec![self.vocab_size, h]),
+            ("embeddings.position_embeddings.weight".to_string(), vec![self.max_position_embeddings, h]),
+            ("embeddings.token_type_embeddings.weight".to_string(), vec![self.type_vocab_size, h]),
+            ("embeddings.LayerNorm.weight".to_string(), vec![h]),
+            ("embeddings.LayerNorm.bias".to_string(), vec![h]),
+        ];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            for (name, shape) in [
+                ("attention.self.query.weight", vec![h, h]),
+                ("attention.self.query.bias", vec![h]),
+                ("attention.self.key.weight", vec![h, h]),
+                ("attention.self.key.bias", vec![h]),
+                ("attention.self.value.weight", vec![h, h]),
+                ("attention.self.value.bias", vec![h]),
+                ("attention.output.dense.weight", vec![h, h]),
+                ("attention.output.dense.bias", vec![h]),
+                ("attention.output.LayerNorm.weight", vec![h]),
+                ("attention.output.LayerNorm.bias", vec![h]),
+                ("intermediate.dense.weight", vec![i, h]),
+                ("intermediate.dense.bias", vec![i]),
+                ("output.dense.weight", vec![h, i]),
+                ("output.dense.bias", vec![h]),
+                ("output.LayerNorm.weight", vec![h]),
+                ("output.LayerNorm.bias", vec![h]),
+            ] {
+                v.push((format!("{p}.{name}"), shape));
+            }
+        }
+        v
+    }
+
+    pub fn info(&self, name: &str) -> BackboneInfo {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let mut sites = Vec::new();
+        let site = |name: String, kind, layer, role: &str, a, b| SiteInfo {
+            name,
+            kind,
+            stack: "encoder".into(),
+            layer: Some(layer),
+            role: role.into(),
+            in_features: a,
+            out_features: b,
+        };
+        for l in 0..self.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            for r in ["query", "key", "value"] {
+                sites.push(site(format!("{p}.attention.self.{r}"), SiteKind::Projection, l, r, h, h));
+            }
+            sites.push(site(format!("{p}.attention.self.kv"), SiteKind::AttentionKv, l, "self_attention", h, h));
+            sites.push(site(format!("{p}.attention.output.dense"), SiteKind::Projection, l, "attention_output", h, h));
+            sites.push(site(format!("{p}.attention"), SiteKind::Sublayer, l, "attention", h, h));
+            sites.push(site(format!("{p}.intermediate.dense"), SiteKind::Projection, l, "intermediate", h, i));
+            sites.push(site(format!("{p}.output.dense"), SiteKind::Projection, l, "output", i, h));
+            sites.push(site(format!("{p}.ffn"), SiteKind::Sublayer, l, "ffn", h, h));
+            sites.push(site(format!("{p}.output"), SiteKind::Hidden, l, "layer_output", h, h));
+        }
+        BackboneInfo {
+            name: name.to_string(),
+            architecture: "bert".into(),
+            hidden_size: h,
+            num_layers: self.num_hidden_layers,
+            num_decoder_layers: 0,
+            num_heads: self.num_attention_heads,
+            head_dim: h / self.num_attention_heads,
+            intermediate_size: i,
+            vocab_size: self.vocab_size,
+            sites,
+        }
+    }
+}
+
+pub struct Bert {
+    pub config: BertConfig,
+    info: BackboneInfo,
+}
+
+impl Bert {
+    pub fn new(name: &str, config: BertConfig) -> Result<Self, ApiError> {
+        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+            return Err(ApiError::config(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                config.hidden_size, config.num_attention_heads
+            )));
+        }
+        if !matches!(config.hidden_act.as_str(), "gelu" | "relu" | "gelu_new" | "silu" | "swish" | "tanh") {
+            return Err(ApiError::config(format!("unsupported hidden_act `{}`", config.hidden_act)));
+        }
+        let info = config.info(name);
+        Ok(Bert { config, info })
+    }
+
+    fn dropout<B: AutodiffBackend, const D: usize>(&self, hooks: &Hooks<'_, '_, B>, x: Tensor<B, D>, p: f64) -> Tensor<B, D> {
+        if !hooks.training() || p == 0.0 {
+            return x;
+        }
+        let mask = Tensor::<B, D>::random(x.shape(), burn::tensor::Distribution::Bernoulli(1.0 - p), &x.device());
+        x * mask / (1.0 - p)
+    }
+
+    fn lin<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, x: &Tensor<B, 3>, key: &str) -> Result<Tensor<B, 3>, ApiError> {
+        let w = hooks.graph.param_value(&format!("{key}.weight"))?;
+        let b = hooks.graph.param_value(&format!("{key}.bias"))?;
+        let y = ft::<B, 3>(linear::<B>(fp(x.clone()), w, Some(b))?);
+        hooks.pair(key, x, y)
+    }
+
+    fn ln<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, x: Tensor<B, 3>, key: &str) -> Result<Tensor<B, 3>, ApiError> {
+        let w = hooks.weight::<1>(&format!("{key}.weight"))?;
+        let b = hooks.weight::<1>(&format!("{key}.bias"))?;
+        Ok(layer_norm(x, Some(w), Some(b), self.config.layer_norm_eps))
+    }
+
+    fn layer<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, l: usize, x: Tensor<B, 3>, mask: &Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ApiError> {
+        let c = &self.config;
+        let p = format!("encoder.layer.{l}");
+        let [b, t, h] = x.dims();
+        let heads = c.num_attention_heads;
+        let dh = h / heads;
+        let split = |y: Tensor<B, 3>| y.reshape([b, t, heads, dh]).swap_dims(1, 2);
+        let q = split(self.lin(hooks, &x, &format!("{p}.attention.self.query"))?);
+        let k = split(self.lin(hooks, &x, &format!("{p}.attention.self.key"))?);
+        let v = split(self.lin(hooks, &x, &format!("{p}.attention.self.value"))?);
+        let (k, v) = hooks.kv(&format!("{p}.attention.self.kv"), k, v)?;
+        let prefix = k.dims()[2] - t;
+        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt() + additive_mask(mask, prefix);
+        let probs = self.dropout(hooks, activation::softmax(scores, 3), c.attention_probs_dropout_prob);
+        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h]);
+        let attn = self.lin(hooks, &ctx, &format!("{p}.attention.output.dense"))?;
+        let attn = self.dropout(hooks, attn, c.hidden_dropout_prob);
+        let attn = hooks.pair(&format!("{p}.attention"), &x, attn)?;
+        let h1 = self.ln(hooks, attn + x, &format!("{p}.attention.output.LayerNorm"))?;
+        let inter = self.lin(hooks, &h1, &format!("{p}.intermediate.dense"))?;
+        let inter = act(&c.hidden_act, inter);
+        let out = self.lin(hooks, &inter, &format!("{p}.output.dense"))?;
+        let out = self.dropout(hooks, out, c.hidden_dropout_prob);
+        let out = hooks.pair(&format!("{p}.ffn"), &h1, out)?;
+        let h2 = self.ln(hooks, out + h1, &format!("{p}.output.LayerNorm"))?;
+        hooks.hidden(&format!("{p}.output"), h2)
+    }
+
+    /// Embeddings: word + position + token type, LayerNorm, dropout.
+    fn embed<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 3>, ApiError> {
+        let c = &self.config;
+        let [b, t] = batch.input_ids.dims();
+        if t > c.max_position_embeddings {
+            return Err(ApiError::shape(format!("sequence length {t} exceeds max_position_embeddings {}", c.max_position_embeddings)));
+        }
+        let device = batch.input_ids.device();
+        let words = hooks.weight::<2>("embeddings.word_embeddings.weight")?;
+        let pos = hooks.weight::<2>("embeddings.position_embeddings.weight")?;
+        let types = hooks.weight::<2>("embeddings.token_type_embeddings.weight")?;
+        let h = c.hidden_size;
+        let ids = batch.input_ids.clone().reshape([b * t]);
+        let mut e = words.select(0, ids).reshape([b, t, h]);
+        e = e + pos.slice([0..t]).unsqueeze_dim::<3>(0);
+        let tt = match &batch.token_type_ids {
+            Some(tt) => tt.clone(),
+            None => Tensor::<B, 2, Int>::zeros([b, t], &device),
+        };
+        e = e + types.select(0, tt.reshape([b * t])).reshape([b, t, h]);
+        let e = self.ln(hooks, e, "embeddings.LayerNorm")?;
+        Ok(self.dropout(hooks, e, c.hidden_dropout_prob))
+    }
+
+    /// Hidden states after the embeddings and after each layer (HF's `output_hidden_states`).
+    pub fn encode_all<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, batch: &TextBatch<B>) -> Result<Vec<Tensor<B, 3>>, ApiError> {
+        let mut x = self.embed(hooks, batch)?;
+        let mut all = vec![x.clone()];
+        for l in 0..self.config.num_hidden_layers {
+            x = self.layer(hooks, l, x, &batch.attention_mask)?;
+            all.push(x.clone());
+        }
+        Ok(all)
+    }
+}
+
+pub fn act<B: AutodiffBackend, const D: usize>(name: &str, x: Tensor<B, D>) -> Tensor<B, D> {
+    match name {
+        "relu" => activation::relu(x),
+        "gelu_new" => activation::gelu_approximate(x),
+        "silu" | "swish" => activation::silu(x),
+        "tanh" => x.tanh(),
+        _ => activation::gelu(x),
+    }
+}
+
+impl<B: AutodiffBackend> Backbone<B> for Bert {
+    fn info(&self) -> &BackboneInfo {
+        &self.info
+    }
+
+    fn encode(&self, hooks: &Hooks<'_, '_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 3>, ApiError> {
+        let mut x = self.embed(hooks, batch)?;
+        for l in 0..self.config.num_hidden_layers {
+            x = self.layer(hooks, l, x, &batch.attention_mask)?;
+        }
+        Ok(x)
+    }
+}

@@ -1,0 +1,159 @@
+//! Backbones: frozen pretrained transformers, one file per architecture, HF key names kept so
+//! weights load without remapping. Each declares hook sites ([`SiteInfo`]) and calls
+//! [`Hooks`] there; that is the only coupling between backbones and PEFT methods.
+pub mod bert;
+pub mod weights;
+
+use std::collections::HashMap;
+
+use burn::tensor::{backend::AutodiffBackend, Int, Tensor};
+use peft_api::{ApiError, BackboneInfo};
+
+use crate::bridge::{
+    value::{fp, ft},
+    HostGraph, Value,
+};
+
+/// Token ids and masks of a batch, `[batch, time]`.
+#[derive(Clone, Debug)]
+pub struct TextBatch<B: AutodiffBackend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor<B, 2, Int>,
+    pub token_type_ids: Option<Tensor<B, 2, Int>>,
+}
+
+/// A backbone implemented natively in the host.
+pub trait Backbone<B: AutodiffBackend> {
+    fn info(&self) -> &BackboneInfo;
+
+    /// Encodes a batch; returns the last hidden state `[batch, time, hidden]`.
+    fn encode(&self, hooks: &Hooks<'_, '_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 3>, ApiError>;
+}
+
+/// What a backbone calls at its sites: the modules attached there, in config order.
+pub trait SiteModules<B: AutodiffBackend> {
+    fn is_attached(&self, site: &str) -> bool;
+    fn call(&self, graph: &HostGraph<'_, B>, site: &str, inputs: Vec<Value<B>>) -> Result<Vec<Value<B>>, ApiError>;
+}
+
+/// No modules anywhere (the bare backbone).
+pub struct NoModules;
+
+impl<B: AutodiffBackend> SiteModules<B> for NoModules {
+    fn is_attached(&self, _: &str) -> bool {
+        false
+    }
+    fn call(&self, _: &HostGraph<'_, B>, _: &str, inputs: Vec<Value<B>>) -> Result<Vec<Value<B>>, ApiError> {
+        Ok(inputs)
+    }
+}
+
+/// The graph of the current pass plus the attached modules; backbones read their weights
+/// through it (so that substituted parameters apply) and call sites on it.
+pub struct Hooks<'a, 'p, B: AutodiffBackend> {
+    pub graph: &'a HostGraph<'p, B>,
+    pub modules: &'a dyn SiteModules<B>,
+    cache: std::cell::RefCell<HashMap<String, bool>>,
+}
+
+impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
+    pub fn new(graph: &'a HostGraph<'p, B>, modules: &'a dyn SiteModules<B>) -> Self {
+        Hooks { graph, modules, cache: Default::default() }
+    }
+
+    pub fn training(&self) -> bool {
+        self.graph.training
+    }
+
+    /// A weight by HF key (or its substitute).
+    pub fn weight<const D: usize>(&self, key: &str) -> Result<Tensor<B, D>, ApiError> {
+        let t = ft::<B, D>(self.graph.param_value(key)?);
+        Ok(t)
+    }
+
+    fn attached(&self, site: &str) -> bool {
+        if let Some(&b) = self.cache.borrow().get(site) {
+            return b;
+        }
+        let b = self.modules.is_attached(site);
+        self.cache.borrow_mut().insert(site.to_string(), b);
+        b
+    }
+
+    /// Projection or sublayer site: `[x, y] -> y'`.
+    pub fn pair<const D: usize>(&self, site: &str, x: &Tensor<B, D>, y: Tensor<B, D>) -> Result<Tensor<B, D>, ApiError> {
+        if !self.attached(site) {
+            return Ok(y);
+        }
+        let out = self.modules.call(self.graph, site, vec![Value::Float(fp(x.clone())), Value::Float(fp(y))])?;
+        one_float(site, out)
+    }
+
+    /// Hidden-state site: `[h] -> h'`.
+    pub fn hidden<const D: usize>(&self, site: &str, h: Tensor<B, D>) -> Result<Tensor<B, D>, ApiError> {
+        if !self.attached(site) {
+            return Ok(h);
+        }
+        let out = self.modules.call(self.graph, site, vec![Value::Float(fp(h))])?;
+        one_float(site, out)
+    }
+
+    /// Key/value site: `[k, v] -> [k', v']`, each `[batch, heads, time, head_dim]`.
+    pub fn kv(&self, site: &str, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Result<(Tensor<B, 4>, Tensor<B, 4>), ApiError> {
+        if !self.attached(site) {
+            return Ok((k, v));
+        }
+        let (dk, dv) = (k.dims(), v.dims());
+        let out = self.modules.call(self.graph, site, vec![Value::Float(fp(k)), Value::Float(fp(v))])?;
+        if out.len() != 2 {
+            return Err(ApiError::invalid(format!("site `{site}`: modules returned {} tensors, expected [k, v]", out.len())));
+        }
+        let mut it = out.into_iter();
+        let k2 = float4(site, it.next().unwrap())?;
+        let v2 = float4(site, it.next().unwrap())?;
+        let (nk, nv) = (k2.dims(), v2.dims());
+        if nk[0] != dk[0] || nk[1] != dk[1] || nk[3] != dk[3] || nv[0] != dv[0] || nv[1] != dv[1] || nv[3] != dv[3] || nk[2] != nv[2] {
+            return Err(ApiError::shape(format!(
+                "site `{site}`: keys/values {dk:?}/{dv:?} came back as {nk:?}/{nv:?}; only the time axis may grow, equally"
+            )));
+        }
+        Ok((k2, v2))
+    }
+}
+
+fn float4<B: AutodiffBackend>(site: &str, v: Value<B>) -> Result<Tensor<B, 4>, ApiError> {
+    match v {
+        Value::Float(p) if crate::bridge::value::ft::<B, 4>(p.clone()).dims().len() == 4 => Ok(ft::<B, 4>(p)),
+        other => Err(ApiError::shape(format!("site `{site}`: expected a rank-4 float tensor, got {} {:?}", other.kind(), other.shape()))),
+    }
+}
+
+fn one_float<B: AutodiffBackend, const D: usize>(site: &str, out: Vec<Value<B>>) -> Result<Tensor<B, D>, ApiError> {
+    if out.len() != 1 {
+        return Err(ApiError::invalid(format!("site `{site}`: modules returned {} tensors, expected 1", out.len())));
+    }
+    match out.into_iter().next().unwrap() {
+        Value::Float(p) => {
+            let shape = burn::tensor::TensorMetadata::shape(&p).to_vec();
+            if shape.len() != D {
+                return Err(ApiError::shape(format!("site `{site}`: modules returned rank {}, expected {D}", shape.len())));
+            }
+            Ok(ft::<B, D>(p))
+        }
+        Value::Int(_) => Err(ApiError::invalid(format!("site `{site}`: modules returned an int tensor"))),
+    }
+}
+
+/// Extended additive attention mask `[batch, 1, 1, time]` from a 0/1 mask, as HF does
+/// (`(1 - mask) * finfo(f32).min`), with `prefix` extra always-visible positions in front.
+pub fn additive_mask<B: AutodiffBackend>(mask: &Tensor<B, 2, Int>, prefix: usize) -> Tensor<B, 4> {
+    let [b, _t] = mask.dims();
+    let mut m = mask.clone().float();
+    if prefix > 0 {
+        let ones = Tensor::<B, 2>::ones([b, prefix], &m.device());
+        m = Tensor::cat(vec![ones, m], 1);
+    }
+    let neg = (m.neg() + 1.0) * f32::MIN as f64;
+    neg.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1)
+}

@@ -1,0 +1,638 @@
+//! Each opcode of `peft_api::OpCode` implemented on burn tensors.
+use abi_stable::std_types::{RString, RVec};
+use burn::tensor::{
+    activation, backend::AutodiffBackend, Distribution, Int, Shape, Tensor, TensorData, TensorMetadata,
+};
+use peft_api::{ApiError, OpCode, OpOutput, ParamSpec, Values};
+
+use super::{
+    value::{fp, ft, ip, it, FloatPrim, Value},
+    HostGraph,
+};
+use crate::by_rank;
+
+type R<T> = Result<T, ApiError>;
+
+fn float<B: AutodiffBackend>(v: Value<B>, what: &str) -> R<FloatPrim<B>> {
+    match v {
+        Value::Float(p) => Ok(p),
+        Value::Int(_) => Err(ApiError::invalid(format!("{what} must be a float tensor, got an int tensor"))),
+    }
+}
+
+fn int<B: AutodiffBackend>(v: Value<B>, what: &str) -> R<super::IntPrim<B>> {
+    match v {
+        Value::Int(p) => Ok(p),
+        Value::Float(_) => Err(ApiError::invalid(format!("{what} must be an int tensor, got a float tensor"))),
+    }
+}
+
+fn arity<B: AutodiffBackend>(op: OpCode, inputs: &[Value<B>], min: usize, max: usize) -> R<()> {
+    if inputs.len() < min || inputs.len() > max {
+        let want = if min == max { format!("{min}") } else { format!("{min} to {max}") };
+        return Err(ApiError::invalid(format!("{op:?} takes {want} tensors, got {}", inputs.len())));
+    }
+    Ok(())
+}
+
+fn int_arg(values: &Values, i: usize, op: OpCode, what: &str) -> R<i64> {
+    values.ints.get(i).copied().ok_or_else(|| ApiError::invalid(format!("{op:?} needs ints[{i}] = {what}")))
+}
+
+fn float_arg(values: &Values, i: usize, op: OpCode, what: &str) -> R<f64> {
+    values.floats.get(i).copied().ok_or_else(|| ApiError::invalid(format!("{op:?} needs floats[{i}] = {what}")))
+}
+
+/// Resolves a signed dim against a rank.
+pub fn dim(d: i64, rank: usize) -> R<usize> {
+    let r = rank as i64;
+    let n = if d < 0 { d + r } else { d };
+    if n < 0 || n >= r {
+        return Err(ApiError::shape(format!("dim {d} is out of range for a tensor of rank {rank}")));
+    }
+    Ok(n as usize)
+}
+
+fn shape_of<B: AutodiffBackend>(p: &FloatPrim<B>) -> Vec<usize> {
+    p.shape().to_vec()
+}
+
+fn reshape<B: AutodiffBackend>(p: FloatPrim<B>, shape: Vec<usize>) -> FloatPrim<B> {
+    B::float_reshape(p, Shape::from(shape))
+}
+
+/// Brings two tensors to the same rank by prepending size-1 dims (NumPy broadcasting).
+fn align<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>) -> (FloatPrim<B>, FloatPrim<B>, usize) {
+    let (sa, sb) = (shape_of::<B>(&a), shape_of::<B>(&b));
+    let r = sa.len().max(sb.len());
+    let pad = |p: FloatPrim<B>, s: Vec<usize>| {
+        if s.len() == r {
+            p
+        } else {
+            let mut full = vec![1; r - s.len()];
+            full.extend(s);
+            reshape::<B>(p, full)
+        }
+    };
+    (pad(a, sa), pad(b, sb), r)
+}
+
+fn check_broadcast(op: OpCode, a: &[usize], b: &[usize]) -> R<()> {
+    let r = a.len().max(b.len());
+    for i in 0..r {
+        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
+        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        if da != db && da != 1 && db != 1 {
+            return Err(ApiError::shape(format!("{op:?}: shapes {a:?} and {b:?} do not broadcast")));
+        }
+    }
+    Ok(())
+}
+
+fn binary<B: AutodiffBackend>(op: OpCode, a: FloatPrim<B>, b: FloatPrim<B>) -> R<FloatPrim<B>> {
+    check_broadcast(op, &shape_of::<B>(&a), &shape_of::<B>(&b))?;
+    let (a, b, r) = align::<B>(a, b);
+    by_rank!(r, |D| {
+        let (a, b) = (ft::<B, D>(a), ft::<B, D>(b));
+        Ok(fp(match op {
+            OpCode::ADD => a + b,
+            OpCode::SUB => a - b,
+            OpCode::MUL => a * b,
+            OpCode::DIV => a / b,
+            _ => unreachable!(),
+        }))
+    })
+}
+
+fn unary<B: AutodiffBackend>(op: OpCode, p: FloatPrim<B>, values: &Values) -> R<FloatPrim<B>> {
+    let r = shape_of::<B>(&p).len();
+    by_rank!(r, |D| {
+        let x = ft::<B, D>(p);
+        Ok(fp(match op {
+            OpCode::NEG => x.neg(),
+            OpCode::EXP => x.exp(),
+            OpCode::LOG => x.log(),
+            OpCode::SQRT => x.sqrt(),
+            OpCode::RELU => activation::relu(x),
+            OpCode::GELU => {
+                if values.ints.first() == Some(&1) {
+                    activation::gelu_approximate(x)
+                } else {
+                    activation::gelu(x)
+                }
+            }
+            OpCode::SILU => activation::silu(x),
+            OpCode::TANH => x.tanh(),
+            OpCode::SIGMOID => activation::sigmoid(x),
+            OpCode::ABS => x.abs(),
+            OpCode::DETACH => x.detach(),
+            OpCode::REQUIRE_GRAD => x.detach().require_grad(),
+            OpCode::ADD_SCALAR => x.add_scalar(float_arg(values, 0, op, "c")?),
+            OpCode::MUL_SCALAR => x.mul_scalar(float_arg(values, 0, op, "c")?),
+            OpCode::POW_SCALAR => x.powf_scalar(float_arg(values, 0, op, "p")?),
+            OpCode::CLAMP => x.clamp(float_arg(values, 0, op, "min")?, float_arg(values, 1, op, "max")?),
+            _ => unreachable!(),
+        }))
+    })
+}
+
+fn along_dim<B: AutodiffBackend>(op: OpCode, p: FloatPrim<B>, values: &Values) -> R<FloatPrim<B>> {
+    let r = shape_of::<B>(&p).len();
+    if values.ints.is_empty() && matches!(op, OpCode::SUM | OpCode::MEAN) {
+        return by_rank!(r, |D| {
+            let x = ft::<B, D>(p);
+            Ok(fp(if op == OpCode::SUM { x.sum() } else { x.mean() }))
+        });
+    }
+    let d = dim(int_arg(values, 0, op, "dim")?, r)?;
+    by_rank!(r, |D| {
+        let x = ft::<B, D>(p);
+        Ok(fp(match op {
+            OpCode::SOFTMAX => activation::softmax(x, d),
+            OpCode::LOG_SOFTMAX => activation::log_softmax(x, d),
+            OpCode::SUM => x.sum_dim(d),
+            OpCode::MEAN => x.mean_dim(d),
+            OpCode::MAX => x.max_dim(d),
+            _ => unreachable!(),
+        }))
+    })
+}
+
+/// Layer norm over the last dim with optional affine weights (`[d]`), as `torch.nn.LayerNorm`.
+pub fn layer_norm<B: AutodiffBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Option<Tensor<B, 1>>,
+    b: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let (var, mean) = x.clone().var_mean_bias(D - 1);
+    let mut y = (x - mean) / (var + eps).sqrt();
+    if let Some(w) = w {
+        y = y * w.unsqueeze::<D>();
+    }
+    if let Some(b) = b {
+        y = y + b.unsqueeze::<D>();
+    }
+    y
+}
+
+/// T5's LayerNorm: no mean subtraction, no bias.
+pub fn rms_norm<B: AutodiffBackend, const D: usize>(x: Tensor<B, D>, w: Option<Tensor<B, 1>>, eps: f64) -> Tensor<B, D> {
+    let var = x.clone().powf_scalar(2.0).mean_dim(D - 1);
+    let mut y = x * (var + eps).sqrt().recip();
+    if let Some(w) = w {
+        y = y * w.unsqueeze::<D>();
+    }
+    y
+}
+
+fn norm<B: AutodiffBackend>(op: OpCode, mut inputs: Vec<Value<B>>, values: &Values) -> R<FloatPrim<B>> {
+    let eps = float_arg(values, 0, op, "eps")?;
+    let x = float(inputs.remove(0), "x")?;
+    let sx = shape_of::<B>(&x);
+    let last = *sx.last().ok_or_else(|| ApiError::shape("norm of a scalar"))?;
+    let mut affine = Vec::new();
+    for (i, v) in inputs.into_iter().enumerate() {
+        let p = float(v, "norm weight")?;
+        let s = shape_of::<B>(&p);
+        if s != [last] {
+            return Err(ApiError::shape(format!("{op:?}: affine parameter {i} has shape {s:?}, expected [{last}]")));
+        }
+        affine.push(ft::<B, 1>(p));
+    }
+    let mut affine = affine.into_iter();
+    let (w, b) = (affine.next(), affine.next());
+    by_rank!(sx.len(), |D| {
+        let x = ft::<B, D>(x);
+        Ok(fp(if op == OpCode::LAYER_NORM { layer_norm(x, w, b, eps) } else { rms_norm(x, w, eps) }))
+    })
+}
+
+fn matmul<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>) -> R<FloatPrim<B>> {
+    let (sa, sb) = (shape_of::<B>(&a), shape_of::<B>(&b));
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(ApiError::shape(format!("MATMUL needs rank >= 2, got {sa:?} @ {sb:?}")));
+    }
+    if sa[sa.len() - 1] != sb[sb.len() - 2] {
+        return Err(ApiError::shape(format!("MATMUL: inner sizes differ in {sa:?} @ {sb:?}")));
+    }
+    check_broadcast(OpCode::MATMUL, &sa[..sa.len() - 2], &sb[..sb.len() - 2])?;
+    let (a, b, r) = align::<B>(a, b);
+    by_rank!(r, |D| Ok(fp(ft::<B, D>(a).matmul(ft::<B, D>(b)))))
+}
+
+/// `x @ w^T + b` with `w: [out, in]`, flattening leading dims into one matmul.
+pub fn linear<B: AutodiffBackend>(x: FloatPrim<B>, w: FloatPrim<B>, b: Option<FloatPrim<B>>) -> R<FloatPrim<B>> {
+    let (sx, sw) = (shape_of::<B>(&x), shape_of::<B>(&w));
+    if sw.len() != 2 || sx.last() != Some(&sw[1]) {
+        return Err(ApiError::shape(format!("LINEAR: input {sx:?} does not fit weight {sw:?} (expected [out, in])")));
+    }
+    let n: usize = sx[..sx.len() - 1].iter().product();
+    let x2 = ft::<B, 2>(reshape::<B>(x, vec![n, sw[1]]));
+    let mut y = x2.matmul(ft::<B, 2>(w).transpose());
+    if let Some(b) = b {
+        let sb = shape_of::<B>(&b);
+        if sb != [sw[0]] {
+            return Err(ApiError::shape(format!("LINEAR: bias {sb:?} does not fit weight {sw:?}")));
+        }
+        y = y + ft::<B, 1>(b).unsqueeze::<2>();
+    }
+    let mut out = sx;
+    *out.last_mut().unwrap() = sw[0];
+    Ok(reshape::<B>(fp(y), out))
+}
+
+fn shape_arg(values: &Values, numel: usize, op: OpCode) -> R<Vec<usize>> {
+    let mut unknown = None;
+    let mut known = 1usize;
+    for (i, &d) in values.ints.iter().enumerate() {
+        if d == -1 {
+            if unknown.replace(i).is_some() {
+                return Err(ApiError::shape(format!("{op:?}: more than one -1 in {:?}", values.ints)));
+            }
+        } else if d < 0 {
+            return Err(ApiError::shape(format!("{op:?}: negative size in {:?}", values.ints)));
+        } else {
+            known *= d as usize;
+        }
+    }
+    let mut shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
+    if let Some(i) = unknown {
+        if known == 0 || numel % known != 0 {
+            return Err(ApiError::shape(format!("{op:?}: cannot infer -1 in {:?} for {numel} elements", values.ints)));
+        }
+        shape[i] = numel / known;
+    }
+    Ok(shape)
+}
+
+fn cross_entropy<B: AutodiffBackend>(logits: FloatPrim<B>, labels: super::IntPrim<B>, values: &Values) -> R<FloatPrim<B>> {
+    let (sl, sy) = (shape_of::<B>(&logits), labels.shape().to_vec());
+    if sl.len() != 2 || sy != [sl[0]] {
+        return Err(ApiError::shape(format!("CROSS_ENTROPY needs logits [n, c] and labels [n], got {sl:?} and {sy:?}")));
+    }
+    let smoothing = values.floats.first().copied().unwrap_or(0.0);
+    let ignore = values.ints.first().copied().unwrap_or(-100);
+    let (n, c) = (sl[0], sl[1]);
+    let logp = activation::log_softmax(ft::<B, 2>(logits), 1);
+    let y = it::<B, 1>(labels);
+    let valid = y.clone().not_equal_elem(ignore);
+    let safe = y.mask_fill(valid.clone().bool_not(), 0);
+    let nll = logp.clone().gather(1, safe.unsqueeze_dim::<2>(1)).neg().reshape([n]);
+    let per = if smoothing > 0.0 {
+        let smooth = logp.mean_dim(1).neg().reshape([n]);
+        nll * (1.0 - smoothing) + smooth * smoothing
+    } else {
+        nll
+    };
+    let w = valid.float();
+    let count = w.clone().sum().clamp_min(1.0);
+    let _ = c;
+    Ok(fp((per * w).sum() / count))
+}
+
+fn cosine<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>, values: &Values) -> R<FloatPrim<B>> {
+    check_broadcast(OpCode::COSINE_SIMILARITY, &shape_of::<B>(&a), &shape_of::<B>(&b))?;
+    let (a, b, r) = align::<B>(a, b);
+    let d = dim(int_arg(values, 0, OpCode::COSINE_SIMILARITY, "dim")?, r)?;
+    let eps = values.floats.first().copied().unwrap_or(1e-8);
+    by_rank!(r, |D| {
+        let (a, b) = (ft::<B, D>(a), ft::<B, D>(b));
+        let dot = (a.clone() * b.clone()).sum_dim(d);
+        let na = a.powf_scalar(2.0).sum_dim(d).sqrt().clamp_min(eps);
+        let nb = b.powf_scalar(2.0).sum_dim(d).sqrt().clamp_min(eps);
+        let c = dot / (na * nb);
+        let mut out = c.dims().to_vec();
+        out.remove(d);
+        if out.is_empty() {
+            out.push(1);
+        }
+        Ok(reshape::<B>(fp(c), out))
+    })
+}
+
+fn dropout<B: AutodiffBackend>(g: &HostGraph<'_, B>, p: FloatPrim<B>, values: &Values) -> R<FloatPrim<B>> {
+    let prob = float_arg(values, 0, OpCode::DROPOUT, "p")?;
+    if !(0.0..1.0).contains(&prob) {
+        return Err(ApiError::invalid(format!("DROPOUT: p = {prob} is not in [0, 1)")));
+    }
+    if !g.training || prob == 0.0 {
+        return Ok(p);
+    }
+    let r = shape_of::<B>(&p).len();
+    by_rank!(r, |D| {
+        let x = ft::<B, D>(p);
+        let mask = Tensor::<B, D>::random(x.shape(), Distribution::Bernoulli(1.0 - prob), &x.device());
+        Ok(fp(x * mask / (1.0 - prob)))
+    })
+}
+
+/// Gradients of `loss` with respect to `wrt`, as detached tensors.
+fn grad<B: AutodiffBackend>(loss: FloatPrim<B>, wrt: Vec<FloatPrim<B>>) -> R<Vec<Value<B>>> {
+    let sl = shape_of::<B>(&loss);
+    if sl.iter().product::<usize>() != 1 {
+        return Err(ApiError::shape(format!("GRAD: the loss must have one element, got shape {sl:?}")));
+    }
+    let loss = reshape::<B>(loss, vec![1]);
+    let grads = ft::<B, 1>(loss).backward();
+    wrt.into_iter()
+        .map(|p| {
+            let s = shape_of::<B>(&p);
+            by_rank!(s.len(), |D| {
+                let t = ft::<B, D>(p);
+                let g = match t.grad(&grads) {
+                    Some(g) => Tensor::<B, D>::from_inner(g),
+                    None => t.zeros_like().detach(),
+                };
+                Ok(Value::Float(fp(g)))
+            })
+        })
+        .collect()
+}
+
+/// Ops that read their inputs without consuming them.
+pub fn exec_borrowing<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, inputs: Vec<Value<B>>, _values: &Values) -> R<OpOutput> {
+    arity(op, &inputs, 1, 1)?;
+    let v = inputs.into_iter().next().unwrap();
+    let shape: RVec<i64> = v.shape().iter().map(|&d| d as i64).collect();
+    let mut out = OpOutput::default();
+    match op {
+        OpCode::DUP => out.tensors.push(g.insert(v)),
+        OpCode::SHAPE => out.values.ints = shape,
+        OpCode::TO_DATA => {
+            out.values.ints = shape;
+            match v {
+                Value::Float(p) => {
+                    let data = ft::<B, 1>(reshape::<B>(p.clone(), vec![shape_of::<B>(&p).iter().product()])).into_data();
+                    out.values.data = data.convert::<f32>().into_vec::<f32>().map_err(|e| ApiError::internal(format!("{e:?}")))?.into();
+                }
+                Value::Int(p) => {
+                    let n = p.shape().num_elements();
+                    let data = it::<B, 1>(B::int_reshape(p, Shape::from(vec![n]))).into_data();
+                    out.values.idata = data.convert::<i64>().into_vec::<i64>().map_err(|e| ApiError::internal(format!("{e:?}")))?.into();
+                }
+            }
+        }
+        _ => unreachable!(),
+    }
+    Ok(out)
+}
+
+/// Every consuming op. Returns the output tensors and values.
+pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Vec<Value<B>>, values: &Values) -> R<(Vec<Value<B>>, peft_api::Values)> {
+    let one = |p: FloatPrim<B>| Ok((vec![Value::Float(p)], Values::default()));
+    let none = || Ok((vec![], Values::default()));
+    let device = || g.device();
+    match op {
+        OpCode::ADD | OpCode::SUB | OpCode::MUL | OpCode::DIV => {
+            arity(op, &inputs, 2, 2)?;
+            let b = float(inputs.pop().unwrap(), "b")?;
+            let a = float(inputs.pop().unwrap(), "a")?;
+            one(binary::<B>(op, a, b)?)
+        }
+        OpCode::NEG | OpCode::EXP | OpCode::LOG | OpCode::SQRT | OpCode::RELU | OpCode::GELU | OpCode::SILU
+        | OpCode::TANH | OpCode::SIGMOID | OpCode::ABS | OpCode::DETACH | OpCode::REQUIRE_GRAD | OpCode::ADD_SCALAR
+        | OpCode::MUL_SCALAR | OpCode::POW_SCALAR | OpCode::CLAMP => {
+            arity(op, &inputs, 1, 1)?;
+            one(unary::<B>(op, float(inputs.pop().unwrap(), "x")?, values)?)
+        }
+        OpCode::SOFTMAX | OpCode::LOG_SOFTMAX | OpCode::SUM | OpCode::MEAN | OpCode::MAX => {
+            arity(op, &inputs, 1, 1)?;
+            one(along_dim::<B>(op, float(inputs.pop().unwrap(), "x")?, values)?)
+        }
+        OpCode::LAYER_NORM => {
+            arity(op, &inputs, 1, 3)?;
+            one(norm::<B>(op, inputs, values)?)
+        }
+        OpCode::RMS_NORM => {
+            arity(op, &inputs, 1, 2)?;
+            one(norm::<B>(op, inputs, values)?)
+        }
+        OpCode::MATMUL => {
+            arity(op, &inputs, 2, 2)?;
+            let b = float(inputs.pop().unwrap(), "b")?;
+            let a = float(inputs.pop().unwrap(), "a")?;
+            one(matmul::<B>(a, b)?)
+        }
+        OpCode::LINEAR => {
+            arity(op, &inputs, 2, 3)?;
+            let mut it = inputs.into_iter();
+            let x = float(it.next().unwrap(), "x")?;
+            let w = float(it.next().unwrap(), "weight")?;
+            let b = it.next().map(|v| float(v, "bias")).transpose()?;
+            one(linear::<B>(x, w, b)?)
+        }
+        OpCode::RESHAPE => {
+            arity(op, &inputs, 1, 1)?;
+            match inputs.pop().unwrap() {
+                Value::Float(p) => {
+                    let n = p.shape().num_elements();
+                    let s = shape_arg(values, n, op)?;
+                    if s.iter().product::<usize>() != n {
+                        return Err(ApiError::shape(format!("RESHAPE: {:?} ({n} elements) to {s:?}", shape_of::<B>(&p))));
+                    }
+                    one(reshape::<B>(p, s))
+                }
+                Value::Int(p) => {
+                    let n = p.shape().num_elements();
+                    let s = shape_arg(values, n, op)?;
+                    if s.iter().product::<usize>() != n {
+                        return Err(ApiError::shape(format!("RESHAPE: {n} elements to {s:?}")));
+                    }
+                    Ok((vec![Value::Int(B::int_reshape(p, Shape::from(s)))], Values::default()))
+                }
+            }
+        }
+        OpCode::PERMUTE => {
+            arity(op, &inputs, 1, 1)?;
+            let p = float(inputs.pop().unwrap(), "x")?;
+            let r = shape_of::<B>(&p).len();
+            let axes = values.ints.iter().map(|&a| dim(a, r)).collect::<R<Vec<_>>>()?;
+            let mut sorted = axes.clone();
+            sorted.sort();
+            if sorted != (0..r).collect::<Vec<_>>() {
+                return Err(ApiError::shape(format!("PERMUTE: {:?} is not a permutation of 0..{r}", values.ints)));
+            }
+            one(B::float_permute(p, &axes))
+        }
+        OpCode::SLICE => {
+            arity(op, &inputs, 1, 1)?;
+            let p = float(inputs.pop().unwrap(), "x")?;
+            let s = shape_of::<B>(&p);
+            let d = dim(int_arg(values, 0, op, "dim")?, s.len())?;
+            let (start, end) = (int_arg(values, 1, op, "start")?, int_arg(values, 2, op, "end")?);
+            if start < 0 || end < start || end as usize > s[d] {
+                return Err(ApiError::shape(format!("SLICE: {start}..{end} is out of range for dim {d} of {s:?}")));
+            }
+            by_rank!(s.len(), |D| one(fp(ft::<B, D>(p).narrow(d, start as usize, (end - start) as usize))))
+        }
+        OpCode::CAT => {
+            if inputs.is_empty() {
+                return Err(ApiError::invalid("CAT needs at least one tensor"));
+            }
+            let ps = inputs.into_iter().map(|v| float(v, "x")).collect::<R<Vec<_>>>()?;
+            let s0 = shape_of::<B>(&ps[0]);
+            let d = dim(int_arg(values, 0, op, "dim")?, s0.len())?;
+            for p in &ps {
+                let s = shape_of::<B>(p);
+                if s.len() != s0.len() || s.iter().zip(&s0).enumerate().any(|(i, (a, b))| i != d && a != b) {
+                    return Err(ApiError::shape(format!("CAT along {d}: shapes {s0:?} and {s:?} differ elsewhere")));
+                }
+            }
+            by_rank!(s0.len(), |D| one(fp(Tensor::cat(ps.into_iter().map(ft::<B, D>).collect(), d))))
+        }
+        OpCode::GATHER => {
+            arity(op, &inputs, 2, 2)?;
+            let idx = int(inputs.pop().unwrap(), "index")?;
+            let p = float(inputs.pop().unwrap(), "x")?;
+            let s = shape_of::<B>(&p);
+            let si = idx.shape().to_vec();
+            if si.len() != s.len() {
+                return Err(ApiError::shape(format!("GATHER: index rank {} differs from input rank {}", si.len(), s.len())));
+            }
+            let d = dim(int_arg(values, 0, op, "dim")?, s.len())?;
+            by_rank!(s.len(), |D| one(fp(ft::<B, D>(p).gather(d, it::<B, D>(idx)))))
+        }
+        OpCode::INDEX_SELECT => {
+            arity(op, &inputs, 2, 2)?;
+            let idx = int(inputs.pop().unwrap(), "index")?;
+            let p = float(inputs.pop().unwrap(), "x")?;
+            let s = shape_of::<B>(&p);
+            if idx.shape().num_dims() != 1 {
+                return Err(ApiError::shape("INDEX_SELECT: the index must have rank 1"));
+            }
+            let d = dim(int_arg(values, 0, op, "dim")?, s.len())?;
+            by_rank!(s.len(), |D| one(fp(ft::<B, D>(p).select(d, it::<B, 1>(idx)))))
+        }
+        OpCode::EXPAND => {
+            arity(op, &inputs, 1, 1)?;
+            let p = float(inputs.pop().unwrap(), "x")?;
+            let target: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
+            let s = shape_of::<B>(&p);
+            check_broadcast(op, &s, &target)?;
+            if target.len() < s.len() {
+                return Err(ApiError::shape(format!("EXPAND: cannot expand {s:?} to fewer dims {target:?}")));
+            }
+            let mut full = vec![1; target.len() - s.len()];
+            full.extend(s);
+            one(B::float_expand(reshape::<B>(p, full), Shape::from(target)))
+        }
+        OpCode::CROSS_ENTROPY => {
+            arity(op, &inputs, 2, 2)?;
+            let y = int(inputs.pop().unwrap(), "labels")?;
+            let x = float(inputs.pop().unwrap(), "logits")?;
+            one(cross_entropy::<B>(x, y, values)?)
+        }
+        OpCode::DROPOUT => {
+            arity(op, &inputs, 1, 1)?;
+            one(dropout(g, float(inputs.pop().unwrap(), "x")?, values)?)
+        }
+        OpCode::COSINE_SIMILARITY => {
+            arity(op, &inputs, 2, 2)?;
+            let b = float(inputs.pop().unwrap(), "b")?;
+            let a = float(inputs.pop().unwrap(), "a")?;
+            one(cosine::<B>(a, b, values)?)
+        }
+        OpCode::MSE => {
+            arity(op, &inputs, 2, 2)?;
+            let b = float(inputs.pop().unwrap(), "b")?;
+            let a = float(inputs.pop().unwrap(), "a")?;
+            let d = binary::<B>(OpCode::SUB, a, b)?;
+            let n = shape_of::<B>(&d).iter().product::<usize>();
+            let flat = ft::<B, 1>(reshape::<B>(d, vec![n]));
+            one(fp(flat.powf_scalar(2.0).mean()))
+        }
+        OpCode::FROM_DATA => {
+            arity(op, &inputs, 0, 0)?;
+            let shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
+            one(crate::params::from_values::<B>(&shape, values.data.to_vec(), &device())?)
+        }
+        OpCode::FROM_INTS => {
+            arity(op, &inputs, 0, 0)?;
+            let shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
+            let n: usize = shape.iter().product();
+            if values.idata.len() != n {
+                return Err(ApiError::shape(format!("FROM_INTS: {} values for shape {shape:?}", values.idata.len())));
+            }
+            let data = TensorData::new(values.idata.to_vec(), shape.clone());
+            let t = by_rank!(shape.len(), |D| Ok(ip(Tensor::<B, D, Int>::from_data(data, &device()))))?;
+            Ok((vec![Value::Int(t)], Values::default()))
+        }
+        OpCode::FULL => {
+            arity(op, &inputs, 0, 0)?;
+            let shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
+            let v = float_arg(values, 0, op, "value")?;
+            by_rank!(shape.len(), |D| one(fp(Tensor::<B, D>::full(shape.clone(), v, &device()))))
+        }
+        OpCode::PARAM_CREATE => {
+            arity(op, &inputs, 0, 0)?;
+            let spec: ParamSpec = serde_json::from_str(&values.text)
+                .map_err(|e| ApiError::invalid(format!("PARAM_CREATE: bad spec: {e}")))?;
+            let full = g.qualify(&spec.name);
+            let owner = g.namespace.borrow().clone();
+            let p = g.params.borrow_mut().create(&full, &spec.group, &owner, &spec.shape, &spec.init)?;
+            one(p)
+        }
+        OpCode::PARAM => {
+            arity(op, &inputs, 0, 0)?;
+            one(g.param_value(&g.qualify(&values.text))?)
+        }
+        OpCode::ASSIGN_PARAM => {
+            arity(op, &inputs, 1, 1)?;
+            let v = float(inputs.pop().unwrap(), "value")?;
+            g.params.borrow_mut().assign(&g.qualify(&values.text), v)?;
+            none()
+        }
+        OpCode::CONTEXT => {
+            arity(op, &inputs, 0, 0)?;
+            let v = g.context.borrow().get(values.text.as_str()).cloned().ok_or_else(|| {
+                let known: Vec<String> = g.context.borrow().keys().cloned().collect();
+                ApiError::new(
+                    peft_api::ErrorKind::NOT_FOUND,
+                    format!("no context tensor `{}` in this pass (present: {known:?})", values.text),
+                )
+            })?;
+            Ok((vec![v], Values::default()))
+        }
+        OpCode::SET_CONTEXT => {
+            arity(op, &inputs, 1, 1)?;
+            g.context.borrow_mut().insert(values.text.to_string(), inputs.pop().unwrap());
+            none()
+        }
+        OpCode::ADD_LOSS => {
+            arity(op, &inputs, 1, 1)?;
+            let w = values.floats.first().copied().unwrap_or(1.0);
+            let p = float(inputs.pop().unwrap(), "loss")?;
+            let n = shape_of::<B>(&p).iter().product::<usize>();
+            if n != 1 {
+                return Err(ApiError::shape(format!("ADD_LOSS: the loss must have one element, got {n}")));
+            }
+            g.aux_losses.borrow_mut().push((w, reshape::<B>(p, vec![1])));
+            none()
+        }
+        OpCode::SITE => {
+            let sites = g.sites.get().ok_or_else(|| ApiError::unsupported("SITE: no modules are attached in this pass"))?;
+            let out = sites.dispatch(g, &values.text, inputs)?;
+            Ok((out, Values::default()))
+        }
+        OpCode::GRAD => {
+            if inputs.is_empty() {
+                return Err(ApiError::invalid("GRAD needs (loss, tensors...)"));
+            }
+            let mut it = inputs.into_iter();
+            let loss = float(it.next().unwrap(), "loss")?;
+            let wrt = it.map(|v| float(v, "x")).collect::<R<Vec<_>>>()?;
+            Ok((grad::<B>(loss, wrt)?, Values::default()))
+        }
+        OpCode::IS_TRAINING => {
+            let v = Values { ints: RVec::from(vec![g.training as i64]), ..Values::default() };
+            Ok((vec![], v))
+        }
+        other => Err(ApiError::new(
+            peft_api::ErrorKind::UNKNOWN_OP,
+            format!("{other:?} is not implemented by this host"),
+        )),
+    }
+    .map(|(t, v): (Vec<Value<B>>, Values)| (t, v))
+    .map_err(|e: ApiError| if e.message.is_empty() { ApiError { message: RString::from("op failed"), ..e } } else { e })
+}

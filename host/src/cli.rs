@@ -1,0 +1,313 @@
+//! The `peft-host` command line.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{bail, Context};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{run_config_schema, validate::validate, RunConfig},
+    device::DeviceSpec,
+    model::Model,
+    plan::Plan,
+};
+
+/// Parameter-efficient fine-tuning of pretrained transformers, with methods as plugins.
+#[derive(Parser, Debug)]
+#[command(name = "peft-host", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Extra folder of plugin libraries (repeatable; PEFT_PLUGIN_PATH adds more).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Log more (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train and evaluate: a config file, or `--plugin NAME` for the default run.
+    Run {
+        /// Run config (JSON).
+        config: Option<PathBuf>,
+        /// Module plugin(s) to run with the default config (repeat to compose).
+        #[arg(long)]
+        plugin: Vec<String>,
+        /// Task data folder (default: PEFT_DATA, then ../shared/data beside the checkout).
+        #[arg(long, env = "PEFT_DATA")]
+        data: Option<PathBuf>,
+        /// Override the number of training steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Override the task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Folder for results (result.json per run).
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the plugins: built in and from plugin folders.
+    Plugins {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the JSON Schemas of the run config and of every plugin's config.
+    Schema {
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+    },
+    /// Check a run config against the host's and the plugins' schemas.
+    Validate { config: PathBuf },
+    /// Show the resolved composition: which module attaches where, parameters per group.
+    Plan {
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,peft_host=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn registry(cli_dirs: &[PathBuf]) -> anyhow::Result<peft_registry::Registry> {
+    let (r, refused) = crate::registry(cli_dirs)?;
+    for e in refused {
+        eprintln!("warning: plugin refused: {e}");
+    }
+    Ok(r)
+}
+
+/// Reads and validates a config file, printing every problem.
+pub fn load_config(path: &Path, registry: &peft_registry::Registry) -> anyhow::Result<RunConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    validate(&text, &path.display().to_string(), registry).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let registry = registry(&cli.plugin_dirs)?;
+    match cli.command {
+        Command::Plugins { json } => {
+            let rows: Vec<serde_json::Value> = registry
+                .entries()
+                .map(|e| {
+                    serde_json::json!({
+                        "name": e.manifest.name, "kind": e.manifest.kind, "version": e.manifest.version,
+                        "api_version": e.api_version.to_string(), "origin": e.origin.to_string(),
+                        "description": e.manifest.description,
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<16} {:<16} {:<9} {:<5} origin", "name", "kind", "version", "api");
+                for e in registry.entries() {
+                    println!("{:<16} {:<16} {:<9} {:<5} {}", e.manifest.name, e.manifest.kind.to_string(), e.manifest.version, e.api_version.to_string(), e.origin);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema { out } => {
+            write_schemas(&out, &registry)?;
+            println!("wrote schemas to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { config } => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read config {}", config.display()))?;
+            match validate(&text, &config.display().to_string(), &registry) {
+                Ok(_) => {
+                    println!("{}: valid", config.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprint!("{e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Plan { config, json } => {
+            let cfg = load_config(&config, &registry)?;
+            let plan = with_device(cli.device, |dev| plan_for(&cfg, &registry, dev))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config, plugin, data, steps, task, out, quiet } => {
+            let mut cfg = match (&config, plugin.is_empty()) {
+                (Some(path), true) => load_config(path, &registry)?,
+                (None, false) => {
+                    let mut c = RunConfig::for_plugin(&plugin[0]);
+                    c.modules = plugin.iter().map(|p| RunConfig::for_plugin(p).modules.remove(0)).collect();
+                    let text = serde_json::to_string(&c)?;
+                    validate(&text, "the default config", &registry).map_err(|e| anyhow::anyhow!("{e}"))?
+                }
+                (Some(_), false) => bail!("give either a config file or --plugin, not both"),
+                (None, true) => bail!("give a config file or --plugin NAME (see `peft-host plugins`)"),
+            };
+            if let Some(s) = steps {
+                cfg.training.steps = s;
+            }
+            if let Some(t) = task {
+                cfg.task.name = t;
+            }
+            let data = crate::data::data_dir(data.as_deref())?;
+            with_device(cli.device, |dev| run(&cfg, &registry, &data, &out, !quiet, dev))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs `f` on the selected device's backend.
+fn with_device<T>(spec: DeviceSpec, f: impl FnOnce(&dyn DeviceRunner<T>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match spec {
+        DeviceSpec::Cpu => f(&CpuRunner),
+        DeviceSpec::Cuda(i) => {
+            crate::device::check_cuda(i)?;
+            #[cfg(feature = "cuda")]
+            {
+                return f(&CudaRunner(i));
+            }
+            #[allow(unreachable_code)]
+            {
+                bail!("CUDA support is not compiled in")
+            }
+        }
+    }
+}
+
+/// Object-safe bridge from a device choice to generic code.
+pub trait DeviceRunner<T> {
+    fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan>;
+    fn run(&self, cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool) -> anyhow::Result<()>;
+}
+
+struct CpuRunner;
+
+impl<T> DeviceRunner<T> for CpuRunner {
+    fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan> {
+        plan_generic::<crate::device::Cpu>(cfg, registry, &Default::default())
+    }
+    fn run(&self, cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool) -> anyhow::Result<()> {
+        run_generic::<crate::device::Cpu>(cfg, registry, data, out, progress, &Default::default())
+    }
+}
+
+#[cfg(feature = "cuda")]
+struct CudaRunner(usize);
+
+#[cfg(feature = "cuda")]
+impl<T> DeviceRunner<T> for CudaRunner {
+    fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan> {
+        plan_generic::<crate::device::Cuda>(cfg, registry, &burn_cuda::CudaDevice::new(self.0))
+    }
+    fn run(&self, cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool) -> anyhow::Result<()> {
+        run_generic::<crate::device::Cuda>(cfg, registry, data, out, progress, &burn_cuda::CudaDevice::new(self.0))
+    }
+}
+
+fn plan_for(cfg: &RunConfig, registry: &peft_registry::Registry, dev: &dyn DeviceRunner<Plan>) -> anyhow::Result<Plan> {
+    dev.plan(cfg, registry)
+}
+
+fn run(cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool, dev: &dyn DeviceRunner<()>) -> anyhow::Result<()> {
+    dev.run(cfg, registry, data, out, progress)
+}
+
+pub fn plan_generic<B: AutodiffBackend>(cfg: &RunConfig, registry: &peft_registry::Registry, device: &B::Device) -> anyhow::Result<Plan> {
+    let model = Model::<B>::build(cfg, registry, device, 2)?;
+    Plan::of(&model, &cfg.training.train_groups)
+}
+
+fn run_generic<B: AutodiffBackend>(cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool, device: &B::Device) -> anyhow::Result<()> {
+    let t = &cfg.task;
+    let task = crate::data::load_task(data, &t.name, t.train_examples, t.eval_examples, t.split_seed, cfg.seed)?;
+    tracing::info!(task = %task.name, train = task.train.len(), eval = task.eval.len(), labels = ?task.labels, "loaded task");
+    let model = Model::<B>::build(cfg, registry, device, task.labels.len())?;
+    let plan = Plan::of(&model, &cfg.training.train_groups)?;
+    if progress {
+        eprint!("{}", plan.render());
+    }
+    let report = crate::train::train(&model, &task, cfg, device, progress)?;
+    let name = format!("{}-{}-seed{}", task.name, cfg.modules.iter().map(|m| m.instance_name()).collect::<Vec<_>>().join("+"), cfg.seed);
+    let result = serde_json::json!({ "config": cfg, "plan": plan, "report": report });
+    let path = out.join(&name).join("result.json");
+    write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    let last = report.evaluations.last().context("no evaluation")?;
+    println!("{:<22} {:<18} {:>10} {:>8} {:>9} {:>10}", "task", "modules", "trainable", "steps", "s/step", format!("{} acc", report.eval_split));
+    println!(
+        "{:<22} {:<18} {:>10} {:>8} {:>9.3} {:>10.4}",
+        task.name,
+        cfg.modules.iter().map(|m| m.instance_name()).collect::<Vec<_>>().join("+"),
+        crate::plan::thousands(report.trainable_parameters),
+        report.steps,
+        report.seconds_per_step,
+        last.accuracy
+    );
+    println!("result: {}", path.display());
+    Ok(())
+}
+
+/// Writes through a temporary file in the same folder and renames it into place, so a crash
+/// never leaves a half-written file where the last good one was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// Writes `run-config.schema.json` and `plugins/<name>.schema.json` for every plugin.
+pub fn write_schemas(out: &Path, registry: &peft_registry::Registry) -> anyhow::Result<()> {
+    for (path, schema) in schema_files(registry) {
+        write_atomic(&out.join(path), (serde_json::to_string_pretty(&schema)? + "\n").as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The schema files `schema` writes, by relative path.
+pub fn schema_files(registry: &peft_registry::Registry) -> Vec<(String, serde_json::Value)> {
+    let mut v = vec![("run-config.schema.json".to_string(), run_config_schema())];
+    for e in registry.entries() {
+        v.push((format!("plugins/{}.schema.json", e.manifest.name), e.manifest.config_schema.clone()));
+    }
+    v
+}

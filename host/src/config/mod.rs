@@ -1,0 +1,198 @@
+//! The run config: one JSON file composing backbone, modules, tasks and training. Host
+//! sections are validated against the host's JSON Schema (schemars), each plugin section
+//! against the schema in that plugin's manifest; errors name the JSON pointer.
+pub mod validate;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// A complete run: what to adapt, with which modules, on which tasks, how.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Optional pointer to this schema, for editors.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    pub backbone: BackboneSpec,
+    /// PEFT modules, attached in this order (several may share a site).
+    #[serde(default)]
+    pub modules: Vec<ModuleSpec>,
+    /// Produces per-example context (task embeddings, generated parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_encoder: Option<PluginSpec>,
+    /// Upstream priming stage run before downstream training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priming: Option<PluginSpec>,
+    #[serde(default)]
+    pub task: TaskSpec,
+    #[serde(default)]
+    pub training: TrainingSpec,
+    /// Seed of parameter initialisation, sampling and dropout.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// A model name from the cache (`all-MiniLM-L6-v2`), a folder with HF files, or an inline
+/// architecture for a randomly initialised model.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum BackboneSpec {
+    Name(String),
+    Detailed(BackboneDetail),
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneDetail {
+    /// Model name looked up in the model cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Folder holding `config.json`, `model.safetensors` and `tokenizer.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For a randomly initialised model: `bert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// For a randomly initialised model: an HF `config.json` body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Json>,
+    /// Tokenizer file for a randomly initialised model (defaults to the cached MiniLM one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+}
+
+/// One PEFT module.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModuleSpec {
+    /// Registered plugin name (`peft-host plugins` lists them).
+    pub plugin: String,
+    /// Instance name, prefixing its parameters; defaults to the plugin name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The plugin's own settings, validated against its schema (`schemas/plugins/<name>.json`).
+    #[serde(default)]
+    pub config: Json,
+}
+
+/// A context encoder or priming plugin.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    pub plugin: String,
+    #[serde(default)]
+    pub config: Json,
+}
+
+/// The downstream task.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// `glue-sst2` (GLUE TSV) or a CrossFit task name (e.g. `glue-rte`, `superglue-cb`).
+    #[serde(default = "default_task")]
+    pub name: String,
+    /// Training examples to use (a seeded subsample; 0 = all).
+    #[serde(default = "default_train_examples")]
+    pub train_examples: usize,
+    /// Evaluation examples to use (0 = all).
+    #[serde(default)]
+    pub eval_examples: usize,
+    /// For CrossFit tasks: which k-shot split seed (13, 21, 42, 87, 100).
+    #[serde(default = "default_split_seed")]
+    pub split_seed: u64,
+}
+
+fn default_task() -> String {
+    "glue-sst2".into()
+}
+fn default_train_examples() -> usize {
+    2000
+}
+fn default_split_seed() -> u64 {
+    13
+}
+
+impl Default for TaskSpec {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default = "default_batch")]
+    #[schemars(range(min = 1))]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    /// Linear warmup steps, then linear decay to zero.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Token limit per example.
+    #[serde(default = "default_max_length")]
+    #[schemars(range(min = 2, max = 512))]
+    pub max_length: usize,
+    /// Parameter groups that train (the rest stay frozen).
+    #[serde(default = "default_groups")]
+    pub train_groups: Vec<String>,
+    /// Evaluate every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub eval_every: usize,
+}
+
+fn default_steps() -> usize {
+    300
+}
+fn default_batch() -> usize {
+    32
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_wd() -> f64 {
+    0.0
+}
+fn default_max_length() -> usize {
+    64
+}
+fn default_groups() -> Vec<String> {
+    vec!["adapter".into(), "head".into()]
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+}
+
+impl RunConfig {
+    /// The default run of `peft-host run --plugin NAME`.
+    pub fn for_plugin(plugin: &str) -> Self {
+        serde_json::from_value(serde_json::json!({
+            "backbone": "all-MiniLM-L6-v2",
+            "modules": [{ "plugin": plugin }],
+        }))
+        .expect("default run config")
+    }
+}
+
+impl ModuleSpec {
+    pub fn instance_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.plugin.clone())
+    }
+}
+
+/// The host's JSON Schema of the run config.
+pub fn run_config_schema() -> Json {
+    serde_json::to_value(schemars::schema_for!(RunConfig)).expect("schema serialises")
+}

@@ -1,0 +1,27 @@
+//! peft-host: the host of the plugin API. Owns every tensor (the burn bridge in [`bridge`]),
+//! the backbones, the parameter store, the trainer and the CLI.
+pub mod backbone;
+pub mod bridge;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod model;
+pub mod modules;
+pub mod params;
+pub mod plan;
+pub mod train;
+
+// Built-in plugins: referenced so that the linker keeps their inventory registrations.
+use houlsby as _;
+
+/// The registry of built-in plugins plus those in plugin folders; unusable libraries are
+/// reported and skipped.
+pub fn registry(plugin_dirs: &[std::path::PathBuf]) -> anyhow::Result<(peft_registry::Registry, Vec<peft_registry::RegistryError>)> {
+    let mut r = peft_registry::Registry::with_static_plugins()?;
+    let mut refused = Vec::new();
+    for dir in peft_registry::plugin_dirs(plugin_dirs) {
+        refused.extend(r.load_dir(&dir));
+    }
+    Ok((r, refused))
+}

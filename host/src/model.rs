@@ -1,0 +1,226 @@
+//! A composed model: backbone + attached modules + task head, over one parameter store.
+use std::{cell::RefCell, path::{Path, PathBuf}};
+
+use anyhow::{bail, Context};
+use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
+use peft_api::{ApiError, BackboneInfo, Init};
+use peft_registry::Registry;
+
+use crate::{
+    backbone::{bert::{Bert, BertConfig}, weights::Checkpoint, Backbone, Hooks, TextBatch},
+    bridge::{ops::linear, value::{fp, ft}, HostGraph},
+    config::{BackboneDetail, BackboneSpec, RunConfig},
+    modules::{Composition, ModuleRequest},
+    params::ParamStore,
+};
+
+/// Where a model's files are.
+pub struct ModelFiles {
+    pub name: String,
+    pub dir: Option<PathBuf>,
+    pub config: serde_json::Value,
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// Folders searched for a model name: `$PEFT_HOME/models`, then `.cache/models` in the
+/// project checkout and in the current folder.
+pub fn model_dirs() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(h) = std::env::var_os("PEFT_HOME") {
+        v.push(PathBuf::from(h).join("models"));
+    }
+    v.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models"));
+    v.push(PathBuf::from(".cache/models"));
+    v
+}
+
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+}
+
+pub fn resolve_backbone(spec: &BackboneSpec) -> anyhow::Result<ModelFiles> {
+    let detail = match spec {
+        BackboneSpec::Name(n) => BackboneDetail { name: Some(n.clone()), ..Default::default() },
+        BackboneSpec::Detailed(d) => d.clone(),
+    };
+    if let Some(cfg) = &detail.config {
+        let tokenizer = match &detail.tokenizer {
+            Some(t) => Some(PathBuf::from(t)),
+            None => model_dirs().into_iter().map(|d| d.join("all-MiniLM-L6-v2/tokenizer.json")).find(|p| p.exists()),
+        };
+        let mut config = cfg.clone();
+        if let Some(arch) = &detail.architecture {
+            config["model_type"] = serde_json::Value::String(arch.clone());
+        }
+        return Ok(ModelFiles { name: detail.name.unwrap_or_else(|| "random-init".into()), dir: None, config, tokenizer });
+    }
+    let dir = if let Some(p) = &detail.path {
+        PathBuf::from(p)
+    } else if let Some(n) = &detail.name {
+        let dirs = model_dirs();
+        match dirs.iter().map(|d| d.join(n)).find(|d| d.join("config.json").exists()) {
+            Some(d) => d,
+            None => bail!(
+                "backbone `{n}` is not installed; looked in {}. Run scripts/setup.sh to install all-MiniLM-L6-v2, or give \"backbone\": {{\"path\": DIR}}",
+                dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    } else {
+        bail!("backbone needs a name, a path, or an inline config");
+    };
+    let config = read_json(&dir.join("config.json"))?;
+    let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
+    Ok(ModelFiles { name: detail.name.unwrap_or_else(|| dir.file_name().unwrap_or_default().to_string_lossy().into()), dir: Some(dir), config, tokenizer })
+}
+
+pub struct Model<B: AutodiffBackend> {
+    pub backbone: Bert,
+    pub params: RefCell<ParamStore<B>>,
+    pub modules: Composition,
+    pub tokenizer: Option<tokenizers::Tokenizer>,
+    pub num_labels: usize,
+}
+
+impl<B: AutodiffBackend> Model<B> {
+    /// Builds the backbone (loading or initialising its weights), attaches modules and a
+    /// classification head of `num_labels` outputs (0 = no head).
+    pub fn build(config: &RunConfig, registry: &Registry, device: &B::Device, num_labels: usize) -> anyhow::Result<Self> {
+        let files = resolve_backbone(&config.backbone)?;
+        let model_type = files.config.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert").to_string();
+        if !matches!(model_type.as_str(), "bert") {
+            bail!("backbone `{}`: architecture `{model_type}` is not supported by this host yet (supported: bert)", files.name);
+        }
+        let bert_cfg: BertConfig = serde_json::from_value(files.config.clone())
+            .with_context(|| format!("backbone `{}`: config.json is not a BERT config", files.name))?;
+        let bert = Bert::new(&files.name, bert_cfg.clone()).map_err(|e| anyhow::anyhow!("backbone `{}`: {e}", files.name))?;
+        let mut store = ParamStore::<B>::new(device.clone(), config.seed);
+        match &files.dir {
+            Some(dir) => {
+                let path = dir.join("model.safetensors");
+                let ckpt = Checkpoint::read(&path)?;
+                ckpt.load_into(&mut store, &bert_cfg.weight_shapes(), &["bert."], &[])?;
+            }
+            None => {
+                for (name, shape) in bert_cfg.weight_shapes() {
+                    let init = if name.ends_with("LayerNorm.weight") {
+                        Init::Ones
+                    } else if name.ends_with(".bias") || name.ends_with("LayerNorm.bias") {
+                        Init::Zeros
+                    } else {
+                        Init::Normal { mean: 0.0, std: 0.02 }
+                    };
+                    store.create(&name, "backbone", "backbone", &shape, &init)?;
+                }
+            }
+        }
+        let params = RefCell::new(store);
+        let requests: Vec<ModuleRequest> = config
+            .modules
+            .iter()
+            .map(|m| ModuleRequest { plugin: m.plugin.clone(), name: m.instance_name(), config: m.config.clone() })
+            .collect();
+        let modules = Composition::attach(registry, &requests, Backbone::<B>::info(&bert), &params)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if num_labels > 0 {
+            let h = bert_cfg.hidden_size;
+            let mut p = params.borrow_mut();
+            p.create("head.weight", "head", "head", &[num_labels, h], &Init::KaimingUniform)?;
+            p.create("head.bias", "head", "head", &[num_labels], &Init::Zeros)?;
+        }
+        let tokenizer = match &files.tokenizer {
+            Some(path) => Some(load_tokenizer(path)?),
+            None => None,
+        };
+        Ok(Model { backbone: bert, params, modules, tokenizer, num_labels })
+    }
+
+    pub fn info(&self) -> &BackboneInfo {
+        Backbone::<B>::info(&self.backbone)
+    }
+
+    /// Makes the given groups (plus backbone weights modules asked for) trainable.
+    pub fn set_trainable(&self, groups: &[String]) -> Result<(), ApiError> {
+        let extra = self.modules.unfrozen_backbone_weights();
+        self.params.borrow_mut().set_trainable(groups, &extra)
+    }
+
+    /// Last hidden state with modules applied.
+    pub fn encode(&self, graph: &HostGraph<'_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 3>, ApiError> {
+        graph.sites.set(None);
+        let hooks = Hooks::new(graph, &self.modules);
+        self.backbone.encode(&hooks, batch)
+    }
+
+    /// Class logits `[batch, num_labels]` from the mean-pooled hidden state.
+    pub fn logits(&self, graph: &HostGraph<'_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 2>, ApiError> {
+        let h = self.encode(graph, batch)?;
+        let pooled = mean_pool(h, &batch.attention_mask);
+        let w = graph.param_value("head.weight")?;
+        let b = graph.param_value("head.bias")?;
+        Ok(ft::<B, 2>(linear::<B>(fp(pooled), w, Some(b))?))
+    }
+
+    /// Tokenises texts (or pairs) into a padded batch.
+    pub fn tokenize(&self, texts: &[(String, Option<String>)], max_length: usize, device: &B::Device) -> anyhow::Result<TextBatch<B>> {
+        let tok = self.tokenizer.as_ref().context("this backbone has no tokenizer.json")?;
+        tokenize(tok, texts, max_length, device)
+    }
+}
+
+/// Mean of the hidden states over real tokens (sentence-transformers pooling).
+pub fn mean_pool<B: AutodiffBackend>(h: Tensor<B, 3>, mask: &Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let m = mask.clone().float().unsqueeze_dim::<3>(2);
+    let sum = (h * m.clone()).sum_dim(1);
+    let count = m.sum_dim(1).clamp_min(1e-9);
+    let pooled = sum / count;
+    let [b, _, d] = pooled.dims();
+    pooled.reshape([b, d])
+}
+
+/// Loads `tokenizer.json` with its fixed padding and truncation turned off: the host pads
+/// each batch to its longest sequence and passes the attention mask.
+pub fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
+    let mut tok = tokenizers::Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    tok.with_padding(None);
+    tok.with_truncation(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(tok)
+}
+
+pub fn tokenize<B: AutodiffBackend>(
+    tok: &tokenizers::Tokenizer,
+    texts: &[(String, Option<String>)],
+    max_length: usize,
+    device: &B::Device,
+) -> anyhow::Result<TextBatch<B>> {
+    let mut rows = Vec::with_capacity(texts.len());
+    for (a, b) in texts {
+        let enc = match b {
+            Some(b) => tok.encode((a.as_str(), b.as_str()), true),
+            None => tok.encode(a.as_str(), true),
+        }
+        .map_err(|e| anyhow::anyhow!("tokenizing {a:?}: {e}"))?;
+        let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+        let mut types: Vec<i64> = enc.get_type_ids().iter().map(|&i| i as i64).collect();
+        if ids.len() > max_length {
+            // Keep the final [SEP].
+            let last = *ids.last().unwrap();
+            ids.truncate(max_length);
+            types.truncate(max_length);
+            *ids.last_mut().unwrap() = last;
+        }
+        rows.push((ids, types));
+    }
+    let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(1).max(1);
+    let n = rows.len();
+    let (mut ids, mut types, mut mask) = (vec![0i64; n * t], vec![0i64; n * t], vec![0i64; n * t]);
+    for (i, (r, ty)) in rows.iter().enumerate() {
+        for j in 0..r.len() {
+            ids[i * t + j] = r[j];
+            types[i * t + j] = ty[j];
+            mask[i * t + j] = 1;
+        }
+    }
+    let mk = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, t]), device);
+    Ok(TextBatch { input_ids: mk(ids), attention_mask: mk(mask), token_type_ids: Some(mk(types)) })
+}

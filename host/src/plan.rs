@@ -1,0 +1,134 @@
+//! `peft-host plan`: the resolved composition of a config — which module attaches at which
+//! site, and parameter counts per group. Its JSON form is what the insta snapshots pin.
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
+
+use crate::model::Model;
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub backbone: BackbonePlan,
+    pub modules: Vec<ModulePlan>,
+    /// Parameters per group: total and trainable under the config's `train_groups`.
+    pub groups: BTreeMap<String, GroupCount>,
+    pub trainable_groups: Vec<String>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct BackbonePlan {
+    pub name: String,
+    pub architecture: String,
+    pub layers: usize,
+    pub hidden_size: usize,
+    pub heads: usize,
+    pub sites: usize,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ModulePlan {
+    pub name: String,
+    pub plugin: String,
+    pub plugin_version: String,
+    pub api_version: String,
+    pub parameters: usize,
+    pub attachments: Vec<AttachmentPlan>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct AttachmentPlan {
+    pub site: String,
+    pub role: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unfreeze: Vec<String>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct GroupCount {
+    pub parameters: usize,
+    pub trainable: usize,
+}
+
+impl Plan {
+    pub fn of<B: AutodiffBackend>(model: &Model<B>, train_groups: &[String]) -> anyhow::Result<Self> {
+        model.set_trainable(train_groups)?;
+        let info = model.info();
+        let store = model.params.borrow();
+        let by_owner = store.counts_by_owner();
+        let modules = model
+            .modules
+            .modules
+            .iter()
+            .map(|m| ModulePlan {
+                name: m.name.clone(),
+                plugin: m.plugin.clone(),
+                plugin_version: m.plugin_version.clone(),
+                api_version: m.api_version.to_string(),
+                parameters: by_owner.get(&m.name).copied().unwrap_or(0),
+                attachments: m
+                    .plan
+                    .attachments
+                    .iter()
+                    .map(|a| AttachmentPlan { site: a.site.clone(), role: a.role.clone(), unfreeze: a.unfreeze.clone() })
+                    .collect(),
+            })
+            .collect();
+        let groups = store
+            .counts_by_group()
+            .into_iter()
+            .map(|(g, (parameters, trainable))| (g, GroupCount { parameters, trainable }))
+            .collect();
+        Ok(Plan {
+            backbone: BackbonePlan {
+                name: info.name.clone(),
+                architecture: info.architecture.clone(),
+                layers: info.num_layers,
+                hidden_size: info.hidden_size,
+                heads: info.num_heads,
+                sites: info.sites.len(),
+            },
+            modules,
+            groups,
+            trainable_groups: train_groups.to_vec(),
+        })
+    }
+
+    /// The human-readable form.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let b = &self.backbone;
+        let _ = writeln!(s, "backbone  {} ({}, {} layers, hidden {}, {} heads, {} sites)", b.name, b.architecture, b.layers, b.hidden_size, b.heads, b.sites);
+        for m in &self.modules {
+            let _ = writeln!(s, "module    {} = plugin {} {} (API {}), {} parameters", m.name, m.plugin, m.plugin_version, m.api_version, thousands(m.parameters));
+            for a in &m.attachments {
+                let _ = writeln!(s, "            {:<44} {}", a.site, a.role);
+                if !a.unfreeze.is_empty() {
+                    let _ = writeln!(s, "            {:<44} trains {}", "", a.unfreeze.join(", "));
+                }
+            }
+        }
+        let _ = writeln!(s, "parameters");
+        let total: usize = self.groups.values().map(|g| g.parameters).sum();
+        let trainable: usize = self.groups.values().map(|g| g.trainable).sum();
+        for (g, c) in &self.groups {
+            let state = if c.trainable == c.parameters { "trainable".to_string() } else if c.trainable == 0 { "frozen".to_string() } else { format!("{} trainable", thousands(c.trainable)) };
+            let _ = writeln!(s, "  {:<14} {:>14}  {state}", g, thousands(c.parameters));
+        }
+        let _ = writeln!(s, "  {:<14} {:>14}  {} trainable ({:.3}%)", "total", thousands(total), thousands(trainable), 100.0 * trainable as f64 / total.max(1) as f64);
+        s
+    }
+}
+
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,54 @@
+//! AdamW with PyTorch's semantics (decoupled weight decay, bias correction), per parameter.
+use std::collections::HashMap;
+
+use burn::tensor::{backend::AutodiffBackend, Tensor, TensorPrimitive};
+use peft_api::ApiError;
+
+use crate::{bridge::value::ft, by_rank, params::Param};
+
+type InnerPrim<B> = burn::tensor::ops::FloatTensor<<B as AutodiffBackend>::InnerBackend>;
+
+pub struct AdamW<B: AutodiffBackend> {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    state: HashMap<String, (usize, InnerPrim<B>, InnerPrim<B>)>,
+}
+
+impl<B: AutodiffBackend> AdamW<B> {
+    pub fn new(lr: f64, weight_decay: f64) -> Self {
+        AdamW { lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8, state: HashMap::new() }
+    }
+
+    /// Updates `p` in place from its gradient (an inner-backend primitive).
+    pub fn step(&mut self, p: &mut Param<B>, grad: InnerPrim<B>) -> Result<(), ApiError> {
+        let rank = p.shape.len();
+        let (lr, wd, b1, b2, eps) = (self.lr, self.weight_decay, self.beta1, self.beta2, self.eps);
+        let entry = self.state.remove(&p.name);
+        let (t, m, v, value) = by_rank!(rank, |D| {
+            let w = ft::<B, D>(p.value.clone()).inner();
+            let g = Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(grad));
+            let (t, m, v) = match entry {
+                Some((t, m, v)) => (
+                    t + 1,
+                    Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(m)),
+                    Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(v)),
+                ),
+                None => (1, g.zeros_like(), g.zeros_like()),
+            };
+            let m = m * b1 + g.clone() * (1.0 - b1);
+            let v = v * b2 + g.powf_scalar(2.0) * (1.0 - b2);
+            let mhat = m.clone() / (1.0 - b1.powi(t as i32));
+            let vhat = v.clone() / (1.0 - b2.powi(t as i32));
+            let w = if wd > 0.0 { w.clone() - w * (lr * wd) } else { w };
+            let w = w - mhat / (vhat.sqrt() + eps) * lr;
+            let value = Tensor::<B, D>::from_inner(w).require_grad().into_primitive().tensor();
+            Ok((t, m.into_primitive().tensor(), v.into_primitive().tensor(), value))
+        })?;
+        p.value = value;
+        self.state.insert(p.name.clone(), (t, m, v));
+        Ok(())
+    }
+}

@@ -1,0 +1,97 @@
+use peft_api::{ApiError, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Houlsby adapter settings; defaults follow the thesis (bottleneck 8, ReLU, both positions).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HoulsbyConfig {
+    /// Bottleneck size `b`.
+    #[serde(default = "default_bottleneck")]
+    #[schemars(range(min = 1))]
+    pub bottleneck: usize,
+    #[serde(default)]
+    pub activation: Activation,
+    /// Adapter after the attention block.
+    #[serde(default = "yes")]
+    pub attention: bool,
+    /// Adapter after the feed-forward block.
+    #[serde(default = "yes")]
+    pub ffn: bool,
+    /// Layers to adapt (all when absent).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Which stack of an encoder-decoder model.
+    #[serde(default)]
+    pub stack: Stack,
+    /// Standard deviation of the down projection's normal init.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+    /// Standard deviation of the up projection's init; 0 makes the adapter start as the identity.
+    #[serde(default)]
+    pub up_init_std: f64,
+    /// Parameter group of the adapter weights.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Relu,
+    Gelu,
+    Swish,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Swish => "swish",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stack {
+    Encoder,
+    Decoder,
+    #[default]
+    Both,
+}
+
+impl Stack {
+    pub fn includes(self, stack: &str) -> bool {
+        matches!((self, stack), (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder"))
+    }
+}
+
+fn default_bottleneck() -> usize {
+    8
+}
+fn default_init_std() -> f64 {
+    1e-2
+}
+fn default_group() -> String {
+    "adapter".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for HoulsbyConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+}
+
+/// Parses a config section; `null` means all defaults.
+pub fn parse(v: &serde_json::Value) -> Result<HoulsbyConfig> {
+    if v.is_null() {
+        return Ok(HoulsbyConfig::default());
+    }
+    serde_json::from_value(v.clone()).map_err(|e| ApiError::config(format!("houlsby: {e}")))
+}

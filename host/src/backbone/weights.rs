@@ -25,6 +25,8 @@ pub enum WeightsError {
 pub struct Checkpoint {
     pub file: String,
     pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Non-float tensors (e.g. BERT's `position_ids` buffer), by name, with their dtype.
+    pub skipped: BTreeMap<String, String>,
 }
 
 impl Checkpoint {
@@ -38,6 +40,7 @@ impl Checkpoint {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| WeightsError::Corrupt { file: file.to_string(), message: e.to_string() })?;
         let mut tensors = BTreeMap::new();
+        let mut skipped = BTreeMap::new();
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
             let data = view.data();
@@ -46,12 +49,13 @@ impl Checkpoint {
                 Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
                 Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
                 other => {
-                    return Err(WeightsError::Dtype { file: file.to_string(), name, dtype: format!("{other:?}") });
+                    skipped.insert(name, format!("{other:?}"));
+                    continue;
                 }
             };
             tensors.insert(name, (shape, values));
         }
-        Ok(Checkpoint { file: file.to_string(), tensors })
+        Ok(Checkpoint { file: file.to_string(), tensors, skipped })
     }
 
     /// Finds `key`, also under the common HF wrappers' prefixes.
@@ -74,6 +78,9 @@ impl Checkpoint {
                 aliases.iter().filter(|(k, _)| k == name).find_map(|(_, alias)| self.find(alias, prefixes))
             });
             let Some((s, values)) = found else {
+                if let Some(dtype) = self.skipped.get(name) {
+                    return Err(WeightsError::Dtype { file: self.file.clone(), name: name.clone(), dtype: dtype.clone() });
+                }
                 return Err(WeightsError::Missing {
                     file: self.file.clone(),
                     name: name.clone(),

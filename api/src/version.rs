@@ -32,3 +32,6 @@ impl std::fmt::Display for ApiVersion {
         write!(f, "{}.{}", self.major, self.minor)
     }
 }
+
+/// The full version of this copy of the `peft-api` crate.
+pub const CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");

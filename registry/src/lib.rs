@@ -273,7 +273,7 @@ fn load_root(lib: &libloading::Library, path: &Path, symbol: &str) -> Result<Plu
         path: path.to_path_buf(),
         symbol: symbol.to_string(),
         plugin_api,
-        host_api: format!("{} (crate {})", API_VERSION, env!("CARGO_PKG_VERSION")),
+        host_api: format!("{} (peft-api {})", API_VERSION, peft_api::version::CRATE_VERSION),
         reason,
     };
     let mut cname = symbol.as_bytes().to_vec();

@@ -49,3 +49,52 @@ pub fn tiny_bert_config(modules: serde_json::Value) -> serde_json::Value {
         "modules": modules,
     })
 }
+
+/// Serialises cargo builds started by tests (they share output folders).
+pub static BUILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `cargo build` with the given arguments; panics with cargo's output on failure.
+pub fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--quiet"])
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("running cargo");
+    assert!(out.status.success(), "cargo build {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// File name of a cdylib on this platform.
+pub fn dylib_name(lib: &str) -> String {
+    format!("{}{lib}.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION)
+}
+
+/// Builds the first-party houlsby plugin as a cdylib (in its own target folder, so that this
+/// works under `cargo test` too) and copies it into a fresh plugin folder.
+pub fn built_houlsby_dir() -> tempfile::TempDir {
+    let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let target = root().join("target/plugin-tests");
+    cargo_build(&["-p", "peft-plugin-houlsby", "--lib", "--target-dir", target.to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    let name = dylib_name("houlsby");
+    std::fs::copy(target.join("debug").join(&name), dir.path().join(&name)).unwrap();
+    dir
+}
+
+/// Builds the API-1.0 test plugin (tests/compat/old-plugin) with `features` and copies it
+/// into a fresh folder under `file_stem`.
+pub fn built_old_plugin(features: &str, file_stem: &str) -> (tempfile::TempDir, PathBuf) {
+    let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let target = root().join("target/compat");
+    let manifest = root().join("tests/compat/old-plugin/Cargo.toml");
+    let mut args = vec!["--manifest-path", manifest.to_str().unwrap(), "--target-dir", target.to_str().unwrap()];
+    if !features.is_empty() {
+        args.extend(["--features", features]);
+    }
+    cargo_build(&args);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join(dylib_name(file_stem));
+    std::fs::copy(target.join("debug").join(dylib_name("old_bias")), &dest).unwrap();
+    (dir, dest)
+}

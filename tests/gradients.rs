@@ -1,0 +1,272 @@
+//! Gradients computed through the op API equal the same computation written directly in burn.
+use burn::tensor::{activation, Tensor, TensorData};
+use peft_api::Ctx;
+use peft_host::{
+    backbone::{Hooks, SiteModules},
+    bridge::{
+        value::{fp, ft},
+        HostGraph, Value,
+    },
+    config::RunConfig,
+    model::Model,
+};
+use peft_registry::Registry;
+use peft_tests::*;
+
+const TOL: f32 = 1e-6;
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn vals<BK: burn::tensor::backend::Backend, const D: usize>(t: Tensor<BK, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+/// The Houlsby adapter written directly in burn, reading the plugin's parameters.
+struct NativeHoulsby;
+
+impl SiteModules<B> for NativeHoulsby {
+    fn is_attached(&self, site: &str) -> bool {
+        site.ends_with(".attention") || site.ends_with(".ffn")
+    }
+    fn call(
+        &self,
+        g: &HostGraph<'_, B>,
+        site: &str,
+        inputs: Vec<Value<B>>,
+    ) -> Result<Vec<Value<B>>, peft_api::ApiError> {
+        let Value::Float(y) = inputs.into_iter().nth(1).unwrap() else {
+            panic!()
+        };
+        let y = ft::<B, 3>(y);
+        let p = |n: &str| g.param_value(&format!("houlsby.{site}.{n}")).unwrap();
+        let [b, t, d] = y.dims();
+        let y2 = y.clone().reshape([b * t, d]);
+        let h = activation::relu(
+            y2.matmul(ft::<B, 2>(p("down.weight")).transpose())
+                + ft::<B, 1>(p("down.bias")).unsqueeze::<2>(),
+        );
+        let up = h.matmul(ft::<B, 2>(p("up.weight")).transpose())
+            + ft::<B, 1>(p("up.bias")).unsqueeze::<2>();
+        Ok(vec![Value::Float(fp(y + up.reshape([b, t, d])))])
+    }
+}
+
+#[test]
+fn houlsby_through_the_op_api_matches_native_burn() {
+    let cfg: RunConfig = serde_json::from_value(tiny_bert_config(serde_json::json!([
+        { "plugin": "houlsby", "config": { "up_init_std": 0.05, "bottleneck": 4 } }
+    ])))
+    .unwrap();
+    let registry = Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+    model.set_trainable(&["adapter".into()]).unwrap();
+    let batch = model
+        .tokenize(
+            &[
+                ("gradients must agree".into(), None),
+                ("to one part in a million".into(), None),
+            ],
+            16,
+            &Default::default(),
+        )
+        .unwrap();
+    let names: Vec<String> = model
+        .params
+        .borrow()
+        .trainable()
+        .map(|p| p.name.clone())
+        .collect();
+    assert_eq!(names.len(), 2 * 2 * 4, "2 layers x 2 positions x 4 tensors");
+
+    let run = |modules: &dyn SiteModules<B>| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let graph = HostGraph::new(&model.params, false);
+        let hooks = Hooks::new(&graph, modules);
+        let h = model
+            .backbone
+            .encode_all(&hooks, &batch)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let loss = (h.clone() * h.clone()).sum() + h.clone().tanh().sum();
+        let grads = loss.backward();
+        let store = model.params.borrow();
+        let gs = names
+            .iter()
+            .map(|n| match store.get(n).unwrap().shape.len() {
+                1 => vals(store.tensor::<1>(n).unwrap().grad(&grads).unwrap()),
+                _ => vals(store.tensor::<2>(n).unwrap().grad(&grads).unwrap()),
+            })
+            .collect();
+        (vals(h), gs)
+    };
+    let (h_api, g_api) = run(&model.modules);
+    let (h_native, g_native) = run(&NativeHoulsby);
+    assert!(
+        max_diff(&h_api, &h_native) < TOL,
+        "outputs differ by {}",
+        max_diff(&h_api, &h_native)
+    );
+    for ((n, a), b) in names.iter().zip(&g_api).zip(&g_native) {
+        let d = max_diff(a, b);
+        assert!(d < TOL, "gradient of {n} differs by {d}");
+        assert!(a.iter().any(|&x| x != 0.0), "gradient of {n} is zero");
+    }
+}
+
+/// A chain of the API's composite ops against burn's own, values and input gradients.
+#[test]
+fn composite_ops_match_burn() {
+    let registry_store = std::cell::RefCell::new(peft_host::params::ParamStore::<B>::new(
+        Default::default(),
+        7,
+    ));
+    let data_x: Vec<f32> = (0..2 * 3 * 8)
+        .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+        .collect();
+    let data_w: Vec<f32> = (0..5 * 8)
+        .map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0)
+        .collect();
+    let labels: Vec<i64> = vec![0, 4, 2, 1, 3, 4];
+
+    // Through the op API.
+    let graph = HostGraph::new(&registry_store, true);
+    let (loss_v, gx, gw) = {
+        let ctx = Ctx::new(graph.as_abi());
+        let x = ctx
+            .from_data(&[2, 3, 8], data_x.clone())
+            .unwrap()
+            .require_grad()
+            .unwrap();
+        let w = ctx
+            .from_data(&[5, 8], data_w.clone())
+            .unwrap()
+            .require_grad()
+            .unwrap();
+        let y = x
+            .clone()
+            .layer_norm(None, None, 1e-5)
+            .unwrap()
+            .gelu()
+            .unwrap();
+        let logits = y
+            .clone()
+            .linear(w.clone(), None)
+            .unwrap()
+            .softmax(-1)
+            .unwrap()
+            .log()
+            .unwrap();
+        let logits = logits.reshape(&[6, 5]).unwrap();
+        let ce = logits
+            .cross_entropy(ctx.from_ints(&[6], labels.clone()).unwrap(), 0.1)
+            .unwrap();
+        let cos = y
+            .clone()
+            .cosine_similarity(
+                y.clone().mul_scalar(2.0).unwrap().add_scalar(0.5).unwrap(),
+                -1,
+                1e-8,
+            )
+            .unwrap()
+            .mean()
+            .unwrap();
+        let rms = x
+            .clone()
+            .rms_norm(None, 1e-6)
+            .unwrap()
+            .silu()
+            .unwrap()
+            .mean()
+            .unwrap();
+        let loss = (ce + cos + rms).ok().unwrap();
+        let loss_v = loss.to_vec().unwrap();
+        let grads = ctx.grad(loss, vec![x, w]).unwrap();
+        let gx = grads[0].to_vec().unwrap();
+        let gw = grads[1].to_vec().unwrap();
+        (loss_v, gx, gw)
+    };
+    assert_eq!(graph.live_handles(), 0, "every handle is released");
+
+    // Directly in burn.
+    let dev = Default::default();
+    let x = Tensor::<B, 3>::from_data(TensorData::new(data_x, [2, 3, 8]), &dev).require_grad();
+    let w = Tensor::<B, 2>::from_data(TensorData::new(data_w, [5, 8]), &dev).require_grad();
+    let (var, mean) = x.clone().var_mean_bias(2);
+    let y = activation::gelu((x.clone() - mean) / (var + 1e-5).sqrt());
+    let logits = activation::softmax(y.clone().matmul(w.clone().transpose().unsqueeze::<3>()), 2)
+        .log()
+        .reshape([6, 5]);
+    let logp = activation::log_softmax(logits, 1);
+    let y_idx = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(labels, [6]), &dev);
+    let nll = logp
+        .clone()
+        .gather(1, y_idx.unsqueeze_dim::<2>(1))
+        .neg()
+        .reshape([6]);
+    let smooth = logp.mean_dim(1).neg().reshape([6]);
+    let ce = (nll * 0.9 + smooth * 0.1).mean();
+    let z = y.clone() * 2.0 + 0.5;
+    let cos = ((y.clone() * z.clone()).sum_dim(2)
+        / (y.powf_scalar(2.0).sum_dim(2).sqrt() * z.powf_scalar(2.0).sum_dim(2).sqrt()))
+    .mean();
+    let rms =
+        activation::silu(x.clone() / (x.clone().powf_scalar(2.0).mean_dim(2) + 1e-6).sqrt()).mean();
+    let loss = ce + cos + rms;
+    let want_loss = vals(loss.clone());
+    let g = loss.backward();
+    let want_gx = vals(x.grad(&g).unwrap());
+    let want_gw = vals(w.grad(&g).unwrap());
+
+    assert!(
+        max_diff(&loss_v, &want_loss) < TOL,
+        "loss {loss_v:?} vs {want_loss:?}"
+    );
+    assert!(
+        max_diff(&gx, &want_gx) < TOL,
+        "dx differs by {}",
+        max_diff(&gx, &want_gx)
+    );
+    assert!(
+        max_diff(&gw, &want_gw) < TOL,
+        "dw differs by {}",
+        max_diff(&gw, &want_gw)
+    );
+}
+
+/// Errors from the host reach the plugin as values; a shape mismatch never panics.
+#[test]
+fn op_errors_are_values_not_panics() {
+    let store = std::cell::RefCell::new(peft_host::params::ParamStore::<B>::new(
+        Default::default(),
+        7,
+    ));
+    let graph = HostGraph::new(&store, false);
+    {
+        let ctx = Ctx::new(graph.as_abi());
+        let a = ctx.from_data(&[2, 3], vec![0.0; 6]).unwrap();
+        let b = ctx.from_data(&[4, 5], vec![0.0; 20]).unwrap();
+        let err = a.clone().matmul(b.clone()).unwrap_err();
+        assert!(
+            err.message.contains("inner sizes") && err.message.contains("[2, 3]"),
+            "{err:?}"
+        );
+        let poisoned = &a + &b;
+        let err = poisoned.relu().unwrap_err();
+        assert!(err.message.contains("do not broadcast"), "{err:?}");
+        let err = a.clone().reshape(&[7, -1]).unwrap_err();
+        assert!(err.message.contains("cannot infer"), "{err:?}");
+        let err = ctx.param("nope").unwrap_err();
+        assert!(err.message.contains("no parameter named `nope`"), "{err:?}");
+        let err = ctx
+            .exec_raw(peft_api::OpCode(9999), &[], &Default::default())
+            .unwrap_err();
+        assert_eq!(err.kind, peft_api::ErrorKind::UNKNOWN_OP);
+    }
+    assert_eq!(graph.live_handles(), 0);
+}

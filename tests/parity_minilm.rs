@@ -12,7 +12,8 @@ const TOL: f64 = 1e-4;
 
 fn model() -> Model<B> {
     require_minilm();
-    let cfg: RunConfig = serde_json::from_value(serde_json::json!({"backbone": "all-MiniLM-L6-v2"})).unwrap();
+    let cfg: RunConfig =
+        serde_json::from_value(serde_json::json!({"backbone": "all-MiniLM-L6-v2"})).unwrap();
     let registry = peft_registry::Registry::new();
     Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap()
 }
@@ -29,8 +30,19 @@ fn sentences_match_transformers() {
     for s in fx["sentences"].as_array().unwrap() {
         let text = s["text"].as_str().unwrap().to_string();
         let batch = model.tokenize(&[(text.clone(), None)], 512, &dev).unwrap();
-        let ids: Vec<i64> = batch.input_ids.clone().into_data().convert::<i64>().into_vec().unwrap();
-        let want: Vec<i64> = s["input_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let ids: Vec<i64> = batch
+            .input_ids
+            .clone()
+            .into_data()
+            .convert::<i64>()
+            .into_vec()
+            .unwrap();
+        let want: Vec<i64> = s["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         assert_eq!(ids, want, "token ids of {text:?}");
 
         let params = &model.params;
@@ -38,7 +50,12 @@ fn sentences_match_transformers() {
         let hooks = Hooks::new(&graph, &NoModules);
         let all = model.backbone.encode_all(&hooks, &batch).unwrap();
         // Per-layer slices: token 0, first 8 features, after the embeddings and each layer.
-        for (l, want) in s["hidden_states_token0_first8"].as_array().unwrap().iter().enumerate() {
+        for (l, want) in s["hidden_states_token0_first8"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
             let got = to_vec(all[l].clone().slice([0..1, 0..1, 0..8]));
             let d = max_abs_diff(&got, &floats(want));
             assert!(d < TOL, "{text:?} layer {l}: max abs diff {d}");
@@ -46,8 +63,12 @@ fn sentences_match_transformers() {
         let last = all.last().unwrap().clone();
         let got = to_vec(last.clone().slice([0..1, 0..1, 0..8]));
         assert!(max_abs_diff(&got, &floats(&s["last_hidden_state_token0_first8"])) < TOL);
-        let mean: f64 = to_vec(last.clone()).iter().map(|&x| x as f64).sum::<f64>() / (last.dims().iter().product::<usize>() as f64);
-        assert!((mean - s["last_hidden_state_mean"].as_f64().unwrap()).abs() < TOL, "mean of {text:?}");
+        let mean: f64 = to_vec(last.clone()).iter().map(|&x| x as f64).sum::<f64>()
+            / (last.dims().iter().product::<usize>() as f64);
+        assert!(
+            (mean - s["last_hidden_state_mean"].as_f64().unwrap()).abs() < TOL,
+            "mean of {text:?}"
+        );
         let pooled = to_vec(mean_pool(last, &batch.attention_mask));
         let d = max_abs_diff(&pooled, &floats(&s["mean_pooled"]));
         assert!(d < TOL, "{text:?} mean pooled: max abs diff {d}");
@@ -62,15 +83,30 @@ fn padded_batch_matches_unpadded() {
     let rows = |k: &str| -> (Vec<i64>, usize, usize) {
         let a = fx["padded_batch"][k].as_array().unwrap();
         let t = a[0].as_array().unwrap().len();
-        (a.iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_i64().unwrap())).collect(), a.len(), t)
+        (
+            a.iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()))
+                .collect(),
+            a.len(),
+            t,
+        )
     };
     let (ids, n, t) = rows("input_ids");
     let (mask, _, _) = rows("attention_mask");
     let mk = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, t]), &dev);
-    let batch = TextBatch { input_ids: mk(ids), attention_mask: mk(mask), token_type_ids: None };
+    let batch = TextBatch {
+        input_ids: mk(ids),
+        attention_mask: mk(mask),
+        token_type_ids: None,
+    };
     let graph = HostGraph::new(&model.params, false);
     let hooks = Hooks::new(&graph, &NoModules);
-    let h = model.backbone.encode_all(&hooks, &batch).unwrap().pop().unwrap();
+    let h = model
+        .backbone
+        .encode_all(&hooks, &batch)
+        .unwrap()
+        .pop()
+        .unwrap();
     let pooled = to_vec(mean_pool(h, &batch.attention_mask));
     for (i, s) in fx["sentences"].as_array().unwrap().iter().enumerate() {
         let want = floats(&s["mean_pooled"]);

@@ -4,8 +4,8 @@
 #![allow(non_camel_case_types)]
 use abi_stable::{
     sabi_trait,
-    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
     sabi_types::RRef,
+    std_types::{RBox, RResult, RSlice, RStr, RString, RVec},
     StableAbi,
 };
 
@@ -82,7 +82,11 @@ pub trait PeftModuleAbi {
     ///
     /// [`BackboneInfo`]: crate::BackboneInfo
     /// [`AttachPlan`]: crate::AttachPlan
-    fn attach(&mut self, graph: GraphRef<'_>, backbone_json: RStr<'_>) -> RResult<RString, ApiError>;
+    fn attach(
+        &mut self,
+        graph: GraphRef<'_>,
+        backbone_json: RStr<'_>,
+    ) -> RResult<RString, ApiError>;
 
     /// Called at an attached site with the site's tensors; returns the replacement tensors.
     fn apply(
@@ -95,7 +99,12 @@ pub trait PeftModuleAbi {
     /// Named extension calls (`merge`, `unmerge`, `export`, ...); unknown names answer
     /// `UNSUPPORTED` so that the host falls back.
     #[sabi(last_prefix_field)]
-    fn call(&mut self, graph: GraphRef<'_>, name: RStr<'_>, json: RStr<'_>) -> RResult<RString, ApiError>;
+    fn call(
+        &mut self,
+        graph: GraphRef<'_>,
+        name: RStr<'_>,
+        json: RStr<'_>,
+    ) -> RResult<RString, ApiError>;
 }
 
 pub type PeftModuleBox = PeftModuleAbi_TO<'static, RBox<()>>;
@@ -105,7 +114,11 @@ pub type PeftModuleBox = PeftModuleAbi_TO<'static, RBox<()>>;
 #[sabi_trait]
 pub trait ContextEncoderAbi {
     /// Same contract as [`PeftModuleAbi::attach`]: create parameters, describe them.
-    fn attach(&mut self, graph: GraphRef<'_>, backbone_json: RStr<'_>) -> RResult<RString, ApiError>;
+    fn attach(
+        &mut self,
+        graph: GraphRef<'_>,
+        backbone_json: RStr<'_>,
+    ) -> RResult<RString, ApiError>;
 
     /// Reads `inputs` (as described by `spec_json`) and stores its outputs with `SET_CONTEXT`.
     fn encode(
@@ -116,7 +129,12 @@ pub trait ContextEncoderAbi {
     ) -> RResult<(), ApiError>;
 
     #[sabi(last_prefix_field)]
-    fn call(&mut self, graph: GraphRef<'_>, name: RStr<'_>, json: RStr<'_>) -> RResult<RString, ApiError>;
+    fn call(
+        &mut self,
+        graph: GraphRef<'_>,
+        name: RStr<'_>,
+        json: RStr<'_>,
+    ) -> RResult<RString, ApiError>;
 }
 
 pub type ContextEncoderBox = ContextEncoderAbi_TO<'static, RBox<()>>;
@@ -162,10 +180,19 @@ pub trait BackboneAbi {
     fn attach(&mut self, graph: GraphRef<'_>) -> RResult<(), ApiError>;
 
     /// (input_ids, attention_mask, ...) -> (hidden states, ...).
-    fn forward(&self, graph: GraphRef<'_>, inputs: RVec<TensorHandle>) -> RResult<RVec<TensorHandle>, ApiError>;
+    fn forward(
+        &self,
+        graph: GraphRef<'_>,
+        inputs: RVec<TensorHandle>,
+    ) -> RResult<RVec<TensorHandle>, ApiError>;
 
     #[sabi(last_prefix_field)]
-    fn call(&mut self, graph: GraphRef<'_>, name: RStr<'_>, json: RStr<'_>) -> RResult<RString, ApiError>;
+    fn call(
+        &mut self,
+        graph: GraphRef<'_>,
+        name: RStr<'_>,
+        json: RStr<'_>,
+    ) -> RResult<RString, ApiError>;
 }
 
 pub type BackboneBox = BackboneAbi_TO<'static, RBox<()>>;

@@ -50,7 +50,10 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError { kind, message: RString::from(message.into()) }
+        ApiError {
+            kind,
+            message: RString::from(message.into()),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::INVALID_ARGUMENT, message)

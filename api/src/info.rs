@@ -82,14 +82,24 @@ pub struct Attachment {
 pub enum Init {
     Zeros,
     Ones,
-    Constant { value: f64 },
-    Normal { mean: f64, std: f64 },
-    Uniform { low: f64, high: f64 },
+    Constant {
+        value: f64,
+    },
+    Normal {
+        mean: f64,
+        std: f64,
+    },
+    Uniform {
+        low: f64,
+        high: f64,
+    },
     /// PyTorch's `nn.Linear` default for a weight of shape `[out, in]`: U(-1/sqrt(in), 1/sqrt(in)).
     KaimingUniform,
     XavierUniform,
     /// Values given in full (row-major).
-    Data { values: Vec<f32> },
+    Data {
+        values: Vec<f32>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

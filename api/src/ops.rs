@@ -160,12 +160,18 @@ opcodes! {
 impl OpCode {
     /// The op's name, if this copy of the API knows it.
     pub fn name(self) -> Option<&'static str> {
-        Self::ALL.iter().find(|(c, _, _)| *c == self).map(|(_, n, _)| *n)
+        Self::ALL
+            .iter()
+            .find(|(c, _, _)| *c == self)
+            .map(|(_, n, _)| *n)
     }
 
     /// The API minor version that introduced the op.
     pub fn since_minor(self) -> Option<u32> {
-        Self::ALL.iter().find(|(c, _, _)| *c == self).map(|(_, _, m)| *m)
+        Self::ALL
+            .iter()
+            .find(|(c, _, _)| *c == self)
+            .map(|(_, _, m)| *m)
     }
 
     /// Ops that read their inputs without consuming them.

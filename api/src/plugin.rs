@@ -25,7 +25,8 @@ pub struct PluginRoot {
     /// JSON [`Manifest`].
     pub manifest: extern "C" fn() -> RString,
     pub create_module: extern "C" fn(config: RStr<'_>) -> RResult<PeftModuleBox, ApiError>,
-    pub create_context_encoder: extern "C" fn(config: RStr<'_>) -> RResult<ContextEncoderBox, ApiError>,
+    pub create_context_encoder:
+        extern "C" fn(config: RStr<'_>) -> RResult<ContextEncoderBox, ApiError>,
     pub create_priming: extern "C" fn(config: RStr<'_>) -> RResult<PrimingBox, ApiError>,
     #[sabi(last_prefix_field)]
     pub create_backbone: extern "C" fn(config: RStr<'_>) -> RResult<BackboneBox, ApiError>,
@@ -65,7 +66,12 @@ pub trait Module: 'static {
     fn attach(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<AttachPlan>;
 
     /// Computes at one site; see [`SiteKind`](crate::SiteKind) for the inputs of each kind.
-    fn apply<'c>(&self, ctx: &'c Ctx<'_>, site: &SiteCall<'_>, inputs: Vec<Tensor<'c>>) -> Result<Vec<Tensor<'c>>>;
+    fn apply<'c>(
+        &self,
+        ctx: &'c Ctx<'_>,
+        site: &SiteCall<'_>,
+        inputs: Vec<Tensor<'c>>,
+    ) -> Result<Vec<Tensor<'c>>>;
 
     /// Folds the module into the backbone weights (LoRA). Since API 1.1.
     fn merge(&mut self, _ctx: &Ctx<'_>) -> Result<()> {
@@ -117,7 +123,12 @@ impl<'a> Trainer<'a> {
         let json = serde_json::to_string(args)?;
         let out = self
             .raw
-            .service(ctx.graph().sabi_reborrow(), RStr::from(name), RStr::from(json.as_str()), handles)
+            .service(
+                ctx.graph().sabi_reborrow(),
+                RStr::from(name),
+                RStr::from(json.as_str()),
+                handles,
+            )
             .into_result()
             .map_err(|e| e.context(format_args!("trainer service `{name}`")))?;
         let tensors = ctx.wrap_all(out.tensors);
@@ -143,13 +154,19 @@ pub trait Plugin {
     fn manifest() -> Manifest;
 
     fn create_module(_config: &Value) -> Result<Box<dyn Module>> {
-        Err(ApiError::unsupported("this plugin does not provide a PEFT module"))
+        Err(ApiError::unsupported(
+            "this plugin does not provide a PEFT module",
+        ))
     }
     fn create_context_encoder(_config: &Value) -> Result<Box<dyn ContextEncoderImpl>> {
-        Err(ApiError::unsupported("this plugin does not provide a context encoder"))
+        Err(ApiError::unsupported(
+            "this plugin does not provide a context encoder",
+        ))
     }
     fn create_priming(_config: &Value) -> Result<Box<dyn Priming>> {
-        Err(ApiError::unsupported("this plugin does not provide a priming algorithm"))
+        Err(ApiError::unsupported(
+            "this plugin does not provide a priming algorithm",
+        ))
     }
 }
 
@@ -164,7 +181,9 @@ fn parse_json(s: RStr<'_>) -> Result<Value> {
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<RString> {
-    serde_json::to_string(v).map(RString::from).map_err(|e| ApiError::internal(e.to_string()))
+    serde_json::to_string(v)
+        .map(RString::from)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 /// Releases handles this side received but did not pass on (error paths).
@@ -179,7 +198,11 @@ fn collect_handles(out: Vec<Tensor<'_>>) -> Result<RVec<TensorHandle>> {
 pub struct ModuleAdapter(pub Box<dyn Module>);
 
 impl PeftModuleAbi for ModuleAdapter {
-    fn attach(&mut self, graph: GraphRef<'_>, backbone_json: RStr<'_>) -> RResult<RString, ApiError> {
+    fn attach(
+        &mut self,
+        graph: GraphRef<'_>,
+        backbone_json: RStr<'_>,
+    ) -> RResult<RString, ApiError> {
         guard(|| {
             let info: BackboneInfo = serde_json::from_str(backbone_json.as_str())?;
             let ctx = Ctx::new(graph);
@@ -203,7 +226,12 @@ impl PeftModuleAbi for ModuleAdapter {
         .into()
     }
 
-    fn call(&mut self, graph: GraphRef<'_>, name: RStr<'_>, json: RStr<'_>) -> RResult<RString, ApiError> {
+    fn call(
+        &mut self,
+        graph: GraphRef<'_>,
+        name: RStr<'_>,
+        json: RStr<'_>,
+    ) -> RResult<RString, ApiError> {
         guard(|| {
             let ctx = Ctx::new(graph);
             match name.as_str() {
@@ -219,7 +247,11 @@ impl PeftModuleAbi for ModuleAdapter {
 pub struct ContextEncoderAdapter(pub Box<dyn ContextEncoderImpl>);
 
 impl ContextEncoderAbi for ContextEncoderAdapter {
-    fn attach(&mut self, graph: GraphRef<'_>, backbone_json: RStr<'_>) -> RResult<RString, ApiError> {
+    fn attach(
+        &mut self,
+        graph: GraphRef<'_>,
+        backbone_json: RStr<'_>,
+    ) -> RResult<RString, ApiError> {
         guard(|| {
             let info: BackboneInfo = serde_json::from_str(backbone_json.as_str())?;
             let ctx = Ctx::new(graph);
@@ -228,7 +260,12 @@ impl ContextEncoderAbi for ContextEncoderAdapter {
         .into()
     }
 
-    fn encode(&self, graph: GraphRef<'_>, inputs: RVec<TensorHandle>, spec_json: RStr<'_>) -> RResult<(), ApiError> {
+    fn encode(
+        &self,
+        graph: GraphRef<'_>,
+        inputs: RVec<TensorHandle>,
+        spec_json: RStr<'_>,
+    ) -> RResult<(), ApiError> {
         guard(|| {
             let ctx = Ctx::new(graph);
             let tensors = ctx.wrap_all(inputs);
@@ -237,7 +274,12 @@ impl ContextEncoderAbi for ContextEncoderAdapter {
         .into()
     }
 
-    fn call(&mut self, graph: GraphRef<'_>, name: RStr<'_>, json: RStr<'_>) -> RResult<RString, ApiError> {
+    fn call(
+        &mut self,
+        graph: GraphRef<'_>,
+        name: RStr<'_>,
+        json: RStr<'_>,
+    ) -> RResult<RString, ApiError> {
         guard(|| {
             let ctx = Ctx::new(graph);
             to_json(&self.0.call(&ctx, name.as_str(), parse_json(json)?)?)
@@ -283,10 +325,15 @@ pub mod glue {
         .into()
     }
 
-    pub fn create_context_encoder<P: Plugin>(config: RStr<'_>) -> RResult<ContextEncoderBox, ApiError> {
+    pub fn create_context_encoder<P: Plugin>(
+        config: RStr<'_>,
+    ) -> RResult<ContextEncoderBox, ApiError> {
         guard(|| {
             let m = P::create_context_encoder(&parse_json(config)?)?;
-            Ok(ContextEncoderAbi_TO::from_value(ContextEncoderAdapter(m), TD_Opaque))
+            Ok(ContextEncoderAbi_TO::from_value(
+                ContextEncoderAdapter(m),
+                TD_Opaque,
+            ))
         })
         .into()
     }
@@ -300,7 +347,9 @@ pub mod glue {
     }
 
     pub fn create_backbone(_config: RStr<'_>) -> RResult<BackboneBox, ApiError> {
-        RResult::RErr(ApiError::unsupported("this plugin does not provide a backbone"))
+        RResult::RErr(ApiError::unsupported(
+            "this plugin does not provide a backbone",
+        ))
     }
 
     pub fn _unused(_: RBox<()>) {}

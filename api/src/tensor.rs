@@ -6,13 +6,13 @@
 //! the next method call or to the module's return value: errors are never lost and never panic.
 use abi_stable::std_types::{RSlice, RStr, RString, RVec};
 
+pub use crate::info::Init;
 use crate::{
     abi::{GraphRef, OpOutput, TensorHandle, Values},
     error::{ApiError, ErrorKind, Result},
     info::ParamSpec,
     ops::OpCode,
 };
-pub use crate::info::Init;
 
 /// The host's graph for the duration of one plugin call.
 pub struct Ctx<'a> {
@@ -34,19 +34,34 @@ pub struct Tensor<'c> {
 }
 
 /// Runs an op on tensors; the inputs are consumed.
-fn exec<'c>(g: G<'c>, op: OpCode, inputs: Vec<Tensor<'c>>, values: &Values) -> Result<Vec<Tensor<'c>>> {
+fn exec<'c>(
+    g: G<'c>,
+    op: OpCode,
+    inputs: Vec<Tensor<'c>>,
+    values: &Values,
+) -> Result<Vec<Tensor<'c>>> {
     let mut handles = Vec::with_capacity(inputs.len());
     for t in inputs {
         handles.push(t.into_handle()?);
     }
     let out = g.exec_raw(op, &handles, values)?;
-    Ok(out.tensors.into_iter().map(|h| Tensor { ctx: g, state: Ok(h) }).collect())
+    Ok(out
+        .tensors
+        .into_iter()
+        .map(|h| Tensor {
+            ctx: g,
+            state: Ok(h),
+        })
+        .collect())
 }
 
 fn exec1<'c>(g: G<'c>, op: OpCode, inputs: Vec<Tensor<'c>>, values: &Values) -> Result<Tensor<'c>> {
     let mut out = exec(g, op, inputs, values)?;
     if out.len() != 1 {
-        return Err(ApiError::internal(format!("op {op:?} returned {} tensors, expected 1", out.len())));
+        return Err(ApiError::internal(format!(
+            "op {op:?} returned {} tensors, expected 1",
+            out.len()
+        )));
     }
     Ok(out.pop().unwrap())
 }
@@ -65,15 +80,24 @@ fn values() -> Values {
 }
 
 fn ints(v: &[i64]) -> Values {
-    Values { ints: RVec::from(v.to_vec()), ..values() }
+    Values {
+        ints: RVec::from(v.to_vec()),
+        ..values()
+    }
 }
 
 fn floats(v: &[f64]) -> Values {
-    Values { floats: RVec::from(v.to_vec()), ..values() }
+    Values {
+        floats: RVec::from(v.to_vec()),
+        ..values()
+    }
 }
 
 fn text(s: &str) -> Values {
-    Values { text: RString::from(s), ..values() }
+    Values {
+        text: RString::from(s),
+        ..values()
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -86,33 +110,57 @@ impl<'a> Ctx<'a> {
     }
 
     /// Runs an op on handles; consumes them unless the op borrows.
-    pub fn exec_raw(&self, op: OpCode, inputs: &[TensorHandle], values: &Values) -> Result<OpOutput> {
-        self.graph.exec(op, RSlice::from_slice(inputs), values).into_result().map_err(|e| {
-            if e.kind == ErrorKind::UNKNOWN_OP {
-                e
-            } else {
-                e.context(format_args!("op {op:?}"))
-            }
-        })
+    pub fn exec_raw(
+        &self,
+        op: OpCode,
+        inputs: &[TensorHandle],
+        values: &Values,
+    ) -> Result<OpOutput> {
+        self.graph
+            .exec(op, RSlice::from_slice(inputs), values)
+            .into_result()
+            .map_err(|e| {
+                if e.kind == ErrorKind::UNKNOWN_OP {
+                    e
+                } else {
+                    e.context(format_args!("op {op:?}"))
+                }
+            })
     }
 
     /// Runs an op on tensors; the inputs are consumed.
-    pub fn exec<'c>(&'c self, op: OpCode, inputs: Vec<Tensor<'c>>, values: &Values) -> Result<Vec<Tensor<'c>>> {
+    pub fn exec<'c>(
+        &'c self,
+        op: OpCode,
+        inputs: Vec<Tensor<'c>>,
+        values: &Values,
+    ) -> Result<Vec<Tensor<'c>>> {
         exec(self, op, inputs, values)
     }
 
-    fn exec1<'c>(&'c self, op: OpCode, inputs: Vec<Tensor<'c>>, values: &Values) -> Result<Tensor<'c>> {
+    fn exec1<'c>(
+        &'c self,
+        op: OpCode,
+        inputs: Vec<Tensor<'c>>,
+        values: &Values,
+    ) -> Result<Tensor<'c>> {
         exec1(self, op, inputs, values)
     }
 
     /// Extension call on the host (`UNSUPPORTED` when the host is older).
     pub fn call(&self, name: &str, json: &str) -> Result<String> {
-        self.graph.call(RStr::from(name), RStr::from(json)).into_result().map(|s| s.into_string())
+        self.graph
+            .call(RStr::from(name), RStr::from(json))
+            .into_result()
+            .map(|s| s.into_string())
     }
 
     /// Takes ownership of a raw handle.
     pub fn wrap(&self, handle: TensorHandle) -> Tensor<'_> {
-        Tensor { ctx: self as &dyn Exec, state: Ok(handle) }
+        Tensor {
+            ctx: self as &dyn Exec,
+            state: Ok(handle),
+        }
     }
 
     pub fn wrap_all(&self, handles: RVec<TensorHandle>) -> Vec<Tensor<'_>> {
@@ -120,8 +168,19 @@ impl<'a> Ctx<'a> {
     }
 
     /// Creates a parameter of this module in `group`.
-    pub fn create_param(&self, name: &str, shape: &[usize], group: &str, init: Init) -> Result<Tensor<'_>> {
-        let spec = ParamSpec { name: name.to_string(), shape: shape.to_vec(), group: group.to_string(), init };
+    pub fn create_param(
+        &self,
+        name: &str,
+        shape: &[usize],
+        group: &str,
+        init: Init,
+    ) -> Result<Tensor<'_>> {
+        let spec = ParamSpec {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            group: group.to_string(),
+            init,
+        };
         let json = serde_json::to_string(&spec).map_err(|e| ApiError::internal(e.to_string()))?;
         self.exec1(OpCode::PARAM_CREATE, vec![], &text(&json))
             .map_err(|e| e.context(format_args!("creating parameter `{name}`")))
@@ -135,7 +194,8 @@ impl<'a> Ctx<'a> {
 
     /// Overwrites a parameter outside the autodiff graph (merge/unmerge).
     pub fn assign_param<'c>(&'c self, name: &str, value: Tensor<'c>) -> Result<()> {
-        self.exec(OpCode::ASSIGN_PARAM, vec![value], &text(name)).map(|_| ())
+        self.exec(OpCode::ASSIGN_PARAM, vec![value], &text(name))
+            .map(|_| ())
     }
 
     pub fn context(&self, name: &str) -> Result<Tensor<'_>> {
@@ -143,16 +203,23 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn set_context<'c>(&'c self, name: &str, value: Tensor<'c>) -> Result<()> {
-        self.exec(OpCode::SET_CONTEXT, vec![value], &text(name)).map(|_| ())
+        self.exec(OpCode::SET_CONTEXT, vec![value], &text(name))
+            .map(|_| ())
     }
 
     /// Adds `weight * loss` to the training objective.
     pub fn add_loss<'c>(&'c self, loss: Tensor<'c>, weight: f64) -> Result<()> {
-        self.exec(OpCode::ADD_LOSS, vec![loss], &floats(&[weight])).map(|_| ())
+        self.exec(OpCode::ADD_LOSS, vec![loss], &floats(&[weight]))
+            .map(|_| ())
     }
 
     pub fn is_training(&self) -> Result<bool> {
-        Ok(self.exec_raw(OpCode::IS_TRAINING, &[], &values())?.values.ints.first() == Some(&1))
+        Ok(self
+            .exec_raw(OpCode::IS_TRAINING, &[], &values())?
+            .values
+            .ints
+            .first()
+            == Some(&1))
     }
 
     /// Gradients of `loss` with respect to `wrt`, detached.
@@ -224,7 +291,10 @@ macro_rules! with_dim {
 impl<'c> Tensor<'c> {
     /// The handle, giving up ownership (the caller must release it or pass it on).
     pub fn into_handle(mut self) -> Result<TensorHandle> {
-        std::mem::replace(&mut self.state, Err(ApiError::internal("tensor already moved")))
+        std::mem::replace(
+            &mut self.state,
+            Err(ApiError::internal("tensor already moved")),
+        )
     }
 
     /// Borrows the handle without giving it up.
@@ -246,7 +316,13 @@ impl<'c> Tensor<'c> {
     }
 
     pub fn shape(&self) -> Result<Vec<usize>> {
-        Ok(self.borrowed(OpCode::SHAPE, &values())?.values.ints.iter().map(|&d| d as usize).collect())
+        Ok(self
+            .borrowed(OpCode::SHAPE, &values())?
+            .values
+            .ints
+            .iter()
+            .map(|&d| d as usize)
+            .collect())
     }
 
     pub fn dims(&self) -> Result<usize> {
@@ -255,12 +331,20 @@ impl<'c> Tensor<'c> {
 
     /// Copies a float tensor's values to the plugin.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
-        Ok(self.borrowed(OpCode::TO_DATA, &values())?.values.data.into_vec())
+        Ok(self
+            .borrowed(OpCode::TO_DATA, &values())?
+            .values
+            .data
+            .into_vec())
     }
 
     /// Copies an int tensor's values to the plugin.
     pub fn to_ints(&self) -> Result<Vec<i64>> {
-        Ok(self.borrowed(OpCode::TO_DATA, &values())?.values.idata.into_vec())
+        Ok(self
+            .borrowed(OpCode::TO_DATA, &values())?
+            .values
+            .idata
+            .into_vec())
     }
 
     fn binary(self, op: OpCode, other: Tensor<'c>) -> Result<Tensor<'c>> {
@@ -362,7 +446,12 @@ impl<'c> Tensor<'c> {
         }
     }
 
-    pub fn layer_norm(self, weight: Option<Tensor<'c>>, bias: Option<Tensor<'c>>, eps: f64) -> Result<Tensor<'c>> {
+    pub fn layer_norm(
+        self,
+        weight: Option<Tensor<'c>>,
+        bias: Option<Tensor<'c>>,
+        eps: f64,
+    ) -> Result<Tensor<'c>> {
         let ctx = self.ctx;
         let mut inputs = vec![self];
         inputs.extend(weight);
@@ -393,19 +482,33 @@ impl<'c> Tensor<'c> {
     }
     pub fn unsqueeze(self, dim: i64) -> Result<Tensor<'c>> {
         let mut shape: Vec<i64> = self.shape()?.iter().map(|&d| d as i64).collect();
-        let at = if dim < 0 { shape.len() as i64 + 1 + dim } else { dim } as usize;
+        let at = if dim < 0 {
+            shape.len() as i64 + 1 + dim
+        } else {
+            dim
+        } as usize;
         shape.insert(at, 1);
         self.reshape(&shape)
     }
     /// `x[.., start..end, ..]` along `dim`.
     pub fn slice(self, dim: i64, start: usize, end: usize) -> Result<Tensor<'c>> {
-        exec1(self.ctx, OpCode::SLICE, vec![self], &ints(&[dim, start as i64, end as i64]))
+        exec1(
+            self.ctx,
+            OpCode::SLICE,
+            vec![self],
+            &ints(&[dim, start as i64, end as i64]),
+        )
     }
     pub fn gather(self, dim: i64, index: Tensor<'c>) -> Result<Tensor<'c>> {
         exec1(self.ctx, OpCode::GATHER, vec![self, index], &ints(&[dim]))
     }
     pub fn index_select(self, dim: i64, index: Tensor<'c>) -> Result<Tensor<'c>> {
-        exec1(self.ctx, OpCode::INDEX_SELECT, vec![self, index], &ints(&[dim]))
+        exec1(
+            self.ctx,
+            OpCode::INDEX_SELECT,
+            vec![self, index],
+            &ints(&[dim]),
+        )
     }
     pub fn expand(self, shape: &[usize]) -> Result<Tensor<'c>> {
         let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
@@ -414,7 +517,11 @@ impl<'c> Tensor<'c> {
 
     /// Mean cross-entropy of logits `[n, c]` against int labels `[n]`.
     pub fn cross_entropy(self, labels: Tensor<'c>, label_smoothing: f64) -> Result<Tensor<'c>> {
-        let v = Values { floats: RVec::from(vec![label_smoothing]), ints: RVec::from(vec![-100]), ..values() };
+        let v = Values {
+            floats: RVec::from(vec![label_smoothing]),
+            ints: RVec::from(vec![-100]),
+            ..values()
+        };
         exec1(self.ctx, OpCode::CROSS_ENTROPY, vec![self, labels], &v)
     }
     /// Inverted dropout in training mode; identity in eval mode.
@@ -427,7 +534,11 @@ impl<'c> Tensor<'c> {
 
     /// Cosine similarity along `dim` (removed). Since API 1.1.
     pub fn cosine_similarity(self, other: Tensor<'c>, dim: i64, eps: f64) -> Result<Tensor<'c>> {
-        let v = Values { ints: RVec::from(vec![dim]), floats: RVec::from(vec![eps]), ..values() };
+        let v = Values {
+            ints: RVec::from(vec![dim]),
+            floats: RVec::from(vec![eps]),
+            ..values()
+        };
         exec1(self.ctx, OpCode::COSINE_SIMILARITY, vec![self, other], &v)
     }
     /// Mean squared error, shape `[1]`. Since API 1.1.
@@ -455,16 +566,27 @@ impl Drop for Tensor<'_> {
 impl<'c> Clone for Tensor<'c> {
     fn clone(&self) -> Self {
         let state = self.borrowed(OpCode::DUP, &values()).and_then(|out| {
-            out.tensors.first().copied().ok_or_else(|| ApiError::internal("DUP returned no tensor"))
+            out.tensors
+                .first()
+                .copied()
+                .ok_or_else(|| ApiError::internal("DUP returned no tensor"))
         });
-        Tensor { ctx: self.ctx, state }
+        Tensor {
+            ctx: self.ctx,
+            state,
+        }
     }
 }
 
 impl std::fmt::Debug for Tensor<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.state {
-            Ok(h) => write!(f, "Tensor(#{}, shape {:?})", h.0, self.shape().unwrap_or_default()),
+            Ok(h) => write!(
+                f,
+                "Tensor(#{}, shape {:?})",
+                h.0,
+                self.shape().unwrap_or_default()
+            ),
             Err(e) => write!(f, "Tensor(poisoned: {e:?})"),
         }
     }

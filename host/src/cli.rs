@@ -98,8 +98,13 @@ fn init_logging(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 fn registry(cli_dirs: &[PathBuf]) -> anyhow::Result<peft_registry::Registry> {
@@ -112,7 +117,8 @@ fn registry(cli_dirs: &[PathBuf]) -> anyhow::Result<peft_registry::Registry> {
 
 /// Reads and validates a config file, printing every problem.
 pub fn load_config(path: &Path, registry: &peft_registry::Registry) -> anyhow::Result<RunConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
     validate(&text, &path.display().to_string(), registry).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -133,9 +139,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<16} {:<16} {:<9} {:<5} origin", "name", "kind", "version", "api");
+                println!(
+                    "{:<16} {:<16} {:<9} {:<5} origin",
+                    "name", "kind", "version", "api"
+                );
                 for e in registry.entries() {
-                    println!("{:<16} {:<16} {:<9} {:<5} {}", e.manifest.name, e.manifest.kind.to_string(), e.manifest.version, e.api_version.to_string(), e.origin);
+                    println!(
+                        "{:<16} {:<16} {:<9} {:<5} {}",
+                        e.manifest.name,
+                        e.manifest.kind.to_string(),
+                        e.manifest.version,
+                        e.api_version.to_string(),
+                        e.origin
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -146,7 +162,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { config } => {
-            let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read config {}", config.display()))?;
+            let text = std::fs::read_to_string(&config)
+                .with_context(|| format!("cannot read config {}", config.display()))?;
             match validate(&text, &config.display().to_string(), &registry) {
                 Ok(_) => {
                     println!("{}: valid", config.display());
@@ -168,17 +185,31 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, plugin, data, steps, task, out, quiet } => {
+        Command::Run {
+            config,
+            plugin,
+            data,
+            steps,
+            task,
+            out,
+            quiet,
+        } => {
             let mut cfg = match (&config, plugin.is_empty()) {
                 (Some(path), true) => load_config(path, &registry)?,
                 (None, false) => {
                     let mut c = RunConfig::for_plugin(&plugin[0]);
-                    c.modules = plugin.iter().map(|p| RunConfig::for_plugin(p).modules.remove(0)).collect();
+                    c.modules = plugin
+                        .iter()
+                        .map(|p| RunConfig::for_plugin(p).modules.remove(0))
+                        .collect();
                     let text = serde_json::to_string(&c)?;
-                    validate(&text, "the default config", &registry).map_err(|e| anyhow::anyhow!("{e}"))?
+                    validate(&text, "the default config", &registry)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
                 }
                 (Some(_), false) => bail!("give either a config file or --plugin, not both"),
-                (None, true) => bail!("give a config file or --plugin NAME (see `peft-host plugins`)"),
+                (None, true) => {
+                    bail!("give a config file or --plugin NAME (see `peft-host plugins`)")
+                }
             };
             if let Some(s) = steps {
                 cfg.training.steps = s;
@@ -187,14 +218,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.task.name = t;
             }
             let data = crate::data::data_dir(data.as_deref())?;
-            with_device(cli.device, |dev| run(&cfg, &registry, &data, &out, !quiet, dev))?;
+            with_device(cli.device, |dev| {
+                run(&cfg, &registry, &data, &out, !quiet, dev)
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 /// Runs `f` on the selected device's backend.
-fn with_device<T>(spec: DeviceSpec, f: impl FnOnce(&dyn DeviceRunner<T>) -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn with_device<T>(
+    spec: DeviceSpec,
+    f: impl FnOnce(&dyn DeviceRunner<T>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     match spec {
         DeviceSpec::Cpu => f(&CpuRunner),
         DeviceSpec::Cuda(i) => {
@@ -214,7 +250,14 @@ fn with_device<T>(spec: DeviceSpec, f: impl FnOnce(&dyn DeviceRunner<T>) -> anyh
 /// Object-safe bridge from a device choice to generic code.
 pub trait DeviceRunner<T> {
     fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan>;
-    fn run(&self, cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool) -> anyhow::Result<()>;
+    fn run(
+        &self,
+        cfg: &RunConfig,
+        registry: &peft_registry::Registry,
+        data: &Path,
+        out: &Path,
+        progress: bool,
+    ) -> anyhow::Result<()>;
 }
 
 struct CpuRunner;
@@ -223,7 +266,14 @@ impl<T> DeviceRunner<T> for CpuRunner {
     fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan> {
         plan_generic::<crate::device::Cpu>(cfg, registry, &Default::default())
     }
-    fn run(&self, cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool) -> anyhow::Result<()> {
+    fn run(
+        &self,
+        cfg: &RunConfig,
+        registry: &peft_registry::Registry,
+        data: &Path,
+        out: &Path,
+        progress: bool,
+    ) -> anyhow::Result<()> {
         run_generic::<crate::device::Cpu>(cfg, registry, data, out, progress, &Default::default())
     }
 }
@@ -236,27 +286,70 @@ impl<T> DeviceRunner<T> for CudaRunner {
     fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan> {
         plan_generic::<crate::device::Cuda>(cfg, registry, &burn_cuda::CudaDevice::new(self.0))
     }
-    fn run(&self, cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool) -> anyhow::Result<()> {
-        run_generic::<crate::device::Cuda>(cfg, registry, data, out, progress, &burn_cuda::CudaDevice::new(self.0))
+    fn run(
+        &self,
+        cfg: &RunConfig,
+        registry: &peft_registry::Registry,
+        data: &Path,
+        out: &Path,
+        progress: bool,
+    ) -> anyhow::Result<()> {
+        run_generic::<crate::device::Cuda>(
+            cfg,
+            registry,
+            data,
+            out,
+            progress,
+            &burn_cuda::CudaDevice::new(self.0),
+        )
     }
 }
 
-fn plan_for(cfg: &RunConfig, registry: &peft_registry::Registry, dev: &dyn DeviceRunner<Plan>) -> anyhow::Result<Plan> {
+fn plan_for(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    dev: &dyn DeviceRunner<Plan>,
+) -> anyhow::Result<Plan> {
     dev.plan(cfg, registry)
 }
 
-fn run(cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool, dev: &dyn DeviceRunner<()>) -> anyhow::Result<()> {
+fn run(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    data: &Path,
+    out: &Path,
+    progress: bool,
+    dev: &dyn DeviceRunner<()>,
+) -> anyhow::Result<()> {
     dev.run(cfg, registry, data, out, progress)
 }
 
-pub fn plan_generic<B: AutodiffBackend>(cfg: &RunConfig, registry: &peft_registry::Registry, device: &B::Device) -> anyhow::Result<Plan> {
+pub fn plan_generic<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    device: &B::Device,
+) -> anyhow::Result<Plan> {
     let model = Model::<B>::build(cfg, registry, device, 2)?;
     Plan::of(&model, &cfg.training.train_groups)
 }
 
-fn run_generic<B: AutodiffBackend>(cfg: &RunConfig, registry: &peft_registry::Registry, data: &Path, out: &Path, progress: bool, device: &B::Device) -> anyhow::Result<()> {
+fn run_generic<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    data: &Path,
+    out: &Path,
+    progress: bool,
+    device: &B::Device,
+) -> anyhow::Result<()> {
     let t = &cfg.task;
-    let task = crate::data::load_task(data, &t.name, t.train_examples, t.eval_examples, t.split_seed, cfg.seed)?;
+    let task = crate::data::load_task(
+        data,
+        &t.name,
+        t.train_examples,
+        t.eval_examples,
+        t.split_seed,
+        cfg.seed,
+    )?;
     tracing::info!(task = %task.name, train = task.train.len(), eval = task.eval.len(), labels = ?task.labels, "loaded task");
     let model = Model::<B>::build(cfg, registry, device, task.labels.len())?;
     let plan = Plan::of(&model, &cfg.training.train_groups)?;
@@ -264,16 +357,37 @@ fn run_generic<B: AutodiffBackend>(cfg: &RunConfig, registry: &peft_registry::Re
         eprint!("{}", plan.render());
     }
     let report = crate::train::train(&model, &task, cfg, device, progress)?;
-    let name = format!("{}-{}-seed{}", task.name, cfg.modules.iter().map(|m| m.instance_name()).collect::<Vec<_>>().join("+"), cfg.seed);
+    let name = format!(
+        "{}-{}-seed{}",
+        task.name,
+        cfg.modules
+            .iter()
+            .map(|m| m.instance_name())
+            .collect::<Vec<_>>()
+            .join("+"),
+        cfg.seed
+    );
     let result = serde_json::json!({ "config": cfg, "plan": plan, "report": report });
     let path = out.join(&name).join("result.json");
     write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
     let last = report.evaluations.last().context("no evaluation")?;
-    println!("{:<22} {:<18} {:>10} {:>8} {:>9} {:>10}", "task", "modules", "trainable", "steps", "s/step", format!("{} acc", report.eval_split));
+    println!(
+        "{:<22} {:<18} {:>10} {:>8} {:>9} {:>10}",
+        "task",
+        "modules",
+        "trainable",
+        "steps",
+        "s/step",
+        format!("{} acc", report.eval_split)
+    );
     println!(
         "{:<22} {:<18} {:>10} {:>8} {:>9.3} {:>10.4}",
         task.name,
-        cfg.modules.iter().map(|m| m.instance_name()).collect::<Vec<_>>().join("+"),
+        cfg.modules
+            .iter()
+            .map(|m| m.instance_name())
+            .collect::<Vec<_>>()
+            .join("+"),
         crate::plan::thousands(report.trainable_parameters),
         report.steps,
         report.seconds_per_step,
@@ -291,14 +405,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     Ok(())
 }
 
 /// Writes `run-config.schema.json` and `plugins/<name>.schema.json` for every plugin.
 pub fn write_schemas(out: &Path, registry: &peft_registry::Registry) -> anyhow::Result<()> {
     for (path, schema) in schema_files(registry) {
-        write_atomic(&out.join(path), (serde_json::to_string_pretty(&schema)? + "\n").as_bytes())?;
+        write_atomic(
+            &out.join(path),
+            (serde_json::to_string_pretty(&schema)? + "\n").as_bytes(),
+        )?;
     }
     Ok(())
 }
@@ -307,7 +425,10 @@ pub fn write_schemas(out: &Path, registry: &peft_registry::Registry) -> anyhow::
 pub fn schema_files(registry: &peft_registry::Registry) -> Vec<(String, serde_json::Value)> {
     let mut v = vec![("run-config.schema.json".to_string(), run_config_schema())];
     for e in registry.entries() {
-        v.push((format!("plugins/{}.schema.json", e.manifest.name), e.manifest.config_schema.clone()));
+        v.push((
+            format!("plugins/{}.schema.json", e.manifest.name),
+            e.manifest.config_schema.clone(),
+        ));
     }
     v
 }

@@ -51,12 +51,19 @@ pub fn check_cuda(index: usize) -> anyhow::Result<()> {
 fn cuda_device_count() -> usize {
     // SAFETY: the driver API functions are called with their documented signatures.
     unsafe {
-        let Ok(lib) = libloading::Library::new("libcuda.so.1") else { return 0 };
-        let Ok(init) = lib.get::<unsafe extern "C" fn(u32) -> i32>(b"cuInit\0") else { return 0 };
+        let Ok(lib) = libloading::Library::new("libcuda.so.1") else {
+            return 0;
+        };
+        let Ok(init) = lib.get::<unsafe extern "C" fn(u32) -> i32>(b"cuInit\0") else {
+            return 0;
+        };
         if init(0) != 0 {
             return 0;
         }
-        let Ok(count) = lib.get::<unsafe extern "C" fn(*mut i32) -> i32>(b"cuDeviceGetCount\0") else { return 0 };
+        let Ok(count) = lib.get::<unsafe extern "C" fn(*mut i32) -> i32>(b"cuDeviceGetCount\0")
+        else {
+            return 0;
+        };
         let mut n = 0i32;
         if count(&mut n) != 0 {
             return 0;

@@ -17,7 +17,9 @@ use houlsby as _;
 
 /// The registry of built-in plugins plus those in plugin folders; unusable libraries are
 /// reported and skipped.
-pub fn registry(plugin_dirs: &[std::path::PathBuf]) -> anyhow::Result<(peft_registry::Registry, Vec<peft_registry::RegistryError>)> {
+pub fn registry(
+    plugin_dirs: &[std::path::PathBuf],
+) -> anyhow::Result<(peft_registry::Registry, Vec<peft_registry::RegistryError>)> {
     let mut r = peft_registry::Registry::with_static_plugins()?;
     let mut refused = Vec::new();
     for dir in peft_registry::plugin_dirs(plugin_dirs) {

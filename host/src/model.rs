@@ -1,5 +1,8 @@
 //! A composed model: backbone + attached modules + task head, over one parameter store.
-use std::{cell::RefCell, path::{Path, PathBuf}};
+use std::{
+    cell::RefCell,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{bail, Context};
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
@@ -7,8 +10,16 @@ use peft_api::{ApiError, BackboneInfo, Init};
 use peft_registry::Registry;
 
 use crate::{
-    backbone::{bert::{Bert, BertConfig}, weights::Checkpoint, Backbone, Hooks, TextBatch},
-    bridge::{ops::linear, value::{fp, ft}, HostGraph},
+    backbone::{
+        bert::{Bert, BertConfig},
+        weights::Checkpoint,
+        Backbone, Hooks, TextBatch,
+    },
+    bridge::{
+        ops::linear,
+        value::{fp, ft},
+        HostGraph,
+    },
     config::{BackboneDetail, BackboneSpec, RunConfig},
     modules::{Composition, ModuleRequest},
     params::ParamStore,
@@ -35,25 +46,37 @@ pub fn model_dirs() -> Vec<PathBuf> {
 }
 
 fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
 pub fn resolve_backbone(spec: &BackboneSpec) -> anyhow::Result<ModelFiles> {
     let detail = match spec {
-        BackboneSpec::Name(n) => BackboneDetail { name: Some(n.clone()), ..Default::default() },
+        BackboneSpec::Name(n) => BackboneDetail {
+            name: Some(n.clone()),
+            ..Default::default()
+        },
         BackboneSpec::Detailed(d) => d.clone(),
     };
     if let Some(cfg) = &detail.config {
         let tokenizer = match &detail.tokenizer {
             Some(t) => Some(PathBuf::from(t)),
-            None => model_dirs().into_iter().map(|d| d.join("all-MiniLM-L6-v2/tokenizer.json")).find(|p| p.exists()),
+            None => model_dirs()
+                .into_iter()
+                .map(|d| d.join("all-MiniLM-L6-v2/tokenizer.json"))
+                .find(|p| p.exists()),
         };
         let mut config = cfg.clone();
         if let Some(arch) = &detail.architecture {
             config["model_type"] = serde_json::Value::String(arch.clone());
         }
-        return Ok(ModelFiles { name: detail.name.unwrap_or_else(|| "random-init".into()), dir: None, config, tokenizer });
+        return Ok(ModelFiles {
+            name: detail.name.unwrap_or_else(|| "random-init".into()),
+            dir: None,
+            config,
+            tokenizer,
+        });
     }
     let dir = if let Some(p) = &detail.path {
         PathBuf::from(p)
@@ -71,7 +94,14 @@ pub fn resolve_backbone(spec: &BackboneSpec) -> anyhow::Result<ModelFiles> {
     };
     let config = read_json(&dir.join("config.json"))?;
     let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
-    Ok(ModelFiles { name: detail.name.unwrap_or_else(|| dir.file_name().unwrap_or_default().to_string_lossy().into()), dir: Some(dir), config, tokenizer })
+    Ok(ModelFiles {
+        name: detail
+            .name
+            .unwrap_or_else(|| dir.file_name().unwrap_or_default().to_string_lossy().into()),
+        dir: Some(dir),
+        config,
+        tokenizer,
+    })
 }
 
 pub struct Model<B: AutodiffBackend> {
@@ -85,15 +115,31 @@ pub struct Model<B: AutodiffBackend> {
 impl<B: AutodiffBackend> Model<B> {
     /// Builds the backbone (loading or initialising its weights), attaches modules and a
     /// classification head of `num_labels` outputs (0 = no head).
-    pub fn build(config: &RunConfig, registry: &Registry, device: &B::Device, num_labels: usize) -> anyhow::Result<Self> {
+    pub fn build(
+        config: &RunConfig,
+        registry: &Registry,
+        device: &B::Device,
+        num_labels: usize,
+    ) -> anyhow::Result<Self> {
         let files = resolve_backbone(&config.backbone)?;
-        let model_type = files.config.get("model_type").and_then(|v| v.as_str()).unwrap_or("bert").to_string();
+        let model_type = files
+            .config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("bert")
+            .to_string();
         if !matches!(model_type.as_str(), "bert") {
             bail!("backbone `{}`: architecture `{model_type}` is not supported by this host yet (supported: bert)", files.name);
         }
-        let bert_cfg: BertConfig = serde_json::from_value(files.config.clone())
-            .with_context(|| format!("backbone `{}`: config.json is not a BERT config", files.name))?;
-        let bert = Bert::new(&files.name, bert_cfg.clone()).map_err(|e| anyhow::anyhow!("backbone `{}`: {e}", files.name))?;
+        let bert_cfg: BertConfig =
+            serde_json::from_value(files.config.clone()).with_context(|| {
+                format!(
+                    "backbone `{}`: config.json is not a BERT config",
+                    files.name
+                )
+            })?;
+        let bert = Bert::new(&files.name, bert_cfg.clone())
+            .map_err(|e| anyhow::anyhow!("backbone `{}`: {e}", files.name))?;
         let mut store = ParamStore::<B>::new(device.clone(), config.seed);
         match &files.dir {
             Some(dir) => {
@@ -108,7 +154,10 @@ impl<B: AutodiffBackend> Model<B> {
                     } else if name.ends_with(".bias") || name.ends_with("LayerNorm.bias") {
                         Init::Zeros
                     } else {
-                        Init::Normal { mean: 0.0, std: 0.02 }
+                        Init::Normal {
+                            mean: 0.0,
+                            std: 0.02,
+                        }
                     };
                     store.create(&name, "backbone", "backbone", &shape, &init)?;
                 }
@@ -118,21 +167,37 @@ impl<B: AutodiffBackend> Model<B> {
         let requests: Vec<ModuleRequest> = config
             .modules
             .iter()
-            .map(|m| ModuleRequest { plugin: m.plugin.clone(), name: m.instance_name(), config: m.config.clone() })
+            .map(|m| ModuleRequest {
+                plugin: m.plugin.clone(),
+                name: m.instance_name(),
+                config: m.config.clone(),
+            })
             .collect();
         let modules = Composition::attach(registry, &requests, Backbone::<B>::info(&bert), &params)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if num_labels > 0 {
             let h = bert_cfg.hidden_size;
             let mut p = params.borrow_mut();
-            p.create("head.weight", "head", "head", &[num_labels, h], &Init::KaimingUniform)?;
+            p.create(
+                "head.weight",
+                "head",
+                "head",
+                &[num_labels, h],
+                &Init::KaimingUniform,
+            )?;
             p.create("head.bias", "head", "head", &[num_labels], &Init::Zeros)?;
         }
         let tokenizer = match &files.tokenizer {
             Some(path) => Some(load_tokenizer(path)?),
             None => None,
         };
-        Ok(Model { backbone: bert, params, modules, tokenizer, num_labels })
+        Ok(Model {
+            backbone: bert,
+            params,
+            modules,
+            tokenizer,
+            num_labels,
+        })
     }
 
     pub fn info(&self) -> &BackboneInfo {
@@ -146,14 +211,22 @@ impl<B: AutodiffBackend> Model<B> {
     }
 
     /// Last hidden state with modules applied.
-    pub fn encode(&self, graph: &HostGraph<'_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 3>, ApiError> {
+    pub fn encode(
+        &self,
+        graph: &HostGraph<'_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
         graph.sites.set(None);
         let hooks = Hooks::new(graph, &self.modules);
         self.backbone.encode(&hooks, batch)
     }
 
     /// Class logits `[batch, num_labels]` from the mean-pooled hidden state.
-    pub fn logits(&self, graph: &HostGraph<'_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 2>, ApiError> {
+    pub fn logits(
+        &self,
+        graph: &HostGraph<'_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 2>, ApiError> {
         let h = self.encode(graph, batch)?;
         let pooled = mean_pool(h, &batch.attention_mask);
         let w = graph.param_value("head.weight")?;
@@ -162,8 +235,16 @@ impl<B: AutodiffBackend> Model<B> {
     }
 
     /// Tokenises texts (or pairs) into a padded batch.
-    pub fn tokenize(&self, texts: &[(String, Option<String>)], max_length: usize, device: &B::Device) -> anyhow::Result<TextBatch<B>> {
-        let tok = self.tokenizer.as_ref().context("this backbone has no tokenizer.json")?;
+    pub fn tokenize(
+        &self,
+        texts: &[(String, Option<String>)],
+        max_length: usize,
+        device: &B::Device,
+    ) -> anyhow::Result<TextBatch<B>> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .context("this backbone has no tokenizer.json")?;
         tokenize(tok, texts, max_length, device)
     }
 }
@@ -181,9 +262,11 @@ pub fn mean_pool<B: AutodiffBackend>(h: Tensor<B, 3>, mask: &Tensor<B, 2, Int>) 
 /// Loads `tokenizer.json` with its fixed padding and truncation turned off: the host pads
 /// each batch to its longest sequence and passes the attention mask.
 pub fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
-    let mut tok = tokenizers::Tokenizer::from_file(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut tok = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     tok.with_padding(None);
-    tok.with_truncation(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tok.with_truncation(None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(tok)
 }
 
@@ -222,5 +305,9 @@ pub fn tokenize<B: AutodiffBackend>(
         }
     }
     let mk = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, t]), device);
-    Ok(TextBatch { input_ids: mk(ids), attention_mask: mk(mask), token_type_ids: Some(mk(types)) })
+    Ok(TextBatch {
+        input_ids: mk(ids),
+        attention_mask: mk(mask),
+        token_type_ids: Some(mk(types)),
+    })
 }

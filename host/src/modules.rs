@@ -27,13 +27,24 @@ pub struct ModuleInstance {
 
 impl ModuleInstance {
     pub fn describe(&self) -> String {
-        format!("module `{}` (plugin {} {}, API {}, {})", self.name, self.plugin, self.plugin_version, self.api_version, self.origin)
+        format!(
+            "module `{}` (plugin {} {}, API {}, {})",
+            self.name, self.plugin, self.plugin_version, self.api_version, self.origin
+        )
     }
 
     /// A named extension call; `Ok(None)` when the plugin does not implement it.
-    pub fn call<B: AutodiffBackend>(&self, graph: &HostGraph<'_, B>, name: &str, json: &str) -> Result<Option<String>, ApiError> {
+    pub fn call<B: AutodiffBackend>(
+        &self,
+        graph: &HostGraph<'_, B>,
+        name: &str,
+        json: &str,
+    ) -> Result<Option<String>, ApiError> {
         let r = graph.with_namespace(&self.name, || {
-            self.obj.borrow_mut().call(graph.as_abi(), RStr::from(name), RStr::from(json)).into_result()
+            self.obj
+                .borrow_mut()
+                .call(graph.as_abi(), RStr::from(name), RStr::from(json))
+                .into_result()
         });
         match r {
             Ok(s) => Ok(Some(s.into_string())),
@@ -66,19 +77,34 @@ impl Composition {
         info: &BackboneInfo,
         params: &RefCell<ParamStore<B>>,
     ) -> Result<Self, ApiError> {
-        let info_json = serde_json::to_string(info).map_err(|e| ApiError::internal(e.to_string()))?;
+        let info_json =
+            serde_json::to_string(info).map_err(|e| ApiError::internal(e.to_string()))?;
         let mut comp = Composition::default();
         for req in requests {
-            let entry = registry.get(&req.plugin).map_err(|e| ApiError::config(e.to_string()))?;
-            let mut obj = registry.create_module(&req.plugin, &req.config).map_err(|e| ApiError::config(e.to_string()))?;
+            let entry = registry
+                .get(&req.plugin)
+                .map_err(|e| ApiError::config(e.to_string()))?;
+            let mut obj = registry
+                .create_module(&req.plugin, &req.config)
+                .map_err(|e| ApiError::config(e.to_string()))?;
             let graph = HostGraph::new(params, false);
             let plan_json = graph
-                .with_namespace(&req.name, || obj.attach(graph.as_abi(), RStr::from(info_json.as_str())).into_result())
+                .with_namespace(&req.name, || {
+                    obj.attach(graph.as_abi(), RStr::from(info_json.as_str()))
+                        .into_result()
+                })
                 .map_err(|e| {
-                    e.context(format_args!("module `{}` (plugin {} {}) attaching", req.name, req.plugin, entry.manifest.version))
+                    e.context(format_args!(
+                        "module `{}` (plugin {} {}) attaching",
+                        req.name, req.plugin, entry.manifest.version
+                    ))
                 })?;
-            let plan: AttachPlan = serde_json::from_str(&plan_json)
-                .map_err(|e| ApiError::internal(format!("plugin {} returned an unreadable attach plan: {e}", req.plugin)))?;
+            let plan: AttachPlan = serde_json::from_str(&plan_json).map_err(|e| {
+                ApiError::internal(format!(
+                    "plugin {} returned an unreadable attach plan: {e}",
+                    req.plugin
+                ))
+            })?;
             let idx = comp.modules.len();
             for (a, att) in plan.attachments.iter().enumerate() {
                 let Some(site) = info.sites.iter().find(|s| s.name == att.site) else {
@@ -88,7 +114,11 @@ impl Composition {
                     )));
                 };
                 let pair = matches!(site.kind, SiteKind::Sublayer | SiteKind::Projection);
-                comp.by_site.entry(att.site.clone()).or_insert((pair, Vec::new())).1.push((idx, a as u32));
+                comp.by_site
+                    .entry(att.site.clone())
+                    .or_insert((pair, Vec::new()))
+                    .1
+                    .push((idx, a as u32));
             }
             comp.modules.push(ModuleInstance {
                 name: req.name.clone(),
@@ -105,25 +135,60 @@ impl Composition {
 
     /// Backbone weights that modules asked to train (AdapterBias's LayerNorms, ...).
     pub fn unfrozen_backbone_weights(&self) -> Vec<String> {
-        self.modules.iter().flat_map(|m| m.plan.attachments.iter().flat_map(|a| a.unfreeze.iter().cloned())).collect()
+        self.modules
+            .iter()
+            .flat_map(|m| {
+                m.plan
+                    .attachments
+                    .iter()
+                    .flat_map(|a| a.unfreeze.iter().cloned())
+            })
+            .collect()
     }
 
-    fn apply<B: AutodiffBackend>(&self, graph: &HostGraph<'_, B>, site: &str, mut inputs: Vec<Value<B>>) -> Result<Vec<Value<B>>, ApiError> {
-        let Some((pair, list)) = self.by_site.get(site) else { return Ok(inputs) };
+    fn apply<B: AutodiffBackend>(
+        &self,
+        graph: &HostGraph<'_, B>,
+        site: &str,
+        mut inputs: Vec<Value<B>>,
+    ) -> Result<Vec<Value<B>>, ApiError> {
+        let Some((pair, list)) = self.by_site.get(site) else {
+            return Ok(inputs);
+        };
         if *pair && inputs.len() != 2 {
-            return Err(ApiError::invalid(format!("site `{site}` passes [x, y], got {} tensors", inputs.len())));
+            return Err(ApiError::invalid(format!(
+                "site `{site}` passes [x, y], got {} tensors",
+                inputs.len()
+            )));
         }
-        let layer = site.split('.').find_map(|p| p.parse::<u32>().ok()).unwrap_or(u32::MAX);
+        let layer = site
+            .split('.')
+            .find_map(|p| p.parse::<u32>().ok())
+            .unwrap_or(u32::MAX);
         for &(m, attachment) in list {
             let module = &self.modules[m];
             // Pair sites pass [x, y] and get [y'] back; the next module sees [x, y'].
             let x = if *pair { Some(inputs[0].clone()) } else { None };
             let handles: RVec<_> = inputs.into_iter().map(|v| graph.insert(v)).collect();
-            let call = SiteCall { site: RStr::from(site), attachment, layer, training: graph.training };
+            let call = SiteCall {
+                site: RStr::from(site),
+                attachment,
+                layer,
+                training: graph.training,
+            };
             let out = graph
-                .with_namespace(&module.name, || module.obj.borrow().apply(graph.as_abi(), &call, handles).into_result())
+                .with_namespace(&module.name, || {
+                    module
+                        .obj
+                        .borrow()
+                        .apply(graph.as_abi(), &call, handles)
+                        .into_result()
+                })
                 .map_err(|e| e.context(format_args!("{} at site `{site}`", module.describe())))?;
-            let mut values = out.into_iter().map(|h| graph.take(h)).collect::<Result<Vec<_>, _>>()?;
+            let mut values = out
+                .into_iter()
+                .map(|h| graph.take(h))
+                .collect::<Result<Vec<_>, _>>()?;
             if let Some(x) = x {
                 if values.len() != 1 {
                     return Err(ApiError::invalid(format!(
@@ -145,7 +210,12 @@ impl<B: AutodiffBackend> SiteModules<B> for Composition {
         self.by_site.contains_key(site)
     }
 
-    fn call(&self, graph: &HostGraph<'_, B>, site: &str, inputs: Vec<Value<B>>) -> Result<Vec<Value<B>>, ApiError> {
+    fn call(
+        &self,
+        graph: &HostGraph<'_, B>,
+        site: &str,
+        inputs: Vec<Value<B>>,
+    ) -> Result<Vec<Value<B>>, ApiError> {
         let pair = self.by_site.get(site).is_some_and(|(p, _)| *p);
         let mut out = self.apply(graph, site, inputs)?;
         if pair {
@@ -156,7 +226,12 @@ impl<B: AutodiffBackend> SiteModules<B> for Composition {
 }
 
 impl<B: AutodiffBackend> SiteDispatch<B> for Composition {
-    fn dispatch(&self, graph: &HostGraph<'_, B>, site: &str, inputs: Vec<Value<B>>) -> Result<Vec<Value<B>>, ApiError> {
+    fn dispatch(
+        &self,
+        graph: &HostGraph<'_, B>,
+        site: &str,
+        inputs: Vec<Value<B>>,
+    ) -> Result<Vec<Value<B>>, ApiError> {
         SiteModules::call(self, graph, site, inputs)
     }
 }

@@ -36,7 +36,12 @@ pub struct ParamStore<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> ParamStore<B> {
     pub fn new(device: B::Device, seed: u64) -> Self {
-        ParamStore { params: Vec::new(), index: BTreeMap::new(), device, rng: StdRng::seed_from_u64(seed) }
+        ParamStore {
+            params: Vec::new(),
+            index: BTreeMap::new(),
+            device,
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -62,7 +67,10 @@ impl<B: AutodiffBackend> ParamStore<B> {
     /// The tensor of a parameter, tracked by autodiff when trainable.
     pub fn value(&self, name: &str) -> Result<FloatPrim<B>, ApiError> {
         self.get(name).map(|p| p.value.clone()).ok_or_else(|| {
-            ApiError::new(peft_api::ErrorKind::NOT_FOUND, format!("no parameter named `{name}`"))
+            ApiError::new(
+                peft_api::ErrorKind::NOT_FOUND,
+                format!("no parameter named `{name}`"),
+            )
         })
     }
 
@@ -70,15 +78,26 @@ impl<B: AutodiffBackend> ParamStore<B> {
         let v = self.value(name)?;
         let t = ft::<B, D>(v);
         if t.dims().len() != D {
-            return Err(ApiError::shape(format!("parameter `{name}` has rank {}, expected {D}", t.dims().len())));
+            return Err(ApiError::shape(format!(
+                "parameter `{name}` has rank {}, expected {D}",
+                t.dims().len()
+            )));
         }
         Ok(t)
     }
 
     /// Adds a parameter with a given value (frozen until [`ParamStore::set_trainable`]).
-    pub fn insert(&mut self, name: &str, group: &str, owner: &str, value: FloatPrim<B>) -> Result<(), ApiError> {
+    pub fn insert(
+        &mut self,
+        name: &str,
+        group: &str,
+        owner: &str,
+        value: FloatPrim<B>,
+    ) -> Result<(), ApiError> {
         if self.index.contains_key(name) {
-            return Err(ApiError::invalid(format!("parameter `{name}` already exists")));
+            return Err(ApiError::invalid(format!(
+                "parameter `{name}` already exists"
+            )));
         }
         use burn::tensor::TensorMetadata;
         let shape = value.shape().to_vec();
@@ -96,7 +115,14 @@ impl<B: AutodiffBackend> ParamStore<B> {
 
     /// Creates a parameter from an initialiser, drawing from the store's seeded generator so
     /// that the same seed gives the same weights on every backend.
-    pub fn create(&mut self, name: &str, group: &str, owner: &str, shape: &[usize], init: &Init) -> Result<FloatPrim<B>, ApiError> {
+    pub fn create(
+        &mut self,
+        name: &str,
+        group: &str,
+        owner: &str,
+        shape: &[usize],
+        init: &Init,
+    ) -> Result<FloatPrim<B>, ApiError> {
         let values = init_values(&mut self.rng, shape, init)?;
         let prim = from_values::<B>(shape, values, &self.device)?;
         self.insert(name, group, owner, prim.clone())?;
@@ -106,11 +132,17 @@ impl<B: AutodiffBackend> ParamStore<B> {
     /// Replaces a parameter's value (outside the autodiff graph), keeping its trainability.
     pub fn assign(&mut self, name: &str, value: FloatPrim<B>) -> Result<(), ApiError> {
         use burn::tensor::TensorMetadata;
-        let i = *self.index.get(name).ok_or_else(|| ApiError::invalid(format!("no parameter named `{name}`")))?;
+        let i = *self
+            .index
+            .get(name)
+            .ok_or_else(|| ApiError::invalid(format!("no parameter named `{name}`")))?;
         let p = &mut self.params[i];
         let shape = value.shape().to_vec();
         if shape != p.shape {
-            return Err(ApiError::shape(format!("parameter `{name}` has shape {:?}, got {:?}", p.shape, shape)));
+            return Err(ApiError::shape(format!(
+                "parameter `{name}` has shape {:?}, got {:?}",
+                p.shape, shape
+            )));
         }
         p.value = mark::<B>(value, p.trainable)?;
         Ok(())
@@ -120,7 +152,8 @@ impl<B: AutodiffBackend> ParamStore<B> {
     /// detached, so autodiff neither tracks nor computes their gradients.
     pub fn set_trainable(&mut self, groups: &[String], extra: &[String]) -> Result<(), ApiError> {
         for p in &mut self.params {
-            p.trainable = groups.iter().any(|g| g == &p.group) || extra.iter().any(|n| n == &p.name);
+            p.trainable =
+                groups.iter().any(|g| g == &p.group) || extra.iter().any(|n| n == &p.name);
             p.value = mark::<B>(p.value.clone(), p.trainable)?;
         }
         Ok(())
@@ -157,7 +190,10 @@ impl<B: AutodiffBackend> ParamStore<B> {
     }
 }
 
-fn mark<B: AutodiffBackend>(value: FloatPrim<B>, trainable: bool) -> Result<FloatPrim<B>, ApiError> {
+fn mark<B: AutodiffBackend>(
+    value: FloatPrim<B>,
+    trainable: bool,
+) -> Result<FloatPrim<B>, ApiError> {
     use burn::tensor::TensorMetadata;
     let rank = value.shape().num_dims();
     by_rank!(rank, |D| {
@@ -166,21 +202,40 @@ fn mark<B: AutodiffBackend>(value: FloatPrim<B>, trainable: bool) -> Result<Floa
     })
 }
 
-pub fn from_values<B: AutodiffBackend>(shape: &[usize], values: Vec<f32>, device: &B::Device) -> Result<FloatPrim<B>, ApiError> {
+pub fn from_values<B: AutodiffBackend>(
+    shape: &[usize],
+    values: Vec<f32>,
+    device: &B::Device,
+) -> Result<FloatPrim<B>, ApiError> {
     let n: usize = shape.iter().product();
     if values.len() != n {
-        return Err(ApiError::shape(format!("{} values for shape {:?} ({} elements)", values.len(), shape, n)));
+        return Err(ApiError::shape(format!(
+            "{} values for shape {:?} ({} elements)",
+            values.len(),
+            shape,
+            n
+        )));
     }
     let data = TensorData::new(values, shape.to_vec());
-    by_rank!(shape.len(), |D| Ok(fp(Tensor::<B, D>::from_data(data, device))))
+    by_rank!(shape.len(), |D| Ok(fp(Tensor::<B, D>::from_data(
+        data, device
+    ))))
 }
 
 /// Draws initial values; PyTorch's conventions for fan-in (`[out, in]` weights).
 pub fn init_values(rng: &mut StdRng, shape: &[usize], init: &Init) -> Result<Vec<f32>, ApiError> {
     let n: usize = shape.iter().product();
-    let fan_in = if shape.len() >= 2 { shape[1..].iter().product::<usize>() } else { shape.first().copied().unwrap_or(1) };
+    let fan_in = if shape.len() >= 2 {
+        shape[1..].iter().product::<usize>()
+    } else {
+        shape.first().copied().unwrap_or(1)
+    };
     let fan_out = shape.first().copied().unwrap_or(1);
-    let uniform = |rng: &mut StdRng, a: f64| (0..n).map(|_| rng.random_range(-a..=a) as f32).collect::<Vec<_>>();
+    let uniform = |rng: &mut StdRng, a: f64| {
+        (0..n)
+            .map(|_| rng.random_range(-a..=a) as f32)
+            .collect::<Vec<_>>()
+    };
     Ok(match init {
         Init::Zeros => vec![0.0; n],
         Init::Ones => vec![1.0; n],
@@ -189,21 +244,30 @@ pub fn init_values(rng: &mut StdRng, shape: &[usize], init: &Init) -> Result<Vec
             if *std == 0.0 {
                 vec![*mean as f32; n]
             } else {
-                let d = Normal::new(*mean, *std).map_err(|e| ApiError::invalid(format!("normal init: {e}")))?;
+                let d = Normal::new(*mean, *std)
+                    .map_err(|e| ApiError::invalid(format!("normal init: {e}")))?;
                 (0..n).map(|_| d.sample(rng) as f32).collect()
             }
         }
         Init::Uniform { low, high } => {
             if low > high {
-                return Err(ApiError::invalid(format!("uniform init: low {low} > high {high}")));
+                return Err(ApiError::invalid(format!(
+                    "uniform init: low {low} > high {high}"
+                )));
             }
-            (0..n).map(|_| rng.random_range(*low..=*high) as f32).collect()
+            (0..n)
+                .map(|_| rng.random_range(*low..=*high) as f32)
+                .collect()
         }
         Init::KaimingUniform => uniform(rng, 1.0 / (fan_in as f64).sqrt()),
         Init::XavierUniform => uniform(rng, (6.0 / (fan_in + fan_out) as f64).sqrt()),
         Init::Data { values } => {
             if values.len() != n {
-                return Err(ApiError::shape(format!("init data has {} values, shape {:?} needs {n}", values.len(), shape)));
+                return Err(ApiError::shape(format!(
+                    "init data has {} values, shape {:?} needs {n}",
+                    values.len(),
+                    shape
+                )));
             }
             values.clone()
         }

@@ -52,7 +52,10 @@ pub struct GroupCount {
 }
 
 impl Plan {
-    pub fn of<B: AutodiffBackend>(model: &Model<B>, train_groups: &[String]) -> anyhow::Result<Self> {
+    pub fn of<B: AutodiffBackend>(
+        model: &Model<B>,
+        train_groups: &[String],
+    ) -> anyhow::Result<Self> {
         model.set_trainable(train_groups)?;
         let info = model.info();
         let store = model.params.borrow();
@@ -71,14 +74,26 @@ impl Plan {
                     .plan
                     .attachments
                     .iter()
-                    .map(|a| AttachmentPlan { site: a.site.clone(), role: a.role.clone(), unfreeze: a.unfreeze.clone() })
+                    .map(|a| AttachmentPlan {
+                        site: a.site.clone(),
+                        role: a.role.clone(),
+                        unfreeze: a.unfreeze.clone(),
+                    })
                     .collect(),
             })
             .collect();
         let groups = store
             .counts_by_group()
             .into_iter()
-            .map(|(g, (parameters, trainable))| (g, GroupCount { parameters, trainable }))
+            .map(|(g, (parameters, trainable))| {
+                (
+                    g,
+                    GroupCount {
+                        parameters,
+                        trainable,
+                    },
+                )
+            })
             .collect();
         Ok(Plan {
             backbone: BackbonePlan {
@@ -99,9 +114,21 @@ impl Plan {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let b = &self.backbone;
-        let _ = writeln!(s, "backbone  {} ({}, {} layers, hidden {}, {} heads, {} sites)", b.name, b.architecture, b.layers, b.hidden_size, b.heads, b.sites);
+        let _ = writeln!(
+            s,
+            "backbone  {} ({}, {} layers, hidden {}, {} heads, {} sites)",
+            b.name, b.architecture, b.layers, b.hidden_size, b.heads, b.sites
+        );
         for m in &self.modules {
-            let _ = writeln!(s, "module    {} = plugin {} {} (API {}), {} parameters", m.name, m.plugin, m.plugin_version, m.api_version, thousands(m.parameters));
+            let _ = writeln!(
+                s,
+                "module    {} = plugin {} {} (API {}), {} parameters",
+                m.name,
+                m.plugin,
+                m.plugin_version,
+                m.api_version,
+                thousands(m.parameters)
+            );
             for a in &m.attachments {
                 let _ = writeln!(s, "            {:<44} {}", a.site, a.role);
                 if !a.unfreeze.is_empty() {
@@ -113,10 +140,23 @@ impl Plan {
         let total: usize = self.groups.values().map(|g| g.parameters).sum();
         let trainable: usize = self.groups.values().map(|g| g.trainable).sum();
         for (g, c) in &self.groups {
-            let state = if c.trainable == c.parameters { "trainable".to_string() } else if c.trainable == 0 { "frozen".to_string() } else { format!("{} trainable", thousands(c.trainable)) };
+            let state = if c.trainable == c.parameters {
+                "trainable".to_string()
+            } else if c.trainable == 0 {
+                "frozen".to_string()
+            } else {
+                format!("{} trainable", thousands(c.trainable))
+            };
             let _ = writeln!(s, "  {:<14} {:>14}  {state}", g, thousands(c.parameters));
         }
-        let _ = writeln!(s, "  {:<14} {:>14}  {} trainable ({:.3}%)", "total", thousands(total), thousands(trainable), 100.0 * trainable as f64 / total.max(1) as f64);
+        let _ = writeln!(
+            s,
+            "  {:<14} {:>14}  {} trainable ({:.3}%)",
+            "total",
+            thousands(total),
+            thousands(trainable),
+            100.0 * trainable as f64 / total.max(1) as f64
+        );
         s
     }
 }

@@ -12,8 +12,8 @@ use abi_stable::{
     std_types::RStr,
 };
 use peft_api::{
-    ApiError, ApiVersion, ContextEncoderBox, Manifest, PeftModuleBox, PluginKind, PluginRoot_Ref, PrimingBox,
-    API_VERSION, ROOT_SYMBOL_PREFIX,
+    ApiError, ApiVersion, ContextEncoderBox, Manifest, PeftModuleBox, PluginKind, PluginRoot_Ref,
+    PrimingBox, API_VERSION, ROOT_SYMBOL_PREFIX,
 };
 use serde_json::Value;
 
@@ -56,7 +56,11 @@ impl fmt::Debug for Entry {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("plugin `{name}` is provided twice: by {first} and by {second}")]
-    Duplicate { name: String, first: Origin, second: Origin },
+    Duplicate {
+        name: String,
+        first: Origin,
+        second: Origin,
+    },
     #[error("{path}: cannot open shared library: {message}")]
     Open { path: PathBuf, message: String },
     #[error("{path}: not a peft-host plugin (it exports no `{ROOT_SYMBOL_PREFIX}*` symbol)")]
@@ -64,15 +68,33 @@ pub enum RegistryError {
     #[error(
         "{path}: plugin `{symbol}` was built against peft-api {plugin_api}, this host has peft-api {host_api}: {reason}"
     )]
-    Incompatible { path: PathBuf, symbol: String, plugin_api: String, host_api: String, reason: String },
+    Incompatible {
+        path: PathBuf,
+        symbol: String,
+        plugin_api: String,
+        host_api: String,
+        reason: String,
+    },
     #[error("{origin}: plugin `{symbol}` has an unreadable manifest: {message}")]
-    Manifest { origin: Origin, symbol: String, message: String },
+    Manifest {
+        origin: Origin,
+        symbol: String,
+        message: String,
+    },
     #[error("no plugin named `{name}`; known: {known}")]
     Unknown { name: String, known: String },
     #[error("plugin `{name}` is a {actual} plugin, not a {expected} plugin")]
-    WrongKind { name: String, expected: PluginKind, actual: PluginKind },
+    WrongKind {
+        name: String,
+        expected: PluginKind,
+        actual: PluginKind,
+    },
     #[error("plugin `{name}` ({origin}): {error}")]
-    Plugin { name: String, origin: Origin, error: ApiError },
+    Plugin {
+        name: String,
+        origin: Origin,
+        error: ApiError,
+    },
 }
 
 /// The host's view of all plugins it can use.
@@ -107,25 +129,34 @@ impl Registry {
 
     pub fn add_static_plugins(&mut self) -> Result<(), RegistryError> {
         for sp in peft_api::static_plugins() {
-            let origin = Origin::Static { crate_name: sp.crate_name.to_string() };
+            let origin = Origin::Static {
+                crate_name: sp.crate_name.to_string(),
+            };
             let root = (sp.root)();
             self.insert(root, origin, sp.crate_name)?;
         }
         Ok(())
     }
 
-    fn insert(&mut self, root: PluginRoot_Ref, origin: Origin, symbol: &str) -> Result<String, RegistryError> {
+    fn insert(
+        &mut self,
+        root: PluginRoot_Ref,
+        origin: Origin,
+        symbol: &str,
+    ) -> Result<String, RegistryError> {
         let manifest_json = (root.manifest())();
-        let manifest: Manifest = serde_json::from_str(manifest_json.as_str()).map_err(|e| RegistryError::Manifest {
-            origin: origin.clone(),
-            symbol: symbol.to_string(),
-            message: e.to_string(),
-        })?;
-        let api_version = ApiVersion::parse(&manifest.api_version).ok_or_else(|| RegistryError::Manifest {
-            origin: origin.clone(),
-            symbol: symbol.to_string(),
-            message: format!("api_version `{}` is not major.minor", manifest.api_version),
-        })?;
+        let manifest: Manifest =
+            serde_json::from_str(manifest_json.as_str()).map_err(|e| RegistryError::Manifest {
+                origin: origin.clone(),
+                symbol: symbol.to_string(),
+                message: e.to_string(),
+            })?;
+        let api_version =
+            ApiVersion::parse(&manifest.api_version).ok_or_else(|| RegistryError::Manifest {
+                origin: origin.clone(),
+                symbol: symbol.to_string(),
+                message: format!("api_version `{}` is not major.minor", manifest.api_version),
+            })?;
         if !API_VERSION.accepts(api_version) {
             return Err(RegistryError::Incompatible {
                 path: match &origin {
@@ -140,9 +171,21 @@ impl Registry {
         }
         let name = manifest.name.clone();
         if let Some(existing) = self.entries.get(&name) {
-            return Err(RegistryError::Duplicate { name, first: existing.origin.clone(), second: origin });
+            return Err(RegistryError::Duplicate {
+                name,
+                first: existing.origin.clone(),
+                second: origin,
+            });
         }
-        self.entries.insert(name.clone(), Entry { manifest, origin, api_version, root });
+        self.entries.insert(
+            name.clone(),
+            Entry {
+                manifest,
+                origin,
+                api_version,
+                root,
+            },
+        );
         Ok(name)
     }
 
@@ -156,14 +199,19 @@ impl Registry {
                 .filter(|p| p.extension().is_some_and(|e| e == DYLIB_EXTENSION))
                 .collect(),
             Err(e) => {
-                errors.push(RegistryError::Open { path: dir.to_path_buf(), message: e.to_string() });
+                errors.push(RegistryError::Open {
+                    path: dir.to_path_buf(),
+                    message: e.to_string(),
+                });
                 return errors;
             }
         };
         files.sort();
         for f in files {
             match self.load_file(&f) {
-                Ok(names) => tracing::info!(path = %f.display(), plugins = ?names, "loaded plugin library"),
+                Ok(names) => {
+                    tracing::info!(path = %f.display(), plugins = ?names, "loaded plugin library")
+                }
                 Err(e) => {
                     tracing::warn!("{e}");
                     errors.push(e)
@@ -178,16 +226,26 @@ impl Registry {
     pub fn load_file(&mut self, path: &Path) -> Result<Vec<String>, RegistryError> {
         let symbols = exported_plugin_symbols(path)?;
         if symbols.is_empty() {
-            return Err(RegistryError::NotAPlugin { path: path.to_path_buf() });
+            return Err(RegistryError::NotAPlugin {
+                path: path.to_path_buf(),
+            });
         }
         // SAFETY: loading a library runs its initialisers; plugin folders are trusted like the
         // host binary itself.
-        let lib = unsafe { libloading::Library::new(path) }
-            .map_err(|e| RegistryError::Open { path: path.to_path_buf(), message: e.to_string() })?;
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| RegistryError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let mut names = Vec::new();
         for symbol in symbols {
             let root = load_root(&lib, path, &symbol)?;
-            names.push(self.insert(root, Origin::Dynamic { path: path.to_path_buf() }, &symbol)?);
+            names.push(self.insert(
+                root,
+                Origin::Dynamic {
+                    path: path.to_path_buf(),
+                },
+                &symbol,
+            )?);
         }
         std::mem::forget(lib);
         Ok(names)
@@ -198,42 +256,66 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str) -> Result<&Entry, RegistryError> {
-        self.entries.get(name).ok_or_else(|| RegistryError::Unknown {
-            name: name.to_string(),
-            known: self.entries.keys().cloned().collect::<Vec<_>>().join(", "),
-        })
+        self.entries
+            .get(name)
+            .ok_or_else(|| RegistryError::Unknown {
+                name: name.to_string(),
+                known: self.entries.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
     }
 
     fn get_kind(&self, name: &str, kind: PluginKind) -> Result<&Entry, RegistryError> {
         let e = self.get(name)?;
         if e.manifest.kind != kind {
-            return Err(RegistryError::WrongKind { name: name.into(), expected: kind, actual: e.manifest.kind });
+            return Err(RegistryError::WrongKind {
+                name: name.into(),
+                expected: kind,
+                actual: e.manifest.kind,
+            });
         }
         Ok(e)
     }
 
-    pub fn create_module(&self, name: &str, config: &Value) -> Result<PeftModuleBox, RegistryError> {
+    pub fn create_module(
+        &self,
+        name: &str,
+        config: &Value,
+    ) -> Result<PeftModuleBox, RegistryError> {
         let e = self.get_kind(name, PluginKind::Module)?;
         let json = config.to_string();
-        (e.root.create_module())(RStr::from(json.as_str())).into_result().map_err(|error| e.error(error))
+        (e.root.create_module())(RStr::from(json.as_str()))
+            .into_result()
+            .map_err(|error| e.error(error))
     }
 
-    pub fn create_context_encoder(&self, name: &str, config: &Value) -> Result<ContextEncoderBox, RegistryError> {
+    pub fn create_context_encoder(
+        &self,
+        name: &str,
+        config: &Value,
+    ) -> Result<ContextEncoderBox, RegistryError> {
         let e = self.get_kind(name, PluginKind::ContextEncoder)?;
         let json = config.to_string();
-        (e.root.create_context_encoder())(RStr::from(json.as_str())).into_result().map_err(|error| e.error(error))
+        (e.root.create_context_encoder())(RStr::from(json.as_str()))
+            .into_result()
+            .map_err(|error| e.error(error))
     }
 
     pub fn create_priming(&self, name: &str, config: &Value) -> Result<PrimingBox, RegistryError> {
         let e = self.get_kind(name, PluginKind::Priming)?;
         let json = config.to_string();
-        (e.root.create_priming())(RStr::from(json.as_str())).into_result().map_err(|error| e.error(error))
+        (e.root.create_priming())(RStr::from(json.as_str()))
+            .into_result()
+            .map_err(|error| e.error(error))
     }
 }
 
 impl Entry {
     fn error(&self, error: ApiError) -> RegistryError {
-        RegistryError::Plugin { name: self.manifest.name.clone(), origin: self.origin.clone(), error }
+        RegistryError::Plugin {
+            name: self.manifest.name.clone(),
+            origin: self.origin.clone(),
+            error,
+        }
     }
 }
 
@@ -241,14 +323,20 @@ impl Entry {
 /// running any of its code.
 fn exported_plugin_symbols(path: &Path) -> Result<Vec<String>, RegistryError> {
     use object::{Object, ObjectSymbol};
-    let bytes = std::fs::read(path).map_err(|e| RegistryError::Open { path: path.to_path_buf(), message: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|e| RegistryError::Open {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let file = object::File::parse(&*bytes).map_err(|e| RegistryError::Open {
         path: path.to_path_buf(),
         message: format!("not a shared library this platform can read ({e})"),
     })?;
     let mut out: Vec<String> = file
         .exports()
-        .map_err(|e| RegistryError::Open { path: path.to_path_buf(), message: e.to_string() })?
+        .map_err(|e| RegistryError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
         .iter()
         .filter_map(|s| std::str::from_utf8(s.name()).ok())
         .map(|s| s.trim_start_matches('_').to_string())
@@ -268,12 +356,20 @@ fn exported_plugin_symbols(path: &Path) -> Result<Vec<String>, RegistryError> {
     Ok(out)
 }
 
-fn load_root(lib: &libloading::Library, path: &Path, symbol: &str) -> Result<PluginRoot_Ref, RegistryError> {
+fn load_root(
+    lib: &libloading::Library,
+    path: &Path,
+    symbol: &str,
+) -> Result<PluginRoot_Ref, RegistryError> {
     let incompatible = |plugin_api: String, reason: String| RegistryError::Incompatible {
         path: path.to_path_buf(),
         symbol: symbol.to_string(),
         plugin_api,
-        host_api: format!("{} (peft-api {})", API_VERSION, peft_api::version::CRATE_VERSION),
+        host_api: format!(
+            "{} (peft-api {})",
+            API_VERSION,
+            peft_api::version::CRATE_VERSION
+        ),
         reason,
     };
     let mut cname = symbol.as_bytes().to_vec();
@@ -282,9 +378,14 @@ fn load_root(lib: &libloading::Library, path: &Path, symbol: &str) -> Result<Plu
     // the header's own checks run before anything else of the library is used.
     let header: AbiHeaderRef = unsafe {
         *lib.get::<AbiHeaderRef>(&cname)
-            .map_err(|e| RegistryError::Open { path: path.to_path_buf(), message: e.to_string() })?
+            .map_err(|e| RegistryError::Open {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
     };
-    let header = header.upgrade().map_err(|e| incompatible("?".into(), summarise(&e)))?;
+    let header = header
+        .upgrade()
+        .map_err(|e| incompatible("?".into(), summarise(&e)))?;
     let plugin_api = header.version_strings().version.to_string();
     header
         .init_root_module::<PluginRoot_Ref>()
@@ -295,7 +396,11 @@ fn load_root(lib: &libloading::Library, path: &Path, symbol: &str) -> Result<Plu
 fn summarise(e: &LibraryError) -> String {
     let full = e.to_string();
     tracing::debug!(report = %full, "full abi_stable report");
-    let lines: Vec<&str> = full.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = full
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let kind = match e {
         LibraryError::IncompatibleVersionNumber { .. } => "incompatible version number",
         LibraryError::AbiInstability(_) => "the interface layout differs",
@@ -306,15 +411,27 @@ fn summarise(e: &LibraryError) -> String {
     let interesting: Vec<&str> = lines
         .iter()
         .copied()
-        .filter(|l| l.starts_with("Error") || l.contains("mismatch") || l.contains("Mismatch") || l.contains("expected"))
+        .filter(|l| {
+            l.starts_with("Error")
+                || l.contains("mismatch")
+                || l.contains("Mismatch")
+                || l.contains("expected")
+        })
         .take(3)
         .collect();
-    let shown = if interesting.is_empty() { lines.iter().take(2).copied().collect() } else { interesting };
+    let shown = if interesting.is_empty() {
+        lines.iter().take(2).copied().collect()
+    } else {
+        interesting
+    };
     format!(
         "{kind}: {}{}",
         shown.join(" | "),
         if lines.len() > shown.len() {
-            format!(" ({} more lines with RUST_LOG=peft_registry=debug)", lines.len() - shown.len())
+            format!(
+                " ({} more lines with RUST_LOG=peft_registry=debug)",
+                lines.len() - shown.len()
+            )
         } else {
             String::new()
         }

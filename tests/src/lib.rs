@@ -5,13 +5,20 @@ pub type B = peft_host::device::Cpu;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("workspace root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// `../shared` beside the checkout (fixtures and data).
 pub fn shared() -> PathBuf {
     let p = root().join("../shared");
-    assert!(p.is_dir(), "expected the shared folder at {} (fixtures and task data)", p.display());
+    assert!(
+        p.is_dir(),
+        "expected the shared folder at {} (fixtures and task data)",
+        p.display()
+    );
     p
 }
 
@@ -26,17 +33,29 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 
 /// Fails with the fix when the pretrained weights are not installed.
 pub fn require_minilm() {
-    let found = peft_host::model::model_dirs().iter().any(|d| d.join("all-MiniLM-L6-v2/model.safetensors").exists());
-    assert!(found, "all-MiniLM-L6-v2 is not installed: run scripts/setup.sh");
+    let found = peft_host::model::model_dirs()
+        .iter()
+        .any(|d| d.join("all-MiniLM-L6-v2/model.safetensors").exists());
+    assert!(
+        found,
+        "all-MiniLM-L6-v2 is not installed: run scripts/setup.sh"
+    );
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - y).abs())
+        .fold(0.0, f64::max)
 }
 
 pub fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 /// A small random-init BERT config for fast tests.
@@ -62,12 +81,20 @@ pub fn cargo_build(args: &[&str]) {
         .current_dir(root())
         .output()
         .expect("running cargo");
-    assert!(out.status.success(), "cargo build {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo build {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// File name of a cdylib on this platform.
 pub fn dylib_name(lib: &str) -> String {
-    format!("{}{lib}.{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_EXTENSION)
+    format!(
+        "{}{lib}.{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_EXTENSION
+    )
 }
 
 /// Builds the first-party houlsby plugin as a cdylib (in its own target folder, so that this
@@ -75,7 +102,13 @@ pub fn dylib_name(lib: &str) -> String {
 pub fn built_houlsby_dir() -> tempfile::TempDir {
     let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let target = root().join("target/plugin-tests");
-    cargo_build(&["-p", "peft-plugin-houlsby", "--lib", "--target-dir", target.to_str().unwrap()]);
+    cargo_build(&[
+        "-p",
+        "peft-plugin-houlsby",
+        "--lib",
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let name = dylib_name("houlsby");
     std::fs::copy(target.join("debug").join(&name), dir.path().join(&name)).unwrap();
@@ -88,7 +121,12 @@ pub fn built_old_plugin(features: &str, file_stem: &str) -> (tempfile::TempDir, 
     let _g = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let target = root().join("target/compat");
     let manifest = root().join("tests/compat/old-plugin/Cargo.toml");
-    let mut args = vec!["--manifest-path", manifest.to_str().unwrap(), "--target-dir", target.to_str().unwrap()];
+    let mut args = vec![
+        "--manifest-path",
+        manifest.to_str().unwrap(),
+        "--target-dir",
+        target.to_str().unwrap(),
+    ];
     if !features.is_empty() {
         args.extend(["--features", features]);
     }

@@ -50,9 +50,18 @@ impl BertConfig {
     pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i) = (self.hidden_size, self.intermediate_size);
         let mut v = vec![
-            ("embeddings.word_embeddings.weight".to_string(), vec![self.vocab_size, h]),
-            ("embeddings.position_embeddings.weight".to_string(), vec![self.max_position_embeddings, h]),
-            ("embeddings.token_type_embeddings.weight".to_string(), vec![self.type_vocab_size, h]),
+            (
+                "embeddings.word_embeddings.weight".to_string(),
+                vec![self.vocab_size, h],
+            ),
+            (
+                "embeddings.position_embeddings.weight".to_string(),
+                vec![self.max_position_embeddings, h],
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".to_string(),
+                vec![self.type_vocab_size, h],
+            ),
             ("embeddings.LayerNorm.weight".to_string(), vec![h]),
             ("embeddings.LayerNorm.bias".to_string(), vec![h]),
         ];
@@ -97,15 +106,64 @@ impl BertConfig {
         for l in 0..self.num_hidden_layers {
             let p = format!("encoder.layer.{l}");
             for r in ["query", "key", "value"] {
-                sites.push(site(format!("{p}.attention.self.{r}"), SiteKind::Projection, l, r, h, h));
+                sites.push(site(
+                    format!("{p}.attention.self.{r}"),
+                    SiteKind::Projection,
+                    l,
+                    r,
+                    h,
+                    h,
+                ));
             }
-            sites.push(site(format!("{p}.attention.self.kv"), SiteKind::AttentionKv, l, "self_attention", h, h));
-            sites.push(site(format!("{p}.attention.output.dense"), SiteKind::Projection, l, "attention_output", h, h));
-            sites.push(site(format!("{p}.attention"), SiteKind::Sublayer, l, "attention", h, h));
-            sites.push(site(format!("{p}.intermediate.dense"), SiteKind::Projection, l, "intermediate", h, i));
-            sites.push(site(format!("{p}.output.dense"), SiteKind::Projection, l, "output", i, h));
+            sites.push(site(
+                format!("{p}.attention.self.kv"),
+                SiteKind::AttentionKv,
+                l,
+                "self_attention",
+                h,
+                h,
+            ));
+            sites.push(site(
+                format!("{p}.attention.output.dense"),
+                SiteKind::Projection,
+                l,
+                "attention_output",
+                h,
+                h,
+            ));
+            sites.push(site(
+                format!("{p}.attention"),
+                SiteKind::Sublayer,
+                l,
+                "attention",
+                h,
+                h,
+            ));
+            sites.push(site(
+                format!("{p}.intermediate.dense"),
+                SiteKind::Projection,
+                l,
+                "intermediate",
+                h,
+                i,
+            ));
+            sites.push(site(
+                format!("{p}.output.dense"),
+                SiteKind::Projection,
+                l,
+                "output",
+                i,
+                h,
+            ));
             sites.push(site(format!("{p}.ffn"), SiteKind::Sublayer, l, "ffn", h, h));
-            sites.push(site(format!("{p}.output"), SiteKind::Hidden, l, "layer_output", h, h));
+            sites.push(site(
+                format!("{p}.output"),
+                SiteKind::Hidden,
+                l,
+                "layer_output",
+                h,
+                h,
+            ));
         }
         BackboneInfo {
             name: name.to_string(),
@@ -135,35 +193,66 @@ impl Bert {
                 config.hidden_size, config.num_attention_heads
             )));
         }
-        if !matches!(config.hidden_act.as_str(), "gelu" | "relu" | "gelu_new" | "silu" | "swish" | "tanh") {
-            return Err(ApiError::config(format!("unsupported hidden_act `{}`", config.hidden_act)));
+        if !matches!(
+            config.hidden_act.as_str(),
+            "gelu" | "relu" | "gelu_new" | "silu" | "swish" | "tanh"
+        ) {
+            return Err(ApiError::config(format!(
+                "unsupported hidden_act `{}`",
+                config.hidden_act
+            )));
         }
         let info = config.info(name);
         Ok(Bert { config, info })
     }
 
-    fn dropout<B: AutodiffBackend, const D: usize>(&self, hooks: &Hooks<'_, '_, B>, x: Tensor<B, D>, p: f64) -> Tensor<B, D> {
+    fn dropout<B: AutodiffBackend, const D: usize>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: Tensor<B, D>,
+        p: f64,
+    ) -> Tensor<B, D> {
         if !hooks.training() || p == 0.0 {
             return x;
         }
-        let mask = Tensor::<B, D>::random(x.shape(), burn::tensor::Distribution::Bernoulli(1.0 - p), &x.device());
+        let mask = Tensor::<B, D>::random(
+            x.shape(),
+            burn::tensor::Distribution::Bernoulli(1.0 - p),
+            &x.device(),
+        );
         x * mask / (1.0 - p)
     }
 
-    fn lin<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, x: &Tensor<B, 3>, key: &str) -> Result<Tensor<B, 3>, ApiError> {
+    fn lin<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: &Tensor<B, 3>,
+        key: &str,
+    ) -> Result<Tensor<B, 3>, ApiError> {
         let w = hooks.graph.param_value(&format!("{key}.weight"))?;
         let b = hooks.graph.param_value(&format!("{key}.bias"))?;
         let y = ft::<B, 3>(linear::<B>(fp(x.clone()), w, Some(b))?);
         hooks.pair(key, x, y)
     }
 
-    fn ln<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, x: Tensor<B, 3>, key: &str) -> Result<Tensor<B, 3>, ApiError> {
+    fn ln<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: Tensor<B, 3>,
+        key: &str,
+    ) -> Result<Tensor<B, 3>, ApiError> {
         let w = hooks.weight::<1>(&format!("{key}.weight"))?;
         let b = hooks.weight::<1>(&format!("{key}.bias"))?;
         Ok(layer_norm(x, Some(w), Some(b), self.config.layer_norm_eps))
     }
 
-    fn layer<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, l: usize, x: Tensor<B, 3>, mask: &Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ApiError> {
+    fn layer<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        l: usize,
+        x: Tensor<B, 3>,
+        mask: &Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
         let c = &self.config;
         let p = format!("encoder.layer.{l}");
         let [b, t, h] = x.dims();
@@ -176,7 +265,11 @@ impl Bert {
         let (k, v) = hooks.kv(&format!("{p}.attention.self.kv"), k, v)?;
         let prefix = k.dims()[2] - t;
         let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt() + additive_mask(mask, prefix);
-        let probs = self.dropout(hooks, activation::softmax(scores, 3), c.attention_probs_dropout_prob);
+        let probs = self.dropout(
+            hooks,
+            activation::softmax(scores, 3),
+            c.attention_probs_dropout_prob,
+        );
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h]);
         let attn = self.lin(hooks, &ctx, &format!("{p}.attention.output.dense"))?;
         let attn = self.dropout(hooks, attn, c.hidden_dropout_prob);
@@ -192,11 +285,18 @@ impl Bert {
     }
 
     /// Embeddings: word + position + token type, LayerNorm, dropout.
-    fn embed<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 3>, ApiError> {
+    fn embed<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
         let c = &self.config;
         let [b, t] = batch.input_ids.dims();
         if t > c.max_position_embeddings {
-            return Err(ApiError::shape(format!("sequence length {t} exceeds max_position_embeddings {}", c.max_position_embeddings)));
+            return Err(ApiError::shape(format!(
+                "sequence length {t} exceeds max_position_embeddings {}",
+                c.max_position_embeddings
+            )));
         }
         let device = batch.input_ids.device();
         let words = hooks.weight::<2>("embeddings.word_embeddings.weight")?;
@@ -216,7 +316,11 @@ impl Bert {
     }
 
     /// Hidden states after the embeddings and after each layer (HF's `output_hidden_states`).
-    pub fn encode_all<B: AutodiffBackend>(&self, hooks: &Hooks<'_, '_, B>, batch: &TextBatch<B>) -> Result<Vec<Tensor<B, 3>>, ApiError> {
+    pub fn encode_all<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Vec<Tensor<B, 3>>, ApiError> {
         let mut x = self.embed(hooks, batch)?;
         let mut all = vec![x.clone()];
         for l in 0..self.config.num_hidden_layers {
@@ -242,7 +346,11 @@ impl<B: AutodiffBackend> Backbone<B> for Bert {
         &self.info
     }
 
-    fn encode(&self, hooks: &Hooks<'_, '_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 3>, ApiError> {
+    fn encode(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
         let mut x = self.embed(hooks, batch)?;
         for l in 0..self.config.num_hidden_layers {
             x = self.layer(hooks, l, x, &batch.attention_mask)?;

@@ -28,13 +28,22 @@ pub trait Backbone<B: AutodiffBackend> {
     fn info(&self) -> &BackboneInfo;
 
     /// Encodes a batch; returns the last hidden state `[batch, time, hidden]`.
-    fn encode(&self, hooks: &Hooks<'_, '_, B>, batch: &TextBatch<B>) -> Result<Tensor<B, 3>, ApiError>;
+    fn encode(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 3>, ApiError>;
 }
 
 /// What a backbone calls at its sites: the modules attached there, in config order.
 pub trait SiteModules<B: AutodiffBackend> {
     fn is_attached(&self, site: &str) -> bool;
-    fn call(&self, graph: &HostGraph<'_, B>, site: &str, inputs: Vec<Value<B>>) -> Result<Vec<Value<B>>, ApiError>;
+    fn call(
+        &self,
+        graph: &HostGraph<'_, B>,
+        site: &str,
+        inputs: Vec<Value<B>>,
+    ) -> Result<Vec<Value<B>>, ApiError>;
 }
 
 /// No modules anywhere (the bare backbone).
@@ -44,7 +53,12 @@ impl<B: AutodiffBackend> SiteModules<B> for NoModules {
     fn is_attached(&self, _: &str) -> bool {
         false
     }
-    fn call(&self, _: &HostGraph<'_, B>, _: &str, inputs: Vec<Value<B>>) -> Result<Vec<Value<B>>, ApiError> {
+    fn call(
+        &self,
+        _: &HostGraph<'_, B>,
+        _: &str,
+        inputs: Vec<Value<B>>,
+    ) -> Result<Vec<Value<B>>, ApiError> {
         Ok(inputs)
     }
 }
@@ -59,7 +73,11 @@ pub struct Hooks<'a, 'p, B: AutodiffBackend> {
 
 impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
     pub fn new(graph: &'a HostGraph<'p, B>, modules: &'a dyn SiteModules<B>) -> Self {
-        Hooks { graph, modules, cache: Default::default() }
+        Hooks {
+            graph,
+            modules,
+            cache: Default::default(),
+        }
     }
 
     pub fn training(&self) -> bool {
@@ -82,38 +100,72 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
     }
 
     /// Projection or sublayer site: `[x, y] -> y'`.
-    pub fn pair<const D: usize>(&self, site: &str, x: &Tensor<B, D>, y: Tensor<B, D>) -> Result<Tensor<B, D>, ApiError> {
+    pub fn pair<const D: usize>(
+        &self,
+        site: &str,
+        x: &Tensor<B, D>,
+        y: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, ApiError> {
         if !self.attached(site) {
             return Ok(y);
         }
-        let out = self.modules.call(self.graph, site, vec![Value::Float(fp(x.clone())), Value::Float(fp(y))])?;
+        let out = self.modules.call(
+            self.graph,
+            site,
+            vec![Value::Float(fp(x.clone())), Value::Float(fp(y))],
+        )?;
         one_float(site, out)
     }
 
     /// Hidden-state site: `[h] -> h'`.
-    pub fn hidden<const D: usize>(&self, site: &str, h: Tensor<B, D>) -> Result<Tensor<B, D>, ApiError> {
+    pub fn hidden<const D: usize>(
+        &self,
+        site: &str,
+        h: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, ApiError> {
         if !self.attached(site) {
             return Ok(h);
         }
-        let out = self.modules.call(self.graph, site, vec![Value::Float(fp(h))])?;
+        let out = self
+            .modules
+            .call(self.graph, site, vec![Value::Float(fp(h))])?;
         one_float(site, out)
     }
 
     /// Key/value site: `[k, v] -> [k', v']`, each `[batch, heads, time, head_dim]`.
-    pub fn kv(&self, site: &str, k: Tensor<B, 4>, v: Tensor<B, 4>) -> Result<(Tensor<B, 4>, Tensor<B, 4>), ApiError> {
+    pub fn kv(
+        &self,
+        site: &str,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>), ApiError> {
         if !self.attached(site) {
             return Ok((k, v));
         }
         let (dk, dv) = (k.dims(), v.dims());
-        let out = self.modules.call(self.graph, site, vec![Value::Float(fp(k)), Value::Float(fp(v))])?;
+        let out = self.modules.call(
+            self.graph,
+            site,
+            vec![Value::Float(fp(k)), Value::Float(fp(v))],
+        )?;
         if out.len() != 2 {
-            return Err(ApiError::invalid(format!("site `{site}`: modules returned {} tensors, expected [k, v]", out.len())));
+            return Err(ApiError::invalid(format!(
+                "site `{site}`: modules returned {} tensors, expected [k, v]",
+                out.len()
+            )));
         }
         let mut it = out.into_iter();
         let k2 = float4(site, it.next().unwrap())?;
         let v2 = float4(site, it.next().unwrap())?;
         let (nk, nv) = (k2.dims(), v2.dims());
-        if nk[0] != dk[0] || nk[1] != dk[1] || nk[3] != dk[3] || nv[0] != dv[0] || nv[1] != dv[1] || nv[3] != dv[3] || nk[2] != nv[2] {
+        if nk[0] != dk[0]
+            || nk[1] != dk[1]
+            || nk[3] != dk[3]
+            || nv[0] != dv[0]
+            || nv[1] != dv[1]
+            || nv[3] != dv[3]
+            || nk[2] != nv[2]
+        {
             return Err(ApiError::shape(format!(
                 "site `{site}`: keys/values {dk:?}/{dv:?} came back as {nk:?}/{nv:?}; only the time axis may grow, equally"
             )));
@@ -124,24 +176,41 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
 
 fn float4<B: AutodiffBackend>(site: &str, v: Value<B>) -> Result<Tensor<B, 4>, ApiError> {
     match v {
-        Value::Float(p) if crate::bridge::value::ft::<B, 4>(p.clone()).dims().len() == 4 => Ok(ft::<B, 4>(p)),
-        other => Err(ApiError::shape(format!("site `{site}`: expected a rank-4 float tensor, got {} {:?}", other.kind(), other.shape()))),
+        Value::Float(p) if crate::bridge::value::ft::<B, 4>(p.clone()).dims().len() == 4 => {
+            Ok(ft::<B, 4>(p))
+        }
+        other => Err(ApiError::shape(format!(
+            "site `{site}`: expected a rank-4 float tensor, got {} {:?}",
+            other.kind(),
+            other.shape()
+        ))),
     }
 }
 
-fn one_float<B: AutodiffBackend, const D: usize>(site: &str, out: Vec<Value<B>>) -> Result<Tensor<B, D>, ApiError> {
+fn one_float<B: AutodiffBackend, const D: usize>(
+    site: &str,
+    out: Vec<Value<B>>,
+) -> Result<Tensor<B, D>, ApiError> {
     if out.len() != 1 {
-        return Err(ApiError::invalid(format!("site `{site}`: modules returned {} tensors, expected 1", out.len())));
+        return Err(ApiError::invalid(format!(
+            "site `{site}`: modules returned {} tensors, expected 1",
+            out.len()
+        )));
     }
     match out.into_iter().next().unwrap() {
         Value::Float(p) => {
             let shape = burn::tensor::TensorMetadata::shape(&p).to_vec();
             if shape.len() != D {
-                return Err(ApiError::shape(format!("site `{site}`: modules returned rank {}, expected {D}", shape.len())));
+                return Err(ApiError::shape(format!(
+                    "site `{site}`: modules returned rank {}, expected {D}",
+                    shape.len()
+                )));
             }
             Ok(ft::<B, D>(p))
         }
-        Value::Int(_) => Err(ApiError::invalid(format!("site `{site}`: modules returned an int tensor"))),
+        Value::Int(_) => Err(ApiError::invalid(format!(
+            "site `{site}`: modules returned an int tensor"
+        ))),
     }
 }
 

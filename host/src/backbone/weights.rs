@@ -10,15 +10,34 @@ use crate::params::{from_values, ParamStore};
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error("{file}: cannot read: {source}")]
-    Io { file: String, source: std::io::Error },
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: not a valid safetensors file (corrupt or truncated?): {message}")]
     Corrupt { file: String, message: String },
-    #[error("{file}: tensor `{name}` is missing (the checkpoint has {count} tensors, e.g. {example})")]
-    Missing { file: String, name: String, count: usize, example: String },
+    #[error(
+        "{file}: tensor `{name}` is missing (the checkpoint has {count} tensors, e.g. {example})"
+    )]
+    Missing {
+        file: String,
+        name: String,
+        count: usize,
+        example: String,
+    },
     #[error("{file}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { file: String, name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        file: String,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("{file}: tensor `{name}` has dtype {dtype}, expected F32, F16 or BF16")]
-    Dtype { file: String, name: String, dtype: String },
+    Dtype {
+        file: String,
+        name: String,
+        dtype: String,
+    },
 }
 
 /// A checkpoint's tensors as f32, by key (with any `bert.`/`model.` style prefix kept).
@@ -32,22 +51,36 @@ pub struct Checkpoint {
 impl Checkpoint {
     pub fn read(path: &Path) -> Result<Self, WeightsError> {
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| WeightsError::Io { file: file.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
+            file: file.clone(),
+            source,
+        })?;
         Self::parse(&file, &bytes)
     }
 
     pub fn parse(file: &str, bytes: &[u8]) -> Result<Self, WeightsError> {
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| WeightsError::Corrupt { file: file.to_string(), message: e.to_string() })?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::Corrupt {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
         let mut tensors = BTreeMap::new();
         let mut skipped = BTreeMap::new();
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
             let data = view.data();
             let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                Dtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+                Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+                Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
                 other => {
                     skipped.insert(name, format!("{other:?}"));
                     continue;
@@ -55,14 +88,20 @@ impl Checkpoint {
             };
             tensors.insert(name, (shape, values));
         }
-        Ok(Checkpoint { file: file.to_string(), tensors, skipped })
+        Ok(Checkpoint {
+            file: file.to_string(),
+            tensors,
+            skipped,
+        })
     }
 
     /// Finds `key`, also under the common HF wrappers' prefixes.
     pub fn find(&self, key: &str, prefixes: &[&str]) -> Option<&(Vec<usize>, Vec<f32>)> {
-        self.tensors
-            .get(key)
-            .or_else(|| prefixes.iter().find_map(|p| self.tensors.get(&format!("{p}{key}"))))
+        self.tensors.get(key).or_else(|| {
+            prefixes
+                .iter()
+                .find_map(|p| self.tensors.get(&format!("{p}{key}")))
+        })
     }
 
     /// Takes the expected tensors into the store as frozen `backbone` parameters.
@@ -75,11 +114,18 @@ impl Checkpoint {
     ) -> Result<(), WeightsError> {
         for (name, shape) in expected {
             let found = self.find(name, prefixes).or_else(|| {
-                aliases.iter().filter(|(k, _)| k == name).find_map(|(_, alias)| self.find(alias, prefixes))
+                aliases
+                    .iter()
+                    .filter(|(k, _)| k == name)
+                    .find_map(|(_, alias)| self.find(alias, prefixes))
             });
             let Some((s, values)) = found else {
                 if let Some(dtype) = self.skipped.get(name) {
-                    return Err(WeightsError::Dtype { file: self.file.clone(), name: name.clone(), dtype: dtype.clone() });
+                    return Err(WeightsError::Dtype {
+                        file: self.file.clone(),
+                        name: name.clone(),
+                        dtype: dtype.clone(),
+                    });
                 }
                 return Err(WeightsError::Missing {
                     file: self.file.clone(),
@@ -89,13 +135,25 @@ impl Checkpoint {
                 });
             };
             if s != shape {
-                return Err(WeightsError::Shape { file: self.file.clone(), name: name.clone(), expected: shape.clone(), found: s.clone() });
+                return Err(WeightsError::Shape {
+                    file: self.file.clone(),
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: s.clone(),
+                });
             }
-            let prim = from_values::<B>(s, values.clone(), &store.device)
-                .map_err(|e| WeightsError::Corrupt { file: self.file.clone(), message: e.to_string() })?;
+            let prim = from_values::<B>(s, values.clone(), &store.device).map_err(|e| {
+                WeightsError::Corrupt {
+                    file: self.file.clone(),
+                    message: e.to_string(),
+                }
+            })?;
             store
                 .insert(name, "backbone", "backbone", prim)
-                .map_err(|e| WeightsError::Corrupt { file: self.file.clone(), message: e.to_string() })?;
+                .map_err(|e| WeightsError::Corrupt {
+                    file: self.file.clone(),
+                    message: e.to_string(),
+                })?;
         }
         Ok(())
     }

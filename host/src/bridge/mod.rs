@@ -13,7 +13,10 @@ use abi_stable::{
     std_types::{RResult, RSlice, RStr, RString},
 };
 use burn::tensor::backend::AutodiffBackend;
-use peft_api::{error::guard, ApiError, ApiVersion, ErrorKind, Graph, GraphRef, Graph_TO, OpCode, OpOutput, TensorHandle, Values, API_VERSION};
+use peft_api::{
+    error::guard, ApiError, ApiVersion, ErrorKind, Graph, GraphRef, Graph_TO, OpCode, OpOutput,
+    TensorHandle, Values, API_VERSION,
+};
 
 use crate::params::ParamStore;
 pub use value::{FloatPrim, IntPrim, Value};
@@ -21,7 +24,12 @@ pub use value::{FloatPrim, IntPrim, Value};
 /// Calls the modules attached at a site on behalf of the `SITE` op (backbones written as
 /// plugins); native backbones call the same dispatcher directly.
 pub trait SiteDispatch<B: AutodiffBackend> {
-    fn dispatch(&self, graph: &HostGraph<'_, B>, site: &str, inputs: Vec<Value<B>>) -> Result<Vec<Value<B>>, ApiError>;
+    fn dispatch(
+        &self,
+        graph: &HostGraph<'_, B>,
+        site: &str,
+        inputs: Vec<Value<B>>,
+    ) -> Result<Vec<Value<B>>, ApiError>;
 }
 
 /// State of one forward/backward pass, shared by every op of the pass.
@@ -78,7 +86,11 @@ impl<'p, B: AutodiffBackend> HostGraph<'p, B> {
     }
 
     pub fn peek(&self, h: TensorHandle) -> Result<Value<B>, ApiError> {
-        self.table.borrow().get(&h.0).cloned().ok_or_else(|| stale(h))
+        self.table
+            .borrow()
+            .get(&h.0)
+            .cloned()
+            .ok_or_else(|| stale(h))
     }
 
     /// Number of live handles (a leak check for tests).
@@ -115,20 +127,37 @@ impl<'p, B: AutodiffBackend> HostGraph<'p, B> {
         self.params.borrow().value(full)
     }
 
-    fn exec_values(&self, op: OpCode, inputs: &[TensorHandle], values: &Values) -> Result<OpOutput, ApiError> {
+    fn exec_values(
+        &self,
+        op: OpCode,
+        inputs: &[TensorHandle],
+        values: &Values,
+    ) -> Result<OpOutput, ApiError> {
         if op.borrows_inputs() {
-            let vals = inputs.iter().map(|&h| self.peek(h)).collect::<Result<Vec<_>, _>>()?;
+            let vals = inputs
+                .iter()
+                .map(|&h| self.peek(h))
+                .collect::<Result<Vec<_>, _>>()?;
             return ops::exec_borrowing(self, op, vals, values);
         }
         // Consume the inputs; on failure they are gone, as the caller gave them up.
-        let vals = inputs.iter().map(|&h| self.take(h)).collect::<Result<Vec<_>, _>>()?;
+        let vals = inputs
+            .iter()
+            .map(|&h| self.take(h))
+            .collect::<Result<Vec<_>, _>>()?;
         let out = ops::exec(self, op, vals, values)?;
-        Ok(OpOutput { tensors: out.0.into_iter().map(|v| self.insert(v)).collect(), values: out.1 })
+        Ok(OpOutput {
+            tensors: out.0.into_iter().map(|v| self.insert(v)).collect(),
+            values: out.1,
+        })
     }
 }
 
 fn stale(h: TensorHandle) -> ApiError {
-    ApiError::invalid(format!("tensor handle #{} is not live (released, moved into an op, or from another pass)", h.0))
+    ApiError::invalid(format!(
+        "tensor handle #{} is not live (released, moved into an op, or from another pass)",
+        h.0
+    ))
 }
 
 impl<B: AutodiffBackend> Graph for HostGraph<'_, B> {
@@ -136,7 +165,12 @@ impl<B: AutodiffBackend> Graph for HostGraph<'_, B> {
         API_VERSION
     }
 
-    fn exec(&self, op: OpCode, inputs: RSlice<'_, TensorHandle>, values: &Values) -> RResult<OpOutput, ApiError> {
+    fn exec(
+        &self,
+        op: OpCode,
+        inputs: RSlice<'_, TensorHandle>,
+        values: &Values,
+    ) -> RResult<OpOutput, ApiError> {
         if op.name().is_none() {
             return RResult::RErr(ApiError::new(
                 ErrorKind::UNKNOWN_OP,

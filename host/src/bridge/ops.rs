@@ -1,7 +1,8 @@
 //! Each opcode of `peft_api::OpCode` implemented on burn tensors.
 use abi_stable::std_types::{RString, RVec};
 use burn::tensor::{
-    activation, backend::AutodiffBackend, Distribution, Int, Shape, Tensor, TensorData, TensorMetadata,
+    activation, backend::AutodiffBackend, Distribution, Int, Shape, Tensor, TensorData,
+    TensorMetadata,
 };
 use peft_api::{ApiError, OpCode, OpOutput, ParamSpec, Values};
 
@@ -16,31 +17,50 @@ type R<T> = Result<T, ApiError>;
 fn float<B: AutodiffBackend>(v: Value<B>, what: &str) -> R<FloatPrim<B>> {
     match v {
         Value::Float(p) => Ok(p),
-        Value::Int(_) => Err(ApiError::invalid(format!("{what} must be a float tensor, got an int tensor"))),
+        Value::Int(_) => Err(ApiError::invalid(format!(
+            "{what} must be a float tensor, got an int tensor"
+        ))),
     }
 }
 
 fn int<B: AutodiffBackend>(v: Value<B>, what: &str) -> R<super::IntPrim<B>> {
     match v {
         Value::Int(p) => Ok(p),
-        Value::Float(_) => Err(ApiError::invalid(format!("{what} must be an int tensor, got a float tensor"))),
+        Value::Float(_) => Err(ApiError::invalid(format!(
+            "{what} must be an int tensor, got a float tensor"
+        ))),
     }
 }
 
 fn arity<B: AutodiffBackend>(op: OpCode, inputs: &[Value<B>], min: usize, max: usize) -> R<()> {
     if inputs.len() < min || inputs.len() > max {
-        let want = if min == max { format!("{min}") } else { format!("{min} to {max}") };
-        return Err(ApiError::invalid(format!("{op:?} takes {want} tensors, got {}", inputs.len())));
+        let want = if min == max {
+            format!("{min}")
+        } else {
+            format!("{min} to {max}")
+        };
+        return Err(ApiError::invalid(format!(
+            "{op:?} takes {want} tensors, got {}",
+            inputs.len()
+        )));
     }
     Ok(())
 }
 
 fn int_arg(values: &Values, i: usize, op: OpCode, what: &str) -> R<i64> {
-    values.ints.get(i).copied().ok_or_else(|| ApiError::invalid(format!("{op:?} needs ints[{i}] = {what}")))
+    values
+        .ints
+        .get(i)
+        .copied()
+        .ok_or_else(|| ApiError::invalid(format!("{op:?} needs ints[{i}] = {what}")))
 }
 
 fn float_arg(values: &Values, i: usize, op: OpCode, what: &str) -> R<f64> {
-    values.floats.get(i).copied().ok_or_else(|| ApiError::invalid(format!("{op:?} needs floats[{i}] = {what}")))
+    values
+        .floats
+        .get(i)
+        .copied()
+        .ok_or_else(|| ApiError::invalid(format!("{op:?} needs floats[{i}] = {what}")))
 }
 
 /// Resolves a signed dim against a rank.
@@ -48,7 +68,9 @@ pub fn dim(d: i64, rank: usize) -> R<usize> {
     let r = rank as i64;
     let n = if d < 0 { d + r } else { d };
     if n < 0 || n >= r {
-        return Err(ApiError::shape(format!("dim {d} is out of range for a tensor of rank {rank}")));
+        return Err(ApiError::shape(format!(
+            "dim {d} is out of range for a tensor of rank {rank}"
+        )));
     }
     Ok(n as usize)
 }
@@ -62,7 +84,10 @@ fn reshape<B: AutodiffBackend>(p: FloatPrim<B>, shape: Vec<usize>) -> FloatPrim<
 }
 
 /// Brings two tensors to the same rank by prepending size-1 dims (NumPy broadcasting).
-fn align<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>) -> (FloatPrim<B>, FloatPrim<B>, usize) {
+fn align<B: AutodiffBackend>(
+    a: FloatPrim<B>,
+    b: FloatPrim<B>,
+) -> (FloatPrim<B>, FloatPrim<B>, usize) {
     let (sa, sb) = (shape_of::<B>(&a), shape_of::<B>(&b));
     let r = sa.len().max(sb.len());
     let pad = |p: FloatPrim<B>, s: Vec<usize>| {
@@ -80,10 +105,20 @@ fn align<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>) -> (FloatPrim<B>,
 fn check_broadcast(op: OpCode, a: &[usize], b: &[usize]) -> R<()> {
     let r = a.len().max(b.len());
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         if da != db && da != 1 && db != 1 {
-            return Err(ApiError::shape(format!("{op:?}: shapes {a:?} and {b:?} do not broadcast")));
+            return Err(ApiError::shape(format!(
+                "{op:?}: shapes {a:?} and {b:?} do not broadcast"
+            )));
         }
     }
     Ok(())
@@ -130,7 +165,10 @@ fn unary<B: AutodiffBackend>(op: OpCode, p: FloatPrim<B>, values: &Values) -> R<
             OpCode::ADD_SCALAR => x.add_scalar(float_arg(values, 0, op, "c")?),
             OpCode::MUL_SCALAR => x.mul_scalar(float_arg(values, 0, op, "c")?),
             OpCode::POW_SCALAR => x.powf_scalar(float_arg(values, 0, op, "p")?),
-            OpCode::CLAMP => x.clamp(float_arg(values, 0, op, "min")?, float_arg(values, 1, op, "max")?),
+            OpCode::CLAMP => x.clamp(
+                float_arg(values, 0, op, "min")?,
+                float_arg(values, 1, op, "max")?,
+            ),
             _ => unreachable!(),
         }))
     })
@@ -177,7 +215,11 @@ pub fn layer_norm<B: AutodiffBackend, const D: usize>(
 }
 
 /// T5's LayerNorm: no mean subtraction, no bias.
-pub fn rms_norm<B: AutodiffBackend, const D: usize>(x: Tensor<B, D>, w: Option<Tensor<B, 1>>, eps: f64) -> Tensor<B, D> {
+pub fn rms_norm<B: AutodiffBackend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
     let var = x.clone().powf_scalar(2.0).mean_dim(D - 1);
     let mut y = x * (var + eps).sqrt().recip();
     if let Some(w) = w {
@@ -186,17 +228,25 @@ pub fn rms_norm<B: AutodiffBackend, const D: usize>(x: Tensor<B, D>, w: Option<T
     y
 }
 
-fn norm<B: AutodiffBackend>(op: OpCode, mut inputs: Vec<Value<B>>, values: &Values) -> R<FloatPrim<B>> {
+fn norm<B: AutodiffBackend>(
+    op: OpCode,
+    mut inputs: Vec<Value<B>>,
+    values: &Values,
+) -> R<FloatPrim<B>> {
     let eps = float_arg(values, 0, op, "eps")?;
     let x = float(inputs.remove(0), "x")?;
     let sx = shape_of::<B>(&x);
-    let last = *sx.last().ok_or_else(|| ApiError::shape("norm of a scalar"))?;
+    let last = *sx
+        .last()
+        .ok_or_else(|| ApiError::shape("norm of a scalar"))?;
     let mut affine = Vec::new();
     for (i, v) in inputs.into_iter().enumerate() {
         let p = float(v, "norm weight")?;
         let s = shape_of::<B>(&p);
         if s != [last] {
-            return Err(ApiError::shape(format!("{op:?}: affine parameter {i} has shape {s:?}, expected [{last}]")));
+            return Err(ApiError::shape(format!(
+                "{op:?}: affine parameter {i} has shape {s:?}, expected [{last}]"
+            )));
         }
         affine.push(ft::<B, 1>(p));
     }
@@ -204,17 +254,25 @@ fn norm<B: AutodiffBackend>(op: OpCode, mut inputs: Vec<Value<B>>, values: &Valu
     let (w, b) = (affine.next(), affine.next());
     by_rank!(sx.len(), |D| {
         let x = ft::<B, D>(x);
-        Ok(fp(if op == OpCode::LAYER_NORM { layer_norm(x, w, b, eps) } else { rms_norm(x, w, eps) }))
+        Ok(fp(if op == OpCode::LAYER_NORM {
+            layer_norm(x, w, b, eps)
+        } else {
+            rms_norm(x, w, eps)
+        }))
     })
 }
 
 fn matmul<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>) -> R<FloatPrim<B>> {
     let (sa, sb) = (shape_of::<B>(&a), shape_of::<B>(&b));
     if sa.len() < 2 || sb.len() < 2 {
-        return Err(ApiError::shape(format!("MATMUL needs rank >= 2, got {sa:?} @ {sb:?}")));
+        return Err(ApiError::shape(format!(
+            "MATMUL needs rank >= 2, got {sa:?} @ {sb:?}"
+        )));
     }
     if sa[sa.len() - 1] != sb[sb.len() - 2] {
-        return Err(ApiError::shape(format!("MATMUL: inner sizes differ in {sa:?} @ {sb:?}")));
+        return Err(ApiError::shape(format!(
+            "MATMUL: inner sizes differ in {sa:?} @ {sb:?}"
+        )));
     }
     check_broadcast(OpCode::MATMUL, &sa[..sa.len() - 2], &sb[..sb.len() - 2])?;
     let (a, b, r) = align::<B>(a, b);
@@ -222,10 +280,16 @@ fn matmul<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>) -> R<FloatPrim<B
 }
 
 /// `x @ w^T + b` with `w: [out, in]`, flattening leading dims into one matmul.
-pub fn linear<B: AutodiffBackend>(x: FloatPrim<B>, w: FloatPrim<B>, b: Option<FloatPrim<B>>) -> R<FloatPrim<B>> {
+pub fn linear<B: AutodiffBackend>(
+    x: FloatPrim<B>,
+    w: FloatPrim<B>,
+    b: Option<FloatPrim<B>>,
+) -> R<FloatPrim<B>> {
     let (sx, sw) = (shape_of::<B>(&x), shape_of::<B>(&w));
     if sw.len() != 2 || sx.last() != Some(&sw[1]) {
-        return Err(ApiError::shape(format!("LINEAR: input {sx:?} does not fit weight {sw:?} (expected [out, in])")));
+        return Err(ApiError::shape(format!(
+            "LINEAR: input {sx:?} does not fit weight {sw:?} (expected [out, in])"
+        )));
     }
     let n: usize = sx[..sx.len() - 1].iter().product();
     let x2 = ft::<B, 2>(reshape::<B>(x, vec![n, sw[1]]));
@@ -233,7 +297,9 @@ pub fn linear<B: AutodiffBackend>(x: FloatPrim<B>, w: FloatPrim<B>, b: Option<Fl
     if let Some(b) = b {
         let sb = shape_of::<B>(&b);
         if sb != [sw[0]] {
-            return Err(ApiError::shape(format!("LINEAR: bias {sb:?} does not fit weight {sw:?}")));
+            return Err(ApiError::shape(format!(
+                "LINEAR: bias {sb:?} does not fit weight {sw:?}"
+            )));
         }
         y = y + ft::<B, 1>(b).unsqueeze::<2>();
     }
@@ -248,10 +314,16 @@ fn shape_arg(values: &Values, numel: usize, op: OpCode) -> R<Vec<usize>> {
     for (i, &d) in values.ints.iter().enumerate() {
         if d == -1 {
             if unknown.replace(i).is_some() {
-                return Err(ApiError::shape(format!("{op:?}: more than one -1 in {:?}", values.ints)));
+                return Err(ApiError::shape(format!(
+                    "{op:?}: more than one -1 in {:?}",
+                    values.ints
+                )));
             }
         } else if d < 0 {
-            return Err(ApiError::shape(format!("{op:?}: negative size in {:?}", values.ints)));
+            return Err(ApiError::shape(format!(
+                "{op:?}: negative size in {:?}",
+                values.ints
+            )));
         } else {
             known *= d as usize;
         }
@@ -259,17 +331,26 @@ fn shape_arg(values: &Values, numel: usize, op: OpCode) -> R<Vec<usize>> {
     let mut shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(i) = unknown {
         if known == 0 || numel % known != 0 {
-            return Err(ApiError::shape(format!("{op:?}: cannot infer -1 in {:?} for {numel} elements", values.ints)));
+            return Err(ApiError::shape(format!(
+                "{op:?}: cannot infer -1 in {:?} for {numel} elements",
+                values.ints
+            )));
         }
         shape[i] = numel / known;
     }
     Ok(shape)
 }
 
-fn cross_entropy<B: AutodiffBackend>(logits: FloatPrim<B>, labels: super::IntPrim<B>, values: &Values) -> R<FloatPrim<B>> {
+fn cross_entropy<B: AutodiffBackend>(
+    logits: FloatPrim<B>,
+    labels: super::IntPrim<B>,
+    values: &Values,
+) -> R<FloatPrim<B>> {
     let (sl, sy) = (shape_of::<B>(&logits), labels.shape().to_vec());
     if sl.len() != 2 || sy != [sl[0]] {
-        return Err(ApiError::shape(format!("CROSS_ENTROPY needs logits [n, c] and labels [n], got {sl:?} and {sy:?}")));
+        return Err(ApiError::shape(format!(
+            "CROSS_ENTROPY needs logits [n, c] and labels [n], got {sl:?} and {sy:?}"
+        )));
     }
     let smoothing = values.floats.first().copied().unwrap_or(0.0);
     let ignore = values.ints.first().copied().unwrap_or(-100);
@@ -278,7 +359,11 @@ fn cross_entropy<B: AutodiffBackend>(logits: FloatPrim<B>, labels: super::IntPri
     let y = it::<B, 1>(labels);
     let valid = y.clone().not_equal_elem(ignore);
     let safe = y.mask_fill(valid.clone().bool_not(), 0);
-    let nll = logp.clone().gather(1, safe.unsqueeze_dim::<2>(1)).neg().reshape([n]);
+    let nll = logp
+        .clone()
+        .gather(1, safe.unsqueeze_dim::<2>(1))
+        .neg()
+        .reshape([n]);
     let per = if smoothing > 0.0 {
         let smooth = logp.mean_dim(1).neg().reshape([n]);
         nll * (1.0 - smoothing) + smooth * smoothing
@@ -291,8 +376,16 @@ fn cross_entropy<B: AutodiffBackend>(logits: FloatPrim<B>, labels: super::IntPri
     Ok(fp((per * w).sum() / count))
 }
 
-fn cosine<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>, values: &Values) -> R<FloatPrim<B>> {
-    check_broadcast(OpCode::COSINE_SIMILARITY, &shape_of::<B>(&a), &shape_of::<B>(&b))?;
+fn cosine<B: AutodiffBackend>(
+    a: FloatPrim<B>,
+    b: FloatPrim<B>,
+    values: &Values,
+) -> R<FloatPrim<B>> {
+    check_broadcast(
+        OpCode::COSINE_SIMILARITY,
+        &shape_of::<B>(&a),
+        &shape_of::<B>(&b),
+    )?;
     let (a, b, r) = align::<B>(a, b);
     let d = dim(int_arg(values, 0, OpCode::COSINE_SIMILARITY, "dim")?, r)?;
     let eps = values.floats.first().copied().unwrap_or(1e-8);
@@ -311,10 +404,16 @@ fn cosine<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>, values: &Values)
     })
 }
 
-fn dropout<B: AutodiffBackend>(g: &HostGraph<'_, B>, p: FloatPrim<B>, values: &Values) -> R<FloatPrim<B>> {
+fn dropout<B: AutodiffBackend>(
+    g: &HostGraph<'_, B>,
+    p: FloatPrim<B>,
+    values: &Values,
+) -> R<FloatPrim<B>> {
     let prob = float_arg(values, 0, OpCode::DROPOUT, "p")?;
     if !(0.0..1.0).contains(&prob) {
-        return Err(ApiError::invalid(format!("DROPOUT: p = {prob} is not in [0, 1)")));
+        return Err(ApiError::invalid(format!(
+            "DROPOUT: p = {prob} is not in [0, 1)"
+        )));
     }
     if !g.training || prob == 0.0 {
         return Ok(p);
@@ -322,7 +421,8 @@ fn dropout<B: AutodiffBackend>(g: &HostGraph<'_, B>, p: FloatPrim<B>, values: &V
     let r = shape_of::<B>(&p).len();
     by_rank!(r, |D| {
         let x = ft::<B, D>(p);
-        let mask = Tensor::<B, D>::random(x.shape(), Distribution::Bernoulli(1.0 - prob), &x.device());
+        let mask =
+            Tensor::<B, D>::random(x.shape(), Distribution::Bernoulli(1.0 - prob), &x.device());
         Ok(fp(x * mask / (1.0 - prob)))
     })
 }
@@ -331,7 +431,9 @@ fn dropout<B: AutodiffBackend>(g: &HostGraph<'_, B>, p: FloatPrim<B>, values: &V
 fn grad<B: AutodiffBackend>(loss: FloatPrim<B>, wrt: Vec<FloatPrim<B>>) -> R<Vec<Value<B>>> {
     let sl = shape_of::<B>(&loss);
     if sl.iter().product::<usize>() != 1 {
-        return Err(ApiError::shape(format!("GRAD: the loss must have one element, got shape {sl:?}")));
+        return Err(ApiError::shape(format!(
+            "GRAD: the loss must have one element, got shape {sl:?}"
+        )));
     }
     let loss = reshape::<B>(loss, vec![1]);
     let grads = ft::<B, 1>(loss).backward();
@@ -351,7 +453,12 @@ fn grad<B: AutodiffBackend>(loss: FloatPrim<B>, wrt: Vec<FloatPrim<B>>) -> R<Vec
 }
 
 /// Ops that read their inputs without consuming them.
-pub fn exec_borrowing<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, inputs: Vec<Value<B>>, _values: &Values) -> R<OpOutput> {
+pub fn exec_borrowing<B: AutodiffBackend>(
+    g: &HostGraph<'_, B>,
+    op: OpCode,
+    inputs: Vec<Value<B>>,
+    _values: &Values,
+) -> R<OpOutput> {
     arity(op, &inputs, 1, 1)?;
     let v = inputs.into_iter().next().unwrap();
     let shape: RVec<i64> = v.shape().iter().map(|&d| d as i64).collect();
@@ -363,13 +470,25 @@ pub fn exec_borrowing<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, inpu
             out.values.ints = shape;
             match v {
                 Value::Float(p) => {
-                    let data = ft::<B, 1>(reshape::<B>(p.clone(), vec![shape_of::<B>(&p).iter().product()])).into_data();
-                    out.values.data = data.convert::<f32>().into_vec::<f32>().map_err(|e| ApiError::internal(format!("{e:?}")))?.into();
+                    let data = ft::<B, 1>(reshape::<B>(
+                        p.clone(),
+                        vec![shape_of::<B>(&p).iter().product()],
+                    ))
+                    .into_data();
+                    out.values.data = data
+                        .convert::<f32>()
+                        .into_vec::<f32>()
+                        .map_err(|e| ApiError::internal(format!("{e:?}")))?
+                        .into();
                 }
                 Value::Int(p) => {
                     let n = p.shape().num_elements();
                     let data = it::<B, 1>(B::int_reshape(p, Shape::from(vec![n]))).into_data();
-                    out.values.idata = data.convert::<i64>().into_vec::<i64>().map_err(|e| ApiError::internal(format!("{e:?}")))?.into();
+                    out.values.idata = data
+                        .convert::<i64>()
+                        .into_vec::<i64>()
+                        .map_err(|e| ApiError::internal(format!("{e:?}")))?
+                        .into();
                 }
             }
         }
@@ -379,7 +498,12 @@ pub fn exec_borrowing<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, inpu
 }
 
 /// Every consuming op. Returns the output tensors and values.
-pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Vec<Value<B>>, values: &Values) -> R<(Vec<Value<B>>, peft_api::Values)> {
+pub fn exec<B: AutodiffBackend>(
+    g: &HostGraph<'_, B>,
+    op: OpCode,
+    mut inputs: Vec<Value<B>>,
+    values: &Values,
+) -> R<(Vec<Value<B>>, peft_api::Values)> {
     let one = |p: FloatPrim<B>| Ok((vec![Value::Float(p)], Values::default()));
     let none = || Ok((vec![], Values::default()));
     let device = || g.device();
@@ -390,15 +514,32 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
             let a = float(inputs.pop().unwrap(), "a")?;
             one(binary::<B>(op, a, b)?)
         }
-        OpCode::NEG | OpCode::EXP | OpCode::LOG | OpCode::SQRT | OpCode::RELU | OpCode::GELU | OpCode::SILU
-        | OpCode::TANH | OpCode::SIGMOID | OpCode::ABS | OpCode::DETACH | OpCode::REQUIRE_GRAD | OpCode::ADD_SCALAR
-        | OpCode::MUL_SCALAR | OpCode::POW_SCALAR | OpCode::CLAMP => {
+        OpCode::NEG
+        | OpCode::EXP
+        | OpCode::LOG
+        | OpCode::SQRT
+        | OpCode::RELU
+        | OpCode::GELU
+        | OpCode::SILU
+        | OpCode::TANH
+        | OpCode::SIGMOID
+        | OpCode::ABS
+        | OpCode::DETACH
+        | OpCode::REQUIRE_GRAD
+        | OpCode::ADD_SCALAR
+        | OpCode::MUL_SCALAR
+        | OpCode::POW_SCALAR
+        | OpCode::CLAMP => {
             arity(op, &inputs, 1, 1)?;
             one(unary::<B>(op, float(inputs.pop().unwrap(), "x")?, values)?)
         }
         OpCode::SOFTMAX | OpCode::LOG_SOFTMAX | OpCode::SUM | OpCode::MEAN | OpCode::MAX => {
             arity(op, &inputs, 1, 1)?;
-            one(along_dim::<B>(op, float(inputs.pop().unwrap(), "x")?, values)?)
+            one(along_dim::<B>(
+                op,
+                float(inputs.pop().unwrap(), "x")?,
+                values,
+            )?)
         }
         OpCode::LAYER_NORM => {
             arity(op, &inputs, 1, 3)?;
@@ -429,7 +570,10 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
                     let n = p.shape().num_elements();
                     let s = shape_arg(values, n, op)?;
                     if s.iter().product::<usize>() != n {
-                        return Err(ApiError::shape(format!("RESHAPE: {:?} ({n} elements) to {s:?}", shape_of::<B>(&p))));
+                        return Err(ApiError::shape(format!(
+                            "RESHAPE: {:?} ({n} elements) to {s:?}",
+                            shape_of::<B>(&p)
+                        )));
                     }
                     one(reshape::<B>(p, s))
                 }
@@ -439,7 +583,10 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
                     if s.iter().product::<usize>() != n {
                         return Err(ApiError::shape(format!("RESHAPE: {n} elements to {s:?}")));
                     }
-                    Ok((vec![Value::Int(B::int_reshape(p, Shape::from(s)))], Values::default()))
+                    Ok((
+                        vec![Value::Int(B::int_reshape(p, Shape::from(s)))],
+                        Values::default(),
+                    ))
                 }
             }
         }
@@ -447,11 +594,18 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
             arity(op, &inputs, 1, 1)?;
             let p = float(inputs.pop().unwrap(), "x")?;
             let r = shape_of::<B>(&p).len();
-            let axes = values.ints.iter().map(|&a| dim(a, r)).collect::<R<Vec<_>>>()?;
+            let axes = values
+                .ints
+                .iter()
+                .map(|&a| dim(a, r))
+                .collect::<R<Vec<_>>>()?;
             let mut sorted = axes.clone();
             sorted.sort();
             if sorted != (0..r).collect::<Vec<_>>() {
-                return Err(ApiError::shape(format!("PERMUTE: {:?} is not a permutation of 0..{r}", values.ints)));
+                return Err(ApiError::shape(format!(
+                    "PERMUTE: {:?} is not a permutation of 0..{r}",
+                    values.ints
+                )));
             }
             one(B::float_permute(p, &axes))
         }
@@ -460,26 +614,48 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
             let p = float(inputs.pop().unwrap(), "x")?;
             let s = shape_of::<B>(&p);
             let d = dim(int_arg(values, 0, op, "dim")?, s.len())?;
-            let (start, end) = (int_arg(values, 1, op, "start")?, int_arg(values, 2, op, "end")?);
+            let (start, end) = (
+                int_arg(values, 1, op, "start")?,
+                int_arg(values, 2, op, "end")?,
+            );
             if start < 0 || end < start || end as usize > s[d] {
-                return Err(ApiError::shape(format!("SLICE: {start}..{end} is out of range for dim {d} of {s:?}")));
+                return Err(ApiError::shape(format!(
+                    "SLICE: {start}..{end} is out of range for dim {d} of {s:?}"
+                )));
             }
-            by_rank!(s.len(), |D| one(fp(ft::<B, D>(p).narrow(d, start as usize, (end - start) as usize))))
+            by_rank!(s.len(), |D| one(fp(ft::<B, D>(p).narrow(
+                d,
+                start as usize,
+                (end - start) as usize
+            ))))
         }
         OpCode::CAT => {
             if inputs.is_empty() {
                 return Err(ApiError::invalid("CAT needs at least one tensor"));
             }
-            let ps = inputs.into_iter().map(|v| float(v, "x")).collect::<R<Vec<_>>>()?;
+            let ps = inputs
+                .into_iter()
+                .map(|v| float(v, "x"))
+                .collect::<R<Vec<_>>>()?;
             let s0 = shape_of::<B>(&ps[0]);
             let d = dim(int_arg(values, 0, op, "dim")?, s0.len())?;
             for p in &ps {
                 let s = shape_of::<B>(p);
-                if s.len() != s0.len() || s.iter().zip(&s0).enumerate().any(|(i, (a, b))| i != d && a != b) {
-                    return Err(ApiError::shape(format!("CAT along {d}: shapes {s0:?} and {s:?} differ elsewhere")));
+                if s.len() != s0.len()
+                    || s.iter()
+                        .zip(&s0)
+                        .enumerate()
+                        .any(|(i, (a, b))| i != d && a != b)
+                {
+                    return Err(ApiError::shape(format!(
+                        "CAT along {d}: shapes {s0:?} and {s:?} differ elsewhere"
+                    )));
                 }
             }
-            by_rank!(s0.len(), |D| one(fp(Tensor::cat(ps.into_iter().map(ft::<B, D>).collect(), d))))
+            by_rank!(s0.len(), |D| one(fp(Tensor::cat(
+                ps.into_iter().map(ft::<B, D>).collect(),
+                d
+            ))))
         }
         OpCode::GATHER => {
             arity(op, &inputs, 2, 2)?;
@@ -488,10 +664,16 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
             let s = shape_of::<B>(&p);
             let si = idx.shape().to_vec();
             if si.len() != s.len() {
-                return Err(ApiError::shape(format!("GATHER: index rank {} differs from input rank {}", si.len(), s.len())));
+                return Err(ApiError::shape(format!(
+                    "GATHER: index rank {} differs from input rank {}",
+                    si.len(),
+                    s.len()
+                )));
             }
             let d = dim(int_arg(values, 0, op, "dim")?, s.len())?;
-            by_rank!(s.len(), |D| one(fp(ft::<B, D>(p).gather(d, it::<B, D>(idx)))))
+            by_rank!(s.len(), |D| one(fp(
+                ft::<B, D>(p).gather(d, it::<B, D>(idx))
+            )))
         }
         OpCode::INDEX_SELECT => {
             arity(op, &inputs, 2, 2)?;
@@ -502,7 +684,9 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
                 return Err(ApiError::shape("INDEX_SELECT: the index must have rank 1"));
             }
             let d = dim(int_arg(values, 0, op, "dim")?, s.len())?;
-            by_rank!(s.len(), |D| one(fp(ft::<B, D>(p).select(d, it::<B, 1>(idx)))))
+            by_rank!(s.len(), |D| one(fp(
+                ft::<B, D>(p).select(d, it::<B, 1>(idx))
+            )))
         }
         OpCode::EXPAND => {
             arity(op, &inputs, 1, 1)?;
@@ -511,7 +695,9 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
             let s = shape_of::<B>(&p);
             check_broadcast(op, &s, &target)?;
             if target.len() < s.len() {
-                return Err(ApiError::shape(format!("EXPAND: cannot expand {s:?} to fewer dims {target:?}")));
+                return Err(ApiError::shape(format!(
+                    "EXPAND: cannot expand {s:?} to fewer dims {target:?}"
+                )));
             }
             let mut full = vec![1; target.len() - s.len()];
             full.extend(s);
@@ -545,24 +731,38 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
         OpCode::FROM_DATA => {
             arity(op, &inputs, 0, 0)?;
             let shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
-            one(crate::params::from_values::<B>(&shape, values.data.to_vec(), &device())?)
+            one(crate::params::from_values::<B>(
+                &shape,
+                values.data.to_vec(),
+                &device(),
+            )?)
         }
         OpCode::FROM_INTS => {
             arity(op, &inputs, 0, 0)?;
             let shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
             let n: usize = shape.iter().product();
             if values.idata.len() != n {
-                return Err(ApiError::shape(format!("FROM_INTS: {} values for shape {shape:?}", values.idata.len())));
+                return Err(ApiError::shape(format!(
+                    "FROM_INTS: {} values for shape {shape:?}",
+                    values.idata.len()
+                )));
             }
             let data = TensorData::new(values.idata.to_vec(), shape.clone());
-            let t = by_rank!(shape.len(), |D| Ok(ip(Tensor::<B, D, Int>::from_data(data, &device()))))?;
+            let t = by_rank!(shape.len(), |D| Ok(ip(Tensor::<B, D, Int>::from_data(
+                data,
+                &device()
+            ))))?;
             Ok((vec![Value::Int(t)], Values::default()))
         }
         OpCode::FULL => {
             arity(op, &inputs, 0, 0)?;
             let shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
             let v = float_arg(values, 0, op, "value")?;
-            by_rank!(shape.len(), |D| one(fp(Tensor::<B, D>::full(shape.clone(), v, &device()))))
+            by_rank!(shape.len(), |D| one(fp(Tensor::<B, D>::full(
+                shape.clone(),
+                v,
+                &device()
+            ))))
         }
         OpCode::PARAM_CREATE => {
             arity(op, &inputs, 0, 0)?;
@@ -570,7 +770,13 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
                 .map_err(|e| ApiError::invalid(format!("PARAM_CREATE: bad spec: {e}")))?;
             let full = g.qualify(&spec.name);
             let owner = g.namespace.borrow().clone();
-            let p = g.params.borrow_mut().create(&full, &spec.group, &owner, &spec.shape, &spec.init)?;
+            let p = g.params.borrow_mut().create(
+                &full,
+                &spec.group,
+                &owner,
+                &spec.shape,
+                &spec.init,
+            )?;
             one(p)
         }
         OpCode::PARAM => {
@@ -585,18 +791,28 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
         }
         OpCode::CONTEXT => {
             arity(op, &inputs, 0, 0)?;
-            let v = g.context.borrow().get(values.text.as_str()).cloned().ok_or_else(|| {
-                let known: Vec<String> = g.context.borrow().keys().cloned().collect();
-                ApiError::new(
-                    peft_api::ErrorKind::NOT_FOUND,
-                    format!("no context tensor `{}` in this pass (present: {known:?})", values.text),
-                )
-            })?;
+            let v = g
+                .context
+                .borrow()
+                .get(values.text.as_str())
+                .cloned()
+                .ok_or_else(|| {
+                    let known: Vec<String> = g.context.borrow().keys().cloned().collect();
+                    ApiError::new(
+                        peft_api::ErrorKind::NOT_FOUND,
+                        format!(
+                            "no context tensor `{}` in this pass (present: {known:?})",
+                            values.text
+                        ),
+                    )
+                })?;
             Ok((vec![v], Values::default()))
         }
         OpCode::SET_CONTEXT => {
             arity(op, &inputs, 1, 1)?;
-            g.context.borrow_mut().insert(values.text.to_string(), inputs.pop().unwrap());
+            g.context
+                .borrow_mut()
+                .insert(values.text.to_string(), inputs.pop().unwrap());
             none()
         }
         OpCode::ADD_LOSS => {
@@ -605,13 +821,19 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
             let p = float(inputs.pop().unwrap(), "loss")?;
             let n = shape_of::<B>(&p).iter().product::<usize>();
             if n != 1 {
-                return Err(ApiError::shape(format!("ADD_LOSS: the loss must have one element, got {n}")));
+                return Err(ApiError::shape(format!(
+                    "ADD_LOSS: the loss must have one element, got {n}"
+                )));
             }
-            g.aux_losses.borrow_mut().push((w, reshape::<B>(p, vec![1])));
+            g.aux_losses
+                .borrow_mut()
+                .push((w, reshape::<B>(p, vec![1])));
             none()
         }
         OpCode::SITE => {
-            let sites = g.sites.get().ok_or_else(|| ApiError::unsupported("SITE: no modules are attached in this pass"))?;
+            let sites = g.sites.get().ok_or_else(|| {
+                ApiError::unsupported("SITE: no modules are attached in this pass")
+            })?;
             let out = sites.dispatch(g, &values.text, inputs)?;
             Ok((out, Values::default()))
         }
@@ -625,7 +847,10 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
             Ok((grad::<B>(loss, wrt)?, Values::default()))
         }
         OpCode::IS_TRAINING => {
-            let v = Values { ints: RVec::from(vec![g.training as i64]), ..Values::default() };
+            let v = Values {
+                ints: RVec::from(vec![g.training as i64]),
+                ..Values::default()
+            };
             Ok((vec![], v))
         }
         other => Err(ApiError::new(
@@ -634,5 +859,14 @@ pub fn exec<B: AutodiffBackend>(g: &HostGraph<'_, B>, op: OpCode, mut inputs: Ve
         )),
     }
     .map(|(t, v): (Vec<Value<B>>, Values)| (t, v))
-    .map_err(|e: ApiError| if e.message.is_empty() { ApiError { message: RString::from("op failed"), ..e } } else { e })
+    .map_err(|e: ApiError| {
+        if e.message.is_empty() {
+            ApiError {
+                message: RString::from("op failed"),
+                ..e
+            }
+        } else {
+            e
+        }
+    })
 }

@@ -59,13 +59,33 @@ pub fn ip<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> IntPrim<B> {
 macro_rules! by_rank {
     ($r:expr, |$D:ident| $body:expr) => {{
         match $r {
-            1 => { const $D: usize = 1; $body }
-            2 => { const $D: usize = 2; $body }
-            3 => { const $D: usize = 3; $body }
-            4 => { const $D: usize = 4; $body }
-            5 => { const $D: usize = 5; $body }
-            6 => { const $D: usize = 6; $body }
-            r => Err(peft_api::ApiError::shape(format!("tensors of rank {r} are not supported (1 to 6)"))),
+            1 => {
+                const $D: usize = 1;
+                $body
+            }
+            2 => {
+                const $D: usize = 2;
+                $body
+            }
+            3 => {
+                const $D: usize = 3;
+                $body
+            }
+            4 => {
+                const $D: usize = 4;
+                $body
+            }
+            5 => {
+                const $D: usize = 5;
+                $body
+            }
+            6 => {
+                const $D: usize = 6;
+                $body
+            }
+            r => Err(peft_api::ApiError::shape(format!(
+                "tensors of rank {r} are not supported (1 to 6)"
+            ))),
         }
     }};
 }

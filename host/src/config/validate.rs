@@ -18,7 +18,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = if self.pointer.is_empty() { "(root)" } else { &self.pointer };
+        let at = if self.pointer.is_empty() {
+            "(root)"
+        } else {
+            &self.pointer
+        };
         write!(f, "{at}: {} [{}]", self.message, self.owner)
     }
 }
@@ -32,7 +36,13 @@ pub struct ConfigErrors {
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}: {} problem{}", self.source, self.errors.len(), if self.errors.len() == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{}: {} problem{}",
+            self.source,
+            self.errors.len(),
+            if self.errors.len() == 1 { "" } else { "s" }
+        )?;
         for e in &self.errors {
             writeln!(f, "  {e}")?;
         }
@@ -46,7 +56,11 @@ fn schema_errors(schema: &Json, instance: &Json, base: &str, owner: &str) -> Vec
     let validator = match jsonschema::validator_for(schema) {
         Ok(v) => v,
         Err(e) => {
-            return vec![ConfigError { pointer: base.into(), message: format!("the schema itself is invalid: {e}"), owner: owner.into() }]
+            return vec![ConfigError {
+                pointer: base.into(),
+                message: format!("the schema itself is invalid: {e}"),
+                owner: owner.into(),
+            }]
         }
     };
     let mut out = Vec::new();
@@ -58,60 +72,112 @@ fn schema_errors(schema: &Json, instance: &Json, base: &str, owner: &str) -> Vec
 
 /// jsonschema reports `oneOf`/`anyOf` failures with a useless top message: report the
 /// branches' own errors instead (deduplicated), which say what was actually wrong.
-fn collect(err: &jsonschema::ValidationError<'_>, base: &str, owner: &str, out: &mut Vec<ConfigError>) {
+fn collect(
+    err: &jsonschema::ValidationError<'_>,
+    base: &str,
+    owner: &str,
+    out: &mut Vec<ConfigError>,
+) {
     use jsonschema::error::ValidationErrorKind as K;
     let pointer = format!("{base}{}", err.instance_path);
     match &err.kind {
         K::AnyOf { context } | K::OneOfNotValid { context } => {
             // Prefer the branch whose errors go deepest (the one the user was aiming for).
-            let best = context.iter().max_by_key(|branch| branch.iter().map(|e| e.instance_path.to_string().len()).max().unwrap_or(0));
+            let best = context.iter().max_by_key(|branch| {
+                branch
+                    .iter()
+                    .map(|e| e.instance_path.to_string().len())
+                    .max()
+                    .unwrap_or(0)
+            });
             match best {
                 Some(branch) if !branch.is_empty() => {
                     for e in branch {
                         collect(e, base, owner, out);
                     }
                 }
-                _ => out.push(ConfigError { pointer, message: err.to_string(), owner: owner.into() }),
+                _ => out.push(ConfigError {
+                    pointer,
+                    message: err.to_string(),
+                    owner: owner.into(),
+                }),
             }
         }
         K::AdditionalProperties { unexpected } => out.push(ConfigError {
             pointer,
-            message: format!("unknown field{} {}", if unexpected.len() == 1 { "" } else { "s" }, unexpected.iter().map(|u| format!("`{u}`")).collect::<Vec<_>>().join(", ")),
+            message: format!(
+                "unknown field{} {}",
+                if unexpected.len() == 1 { "" } else { "s" },
+                unexpected
+                    .iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             owner: owner.into(),
         }),
-        _ => out.push(ConfigError { pointer, message: err.to_string(), owner: owner.into() }),
+        _ => out.push(ConfigError {
+            pointer,
+            message: err.to_string(),
+            owner: owner.into(),
+        }),
     }
 }
 
 /// Parses and validates a config text. `source` names it in messages (a file path).
 pub fn validate(text: &str, source: &str, registry: &Registry) -> Result<RunConfig, ConfigErrors> {
-    let fail = |errors| ConfigErrors { source: source.to_string(), errors };
+    let fail = |errors| ConfigErrors {
+        source: source.to_string(),
+        errors,
+    };
     let doc: Json = serde_json::from_str(text).map_err(|e| {
         fail(vec![ConfigError {
             pointer: String::new(),
-            message: format!("not valid JSON at line {}, column {}: {e}", e.line(), e.column()),
+            message: format!(
+                "not valid JSON at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
             owner: "host".into(),
         }])
     })?;
     let mut errors = schema_errors(&run_config_schema(), &doc, "", "host");
     // Plugin sections, each against its own plugin's schema.
     let check_plugin = |section: &Json, base: String, errors: &mut Vec<ConfigError>| {
-        let Some(name) = section.get("plugin").and_then(Json::as_str) else { return };
+        let Some(name) = section.get("plugin").and_then(Json::as_str) else {
+            return;
+        };
         match registry.get(name) {
             Ok(entry) => {
                 let owner = format!("plugin {} {}", entry.manifest.name, entry.manifest.version);
                 let cfg = section.get("config").cloned().unwrap_or(Json::Null);
-                let cfg = if cfg.is_null() { Json::Object(Default::default()) } else { cfg };
-                errors.extend(schema_errors(&entry.manifest.config_schema, &cfg, &format!("{base}/config"), &owner));
+                let cfg = if cfg.is_null() {
+                    Json::Object(Default::default())
+                } else {
+                    cfg
+                };
+                errors.extend(schema_errors(
+                    &entry.manifest.config_schema,
+                    &cfg,
+                    &format!("{base}/config"),
+                    &owner,
+                ));
             }
-            Err(e) => errors.push(ConfigError { pointer: format!("{base}/plugin"), message: e.to_string(), owner: "host".into() }),
+            Err(e) => errors.push(ConfigError {
+                pointer: format!("{base}/plugin"),
+                message: e.to_string(),
+                owner: "host".into(),
+            }),
         }
     };
     if let Some(mods) = doc.get("modules").and_then(Json::as_array) {
         let mut names = std::collections::BTreeMap::new();
         for (i, m) in mods.iter().enumerate() {
             check_plugin(m, format!("/modules/{i}"), &mut errors);
-            let name = m.get("name").and_then(Json::as_str).or_else(|| m.get("plugin").and_then(Json::as_str));
+            let name = m
+                .get("name")
+                .and_then(Json::as_str)
+                .or_else(|| m.get("plugin").and_then(Json::as_str));
             if let Some(name) = name {
                 if let Some(first) = names.insert(name.to_string(), i) {
                     errors.push(ConfigError {
@@ -132,6 +198,10 @@ pub fn validate(text: &str, source: &str, registry: &Registry) -> Result<RunConf
         return Err(fail(errors));
     }
     serde_json::from_value::<RunConfig>(doc).map_err(|e| {
-        fail(vec![ConfigError { pointer: String::new(), message: e.to_string(), owner: "host".into() }])
+        fail(vec![ConfigError {
+            pointer: String::new(),
+            message: e.to_string(),
+            owner: "host".into(),
+        }])
     })
 }

@@ -58,15 +58,27 @@ fn subsample(mut v: Vec<Example>, n: usize, seed: u64) -> Vec<Example> {
 
 /// Reads GLUE SST-2 (`sentence<TAB>label` with a header).
 pub fn read_sst2(path: &Path) -> anyhow::Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().skip(1) {
         let mut cols = line.split('\t');
         let (Some(s), Some(l)) = (cols.next(), cols.next()) else {
-            bail!("{}:{}: expected `sentence<TAB>label`", path.display(), i + 1);
+            bail!(
+                "{}:{}: expected `sentence<TAB>label`",
+                path.display(),
+                i + 1
+            );
         };
-        let label: usize = l.trim().parse().with_context(|| format!("{}:{}: label `{l}` is not 0 or 1", path.display(), i + 1))?;
-        out.push(Example { text_a: s.trim().to_string(), text_b: None, label });
+        let label: usize = l
+            .trim()
+            .parse()
+            .with_context(|| format!("{}:{}: label `{l}` is not 0 or 1", path.display(), i + 1))?;
+        out.push(Example {
+            text_a: s.trim().to_string(),
+            text_b: None,
+            label,
+        });
     }
     Ok(out)
 }
@@ -81,42 +93,84 @@ struct CrossFitRow {
 /// Reads a CrossFit JSONL file of a classification task; labels are indices into `labels`
 /// (taken from the first row's options when empty).
 pub fn read_crossfit(path: &Path, labels: &mut Vec<String>) -> anyhow::Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let row: CrossFitRow = serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let row: CrossFitRow =
+            serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
         if labels.is_empty() {
             *labels = row.options.clone();
         }
         let Some(label) = labels.iter().position(|o| o == &row.output) else {
-            bail!("{}:{}: output `{}` is not one of the task's options {:?}", path.display(), i + 1, row.output, labels);
+            bail!(
+                "{}:{}: output `{}` is not one of the task's options {:?}",
+                path.display(),
+                i + 1,
+                row.output,
+                labels
+            );
         };
         let (a, b) = match row.input.split_once(" [SEP] ") {
             Some((a, b)) => (a.to_string(), Some(b.to_string())),
             None => (row.input.clone(), None),
         };
-        out.push(Example { text_a: a, text_b: b, label });
+        out.push(Example {
+            text_a: a,
+            text_b: b,
+            label,
+        });
     }
     Ok(out)
 }
 
 /// Loads a task by name: `glue-sst2` from GLUE's full training set, anything else from
 /// CrossFit's k-shot splits (train on `_train`, evaluate on `_test` or `_dev`).
-pub fn load_task(data: &Path, name: &str, train_n: usize, eval_n: usize, split_seed: u64, seed: u64) -> anyhow::Result<Task> {
+pub fn load_task(
+    data: &Path,
+    name: &str,
+    train_n: usize,
+    eval_n: usize,
+    split_seed: u64,
+    seed: u64,
+) -> anyhow::Result<Task> {
     if name == "glue-sst2" {
         let dir = data.join("glue/sst2");
         let train = subsample(read_sst2(&dir.join("train.tsv"))?, train_n, seed);
         let eval = subsample(read_sst2(&dir.join("dev.tsv"))?, eval_n, seed);
-        return Ok(Task { name: name.into(), labels: vec!["negative".into(), "positive".into()], train, eval, eval_split: "dev".into() });
+        return Ok(Task {
+            name: name.into(),
+            labels: vec!["negative".into(), "positive".into()],
+            train,
+            eval,
+            eval_split: "dev".into(),
+        });
     }
     let dir = data.join("crossfit").join(name);
     if !dir.is_dir() {
         bail!("unknown task `{name}`: no folder {}", dir.display());
     }
     let mut labels = Vec::new();
-    let train = read_crossfit(&dir.join(format!("{name}_16_{split_seed}_train.jsonl")), &mut labels)?;
+    let train = read_crossfit(
+        &dir.join(format!("{name}_16_{split_seed}_train.jsonl")),
+        &mut labels,
+    )?;
     let test = dir.join(format!("{name}_test.jsonl"));
-    let (eval_path, split) = if test.exists() { (test, "test") } else { (dir.join(format!("{name}_16_{split_seed}_dev.jsonl")), "dev") };
+    let (eval_path, split) = if test.exists() {
+        (test, "test")
+    } else {
+        (dir.join(format!("{name}_16_{split_seed}_dev.jsonl")), "dev")
+    };
     let eval = subsample(read_crossfit(&eval_path, &mut labels)?, eval_n, seed);
-    Ok(Task { name: name.into(), labels, train: subsample(train, train_n, seed), eval, eval_split: split.into() })
+    Ok(Task {
+        name: name.into(),
+        labels,
+        train: subsample(train, train_n, seed),
+        eval,
+        eval_split: split.into(),
+    })
 }

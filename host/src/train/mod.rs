@@ -40,7 +40,10 @@ pub struct TrainReport {
 }
 
 fn texts(batch: &[&Example]) -> Vec<(String, Option<String>)> {
-    batch.iter().map(|e| (e.text_a.clone(), e.text_b.clone())).collect()
+    batch
+        .iter()
+        .map(|e| (e.text_a.clone(), e.text_b.clone()))
+        .collect()
 }
 
 fn labels<B: AutodiffBackend>(batch: &[&Example], device: &B::Device) -> Tensor<B, 1, Int> {
@@ -49,20 +52,36 @@ fn labels<B: AutodiffBackend>(batch: &[&Example], device: &B::Device) -> Tensor<
 }
 
 /// Cross-entropy of the classification head plus the modules' auxiliary losses.
-fn loss<B: AutodiffBackend>(model: &Model<B>, graph: &HostGraph<'_, B>, batch: &[&Example], max_len: usize, device: &B::Device) -> anyhow::Result<Tensor<B, 1>> {
+fn loss<B: AutodiffBackend>(
+    model: &Model<B>,
+    graph: &HostGraph<'_, B>,
+    batch: &[&Example],
+    max_len: usize,
+    device: &B::Device,
+) -> anyhow::Result<Tensor<B, 1>> {
     let tb = model.tokenize(&texts(batch), max_len, device)?;
     let logits = model.logits(graph, &tb)?;
     let y = labels::<B>(batch, device);
     let logp = burn::tensor::activation::log_softmax(logits, 1);
     let n = batch.len();
-    let mut loss = logp.gather(1, y.unsqueeze_dim::<2>(1)).neg().reshape([n]).mean();
+    let mut loss = logp
+        .gather(1, y.unsqueeze_dim::<2>(1))
+        .neg()
+        .reshape([n])
+        .mean();
     for (w, aux) in graph.aux_losses.borrow_mut().drain(..) {
         loss = loss + ft::<B, 1>(aux) * w;
     }
     Ok(loss)
 }
 
-pub fn evaluate<B: AutodiffBackend>(model: &Model<B>, examples: &[Example], cfg: &RunConfig, step: usize, device: &B::Device) -> anyhow::Result<Evaluation> {
+pub fn evaluate<B: AutodiffBackend>(
+    model: &Model<B>,
+    examples: &[Example],
+    cfg: &RunConfig,
+    step: usize,
+    device: &B::Device,
+) -> anyhow::Result<Evaluation> {
     let mut correct = 0usize;
     let mut total_loss = 0.0;
     for chunk in examples.chunks(cfg.training.batch_size.max(1)) {
@@ -72,13 +91,31 @@ pub fn evaluate<B: AutodiffBackend>(model: &Model<B>, examples: &[Example], cfg:
         let logits = model.logits(&graph, &tb)?.detach();
         let y = labels::<B>(&batch, device);
         let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
-        let nll: f32 = logp.gather(1, y.unsqueeze_dim::<2>(1)).sum().into_scalar().elem_f32();
+        let nll: f32 = logp
+            .gather(1, y.unsqueeze_dim::<2>(1))
+            .sum()
+            .into_scalar()
+            .elem_f32();
         total_loss += nll as f64;
-        let pred = logits.argmax(1).into_data().convert::<i64>().into_vec::<i64>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        correct += pred.iter().zip(&batch).filter(|(p, e)| **p as usize == e.label).count();
+        let pred = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        correct += pred
+            .iter()
+            .zip(&batch)
+            .filter(|(p, e)| **p as usize == e.label)
+            .count();
     }
     let n = examples.len().max(1);
-    Ok(Evaluation { step, accuracy: correct as f64 / n as f64, loss: total_loss / n as f64, examples: examples.len() })
+    Ok(Evaluation {
+        step,
+        accuracy: correct as f64 / n as f64,
+        loss: total_loss / n as f64,
+        examples: examples.len(),
+    })
 }
 
 trait ElemF32 {
@@ -90,18 +127,38 @@ impl<E: burn::tensor::ElementConversion> ElemF32 for E {
     }
 }
 
-pub fn train<B: AutodiffBackend>(model: &Model<B>, task: &Task, cfg: &RunConfig, device: &B::Device, progress: bool) -> anyhow::Result<TrainReport> {
+pub fn train<B: AutodiffBackend>(
+    model: &Model<B>,
+    task: &Task,
+    cfg: &RunConfig,
+    device: &B::Device,
+    progress: bool,
+) -> anyhow::Result<TrainReport> {
     let t = &cfg.training;
     model.set_trainable(&t.train_groups)?;
     let trainable: usize = model.params.borrow().trainable().map(|p| p.numel()).sum();
-    anyhow::ensure!(trainable > 0, "no parameter is trainable: train_groups {:?} matched nothing", t.train_groups);
+    anyhow::ensure!(
+        trainable > 0,
+        "no parameter is trainable: train_groups {:?} matched nothing",
+        t.train_groups
+    );
     let mut opt = AdamW::<B>::new(t.learning_rate, t.weight_decay);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     B::seed(device, cfg.seed);
     let mut order: Vec<usize> = (0..task.train.len()).collect();
     let mut cursor = order.len();
-    let bar = if progress { ProgressBar::new(t.steps as u64) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}<{eta})").unwrap().progress_chars("=> "));
+    let bar = if progress {
+        ProgressBar::new(t.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} steps {msg} ({elapsed}<{eta})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
     bar.set_prefix(format!("train {}", task.name));
     let mut losses = Vec::new();
     let mut evaluations = Vec::new();
@@ -117,7 +174,8 @@ pub fn train<B: AutodiffBackend>(model: &Model<B>, task: &Task, cfg: &RunConfig,
             cursor += 1;
         }
         let graph = HostGraph::new(&model.params, true);
-        let l = loss(model, &graph, &batch, t.max_length, device).with_context(|| format!("step {step}"))?;
+        let l = loss(model, &graph, &batch, t.max_length, device)
+            .with_context(|| format!("step {step}"))?;
         let lv: f32 = l.clone().into_scalar().elem_f32();
         let grads = l.backward();
         drop(graph);
@@ -127,7 +185,9 @@ pub fn train<B: AutodiffBackend>(model: &Model<B>, task: &Task, cfg: &RunConfig,
             let mut store = model.params.borrow_mut();
             for p in store.trainable_mut() {
                 let rank = p.shape.len();
-                let g = by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone()).grad(&grads).map(|g| g.into_primitive().tensor())))?;
+                let g = by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
+                    .grad(&grads)
+                    .map(|g| g.into_primitive().tensor())))?;
                 if let Some(g) = g {
                     opt.step(p, g)?;
                 }

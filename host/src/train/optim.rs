@@ -19,7 +19,14 @@ pub struct AdamW<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> AdamW<B> {
     pub fn new(lr: f64, weight_decay: f64) -> Self {
-        AdamW { lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8, state: HashMap::new() }
+        AdamW {
+            lr,
+            weight_decay,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            state: HashMap::new(),
+        }
     }
 
     /// Updates `p` in place from its gradient (an inner-backend primitive).
@@ -42,10 +49,22 @@ impl<B: AutodiffBackend> AdamW<B> {
             let v = v * b2 + g.powf_scalar(2.0) * (1.0 - b2);
             let mhat = m.clone() / (1.0 - b1.powi(t as i32));
             let vhat = v.clone() / (1.0 - b2.powi(t as i32));
-            let w = if wd > 0.0 { w.clone() - w * (lr * wd) } else { w };
+            let w = if wd > 0.0 {
+                w.clone() - w * (lr * wd)
+            } else {
+                w
+            };
             let w = w - mhat / (vhat.sqrt() + eps) * lr;
-            let value = Tensor::<B, D>::from_inner(w).require_grad().into_primitive().tensor();
-            Ok((t, m.into_primitive().tensor(), v.into_primitive().tensor(), value))
+            let value = Tensor::<B, D>::from_inner(w)
+                .require_grad()
+                .into_primitive()
+                .tensor();
+            Ok((
+                t,
+                m.into_primitive().tensor(),
+                v.into_primitive().tensor(),
+                value,
+            ))
         })?;
         p.value = value;
         self.state.insert(p.name.clone(), (t, m, v));

@@ -65,7 +65,10 @@ pub enum Stack {
 
 impl Stack {
     pub fn includes(self, stack: &str) -> bool {
-        matches!((self, stack), (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder"))
+        matches!(
+            (self, stack),
+            (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder")
+        )
     }
 }
 

@@ -6,8 +6,8 @@ mod config;
 
 pub use config::{Activation, HoulsbyConfig, Stack};
 use peft_api::{
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin, PluginKind, Result,
-    SiteCall, SiteKind, Tensor,
+    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin,
+    PluginKind, Result, SiteCall, SiteKind, Tensor,
 };
 use serde_json::Value;
 
@@ -19,7 +19,10 @@ pub struct Houlsby {
 
 impl Houlsby {
     pub fn new(config: HoulsbyConfig) -> Self {
-        Houlsby { config, prefixes: Vec::new() }
+        Houlsby {
+            config,
+            prefixes: Vec::new(),
+        }
     }
 
     /// Trainable parameters of one adapter on a `d`-dimensional site.
@@ -49,9 +52,21 @@ impl Module for Houlsby {
             let p = site.name.clone();
             let g = c.group.as_str();
             let std = c.init_std;
-            ctx.create_param(&format!("{p}.down.weight"), &[b, d], g, Init::Normal { mean: 0.0, std })?;
+            ctx.create_param(
+                &format!("{p}.down.weight"),
+                &[b, d],
+                g,
+                Init::Normal { mean: 0.0, std },
+            )?;
             ctx.create_param(&format!("{p}.down.bias"), &[b], g, Init::Zeros)?;
-            let up = if c.up_init_std == 0.0 { Init::Zeros } else { Init::Normal { mean: 0.0, std: c.up_init_std } };
+            let up = if c.up_init_std == 0.0 {
+                Init::Zeros
+            } else {
+                Init::Normal {
+                    mean: 0.0,
+                    std: c.up_init_std,
+                }
+            };
             ctx.create_param(&format!("{p}.up.weight"), &[d, b], g, up)?;
             ctx.create_param(&format!("{p}.up.bias"), &[d], g, Init::Zeros)?;
             self.prefixes.push(p);
@@ -70,7 +85,12 @@ impl Module for Houlsby {
         Ok(plan)
     }
 
-    fn apply<'c>(&self, ctx: &'c Ctx<'_>, site: &SiteCall<'_>, inputs: Vec<Tensor<'c>>) -> Result<Vec<Tensor<'c>>> {
+    fn apply<'c>(
+        &self,
+        ctx: &'c Ctx<'_>,
+        site: &SiteCall<'_>,
+        inputs: Vec<Tensor<'c>>,
+    ) -> Result<Vec<Tensor<'c>>> {
         let p = &self.prefixes[site.attachment as usize];
         let y = inputs
             .into_iter()
@@ -78,9 +98,15 @@ impl Module for Houlsby {
             .ok_or_else(|| ApiError::invalid("houlsby: a sublayer site passes [x, y]"))?;
         let h = y
             .clone()
-            .linear(ctx.param(&format!("{p}.down.weight"))?, Some(ctx.param(&format!("{p}.down.bias"))?))?
+            .linear(
+                ctx.param(&format!("{p}.down.weight"))?,
+                Some(ctx.param(&format!("{p}.down.bias"))?),
+            )?
             .activation(self.config.activation.name())?;
-        let delta = h.linear(ctx.param(&format!("{p}.up.weight"))?, Some(ctx.param(&format!("{p}.up.bias"))?))?;
+        let delta = h.linear(
+            ctx.param(&format!("{p}.up.weight"))?,
+            Some(ctx.param(&format!("{p}.up.bias"))?),
+        )?;
         Ok(vec![y.add(delta)?])
     }
 }
@@ -94,8 +120,10 @@ impl Plugin for HoulsbyPlugin {
             version: env!("CARGO_PKG_VERSION").into(),
             kind: PluginKind::Module,
             api_version: String::new(),
-            description: "Serial bottleneck adapters after attention and FFN (Houlsby et al., 2019)".into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(HoulsbyConfig)).expect("schema"),
+            description:
+                "Serial bottleneck adapters after attention and FFN (Houlsby et al., 2019)".into(),
+            config_schema: serde_json::to_value(schemars::schema_for!(HoulsbyConfig))
+                .expect("schema"),
             groups: vec!["adapter".into()],
         }
     }

@@ -1,1 +1,57 @@
+//! Config compositions pinned by snapshots: `plan` of valid configs, `validate` of broken ones.
+use peft_host::{cli::plan_generic, config::validate::validate};
+use peft_registry::Registry;
+use peft_tests::*;
 
+fn configs(kind: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(root().join("tests/configs").join(kind))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn rel(p: &std::path::Path) -> String {
+    p.strip_prefix(root()).unwrap().display().to_string()
+}
+
+#[test]
+fn plans_of_valid_compositions() {
+    require_minilm();
+    let registry = Registry::with_static_plugins().unwrap();
+    let files = configs("plan");
+    assert!(files.len() >= 4);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let cfg = validate(&text, &rel(&f), &registry).unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan_generic::<B>(&cfg, &registry, &Default::default()).unwrap();
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        insta::assert_snapshot!(format!("plan-{name}"), plan.render());
+    }
+}
+
+#[test]
+fn broken_configs_give_readable_errors() {
+    let registry = Registry::with_static_plugins().unwrap();
+    let files = configs("invalid");
+    assert!(files.len() >= 8);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let err = validate(&text, &rel(&f), &registry).expect_err(&rel(&f));
+        let name = f.file_stem().unwrap().to_string_lossy().to_string();
+        insta::assert_snapshot!(format!("validate-{name}"), err.to_string());
+    }
+}
+
+#[test]
+fn schemas_in_the_repository_are_current() {
+    let registry = Registry::with_static_plugins().unwrap();
+    for (path, schema) in peft_host::cli::schema_files(&registry) {
+        let file = root().join("schemas").join(&path);
+        let want = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        let have = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(have == want, "schemas/{path} is stale: run `cargo run -p peft-host -- schema`");
+    }
+}

@@ -81,6 +81,20 @@ fn collect(
     use jsonschema::error::ValidationErrorKind as K;
     let pointer = format!("{base}{}", err.instance_path);
     match &err.kind {
+        K::AnyOf { context } | K::OneOfNotValid { context }
+            if context.iter().all(|b| b.iter().all(|e| matches!(e.kind, K::Type { .. }) && e.instance_path == err.instance_path)) =>
+        {
+            // The value has none of the accepted types: say which ones are.
+            let types: Vec<String> = context
+                .iter()
+                .flat_map(|b| b.iter())
+                .filter_map(|e| match &e.kind {
+                    K::Type { kind } => Some(format!("{kind:?}").to_lowercase().replace("single(", "").replace(['(', ')'], "")),
+                    _ => None,
+                })
+                .collect();
+            out.push(ConfigError { pointer, message: format!("expected {}, got {}", types.join(" or "), err.instance), owner: owner.into() });
+        }
         K::AnyOf { context } | K::OneOfNotValid { context } => {
             // Prefer the branch whose errors go deepest (the one the user was aiming for).
             let best = context.iter().max_by_key(|branch| {
@@ -133,11 +147,7 @@ pub fn validate(text: &str, source: &str, registry: &Registry) -> Result<RunConf
     let doc: Json = serde_json::from_str(text).map_err(|e| {
         fail(vec![ConfigError {
             pointer: String::new(),
-            message: format!(
-                "not valid JSON at line {}, column {}: {e}",
-                e.line(),
-                e.column()
-            ),
+            message: format!("not valid JSON: {e}"),
             owner: "host".into(),
         }])
     })?;

@@ -52,6 +52,9 @@ fn schemas_in_the_repository_are_current() {
         let file = root().join("schemas").join(&path);
         let want = serde_json::to_string_pretty(&schema).unwrap() + "\n";
         let have = std::fs::read_to_string(&file).unwrap_or_default();
-        assert!(have == want, "schemas/{path} is stale: run `cargo run -p peft-host -- schema`");
+        assert!(
+            have == want,
+            "schemas/{path} is stale: run `cargo run -p peft-host -- schema`"
+        );
     }
 }

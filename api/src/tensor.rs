@@ -288,6 +288,8 @@ macro_rules! with_dim {
     )*};
 }
 
+/// `add`, `sub`, `mul`, `div` and `neg` are the `Result`-returning forms of the operators.
+#[allow(clippy::should_implement_trait)]
 impl<'c> Tensor<'c> {
     /// The handle, giving up ownership (the caller must release it or pass it on).
     pub fn into_handle(mut self) -> Result<TensorHandle> {

@@ -71,10 +71,32 @@ pub enum Command {
     },
     /// Check a run config against the host's and the plugins' schemas.
     Validate { config: PathBuf },
+    /// Measure: `overhead` (op API vs native burn on one adapter).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Show the resolved composition: which module attaches where, parameters per group.
     Plan {
         config: PathBuf,
         /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// One Houlsby adapter forward+backward through a dynamically loaded plugin vs natively.
+    Overhead {
+        /// The houlsby plugin library (e.g. target/release/libhoulsby.so).
+        #[arg(long)]
+        plugin: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        runs: usize,
+        /// Activations shape: batch, time, hidden.
+        #[arg(long, num_args = 3, default_values_t = [32, 128, 384])]
+        shape: Vec<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -174,6 +196,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Overhead {
+                    plugin,
+                    runs,
+                    shape,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                cli.device == DeviceSpec::Cpu,
+                "bench overhead runs on the CPU backend"
+            );
+            let r = crate::bench::op_overhead::<crate::device::Cpu>(
+                &plugin,
+                [shape[0], shape[1], shape[2]],
+                runs,
+                &Default::default(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "Houlsby adapter forward+backward on {:?}, {} runs each, plugin from {}",
+                    r.shape, r.native.runs, r.plugin_origin
+                );
+                for t in [&r.native, &r.plugin_path] {
+                    println!(
+                        "  {:<28} median {:>8.2} ms  (min {:.2}, max {:.2})",
+                        t.name, t.median_ms, t.min_ms, t.max_ms
+                    );
+                }
+                println!("  overhead of the plugin path: {:+.2}%", 100.0 * r.overhead);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plan { config, json } => {
             let cfg = load_config(&config, &registry)?;

@@ -1,6 +1,7 @@
 //! peft-host: the host of the plugin API. Owns every tensor (the burn bridge in [`bridge`]),
 //! the backbones, the parameter store, the trainer and the CLI.
 pub mod backbone;
+pub mod bench;
 pub mod bridge;
 pub mod cli;
 pub mod config;

@@ -187,7 +187,11 @@ pub struct Bert {
 
 impl Bert {
     pub fn new(name: &str, config: BertConfig) -> Result<Self, ApiError> {
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             return Err(ApiError::config(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 config.hidden_size, config.num_attention_heads
@@ -305,7 +309,7 @@ impl Bert {
         let h = c.hidden_size;
         let ids = batch.input_ids.clone().reshape([b * t]);
         let mut e = words.select(0, ids).reshape([b, t, h]);
-        e = e + pos.slice([0..t]).unsqueeze_dim::<3>(0);
+        e = e + pos.narrow(0, 0, t).unsqueeze_dim::<3>(0);
         let tt = match &batch.token_type_ids {
             Some(tt) => tt.clone(),
             None => Tensor::<B, 2, Int>::zeros([b, t], &device),

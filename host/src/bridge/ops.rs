@@ -330,7 +330,7 @@ fn shape_arg(values: &Values, numel: usize, op: OpCode) -> R<Vec<usize>> {
     }
     let mut shape: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(i) = unknown {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             return Err(ApiError::shape(format!(
                 "{op:?}: cannot infer -1 in {:?} for {numel} elements",
                 values.ints

@@ -82,18 +82,31 @@ fn collect(
     let pointer = format!("{base}{}", err.instance_path);
     match &err.kind {
         K::AnyOf { context } | K::OneOfNotValid { context }
-            if context.iter().all(|b| b.iter().all(|e| matches!(e.kind, K::Type { .. }) && e.instance_path == err.instance_path)) =>
+            if context.iter().all(|b| {
+                b.iter().all(|e| {
+                    matches!(e.kind, K::Type { .. }) && e.instance_path == err.instance_path
+                })
+            }) =>
         {
             // The value has none of the accepted types: say which ones are.
             let types: Vec<String> = context
                 .iter()
                 .flat_map(|b| b.iter())
                 .filter_map(|e| match &e.kind {
-                    K::Type { kind } => Some(format!("{kind:?}").to_lowercase().replace("single(", "").replace(['(', ')'], "")),
+                    K::Type { kind } => Some(
+                        format!("{kind:?}")
+                            .to_lowercase()
+                            .replace("single(", "")
+                            .replace(['(', ')'], ""),
+                    ),
                     _ => None,
                 })
                 .collect();
-            out.push(ConfigError { pointer, message: format!("expected {}, got {}", types.join(" or "), err.instance), owner: owner.into() });
+            out.push(ConfigError {
+                pointer,
+                message: format!("expected {}, got {}", types.join(" or "), err.instance),
+                owner: owner.into(),
+            });
         }
         K::AnyOf { context } | K::OneOfNotValid { context } => {
             // Prefer the branch whose errors go deepest (the one the user was aiming for).

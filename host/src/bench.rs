@@ -1,0 +1,172 @@
+//! `peft-host bench`: measurements that are product features (never timed unit tests).
+use std::{cell::RefCell, path::Path, time::Instant};
+
+use anyhow::Context;
+use burn::tensor::{activation, backend::AutodiffBackend, Distribution, Tensor};
+use peft_api::{BackboneInfo, SiteInfo, SiteKind};
+use peft_registry::Registry;
+use serde::Serialize;
+
+use crate::{
+    backbone::SiteModules,
+    bridge::{
+        value::{fp, ft},
+        HostGraph, Value,
+    },
+    modules::{Composition, ModuleRequest},
+    params::ParamStore,
+};
+
+#[derive(Serialize, Debug)]
+pub struct Timing {
+    pub name: String,
+    pub runs: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+}
+
+pub fn summarise(name: &str, mut ms: Vec<f64>) -> Timing {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = ms.len();
+    let median = if n % 2 == 1 {
+        ms[n / 2]
+    } else {
+        (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+    };
+    Timing {
+        name: name.into(),
+        runs: n,
+        median_ms: median,
+        min_ms: ms[0],
+        max_ms: ms[n - 1],
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct OverheadReport {
+    pub shape: [usize; 3],
+    pub plugin: String,
+    pub plugin_origin: String,
+    pub native: Timing,
+    pub plugin_path: Timing,
+    /// plugin median / native median - 1.
+    pub overhead: f64,
+}
+
+/// One Houlsby adapter forward + backward on `[batch, time, hidden]` activations, through a
+/// dynamically loaded plugin and natively in burn, interleaved, `runs` times each.
+pub fn op_overhead<B: AutodiffBackend>(
+    plugin_lib: &Path,
+    shape: [usize; 3],
+    runs: usize,
+    device: &B::Device,
+) -> anyhow::Result<OverheadReport> {
+    let mut registry = Registry::new();
+    registry
+        .load_file(plugin_lib)
+        .with_context(|| format!("loading {}", plugin_lib.display()))?;
+    let entry = registry.get("houlsby")?;
+    let origin = entry.origin.to_string();
+    let [b, t, d] = shape;
+    let info = BackboneInfo {
+        name: "bench".into(),
+        architecture: "bench".into(),
+        hidden_size: d,
+        num_layers: 1,
+        num_heads: 1,
+        head_dim: d,
+        intermediate_size: d,
+        vocab_size: 1,
+        sites: vec![SiteInfo {
+            name: "encoder.layer.0.ffn".into(),
+            kind: SiteKind::Sublayer,
+            stack: "encoder".into(),
+            layer: Some(0),
+            role: "ffn".into(),
+            in_features: d,
+            out_features: d,
+        }],
+        ..Default::default()
+    };
+    let params = RefCell::new(ParamStore::<B>::new(device.clone(), 0));
+    let req = ModuleRequest {
+        plugin: "houlsby".into(),
+        name: "houlsby".into(),
+        config: serde_json::json!({"up_init_std": 0.01}),
+    };
+    let comp = Composition::attach(&registry, &[req], &info, &params)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    params
+        .borrow_mut()
+        .set_trainable(&["adapter".into()], &[])?;
+    let x = Tensor::<B, 3>::random([b, t, d], Distribution::Normal(0.0, 1.0), device);
+    let y =
+        Tensor::<B, 3>::random([b, t, d], Distribution::Normal(0.0, 1.0), device).require_grad();
+    let site = "encoder.layer.0.ffn";
+    let p = |g: &HostGraph<'_, B>, n: &str| g.param_value(&format!("houlsby.{site}.{n}")).unwrap();
+
+    let plugin_step = || -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let g = HostGraph::new(&params, true);
+        let out = SiteModules::call(
+            &comp,
+            &g,
+            site,
+            vec![Value::Float(fp(x.clone())), Value::Float(fp(y.clone()))],
+        )?;
+        let Value::Float(o) = out.into_iter().next().unwrap() else {
+            anyhow::bail!("int output")
+        };
+        let grads = ft::<B, 3>(o).sum().backward();
+        let gw = ft::<B, 2>(p(&g, "down.weight"))
+            .grad(&grads)
+            .context("no gradient")?;
+        let _ = gw.into_data();
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    let native_step = || -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let g = HostGraph::new(&params, true);
+        let y2 = y.clone().reshape([b * t, d]);
+        let h = activation::relu(
+            y2.matmul(ft::<B, 2>(p(&g, "down.weight")).transpose())
+                + ft::<B, 1>(p(&g, "down.bias")).unsqueeze::<2>(),
+        );
+        let up = h.matmul(ft::<B, 2>(p(&g, "up.weight")).transpose())
+            + ft::<B, 1>(p(&g, "up.bias")).unsqueeze::<2>();
+        let o = y.clone() + up.reshape([b, t, d]);
+        let grads = o.sum().backward();
+        let gw = ft::<B, 2>(p(&g, "down.weight"))
+            .grad(&grads)
+            .context("no gradient")?;
+        let _ = gw.into_data();
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    for _ in 0..3 {
+        plugin_step()?;
+        native_step()?;
+    }
+    let (mut a, mut n) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for i in 0..runs {
+        // Alternate the order so that neither path always runs on a warmer cache.
+        if i % 2 == 0 {
+            a.push(plugin_step()?);
+            n.push(native_step()?);
+        } else {
+            n.push(native_step()?);
+            a.push(plugin_step()?);
+        }
+    }
+    let native = summarise("native burn", n);
+    let plugin_path = summarise("dynamic plugin via op API", a);
+    let overhead = plugin_path.median_ms / native.median_ms - 1.0;
+    Ok(OverheadReport {
+        shape,
+        plugin: "houlsby".into(),
+        plugin_origin: origin,
+        native,
+        plugin_path,
+        overhead,
+    })
+}

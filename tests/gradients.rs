@@ -89,6 +89,8 @@ fn houlsby_through_the_op_api_matches_native_burn() {
         let hooks = Hooks::new(&graph, modules);
         let h = model
             .backbone
+            .as_bert()
+            .unwrap()
             .encode_all(&hooks, &batch)
             .unwrap()
             .pop()

@@ -48,7 +48,12 @@ fn sentences_match_transformers() {
         let params = &model.params;
         let graph = HostGraph::new(params, false);
         let hooks = Hooks::new(&graph, &NoModules);
-        let all = model.backbone.encode_all(&hooks, &batch).unwrap();
+        let all = model
+            .backbone
+            .as_bert()
+            .unwrap()
+            .encode_all(&hooks, &batch)
+            .unwrap();
         // Per-layer slices: token 0, first 8 features, after the embeddings and each layer.
         for (l, want) in s["hidden_states_token0_first8"]
             .as_array()
@@ -103,6 +108,8 @@ fn padded_batch_matches_unpadded() {
     let hooks = Hooks::new(&graph, &NoModules);
     let h = model
         .backbone
+        .as_bert()
+        .unwrap()
         .encode_all(&hooks, &batch)
         .unwrap()
         .pop()

@@ -170,3 +170,128 @@ pub fn op_overhead<B: AutodiffBackend>(
         overhead,
     })
 }
+
+#[derive(Serialize, Debug)]
+pub struct ModelBench {
+    pub backbone: String,
+    pub modules: Vec<String>,
+    pub batch: usize,
+    pub seq: usize,
+    pub threads: usize,
+    pub inference: Timing,
+    pub tokens_per_second: f64,
+    pub train_step: Option<Timing>,
+    pub trainable_parameters: usize,
+}
+
+/// MiniLM-shaped inference and (with modules) a full training step — forward, backward,
+/// AdamW — on `batch` x `seq` tokens, median over `runs`.
+pub fn model_bench<B: AutodiffBackend>(
+    cfg: &crate::config::RunConfig,
+    registry: &Registry,
+    batch: usize,
+    seq: usize,
+    runs: usize,
+    train: bool,
+    device: &B::Device,
+) -> anyhow::Result<ModelBench> {
+    use crate::{backbone::TextBatch, train::optim::AdamW};
+    use burn::tensor::{Int, TensorData};
+    let model = crate::model::Model::<B>::build(cfg, registry, device, 2)?;
+    let vocab = model.info().vocab_size as i64;
+    // Deterministic pseudo-random token ids (no padding: every position is real).
+    let ids: Vec<i64> = (0..batch * seq)
+        .map(|i| 1000 + (i as i64 * 7919) % (vocab - 1000))
+        .collect();
+    let mk = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [batch, seq]), device);
+    let tb = TextBatch {
+        input_ids: mk(ids),
+        attention_mask: mk(vec![1; batch * seq]),
+        token_type_ids: None,
+    };
+    let labels = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
+            [batch],
+        ),
+        device,
+    );
+
+    model.set_trainable(&[])?;
+    let infer = || -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let g = HostGraph::new(&model.params, false);
+        let h = model.encode(&g, &tb)?;
+        let _ = h.into_data();
+        Ok(start.elapsed().as_secs_f64() * 1e3)
+    };
+    infer()?;
+    let inference = summarise(
+        "inference",
+        (0..runs)
+            .map(|_| infer())
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    );
+
+    let mut trainable_parameters = 0;
+    let train_step = if train {
+        model.set_trainable(&cfg.training.train_groups)?;
+        trainable_parameters = model.params.borrow().trainable().map(|p| p.numel()).sum();
+        let mut opt = AdamW::<B>::new(1e-4, 0.0);
+        let mut step = || -> anyhow::Result<f64> {
+            let start = Instant::now();
+            let g = HostGraph::new(&model.params, true);
+            let logits = model.logits(&g, &tb)?;
+            let logp = activation::log_softmax(logits, 1);
+            let loss = logp
+                .gather(1, labels.clone().unsqueeze_dim::<2>(1))
+                .neg()
+                .mean();
+            let grads = loss.backward();
+            drop(g);
+            let mut store = model.params.borrow_mut();
+            for p in store.trainable_mut() {
+                let rank = p.shape.len();
+                let grad = crate::by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
+                    .grad(&grads)
+                    .map(|g| g.into_primitive().tensor())))?;
+                if let Some(grad) = grad {
+                    opt.step(p, grad)?;
+                }
+            }
+            Ok(start.elapsed().as_secs_f64() * 1e3)
+        };
+        step()?;
+        Some(summarise(
+            "train step",
+            (0..runs)
+                .map(|_| step())
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        ))
+    } else {
+        None
+    };
+    let tokens_per_second = (batch * seq) as f64 / (inference.median_ms / 1e3);
+    Ok(ModelBench {
+        backbone: model.info().name.clone(),
+        modules: cfg.modules.iter().map(|m| m.instance_name()).collect(),
+        batch,
+        seq,
+        threads: rayon_threads(),
+        inference,
+        tokens_per_second,
+        train_step,
+        trainable_parameters,
+    })
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}

@@ -100,6 +100,22 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// MiniLM inference and training-step time on batch x seq tokens.
+    Model {
+        /// Module plugins to train (none: inference only).
+        #[arg(long)]
+        plugin: Vec<String>,
+        #[arg(long, default_value = "all-MiniLM-L6-v2")]
+        backbone: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -230,6 +246,58 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
                 println!("  overhead of the plugin path: {:+.2}%", 100.0 * r.overhead);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Model {
+                    plugin,
+                    backbone,
+                    batch,
+                    seq,
+                    runs,
+                    json,
+                },
+        } => {
+            anyhow::ensure!(
+                cli.device == DeviceSpec::Cpu,
+                "bench model runs on the CPU backend"
+            );
+            let mut cfg = RunConfig::for_plugin("none");
+            cfg.backbone = crate::config::BackboneSpec::Name(backbone);
+            cfg.modules = plugin
+                .iter()
+                .map(|p| RunConfig::for_plugin(p).modules.remove(0))
+                .collect();
+            let r = crate::bench::model_bench::<crate::device::Cpu>(
+                &cfg,
+                &registry,
+                batch,
+                seq,
+                runs,
+                !plugin.is_empty(),
+                &Default::default(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} batch {} x seq {}, {} threads, {} runs",
+                    r.backbone, r.batch, r.seq, r.threads, r.inference.runs
+                );
+                println!(
+                    "  inference   median {:>8.1} ms  ({:.0} tokens/s)",
+                    r.inference.median_ms, r.tokens_per_second
+                );
+                if let Some(t) = &r.train_step {
+                    println!(
+                        "  train step  median {:>8.1} ms  ({} + head, {} trainable)",
+                        t.median_ms,
+                        r.modules.join("+"),
+                        crate::plan::thousands(r.trainable_parameters)
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

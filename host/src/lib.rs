@@ -1,5 +1,6 @@
 //! peft-host: the host of the plugin API. Owns every tensor (the burn bridge in [`bridge`]),
 //! the backbones, the parameter store, the trainer and the CLI.
+pub mod adapters;
 pub mod backbone;
 pub mod bench;
 pub mod bridge;
@@ -14,7 +15,12 @@ pub mod plan;
 pub mod train;
 
 // Built-in plugins: referenced so that the linker keeps their inventory registrations.
+use adapter_bias as _;
 use houlsby as _;
+use lora as _;
+use meta_adapters as _;
+use parallel_adapter as _;
+use prefix as _;
 
 /// The registry of built-in plugins plus those in plugin folders; unusable libraries are
 /// reported and skipped.

@@ -10,11 +10,7 @@ use peft_api::{ApiError, BackboneInfo, Init};
 use peft_registry::Registry;
 
 use crate::{
-    backbone::{
-        bert::{Bert, BertConfig},
-        weights::Checkpoint,
-        Backbone, Hooks, TextBatch,
-    },
+    backbone::{AnyBackbone, Backbone, Hooks, TextBatch},
     bridge::{
         ops::linear,
         value::{fp, ft},
@@ -105,7 +101,7 @@ pub fn resolve_backbone(spec: &BackboneSpec) -> anyhow::Result<ModelFiles> {
 }
 
 pub struct Model<B: AutodiffBackend> {
-    pub backbone: Bert,
+    pub backbone: AnyBackbone,
     pub params: RefCell<ParamStore<B>>,
     pub modules: Composition,
     pub tokenizer: Option<tokenizers::Tokenizer>,
@@ -122,47 +118,11 @@ impl<B: AutodiffBackend> Model<B> {
         num_labels: usize,
     ) -> anyhow::Result<Self> {
         let files = resolve_backbone(&config.backbone)?;
-        let model_type = files
-            .config
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("bert")
-            .to_string();
-        if !matches!(model_type.as_str(), "bert") {
-            bail!("backbone `{}`: architecture `{model_type}` is not supported by this host yet (supported: bert)", files.name);
-        }
-        let bert_cfg: BertConfig =
-            serde_json::from_value(files.config.clone()).with_context(|| {
-                format!(
-                    "backbone `{}`: config.json is not a BERT config",
-                    files.name
-                )
-            })?;
-        let bert = Bert::new(&files.name, bert_cfg.clone())
-            .map_err(|e| anyhow::anyhow!("backbone `{}`: {e}", files.name))?;
         let mut store = ParamStore::<B>::new(device.clone(), config.seed);
-        match &files.dir {
-            Some(dir) => {
-                let path = dir.join("model.safetensors");
-                let ckpt = Checkpoint::read(&path)?;
-                ckpt.load_into(&mut store, &bert_cfg.weight_shapes(), &["bert."], &[])?;
-            }
-            None => {
-                for (name, shape) in bert_cfg.weight_shapes() {
-                    let init = if name.ends_with("LayerNorm.weight") {
-                        Init::Ones
-                    } else if name.ends_with(".bias") || name.ends_with("LayerNorm.bias") {
-                        Init::Zeros
-                    } else {
-                        Init::Normal {
-                            mean: 0.0,
-                            std: 0.02,
-                        }
-                    };
-                    store.create(&name, "backbone", "backbone", &shape, &init)?;
-                }
-            }
-        }
+        let weights = files.dir.as_ref().map(|d| d.join("model.safetensors"));
+        let backbone =
+            AnyBackbone::build(&files.name, &files.config, weights.as_deref(), &mut store)?;
+        let hidden = Backbone::<B>::info(&backbone).hidden_size;
         let params = RefCell::new(store);
         let requests: Vec<ModuleRequest> = config
             .modules
@@ -173,10 +133,11 @@ impl<B: AutodiffBackend> Model<B> {
                 config: m.config.clone(),
             })
             .collect();
-        let modules = Composition::attach(registry, &requests, Backbone::<B>::info(&bert), &params)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let modules =
+            Composition::attach(registry, &requests, Backbone::<B>::info(&backbone), &params)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         if num_labels > 0 {
-            let h = bert_cfg.hidden_size;
+            let h = hidden;
             let mut p = params.borrow_mut();
             p.create(
                 "head.weight",
@@ -192,7 +153,7 @@ impl<B: AutodiffBackend> Model<B> {
             None => None,
         };
         Ok(Model {
-            backbone: bert,
+            backbone,
             params,
             modules,
             tokenizer,

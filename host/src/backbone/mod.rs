@@ -1,7 +1,9 @@
 //! Backbones: frozen pretrained transformers, one file per architecture, HF key names kept so
 //! weights load without remapping. Each declares hook sites ([`SiteInfo`]) and calls
 //! [`Hooks`] there; that is the only coupling between backbones and PEFT methods.
+pub mod bart;
 pub mod bert;
+pub mod t5;
 pub mod weights;
 
 use std::collections::HashMap;
@@ -225,4 +227,110 @@ pub fn additive_mask<B: AutodiffBackend>(mask: &Tensor<B, 2, Int>, prefix: usize
     }
     let neg = (m.neg() + 1.0) * f32::MIN as f64;
     neg.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1)
+}
+
+/// Any built-in backbone, chosen by `model_type` in config.json.
+pub enum AnyBackbone {
+    Bert(bert::Bert),
+    T5(t5::T5),
+    Bart(bart::Bart),
+}
+
+impl AnyBackbone {
+    /// Builds the backbone described by an HF `config.json`, loading `weights` when given and
+    /// initialising randomly otherwise.
+    pub fn build<B: AutodiffBackend>(
+        name: &str,
+        config: &serde_json::Value,
+        weights: Option<&std::path::Path>,
+        store: &mut crate::params::ParamStore<B>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let model_type = config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("bert");
+        let parse_err =
+            |arch: &str| format!("backbone `{name}`: config.json is not a valid {arch} config");
+        let api = |e: ApiError| anyhow::anyhow!("backbone `{name}`: {e}");
+        Ok(match model_type {
+            "bert" => {
+                let cfg: bert::BertConfig = serde_json::from_value(config.clone()).with_context(|| parse_err("BERT"))?;
+                let b = bert::Bert::new(name, cfg.clone()).map_err(api)?;
+                match weights {
+                    Some(p) => weights::Checkpoint::read(p)?.load_into(store, &cfg.weight_shapes(), &["bert."], &[])?,
+                    None => {
+                        for (n, shape) in cfg.weight_shapes() {
+                            let init = if n.ends_with("LayerNorm.weight") {
+                                peft_api::Init::Ones
+                            } else if n.ends_with(".bias") {
+                                peft_api::Init::Zeros
+                            } else {
+                                peft_api::Init::Normal { mean: 0.0, std: 0.02 }
+                            };
+                            store.create(&n, "backbone", "backbone", &shape, &init).map_err(api)?;
+                        }
+                    }
+                }
+                AnyBackbone::Bert(b)
+            }
+            "t5" => {
+                let cfg: t5::T5Config = serde_json::from_value(config.clone()).with_context(|| parse_err("T5"))?;
+                let m = t5::T5::new(name, cfg).map_err(api)?;
+                match weights {
+                    Some(p) => m.load_weights(p, store)?,
+                    None => m.init_weights(store).map_err(api)?,
+                }
+                AnyBackbone::T5(m)
+            }
+            "bart" => {
+                let cfg: bart::BartConfig = serde_json::from_value(config.clone()).with_context(|| parse_err("BART"))?;
+                let m = bart::Bart::new(name, cfg).map_err(api)?;
+                match weights {
+                    Some(p) => m.load_weights(p, store)?,
+                    None => m.init_weights(store).map_err(api)?,
+                }
+                AnyBackbone::Bart(m)
+            }
+            other => anyhow::bail!("backbone `{name}`: architecture `{other}` is not supported (supported: bert, t5, bart)"),
+        })
+    }
+
+    pub fn as_bert(&self) -> Option<&bert::Bert> {
+        match self {
+            AnyBackbone::Bert(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The encoder-decoder interface, for T5 and BART.
+    pub fn as_seq2seq<B: AutodiffBackend>(&self) -> Option<&dyn t5::Seq2Seq<B>> {
+        match self {
+            AnyBackbone::T5(m) => Some(m),
+            AnyBackbone::Bart(m) => Some(m),
+            AnyBackbone::Bert(_) => None,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Backbone<B> for AnyBackbone {
+    fn info(&self) -> &BackboneInfo {
+        match self {
+            AnyBackbone::Bert(m) => Backbone::<B>::info(m),
+            AnyBackbone::T5(m) => Backbone::<B>::info(m),
+            AnyBackbone::Bart(m) => Backbone::<B>::info(m),
+        }
+    }
+
+    fn encode(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        match self {
+            AnyBackbone::Bert(m) => m.encode(hooks, batch),
+            AnyBackbone::T5(m) => m.encode(hooks, batch),
+            AnyBackbone::Bart(m) => m.encode(hooks, batch),
+        }
+    }
 }

@@ -1,0 +1,69 @@
+//! Times the ops of a MiniLM layer at batch 32 x seq 128, to find where a forward spends its
+//! time: `cargo run --release -p peft-host --example op_timings`.
+use std::time::Instant;
+
+use burn::tensor::{activation, backend::Backend, Distribution, Tensor};
+
+fn time<F: FnMut()>(name: &str, mut f: F) {
+    f();
+    let n = 5;
+    let start = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    println!(
+        "{name:<48} {:>8.2} ms",
+        start.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+}
+
+fn run<B: Backend>(label: &str) {
+    println!("== {label}");
+    let d = Default::default();
+    let x = Tensor::<B, 2>::random([4096, 384], Distribution::Normal(0.0, 1.0), &d);
+    let w = Tensor::<B, 2>::random([1536, 384], Distribution::Normal(0.0, 1.0), &d);
+    let wt = w.clone().transpose().into_data();
+    let wt = Tensor::<B, 2>::from_data(wt, &d);
+    time("matmul x[4096,384] @ W^T (transposed view)", || {
+        let _ = x.clone().matmul(w.clone().transpose()).into_data();
+    });
+    time("matmul x[4096,384] @ W' (contiguous [384,1536])", || {
+        let _ = x.clone().matmul(wt.clone()).into_data();
+    });
+    let q = Tensor::<B, 4>::random([32, 12, 128, 32], Distribution::Normal(0.0, 1.0), &d);
+    let k = q.clone();
+    time("scores q @ k^T [32,12,128,32]", || {
+        let _ = q.clone().matmul(k.clone().swap_dims(2, 3)).into_data();
+    });
+    let s = Tensor::<B, 4>::random([32, 12, 128, 128], Distribution::Normal(0.0, 1.0), &d);
+    time("softmax [32,12,128,128]", || {
+        let _ = activation::softmax(s.clone(), 3).into_data();
+    });
+    time("probs @ v", || {
+        let _ = s.clone().matmul(q.clone()).into_data();
+    });
+    let h = Tensor::<B, 3>::random([32, 128, 1536], Distribution::Normal(0.0, 1.0), &d);
+    time("gelu [32,128,1536]", || {
+        let _ = activation::gelu(h.clone()).into_data();
+    });
+    let y = Tensor::<B, 3>::random([32, 128, 384], Distribution::Normal(0.0, 1.0), &d);
+    time("layer norm (var_mean_bias) [32,128,384]", || {
+        let (var, mean) = y.clone().var_mean_bias(2);
+        let _ = ((y.clone() - mean) / (var + 1e-12).sqrt()).into_data();
+    });
+    time("reshape+swap_dims (split heads) [32,128,384]", || {
+        let _ = y
+            .clone()
+            .reshape([32, 128, 12, 32])
+            .swap_dims(1, 2)
+            .into_data();
+    });
+    time("add [32,128,384]", || {
+        let _ = (y.clone() + y.clone()).into_data();
+    });
+}
+
+fn main() {
+    run::<burn::backend::Flex>("Flex");
+    run::<burn::backend::Autodiff<burn::backend::Flex>>("Autodiff<Flex> (no grad)");
+}

@@ -1,0 +1,619 @@
+//! BART encoder-decoders (HF `BartForConditionalGeneration`), HF key names without the
+//! `model.` prefix (checkpoints with it load too).
+//!
+//! Learned positions with HF's offset of 2, `layernorm_embedding`, post-LayerNorm layers,
+//! scores scaled by `head_dim^-0.5`, LM head tied to `shared.weight` (unless
+//! `tie_word_embeddings` is false) plus `final_logits_bias`.
+use std::path::Path;
+
+use burn::tensor::{activation, backend::AutodiffBackend, Int, Tensor};
+use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
+use serde::{Deserialize, Serialize};
+
+pub use super::t5::{KvCache, Seq2Seq};
+use super::{
+    additive_mask,
+    t5::{
+        activation_fn, causal_mask, check_activation, default_init, dir_name, dropout, prefix_len,
+        read_config, split_heads, LayerCache,
+    },
+    weights::{Checkpoint, WeightsError},
+    Backbone, Hooks, TextBatch,
+};
+use crate::bridge::ops::{layer_norm, linear};
+use crate::bridge::value::{fp, ft};
+use crate::params::ParamStore;
+
+/// The fields of an HF BART `config.json` that BartForConditionalGeneration uses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct BartConfig {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub encoder_attention_heads: usize,
+    pub decoder_attention_heads: usize,
+    pub encoder_ffn_dim: usize,
+    pub decoder_ffn_dim: usize,
+    #[serde(default = "default_act")]
+    pub activation_function: String,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub scale_embedding: bool,
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default)]
+    pub activation_dropout: f64,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "one")]
+    pub pad_token_id: i64,
+    #[serde(default)]
+    pub bos_token_id: Option<i64>,
+    #[serde(default = "two")]
+    pub eos_token_id: Option<i64>,
+    #[serde(default = "two_i64")]
+    pub decoder_start_token_id: i64,
+    #[serde(default)]
+    pub forced_bos_token_id: Option<i64>,
+    #[serde(default)]
+    pub forced_eos_token_id: Option<i64>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_positions() -> usize {
+    1024
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> i64 {
+    1
+}
+fn two() -> Option<i64> {
+    Some(2)
+}
+fn two_i64() -> i64 {
+    2
+}
+
+/// HF's `BartLearnedPositionalEmbedding` offset.
+const POSITION_OFFSET: usize = 2;
+/// `nn.LayerNorm`'s default epsilon, which BART uses.
+const LN_EPS: f64 = 1e-5;
+
+impl BartConfig {
+    fn stacks(&self) -> [(&'static str, usize, usize, usize); 2] {
+        [
+            (
+                "encoder",
+                self.encoder_layers,
+                self.encoder_attention_heads,
+                self.encoder_ffn_dim,
+            ),
+            (
+                "decoder",
+                self.decoder_layers,
+                self.decoder_attention_heads,
+                self.decoder_ffn_dim,
+            ),
+        ]
+    }
+
+    fn attentions(stack: &str) -> &'static [(&'static str, &'static str, &'static str)] {
+        if stack == "encoder" {
+            &[("self_attn", "self_attention", "attention")]
+        } else {
+            &[
+                ("self_attn", "self_attention", "attention"),
+                ("encoder_attn", "cross_attention", "cross_attention"),
+            ]
+        }
+    }
+
+    /// Every weight BartForConditionalGeneration has, with its shape (HF keys without
+    /// `model.`, PyTorch layouts).
+    pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let d = self.d_model;
+        let mut v = vec![("shared.weight".to_string(), vec![self.vocab_size, d])];
+        for (stack, layers, _, ffn) in self.stacks() {
+            v.push((
+                format!("{stack}.embed_positions.weight"),
+                vec![self.max_position_embeddings + POSITION_OFFSET, d],
+            ));
+            v.push((format!("{stack}.layernorm_embedding.weight"), vec![d]));
+            v.push((format!("{stack}.layernorm_embedding.bias"), vec![d]));
+            for l in 0..layers {
+                let p = format!("{stack}.layers.{l}");
+                for (a, _, _) in Self::attentions(stack) {
+                    for m in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                        v.push((format!("{p}.{a}.{m}.weight"), vec![d, d]));
+                        v.push((format!("{p}.{a}.{m}.bias"), vec![d]));
+                    }
+                    v.push((format!("{p}.{a}_layer_norm.weight"), vec![d]));
+                    v.push((format!("{p}.{a}_layer_norm.bias"), vec![d]));
+                }
+                v.push((format!("{p}.fc1.weight"), vec![ffn, d]));
+                v.push((format!("{p}.fc1.bias"), vec![ffn]));
+                v.push((format!("{p}.fc2.weight"), vec![d, ffn]));
+                v.push((format!("{p}.fc2.bias"), vec![d]));
+                v.push((format!("{p}.final_layer_norm.weight"), vec![d]));
+                v.push((format!("{p}.final_layer_norm.bias"), vec![d]));
+            }
+        }
+        v.push(("final_logits_bias".to_string(), vec![1, self.vocab_size]));
+        if !self.tie_word_embeddings {
+            v.push(("lm_head.weight".to_string(), vec![self.vocab_size, d]));
+        }
+        v
+    }
+
+    pub fn info(&self, name: &str) -> BackboneInfo {
+        let d = self.d_model;
+        let mut sites = Vec::new();
+        for (stack, layers, _, ffn) in self.stacks() {
+            let mut site = |name: String, kind, layer, role: &str, a, b| {
+                sites.push(SiteInfo {
+                    name,
+                    kind,
+                    stack: stack.into(),
+                    layer: Some(layer),
+                    role: role.into(),
+                    in_features: a,
+                    out_features: b,
+                })
+            };
+            for l in 0..layers {
+                let p = format!("{stack}.layers.{l}");
+                for (a, kv_role, sub) in Self::attentions(stack) {
+                    for m in ["q_proj", "k_proj", "v_proj"] {
+                        site(format!("{p}.{a}.{m}"), SiteKind::Projection, l, m, d, d);
+                    }
+                    site(
+                        format!("{p}.{a}.kv"),
+                        SiteKind::AttentionKv,
+                        l,
+                        kv_role,
+                        d,
+                        d,
+                    );
+                    site(
+                        format!("{p}.{a}.out_proj"),
+                        SiteKind::Projection,
+                        l,
+                        "out_proj",
+                        d,
+                        d,
+                    );
+                    site(format!("{p}.{sub}"), SiteKind::Sublayer, l, sub, d, d);
+                }
+                site(format!("{p}.fc1"), SiteKind::Projection, l, "fc1", d, ffn);
+                site(format!("{p}.fc2"), SiteKind::Projection, l, "fc2", ffn, d);
+                site(format!("{p}.ffn"), SiteKind::Sublayer, l, "ffn", d, d);
+                site(
+                    format!("{p}.output"),
+                    SiteKind::Hidden,
+                    l,
+                    "layer_output",
+                    d,
+                    d,
+                );
+            }
+        }
+        BackboneInfo {
+            name: name.to_string(),
+            architecture: "bart".into(),
+            hidden_size: d,
+            num_layers: self.encoder_layers,
+            num_decoder_layers: self.decoder_layers,
+            num_heads: self.encoder_attention_heads,
+            head_dim: d / self.encoder_attention_heads.max(1),
+            intermediate_size: self.encoder_ffn_dim,
+            vocab_size: self.vocab_size,
+            sites,
+        }
+    }
+}
+
+pub struct Bart {
+    pub config: BartConfig,
+    info: BackboneInfo,
+}
+
+impl Bart {
+    pub fn new(name: &str, config: BartConfig) -> Result<Self, ApiError> {
+        for (stack, _, heads, _) in config.stacks() {
+            if heads == 0 || !config.d_model.is_multiple_of(heads) {
+                return Err(ApiError::config(format!(
+                    "d_model {} is not a multiple of {stack}_attention_heads {heads}",
+                    config.d_model
+                )));
+            }
+        }
+        check_activation(&config.activation_function)?;
+        let info = config.info(name);
+        Ok(Bart { config, info })
+    }
+
+    /// Reads `config.json` from `dir` and loads `model.safetensors` into `store`.
+    pub fn load<B: AutodiffBackend>(dir: &Path, store: &mut ParamStore<B>) -> anyhow::Result<Self> {
+        let config: BartConfig = read_config(dir)?;
+        let bart = Bart::new(&dir_name(dir), config)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        bart.load_weights(&dir.join("model.safetensors"), store)?;
+        Ok(bart)
+    }
+
+    /// Loads the weights of a safetensors file (HF `BartForConditionalGeneration` or
+    /// `BartModel` keys). A checkpoint without `final_logits_bias` gets zeros, as HF does.
+    pub fn load_weights<B: AutodiffBackend>(
+        &self,
+        path: &Path,
+        store: &mut ParamStore<B>,
+    ) -> Result<(), WeightsError> {
+        let ckpt = Checkpoint::read(path)?;
+        let prefixes = ["model."];
+        let mut shapes = self.config.weight_shapes();
+        let has_bias = ckpt.find("final_logits_bias", &prefixes).is_some();
+        if !has_bias {
+            shapes.retain(|(n, _)| n != "final_logits_bias");
+        }
+        ckpt.load_into(
+            store,
+            &shapes,
+            &prefixes,
+            &[
+                ("shared.weight", "encoder.embed_tokens.weight"),
+                ("shared.weight", "decoder.embed_tokens.weight"),
+            ],
+        )?;
+        if !has_bias {
+            store
+                .create(
+                    "final_logits_bias",
+                    "backbone",
+                    "backbone",
+                    &[1, self.config.vocab_size],
+                    &peft_api::Init::Zeros,
+                )
+                .map_err(|e| WeightsError::Corrupt {
+                    file: ckpt.file.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Creates randomly initialised weights in `store` (norms 1, biases 0, others N(0, 0.02)).
+    pub fn init_weights<B: AutodiffBackend>(
+        &self,
+        store: &mut ParamStore<B>,
+    ) -> Result<(), ApiError> {
+        for (name, shape) in self.config.weight_shapes() {
+            store.create(&name, "backbone", "backbone", &shape, &default_init(&name))?;
+        }
+        Ok(())
+    }
+
+    fn lin<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: &Tensor<B, 3>,
+        key: &str,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let w = hooks.graph.param_value(&format!("{key}.weight"))?;
+        let b = hooks.graph.param_value(&format!("{key}.bias"))?;
+        let y = ft::<B, 3>(linear::<B>(fp(x.clone()), w, Some(b))?);
+        hooks.pair(key, x, y)
+    }
+
+    fn ln<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: Tensor<B, 3>,
+        key: &str,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let w = hooks.weight::<1>(&format!("{key}.weight"))?;
+        let b = hooks.weight::<1>(&format!("{key}.bias"))?;
+        Ok(layer_norm(x, Some(w), Some(b), LN_EPS))
+    }
+
+    /// Token embeddings (scaled when `scale_embedding`) + learned positions from `start`,
+    /// `layernorm_embedding`, dropout.
+    fn embed<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        stack: &str,
+        ids: &Tensor<B, 2, Int>,
+        start: usize,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let c = &self.config;
+        let [b, t] = ids.dims();
+        if start + t > c.max_position_embeddings {
+            return Err(ApiError::shape(format!(
+                "{stack}: position {} exceeds max_position_embeddings {}",
+                start + t,
+                c.max_position_embeddings
+            )));
+        }
+        let shared = hooks.weight::<2>("shared.weight")?;
+        let mut e = shared
+            .select(0, ids.clone().reshape([b * t]))
+            .reshape([b, t, c.d_model]);
+        if c.scale_embedding {
+            e = e * (c.d_model as f64).sqrt();
+        }
+        let pos = hooks.weight::<2>(&format!("{stack}.embed_positions.weight"))?;
+        let pos = pos.narrow(0, start + POSITION_OFFSET, t);
+        let e = e + pos.unsqueeze_dim::<3>(0);
+        let e = self.ln(hooks, e, &format!("{stack}.layernorm_embedding"))?;
+        Ok(dropout(hooks, e, c.dropout))
+    }
+
+    /// One attention layer: output of `out_proj` (before dropout).
+    fn attention<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        key: &str,
+        heads: usize,
+        x: &Tensor<B, 3>,
+        kind: Attn<'_, B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let c = &self.config;
+        let [b, tq, d] = x.dims();
+        let scaling = ((d / heads) as f64).powf(-0.5);
+        let q = split_heads(self.lin(hooks, x, &format!("{key}.q_proj"))?, heads);
+        let kv_site = format!("{key}.kv");
+        let cached = match (&kind, cache.as_deref()) {
+            (Attn::Cross(..), Some(lc)) => lc.cross_kv.clone(),
+            _ => None,
+        };
+        let mut cache = cache;
+        let (k, v, n) = match cached {
+            Some(kv) => kv,
+            None => {
+                let (src, is_cross) = match kind {
+                    Attn::Cross(enc, _) => (enc, true),
+                    _ => (x, false),
+                };
+                let mut k = split_heads(self.lin(hooks, src, &format!("{key}.k_proj"))?, heads);
+                let mut v = split_heads(self.lin(hooks, src, &format!("{key}.v_proj"))?, heads);
+                if !is_cross {
+                    if let Some(c) = cache.as_deref_mut() {
+                        if let Some((pk, pv)) = c.self_kv.take() {
+                            k = Tensor::cat(vec![pk, k], 2);
+                            v = Tensor::cat(vec![pv, v], 2);
+                        }
+                        c.self_kv = Some((k.clone(), v.clone()));
+                    }
+                }
+                let n = k.dims()[2];
+                let (k, v) = hooks.kv(&kv_site, k, v)?;
+                if is_cross {
+                    if let Some(c) = cache {
+                        c.cross_kv = Some((k.clone(), v.clone(), n));
+                    }
+                }
+                (k, v, n)
+            }
+        };
+        let prefix = prefix_len(&kv_site, k.dims()[2], n)?;
+        let mask = match kind {
+            Attn::Padded(m) | Attn::Cross(_, m) => additive_mask(m, prefix),
+            Attn::Causal { q_start } => causal_mask(q_start, tq, n, prefix, &x.device()),
+        };
+        let scores = q.matmul(k.swap_dims(2, 3)) * scaling + mask;
+        let probs = dropout(hooks, activation::softmax(scores, 3), c.attention_dropout);
+        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, tq, d]);
+        self.lin(hooks, &ctx, &format!("{key}.out_proj"))
+    }
+}
+
+/// What an attention layer attends to.
+enum Attn<'a, B: AutodiffBackend> {
+    /// Itself, except padding (`[batch, time]` 0/1 mask).
+    Padded(&'a Tensor<B, 2, Int>),
+    /// Itself, causally; queries start at position `q_start`.
+    Causal { q_start: usize },
+    /// Encoder states and their mask.
+    Cross(&'a Tensor<B, 3>, &'a Tensor<B, 2, Int>),
+}
+
+impl Bart {
+    /// Post-norm residual sublayer: `ln(x + site(x, dropout(f(x))))`.
+    fn residual<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: Tensor<B, 3>,
+        norm_key: &str,
+        site: &str,
+        f: impl FnOnce(&Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let y = dropout(hooks, f(&x)?, self.config.dropout);
+        let y = hooks.pair(site, &x, y)?;
+        self.ln(hooks, x + y, norm_key)
+    }
+
+    fn ffn<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        p: &str,
+        x: &Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let c = &self.config;
+        let h = activation_fn(
+            &c.activation_function,
+            self.lin(hooks, x, &format!("{p}.fc1"))?,
+        );
+        let h = dropout(hooks, h, c.activation_dropout);
+        self.lin(hooks, &h, &format!("{p}.fc2"))
+    }
+
+    fn encoder_layer<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        l: usize,
+        x: Tensor<B, 3>,
+        mask: &Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let p = format!("encoder.layers.{l}");
+        let heads = self.config.encoder_attention_heads;
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.self_attn_layer_norm"),
+            &format!("{p}.attention"),
+            |x| {
+                let key = format!("{p}.self_attn");
+                self.attention(hooks, &key, heads, x, Attn::Padded(mask), None)
+            },
+        )?;
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.final_layer_norm"),
+            &format!("{p}.ffn"),
+            |x| self.ffn(hooks, &p, x),
+        )?;
+        hooks.hidden(&format!("{p}.output"), x)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decoder_layer<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        l: usize,
+        x: Tensor<B, 3>,
+        enc: &Tensor<B, 3>,
+        enc_mask: &Tensor<B, 2, Int>,
+        q_start: usize,
+        mut cache: Option<&mut LayerCache<B>>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let p = format!("decoder.layers.{l}");
+        let heads = self.config.decoder_attention_heads;
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.self_attn_layer_norm"),
+            &format!("{p}.attention"),
+            |x| {
+                let key = format!("{p}.self_attn");
+                let kind = Attn::Causal { q_start };
+                self.attention(hooks, &key, heads, x, kind, cache.as_deref_mut())
+            },
+        )?;
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.encoder_attn_layer_norm"),
+            &format!("{p}.cross_attention"),
+            |x| {
+                let key = format!("{p}.encoder_attn");
+                let kind = Attn::Cross(enc, enc_mask);
+                self.attention(hooks, &key, heads, x, kind, cache)
+            },
+        )?;
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.final_layer_norm"),
+            &format!("{p}.ffn"),
+            |x| self.ffn(hooks, &p, x),
+        )?;
+        hooks.hidden(&format!("{p}.output"), x)
+    }
+}
+
+impl<B: AutodiffBackend> Backbone<B> for Bart {
+    fn info(&self) -> &BackboneInfo {
+        &self.info
+    }
+
+    fn encode(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let mut x = self.embed(hooks, "encoder", &batch.input_ids, 0)?;
+        for l in 0..self.config.encoder_layers {
+            x = self.encoder_layer(hooks, l, x, &batch.attention_mask)?;
+        }
+        Ok(x)
+    }
+}
+
+impl<B: AutodiffBackend> Seq2Seq<B> for Bart {
+    fn num_decoder_layers(&self) -> usize {
+        self.config.decoder_layers
+    }
+    fn decoder_start_token_id(&self) -> i64 {
+        self.config.decoder_start_token_id
+    }
+    fn eos_token_id(&self) -> Option<i64> {
+        self.config.eos_token_id
+    }
+    fn pad_token_id(&self) -> i64 {
+        self.config.pad_token_id
+    }
+
+    /// HF's `ForcedBOSTokenLogitsProcessor` / `ForcedEOSTokenLogitsProcessor`.
+    fn forced_token(&self, step: usize, max_new_tokens: usize) -> Option<i64> {
+        if step == 0 && self.config.forced_bos_token_id.is_some() {
+            return self.config.forced_bos_token_id;
+        }
+        if step + 1 == max_new_tokens {
+            return self.config.forced_eos_token_id;
+        }
+        None
+    }
+
+    fn decode(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        encoder_states: &Tensor<B, 3>,
+        encoder_mask: &Tensor<B, 2, Int>,
+        decoder_input_ids: &Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let layers = self.config.decoder_layers;
+        if let Some(c) = &cache {
+            c.check(layers)?;
+        }
+        let q_start = cache.as_ref().map_or(0, |c| c.len);
+        let [_, t] = decoder_input_ids.dims();
+        let mut x = self.embed(hooks, "decoder", decoder_input_ids, q_start)?;
+        for l in 0..layers {
+            let lc = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = self.decoder_layer(hooks, l, x, encoder_states, encoder_mask, q_start, lc)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        Ok(x)
+    }
+
+    fn lm_logits(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        decoder_states: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let key = if self.config.tie_word_embeddings {
+            "shared.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let w = hooks.graph.param_value(key)?;
+        let logits = ft::<B, 3>(linear::<B>(fp(decoder_states), w, None)?);
+        let bias = hooks.weight::<2>("final_logits_bias")?;
+        Ok(logits + bias.unsqueeze_dim::<3>(0))
+    }
+}

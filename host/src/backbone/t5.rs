@@ -1,0 +1,1050 @@
+//! T5 encoder-decoders (HF `T5ForConditionalGeneration`, v1.0 and v1.1), HF key names.
+//!
+//! Pre-norm blocks with T5's RMS LayerNorm, relative position buckets (bidirectional in the
+//! encoder, causal in the decoder; computed from block 0's table and shared by all blocks), no
+//! `1/sqrt(d)` scaling of attention scores. The LM head is tied to `shared.weight` when
+//! `tie_word_embeddings`; the decoder output is scaled by `d_model^-0.5` before it when
+//! `scale_decoder_outputs` (transformers 5; defaults to `tie_word_embeddings` as in 4.x).
+//!
+//! Also home of what encoder-decoders share: the [`Seq2Seq`] trait with greedy decoding and
+//! the key/value cache [`KvCache`].
+use std::path::Path;
+
+use anyhow::Context;
+use burn::tensor::{activation, backend::AutodiffBackend, Int, Tensor, TensorData};
+use peft_api::{ApiError, BackboneInfo, Init, SiteInfo, SiteKind};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    additive_mask,
+    weights::{Checkpoint, WeightsError},
+    Backbone, Hooks, TextBatch,
+};
+use crate::bridge::ops::{linear, rms_norm};
+use crate::bridge::value::{fp, ft};
+use crate::params::ParamStore;
+
+// ---------------------------------------------------------------------------------------------
+// Shared by the encoder-decoders.
+
+/// Keys and values of a decoder's attention layers kept between incremental decoding steps.
+///
+/// Self-attention keys/values are kept as the projections produced them (before the key/value
+/// site) and grow by one step's positions per call; the site is applied to the whole history
+/// each step, so that a cached pass computes what a full pass computes. Cross-attention
+/// keys/values are computed (site applied) on the first call and reused. A cache belongs to
+/// one batch of encoder states: make a new one ([`Seq2Seq::new_cache`]) per generation.
+pub struct KvCache<B: AutodiffBackend> {
+    /// Decoder positions processed so far.
+    pub len: usize,
+    pub(crate) layers: Vec<LayerCache<B>>,
+}
+
+pub(crate) struct LayerCache<B: AutodiffBackend> {
+    pub(crate) self_kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// Keys, values (after the site) and the number of encoder positions among them.
+    pub(crate) cross_kv: Option<(Tensor<B, 4>, Tensor<B, 4>, usize)>,
+}
+
+impl<B: AutodiffBackend> KvCache<B> {
+    pub fn new(num_decoder_layers: usize) -> Self {
+        KvCache {
+            len: 0,
+            layers: (0..num_decoder_layers)
+                .map(|_| LayerCache {
+                    self_kv: None,
+                    cross_kv: None,
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn check(&self, layers: usize) -> Result<(), ApiError> {
+        if self.layers.len() != layers {
+            return Err(ApiError::invalid(format!(
+                "key/value cache has {} layers, the decoder has {layers}",
+                self.layers.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An encoder-decoder backbone: [`Backbone::encode`] runs the encoder.
+pub trait Seq2Seq<B: AutodiffBackend>: Backbone<B> {
+    fn num_decoder_layers(&self) -> usize;
+    fn decoder_start_token_id(&self) -> i64;
+    fn eos_token_id(&self) -> Option<i64>;
+    fn pad_token_id(&self) -> i64;
+
+    /// Decoder hidden states `[batch, time, hidden]` (after the final norm) for
+    /// `decoder_input_ids`; with a cache, the ids are the positions after `cache.len` and the
+    /// cache is extended.
+    fn decode(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        encoder_states: &Tensor<B, 3>,
+        encoder_mask: &Tensor<B, 2, Int>,
+        decoder_input_ids: &Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>, ApiError>;
+
+    /// LM logits `[batch, time, vocab]` from decoder hidden states.
+    fn lm_logits(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        decoder_states: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, ApiError>;
+
+    /// A token generation must produce at new-token index `step` (BART's forced BOS/EOS).
+    fn forced_token(&self, _step: usize, _max_new_tokens: usize) -> Option<i64> {
+        None
+    }
+
+    fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.num_decoder_layers())
+    }
+
+    /// Encoder, decoder and LM head in one pass (teacher forcing): `[batch, time, vocab]`.
+    fn logits(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+        decoder_input_ids: &Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let enc = self.encode(hooks, batch)?;
+        let dec = self.decode(hooks, &enc, &batch.attention_mask, decoder_input_ids, None)?;
+        self.lm_logits(hooks, dec)
+    }
+
+    /// Greedy decoding of exactly `max_new_tokens` tokens (EOS suppressed, as HF's `generate`
+    /// with `min_new_tokens == max_new_tokens`). Each row starts with the decoder start token.
+    fn greedy_generate(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+        max_new_tokens: usize,
+    ) -> Result<Vec<Vec<i64>>, ApiError> {
+        self.greedy_generate_with(hooks, batch, max_new_tokens, max_new_tokens)
+    }
+
+    /// Greedy decoding as HF's `generate(do_sample=False, num_beams=1)`: EOS is suppressed for
+    /// the first `min_new_tokens` tokens; a row that produced EOS continues with padding;
+    /// decoding stops when every row is done or after `max_new_tokens`. Uses the cache.
+    fn greedy_generate_with(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+        min_new_tokens: usize,
+        max_new_tokens: usize,
+    ) -> Result<Vec<Vec<i64>>, ApiError> {
+        let enc = self.encode(hooks, batch)?;
+        let [b, _] = batch.input_ids.dims();
+        let device = batch.input_ids.device();
+        let start = self.decoder_start_token_id();
+        let eos = self.eos_token_id();
+        let mut out = vec![vec![start]; b];
+        let mut done = vec![false; b];
+        let mut cache = self.new_cache();
+        for step in 0..max_new_tokens {
+            let last: Vec<i64> = out.iter().map(|r| *r.last().unwrap()).collect();
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(last, [b, 1]), &device);
+            let h = self.decode(hooks, &enc, &batch.attention_mask, &ids, Some(&mut cache))?;
+            let logits = self.lm_logits(hooks, h)?;
+            let v = logits.dims()[2];
+            let values = logits
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .map_err(|e| ApiError::internal(format!("reading logits: {e:?}")))?;
+            for (i, row) in values.chunks_exact(v).enumerate() {
+                if done[i] {
+                    out[i].push(self.pad_token_id());
+                    continue;
+                }
+                let tok = match self.forced_token(step, max_new_tokens) {
+                    Some(t) => t,
+                    None => {
+                        let suppress = if step < min_new_tokens { eos } else { None };
+                        argmax(row, suppress)
+                    }
+                };
+                out[i].push(tok);
+                if Some(tok) == eos {
+                    done[i] = true;
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// First index of the maximum (as `torch.argmax`), skipping `suppress`.
+fn argmax(row: &[f32], suppress: Option<i64>) -> i64 {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    let mut found = false;
+    for (j, &x) in row.iter().enumerate() {
+        if Some(j as i64) == suppress {
+            continue;
+        }
+        if !found || x > best.1 {
+            best = (j, x);
+            found = true;
+        }
+    }
+    best.0 as i64
+}
+
+/// Inverted dropout, in training mode only.
+pub(crate) fn dropout<B: AutodiffBackend, const D: usize>(
+    hooks: &Hooks<'_, '_, B>,
+    x: Tensor<B, D>,
+    p: f64,
+) -> Tensor<B, D> {
+    if !hooks.training() || p == 0.0 {
+        return x;
+    }
+    let mask = Tensor::<B, D>::random(
+        x.shape(),
+        burn::tensor::Distribution::Bernoulli(1.0 - p),
+        &x.device(),
+    );
+    x * mask / (1.0 - p)
+}
+
+/// Additive causal mask `[1, 1, tq, prefix + keys]`: query `i` (position `q_start + i`) sees
+/// the `prefix` added keys and keys `0..=q_start + i`.
+pub(crate) fn causal_mask<B: AutodiffBackend>(
+    q_start: usize,
+    tq: usize,
+    keys: usize,
+    prefix: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let n = prefix + keys;
+    let mut v = vec![0f32; tq * n];
+    for i in 0..tq {
+        for j in 0..keys {
+            if j > q_start + i {
+                v[i * n + prefix + j] = f32::MIN;
+            }
+        }
+    }
+    Tensor::<B, 2>::from_data(TensorData::new(v, [tq, n]), device).reshape([1, 1, tq, n])
+}
+
+/// Splits `[batch, time, heads * dh]` into `[batch, heads, time, dh]`.
+pub(crate) fn split_heads<B: AutodiffBackend>(y: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, t, hd] = y.dims();
+    y.reshape([b, t, heads, hd / heads]).swap_dims(1, 2)
+}
+
+/// Activations by HF name (`ACT2FN`).
+pub(crate) fn activation_fn<B: AutodiffBackend, const D: usize>(
+    name: &str,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    match name {
+        "relu" => activation::relu(x),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => activation::gelu_approximate(x),
+        "silu" | "swish" => activation::silu(x),
+        "tanh" => x.tanh(),
+        _ => activation::gelu(x),
+    }
+}
+
+pub(crate) fn check_activation(name: &str) -> Result<(), ApiError> {
+    if matches!(
+        name,
+        "relu"
+            | "gelu"
+            | "gelu_new"
+            | "gelu_pytorch_tanh"
+            | "gelu_fast"
+            | "silu"
+            | "swish"
+            | "tanh"
+    ) {
+        Ok(())
+    } else {
+        Err(ApiError::config(format!(
+            "unsupported activation `{name}` (supported: relu, gelu, gelu_new, gelu_pytorch_tanh, silu, tanh)"
+        )))
+    }
+}
+
+/// Default initialisation of a backbone weight for random-init models.
+pub(crate) fn default_init(name: &str) -> Init {
+    if name.contains("layer_norm") || name.contains("layernorm") {
+        if name.ends_with(".bias") {
+            Init::Zeros
+        } else {
+            Init::Ones
+        }
+    } else if name.ends_with(".bias") || name == "final_logits_bias" {
+        Init::Zeros
+    } else {
+        Init::Normal {
+            mean: 0.0,
+            std: 0.02,
+        }
+    }
+}
+
+/// Subtracts the key count the projections produced from what the key/value site returned.
+pub(crate) fn prefix_len(site: &str, got: usize, raw: usize) -> Result<usize, ApiError> {
+    got.checked_sub(raw).ok_or_else(|| {
+        ApiError::shape(format!(
+            "site `{site}`: modules returned {got} key positions, fewer than the {raw} given"
+        ))
+    })
+}
+
+pub(crate) fn read_config<C: serde::de::DeserializeOwned>(dir: &Path) -> anyhow::Result<C> {
+    let path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))
+}
+
+pub(crate) fn dir_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// T5.
+
+/// The fields of an HF T5 `config.json` that T5ForConditionalGeneration uses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    /// Defaults to `num_layers`.
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    pub num_heads: usize,
+    #[serde(default = "default_buckets")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "default_max_distance")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "default_dropout")]
+    pub dropout_rate: f64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    /// `relu`, `gated-gelu`, `gated-silu`, ... (`ACT` or `gated-ACT`).
+    #[serde(default = "default_ff")]
+    pub feed_forward_proj: String,
+    /// Overrides the activation derived from `feed_forward_proj` when given (as HF does).
+    #[serde(default)]
+    pub dense_act_fn: Option<String>,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    /// Scale the decoder output by `d_model^-0.5` before the LM head; defaults to
+    /// `tie_word_embeddings`.
+    #[serde(default)]
+    pub scale_decoder_outputs: Option<bool>,
+    #[serde(default)]
+    pub decoder_start_token_id: i64,
+    #[serde(default = "default_eos")]
+    pub eos_token_id: Option<i64>,
+    #[serde(default)]
+    pub pad_token_id: i64,
+}
+
+fn default_buckets() -> usize {
+    32
+}
+fn default_max_distance() -> usize {
+    128
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_ff() -> String {
+    "relu".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_eos() -> Option<i64> {
+    Some(1)
+}
+
+impl T5Config {
+    pub fn decoder_layers(&self) -> usize {
+        self.num_decoder_layers.unwrap_or(self.num_layers)
+    }
+
+    pub fn inner_dim(&self) -> usize {
+        self.num_heads * self.d_kv
+    }
+
+    /// Whether the FFN is gated (`wi_0`, `wi_1`).
+    pub fn is_gated(&self) -> bool {
+        self.feed_forward_proj.starts_with("gated-")
+    }
+
+    /// The FFN activation, as HF's T5Config derives it.
+    pub fn activation(&self) -> String {
+        if let Some(a) = &self.dense_act_fn {
+            return a.clone();
+        }
+        if self.feed_forward_proj == "gated-gelu" {
+            return "gelu_new".into();
+        }
+        self.feed_forward_proj
+            .rsplit('-')
+            .next()
+            .unwrap_or("relu")
+            .to_string()
+    }
+
+    pub fn scales_decoder_outputs(&self) -> bool {
+        self.scale_decoder_outputs
+            .unwrap_or(self.tie_word_embeddings)
+    }
+
+    fn ffn_inputs(&self) -> &'static [&'static str] {
+        if self.is_gated() {
+            &["wi_0", "wi_1"]
+        } else {
+            &["wi"]
+        }
+    }
+
+    /// Every weight T5ForConditionalGeneration has, with its shape (HF keys, PyTorch layouts).
+    pub fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, inner, ff) = (self.d_model, self.inner_dim(), self.d_ff);
+        let mut v = vec![("shared.weight".to_string(), vec![self.vocab_size, d])];
+        for (stack, layers) in [
+            ("encoder", self.num_layers),
+            ("decoder", self.decoder_layers()),
+        ] {
+            let attns: &[&str] = if stack == "encoder" {
+                &["layer.0.SelfAttention"]
+            } else {
+                &["layer.0.SelfAttention", "layer.1.EncDecAttention"]
+            };
+            let ffn_layer = attns.len();
+            for l in 0..layers {
+                let p = format!("{stack}.block.{l}");
+                for (i, a) in attns.iter().enumerate() {
+                    for m in ["q", "k", "v"] {
+                        v.push((format!("{p}.{a}.{m}.weight"), vec![inner, d]));
+                    }
+                    v.push((format!("{p}.{a}.o.weight"), vec![d, inner]));
+                    if l == 0 && i == 0 {
+                        v.push((
+                            format!("{p}.{a}.relative_attention_bias.weight"),
+                            vec![self.relative_attention_num_buckets, self.num_heads],
+                        ));
+                    }
+                    v.push((format!("{p}.layer.{i}.layer_norm.weight"), vec![d]));
+                }
+                for wi in self.ffn_inputs() {
+                    v.push((
+                        format!("{p}.layer.{ffn_layer}.DenseReluDense.{wi}.weight"),
+                        vec![ff, d],
+                    ));
+                }
+                v.push((
+                    format!("{p}.layer.{ffn_layer}.DenseReluDense.wo.weight"),
+                    vec![d, ff],
+                ));
+                v.push((format!("{p}.layer.{ffn_layer}.layer_norm.weight"), vec![d]));
+            }
+            v.push((format!("{stack}.final_layer_norm.weight"), vec![d]));
+        }
+        if !self.tie_word_embeddings {
+            v.push(("lm_head.weight".to_string(), vec![self.vocab_size, d]));
+        }
+        v
+    }
+
+    pub fn info(&self, name: &str) -> BackboneInfo {
+        let (d, inner, ff) = (self.d_model, self.inner_dim(), self.d_ff);
+        let mut sites = Vec::new();
+        for (stack, layers) in [
+            ("encoder", self.num_layers),
+            ("decoder", self.decoder_layers()),
+        ] {
+            let mut site = |name: String, kind, layer, role: &str, a, b| {
+                sites.push(SiteInfo {
+                    name,
+                    kind,
+                    stack: stack.into(),
+                    layer: Some(layer),
+                    role: role.into(),
+                    in_features: a,
+                    out_features: b,
+                })
+            };
+            let attns: &[(&str, &str, &str)] = if stack == "encoder" {
+                &[("layer.0.SelfAttention", "self_attention", "attention")]
+            } else {
+                &[
+                    ("layer.0.SelfAttention", "self_attention", "attention"),
+                    (
+                        "layer.1.EncDecAttention",
+                        "cross_attention",
+                        "cross_attention",
+                    ),
+                ]
+            };
+            for l in 0..layers {
+                let p = format!("{stack}.block.{l}");
+                for (a, kv_role, sub) in attns {
+                    for m in ["q", "k", "v"] {
+                        site(format!("{p}.{a}.{m}"), SiteKind::Projection, l, m, d, inner);
+                    }
+                    site(
+                        format!("{p}.{a}.kv"),
+                        SiteKind::AttentionKv,
+                        l,
+                        kv_role,
+                        d,
+                        inner,
+                    );
+                    site(format!("{p}.{a}.o"), SiteKind::Projection, l, "o", inner, d);
+                    site(format!("{p}.{sub}"), SiteKind::Sublayer, l, sub, d, d);
+                }
+                let f = format!("{p}.layer.{}.DenseReluDense", attns.len());
+                for wi in self.ffn_inputs() {
+                    site(format!("{f}.{wi}"), SiteKind::Projection, l, wi, d, ff);
+                }
+                site(format!("{f}.wo"), SiteKind::Projection, l, "wo", ff, d);
+                site(format!("{p}.ffn"), SiteKind::Sublayer, l, "ffn", d, d);
+                site(
+                    format!("{p}.output"),
+                    SiteKind::Hidden,
+                    l,
+                    "layer_output",
+                    d,
+                    d,
+                );
+            }
+        }
+        BackboneInfo {
+            name: name.to_string(),
+            architecture: "t5".into(),
+            hidden_size: d,
+            num_layers: self.num_layers,
+            num_decoder_layers: self.decoder_layers(),
+            num_heads: self.num_heads,
+            head_dim: self.d_kv,
+            intermediate_size: ff,
+            vocab_size: self.vocab_size,
+            sites,
+        }
+    }
+}
+
+/// HF's `T5Attention._relative_position_bucket` for `relative_position = key - query`,
+/// with its float32 arithmetic.
+pub fn relative_position_bucket(
+    relative_position: i64,
+    bidirectional: bool,
+    num_buckets: usize,
+    max_distance: usize,
+) -> usize {
+    let mut nb = num_buckets as i64;
+    let mut bucket = 0i64;
+    let mut n = relative_position;
+    if bidirectional {
+        nb /= 2;
+        if n > 0 {
+            bucket += nb;
+        }
+        n = n.abs();
+    } else {
+        n = -n.min(0);
+    }
+    let max_exact = nb / 2;
+    if n < max_exact {
+        return (bucket + n) as usize;
+    }
+    let log_ratio = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
+    let large = (n as f32 / max_exact as f32).ln() / log_ratio * (nb - max_exact) as f32;
+    let large = (max_exact + large as i64).min(nb - 1);
+    (bucket + large) as usize
+}
+
+pub struct T5 {
+    pub config: T5Config,
+    info: BackboneInfo,
+}
+
+/// Which keys a query may see.
+enum Visible<'a, B: AutodiffBackend> {
+    /// Unpadded keys of the `[batch, keys]` 0/1 mask.
+    Padding(&'a Tensor<B, 2, Int>),
+    /// Keys up to the query's position; queries start at `q_start`.
+    Causal { q_start: usize },
+}
+
+impl<B: AutodiffBackend> Visible<'_, B> {
+    fn mask(&self, tq: usize, keys: usize, prefix: usize, device: &B::Device) -> Tensor<B, 4> {
+        match self {
+            Visible::Padding(m) => additive_mask(m, prefix),
+            Visible::Causal { q_start } => causal_mask(*q_start, tq, keys, prefix, device),
+        }
+    }
+}
+
+impl T5 {
+    pub fn new(name: &str, config: T5Config) -> Result<Self, ApiError> {
+        let c = &config;
+        if c.num_heads == 0 || c.d_kv == 0 || c.d_model == 0 {
+            return Err(ApiError::config(
+                "d_model, d_kv and num_heads must be positive",
+            ));
+        }
+        if c.relative_attention_num_buckets < 4 || c.relative_attention_max_distance < 2 {
+            return Err(ApiError::config(format!(
+                "relative_attention_num_buckets {} / relative_attention_max_distance {} are too small",
+                c.relative_attention_num_buckets, c.relative_attention_max_distance
+            )));
+        }
+        let parts: Vec<&str> = c.feed_forward_proj.split('-').collect();
+        if parts.len() > 2 || (parts.len() == 2 && parts[0] != "gated") {
+            return Err(ApiError::config(format!(
+                "feed_forward_proj `{}` is not `ACT` or `gated-ACT`",
+                c.feed_forward_proj
+            )));
+        }
+        check_activation(&c.activation())?;
+        let info = config.info(name);
+        Ok(T5 { config, info })
+    }
+
+    /// Reads `config.json` from `dir` and loads `model.safetensors` into `store`.
+    pub fn load<B: AutodiffBackend>(dir: &Path, store: &mut ParamStore<B>) -> anyhow::Result<Self> {
+        let config: T5Config = read_config(dir)?;
+        let t5 = T5::new(&dir_name(dir), config)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+        t5.load_weights(&dir.join("model.safetensors"), store)?;
+        Ok(t5)
+    }
+
+    /// Loads the weights of a safetensors file (HF `T5ForConditionalGeneration` keys; the
+    /// embeddings may be stored as `encoder.embed_tokens.weight` instead of `shared.weight`).
+    pub fn load_weights<B: AutodiffBackend>(
+        &self,
+        path: &Path,
+        store: &mut ParamStore<B>,
+    ) -> Result<(), WeightsError> {
+        let ckpt = Checkpoint::read(path)?;
+        ckpt.load_into(
+            store,
+            &self.config.weight_shapes(),
+            &[],
+            &[
+                ("shared.weight", "encoder.embed_tokens.weight"),
+                ("shared.weight", "decoder.embed_tokens.weight"),
+            ],
+        )
+    }
+
+    /// Creates randomly initialised weights in `store` (norms 1, others N(0, 0.02)).
+    pub fn init_weights<B: AutodiffBackend>(
+        &self,
+        store: &mut ParamStore<B>,
+    ) -> Result<(), ApiError> {
+        for (name, shape) in self.config.weight_shapes() {
+            store.create(&name, "backbone", "backbone", &shape, &default_init(&name))?;
+        }
+        Ok(())
+    }
+
+    fn lin<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: &Tensor<B, 3>,
+        key: &str,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let w = hooks.graph.param_value(&format!("{key}.weight"))?;
+        let y = ft::<B, 3>(linear::<B>(fp(x.clone()), w, None)?);
+        hooks.pair(key, x, y)
+    }
+
+    fn norm<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: Tensor<B, 3>,
+        key: &str,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let w = hooks.weight::<1>(&format!("{key}.weight"))?;
+        Ok(rms_norm(x, Some(w), self.config.layer_norm_epsilon))
+    }
+
+    fn embed<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        ids: &Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let [b, t] = ids.dims();
+        let shared = hooks.weight::<2>("shared.weight")?;
+        let e = shared
+            .select(0, ids.clone().reshape([b * t]))
+            .reshape([b, t, self.config.d_model]);
+        Ok(dropout(hooks, e, self.config.dropout_rate))
+    }
+
+    /// Relative position bias `[1, heads, tq, keys]` of `stack`'s block 0 for queries at
+    /// `q_start..q_start + tq` and keys at `0..keys`.
+    fn position_bias<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        stack: &str,
+        q_start: usize,
+        tq: usize,
+        keys: usize,
+    ) -> Result<Tensor<B, 4>, ApiError> {
+        let c = &self.config;
+        let table = hooks.weight::<2>(&format!(
+            "{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        ))?;
+        let bidirectional = stack == "encoder";
+        let mut idx = Vec::with_capacity(tq * keys);
+        for i in 0..tq {
+            for j in 0..keys {
+                idx.push(relative_position_bucket(
+                    j as i64 - (q_start + i) as i64,
+                    bidirectional,
+                    c.relative_attention_num_buckets,
+                    c.relative_attention_max_distance,
+                ) as i64);
+            }
+        }
+        let idx =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [tq * keys]), &table.device());
+        Ok(table
+            .select(0, idx)
+            .reshape([tq, keys, c.num_heads])
+            .permute([2, 0, 1])
+            .unsqueeze_dim::<4>(0))
+    }
+
+    /// Self-attention keys/values `[batch, heads, keys, d_kv]` (site applied) and the number
+    /// of keys before the site, extending the cache when given.
+    fn self_kv<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        key: &str,
+        x: &Tensor<B, 3>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>, usize), ApiError> {
+        let h = self.config.num_heads;
+        let mut k = split_heads(self.lin(hooks, x, &format!("{key}.k"))?, h);
+        let mut v = split_heads(self.lin(hooks, x, &format!("{key}.v"))?, h);
+        if let Some(c) = cache {
+            if let Some((pk, pv)) = c.self_kv.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            c.self_kv = Some((k.clone(), v.clone()));
+        }
+        let n = k.dims()[2];
+        let (k, v) = hooks.kv(&format!("{key}.kv"), k, v)?;
+        Ok((k, v, n))
+    }
+
+    /// Cross-attention keys/values from the encoder states (computed once per cache).
+    fn cross_kv<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        key: &str,
+        enc: &Tensor<B, 3>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 4>, usize), ApiError> {
+        if let Some(Some(kv)) = cache.as_ref().map(|c| &c.cross_kv) {
+            return Ok(kv.clone());
+        }
+        let h = self.config.num_heads;
+        let k = split_heads(self.lin(hooks, enc, &format!("{key}.k"))?, h);
+        let v = split_heads(self.lin(hooks, enc, &format!("{key}.v"))?, h);
+        let n = k.dims()[2];
+        let (k, v) = hooks.kv(&format!("{key}.kv"), k, v)?;
+        if let Some(c) = cache {
+            c.cross_kv = Some((k.clone(), v.clone(), n));
+        }
+        Ok((k, v, n))
+    }
+
+    /// One attention layer from its normalised input `x`: output of `o` (before dropout).
+    #[allow(clippy::too_many_arguments)]
+    fn attention<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        key: &str,
+        x: &Tensor<B, 3>,
+        kv_source: Option<&Tensor<B, 3>>,
+        bias: Option<&Tensor<B, 4>>,
+        visible: Visible<'_, B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let c = &self.config;
+        let [b, tq, _] = x.dims();
+        let q = split_heads(self.lin(hooks, x, &format!("{key}.q"))?, c.num_heads);
+        let (k, v, n) = match kv_source {
+            None => self.self_kv(hooks, key, x, cache)?,
+            Some(enc) => self.cross_kv(hooks, key, enc, cache)?,
+        };
+        let prefix = prefix_len(&format!("{key}.kv"), k.dims()[2], n)?;
+        let device = x.device();
+        let mut scores = q.matmul(k.swap_dims(2, 3));
+        if let Some(bias) = bias {
+            let bias = if prefix > 0 {
+                let zeros = Tensor::<B, 4>::zeros([1, c.num_heads, tq, prefix], &device);
+                Tensor::cat(vec![zeros, bias.clone()], 3)
+            } else {
+                bias.clone()
+            };
+            scores = scores + bias;
+        }
+        scores = scores + visible.mask(tq, n, prefix, &device);
+        let probs = dropout(hooks, activation::softmax(scores, 3), c.dropout_rate);
+        let ctx = probs
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, tq, c.inner_dim()]);
+        self.lin(hooks, &ctx, &format!("{key}.o"))
+    }
+
+    fn ffn<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        key: &str,
+        x: &Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let c = &self.config;
+        let act = c.activation();
+        let h = if c.is_gated() {
+            let g = activation_fn(&act, self.lin(hooks, x, &format!("{key}.wi_0"))?);
+            g * self.lin(hooks, x, &format!("{key}.wi_1"))?
+        } else {
+            activation_fn(&act, self.lin(hooks, x, &format!("{key}.wi"))?)
+        };
+        let h = dropout(hooks, h, c.dropout_rate);
+        self.lin(hooks, &h, &format!("{key}.wo"))
+    }
+
+    /// Pre-norm residual sublayer: `x + site(norm(x), dropout(f(norm(x))))`.
+    fn residual<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        x: Tensor<B, 3>,
+        norm_key: &str,
+        site: &str,
+        f: impl FnOnce(&Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let normed = self.norm(hooks, x.clone(), norm_key)?;
+        let y = dropout(hooks, f(&normed)?, self.config.dropout_rate);
+        let y = hooks.pair(site, &normed, y)?;
+        Ok(x + y)
+    }
+
+    fn encoder_block<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        l: usize,
+        x: Tensor<B, 3>,
+        mask: &Tensor<B, 2, Int>,
+        bias: &Tensor<B, 4>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let p = format!("encoder.block.{l}");
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.layer.0.layer_norm"),
+            &format!("{p}.attention"),
+            |n| {
+                self.attention(
+                    hooks,
+                    &format!("{p}.layer.0.SelfAttention"),
+                    n,
+                    None,
+                    Some(bias),
+                    Visible::Padding(mask),
+                    None,
+                )
+            },
+        )?;
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.layer.1.layer_norm"),
+            &format!("{p}.ffn"),
+            |n| self.ffn(hooks, &format!("{p}.layer.1.DenseReluDense"), n),
+        )?;
+        hooks.hidden(&format!("{p}.output"), x)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decoder_block<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        l: usize,
+        x: Tensor<B, 3>,
+        enc: &Tensor<B, 3>,
+        enc_mask: &Tensor<B, 2, Int>,
+        bias: &Tensor<B, 4>,
+        q_start: usize,
+        mut cache: Option<&mut LayerCache<B>>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let p = format!("decoder.block.{l}");
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.layer.0.layer_norm"),
+            &format!("{p}.attention"),
+            |n| {
+                self.attention(
+                    hooks,
+                    &format!("{p}.layer.0.SelfAttention"),
+                    n,
+                    None,
+                    Some(bias),
+                    Visible::Causal { q_start },
+                    cache.as_deref_mut(),
+                )
+            },
+        )?;
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.layer.1.layer_norm"),
+            &format!("{p}.cross_attention"),
+            |n| {
+                self.attention(
+                    hooks,
+                    &format!("{p}.layer.1.EncDecAttention"),
+                    n,
+                    Some(enc),
+                    None,
+                    Visible::Padding(enc_mask),
+                    cache,
+                )
+            },
+        )?;
+        let x = self.residual(
+            hooks,
+            x,
+            &format!("{p}.layer.2.layer_norm"),
+            &format!("{p}.ffn"),
+            |n| self.ffn(hooks, &format!("{p}.layer.2.DenseReluDense"), n),
+        )?;
+        hooks.hidden(&format!("{p}.output"), x)
+    }
+
+    fn run_encoder<B: AutodiffBackend>(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let [_, t] = batch.input_ids.dims();
+        let mut x = self.embed(hooks, &batch.input_ids)?;
+        let bias = self.position_bias(hooks, "encoder", 0, t, t)?;
+        for l in 0..self.config.num_layers {
+            x = self.encoder_block(hooks, l, x, &batch.attention_mask, &bias)?;
+        }
+        let x = self.norm(hooks, x, "encoder.final_layer_norm")?;
+        Ok(dropout(hooks, x, self.config.dropout_rate))
+    }
+}
+
+impl<B: AutodiffBackend> Backbone<B> for T5 {
+    fn info(&self) -> &BackboneInfo {
+        &self.info
+    }
+
+    fn encode(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        self.run_encoder(hooks, batch)
+    }
+}
+
+impl<B: AutodiffBackend> Seq2Seq<B> for T5 {
+    fn num_decoder_layers(&self) -> usize {
+        self.config.decoder_layers()
+    }
+    fn decoder_start_token_id(&self) -> i64 {
+        self.config.decoder_start_token_id
+    }
+    fn eos_token_id(&self) -> Option<i64> {
+        self.config.eos_token_id
+    }
+    fn pad_token_id(&self) -> i64 {
+        self.config.pad_token_id
+    }
+
+    fn decode(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        encoder_states: &Tensor<B, 3>,
+        encoder_mask: &Tensor<B, 2, Int>,
+        decoder_input_ids: &Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let layers = self.config.decoder_layers();
+        if let Some(c) = &cache {
+            c.check(layers)?;
+        }
+        let q_start = cache.as_ref().map_or(0, |c| c.len);
+        let [_, t] = decoder_input_ids.dims();
+        let mut x = self.embed(hooks, decoder_input_ids)?;
+        let bias = self.position_bias(hooks, "decoder", q_start, t, q_start + t)?;
+        for l in 0..layers {
+            let lc = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            x = self.decoder_block(
+                hooks,
+                l,
+                x,
+                encoder_states,
+                encoder_mask,
+                &bias,
+                q_start,
+                lc,
+            )?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        let x = self.norm(hooks, x, "decoder.final_layer_norm")?;
+        Ok(dropout(hooks, x, self.config.dropout_rate))
+    }
+
+    fn lm_logits(
+        &self,
+        hooks: &Hooks<'_, '_, B>,
+        decoder_states: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let c = &self.config;
+        let h = if c.scales_decoder_outputs() {
+            decoder_states * (c.d_model as f64).powf(-0.5)
+        } else {
+            decoder_states
+        };
+        let key = if c.tie_word_embeddings {
+            "shared.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let w = hooks.graph.param_value(key)?;
+        Ok(ft::<B, 3>(linear::<B>(fp(h), w, None)?))
+    }
+}

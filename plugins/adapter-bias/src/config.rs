@@ -1,0 +1,79 @@
+use peft_api::{ApiError, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// AdapterBias settings (Fu et al., 2022). Defaults follow the paper and the authors' code: one
+/// shift vector `v` (initialised to ones) and one linear `L_alpha: d -> 1` (PyTorch's default
+/// `nn.Linear` init) per layer after the FFN block, with the layer's LayerNorm trainable.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterBiasConfig {
+    /// Shift after the feed-forward block (the paper's position).
+    #[serde(default = "yes")]
+    pub ffn: bool,
+    /// Shift after the attention blocks as well.
+    #[serde(default)]
+    pub attention: bool,
+    /// Initial value of every element of `v` (the authors' code: 1). 0 makes the module start
+    /// as the identity.
+    #[serde(default = "default_vector_init")]
+    pub vector_init: f64,
+    /// Make the LayerNorm that follows each adapted block trainable (the paper does).
+    #[serde(default = "yes")]
+    pub train_layer_norm: bool,
+    /// HF keys of that LayerNorm's weights, as templates with `{stack}` and `{layer}`. When
+    /// absent they are derived from the backbone's architecture (bert, bart, t5).
+    #[serde(default)]
+    pub layer_norm_keys: Option<Vec<String>>,
+    /// Layers to adapt (all when absent).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Which stack of an encoder-decoder model.
+    #[serde(default)]
+    pub stack: Stack,
+    /// Parameter group of `v` and `L_alpha`.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stack {
+    Encoder,
+    Decoder,
+    #[default]
+    Both,
+}
+
+impl Stack {
+    pub fn includes(self, stack: &str) -> bool {
+        matches!(
+            (self, stack),
+            (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder")
+        )
+    }
+}
+
+fn default_vector_init() -> f64 {
+    1.0
+}
+fn default_group() -> String {
+    "adapter".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for AdapterBiasConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+}
+
+/// Parses a config section; `null` means all defaults.
+pub fn parse(v: &serde_json::Value) -> Result<AdapterBiasConfig> {
+    if v.is_null() {
+        return Ok(AdapterBiasConfig::default());
+    }
+    serde_json::from_value(v.clone()).map_err(|e| ApiError::config(format!("adapter-bias: {e}")))
+}

@@ -1,0 +1,107 @@
+use peft_api::{ApiError, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// LoRA settings. Defaults are HF peft's `LoraConfig`: `r = 8`, `lora_alpha = 8`,
+/// `lora_dropout = 0`, and the query and value projections (Hu et al., 2021).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank `r` (HF peft: `r`).
+    #[serde(default = "default_rank")]
+    #[schemars(range(min = 1))]
+    pub rank: usize,
+    /// The update is scaled by `alpha / r` (HF peft: `lora_alpha`).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Dropout on the LoRA path, training only (HF peft: `lora_dropout`).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub dropout: f64,
+    /// Projections to adapt, HF peft style (`target_modules`): an entry matches a projection
+    /// site whose role equals it, whose name equals it, or whose name ends in `.<entry>`.
+    /// BERT roles: query, key, value, attention_output, intermediate, output; T5: q, k, v, o,
+    /// wi, wo; BART: q_proj, k_proj, v_proj, out_proj, fc1, fc2. When absent, HF peft's
+    /// default for the architecture: the query and value projections (BERT `["query",
+    /// "value"]`, T5 `["q", "v"]`, BART `["q_proj", "v_proj"]`).
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+    /// Layers to adapt, all when absent (HF peft: `layers_to_transform`).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Which stack of an encoder-decoder model.
+    #[serde(default)]
+    pub stack: Stack,
+    /// Rank-stabilised scaling `alpha / sqrt(r)` (HF peft: `use_rslora`).
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// Initialise `B` with this normal standard deviation instead of zeros (tests; 0 = zeros,
+    /// the method's start as the unchanged backbone).
+    #[serde(default)]
+    pub b_init_std: f64,
+    /// Parameter group of A and B.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stack {
+    Encoder,
+    Decoder,
+    #[default]
+    Both,
+}
+
+impl Stack {
+    pub fn includes(self, stack: &str) -> bool {
+        matches!(
+            (self, stack),
+            (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder")
+        )
+    }
+}
+
+fn default_rank() -> usize {
+    8
+}
+fn default_alpha() -> f64 {
+    8.0
+}
+/// HF peft's default `target_modules` per architecture (query and value projections).
+pub fn default_targets(architecture: &str) -> Vec<String> {
+    let t: &[&str] = match architecture {
+        "t5" | "mt5" => &["q", "v"],
+        "bart" | "mbart" | "opt" => &["q_proj", "v_proj"],
+        _ => &["query", "value"],
+    };
+    t.iter().map(|s| s.to_string()).collect()
+}
+fn default_group() -> String {
+    "adapter".into()
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+}
+
+/// Parses a config section; `null` means all defaults.
+pub fn parse(v: &serde_json::Value) -> Result<LoraConfig> {
+    if v.is_null() {
+        return Ok(LoraConfig::default());
+    }
+    let c: LoraConfig =
+        serde_json::from_value(v.clone()).map_err(|e| ApiError::config(format!("lora: {e}")))?;
+    if c.rank == 0 {
+        return Err(ApiError::config("lora: rank must be at least 1"));
+    }
+    if !(0.0..1.0).contains(&c.dropout) {
+        return Err(ApiError::config(format!(
+            "lora: dropout {} is not in [0, 1)",
+            c.dropout
+        )));
+    }
+    Ok(c)
+}

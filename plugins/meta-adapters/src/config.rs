@@ -1,0 +1,112 @@
+use peft_api::{ApiError, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Meta-Adapters settings (Bansal et al., 2022), on Houlsby's positions. Defaults follow the
+/// thesis (bottleneck 8 for every adapter, ReLU, after attention and after the FFN).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetaAdaptersConfig {
+    /// Bottleneck of the task adapter `A`.
+    #[serde(default = "default_bottleneck")]
+    #[schemars(range(min = 1))]
+    pub bottleneck: usize,
+    /// Bottleneck of the two meta-adapters `M1`, `M2`.
+    #[serde(default = "default_bottleneck")]
+    #[schemars(range(min = 1))]
+    pub meta_bottleneck: usize,
+    #[serde(default)]
+    pub activation: Activation,
+    /// Adapters after the attention blocks.
+    #[serde(default = "yes")]
+    pub attention: bool,
+    /// Adapters after the feed-forward block.
+    #[serde(default = "yes")]
+    pub ffn: bool,
+    /// Layers to adapt (all when absent).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Which stack of an encoder-decoder model.
+    #[serde(default)]
+    pub stack: Stack,
+    /// Standard deviation of the down projections' normal init.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+    /// Standard deviation of the up projections' init; 0 makes every adapter start as the
+    /// identity.
+    #[serde(default)]
+    pub up_init_std: f64,
+    /// Parameter group of the task adapter `A` (trained downstream and in the inner loop).
+    #[serde(default = "default_adapter_group")]
+    pub adapter_group: String,
+    /// Parameter group of the meta-adapters (trained upstream, in the outer loop).
+    #[serde(default = "default_meta_group")]
+    pub meta_group: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Relu,
+    Gelu,
+    Swish,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Swish => "swish",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stack {
+    Encoder,
+    Decoder,
+    #[default]
+    Both,
+}
+
+impl Stack {
+    pub fn includes(self, stack: &str) -> bool {
+        matches!(
+            (self, stack),
+            (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder")
+        )
+    }
+}
+
+fn default_bottleneck() -> usize {
+    8
+}
+fn default_init_std() -> f64 {
+    1e-2
+}
+fn default_adapter_group() -> String {
+    "adapter".into()
+}
+fn default_meta_group() -> String {
+    "meta_adapter".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for MetaAdaptersConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+}
+
+/// Parses a config section; `null` means all defaults.
+pub fn parse(v: &serde_json::Value) -> Result<MetaAdaptersConfig> {
+    if v.is_null() {
+        return Ok(MetaAdaptersConfig::default());
+    }
+    serde_json::from_value(v.clone()).map_err(|e| ApiError::config(format!("meta-adapters: {e}")))
+}

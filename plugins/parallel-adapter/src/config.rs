@@ -1,0 +1,114 @@
+use peft_api::{ApiError, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Parallel adapter settings (He et al., 2022; the generated adapters of PHA). Defaults: at the
+/// FFN only, bottleneck 64 (PHA's adapter size), ReLU, scale 1, `W_up` zero so that the adapter
+/// starts as a no-op.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelAdapterConfig {
+    /// Bottleneck size `b`.
+    #[serde(default = "default_bottleneck")]
+    #[schemars(range(min = 1))]
+    pub bottleneck: usize,
+    #[serde(default)]
+    pub activation: Activation,
+    /// The adapter's output is multiplied by this (He et al.'s scaled PA uses 4).
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// Adapter beside the feed-forward block (the method's position).
+    #[serde(default = "yes")]
+    pub ffn: bool,
+    /// Adapter beside the attention blocks as well.
+    #[serde(default)]
+    pub attention: bool,
+    /// Layers to adapt (all when absent).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Which stack of an encoder-decoder model.
+    #[serde(default)]
+    pub stack: Stack,
+    /// Standard deviation of the down projection's normal init.
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+    /// Standard deviation of the up projection's init; 0 makes the adapter start as a no-op.
+    #[serde(default)]
+    pub up_init_std: f64,
+    /// Dropout on the adapter's input (training only).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Parameter group of the adapter weights.
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Relu,
+    Gelu,
+    Swish,
+    Tanh,
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Swish => "swish",
+            Activation::Tanh => "tanh",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stack {
+    Encoder,
+    Decoder,
+    #[default]
+    Both,
+}
+
+impl Stack {
+    pub fn includes(self, stack: &str) -> bool {
+        matches!(
+            (self, stack),
+            (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder")
+        )
+    }
+}
+
+fn default_bottleneck() -> usize {
+    64
+}
+fn default_scale() -> f64 {
+    1.0
+}
+fn default_init_std() -> f64 {
+    1e-2
+}
+fn default_group() -> String {
+    "adapter".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for ParallelAdapterConfig {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("defaults")
+    }
+}
+
+/// Parses a config section; `null` means all defaults.
+pub fn parse(v: &serde_json::Value) -> Result<ParallelAdapterConfig> {
+    if v.is_null() {
+        return Ok(ParallelAdapterConfig::default());
+    }
+    serde_json::from_value(v.clone())
+        .map_err(|e| ApiError::config(format!("parallel-adapter: {e}")))
+}

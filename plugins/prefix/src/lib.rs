@@ -1,0 +1,218 @@
+//! Prefix tuning (Li & Liang, 2021): `P` learned key and value vectors per attention layer,
+//! prepended along time at every `AttentionKv` site (on encoder-decoder models: encoder self,
+//! decoder self and decoder cross attention, as the paper does; HF peft prefixes the decoder
+//! only). The host extends the attention mask with visible positions in front.
+//!
+//! Plain: per site `<site>.prefix_key`, `<site>.prefix_value` `[P, heads * head_dim]`,
+//! `2 P heads head_dim` parameters. Re-parameterised: one embedding `[P, d]`, then
+//! `Linear(d, hidden) -> tanh -> Linear(hidden, sites * 2 * heads * head_dim)`, of which each
+//! site reads its own rows of the output layer (keys, then values, as HF peft lays them out).
+mod config;
+
+pub use config::{PrefixConfig, Stack};
+use peft_api::{
+    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin,
+    PluginKind, Result, SiteCall, SiteKind, Tensor,
+};
+use serde_json::Value;
+
+pub struct Prefix {
+    config: PrefixConfig,
+    /// Site name per attachment.
+    sites: Vec<String>,
+    /// `heads * head_dim` of the keys and values.
+    kv_dim: usize,
+}
+
+impl Prefix {
+    pub fn new(config: PrefixConfig) -> Self {
+        Prefix {
+            config,
+            sites: Vec::new(),
+            kv_dim: 0,
+        }
+    }
+
+    /// Plain prefix parameters at one site.
+    pub fn params_per_site(p: usize, kv_dim: usize) -> usize {
+        2 * p * kv_dim
+    }
+
+    /// Re-parameterised prefix parameters for `sites` kv sites.
+    pub fn reparam_params(p: usize, d: usize, hidden: usize, sites: usize, kv_dim: usize) -> usize {
+        let out = sites * 2 * kv_dim;
+        p * d + d * hidden + hidden + hidden * out + out
+    }
+
+    /// The prefix keys and values of attachment `i`, each `[P, kv_dim]`.
+    fn prefixes<'c>(&self, ctx: &'c Ctx<'_>, i: usize) -> Result<(Tensor<'c>, Tensor<'c>)> {
+        let d = self.kv_dim;
+        if !self.config.reparameterize {
+            let s = &self.sites[i];
+            return Ok((
+                ctx.param(&format!("{s}.prefix_key"))?,
+                ctx.param(&format!("{s}.prefix_value"))?,
+            ));
+        }
+        let h = ctx
+            .param("reparam.embedding")?
+            .linear(
+                ctx.param("reparam.dense1.weight")?,
+                Some(ctx.param("reparam.dense1.bias")?),
+            )?
+            .tanh()?;
+        let (a, b) = (i * 2 * d, (i + 1) * 2 * d);
+        let w = ctx.param("reparam.dense2.weight")?.slice(0, a, b)?;
+        let bias = ctx.param("reparam.dense2.bias")?.slice(0, a, b)?;
+        let kv = h.linear(w, Some(bias))?;
+        Ok((kv.clone().slice(1, 0, d)?, kv.slice(1, d, 2 * d)?))
+    }
+}
+
+/// `[P, heads * head_dim]` -> `[batch, heads, P, head_dim]`, then prepended to `x` along time.
+fn prepend<'c>(ctx: &'c Ctx<'_>, prefix: Tensor<'c>, x: Tensor<'c>) -> Result<Tensor<'c>> {
+    let shape = x.shape()?;
+    let [b, heads, _t, dh]: [usize; 4] = shape.clone().try_into().map_err(|_| {
+        ApiError::shape(format!(
+            "prefix: keys/values must be [batch, heads, time, head_dim], got {shape:?}"
+        ))
+    })?;
+    let pshape = prefix.shape()?;
+    if pshape.len() != 2 || pshape[1] != heads * dh {
+        return Err(ApiError::shape(format!(
+            "prefix: prefix of shape {pshape:?} does not fit keys/values {shape:?}"
+        )));
+    }
+    let p = pshape[0];
+    let pre = prefix
+        .reshape(&[1, p as i64, heads as i64, dh as i64])?
+        .permute(&[0, 2, 1, 3])?
+        .expand(&[b, heads, p, dh])?;
+    ctx.cat(vec![pre, x], 2)
+}
+
+impl Module for Prefix {
+    fn attach(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<AttachPlan> {
+        let c = self.config.clone();
+        let mut plan = AttachPlan::default();
+        self.kv_dim = backbone.num_heads * backbone.head_dim;
+        let (p, d) = (c.prefix_length, self.kv_dim);
+        let std = c.init_std;
+        for site in backbone.sites_of_kind(SiteKind::AttentionKv) {
+            let wanted_role = c.roles.as_ref().is_none_or(|r| r.contains(&site.role));
+            let wanted_layer = match (&c.layers, site.layer) {
+                (Some(layers), Some(l)) => layers.contains(&l),
+                _ => true,
+            };
+            if !(wanted_role && wanted_layer && c.stack.includes(&site.stack)) {
+                continue;
+            }
+            let s = &site.name;
+            if !c.reparameterize {
+                for kv in ["prefix_key", "prefix_value"] {
+                    ctx.create_param(
+                        &format!("{s}.{kv}"),
+                        &[p, d],
+                        &c.group,
+                        Init::Normal { mean: 0.0, std },
+                    )?;
+                }
+            }
+            self.sites.push(s.clone());
+            plan.attachments.push(Attachment {
+                site: s.clone(),
+                role: format!(
+                    "prefix (P={p}{})",
+                    if c.reparameterize { ", MLP" } else { "" }
+                ),
+                unfreeze: vec![],
+            });
+        }
+        if plan.attachments.is_empty() {
+            return Err(ApiError::config(format!(
+                "prefix: no attention key/value site matched (roles={:?}, layers={:?}, stack={:?}) on backbone `{}`",
+                c.roles, c.layers, c.stack, backbone.name
+            )));
+        }
+        if c.reparameterize {
+            let (h, hid, out) = (
+                backbone.hidden_size,
+                c.reparam_hidden,
+                self.sites.len() * 2 * d,
+            );
+            let g = c.group.as_str();
+            // The embedding as nn.Embedding, the linears as nn.Linear.
+            ctx.create_param(
+                "reparam.embedding",
+                &[p, h],
+                g,
+                Init::Normal { mean: 0.0, std },
+            )?;
+            let b1 = 1.0 / (h as f64).sqrt();
+            let b2 = 1.0 / (hid as f64).sqrt();
+            ctx.create_param("reparam.dense1.weight", &[hid, h], g, Init::KaimingUniform)?;
+            ctx.create_param(
+                "reparam.dense1.bias",
+                &[hid],
+                g,
+                Init::Uniform { low: -b1, high: b1 },
+            )?;
+            ctx.create_param(
+                "reparam.dense2.weight",
+                &[out, hid],
+                g,
+                Init::KaimingUniform,
+            )?;
+            ctx.create_param(
+                "reparam.dense2.bias",
+                &[out],
+                g,
+                Init::Uniform { low: -b2, high: b2 },
+            )?;
+        }
+        Ok(plan)
+    }
+
+    fn apply<'c>(
+        &self,
+        ctx: &'c Ctx<'_>,
+        site: &SiteCall<'_>,
+        inputs: Vec<Tensor<'c>>,
+    ) -> Result<Vec<Tensor<'c>>> {
+        let i = site.attachment as usize;
+        if i >= self.sites.len() {
+            return Err(ApiError::invalid("prefix: unknown attachment"));
+        }
+        let [k, v]: [Tensor<'c>; 2] = inputs
+            .try_into()
+            .map_err(|_| ApiError::invalid("prefix: a key/value site passes [k, v]"))?;
+        let (pk, pv) = self.prefixes(ctx, i)?;
+        Ok(vec![prepend(ctx, pk, k)?, prepend(ctx, pv, v)?])
+    }
+}
+
+pub struct PrefixPlugin;
+
+impl Plugin for PrefixPlugin {
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "prefix".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Module,
+            api_version: String::new(),
+            description:
+                "Learned key/value prefixes prepended in every attention layer, optional MLP re-parameterisation (Li & Liang, 2021)"
+                    .into(),
+            config_schema: serde_json::to_value(schemars::schema_for!(PrefixConfig))
+                .expect("schema"),
+            groups: vec!["adapter".into()],
+        }
+    }
+
+    fn create_module(config: &Value) -> Result<Box<dyn Module>> {
+        let config = config::parse(config)?;
+        Ok(Box::new(Prefix::new(config)))
+    }
+}
+
+peft_api::export_plugin!(prefix, PrefixPlugin);

@@ -58,3 +58,14 @@ fn schemas_in_the_repository_are_current() {
         );
     }
 }
+
+#[test]
+fn shipped_experiment_configs_are_valid() {
+    let registry = Registry::with_static_plugins().unwrap();
+    let files = configs("e2e");
+    assert!(files.len() >= 12);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        validate(&text, &rel(&f), &registry).unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -80,6 +80,7 @@ fn sentences_match_transformers() {
     }
 }
 
+/// Runs the no-grad inference path (inner-backend softmax, GELU, layer norm).
 #[test]
 fn padded_batch_matches_unpadded() {
     let fx = read_json(&fixture("minilm-parity.json"));
@@ -104,7 +105,7 @@ fn padded_batch_matches_unpadded() {
         attention_mask: mk(mask),
         token_type_ids: None,
     };
-    let graph = HostGraph::new(&model.params, false);
+    let graph = HostGraph::inference(&model.params);
     let hooks = Hooks::new(&graph, &NoModules);
     let h = model
         .backbone

@@ -220,7 +220,7 @@ pub fn model_bench<B: AutodiffBackend>(
     model.set_trainable(&[])?;
     let infer = || -> anyhow::Result<f64> {
         let start = Instant::now();
-        let g = HostGraph::new(&model.params, false);
+        let g = HostGraph::inference(&model.params);
         let h = model.encode(&g, &tb)?;
         let _ = h.into_data();
         Ok(start.elapsed().as_secs_f64() * 1e3)

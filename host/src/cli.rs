@@ -467,6 +467,17 @@ fn run_generic<B: AutodiffBackend>(
     progress: bool,
     device: &B::Device,
 ) -> anyhow::Result<()> {
+    for (section, spec) in [
+        ("context_encoder", &cfg.context_encoder),
+        ("priming", &cfg.priming),
+    ] {
+        if let Some(spec) = spec {
+            anyhow::bail!(
+                "/{section}: plugin `{}` is valid, but {section} plugins are not run by this host version yet; remove the section",
+                spec.plugin
+            );
+        }
+    }
     let t = &cfg.task;
     let task = crate::data::load_task(
         data,

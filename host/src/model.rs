@@ -178,6 +178,11 @@ impl<B: AutodiffBackend> Model<B> {
         batch: &TextBatch<B>,
     ) -> Result<Tensor<B, 3>, ApiError> {
         graph.sites.set(None);
+        // Modules that pool (PHA's retriever) need the padding mask.
+        graph.context.borrow_mut().insert(
+            "attention_mask".into(),
+            crate::bridge::Value::Int(batch.attention_mask.clone().into_primitive()),
+        );
         let hooks = Hooks::new(graph, &self.modules);
         self.backbone.encode(&hooks, batch)
     }

@@ -6,7 +6,7 @@
 //! `tie_word_embeddings` is false) plus `final_logits_bias`.
 use std::path::Path;
 
-use burn::tensor::{activation, backend::AutodiffBackend, Int, Tensor};
+use burn::tensor::{backend::AutodiffBackend, Int, Tensor};
 use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
@@ -412,7 +412,11 @@ impl Bart {
             Attn::Causal { q_start } => causal_mask(q_start, tq, n, prefix, &x.device()),
         };
         let scores = q.matmul(k.swap_dims(2, 3)) * scaling + mask;
-        let probs = dropout(hooks, activation::softmax(scores, 3), c.attention_dropout);
+        let probs = dropout(
+            hooks,
+            crate::bridge::ops::softmax(hooks.graph, scores, 3),
+            c.attention_dropout,
+        );
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, tq, d]);
         self.lin(hooks, &ctx, &format!("{key}.out_proj"))
     }

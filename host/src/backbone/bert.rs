@@ -4,7 +4,7 @@ use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
 use super::{additive_mask, Backbone, Hooks, TextBatch};
-use crate::bridge::ops::{layer_norm, linear};
+use crate::bridge::ops::{layer_norm_in, linear, softmax};
 use crate::bridge::value::{fp, ft};
 
 /// The fields of an HF `config.json` that BertModel uses.
@@ -247,7 +247,13 @@ impl Bert {
     ) -> Result<Tensor<B, 3>, ApiError> {
         let w = hooks.weight::<1>(&format!("{key}.weight"))?;
         let b = hooks.weight::<1>(&format!("{key}.bias"))?;
-        Ok(layer_norm(x, Some(w), Some(b), self.config.layer_norm_eps))
+        Ok(layer_norm_in(
+            hooks.graph,
+            x,
+            Some(w),
+            Some(b),
+            self.config.layer_norm_eps,
+        ))
     }
 
     fn layer<B: AutodiffBackend>(
@@ -271,7 +277,7 @@ impl Bert {
         let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt() + additive_mask(mask, prefix);
         let probs = self.dropout(
             hooks,
-            activation::softmax(scores, 3),
+            softmax(hooks.graph, scores, 3),
             c.attention_probs_dropout_prob,
         );
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h]);
@@ -280,7 +286,11 @@ impl Bert {
         let attn = hooks.pair(&format!("{p}.attention"), &x, attn)?;
         let h1 = self.ln(hooks, attn + x, &format!("{p}.attention.output.LayerNorm"))?;
         let inter = self.lin(hooks, &h1, &format!("{p}.intermediate.dense"))?;
-        let inter = act(&c.hidden_act, inter);
+        let inter = if hooks.graph.no_grad {
+            Tensor::from_inner(act(&c.hidden_act, inter.inner()))
+        } else {
+            act(&c.hidden_act, inter)
+        };
         let out = self.lin(hooks, &inter, &format!("{p}.output.dense"))?;
         let out = self.dropout(hooks, out, c.hidden_dropout_prob);
         let out = hooks.pair(&format!("{p}.ffn"), &h1, out)?;
@@ -335,7 +345,10 @@ impl Bert {
     }
 }
 
-pub fn act<B: AutodiffBackend, const D: usize>(name: &str, x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn act<B: burn::tensor::backend::Backend, const D: usize>(
+    name: &str,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
     match name {
         "relu" => activation::relu(x),
         "gelu_new" => activation::gelu_approximate(x),

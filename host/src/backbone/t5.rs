@@ -814,7 +814,11 @@ impl T5 {
             scores = scores + bias;
         }
         scores = scores + visible.mask(tq, n, prefix, &device);
-        let probs = dropout(hooks, activation::softmax(scores, 3), c.dropout_rate);
+        let probs = dropout(
+            hooks,
+            crate::bridge::ops::softmax(hooks.graph, scores, 3),
+            c.dropout_rate,
+        );
         let ctx = probs
             .matmul(v)
             .swap_dims(1, 2)

@@ -43,6 +43,9 @@ pub struct HostGraph<'p, B: AutodiffBackend> {
     /// Auxiliary loss terms added by modules, with their weights.
     pub aux_losses: RefCell<Vec<(f64, FloatPrim<B>)>>,
     pub training: bool,
+    /// Nothing in this pass needs a gradient: parameters are read detached, and the backbones
+    /// run softmax, GELU and layer norm on the inner backend, where burn's fused kernels apply.
+    pub no_grad: bool,
     /// The module instance currently called; its parameter names are prefixed with it.
     pub namespace: RefCell<String>,
     pub sites: Cell<Option<&'p dyn SiteDispatch<B>>>,
@@ -58,8 +61,17 @@ impl<'p, B: AutodiffBackend> HostGraph<'p, B> {
             context: RefCell::new(HashMap::new()),
             aux_losses: RefCell::new(Vec::new()),
             training,
+            no_grad: false,
             namespace: RefCell::new(String::new()),
             sites: Cell::new(None),
+        }
+    }
+
+    /// A pass in eval mode in which nothing needs a gradient (evaluation, inference).
+    pub fn inference(params: &'p RefCell<ParamStore<B>>) -> Self {
+        HostGraph {
+            no_grad: true,
+            ..Self::new(params, false)
         }
     }
 
@@ -121,10 +133,11 @@ impl<'p, B: AutodiffBackend> HostGraph<'p, B> {
 
     /// A parameter's current value: its substitute if one is set, else the stored tensor.
     pub fn param_value(&self, full: &str) -> Result<FloatPrim<B>, ApiError> {
-        if let Some(v) = self.overrides.borrow().get(full) {
-            return Ok(v.clone());
-        }
-        self.params.borrow().value(full)
+        let v = match self.overrides.borrow().get(full) {
+            Some(v) => v.clone(),
+            None => self.params.borrow().value(full)?,
+        };
+        Ok(if self.no_grad { B::float_detach(v) } else { v })
     }
 
     fn exec_values(

@@ -196,8 +196,37 @@ fn along_dim<B: AutodiffBackend>(op: OpCode, p: FloatPrim<B>, values: &Values) -
     })
 }
 
+/// Softmax along `dim`; in a no-grad pass on the inner backend, whose fused kernel burn's
+/// autodiff wrapper does not use (it records five ops even when nothing is tracked).
+pub fn softmax<B: AutodiffBackend, const D: usize>(
+    g: &HostGraph<'_, B>,
+    x: Tensor<B, D>,
+    dim: usize,
+) -> Tensor<B, D> {
+    if g.no_grad {
+        Tensor::from_inner(activation::softmax(x.inner(), dim))
+    } else {
+        activation::softmax(x, dim)
+    }
+}
+
+/// Layer norm as [`layer_norm`], on the inner backend in a no-grad pass.
+pub fn layer_norm_in<B: AutodiffBackend, const D: usize>(
+    g: &HostGraph<'_, B>,
+    x: Tensor<B, D>,
+    w: Option<Tensor<B, 1>>,
+    b: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    if g.no_grad {
+        let y = layer_norm(x.inner(), w.map(Tensor::inner), b.map(Tensor::inner), eps);
+        return Tensor::from_inner(y);
+    }
+    layer_norm(x, w, b, eps)
+}
+
 /// Layer norm over the last dim with optional affine weights (`[d]`), as `torch.nn.LayerNorm`.
-pub fn layer_norm<B: AutodiffBackend, const D: usize>(
+pub fn layer_norm<B: burn::tensor::backend::Backend, const D: usize>(
     x: Tensor<B, D>,
     w: Option<Tensor<B, 1>>,
     b: Option<Tensor<B, 1>>,

@@ -128,8 +128,89 @@ pub fn read_crossfit(path: &Path, labels: &mut Vec<String>) -> anyhow::Result<Ve
     Ok(out)
 }
 
-/// Loads a task by name: `glue-sst2` from GLUE's full training set, anything else from
-/// CrossFit's k-shot splits (train on `_train`, evaluate on `_test` or `_dev`).
+#[derive(serde::Deserialize)]
+struct PpftRow {
+    text_a: String,
+    #[serde(default)]
+    text_b: Option<String>,
+    label: serde_json::Value,
+}
+
+/// Reads a `ppft_train.json` / `ppft_dev.json` file (`{"0": {"text_a", "text_b", "label"}}`).
+pub fn read_ppft(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let rows: std::collections::BTreeMap<String, PpftRow> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a ppft JSON file", path.display()))?;
+    let mut keyed: Vec<(usize, PpftRow)> = rows
+        .into_iter()
+        .map(|(k, v)| (k.parse().unwrap_or(usize::MAX), v))
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    keyed
+        .into_iter()
+        .map(|(k, r)| {
+            let l = match &r.label {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let label = labels.iter().position(|x| *x == l).with_context(|| {
+                format!(
+                    "{}: row {k}: label `{l}` is not one of {labels:?}",
+                    path.display()
+                )
+            })?;
+            Ok(Example {
+                text_a: r.text_a,
+                text_b: r.text_b,
+                label,
+            })
+        })
+        .collect()
+}
+
+/// Reads an official GLUE dev TSV with `sentence1`, `sentence2` and `label` columns.
+pub fn read_glue_pairs(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
+    let col = |n: &str| {
+        header
+            .iter()
+            .position(|h| *h == n)
+            .with_context(|| format!("{}: no `{n}` column", path.display()))
+    };
+    let (a, b, l) = (col("sentence1")?, col("sentence2")?, col("label")?);
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let get = |c: usize| {
+                cols.get(c)
+                    .copied()
+                    .with_context(|| format!("{}:{}: too few columns", path.display(), i + 2))
+            };
+            let lab = get(l)?;
+            let label = labels.iter().position(|x| *x == lab).with_context(|| {
+                format!(
+                    "{}:{}: label `{lab}` is not one of {labels:?}",
+                    path.display(),
+                    i + 2
+                )
+            })?;
+            Ok(Example {
+                text_a: get(a)?.to_string(),
+                text_b: Some(get(b)?.to_string()),
+                label,
+            })
+        })
+        .collect()
+}
+
+/// Loads a task by name: `glue-sst2` (or `glue/sst2`) and `glue/rte` from the full GLUE data,
+/// anything else from CrossFit's k-shot splits (train on `_train`, evaluate on `_test` or
+/// `_dev`).
 pub fn load_task(
     data: &Path,
     name: &str,
@@ -138,7 +219,28 @@ pub fn load_task(
     split_seed: u64,
     seed: u64,
 ) -> anyhow::Result<Task> {
-    if name == "glue-sst2" {
+    if name == "glue/rte" {
+        let dir = data.join("glue/rte");
+        let labels = ["entailment", "not_entailment"];
+        let train = subsample(
+            read_ppft(&dir.join("ppft_train.json"), &labels)?,
+            train_n,
+            seed,
+        );
+        let eval = subsample(
+            read_glue_pairs(&dir.join("glue_dev_official.tsv"), &labels)?,
+            eval_n,
+            seed,
+        );
+        return Ok(Task {
+            name: name.into(),
+            labels: labels.map(String::from).to_vec(),
+            train,
+            eval,
+            eval_split: "dev".into(),
+        });
+    }
+    if name == "glue-sst2" || name == "glue/sst2" {
         let dir = data.join("glue/sst2");
         let train = subsample(read_sst2(&dir.join("train.tsv"))?, train_n, seed);
         let eval = subsample(read_sst2(&dir.join("dev.tsv"))?, eval_n, seed);

@@ -86,7 +86,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let mut total_loss = 0.0;
     for chunk in examples.chunks(cfg.training.batch_size.max(1)) {
         let batch: Vec<&Example> = chunk.iter().collect();
-        let graph = HostGraph::new(&model.params, false);
+        let graph = HostGraph::inference(&model.params);
         let tb = model.tokenize(&texts(&batch), cfg.training.max_length, device)?;
         let logits = model.logits(&graph, &tb)?.detach();
         let y = labels::<B>(&batch, device);

@@ -1,0 +1,44 @@
+//! Task readers on the real files in ../shared/data, as they are.
+use peft_host::data::{data_dir, load_task};
+use peft_tests::*;
+
+fn data() -> std::path::PathBuf {
+    let _ = shared();
+    data_dir(None).expect("the shared data folder")
+}
+
+#[test]
+fn glue_sst2_full_training_set_and_dev() {
+    let t = load_task(&data(), "glue-sst2", 0, 0, 13, 42).unwrap();
+    assert_eq!((t.train.len(), t.eval.len()), (67_349, 872));
+    assert_eq!(t.labels, ["negative", "positive"]);
+    let pos = t.eval.iter().filter(|e| e.label == 1).count();
+    assert_eq!(pos, 444, "SST-2 dev has 444 positive sentences");
+    // A seeded subsample is reproducible.
+    let a = load_task(&data(), "glue/sst2", 100, 50, 13, 7).unwrap();
+    let b = load_task(&data(), "glue-sst2", 100, 50, 13, 7).unwrap();
+    assert_eq!(a.train, b.train);
+    assert_eq!((a.train.len(), a.eval.len()), (100, 50));
+}
+
+#[test]
+fn glue_rte_pairs() {
+    let t = load_task(&data(), "glue/rte", 0, 0, 13, 42).unwrap();
+    assert_eq!((t.train.len(), t.eval.len()), (2_240, 277));
+    assert!(t.train.iter().all(|e| e.text_b.is_some()));
+    let entail = t.eval.iter().filter(|e| e.label == 0).count();
+    assert_eq!(entail, 146, "RTE dev: 146 entailment, 131 not");
+}
+
+#[test]
+fn crossfit_k_shot_splits() {
+    let t = load_task(&data(), "glue-rte", 0, 0, 13, 42).unwrap();
+    assert_eq!(t.train.len(), 16);
+    assert_eq!(t.labels, ["entailment", "not_entailment"]);
+    assert!(t.train[0].text_b.is_some(), "`[SEP]` splits the pair");
+    let err = load_task(&data(), "no-such-task", 0, 0, 13, 42).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown task `no-such-task`"),
+        "{err}"
+    );
+}

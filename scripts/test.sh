@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# The test suite: installs what it needs (scripts/setup.sh), checks formatting, lints, builds
-# the CUDA feature, then runs every test of the workspace.
+# The test suite: installs what it needs (scripts/setup.sh), checks formatting, lints, checks
+# that the CUDA feature builds, then runs every test of the workspace. Prints each phase's time.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup.sh
-cargo fmt --all --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo check -p peft-host --features cuda --quiet
-cargo test --workspace
+phase() {
+  local name="$1"
+  shift
+  local start=$SECONDS
+  "$@"
+  echo "test.sh: $name took $((SECONDS - start)) s" >&2
+}
+phase setup bash scripts/setup.sh
+phase fmt cargo fmt --all --check
+phase clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
+phase cuda-check cargo check -p peft-host --features cuda --quiet
+phase build-tests cargo test --workspace --no-run --quiet
+phase tests cargo test --workspace

@@ -69,3 +69,28 @@ fn shipped_experiment_configs_are_valid() {
         validate(&text, &rel(&f), &registry).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+/// Every backbone declares its sites; LoRA, adapters and prefixes find theirs on each.
+#[test]
+fn sites_and_compositions_of_each_backbone() {
+    let registry = Registry::with_static_plugins().unwrap();
+    let modules =
+        serde_json::json!([{ "plugin": "houlsby" }, { "plugin": "lora" }, { "plugin": "prefix" }]);
+    let mut backbones = vec![(
+        "bert-tiny",
+        tiny_bert_config(modules.clone())["backbone"].clone(),
+    )];
+    for name in ["t5-v1_0-tiny", "t5-v1_1-tiny", "bart-tiny"] {
+        backbones.push((
+            name,
+            serde_json::json!({ "name": name, "path": fixture(name) }),
+        ));
+    }
+    for (name, backbone) in backbones {
+        let cfg = serde_json::json!({ "backbone": backbone, "modules": modules });
+        let cfg = validate(&cfg.to_string(), name, &registry).unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan_generic::<B>(&cfg, &registry, &Default::default()).unwrap();
+        insta::assert_snapshot!(format!("sites-{name}"), plan.render_sites());
+        insta::assert_snapshot!(format!("composition-{name}"), plan.render());
+    }
+}

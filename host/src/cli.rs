@@ -82,6 +82,9 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Also list every hook site of the backbone.
+        #[arg(long)]
+        sites: bool,
     },
 }
 
@@ -301,13 +304,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plan { config, json } => {
+        Command::Plan {
+            config,
+            json,
+            sites,
+        } => {
             let cfg = load_config(&config, &registry)?;
             let plan = with_device(cli.device, |dev| plan_for(&cfg, &registry, dev))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
                 print!("{}", plan.render());
+                if sites {
+                    println!("sites");
+                    print!("{}", plan.render_sites());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

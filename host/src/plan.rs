@@ -15,6 +15,17 @@ pub struct Plan {
     /// Parameters per group: total and trainable under the config's `train_groups`.
     pub groups: BTreeMap<String, GroupCount>,
     pub trainable_groups: Vec<String>,
+    /// Every hook site the backbone declares.
+    pub sites: Vec<SitePlan>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct SitePlan {
+    pub name: String,
+    pub kind: peft_api::SiteKind,
+    pub role: String,
+    pub in_features: usize,
+    pub out_features: usize,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -107,10 +118,38 @@ impl Plan {
             modules,
             groups,
             trainable_groups: train_groups.to_vec(),
+            sites: info
+                .sites
+                .iter()
+                .map(|s| SitePlan {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    role: s.role.clone(),
+                    in_features: s.in_features,
+                    out_features: s.out_features,
+                })
+                .collect(),
         })
     }
 
     /// The human-readable form.
+    /// The backbone's sites, one a line: name, kind, role, features in -> out.
+    pub fn render_sites(&self) -> String {
+        let mut s = String::new();
+        for site in &self.sites {
+            let kind = serde_json::to_value(site.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "{:<52} {:<13} {:<18} {} -> {}",
+                site.name, kind, site.role, site.in_features, site.out_features
+            );
+        }
+        s
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         let b = &self.backbone;

@@ -210,6 +210,13 @@ fn saved_lora_uses_hf_peft_files_and_reads_back_bit_exactly() {
     )
     .unwrap();
     assert_eq!(format, SavedFormat::HfPeft);
+    // For the cross-check with HF peft itself (scripts/check_peft_load.py).
+    if let Ok(dest) = std::env::var("PEFT_EXPORT_LORA_TO") {
+        std::fs::create_dir_all(&dest).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(out.path().join(f), std::path::Path::new(&dest).join(f)).unwrap();
+        }
+    }
     let src = fixture("minilm-lora-peft");
     // Same file names, same keys, same shapes and dtype as HF peft's.
     assert_eq!(

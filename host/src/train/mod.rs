@@ -91,12 +91,13 @@ pub fn evaluate<B: AutodiffBackend>(
         let logits = model.logits(&graph, &tb)?.detach();
         let y = labels::<B>(&batch, device);
         let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
+        // Sum of log-probabilities of the true labels (negated below).
         let nll: f32 = logp
             .gather(1, y.unsqueeze_dim::<2>(1))
             .sum()
             .into_scalar()
             .elem_f32();
-        total_loss += nll as f64;
+        total_loss -= nll as f64;
         let pred = logits
             .argmax(1)
             .into_data()

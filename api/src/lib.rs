@@ -12,6 +12,7 @@
 //! [`ContextEncoderImpl`] traits and [`export_plugin!`].
 
 pub mod abi;
+pub mod blocks;
 pub mod error;
 pub mod info;
 pub mod ops;

@@ -1,4 +1,5 @@
-use peft_api::{ApiError, Result};
+pub use peft_api::blocks::Stack;
+use peft_api::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -36,24 +37,6 @@ pub struct AdapterBiasConfig {
     pub group: String,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Stack {
-    Encoder,
-    Decoder,
-    #[default]
-    Both,
-}
-
-impl Stack {
-    pub fn includes(self, stack: &str) -> bool {
-        matches!(
-            (self, stack),
-            (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder")
-        )
-    }
-}
-
 fn default_vector_init() -> f64 {
     1.0
 }
@@ -72,8 +55,5 @@ impl Default for AdapterBiasConfig {
 
 /// Parses a config section; `null` means all defaults.
 pub fn parse(v: &serde_json::Value) -> Result<AdapterBiasConfig> {
-    if v.is_null() {
-        return Ok(AdapterBiasConfig::default());
-    }
-    serde_json::from_value(v.clone()).map_err(|e| ApiError::config(format!("adapter-bias: {e}")))
+    peft_api::blocks::parse_config("adapter-bias", v)
 }

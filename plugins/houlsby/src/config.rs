@@ -1,4 +1,5 @@
-use peft_api::{ApiError, Result};
+pub use peft_api::blocks::{Activation, Stack};
+use peft_api::Result;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -35,43 +36,6 @@ pub struct HoulsbyConfig {
     pub group: String,
 }
 
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    #[default]
-    Relu,
-    Gelu,
-    Swish,
-}
-
-impl Activation {
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Relu => "relu",
-            Activation::Gelu => "gelu",
-            Activation::Swish => "swish",
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Stack {
-    Encoder,
-    Decoder,
-    #[default]
-    Both,
-}
-
-impl Stack {
-    pub fn includes(self, stack: &str) -> bool {
-        matches!(
-            (self, stack),
-            (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder")
-        )
-    }
-}
-
 fn default_bottleneck() -> usize {
     8
 }
@@ -93,8 +57,5 @@ impl Default for HoulsbyConfig {
 
 /// Parses a config section; `null` means all defaults.
 pub fn parse(v: &serde_json::Value) -> Result<HoulsbyConfig> {
-    if v.is_null() {
-        return Ok(HoulsbyConfig::default());
-    }
-    serde_json::from_value(v.clone()).map_err(|e| ApiError::config(format!("houlsby: {e}")))
+    peft_api::blocks::parse_config("houlsby", v)
 }

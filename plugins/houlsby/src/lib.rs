@@ -6,28 +6,29 @@ mod config;
 
 pub use config::{Activation, HoulsbyConfig, Stack};
 use peft_api::{
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin,
-    PluginKind, Result, SiteCall, SiteKind, Tensor,
+    blocks::{sublayer_sites, Bottleneck},
+    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Manifest, Module, Plugin, PluginKind,
+    Result, SiteCall, Tensor,
 };
 use serde_json::Value;
 
 pub struct Houlsby {
     config: HoulsbyConfig,
-    /// Parameter prefix per attachment.
-    prefixes: Vec<String>,
+    /// One bottleneck per attachment.
+    adapters: Vec<Bottleneck>,
 }
 
 impl Houlsby {
     pub fn new(config: HoulsbyConfig) -> Self {
         Houlsby {
             config,
-            prefixes: Vec::new(),
+            adapters: Vec::new(),
         }
     }
 
     /// Trainable parameters of one adapter on a `d`-dimensional site.
     pub fn params_per_adapter(d: usize, b: usize) -> usize {
-        2 * d * b + d + b
+        Bottleneck::params(d, b, d)
     }
 }
 
@@ -35,41 +36,18 @@ impl Module for Houlsby {
     fn attach(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<AttachPlan> {
         let c = &self.config;
         let mut plan = AttachPlan::default();
-        for site in backbone.sites_of_kind(SiteKind::Sublayer) {
-            let wanted_role = match site.role.as_str() {
-                "attention" | "cross_attention" => c.attention,
-                "ffn" => c.ffn,
-                _ => false,
-            };
-            let wanted_layer = match (&c.layers, site.layer) {
-                (Some(layers), Some(l)) => layers.contains(&l),
-                _ => true,
-            };
-            if !(wanted_role && wanted_layer && c.stack.includes(&site.stack)) {
-                continue;
-            }
+        for site in sublayer_sites(backbone, c.attention, c.ffn, &c.layers, c.stack) {
             let (d, b) = (site.out_features, c.bottleneck);
-            let p = site.name.clone();
-            let g = c.group.as_str();
-            let std = c.init_std;
-            ctx.create_param(
-                &format!("{p}.down.weight"),
-                &[b, d],
-                g,
-                Init::Normal { mean: 0.0, std },
-            )?;
-            ctx.create_param(&format!("{p}.down.bias"), &[b], g, Init::Zeros)?;
-            let up = if c.up_init_std == 0.0 {
-                Init::Zeros
-            } else {
-                Init::Normal {
-                    mean: 0.0,
-                    std: c.up_init_std,
-                }
-            };
-            ctx.create_param(&format!("{p}.up.weight"), &[d, b], g, up)?;
-            ctx.create_param(&format!("{p}.up.bias"), &[d], g, Init::Zeros)?;
-            self.prefixes.push(p);
+            self.adapters.push(Bottleneck::create(
+                ctx,
+                &site.name,
+                d,
+                b,
+                d,
+                &c.group,
+                c.init_std,
+                c.up_init_std,
+            )?);
             plan.attachments.push(Attachment {
                 site: site.name.clone(),
                 role: format!("serial adapter (b={b}, {})", c.activation.name()),
@@ -91,22 +69,15 @@ impl Module for Houlsby {
         site: &SiteCall<'_>,
         inputs: Vec<Tensor<'c>>,
     ) -> Result<Vec<Tensor<'c>>> {
-        let p = &self.prefixes[site.attachment as usize];
+        let adapter = self
+            .adapters
+            .get(site.attachment as usize)
+            .ok_or_else(|| ApiError::invalid("houlsby: unknown attachment"))?;
         let y = inputs
             .into_iter()
             .nth(1)
             .ok_or_else(|| ApiError::invalid("houlsby: a sublayer site passes [x, y]"))?;
-        let h = y
-            .clone()
-            .linear(
-                ctx.param(&format!("{p}.down.weight"))?,
-                Some(ctx.param(&format!("{p}.down.bias"))?),
-            )?
-            .activation(self.config.activation.name())?;
-        let delta = h.linear(
-            ctx.param(&format!("{p}.up.weight"))?,
-            Some(ctx.param(&format!("{p}.up.bias"))?),
-        )?;
+        let delta = adapter.forward(ctx, y.clone(), self.config.activation)?;
         Ok(vec![y.add(delta)?])
     }
 }
@@ -129,8 +100,7 @@ impl Plugin for HoulsbyPlugin {
     }
 
     fn create_module(config: &Value) -> Result<Box<dyn Module>> {
-        let config: HoulsbyConfig = config::parse(config)?;
-        Ok(Box::new(Houlsby::new(config)))
+        Ok(Box::new(Houlsby::new(config::parse(config)?)))
     }
 }
 

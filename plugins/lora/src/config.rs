@@ -1,3 +1,4 @@
+pub use peft_api::blocks::Stack;
 use peft_api::{ApiError, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -42,24 +43,6 @@ pub struct LoraConfig {
     /// Parameter group of A and B.
     #[serde(default = "default_group")]
     pub group: String,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Stack {
-    Encoder,
-    Decoder,
-    #[default]
-    Both,
-}
-
-impl Stack {
-    pub fn includes(self, stack: &str) -> bool {
-        matches!(
-            (self, stack),
-            (Stack::Both, _) | (Stack::Encoder, "encoder") | (Stack::Decoder, "decoder")
-        )
-    }
 }
 
 fn default_rank() -> usize {

@@ -7,8 +7,9 @@ mod config;
 
 pub use config::{Activation, MetaAdaptersConfig, Stack};
 use peft_api::{
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin,
-    PluginKind, Result, SiteCall, SiteKind, Tensor,
+    blocks::{sublayer_sites, Bottleneck},
+    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Manifest, Module, Plugin, PluginKind,
+    Result, SiteCall, Tensor,
 };
 use serde_json::Value;
 
@@ -17,92 +18,49 @@ const PARTS: [&str; 3] = ["meta_in", "adapter", "meta_out"];
 
 pub struct MetaAdapters {
     config: MetaAdaptersConfig,
-    /// Parameter prefix per attachment.
-    prefixes: Vec<String>,
+    /// Per attachment: the bottlenecks of `PARTS`, in order.
+    adapters: Vec<[Bottleneck; 3]>,
 }
 
 impl MetaAdapters {
     pub fn new(config: MetaAdaptersConfig) -> Self {
         MetaAdapters {
             config,
-            prefixes: Vec::new(),
+            adapters: Vec::new(),
         }
     }
 
     /// Parameters of one serial adapter on a `d`-dimensional site.
     pub fn params_per_adapter(d: usize, b: usize) -> usize {
-        2 * d * b + d + b
-    }
-
-    fn create_adapter(&self, ctx: &Ctx<'_>, p: &str, d: usize, b: usize, g: &str) -> Result<()> {
-        let c = &self.config;
-        ctx.create_param(
-            &format!("{p}.down.weight"),
-            &[b, d],
-            g,
-            Init::Normal {
-                mean: 0.0,
-                std: c.init_std,
-            },
-        )?;
-        ctx.create_param(&format!("{p}.down.bias"), &[b], g, Init::Zeros)?;
-        let up = if c.up_init_std == 0.0 {
-            Init::Zeros
-        } else {
-            Init::Normal {
-                mean: 0.0,
-                std: c.up_init_std,
-            }
-        };
-        ctx.create_param(&format!("{p}.up.weight"), &[d, b], g, up)?;
-        ctx.create_param(&format!("{p}.up.bias"), &[d], g, Init::Zeros)?;
-        Ok(())
-    }
-
-    fn serial<'c>(&self, ctx: &'c Ctx<'_>, p: &str, z: Tensor<'c>) -> Result<Tensor<'c>> {
-        let h = z
-            .clone()
-            .linear(
-                ctx.param(&format!("{p}.down.weight"))?,
-                Some(ctx.param(&format!("{p}.down.bias"))?),
-            )?
-            .activation(self.config.activation.name())?;
-        let delta = h.linear(
-            ctx.param(&format!("{p}.up.weight"))?,
-            Some(ctx.param(&format!("{p}.up.bias"))?),
-        )?;
-        z.add(delta)
+        Bottleneck::params(d, b, d)
     }
 }
 
 impl Module for MetaAdapters {
     fn attach(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<AttachPlan> {
-        let c = self.config.clone();
+        let c = &self.config;
         let mut plan = AttachPlan::default();
-        for site in backbone.sites_of_kind(SiteKind::Sublayer) {
-            let wanted_role = match site.role.as_str() {
-                "attention" | "cross_attention" => c.attention,
-                "ffn" => c.ffn,
-                _ => false,
-            };
-            let wanted_layer = match (&c.layers, site.layer) {
-                (Some(layers), Some(l)) => layers.contains(&l),
-                _ => true,
-            };
-            if !(wanted_role && wanted_layer && c.stack.includes(&site.stack)) {
-                continue;
-            }
+        for site in sublayer_sites(backbone, c.attention, c.ffn, &c.layers, c.stack) {
             let d = site.out_features;
-            let p = site.name.clone();
-            for part in PARTS {
+            let create = |part: &str| {
                 let (b, g) = if part == "adapter" {
                     (c.bottleneck, c.adapter_group.as_str())
                 } else {
                     (c.meta_bottleneck, c.meta_group.as_str())
                 };
-                self.create_adapter(ctx, &format!("{p}.{part}"), d, b, g)?;
-            }
-            self.prefixes.push(p);
+                Bottleneck::create(
+                    ctx,
+                    &format!("{}.{part}", site.name),
+                    d,
+                    b,
+                    d,
+                    g,
+                    c.init_std,
+                    c.up_init_std,
+                )
+            };
+            self.adapters
+                .push([create(PARTS[0])?, create(PARTS[1])?, create(PARTS[2])?]);
             plan.attachments.push(Attachment {
                 site: site.name.clone(),
                 role: format!(
@@ -129,16 +87,18 @@ impl Module for MetaAdapters {
         site: &SiteCall<'_>,
         inputs: Vec<Tensor<'c>>,
     ) -> Result<Vec<Tensor<'c>>> {
-        let p = self
-            .prefixes
+        let adapters = self
+            .adapters
             .get(site.attachment as usize)
             .ok_or_else(|| ApiError::invalid("meta-adapters: unknown attachment"))?;
         let mut z = inputs
             .into_iter()
             .nth(1)
             .ok_or_else(|| ApiError::invalid("meta-adapters: a sublayer site passes [x, y]"))?;
-        for part in PARTS {
-            z = self.serial(ctx, &format!("{p}.{part}"), z)?;
+        // y' = M2(A(M1(y))), each a serial adapter z + W_up act(W_down z).
+        for adapter in adapters {
+            let delta = adapter.forward(ctx, z.clone(), self.config.activation)?;
+            z = z.add(delta)?;
         }
         Ok(vec![z])
     }

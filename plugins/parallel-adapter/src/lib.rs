@@ -7,28 +7,29 @@ mod config;
 
 pub use config::{Activation, ParallelAdapterConfig, Stack};
 use peft_api::{
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin,
-    PluginKind, Result, SiteCall, SiteKind, Tensor,
+    blocks::{sublayer_sites, Bottleneck},
+    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Manifest, Module, Plugin, PluginKind,
+    Result, SiteCall, Tensor,
 };
 use serde_json::Value;
 
 pub struct ParallelAdapter {
     config: ParallelAdapterConfig,
-    /// Parameter prefix per attachment.
-    prefixes: Vec<String>,
+    /// One bottleneck per attachment.
+    adapters: Vec<Bottleneck>,
 }
 
 impl ParallelAdapter {
     pub fn new(config: ParallelAdapterConfig) -> Self {
         ParallelAdapter {
             config,
-            prefixes: Vec::new(),
+            adapters: Vec::new(),
         }
     }
 
     /// Trainable parameters of one adapter between `d_in` and `d_out` features.
     pub fn params_per_adapter(d_in: usize, d_out: usize, b: usize) -> usize {
-        d_in * b + b + b * d_out + d_out
+        Bottleneck::params(d_in, b, d_out)
     }
 }
 
@@ -36,43 +37,18 @@ impl Module for ParallelAdapter {
     fn attach(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<AttachPlan> {
         let c = &self.config;
         let mut plan = AttachPlan::default();
-        for site in backbone.sites_of_kind(SiteKind::Sublayer) {
-            let wanted_role = match site.role.as_str() {
-                "attention" | "cross_attention" => c.attention,
-                "ffn" => c.ffn,
-                _ => false,
-            };
-            let wanted_layer = match (&c.layers, site.layer) {
-                (Some(layers), Some(l)) => layers.contains(&l),
-                _ => true,
-            };
-            if !(wanted_role && wanted_layer && c.stack.includes(&site.stack)) {
-                continue;
-            }
+        for site in sublayer_sites(backbone, c.attention, c.ffn, &c.layers, c.stack) {
             let (d_in, d_out, b) = (site.in_features, site.out_features, c.bottleneck);
-            let p = site.name.clone();
-            let g = c.group.as_str();
-            ctx.create_param(
-                &format!("{p}.down.weight"),
-                &[b, d_in],
-                g,
-                Init::Normal {
-                    mean: 0.0,
-                    std: c.init_std,
-                },
-            )?;
-            ctx.create_param(&format!("{p}.down.bias"), &[b], g, Init::Zeros)?;
-            let up = if c.up_init_std == 0.0 {
-                Init::Zeros
-            } else {
-                Init::Normal {
-                    mean: 0.0,
-                    std: c.up_init_std,
-                }
-            };
-            ctx.create_param(&format!("{p}.up.weight"), &[d_out, b], g, up)?;
-            ctx.create_param(&format!("{p}.up.bias"), &[d_out], g, Init::Zeros)?;
-            self.prefixes.push(p);
+            self.adapters.push(Bottleneck::create(
+                ctx,
+                &site.name,
+                d_in,
+                b,
+                d_out,
+                &c.group,
+                c.init_std,
+                c.up_init_std,
+            )?);
             plan.attachments.push(Attachment {
                 site: site.name.clone(),
                 role: format!("parallel adapter (b={b}, {})", c.activation.name()),
@@ -94,28 +70,19 @@ impl Module for ParallelAdapter {
         site: &SiteCall<'_>,
         inputs: Vec<Tensor<'c>>,
     ) -> Result<Vec<Tensor<'c>>> {
-        let p = self
-            .prefixes
+        let adapter = self
+            .adapters
             .get(site.attachment as usize)
             .ok_or_else(|| ApiError::invalid("parallel-adapter: unknown attachment"))?;
         let [x, y]: [Tensor<'c>; 2] = inputs
             .try_into()
             .map_err(|_| ApiError::invalid("parallel-adapter: a sublayer site passes [x, y]"))?;
-        let h = x
-            .dropout(if site.training {
-                self.config.dropout
-            } else {
-                0.0
-            })?
-            .linear(
-                ctx.param(&format!("{p}.down.weight"))?,
-                Some(ctx.param(&format!("{p}.down.bias"))?),
-            )?
-            .activation(self.config.activation.name())?;
-        let mut delta = h.linear(
-            ctx.param(&format!("{p}.up.weight"))?,
-            Some(ctx.param(&format!("{p}.up.bias"))?),
-        )?;
+        let x = x.dropout(if site.training {
+            self.config.dropout
+        } else {
+            0.0
+        })?;
+        let mut delta = adapter.forward(ctx, x, self.config.activation)?;
         if self.config.scale != 1.0 {
             delta = delta.mul_scalar(self.config.scale)?;
         }

@@ -22,6 +22,7 @@ use optim::AdamW;
 pub struct Evaluation {
     pub step: usize,
     pub accuracy: f64,
+    pub macro_f1: f64,
     pub loss: f64,
     pub examples: usize,
 }
@@ -82,7 +83,7 @@ pub fn evaluate<B: AutodiffBackend>(
     step: usize,
     device: &B::Device,
 ) -> anyhow::Result<Evaluation> {
-    let mut correct = 0usize;
+    let mut preds = Vec::with_capacity(examples.len());
     let mut total_loss = 0.0;
     for chunk in examples.chunks(cfg.training.batch_size.max(1)) {
         let batch: Vec<&Example> = chunk.iter().collect();
@@ -104,16 +105,14 @@ pub fn evaluate<B: AutodiffBackend>(
             .convert::<i64>()
             .into_vec::<i64>()
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        correct += pred
-            .iter()
-            .zip(&batch)
-            .filter(|(p, e)| **p as usize == e.label)
-            .count();
+        preds.extend(pred.iter().map(|&p| p as usize));
     }
     let n = examples.len().max(1);
+    let gold: Vec<usize> = examples.iter().map(|e| e.label).collect();
     Ok(Evaluation {
         step,
-        accuracy: correct as f64 / n as f64,
+        accuracy: crate::metrics::accuracy(&preds, &gold),
+        macro_f1: crate::metrics::macro_f1(&preds, &gold),
         loss: total_loss / n as f64,
         examples: examples.len(),
     })

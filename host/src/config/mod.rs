@@ -148,6 +148,36 @@ pub struct TrainingSpec {
     /// Evaluate every this many steps (0 = only at the end).
     #[serde(default)]
     pub eval_every: usize,
+    #[serde(default)]
+    pub optimizer: Optimizer,
+    /// SGD momentum (ignored by AdamW).
+    #[serde(default)]
+    pub momentum: f64,
+    /// Clip the global gradient norm to this value (none: no clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
+    /// Label smoothing of the cross-entropy loss.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub label_smoothing: f64,
+    /// Micro-batches whose gradients are averaged into one optimiser step.
+    #[serde(default = "default_accumulation")]
+    #[schemars(range(min = 1))]
+    pub gradient_accumulation: usize,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimizer {
+    /// Adam with decoupled weight decay (PyTorch's `AdamW`, betas 0.9/0.999, eps 1e-8).
+    #[default]
+    Adamw,
+    /// Plain SGD with optional momentum and weight decay (PyTorch's `SGD`).
+    Sgd,
+}
+
+fn default_accumulation() -> usize {
+    1
 }
 
 fn default_steps() -> usize {

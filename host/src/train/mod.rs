@@ -16,7 +16,7 @@ use crate::{
     data::{Example, Task},
     model::Model,
 };
-use optim::AdamW;
+use optim::{InnerPrim, Optim};
 
 #[derive(Serialize, Clone, Debug)]
 pub struct Evaluation {
@@ -58,6 +58,7 @@ fn loss<B: AutodiffBackend>(
     graph: &HostGraph<'_, B>,
     batch: &[&Example],
     max_len: usize,
+    label_smoothing: f64,
     device: &B::Device,
 ) -> anyhow::Result<Tensor<B, 1>> {
     let tb = model.tokenize(&texts(batch), max_len, device)?;
@@ -65,11 +66,18 @@ fn loss<B: AutodiffBackend>(
     let y = labels::<B>(batch, device);
     let logp = burn::tensor::activation::log_softmax(logits, 1);
     let n = batch.len();
-    let mut loss = logp
+    let nll = logp
+        .clone()
         .gather(1, y.unsqueeze_dim::<2>(1))
         .neg()
-        .reshape([n])
-        .mean();
+        .reshape([n]);
+    // PyTorch's label smoothing: (1 - e) * nll + e * mean over classes of -log p.
+    let per_example = if label_smoothing > 0.0 {
+        nll * (1.0 - label_smoothing) + logp.mean_dim(1).neg().reshape([n]) * label_smoothing
+    } else {
+        nll
+    };
+    let mut loss = per_example.mean();
     for (w, aux) in graph.aux_losses.borrow_mut().drain(..) {
         loss = loss + ft::<B, 1>(aux) * w;
     }
@@ -142,7 +150,7 @@ pub fn train<B: AutodiffBackend>(
         "no parameter is trainable: train_groups {:?} matched nothing",
         t.train_groups
     );
-    let mut opt = AdamW::<B>::new(t.learning_rate, t.weight_decay);
+    let mut opt = Optim::<B>::new(t);
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     B::seed(device, cfg.seed);
     let mut order: Vec<usize> = (0..task.train.len()).collect();
@@ -164,30 +172,55 @@ pub fn train<B: AutodiffBackend>(
     let mut evaluations = Vec::new();
     let start = Instant::now();
     for step in 1..=t.steps {
-        let mut batch = Vec::with_capacity(t.batch_size);
-        while batch.len() < t.batch_size.min(task.train.len()) {
-            if cursor >= order.len() {
-                order.shuffle(&mut rng);
-                cursor = 0;
+        // Gradients of `gradient_accumulation` micro-batches, averaged, per trainable parameter.
+        let accumulation = t.gradient_accumulation.max(1);
+        let n_trainable = model.params.borrow().trainable().count();
+        let mut summed: Vec<Option<InnerPrim<B>>> = (0..n_trainable).map(|_| None).collect();
+        let mut lv = 0.0f32;
+        for micro in 0..accumulation {
+            let mut batch = Vec::with_capacity(t.batch_size);
+            while batch.len() < t.batch_size.min(task.train.len()) {
+                if cursor >= order.len() {
+                    order.shuffle(&mut rng);
+                    cursor = 0;
+                }
+                batch.push(&task.train[order[cursor]]);
+                cursor += 1;
             }
-            batch.push(&task.train[order[cursor]]);
-            cursor += 1;
-        }
-        let graph = HostGraph::new(&model.params, true);
-        let l = loss(model, &graph, &batch, t.max_length, device)
-            .with_context(|| format!("step {step}"))?;
-        let lv: f32 = l.clone().into_scalar().elem_f32();
-        let grads = l.backward();
-        drop(graph);
-        let lr = schedule(t.learning_rate, step, t.warmup_steps, t.steps);
-        opt.lr = lr;
-        {
-            let mut store = model.params.borrow_mut();
-            for p in store.trainable_mut() {
+            let graph = HostGraph::new(&model.params, true);
+            let l = loss(
+                model,
+                &graph,
+                &batch,
+                t.max_length,
+                t.label_smoothing,
+                device,
+            )
+            .with_context(|| format!("step {step}, micro-batch {micro}"))?;
+            lv += l.clone().into_scalar().elem_f32() / accumulation as f32;
+            let grads = (l / accumulation as f64).backward();
+            drop(graph);
+            let store = model.params.borrow();
+            for (slot, p) in summed.iter_mut().zip(store.trainable()) {
                 let rank = p.shape.len();
                 let g = by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
                     .grad(&grads)
                     .map(|g| g.into_primitive().tensor())))?;
+                if let Some(g) = g {
+                    *slot = Some(match slot.take() {
+                        Some(prev) => add_inner::<B>(prev, g, rank)?,
+                        None => g,
+                    });
+                }
+            }
+        }
+        if let Some(max_norm) = t.max_grad_norm {
+            clip_global_norm::<B>(&mut summed, max_norm)?;
+        }
+        opt.set_lr(schedule(t.learning_rate, step, t.warmup_steps, t.steps));
+        {
+            let mut store = model.params.borrow_mut();
+            for (p, g) in store.trainable_mut().zip(summed) {
                 if let Some(g) = g {
                     opt.step(p, g)?;
                 }
@@ -214,6 +247,54 @@ pub fn train<B: AutodiffBackend>(
         seconds_per_step: train_seconds / t.steps.max(1) as f64,
         trainable_parameters: trainable,
     })
+}
+
+fn add_inner<B: AutodiffBackend>(
+    a: InnerPrim<B>,
+    b: InnerPrim<B>,
+    rank: usize,
+) -> anyhow::Result<InnerPrim<B>> {
+    use burn::tensor::TensorPrimitive;
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    Ok(by_rank!(rank, |D| Ok((Tensor::<I<B>, D>::from_primitive(
+        TensorPrimitive::Float(a)
+    )
+        + Tensor::<I<B>, D>::from_primitive(
+            TensorPrimitive::Float(b)
+        ))
+    .into_primitive()
+    .tensor()))?)
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`, with its 1e-6 in the denominator).
+fn clip_global_norm<B: AutodiffBackend>(
+    grads: &mut [Option<InnerPrim<B>>],
+    max_norm: f64,
+) -> anyhow::Result<()> {
+    use burn::tensor::{TensorMetadata, TensorPrimitive};
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    let mut sq = 0.0f64;
+    for g in grads.iter().flatten() {
+        let n = g.shape().num_elements();
+        let flat =
+            Tensor::<I<B>, 1>::from_primitive(TensorPrimitive::Float(g.clone())).reshape([n]);
+        sq += flat.powf_scalar(2.0).sum().into_scalar().elem_f32() as f64;
+    }
+    let scale = max_norm / (sq.sqrt() + 1e-6);
+    if scale < 1.0 {
+        for g in grads.iter_mut() {
+            if let Some(x) = g.take() {
+                let rank = x.shape().num_dims();
+                *g = Some(by_rank!(rank, |D| Ok((Tensor::<I<B>, D>::from_primitive(
+                    TensorPrimitive::Float(x)
+                ) * scale)
+                    .into_primitive()
+                    .tensor()))?);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Linear warmup to `lr`, then linear decay to zero at `total`.

@@ -6,7 +6,95 @@ use peft_api::ApiError;
 
 use crate::{bridge::value::ft, by_rank, params::Param};
 
-type InnerPrim<B> = burn::tensor::ops::FloatTensor<<B as AutodiffBackend>::InnerBackend>;
+pub type InnerPrim<B> = burn::tensor::ops::FloatTensor<<B as AutodiffBackend>::InnerBackend>;
+
+/// The optimiser a run uses, over per-parameter updates.
+pub enum Optim<B: AutodiffBackend> {
+    AdamW(AdamW<B>),
+    Sgd(Sgd<B>),
+}
+
+impl<B: AutodiffBackend> Optim<B> {
+    pub fn new(spec: &crate::config::TrainingSpec) -> Self {
+        match spec.optimizer {
+            crate::config::Optimizer::Adamw => {
+                Optim::AdamW(AdamW::new(spec.learning_rate, spec.weight_decay))
+            }
+            crate::config::Optimizer::Sgd => Optim::Sgd(Sgd::new(
+                spec.learning_rate,
+                spec.momentum,
+                spec.weight_decay,
+            )),
+        }
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        match self {
+            Optim::AdamW(o) => o.lr = lr,
+            Optim::Sgd(o) => o.lr = lr,
+        }
+    }
+
+    pub fn step(&mut self, p: &mut Param<B>, grad: InnerPrim<B>) -> Result<(), ApiError> {
+        match self {
+            Optim::AdamW(o) => o.step(p, grad),
+            Optim::Sgd(o) => o.step(p, grad),
+        }
+    }
+}
+
+/// SGD with PyTorch's semantics: `g += wd * w; buf = momentum * buf + g; w -= lr * buf`.
+pub struct Sgd<B: AutodiffBackend> {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    state: HashMap<String, InnerPrim<B>>,
+}
+
+impl<B: AutodiffBackend> Sgd<B> {
+    pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Self {
+        Sgd {
+            lr,
+            momentum,
+            weight_decay,
+            state: HashMap::new(),
+        }
+    }
+
+    pub fn step(&mut self, p: &mut Param<B>, grad: InnerPrim<B>) -> Result<(), ApiError> {
+        let rank = p.shape.len();
+        let (lr, momentum, wd) = (self.lr, self.momentum, self.weight_decay);
+        let buf = self.state.remove(&p.name);
+        let (value, buf) = by_rank!(rank, |D| {
+            let w = ft::<B, D>(p.value.clone()).inner();
+            let mut g = Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(grad));
+            if wd > 0.0 {
+                g = g + w.clone() * wd;
+            }
+            let step = match (momentum > 0.0, buf) {
+                (true, Some(b)) => {
+                    Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(b))
+                        * momentum
+                        + g
+                }
+                _ => g,
+            };
+            let w = w - step.clone() * lr;
+            Ok((
+                Tensor::<B, D>::from_inner(w)
+                    .require_grad()
+                    .into_primitive()
+                    .tensor(),
+                step.into_primitive().tensor(),
+            ))
+        })?;
+        p.value = value;
+        if momentum > 0.0 {
+            self.state.insert(p.name.clone(), buf);
+        }
+        Ok(())
+    }
+}
 
 pub struct AdamW<B: AutodiffBackend> {
     pub lr: f64,

@@ -42,3 +42,26 @@ fn crossfit_k_shot_splits() {
         "{err}"
     );
 }
+
+#[test]
+fn other_glue_classification_tasks() {
+    for (name, train, eval, classes) in [
+        ("glue/cola", 8_551, 527, 2),
+        ("glue/mrpc", 3_300, 0, 2),
+        ("glue/qqp", 8_999, 0, 2),
+        ("glue/mnli", 8_999, 0, 3),
+        ("glue/qnli", 8_999, 0, 2),
+    ] {
+        let t = load_task(&data(), name, 0, 0, 13, 42).unwrap();
+        assert_eq!(t.train.len(), train, "{name}");
+        if eval > 0 {
+            assert_eq!(t.eval.len(), eval, "{name}");
+        }
+        assert!(!t.eval.is_empty());
+        assert_eq!(t.labels.len(), classes, "{name}");
+        let seen: std::collections::BTreeSet<usize> = t.train.iter().map(|e| e.label).collect();
+        assert_eq!(seen.len(), classes, "{name}: every class occurs");
+    }
+    let err = load_task(&data(), "glue/stsb", 0, 0, 13, 42).unwrap_err();
+    assert!(err.to_string().contains("regression"), "{err}");
+}

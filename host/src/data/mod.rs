@@ -208,6 +208,44 @@ pub fn read_glue_pairs(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Examp
         .collect()
 }
 
+/// Reads CoLA's TSV (no header: source, label, original label, sentence).
+pub fn read_cola(path: &Path) -> anyhow::Result<Vec<Example>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let (Some(label), Some(sentence)) = (cols.get(1), cols.get(3)) else {
+                bail!(
+                    "{}:{}: expected `source<TAB>label<TAB>original<TAB>sentence`",
+                    path.display(),
+                    i + 1
+                );
+            };
+            let label = label
+                .trim()
+                .parse()
+                .with_context(|| format!("{}:{}: label `{label}`", path.display(), i + 1))?;
+            Ok(Example {
+                text_a: sentence.trim().to_string(),
+                text_b: None,
+                label,
+            })
+        })
+        .collect()
+}
+
+/// The GLUE classification tasks read from the re-splits in `glue/<task>/ppft_{train,dev}.json`,
+/// with their label sets in file order.
+const PPFT_TASKS: &[(&str, &[&str])] = &[
+    ("mrpc", &["0", "1"]),
+    ("qqp", &["0", "1"]),
+    ("mnli", &["entailment", "neutral", "contradiction"]),
+    ("qnli", &["entailment", "not_entailment"]),
+];
+
 /// Loads a task by name: `glue-sst2` (or `glue/sst2`) and `glue/rte` from the full GLUE data,
 /// anything else from CrossFit's k-shot splits (train on `_train`, evaluate on `_test` or
 /// `_dev`).
@@ -239,6 +277,42 @@ pub fn load_task(
             eval,
             eval_split: "dev".into(),
         });
+    }
+    if name == "glue/cola" {
+        let dir = data.join("glue/cola");
+        let train = subsample(read_cola(&dir.join("in_domain_train.tsv"))?, train_n, seed);
+        let eval = subsample(read_cola(&dir.join("in_domain_dev.tsv"))?, eval_n, seed);
+        let labels = vec!["unacceptable".to_string(), "acceptable".to_string()];
+        return Ok(Task {
+            name: name.into(),
+            labels,
+            train,
+            eval,
+            eval_split: "dev".into(),
+        });
+    }
+    if let Some((t, labels)) = name
+        .strip_prefix("glue/")
+        .and_then(|t| PPFT_TASKS.iter().find(|(n, _)| *n == t))
+    {
+        let dir = data.join("glue").join(t);
+        let train = subsample(
+            read_ppft(&dir.join("ppft_train.json"), labels)?,
+            train_n,
+            seed,
+        );
+        let eval = subsample(read_ppft(&dir.join("ppft_dev.json"), labels)?, eval_n, seed);
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        return Ok(Task {
+            name: name.into(),
+            labels,
+            train,
+            eval,
+            eval_split: "ppft dev".into(),
+        });
+    }
+    if name == "glue/stsb" {
+        bail!("glue/stsb is a regression task; regression heads are not implemented yet");
     }
     if name == "glue-sst2" || name == "glue/sst2" {
         let dir = data.join("glue/sst2");

@@ -65,3 +65,25 @@ fn other_glue_classification_tasks() {
     let err = load_task(&data(), "glue/stsb", 0, 0, 13, 42).unwrap_err();
     assert!(err.to_string().contains("regression"), "{err}");
 }
+
+#[test]
+fn superglue_fewglue_files() {
+    for (name, classes) in [
+        ("superglue/boolq", 2),
+        ("superglue/cb", 3),
+        ("superglue/rte", 2),
+        ("superglue/wic", 2),
+    ] {
+        let t = load_task(&data(), name, 0, 0, 13, 42).unwrap();
+        assert_eq!(
+            t.train.len(),
+            32,
+            "{name}: FewGLUE has 32 training examples"
+        );
+        assert!(t.eval.len() > 32, "{name}: the official validation set");
+        assert_eq!(t.labels.len(), classes);
+        assert!(t.train.iter().all(|e| e.text_b.is_some()));
+    }
+    let err = load_task(&data(), "superglue/copa", 0, 0, 13, 42).unwrap_err();
+    assert!(err.to_string().contains("option scoring"), "{err}");
+}

@@ -237,6 +237,71 @@ pub fn read_cola(path: &Path) -> anyhow::Result<Vec<Example>> {
         .collect()
 }
 
+/// Reads a SuperGLUE JSONL file of BoolQ, CB, RTE or WiC (FewGLUE's files): the text pair
+/// each task uses and the label as an index into `labels`.
+pub fn read_superglue(path: &Path, task: &str, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let field = |row: &serde_json::Value, k: &str, i: usize| -> anyhow::Result<String> {
+        row.get(k)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .with_context(|| format!("{}:{}: no string field `{k}`", path.display(), i + 1))
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let row: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+            let (a, b) = match task {
+                "boolq" => (field(&row, "passage", i)?, field(&row, "question", i)?),
+                "cb" | "rte" => (field(&row, "premise", i)?, field(&row, "hypothesis", i)?),
+                "wic" => (
+                    format!(
+                        "{}: {}",
+                        field(&row, "word", i)?,
+                        field(&row, "sentence1", i)?
+                    ),
+                    field(&row, "sentence2", i)?,
+                ),
+                other => bail!(
+                    "SuperGLUE task `{other}` needs option scoring, which is not implemented yet"
+                ),
+            };
+            let l = match row.get("label") {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Bool(b)) => b.to_string(),
+                other => bail!(
+                    "{}:{}: label {other:?} is not a string or boolean",
+                    path.display(),
+                    i + 1
+                ),
+            };
+            let label = labels.iter().position(|x| *x == l).with_context(|| {
+                format!(
+                    "{}:{}: label `{l}` is not one of {labels:?}",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+            Ok(Example {
+                text_a: a,
+                text_b: Some(b),
+                label,
+            })
+        })
+        .collect()
+}
+
+/// The SuperGLUE tasks with a fixed label set: folder, reader key, labels.
+const SUPERGLUE_TASKS: &[(&str, &str, &[&str])] = &[
+    ("boolq", "boolq", &["false", "true"]),
+    ("cb", "cb", &["entailment", "contradiction", "neutral"]),
+    ("rte", "rte", &["entailment", "not_entailment"]),
+    ("wic", "wic", &["false", "true"]),
+];
+
 /// The GLUE classification tasks read from the re-splits in `glue/<task>/ppft_{train,dev}.json`,
 /// with their label sets in file order.
 const PPFT_TASKS: &[(&str, &[&str])] = &[
@@ -309,6 +374,31 @@ pub fn load_task(
             train,
             eval,
             eval_split: "ppft dev".into(),
+        });
+    }
+    if let Some(t) = name.strip_prefix("superglue/") {
+        let Some((key, _, labels)) = SUPERGLUE_TASKS.iter().find(|(n, _, _)| *n == t) else {
+            bail!("SuperGLUE task `{t}`: only boolq, cb, rte and wic are supported (the others need option scoring)");
+        };
+        let folder = if *key == "rte" { "rte_superglue" } else { key };
+        let dir = data.join("superglue").join(folder);
+        let train = subsample(
+            read_superglue(&dir.join("fewglue_train.jsonl"), key, labels)?,
+            train_n,
+            seed,
+        );
+        let eval = subsample(
+            read_superglue(&dir.join("fewglue_val.jsonl"), key, labels)?,
+            eval_n,
+            seed,
+        );
+        let labels = labels.iter().map(|l| l.to_string()).collect();
+        return Ok(Task {
+            name: name.into(),
+            labels,
+            train,
+            eval,
+            eval_split: "val".into(),
         });
     }
     if name == "glue/stsb" {

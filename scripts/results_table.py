@@ -6,7 +6,7 @@ root = sys.argv[1] if len(sys.argv) > 1 else "runs/e2e"
 MAJORITY = {"glue-sst2": 444 / 872, "glue/rte": 146 / 277}
 print("| task | method | trainable | steps | s/step | dev accuracy | majority class | dev examples |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-for f in sorted(glob.glob(f"{root}/*/result.json")):
+for f in sorted(glob.glob(f"{root}/**/result.json", recursive=True)):
     r = json.load(open(f))
     rep, cfg = r["report"], r["config"]
     ev = rep["evaluations"][-1]

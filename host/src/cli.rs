@@ -57,6 +57,9 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Continue an interrupted run from its checkpoint in the output folder.
+        #[arg(long)]
+        resume: bool,
     },
     /// List the plugins: built in and from plugin folders.
     Plugins {
@@ -330,6 +333,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             task,
             out,
             quiet,
+            resume,
         } => {
             let mut cfg = match (&config, plugin.is_empty()) {
                 (Some(path), true) => load_config(path, &registry)?,
@@ -355,10 +359,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.task.name = t;
             }
             let data = crate::data::data_dir(data.as_deref())?;
-            with_device(cli.device, |dev| {
-                run(&cfg, &registry, &data, &out, !quiet, dev)
-            })?;
-            Ok(ExitCode::SUCCESS)
+            // SIGINT: checkpoint at the end of the current step, then stop (a second one quits).
+            let _ = ctrlc::set_handler(|| {
+                if crate::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!(
+                    "\ninterrupt: writing a checkpoint after this step (press again to quit now)"
+                );
+            });
+            let flags = RunFlags {
+                progress: !quiet,
+                resume,
+            };
+            match with_device(cli.device, |dev| {
+                run(&cfg, &registry, &data, &out, flags, dev)
+            }) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if e.downcast_ref::<crate::train::Interrupted>().is_some() => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::from(130))
+                }
+                Err(e) => Err(e),
+            }
         }
     }
 }
@@ -393,7 +416,7 @@ pub trait DeviceRunner<T> {
         registry: &peft_registry::Registry,
         data: &Path,
         out: &Path,
-        progress: bool,
+        flags: RunFlags,
     ) -> anyhow::Result<()>;
 }
 
@@ -409,9 +432,9 @@ impl<T> DeviceRunner<T> for CpuRunner {
         registry: &peft_registry::Registry,
         data: &Path,
         out: &Path,
-        progress: bool,
+        flags: RunFlags,
     ) -> anyhow::Result<()> {
-        run_generic::<crate::device::Cpu>(cfg, registry, data, out, progress, &Default::default())
+        run_generic::<crate::device::Cpu>(cfg, registry, data, out, flags, &Default::default())
     }
 }
 
@@ -429,14 +452,14 @@ impl<T> DeviceRunner<T> for CudaRunner {
         registry: &peft_registry::Registry,
         data: &Path,
         out: &Path,
-        progress: bool,
+        flags: RunFlags,
     ) -> anyhow::Result<()> {
         run_generic::<crate::device::Cuda>(
             cfg,
             registry,
             data,
             out,
-            progress,
+            flags,
             &burn_cuda::CudaDevice::new(self.0),
         )
     }
@@ -455,10 +478,17 @@ fn run(
     registry: &peft_registry::Registry,
     data: &Path,
     out: &Path,
-    progress: bool,
+    flags: RunFlags,
     dev: &dyn DeviceRunner<()>,
 ) -> anyhow::Result<()> {
-    dev.run(cfg, registry, data, out, progress)
+    dev.run(cfg, registry, data, out, flags)
+}
+
+/// How `run` drives training beyond the config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunFlags {
+    pub progress: bool,
+    pub resume: bool,
 }
 
 pub fn plan_generic<B: AutodiffBackend>(
@@ -475,9 +505,10 @@ fn run_generic<B: AutodiffBackend>(
     registry: &peft_registry::Registry,
     data: &Path,
     out: &Path,
-    progress: bool,
+    flags: RunFlags,
     device: &B::Device,
 ) -> anyhow::Result<()> {
+    let progress = flags.progress;
     for (section, spec) in [
         ("context_encoder", &cfg.context_encoder),
         ("priming", &cfg.priming),
@@ -504,10 +535,9 @@ fn run_generic<B: AutodiffBackend>(
     if progress {
         eprint!("{}", plan.render());
     }
-    let report = crate::train::train(&model, &task, cfg, device, progress)?;
     let name = format!(
         "{}-{}-seed{}",
-        task.name,
+        task.name.replace('/', "-"),
         cfg.modules
             .iter()
             .map(|m| m.instance_name())
@@ -515,6 +545,13 @@ fn run_generic<B: AutodiffBackend>(
             .join("+"),
         cfg.seed
     );
+    let opts = crate::train::TrainOptions {
+        progress,
+        checkpoint_dir: Some(out.join(&name)),
+        resume: flags.resume,
+        stop_after: None,
+    };
+    let report = crate::train::train_with(&model, &task, cfg, device, &opts)?;
     let result = serde_json::json!({ "config": cfg, "plan": plan, "report": report });
     let path = out.join(&name).join("result.json");
     write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;

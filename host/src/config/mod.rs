@@ -160,6 +160,9 @@ pub struct TrainingSpec {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub label_smoothing: f64,
+    /// Write a checkpoint every this many steps (0 = only when interrupted).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
     /// Micro-batches whose gradients are averaged into one optimiser step.
     #[serde(default = "default_accumulation")]
     #[schemars(range(min = 1))]
@@ -174,6 +177,10 @@ pub enum Optimizer {
     Adamw,
     /// Plain SGD with optional momentum and weight decay (PyTorch's `SGD`).
     Sgd,
+}
+
+fn default_checkpoint_every() -> usize {
+    100
 }
 
 fn default_accumulation() -> usize {

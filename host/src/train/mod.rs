@@ -1,4 +1,5 @@
 //! The downstream trainer: batches, loss, AdamW over the trainable groups, evaluation.
+pub mod checkpoint;
 pub mod optim;
 
 use std::time::Instant;
@@ -7,7 +8,7 @@ use anyhow::Context;
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     bridge::{value::ft, HostGraph},
@@ -18,7 +19,7 @@ use crate::{
 };
 use optim::{InnerPrim, Optim};
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Evaluation {
     pub step: usize,
     pub accuracy: f64,
@@ -135,6 +136,30 @@ impl<E: burn::tensor::ElementConversion> ElemF32 for E {
     }
 }
 
+/// How a training run is driven beyond its config.
+#[derive(Default, Clone, Debug)]
+pub struct TrainOptions {
+    pub progress: bool,
+    /// Folder of the run's checkpoints (`<out>/<run>`); none: no checkpoints.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Continue from the checkpoint in `checkpoint_dir`.
+    pub resume: bool,
+    /// Stop (after writing a checkpoint) once this many steps are done: what SIGINT does, for
+    /// tests.
+    pub stop_after: Option<usize>,
+}
+
+/// Set by the CLI's SIGINT handler: the trainer writes a checkpoint and stops at the next step.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A run that stopped early (SIGINT or `stop_after`) after checkpointing `step` steps.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted after step {step}; checkpoint in {}: continue with `run --resume`", dir.display())]
+pub struct Interrupted {
+    pub step: usize,
+    pub dir: std::path::PathBuf,
+}
+
 pub fn train<B: AutodiffBackend>(
     model: &Model<B>,
     task: &Task,
@@ -142,6 +167,56 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     progress: bool,
 ) -> anyhow::Result<TrainReport> {
+    train_with(
+        model,
+        task,
+        cfg,
+        device,
+        &TrainOptions {
+            progress,
+            ..Default::default()
+        },
+    )
+}
+
+/// Picks the training examples of every micro-batch, in order: a seeded shuffle per epoch.
+struct Sampler {
+    rng: StdRng,
+    order: Vec<usize>,
+    cursor: usize,
+}
+
+impl Sampler {
+    fn new(n: usize, seed: u64) -> Self {
+        Sampler {
+            rng: StdRng::seed_from_u64(seed),
+            order: (0..n).collect(),
+            cursor: n,
+        }
+    }
+
+    fn next_batch(&mut self, size: usize) -> Vec<usize> {
+        let mut batch = Vec::with_capacity(size);
+        while batch.len() < size.min(self.order.len()) {
+            if self.cursor >= self.order.len() {
+                self.order.shuffle(&mut self.rng);
+                self.cursor = 0;
+            }
+            batch.push(self.order[self.cursor]);
+            self.cursor += 1;
+        }
+        batch
+    }
+}
+
+pub fn train_with<B: AutodiffBackend>(
+    model: &Model<B>,
+    task: &Task,
+    cfg: &RunConfig,
+    device: &B::Device,
+    opts: &TrainOptions,
+) -> anyhow::Result<TrainReport> {
+    let progress = opts.progress;
     let t = &cfg.training;
     model.set_trainable(&t.train_groups)?;
     let trainable: usize = model.params.borrow().trainable().map(|p| p.numel()).sum();
@@ -151,10 +226,29 @@ pub fn train<B: AutodiffBackend>(
         t.train_groups
     );
     let mut opt = Optim::<B>::new(t);
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    B::seed(device, cfg.seed);
-    let mut order: Vec<usize> = (0..task.train.len()).collect();
-    let mut cursor = order.len();
+    let mut sampler = Sampler::new(task.train.len(), cfg.seed);
+    let accumulation = t.gradient_accumulation.max(1);
+    let mut losses = Vec::new();
+    let mut evaluations = Vec::new();
+    let mut first_step = 1;
+    let mut seconds_before = 0.0;
+    if opts.resume {
+        let dir = opts
+            .checkpoint_dir
+            .as_deref()
+            .context("--resume needs a checkpoint folder")?;
+        let (state, done) = checkpoint::load(dir, &mut model.params.borrow_mut())?;
+        opt.import(state, &done.optimizer_steps)?;
+        // Replay the data order up to the checkpoint (no computation).
+        for _ in 0..done.step * accumulation {
+            sampler.next_batch(t.batch_size);
+        }
+        first_step = done.step + 1;
+        losses = done.losses;
+        evaluations = done.evaluations;
+        seconds_before = done.train_seconds;
+        tracing::info!(step = done.step, "resumed from checkpoint");
+    }
     let bar = if progress {
         ProgressBar::new(t.steps as u64)
     } else {
@@ -168,25 +262,27 @@ pub fn train<B: AutodiffBackend>(
         .progress_chars("=> "),
     );
     bar.set_prefix(format!("train {}", task.name));
-    let mut losses = Vec::new();
-    let mut evaluations = Vec::new();
+    bar.set_position(first_step as u64 - 1);
     let start = Instant::now();
-    for step in 1..=t.steps {
+    for step in first_step..=t.steps {
+        // Dropout draws from a stream seeded per step, so a resumed run draws what an
+        // uninterrupted one does.
+        B::seed(
+            device,
+            cfg.seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(step as u64),
+        );
         // Gradients of `gradient_accumulation` micro-batches, averaged, per trainable parameter.
-        let accumulation = t.gradient_accumulation.max(1);
         let n_trainable = model.params.borrow().trainable().count();
         let mut summed: Vec<Option<InnerPrim<B>>> = (0..n_trainable).map(|_| None).collect();
         let mut lv = 0.0f32;
         for micro in 0..accumulation {
-            let mut batch = Vec::with_capacity(t.batch_size);
-            while batch.len() < t.batch_size.min(task.train.len()) {
-                if cursor >= order.len() {
-                    order.shuffle(&mut rng);
-                    cursor = 0;
-                }
-                batch.push(&task.train[order[cursor]]);
-                cursor += 1;
-            }
+            let batch: Vec<&Example> = sampler
+                .next_batch(t.batch_size)
+                .into_iter()
+                .map(|i| &task.train[i])
+                .collect();
             let graph = HostGraph::new(&model.params, true);
             let l = loss(
                 model,
@@ -232,9 +328,27 @@ pub fn train<B: AutodiffBackend>(
         if t.eval_every > 0 && step % t.eval_every == 0 && step != t.steps {
             evaluations.push(evaluate(model, &task.eval, cfg, step, device)?);
         }
+        let stop =
+            opts.stop_after == Some(step) || INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
+        let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0 && step != t.steps;
+        if let Some(dir) = opts.checkpoint_dir.as_deref().filter(|_| stop || periodic) {
+            let done = checkpoint::Progress {
+                step,
+                losses: losses.clone(),
+                evaluations: evaluations.clone(),
+                optimizer_steps: vec![],
+                train_seconds: seconds_before + start.elapsed().as_secs_f64(),
+            };
+            checkpoint::save(dir, &model.params.borrow(), opt.export(), &done)?;
+        }
+        if stop {
+            bar.finish_and_clear();
+            let dir = opts.checkpoint_dir.clone().unwrap_or_default();
+            return Err(Interrupted { step, dir }.into());
+        }
     }
     bar.finish_and_clear();
-    let train_seconds = start.elapsed().as_secs_f64();
+    let train_seconds = seconds_before + start.elapsed().as_secs_f64();
     evaluations.push(evaluate(model, &task.eval, cfg, t.steps, device)?);
     Ok(TrainReport {
         task: task.name.clone(),

@@ -8,6 +8,9 @@ use crate::{bridge::value::ft, by_rank, params::Param};
 
 pub type InnerPrim<B> = burn::tensor::ops::FloatTensor<<B as AutodiffBackend>::InnerBackend>;
 
+/// An optimiser's state for a checkpoint: named tensors and per-parameter step counts.
+pub type OptimState<B> = (Vec<(String, InnerPrim<B>)>, Vec<(String, usize)>);
+
 /// The optimiser a run uses, over per-parameter updates.
 pub enum Optim<B: AutodiffBackend> {
     AdamW(AdamW<B>),
@@ -33,6 +36,61 @@ impl<B: AutodiffBackend> Optim<B> {
             Optim::AdamW(o) => o.lr = lr,
             Optim::Sgd(o) => o.lr = lr,
         }
+    }
+
+    /// The optimiser's state as named tensors (`<param>/m`, `<param>/v`, `<param>/buf`) and
+    /// per-parameter step counts, for checkpoints.
+    pub fn export(&self) -> OptimState<B> {
+        let mut tensors = Vec::new();
+        let mut steps = Vec::new();
+        match self {
+            Optim::AdamW(o) => {
+                for (name, (t, m, v)) in &o.state {
+                    tensors.push((format!("{name}/m"), m.clone()));
+                    tensors.push((format!("{name}/v"), v.clone()));
+                    steps.push((name.clone(), *t));
+                }
+            }
+            Optim::Sgd(o) => {
+                for (name, buf) in &o.state {
+                    tensors.push((format!("{name}/buf"), buf.clone()));
+                }
+            }
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        steps.sort();
+        (tensors, steps)
+    }
+
+    /// Restores what [`Optim::export`] produced.
+    pub fn import(
+        &mut self,
+        mut tensors: HashMap<String, InnerPrim<B>>,
+        steps: &[(String, usize)],
+    ) -> Result<(), ApiError> {
+        let missing =
+            |k: &str| ApiError::invalid(format!("checkpoint: optimiser state `{k}` is missing"));
+        match self {
+            Optim::AdamW(o) => {
+                for (name, t) in steps {
+                    let m = tensors
+                        .remove(&format!("{name}/m"))
+                        .ok_or_else(|| missing(name))?;
+                    let v = tensors
+                        .remove(&format!("{name}/v"))
+                        .ok_or_else(|| missing(name))?;
+                    o.state.insert(name.clone(), (*t, m, v));
+                }
+            }
+            Optim::Sgd(o) => {
+                for (k, buf) in tensors {
+                    if let Some(name) = k.strip_suffix("/buf") {
+                        o.state.insert(name.to_string(), buf);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn step(&mut self, p: &mut Param<B>, grad: InnerPrim<B>) -> Result<(), ApiError> {

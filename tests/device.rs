@@ -55,7 +55,7 @@ fn cuda_forward_matches_cpu() {
             .into_vec()
             .unwrap()
     };
-    let dev = burn_cuda_device();
+    let dev: burn::tensor::Device<peft_host::device::Cuda> = Default::default();
     let gpu = Model::<peft_host::device::Cuda>::build(&cfg, &registry, &dev, 0).unwrap();
     let g = HostGraph::new(&gpu.params, false);
     let h_gpu: Vec<f32> = gpu
@@ -71,9 +71,4 @@ fn cuda_forward_matches_cpu() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
     assert!(d < 1e-4, "CPU and CUDA differ by {d}");
-}
-
-#[cfg(feature = "cuda")]
-fn burn_cuda_device() -> <peft_host::device::Cuda as burn::tensor::backend::Backend>::Device {
-    Default::default()
 }

@@ -14,5 +14,6 @@ phase setup bash scripts/setup.sh
 phase fmt cargo fmt --all --check
 phase clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 phase cuda-check cargo check -p peft-host --features cuda --quiet
+phase cuda-check-tests cargo check -p peft-tests --features cuda --tests --quiet
 phase build-tests cargo test --workspace --no-run --quiet
 phase tests cargo test --workspace

@@ -4,8 +4,7 @@ use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
 use super::{additive_mask, Backbone, Hooks, TextBatch};
-use crate::bridge::ops::{layer_norm_in, linear, softmax};
-use crate::bridge::value::{fp, ft};
+use crate::bridge::ops::{layer_norm_in, softmax};
 
 /// The fields of an HF `config.json` that BertModel uses.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -233,10 +232,7 @@ impl Bert {
         x: &Tensor<B, 3>,
         key: &str,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        let w = hooks.graph.param_value(&format!("{key}.weight"))?;
-        let b = hooks.graph.param_value(&format!("{key}.bias"))?;
-        let y = ft::<B, 3>(linear::<B>(fp(x.clone()), w, Some(b))?);
-        hooks.pair(key, x, y)
+        hooks.linear(key, x)
     }
 
     fn ln<B: AutodiffBackend>(

@@ -101,6 +101,15 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
         b
     }
 
+    /// A biased linear projection with HF weights `<key>.weight` / `<key>.bias`, then its
+    /// projection site `<key>` (where LoRA attaches).
+    pub fn linear(&self, key: &str, x: &Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError> {
+        let w = self.graph.param_value(&format!("{key}.weight"))?;
+        let b = self.graph.param_value(&format!("{key}.bias"))?;
+        let y = ft::<B, 3>(crate::bridge::ops::linear::<B>(fp(x.clone()), w, Some(b))?);
+        self.pair(key, x, y)
+    }
+
     /// Projection or sublayer site: `[x, y] -> y'`.
     pub fn pair<const D: usize>(
         &self,

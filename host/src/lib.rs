@@ -13,6 +13,7 @@ pub mod model;
 pub mod modules;
 pub mod params;
 pub mod plan;
+pub mod report;
 pub mod train;
 
 // Built-in plugins: referenced so that the linker keeps their inventory registrations.

@@ -10,7 +10,8 @@ for f in sorted(glob.glob(f"{root}/**/result.json", recursive=True)):
     r = json.load(open(f))
     rep, cfg = r["report"], r["config"]
     ev = rep["evaluations"][-1]
+    acc = ev["metrics"]["accuracy"] if "metrics" in ev else ev["accuracy"]
     method = "+".join(m["plugin"] for m in cfg["modules"])
     maj = MAJORITY.get(rep["task"])
     print(f"| {rep['task']} | {method} | {rep['trainable_parameters']:,} | {rep['steps']} | "
-          f"{rep['seconds_per_step']:.2f} | {ev['accuracy']:.4f} | {'%.4f' % maj if maj else '-'} | {ev['examples']} |")
+          f"{rep['seconds_per_step']:.2f} | {acc:.4f} | {'%.4f' % maj if maj else '-'} | {ev['examples']} |")

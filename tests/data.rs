@@ -1,5 +1,5 @@
 //! Task readers on the real files in ../shared/data, as they are.
-use peft_host::data::{data_dir, load_task};
+use peft_host::data::{data_dir, load_task, TaskKind};
 use peft_tests::*;
 
 fn data() -> std::path::PathBuf {
@@ -62,8 +62,26 @@ fn other_glue_classification_tasks() {
         let seen: std::collections::BTreeSet<usize> = t.train.iter().map(|e| e.label).collect();
         assert_eq!(seen.len(), classes, "{name}: every class occurs");
     }
-    let err = load_task(&data(), "glue/stsb", 0, 0, 13, 42).unwrap_err();
-    assert!(err.to_string().contains("regression"), "{err}");
+    let err = load_task(&data(), "glue/wnli", 0, 0, 13, 42).unwrap_err();
+    assert!(err.to_string().contains("are supported"), "{err}");
+}
+
+#[test]
+fn glue_stsb_is_regression() {
+    let t = load_task(&data(), "glue/stsb", 0, 0, 13, 42).unwrap();
+    assert_eq!(t.kind, TaskKind::Regression);
+    assert_eq!(t.metric, "pearson");
+    assert!(t.labels.is_empty());
+    assert!(t.train.len() > 5_000 && !t.eval.is_empty());
+    assert!(t
+        .train
+        .iter()
+        .chain(&t.eval)
+        .all(|e| (0.0..=5.0).contains(&e.value)));
+    // The first re-split row, as in the file: label "3.000".
+    assert_eq!(t.train[0].value, 3.0);
+    let spread = t.train.iter().filter(|e| e.value > 4.0).count();
+    assert!(spread > 500, "scores cover the range, not a constant");
 }
 
 #[test]
@@ -84,6 +102,56 @@ fn superglue_fewglue_files() {
         assert_eq!(t.labels.len(), classes);
         assert!(t.train.iter().all(|e| e.text_b.is_some()));
     }
-    let err = load_task(&data(), "superglue/copa", 0, 0, 13, 42).unwrap_err();
-    assert!(err.to_string().contains("option scoring"), "{err}");
+    let err = load_task(&data(), "superglue/wsc", 0, 0, 13, 42).unwrap_err();
+    assert!(err.to_string().contains("not yet"), "{err}");
+}
+
+#[test]
+fn superglue_copa_is_multiple_choice() {
+    let t = load_task(&data(), "superglue/copa", 0, 0, 13, 42).unwrap();
+    assert_eq!(t.kind, TaskKind::MultipleChoice);
+    assert_eq!(t.metric, "accuracy");
+    assert_eq!(t.train.len(), 32);
+    assert_eq!(t.eval.len(), 100, "COPA's official validation set");
+    let first = &t.train[0];
+    assert_eq!(first.text_a, "The chandelier shattered on the floor.");
+    assert_eq!(first.text_b.as_deref(), Some("What was the cause?"));
+    assert_eq!(
+        first.options[first.label],
+        "The chandelier dropped from the ceiling."
+    );
+    assert!(t.train.iter().all(|e| e.options.len() == 2 && e.label < 2));
+}
+
+#[test]
+fn crossfit_multiple_choice_and_metrics() {
+    // ai2_arc: every question has its own answers.
+    let t = load_task(&data(), "crossfit/ai2_arc", 0, 0, 13, 42).unwrap();
+    assert_eq!(t.kind, TaskKind::MultipleChoice);
+    assert_eq!(t.metric, "accuracy");
+    assert!(t.train.iter().all(|e| e.label < e.options.len()));
+    let distinct: std::collections::BTreeSet<&Vec<String>> =
+        t.train.iter().map(|e| &e.options).collect();
+    assert!(distinct.len() > 1, "options differ per example");
+    // A fixed label set is classification, scored by macro-F1 (MetaICL); CoLA by Matthews.
+    let t = load_task(&data(), "crossfit/glue-sst2", 0, 0, 21, 42).unwrap();
+    assert_eq!(
+        (t.kind, t.metric.as_str()),
+        (TaskKind::Classification, "macro_f1")
+    );
+    assert!(t.train.iter().chain(&t.eval).all(|e| e.options.is_empty()));
+    assert_eq!(t.eval_split, "test");
+    assert_eq!(
+        load_task(&data(), "glue-cola", 0, 0, 13, 42)
+            .unwrap()
+            .metric,
+        "matthews"
+    );
+    // The full GLUE SST-2 is scored by accuracy.
+    assert_eq!(
+        load_task(&data(), "glue-sst2", 8, 8, 13, 42)
+            .unwrap()
+            .metric,
+        "accuracy"
+    );
 }

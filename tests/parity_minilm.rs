@@ -122,3 +122,35 @@ fn padded_batch_matches_unpadded() {
         assert!(d < TOL, "row {i} of the padded batch: max abs diff {d}");
     }
 }
+
+/// Truncation is HF's `longest_first`: a long pair keeps its second segment (an option, a
+/// hypothesis) and both `[SEP]`s, and is exactly `max_length` long.
+#[test]
+fn long_pairs_truncate_longest_first() {
+    let model = model();
+    let dev = Default::default();
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(20);
+    let short = "a dog sleeps".to_string();
+    let ids = |texts: &[(String, Option<String>)], max: usize| -> Vec<i64> {
+        let b = model.tokenize(texts, max, &dev).unwrap();
+        b.input_ids.into_data().convert::<i64>().into_vec().unwrap()
+    };
+    let pair = ids(&[(long.clone(), Some(short.clone()))], 32);
+    assert_eq!(pair.len(), 32);
+    // [CLS] first... [SEP] a dog sleeps [SEP]: the short segment survives whole.
+    let tail = ids(&[(short.clone(), None)], 32);
+    let sep = *tail.last().unwrap();
+    assert_eq!(pair[0], tail[0], "[CLS] first");
+    assert_eq!(
+        &pair[32 - tail.len() + 1..],
+        &tail[1..],
+        "second segment kept whole"
+    );
+    assert_eq!(pair[32 - tail.len()], sep, "[SEP] between the segments");
+    // A single long sentence keeps its final [SEP].
+    let single = ids(&[(long, None)], 16);
+    assert_eq!(single.len(), 16);
+    assert_eq!(*single.last().unwrap(), sep);
+    // Short inputs are untouched.
+    assert_eq!(ids(&[(short, None)], 512), tail);
+}

@@ -1,6 +1,6 @@
 //! The downstream trainer on real data with a tiny model: it fits a small training set, and the
 //! same seed gives the same numbers.
-use peft_host::{config::RunConfig, data, model::Model, train};
+use peft_host::{config::RunConfig, data, heads, model::Model, train};
 use peft_registry::Registry;
 use peft_tests::*;
 
@@ -41,12 +41,12 @@ fn trains_and_is_reproducible() {
     );
     let ev = a.evaluations.last().unwrap();
     assert_eq!(ev.examples, 32);
-    assert!((0.0..=1.0).contains(&ev.accuracy) && ev.loss > 0.0);
+    assert!((0.0..=1.0).contains(&ev.accuracy()) && ev.loss > 0.0);
     let b = run(7);
     assert_eq!(a.losses, b.losses, "same seed, same losses");
     assert_eq!(
-        a.evaluations.last().unwrap().accuracy,
-        b.evaluations.last().unwrap().accuracy
+        a.evaluations.last().unwrap().accuracy(),
+        b.evaluations.last().unwrap().accuracy()
     );
 }
 
@@ -172,4 +172,248 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         format!("{err:#}").contains("no checkpoint to resume from"),
         "{err:#}"
     );
+}
+
+fn tiny_model(modules: serde_json::Value) -> (RunConfig, Model<B>) {
+    let _ = shared();
+    let mut cfg = tiny_bert_config(modules);
+    cfg["backbone"]["config"]["hidden_dropout_prob"] = 0.0.into();
+    cfg["backbone"]["config"]["attention_probs_dropout_prob"] = 0.0.into();
+    let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
+    let registry = Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+    (cfg, model)
+}
+
+fn example(a: &str, options: &[&str], label: usize) -> data::Example {
+    data::Example {
+        text_a: a.into(),
+        options: options.iter().map(|o| o.to_string()).collect(),
+        label,
+        ..Default::default()
+    }
+}
+
+fn scores(out: heads::Output<B>) -> (Vec<f32>, Vec<f32>) {
+    let heads::Output::Scores { logits, valid } = out else {
+        panic!("option scoring gives scores")
+    };
+    let v = |t: burn::tensor::Tensor<B, 2>| t.into_data().convert::<f32>().into_vec().unwrap();
+    (v(logits), v(valid))
+}
+
+/// Option scoring ranks (input, option) pairs with one shared head: a batch of examples with
+/// 2 and 4 options gives each example the scores it gets alone, padding scores vanish under
+/// softmax, and reordering the options reorders the scores.
+#[test]
+fn option_scoring_scores_each_pair_and_pads_the_rest() {
+    let (_, model) = tiny_model(serde_json::json!([{ "plugin": "houlsby" }]));
+    let head = heads::Head::OptionScoring;
+    head.create(&mut model.params.borrow_mut(), 32).unwrap();
+    let a = example("the film was great", &["positive", "negative"], 0);
+    let b = example(
+        "which one is a fruit",
+        &["apple", "chair", "a small red car", "cloud"],
+        0,
+    );
+    let task = data::Task {
+        name: "mc".into(),
+        kind: data::TaskKind::MultipleChoice,
+        labels: vec![],
+        train: vec![],
+        eval: vec![],
+        eval_split: "test".into(),
+        metric: "accuracy".into(),
+    };
+    let dev = Default::default();
+    let run = |batch: &[&data::Example]| {
+        let g = peft_host::bridge::HostGraph::inference(&model.params);
+        scores(head.forward(&model, &g, &task, batch, 32, &dev).unwrap())
+    };
+    let (both, valid) = run(&[&a, &b]);
+    assert_eq!(both.len(), 8);
+    assert_eq!(valid, [1., 1., 0., 0., 1., 1., 1., 1.]);
+    let (alone_a, _) = run(&[&a]);
+    let (alone_b, _) = run(&[&b]);
+    for (x, y) in both[..2].iter().zip(&alone_a) {
+        assert!((x - y).abs() < 1e-5, "{both:?} vs {alone_a:?}");
+    }
+    for (x, y) in both[4..].iter().zip(&alone_b) {
+        assert!((x - y).abs() < 1e-5, "{both:?} vs {alone_b:?}");
+    }
+    assert!(both[2] < -1e8 && both[3] < -1e8, "padded options: {both:?}");
+    let mut rev = b.clone();
+    rev.options.reverse();
+    let (reversed, _) = run(&[&rev]);
+    let mut want = alone_b.clone();
+    want.reverse();
+    for (x, y) in reversed.iter().zip(&want) {
+        assert!((x - y).abs() < 1e-5, "{reversed:?} vs {want:?}");
+    }
+    // Distinct options get distinct scores (the option text reaches the head).
+    assert!((alone_b[0] - alone_b[1]).abs() > 1e-7);
+}
+
+#[test]
+fn option_scoring_fits_a_multiple_choice_task() {
+    let _rng = serial();
+    let (mut cfg, model) = tiny_model(serde_json::json!([{ "plugin": "houlsby" }]));
+    cfg.training = serde_json::from_value(
+        serde_json::json!({ "steps": 60, "batch_size": 8, "learning_rate": 3e-2, "max_length": 48 }),
+    )
+    .unwrap();
+    let task = data::load_task(
+        &data::data_dir(None).unwrap(),
+        "superglue/copa",
+        8,
+        16,
+        13,
+        3,
+    )
+    .unwrap();
+    assert_eq!(task.kind, data::TaskKind::MultipleChoice);
+    let head = heads::Head::resolve(Default::default(), &task, "head").unwrap();
+    assert_eq!(head, heads::Head::OptionScoring);
+    head.create(&mut model.params.borrow_mut(), 32).unwrap();
+    let runs = [train::TaskRun { task: &task, head }];
+    let r = train::train_tasks(
+        &model,
+        &runs,
+        &cfg,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    let first: f64 = r.losses[..3].iter().map(|(_, l)| l).sum::<f64>() / 3.0;
+    let last: f64 = r.losses[57..].iter().map(|(_, l)| l).sum::<f64>() / 3.0;
+    assert!(
+        last < 0.7 * first,
+        "training loss should fall: {first} -> {last}"
+    );
+    let ev = r.last("superglue/copa").unwrap();
+    assert_eq!((ev.metric.as_str(), ev.examples), ("accuracy", 16));
+    assert!((0.0..=1.0).contains(&ev.score) && ev.loss.is_finite());
+    // The shared head: one weight row, no per-task classifier.
+    let store = model.params.borrow();
+    assert_eq!(store.get("option_head.weight").unwrap().shape, [1, 32]);
+    assert!(store.get("head.weight").is_none());
+}
+
+#[test]
+fn regression_head_fits_stsb_and_reports_correlations() {
+    let _rng = serial();
+    let (mut cfg, model) = tiny_model(serde_json::json!([{ "plugin": "houlsby" }]));
+    cfg.training = serde_json::from_value(
+        serde_json::json!({ "steps": 40, "batch_size": 8, "learning_rate": 1e-2, "max_length": 48 }),
+    )
+    .unwrap();
+    let task = data::load_task(&data::data_dir(None).unwrap(), "glue/stsb", 8, 24, 13, 3).unwrap();
+    let head = heads::Head::resolve(Default::default(), &task, "head").unwrap();
+    assert!(matches!(head, heads::Head::Regression { .. }));
+    // A classifier cannot answer a regression task: the error says what to use.
+    let err = heads::Head::resolve(peft_host::config::HeadKind::Classification, &task, "head")
+        .unwrap_err();
+    assert!(err.to_string().contains("use `regression`"), "{err}");
+    head.create(&mut model.params.borrow_mut(), 32).unwrap();
+    let runs = [train::TaskRun { task: &task, head }];
+    let r = train::train_tasks(
+        &model,
+        &runs,
+        &cfg,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    let first: f64 = r.losses[..3].iter().map(|(_, l)| l).sum::<f64>() / 3.0;
+    let last: f64 = r.losses[37..].iter().map(|(_, l)| l).sum::<f64>() / 3.0;
+    assert!(
+        last < 0.5 * first,
+        "squared error should fall: {first} -> {last}"
+    );
+    let ev = r.last("glue/stsb").unwrap();
+    assert_eq!(ev.metric, "pearson");
+    for m in ["pearson", "spearman", "mse"] {
+        assert!(ev.get(m).is_finite(), "{m} in {:?}", ev.metrics);
+    }
+    assert!(ev.get("accuracy").is_nan());
+    assert!((ev.get("mse") - ev.loss).abs() < 1e-9);
+}
+
+#[test]
+fn task_sampling_probabilities() {
+    use peft_host::config::TaskSampling as S;
+    let p = train::task_probabilities(&[100, 10_000], S::Proportional, 10.0);
+    assert!((p[0] - 100.0 / 10_100.0).abs() < 1e-12);
+    let t10 = train::task_probabilities(&[100, 10_000], S::Temperature, 10.0);
+    let (a, b) = (100f64.powf(0.1), 10_000f64.powf(0.1));
+    assert!((t10[0] - a / (a + b)).abs() < 1e-12 && (t10[1] - b / (a + b)).abs() < 1e-12);
+    assert_eq!(
+        train::task_probabilities(&[100, 10_000], S::Temperature, 1.0),
+        p,
+        "T = 1 is proportional"
+    );
+    assert_eq!(
+        train::task_probabilities(&[3, 7, 90], S::Uniform, 10.0),
+        [1.0 / 3.0; 3]
+    );
+}
+
+/// Two tasks trained together: each batch from one task, each task its own head, each
+/// evaluated on its own split; with uniform sampling both are drawn about equally.
+#[test]
+fn multi_task_training_mixes_tasks_with_their_own_heads() {
+    let _rng = serial();
+    let (mut cfg, model) = tiny_model(serde_json::json!([{ "plugin": "lora" }]));
+    cfg.training = serde_json::from_value(serde_json::json!({
+        "steps": 24, "batch_size": 4, "learning_rate": 5e-3, "max_length": 32,
+        "task_sampling": "uniform", "eval_every": 12
+    }))
+    .unwrap();
+    let dir = data::data_dir(None).unwrap();
+    let sst2 = data::load_task(&dir, "glue-sst2", 16, 8, 13, 3).unwrap();
+    let cb = data::load_task(&dir, "crossfit/superglue-cb", 0, 8, 13, 3).unwrap();
+    let mut runs = Vec::new();
+    for t in [&sst2, &cb] {
+        let prefix = format!("head.{}", t.name.replace('/', "-"));
+        let head = heads::Head::resolve(Default::default(), t, &prefix).unwrap();
+        head.create(&mut model.params.borrow_mut(), 32).unwrap();
+        runs.push(train::TaskRun { task: t, head });
+    }
+    let r = train::train_tasks(
+        &model,
+        &runs,
+        &cfg,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(r.task, "glue-sst2+crossfit/superglue-cb");
+    let counts: Vec<usize> = r.batches_per_task.values().copied().collect();
+    assert_eq!(counts.iter().sum::<usize>(), 24);
+    assert!(counts.iter().all(|&c| c >= 6), "uniform draws: {counts:?}");
+    // Evaluated at step 12 and at the end, each task on its own split and metric.
+    assert_eq!(r.evaluations.len(), 4);
+    let cb_ev = r.last("crossfit/superglue-cb").unwrap();
+    assert_eq!((cb_ev.metric.as_str(), cb_ev.examples), ("macro_f1", 8));
+    assert_eq!(r.last("glue-sst2").unwrap().metric, "accuracy");
+    let store = model.params.borrow();
+    assert_eq!(store.get("head.glue-sst2.weight").unwrap().shape, [2, 32]);
+    assert_eq!(
+        store
+            .get("head.crossfit-superglue-cb.weight")
+            .unwrap()
+            .shape,
+        [3, 32]
+    );
+    // Both heads trained (moved from their zero-initialised biases).
+    for name in ["head.glue-sst2.bias", "head.crossfit-superglue-cb.bias"] {
+        let b: Vec<f32> = store
+            .tensor::<1>(name)
+            .unwrap()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap();
+        assert!(b.iter().any(|x| x.abs() > 1e-6), "{name} did not train");
+    }
 }

@@ -356,6 +356,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.training.steps = s;
             }
             if let Some(t) = task {
+                cfg.tasks.clear();
                 cfg.task.name = t;
             }
             let data = crate::data::data_dir(data.as_deref())?;
@@ -520,65 +521,105 @@ fn run_generic<B: AutodiffBackend>(
             );
         }
     }
-    let t = &cfg.task;
-    let task = crate::data::load_task(
-        data,
-        &t.name,
-        t.train_examples,
-        t.eval_examples,
-        t.split_seed,
-        cfg.seed,
-    )?;
-    tracing::info!(task = %task.name, train = task.train.len(), eval = task.eval.len(), labels = ?task.labels, "loaded task");
-    let model = Model::<B>::build(cfg, registry, device, task.labels.len())?;
+    let specs = cfg.task_specs();
+    let mut tasks = Vec::with_capacity(specs.len());
+    for (i, t) in specs.iter().enumerate() {
+        let task = crate::data::load_task(
+            data,
+            &t.name,
+            t.train_examples,
+            t.eval_examples,
+            t.split_seed,
+            cfg.seed,
+        )
+        .with_context(|| {
+            if cfg.tasks.is_empty() {
+                "/task".to_string()
+            } else {
+                format!("/tasks/{i}")
+            }
+        })?;
+        tracing::info!(task = %task.name, kind = ?task.kind, train = task.train.len(), eval = task.eval.len(), labels = ?task.labels, metric = %task.metric, "loaded task");
+        tasks.push(task);
+    }
+    let model = Model::<B>::build(cfg, registry, device, 0)?;
+    let mut runs = Vec::with_capacity(tasks.len());
+    for (task, spec) in tasks.iter().zip(&specs) {
+        // One task keeps the plain `head.*` names; several get `head.<task>.*` each.
+        let prefix = if tasks.len() == 1 {
+            "head".to_string()
+        } else {
+            format!("head.{}", task.name.replace(['/', '.'], "-"))
+        };
+        let head = crate::heads::Head::resolve(spec.head, task, &prefix)?;
+        head.create(&mut model.params.borrow_mut(), model.info().hidden_size)?;
+        runs.push(crate::train::TaskRun { task, head });
+    }
     let plan = Plan::of(&model, &cfg.training.train_groups)?;
     if progress {
         eprint!("{}", plan.render());
     }
-    let name = format!(
-        "{}-{}-seed{}",
-        task.name.replace('/', "-"),
-        cfg.modules
-            .iter()
-            .map(|m| m.instance_name())
-            .collect::<Vec<_>>()
-            .join("+"),
-        cfg.seed
-    );
+    let modules = cfg
+        .modules
+        .iter()
+        .map(|m| m.instance_name())
+        .collect::<Vec<_>>()
+        .join("+");
+    let task_names = tasks
+        .iter()
+        .map(|t| t.name.replace('/', "-"))
+        .collect::<Vec<_>>()
+        .join("+");
+    let name = format!("{task_names}-{modules}-seed{}", cfg.seed);
     let opts = crate::train::TrainOptions {
         progress,
         checkpoint_dir: Some(out.join(&name)),
         resume: flags.resume,
         stop_after: None,
     };
-    let report = crate::train::train_with(&model, &task, cfg, device, &opts)?;
-    let result = serde_json::json!({ "config": cfg, "plan": plan, "report": report });
+    let report = crate::train::train_tasks(&model, &runs, cfg, device, &opts)?;
+    let heads: Vec<_> = runs
+        .iter()
+        .map(|r| serde_json::json!({ "task": r.task.name, "head": r.head }))
+        .collect();
+    let result =
+        serde_json::json!({ "config": cfg, "plan": plan, "heads": heads, "report": report });
     let path = out.join(&name).join("result.json");
     write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
-    let last = report.evaluations.last().context("no evaluation")?;
+    let plot = out.join(&name).join("curves.svg");
+    let curves: Vec<crate::report::Curve> = tasks
+        .iter()
+        .map(|t| crate::report::Curve {
+            name: format!("{} {}", t.name, t.metric),
+            points: report
+                .evaluations
+                .iter()
+                .filter(|e| e.task == t.name)
+                .map(|e| (e.step, e.score))
+                .collect(),
+        })
+        .collect();
+    crate::report::write_curves_svg(&plot, &name, &report.losses, &curves, 10)?;
     println!(
-        "{:<22} {:<18} {:>10} {:>8} {:>9} {:>10}",
-        "task",
-        "modules",
-        "trainable",
-        "steps",
-        "s/step",
-        format!("{} acc", report.eval_split)
+        "{:<28} {:<18} {:>10} {:>6} {:>7} {:>6} {:>9} {:>8}",
+        "task", "modules", "trainable", "steps", "s/step", "split", "metric", "score"
     );
-    println!(
-        "{:<22} {:<18} {:>10} {:>8} {:>9.3} {:>10.4}",
-        task.name,
-        cfg.modules
-            .iter()
-            .map(|m| m.instance_name())
-            .collect::<Vec<_>>()
-            .join("+"),
-        crate::plan::thousands(report.trainable_parameters),
-        report.steps,
-        report.seconds_per_step,
-        last.accuracy
-    );
+    for t in &tasks {
+        let last = report.last(&t.name).context("no evaluation")?;
+        println!(
+            "{:<28} {:<18} {:>10} {:>6} {:>7.3} {:>6} {:>9} {:>8.4}",
+            t.name,
+            modules,
+            crate::plan::thousands(report.trainable_parameters),
+            report.steps,
+            report.seconds_per_step,
+            t.eval_split,
+            last.metric,
+            last.score
+        );
+    }
     println!("result: {}", path.display());
+    println!("curves: {}", plot.display());
     Ok(())
 }
 

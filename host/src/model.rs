@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
-use peft_api::{ApiError, BackboneInfo, Init};
+use peft_api::{ApiError, BackboneInfo};
 use peft_registry::Registry;
 
 use crate::{
@@ -137,16 +137,11 @@ impl<B: AutodiffBackend> Model<B> {
             Composition::attach(registry, &requests, Backbone::<B>::info(&backbone), &params)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         if num_labels > 0 {
-            let h = hidden;
-            let mut p = params.borrow_mut();
-            p.create(
-                "head.weight",
-                "head",
-                "head",
-                &[num_labels, h],
-                &Init::KaimingUniform,
-            )?;
-            p.create("head.bias", "head", "head", &[num_labels], &Init::Zeros)?;
+            crate::heads::Head::Classification {
+                prefix: "head".into(),
+                classes: num_labels,
+            }
+            .create(&mut params.borrow_mut(), hidden)?;
         }
         let tokenizer = match &files.tokenizer {
             Some(path) => Some(load_tokenizer(path)?),
@@ -242,22 +237,34 @@ pub fn tokenize<B: AutodiffBackend>(
     max_length: usize,
     device: &B::Device,
 ) -> anyhow::Result<TextBatch<B>> {
+    use tokenizers::{
+        utils::truncation::{truncate_encodings, TruncationParams, TruncationStrategy},
+        PostProcessor,
+    };
     let mut rows = Vec::with_capacity(texts.len());
     for (a, b) in texts {
-        let enc = match b {
-            Some(b) => tok.encode((a.as_str(), b.as_str()), true),
-            None => tok.encode(a.as_str(), true),
-        }
-        .map_err(|e| anyhow::anyhow!("tokenizing {a:?}: {e}"))?;
-        let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
-        let mut types: Vec<i64> = enc.get_type_ids().iter().map(|&i| i as i64).collect();
-        if ids.len() > max_length {
-            // Keep the final [SEP].
-            let last = *ids.last().unwrap();
-            ids.truncate(max_length);
-            types.truncate(max_length);
-            *ids.last_mut().unwrap() = last;
-        }
+        let enc = |s: &str| {
+            tok.encode(s, false)
+                .map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))
+        };
+        let (first, second) = (enc(a)?, b.as_deref().map(enc).transpose()?);
+        // HF's truncation (strategy `longest_first`): trim the longer segment first, leaving
+        // room for the special tokens, so a pair keeps both parts (and an option its text).
+        let special = tok
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(second.is_some()));
+        let params = TruncationParams {
+            max_length: max_length.saturating_sub(special).max(1),
+            strategy: TruncationStrategy::LongestFirst,
+            ..Default::default()
+        };
+        let (first, second) = truncate_encodings(first, second, &params)
+            .map_err(|e| anyhow::anyhow!("truncating {a:?}: {e}"))?;
+        let enc = tok
+            .post_process(first, second, true)
+            .map_err(|e| anyhow::anyhow!("tokenizing {a:?}: {e}"))?;
+        let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+        let types: Vec<i64> = enc.get_type_ids().iter().map(|&i| i as i64).collect();
         rows.push((ids, types));
     }
     let t = rows.iter().map(|r| r.0.len()).max().unwrap_or(1).max(1);

@@ -24,8 +24,13 @@ pub struct RunConfig {
     /// Upstream priming stage run before downstream training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priming: Option<PluginSpec>,
+    /// The downstream task (one; use `tasks` to train several at once).
     #[serde(default)]
     pub task: TaskSpec,
+    /// Multi-task training: every task's batches are mixed by `training.task_sampling`, and
+    /// each is evaluated on its own. Replaces `task`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskSpec>,
     #[serde(default)]
     pub training: TrainingSpec,
     /// Seed of parameter initialisation, sampling and dropout.
@@ -105,6 +110,38 @@ pub struct TaskSpec {
     /// For CrossFit tasks: which k-shot split seed (13, 21, 42, 87, 100).
     #[serde(default = "default_split_seed")]
     pub split_seed: u64,
+    /// How the model answers: `auto` picks `classification` for a fixed label set,
+    /// `option_scoring` for multiple choice and `regression` for a real-valued target.
+    #[serde(default)]
+    pub head: HeadKind,
+}
+
+/// The output head of a task.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    #[default]
+    Auto,
+    /// A linear layer over the pooled state, one output per class (its own per task).
+    Classification,
+    /// Scores each (input, option) pair with one head shared by all tasks, softmax over the
+    /// options: any classification or multiple-choice task, unseen ones included.
+    OptionScoring,
+    /// One real output trained with the mean squared error.
+    Regression,
+}
+
+/// How multi-task training picks the task of each batch.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskSampling {
+    /// Task i with probability proportional to its training examples n_i.
+    Proportional,
+    /// Proportional to n_i^(1/T) (T = `temperature`): T = 1 is proportional, large T uniform.
+    #[default]
+    Temperature,
+    /// Every task equally often.
+    Uniform,
 }
 
 fn default_task() -> String {
@@ -167,6 +204,17 @@ pub struct TrainingSpec {
     #[serde(default = "default_accumulation")]
     #[schemars(range(min = 1))]
     pub gradient_accumulation: usize,
+    /// Multi-task: how each batch's task is drawn.
+    #[serde(default)]
+    pub task_sampling: TaskSampling,
+    /// The T of temperature sampling.
+    #[serde(default = "default_temperature")]
+    #[schemars(range(min = 0.01))]
+    pub temperature: f64,
+}
+
+fn default_temperature() -> f64 {
+    10.0
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -220,6 +268,17 @@ impl RunConfig {
             "modules": [{ "plugin": plugin }],
         }))
         .expect("default run config")
+    }
+}
+
+impl RunConfig {
+    /// The tasks this run trains on: `tasks`, or the single `task`.
+    pub fn task_specs(&self) -> Vec<TaskSpec> {
+        if self.tasks.is_empty() {
+            vec![self.task.clone()]
+        } else {
+            self.tasks.clone()
+        }
     }
 }
 

@@ -108,6 +108,35 @@ fn collect(
                 owner: owner.into(),
             });
         }
+        K::AnyOf { context } | K::OneOfNotValid { context }
+            if context.iter().all(|b| {
+                b.len() == 1
+                    && matches!(b[0].kind, K::Constant { .. } | K::Enum { .. })
+                    && b[0].instance_path == err.instance_path
+            }) =>
+        {
+            // A choice among named values (a documented enum): list them.
+            let allowed: Vec<String> = context
+                .iter()
+                .flat_map(|b| match &b[0].kind {
+                    K::Constant { expected_value } => vec![expected_value.to_string()],
+                    K::Enum { options } => options
+                        .as_array()
+                        .map(|o| o.iter().map(|v| v.to_string()).collect())
+                        .unwrap_or_default(),
+                    _ => vec![],
+                })
+                .collect();
+            out.push(ConfigError {
+                pointer,
+                message: format!(
+                    "expected one of {}, got {}",
+                    allowed.join(", "),
+                    err.instance
+                ),
+                owner: owner.into(),
+            });
+        }
         K::AnyOf { context } | K::OneOfNotValid { context } => {
             // Prefer the branch whose errors go deepest (the one the user was aiming for).
             let best = context.iter().max_by_key(|branch| {
@@ -206,6 +235,27 @@ pub fn validate(text: &str, source: &str, registry: &Registry) -> Result<RunConf
                     errors.push(ConfigError {
                         pointer: format!("/modules/{i}/name"),
                         message: format!("module name `{name}` is already used by /modules/{first}; give one a distinct `name`"),
+                        owner: "host".into(),
+                    });
+                }
+            }
+        }
+    }
+    if doc.get("task").is_some() && doc.get("tasks").is_some() {
+        errors.push(ConfigError {
+            pointer: "/tasks".into(),
+            message: "give either `task` (one task) or `tasks` (multi-task), not both".into(),
+            owner: "host".into(),
+        });
+    }
+    if let Some(tasks) = doc.get("tasks").and_then(Json::as_array) {
+        let mut names = std::collections::BTreeMap::new();
+        for (i, t) in tasks.iter().enumerate() {
+            if let Some(name) = t.get("name").and_then(Json::as_str) {
+                if let Some(first) = names.insert(name.to_string(), i) {
+                    errors.push(ConfigError {
+                        pointer: format!("/tasks/{i}/name"),
+                        message: format!("task `{name}` is already listed at /tasks/{first}"),
                         owner: "host".into(),
                     });
                 }

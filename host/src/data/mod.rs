@@ -4,23 +4,58 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-/// One labelled example of a classification task.
-#[derive(Clone, Debug, PartialEq)]
+/// One labelled example.
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Example {
     pub text_a: String,
     pub text_b: Option<String>,
+    /// The class (an index into the task's `labels`) or, in a multiple-choice task, the index
+    /// of the right answer in `options`.
     pub label: usize,
+    /// This example's own candidate answers (multiple choice); empty: the task's `labels`.
+    pub options: Vec<String>,
+    /// The target of a regression task (STS-B similarity); 0 otherwise.
+    pub value: f64,
 }
 
-/// A classification task with a fixed label set.
+impl Example {
+    /// The candidate answers an option-scoring head ranks for this example.
+    pub fn candidates<'a>(&'a self, labels: &'a [String]) -> &'a [String] {
+        if self.options.is_empty() {
+            labels
+        } else {
+            &self.options
+        }
+    }
+}
+
+/// What a task asks for, which decides the heads that can answer it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// One fixed label set.
+    Classification,
+    /// Candidate answers differ per example.
+    MultipleChoice,
+    /// A real-valued target.
+    Regression,
+}
+
+/// A task: its examples and label set.
 #[derive(Clone, Debug)]
 pub struct Task {
     pub name: String,
+    pub kind: TaskKind,
+    /// The label set (classification); empty for regression.
     pub labels: Vec<String>,
     pub train: Vec<Example>,
     pub eval: Vec<Example>,
     /// Which split the evaluation examples come from.
     pub eval_split: String,
+    /// The headline metric, by the benchmark's convention: accuracy for GLUE and SuperGLUE,
+    /// Matthews correlation for CoLA, Pearson for STS-B; for CrossFit (MetaICL's rule) macro-F1
+    /// on classification and accuracy on multiple choice.
+    pub metric: String,
 }
 
 /// The data folder: `--data`, else `PEFT_DATA`, else `../shared/data` beside the checkout.
@@ -78,6 +113,7 @@ pub fn read_sst2(path: &Path) -> anyhow::Result<Vec<Example>> {
             text_a: s.trim().to_string(),
             text_b: None,
             label,
+            ..Default::default()
         });
     }
     Ok(out)
@@ -90,8 +126,9 @@ struct CrossFitRow {
     options: Vec<String>,
 }
 
-/// Reads a CrossFit JSONL file of a classification task; labels are indices into `labels`
-/// (taken from the first row's options when empty).
+/// Reads a CrossFit/MetaICL JSONL file. `labels` is the task's label set (taken from the first
+/// row's options when empty); a row whose options differ from it keeps its own `options`
+/// (a multiple-choice row), and its label indexes those.
 pub fn read_crossfit(path: &Path, labels: &mut Vec<String>) -> anyhow::Result<Vec<Example>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -106,14 +143,19 @@ pub fn read_crossfit(path: &Path, labels: &mut Vec<String>) -> anyhow::Result<Ve
         if labels.is_empty() {
             *labels = row.options.clone();
         }
-        let Some(label) = labels.iter().position(|o| o == &row.output) else {
+        let Some(label) = row.options.iter().position(|o| o == &row.output) else {
             bail!(
-                "{}:{}: output `{}` is not one of the task's options {:?}",
+                "{}:{}: output `{}` is not one of the row's options {:?}",
                 path.display(),
                 i + 1,
                 row.output,
-                labels
+                row.options
             );
+        };
+        let options = if &row.options == labels {
+            Vec::new()
+        } else {
+            row.options
         };
         let (a, b) = match row.input.split_once(" [SEP] ") {
             Some((a, b)) => (a.to_string(), Some(b.to_string())),
@@ -123,9 +165,23 @@ pub fn read_crossfit(path: &Path, labels: &mut Vec<String>) -> anyhow::Result<Ve
             text_a: a,
             text_b: b,
             label,
+            options,
+            value: 0.0,
         });
     }
     Ok(out)
+}
+
+/// Multiple choice when any example brings its own options.
+fn kind_of(examples: &[&[Example]]) -> TaskKind {
+    if examples
+        .iter()
+        .any(|v| v.iter().any(|e| !e.options.is_empty()))
+    {
+        TaskKind::MultipleChoice
+    } else {
+        TaskKind::Classification
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -164,6 +220,43 @@ pub fn read_ppft(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
                 text_a: r.text_a,
                 text_b: r.text_b,
                 label,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// Reads STS-B's `ppft_*.json` re-split: sentence pairs with a similarity score in [0, 5].
+pub fn read_ppft_scores(path: &Path) -> anyhow::Result<Vec<Example>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let rows: std::collections::BTreeMap<String, PpftRow> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a ppft JSON file", path.display()))?;
+    let mut keyed: Vec<(usize, PpftRow)> = rows
+        .into_iter()
+        .map(|(k, v)| (k.parse().unwrap_or(usize::MAX), v))
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    keyed
+        .into_iter()
+        .map(|(k, r)| {
+            let value = match &r.label {
+                serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+                serde_json::Value::Number(n) => n.as_f64(),
+                _ => None,
+            }
+            .with_context(|| {
+                format!(
+                    "{}: row \"{k}\": label {} is not a number",
+                    path.display(),
+                    r.label
+                )
+            })?;
+            Ok(Example {
+                text_a: r.text_a,
+                text_b: r.text_b,
+                value,
+                ..Default::default()
             })
         })
         .collect()
@@ -203,6 +296,7 @@ pub fn read_glue_pairs(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Examp
                 text_a: get(a)?.to_string(),
                 text_b: Some(get(b)?.to_string()),
                 label,
+                ..Default::default()
             })
         })
         .collect()
@@ -232,6 +326,7 @@ pub fn read_cola(path: &Path) -> anyhow::Result<Vec<Example>> {
                 text_a: sentence.trim().to_string(),
                 text_b: None,
                 label,
+                ..Default::default()
             })
         })
         .collect()
@@ -254,6 +349,23 @@ pub fn read_superglue(path: &Path, task: &str, labels: &[&str]) -> anyhow::Resul
         .map(|(i, line)| {
             let row: serde_json::Value = serde_json::from_str(line)
                 .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+            if task == "copa" {
+                // Multiple choice: which alternative is the cause (effect) of the premise.
+                let label = row
+                    .get("label")
+                    .and_then(|v| v.as_u64())
+                    .filter(|l| *l < 2)
+                    .with_context(|| {
+                        format!("{}:{}: label is not 0 or 1", path.display(), i + 1)
+                    })?;
+                return Ok(Example {
+                    text_a: field(&row, "premise", i)?,
+                    text_b: Some(format!("What was the {}?", field(&row, "question", i)?)),
+                    label: label as usize,
+                    options: vec![field(&row, "choice1", i)?, field(&row, "choice2", i)?],
+                    value: 0.0,
+                });
+            }
             let (a, b) = match task {
                 "boolq" => (field(&row, "passage", i)?, field(&row, "question", i)?),
                 "cb" | "rte" => (field(&row, "premise", i)?, field(&row, "hypothesis", i)?),
@@ -266,7 +378,7 @@ pub fn read_superglue(path: &Path, task: &str, labels: &[&str]) -> anyhow::Resul
                     field(&row, "sentence2", i)?,
                 ),
                 other => bail!(
-                    "SuperGLUE task `{other}` needs option scoring, which is not implemented yet"
+                    "SuperGLUE task `{other}` has no reader yet (boolq, cb, copa, rte, wic do)"
                 ),
             };
             let l = match row.get("label") {
@@ -289,13 +401,15 @@ pub fn read_superglue(path: &Path, task: &str, labels: &[&str]) -> anyhow::Resul
                 text_a: a,
                 text_b: Some(b),
                 label,
+                ..Default::default()
             })
         })
         .collect()
 }
 
-/// The SuperGLUE tasks with a fixed label set: folder, reader key, labels.
+/// The SuperGLUE tasks read here: folder, reader key, labels (none: multiple choice).
 const SUPERGLUE_TASKS: &[(&str, &str, &[&str])] = &[
+    ("copa", "copa", &[]),
     ("boolq", "boolq", &["false", "true"]),
     ("cb", "cb", &["entailment", "contradiction", "neutral"]),
     ("rte", "rte", &["entailment", "not_entailment"]),
@@ -311,9 +425,10 @@ const PPFT_TASKS: &[(&str, &[&str])] = &[
     ("qnli", &["entailment", "not_entailment"]),
 ];
 
-/// Loads a task by name: `glue-sst2` (or `glue/sst2`) and `glue/rte` from the full GLUE data,
-/// anything else from CrossFit's k-shot splits (train on `_train`, evaluate on `_test` or
-/// `_dev`).
+/// Loads a task by name: `glue-sst2` (or `glue/sst2`), `glue/<task>` and `superglue/<task>`
+/// from the full GLUE and SuperGLUE files, `crossfit/<task>` (or any other bare name) from
+/// CrossFit's k-shot splits (train on `_train`, evaluate on `_test`, or `_dev` where a task
+/// has no test file).
 pub fn load_task(
     data: &Path,
     name: &str,
@@ -322,121 +437,128 @@ pub fn load_task(
     split_seed: u64,
     seed: u64,
 ) -> anyhow::Result<Task> {
+    let task = |kind, labels: Vec<String>, train, eval, split: &str| {
+        let crossfit =
+            !(name.starts_with("glue/") || name.starts_with("superglue/") || name == "glue-sst2");
+        let metric = match kind {
+            TaskKind::Regression => "pearson",
+            _ if name.ends_with("cola") => "matthews",
+            TaskKind::Classification if crossfit => "macro_f1",
+            _ => "accuracy",
+        };
+        Task {
+            name: name.into(),
+            kind,
+            labels,
+            train: subsample(train, train_n, seed),
+            eval: subsample(eval, eval_n, seed),
+            eval_split: split.into(),
+            metric: metric.into(),
+        }
+    };
+    let strings = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     if name == "glue/rte" {
         let dir = data.join("glue/rte");
         let labels = ["entailment", "not_entailment"];
-        let train = subsample(
+        return Ok(task(
+            TaskKind::Classification,
+            strings(&labels),
             read_ppft(&dir.join("ppft_train.json"), &labels)?,
-            train_n,
-            seed,
-        );
-        let eval = subsample(
             read_glue_pairs(&dir.join("glue_dev_official.tsv"), &labels)?,
-            eval_n,
-            seed,
-        );
-        return Ok(Task {
-            name: name.into(),
-            labels: labels.map(String::from).to_vec(),
-            train,
-            eval,
-            eval_split: "dev".into(),
-        });
+            "dev",
+        ));
     }
     if name == "glue/cola" {
         let dir = data.join("glue/cola");
-        let train = subsample(read_cola(&dir.join("in_domain_train.tsv"))?, train_n, seed);
-        let eval = subsample(read_cola(&dir.join("in_domain_dev.tsv"))?, eval_n, seed);
-        let labels = vec!["unacceptable".to_string(), "acceptable".to_string()];
-        return Ok(Task {
-            name: name.into(),
-            labels,
-            train,
-            eval,
-            eval_split: "dev".into(),
-        });
+        return Ok(task(
+            TaskKind::Classification,
+            strings(&["unacceptable", "acceptable"]),
+            read_cola(&dir.join("in_domain_train.tsv"))?,
+            read_cola(&dir.join("in_domain_dev.tsv"))?,
+            "dev",
+        ));
+    }
+    if name == "glue/stsb" {
+        let dir = data.join("glue/stsb");
+        return Ok(task(
+            TaskKind::Regression,
+            Vec::new(),
+            read_ppft_scores(&dir.join("ppft_train.json"))?,
+            read_ppft_scores(&dir.join("ppft_dev.json"))?,
+            "ppft dev",
+        ));
     }
     if let Some((t, labels)) = name
         .strip_prefix("glue/")
         .and_then(|t| PPFT_TASKS.iter().find(|(n, _)| *n == t))
     {
         let dir = data.join("glue").join(t);
-        let train = subsample(
+        return Ok(task(
+            TaskKind::Classification,
+            strings(labels),
             read_ppft(&dir.join("ppft_train.json"), labels)?,
-            train_n,
-            seed,
-        );
-        let eval = subsample(read_ppft(&dir.join("ppft_dev.json"), labels)?, eval_n, seed);
-        let labels = labels.iter().map(|l| l.to_string()).collect();
-        return Ok(Task {
-            name: name.into(),
-            labels,
-            train,
-            eval,
-            eval_split: "ppft dev".into(),
-        });
+            read_ppft(&dir.join("ppft_dev.json"), labels)?,
+            "ppft dev",
+        ));
     }
     if let Some(t) = name.strip_prefix("superglue/") {
         let Some((key, _, labels)) = SUPERGLUE_TASKS.iter().find(|(n, _, _)| *n == t) else {
-            bail!("SuperGLUE task `{t}`: only boolq, cb, rte and wic are supported (the others need option scoring)");
+            bail!("SuperGLUE task `{t}`: boolq, cb, copa, rte and wic are supported (multirc and wsc are not yet)");
         };
         let folder = if *key == "rte" { "rte_superglue" } else { key };
         let dir = data.join("superglue").join(folder);
-        let train = subsample(
-            read_superglue(&dir.join("fewglue_train.jsonl"), key, labels)?,
-            train_n,
-            seed,
-        );
-        let eval = subsample(
-            read_superglue(&dir.join("fewglue_val.jsonl"), key, labels)?,
-            eval_n,
-            seed,
-        );
-        let labels = labels.iter().map(|l| l.to_string()).collect();
-        return Ok(Task {
-            name: name.into(),
-            labels,
+        let train = read_superglue(&dir.join("fewglue_train.jsonl"), key, labels)?;
+        let eval = read_superglue(&dir.join("fewglue_val.jsonl"), key, labels)?;
+        return Ok(task(
+            kind_of(&[&train, &eval]),
+            strings(labels),
             train,
             eval,
-            eval_split: "val".into(),
-        });
-    }
-    if name == "glue/stsb" {
-        bail!("glue/stsb is a regression task; regression heads are not implemented yet");
+            "val",
+        ));
     }
     if name == "glue-sst2" || name == "glue/sst2" {
         let dir = data.join("glue/sst2");
-        let train = subsample(read_sst2(&dir.join("train.tsv"))?, train_n, seed);
-        let eval = subsample(read_sst2(&dir.join("dev.tsv"))?, eval_n, seed);
-        return Ok(Task {
-            name: name.into(),
-            labels: vec!["negative".into(), "positive".into()],
-            train,
-            eval,
-            eval_split: "dev".into(),
-        });
+        return Ok(task(
+            TaskKind::Classification,
+            strings(&["negative", "positive"]),
+            read_sst2(&dir.join("train.tsv"))?,
+            read_sst2(&dir.join("dev.tsv"))?,
+            "dev",
+        ));
     }
-    let dir = data.join("crossfit").join(name);
+    if let Some(t) = name.strip_prefix("glue/") {
+        bail!("GLUE task `{t}`: sst2, cola, mrpc, qqp, stsb, mnli, qnli and rte are supported");
+    }
+    let short = name.strip_prefix("crossfit/").unwrap_or(name);
+    let dir = data.join("crossfit").join(short);
     if !dir.is_dir() {
         bail!("unknown task `{name}`: no folder {}", dir.display());
     }
     let mut labels = Vec::new();
     let train = read_crossfit(
-        &dir.join(format!("{name}_16_{split_seed}_train.jsonl")),
+        &dir.join(format!("{short}_16_{split_seed}_train.jsonl")),
         &mut labels,
     )?;
-    let test = dir.join(format!("{name}_test.jsonl"));
+    let test = dir.join(format!("{short}_test.jsonl"));
     let (eval_path, split) = if test.exists() {
         (test, "test")
     } else {
-        (dir.join(format!("{name}_16_{split_seed}_dev.jsonl")), "dev")
+        (
+            dir.join(format!("{short}_16_{split_seed}_dev.jsonl")),
+            "dev",
+        )
     };
-    let eval = subsample(read_crossfit(&eval_path, &mut labels)?, eval_n, seed);
-    Ok(Task {
-        name: name.into(),
-        labels,
-        train: subsample(train, train_n, seed),
-        eval,
-        eval_split: split.into(),
-    })
+    let (mut train, mut eval) = (train, read_crossfit(&eval_path, &mut labels)?);
+    let kind = kind_of(&[&train, &eval]);
+    if kind == TaskKind::MultipleChoice {
+        // No fixed label set: the rows that matched the first row's options get them too.
+        for e in train.iter_mut().chain(eval.iter_mut()) {
+            if e.options.is_empty() {
+                e.options = labels.clone();
+            }
+        }
+        labels.clear();
+    }
+    Ok(task(kind, labels, train, eval, split))
 }

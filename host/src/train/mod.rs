@@ -1,129 +1,197 @@
-//! The downstream trainer: batches, loss, AdamW over the trainable groups, evaluation.
+//! The downstream trainer: one task or several mixed by a sampler, each with its head; loss,
+//! optimiser over the trainable groups, evaluation, checkpoints.
 pub mod checkpoint;
 pub mod optim;
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
 use anyhow::Context;
-use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
+use burn::tensor::{backend::AutodiffBackend, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use rand::{
+    distr::{weighted::WeightedIndex, Distribution},
+    rngs::StdRng,
+    seq::SliceRandom,
+    SeedableRng,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     bridge::{value::ft, HostGraph},
     by_rank,
-    config::RunConfig,
-    data::{Example, Task},
+    config::{RunConfig, TaskSampling},
+    data::{Example, Task, TaskKind},
+    heads::{per_example_loss, Head, Output},
     model::Model,
 };
 use optim::{InnerPrim, Optim};
 
+/// One task's scores at one evaluation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Evaluation {
     pub step: usize,
-    pub accuracy: f64,
-    pub macro_f1: f64,
+    pub task: String,
+    /// The task's headline metric (its benchmark's convention, `Task::metric`) and its value.
+    pub metric: String,
+    pub score: f64,
+    /// Mean negative log-likelihood of the answers (mean squared error for regression).
     pub loss: f64,
     pub examples: usize,
+    /// Every metric computed: accuracy, macro_f1 (and matthews for two classes); pearson,
+    /// spearman and mse for regression.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl Evaluation {
+    /// A metric by name; NaN when this task's kind does not have it.
+    pub fn get(&self, metric: &str) -> f64 {
+        self.metrics.get(metric).copied().unwrap_or(f64::NAN)
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        self.get("accuracy")
+    }
 }
 
 #[derive(Serialize, Clone, Debug)]
 pub struct TrainReport {
+    /// The task names, `+`-joined when several train together.
     pub task: String,
     pub eval_split: String,
     pub train_examples: usize,
     pub steps: usize,
     pub losses: Vec<(usize, f64)>,
+    /// Every task's evaluations, in step order.
     pub evaluations: Vec<Evaluation>,
     pub train_seconds: f64,
     pub seconds_per_step: f64,
     pub trainable_parameters: usize,
+    /// How often each task was drawn for a training batch.
+    pub batches_per_task: BTreeMap<String, usize>,
 }
 
-fn texts(batch: &[&Example]) -> Vec<(String, Option<String>)> {
-    batch
-        .iter()
-        .map(|e| (e.text_a.clone(), e.text_b.clone()))
-        .collect()
+impl TrainReport {
+    /// The last evaluation of a task.
+    pub fn last(&self, task: &str) -> Option<&Evaluation> {
+        self.evaluations.iter().rev().find(|e| e.task == task)
+    }
 }
 
-fn labels<B: AutodiffBackend>(batch: &[&Example], device: &B::Device) -> Tensor<B, 1, Int> {
-    let v: Vec<i64> = batch.iter().map(|e| e.label as i64).collect();
-    Tensor::from_data(TensorData::new(v, [batch.len()]), device)
+/// A task with the head that answers it.
+pub struct TaskRun<'a> {
+    pub task: &'a Task,
+    pub head: Head,
 }
 
-/// Cross-entropy of the classification head plus the modules' auxiliary losses.
+/// The training loss of one micro-batch: the head's loss plus the modules' auxiliary losses.
 fn loss<B: AutodiffBackend>(
     model: &Model<B>,
     graph: &HostGraph<'_, B>,
+    run: &TaskRun<'_>,
     batch: &[&Example],
-    max_len: usize,
-    label_smoothing: f64,
+    t: &crate::config::TrainingSpec,
     device: &B::Device,
 ) -> anyhow::Result<Tensor<B, 1>> {
-    let tb = model.tokenize(&texts(batch), max_len, device)?;
-    let logits = model.logits(graph, &tb)?;
-    let y = labels::<B>(batch, device);
-    let logp = burn::tensor::activation::log_softmax(logits, 1);
-    let n = batch.len();
-    let nll = logp
-        .clone()
-        .gather(1, y.unsqueeze_dim::<2>(1))
-        .neg()
-        .reshape([n]);
-    // PyTorch's label smoothing: (1 - e) * nll + e * mean over classes of -log p.
-    let per_example = if label_smoothing > 0.0 {
-        nll * (1.0 - label_smoothing) + logp.mean_dim(1).neg().reshape([n]) * label_smoothing
-    } else {
-        nll
-    };
-    let mut loss = per_example.mean();
+    let out = run
+        .head
+        .forward(model, graph, run.task, batch, t.max_length, device)?;
+    let mut loss = per_example_loss(out, batch, t.label_smoothing, device).mean();
     for (w, aux) in graph.aux_losses.borrow_mut().drain(..) {
         loss = loss + ft::<B, 1>(aux) * w;
     }
     Ok(loss)
 }
 
+fn floats<B: burn::tensor::backend::Backend, const D: usize>(
+    t: Tensor<B, D>,
+) -> anyhow::Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Scores a task's evaluation split with its head, without gradients.
 pub fn evaluate<B: AutodiffBackend>(
     model: &Model<B>,
-    examples: &[Example],
+    run: &TaskRun<'_>,
     cfg: &RunConfig,
     step: usize,
     device: &B::Device,
 ) -> anyhow::Result<Evaluation> {
-    let mut preds = Vec::with_capacity(examples.len());
+    let examples = &run.task.eval;
+    let (mut preds, mut values) = (Vec::new(), Vec::new());
     let mut total_loss = 0.0;
     for chunk in examples.chunks(cfg.training.batch_size.max(1)) {
         let batch: Vec<&Example> = chunk.iter().collect();
         let graph = HostGraph::inference(&model.params);
-        let tb = model.tokenize(&texts(&batch), cfg.training.max_length, device)?;
-        let logits = model.logits(&graph, &tb)?.detach();
-        let y = labels::<B>(&batch, device);
-        let logp = burn::tensor::activation::log_softmax(logits.clone(), 1);
-        // Sum of log-probabilities of the true labels (negated below).
-        let nll: f32 = logp
-            .gather(1, y.unsqueeze_dim::<2>(1))
-            .sum()
-            .into_scalar()
-            .elem_f32();
-        total_loss -= nll as f64;
-        let pred = logits
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .into_vec::<i64>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        preds.extend(pred.iter().map(|&p| p as usize));
+        let out = run.head.forward(
+            model,
+            &graph,
+            run.task,
+            &batch,
+            cfg.training.max_length,
+            device,
+        )?;
+        match out {
+            Output::Scores { logits, valid } => {
+                let logits = logits.detach();
+                let n = batch.len();
+                let width = logits.dims()[1];
+                let scores = floats(logits.clone())?;
+                let nll = floats(per_example_loss(
+                    Output::Scores { logits, valid },
+                    &batch,
+                    0.0,
+                    device,
+                ))?;
+                total_loss += nll.iter().map(|&x| x as f64).sum::<f64>();
+                for i in 0..n {
+                    let row = &scores[i * width..(i + 1) * width];
+                    // The first of equal maxima, as torch.argmax.
+                    let best = (0..width).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+                    preds.push(best);
+                }
+            }
+            Output::Values(v) => {
+                let v = floats(v.detach())?;
+                for (p, e) in v.iter().zip(&batch) {
+                    total_loss += (*p as f64 - e.value).powi(2);
+                }
+                values.extend(v.into_iter().map(f64::from));
+            }
+        }
     }
     let n = examples.len().max(1);
-    let gold: Vec<usize> = examples.iter().map(|e| e.label).collect();
+    let mut metrics = BTreeMap::new();
+    if run.task.kind == TaskKind::Regression {
+        let gold: Vec<f64> = examples.iter().map(|e| e.value).collect();
+        metrics.insert("pearson".into(), crate::metrics::pearson(&values, &gold));
+        metrics.insert("spearman".into(), crate::metrics::spearman(&values, &gold));
+        metrics.insert("mse".into(), total_loss / n as f64);
+    } else {
+        let gold: Vec<usize> = examples.iter().map(|e| e.label).collect();
+        metrics.insert("accuracy".into(), crate::metrics::accuracy(&preds, &gold));
+        metrics.insert("macro_f1".into(), crate::metrics::macro_f1(&preds, &gold));
+        if run.task.kind == TaskKind::Classification && run.task.labels.len() == 2 {
+            metrics.insert("matthews".into(), crate::metrics::matthews(&preds, &gold));
+        }
+    }
+    let metric = run.task.metric.clone();
+    let score = metrics.get(&metric).copied().with_context(|| {
+        format!(
+            "task `{}`: headline metric `{metric}` was not computed",
+            run.task.name
+        )
+    })?;
     Ok(Evaluation {
         step,
-        accuracy: crate::metrics::accuracy(&preds, &gold),
-        macro_f1: crate::metrics::macro_f1(&preds, &gold),
+        task: run.task.name.clone(),
+        metric,
+        score,
         loss: total_loss / n as f64,
         examples: examples.len(),
+        metrics,
     })
 }
 
@@ -179,7 +247,22 @@ pub fn train<B: AutodiffBackend>(
     )
 }
 
-/// Picks the training examples of every micro-batch, in order: a seeded shuffle per epoch.
+/// Trains on one task with the head `cfg.task.head` picks (parameters `head.*`, created
+/// unless the model was built with them).
+pub fn train_with<B: AutodiffBackend>(
+    model: &Model<B>,
+    task: &Task,
+    cfg: &RunConfig,
+    device: &B::Device,
+    opts: &TrainOptions,
+) -> anyhow::Result<TrainReport> {
+    let head = Head::resolve(cfg.task.head, task, "head")?;
+    head.create(&mut model.params.borrow_mut(), model.info().hidden_size)?;
+    train_tasks(model, &[TaskRun { task, head }], cfg, device, opts)
+}
+
+/// Picks the training examples of every micro-batch of one task, in order: a seeded shuffle
+/// per epoch.
 struct Sampler {
     rng: StdRng,
     order: Vec<usize>,
@@ -209,13 +292,73 @@ impl Sampler {
     }
 }
 
-pub fn train_with<B: AutodiffBackend>(
+/// The probability of drawing each task for a batch: proportional to n_i, to n_i^(1/T), or
+/// uniform.
+pub fn task_probabilities(sizes: &[usize], sampling: TaskSampling, temperature: f64) -> Vec<f64> {
+    let w: Vec<f64> = sizes
+        .iter()
+        .map(|&n| match sampling {
+            TaskSampling::Proportional => n as f64,
+            TaskSampling::Temperature => (n as f64).powf(1.0 / temperature),
+            TaskSampling::Uniform => 1.0,
+        })
+        .collect();
+    let total: f64 = w.iter().sum();
+    w.iter().map(|x| x / total).collect()
+}
+
+/// Draws each micro-batch's task, then its examples from that task's sampler.
+struct MultiSampler {
+    rng: StdRng,
+    pick: Option<WeightedIndex<f64>>,
+    tasks: Vec<Sampler>,
+}
+
+impl MultiSampler {
+    fn new(sizes: &[usize], t: &crate::config::TrainingSpec, seed: u64) -> anyhow::Result<Self> {
+        let probs = task_probabilities(sizes, t.task_sampling, t.temperature);
+        Ok(MultiSampler {
+            rng: StdRng::seed_from_u64(seed ^ 0x7A5C_0DE5),
+            // One task: no draw, so single-task runs see the data order they always did.
+            pick: if sizes.len() > 1 {
+                Some(WeightedIndex::new(&probs).context("task sampling weights")?)
+            } else {
+                None
+            },
+            tasks: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Sampler::new(n, seed.wrapping_add(i as u64)))
+                .collect(),
+        })
+    }
+
+    fn next_batch(&mut self, size: usize) -> (usize, Vec<usize>) {
+        let task = match &self.pick {
+            Some(w) => w.sample(&mut self.rng),
+            None => 0,
+        };
+        (task, self.tasks[task].next_batch(size))
+    }
+}
+
+/// Trains on several tasks at once (each batch from one task, drawn by
+/// `training.task_sampling`) and evaluates each on its own split.
+pub fn train_tasks<B: AutodiffBackend>(
     model: &Model<B>,
-    task: &Task,
+    runs: &[TaskRun<'_>],
     cfg: &RunConfig,
     device: &B::Device,
     opts: &TrainOptions,
 ) -> anyhow::Result<TrainReport> {
+    anyhow::ensure!(!runs.is_empty(), "no task to train on");
+    for r in runs {
+        anyhow::ensure!(
+            !r.task.train.is_empty(),
+            "task `{}` has no training examples",
+            r.task.name
+        );
+    }
     let progress = opts.progress;
     let t = &cfg.training;
     model.set_trainable(&t.train_groups)?;
@@ -225,8 +368,15 @@ pub fn train_with<B: AutodiffBackend>(
         "no parameter is trainable: train_groups {:?} matched nothing",
         t.train_groups
     );
+    let evaluate_all = |step: usize| -> anyhow::Result<Vec<Evaluation>> {
+        runs.iter()
+            .map(|r| evaluate(model, r, cfg, step, device))
+            .collect()
+    };
     let mut opt = Optim::<B>::new(t);
-    let mut sampler = Sampler::new(task.train.len(), cfg.seed);
+    let sizes: Vec<usize> = runs.iter().map(|r| r.task.train.len()).collect();
+    let mut sampler = MultiSampler::new(&sizes, t, cfg.seed)?;
+    let mut batches_per_task: BTreeMap<String, usize> = BTreeMap::new();
     let accumulation = t.gradient_accumulation.max(1);
     let mut losses = Vec::new();
     let mut evaluations = Vec::new();
@@ -241,7 +391,10 @@ pub fn train_with<B: AutodiffBackend>(
         opt.import(state, &done.optimizer_steps)?;
         // Replay the data order up to the checkpoint (no computation).
         for _ in 0..done.step * accumulation {
-            sampler.next_batch(t.batch_size);
+            let (i, _) = sampler.next_batch(t.batch_size);
+            *batches_per_task
+                .entry(runs[i].task.name.clone())
+                .or_default() += 1;
         }
         first_step = done.step + 1;
         losses = done.losses;
@@ -249,6 +402,7 @@ pub fn train_with<B: AutodiffBackend>(
         seconds_before = done.train_seconds;
         tracing::info!(step = done.step, "resumed from checkpoint");
     }
+    let names: Vec<&str> = runs.iter().map(|r| r.task.name.as_str()).collect();
     let bar = if progress {
         ProgressBar::new(t.steps as u64)
     } else {
@@ -261,7 +415,7 @@ pub fn train_with<B: AutodiffBackend>(
         .unwrap()
         .progress_chars("=> "),
     );
-    bar.set_prefix(format!("train {}", task.name));
+    bar.set_prefix(format!("train {}", names.join("+")));
     bar.set_position(first_step as u64 - 1);
     let start = Instant::now();
     for step in first_step..=t.steps {
@@ -278,21 +432,14 @@ pub fn train_with<B: AutodiffBackend>(
         let mut summed: Vec<Option<InnerPrim<B>>> = (0..n_trainable).map(|_| None).collect();
         let mut lv = 0.0f32;
         for micro in 0..accumulation {
-            let batch: Vec<&Example> = sampler
-                .next_batch(t.batch_size)
-                .into_iter()
-                .map(|i| &task.train[i])
-                .collect();
+            let (ti, idx) = sampler.next_batch(t.batch_size);
+            let run = &runs[ti];
+            *batches_per_task.entry(run.task.name.clone()).or_default() += 1;
+            let batch: Vec<&Example> = idx.into_iter().map(|i| &run.task.train[i]).collect();
             let graph = HostGraph::new(&model.params, true);
-            let l = loss(
-                model,
-                &graph,
-                &batch,
-                t.max_length,
-                t.label_smoothing,
-                device,
-            )
-            .with_context(|| format!("step {step}, micro-batch {micro}"))?;
+            let l = loss(model, &graph, run, &batch, t, device).with_context(|| {
+                format!("step {step}, micro-batch {micro} (task {})", run.task.name)
+            })?;
             lv += l.clone().into_scalar().elem_f32() / accumulation as f32;
             let grads = (l / accumulation as f64).backward();
             drop(graph);
@@ -326,7 +473,7 @@ pub fn train_with<B: AutodiffBackend>(
         bar.set_message(format!("loss {lv:.4}"));
         bar.inc(1);
         if t.eval_every > 0 && step % t.eval_every == 0 && step != t.steps {
-            evaluations.push(evaluate(model, &task.eval, cfg, step, device)?);
+            evaluations.extend(evaluate_all(step)?);
         }
         let stop =
             opts.stop_after == Some(step) || INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
@@ -349,17 +496,19 @@ pub fn train_with<B: AutodiffBackend>(
     }
     bar.finish_and_clear();
     let train_seconds = seconds_before + start.elapsed().as_secs_f64();
-    evaluations.push(evaluate(model, &task.eval, cfg, t.steps, device)?);
+    evaluations.extend(evaluate_all(t.steps)?);
+    let splits: Vec<&str> = runs.iter().map(|r| r.task.eval_split.as_str()).collect();
     Ok(TrainReport {
-        task: task.name.clone(),
-        eval_split: task.eval_split.clone(),
-        train_examples: task.train.len(),
+        task: names.join("+"),
+        eval_split: splits.join("+"),
+        train_examples: sizes.iter().sum(),
         steps: t.steps,
         losses,
         evaluations,
         train_seconds,
         seconds_per_step: train_seconds / t.steps.max(1) as f64,
         trainable_parameters: trainable,
+        batches_per_task,
     })
 }
 

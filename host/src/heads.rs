@@ -1,0 +1,239 @@
+//! Task heads: what turns the backbone's pooled state into a task's answer. A classification
+//! head per task, one option-scoring head shared by every task (it ranks (input, option)
+//! pairs, so it answers multiple-choice and unseen tasks), or a regression head per task. All
+//! their parameters are in group `head`.
+use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
+use peft_api::Init;
+use serde::Serialize;
+
+use crate::{
+    bridge::{
+        ops::linear,
+        value::{fp, ft},
+        HostGraph,
+    },
+    config::HeadKind,
+    data::{Example, Task, TaskKind},
+    model::{mean_pool, Model},
+    params::ParamStore,
+};
+
+/// The parameter prefix of the option-scoring head every task shares.
+pub const OPTION_HEAD: &str = "option_head";
+
+/// A task's resolved head.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Head {
+    /// `{prefix}.weight [classes, hidden]`, `{prefix}.bias [classes]`.
+    Classification { prefix: String, classes: usize },
+    /// `option_head.weight [1, hidden]`, `option_head.bias [1]`, shared.
+    OptionScoring,
+    /// `{prefix}.weight [1, hidden]`, `{prefix}.bias [1]`.
+    Regression { prefix: String },
+}
+
+/// What a head computes for a batch.
+pub enum Output<B: AutodiffBackend> {
+    /// Scores `[batch, options]`; `valid` is 1 where an option exists (examples of a
+    /// multiple-choice batch may have fewer options than the widest) and 0 where padded.
+    Scores {
+        logits: Tensor<B, 2>,
+        valid: Tensor<B, 2>,
+    },
+    /// Predictions `[batch]`.
+    Values(Tensor<B, 1>),
+}
+
+/// Large enough to vanish under softmax, small enough to stay finite in f32 sums.
+const PADDED: f32 = -1e9;
+
+impl Head {
+    /// Picks the head for a task; `prefix` names a per-task head's parameters.
+    pub fn resolve(kind: HeadKind, task: &Task, prefix: &str) -> anyhow::Result<Head> {
+        let head = match (kind, task.kind) {
+            (HeadKind::Auto | HeadKind::Classification, TaskKind::Classification) => {
+                Head::Classification {
+                    prefix: prefix.into(),
+                    classes: task.labels.len(),
+                }
+            }
+            (HeadKind::Auto | HeadKind::OptionScoring, TaskKind::MultipleChoice)
+            | (HeadKind::OptionScoring, TaskKind::Classification) => Head::OptionScoring,
+            (HeadKind::Auto | HeadKind::Regression, TaskKind::Regression) => Head::Regression {
+                prefix: prefix.into(),
+            },
+            (kind, task_kind) => anyhow::bail!(
+                "task `{}` is {task_kind:?}: a {kind:?} head cannot answer it ({})",
+                task.name,
+                match task_kind {
+                    TaskKind::MultipleChoice =>
+                        "its options differ per example: use `option_scoring`",
+                    TaskKind::Regression => "its target is a number: use `regression`",
+                    TaskKind::Classification => "use `classification` or `option_scoring`",
+                }
+            ),
+        };
+        if let Head::Classification { classes, .. } = head {
+            anyhow::ensure!(
+                classes >= 2,
+                "task `{}` has {classes} label(s); a classifier needs at least two",
+                task.name
+            );
+        }
+        Ok(head)
+    }
+
+    fn prefix(&self) -> &str {
+        match self {
+            Head::Classification { prefix, .. } | Head::Regression { prefix } => prefix,
+            Head::OptionScoring => OPTION_HEAD,
+        }
+    }
+
+    fn outputs(&self) -> usize {
+        match self {
+            Head::Classification { classes, .. } => *classes,
+            Head::OptionScoring | Head::Regression { .. } => 1,
+        }
+    }
+
+    /// Creates the head's parameters (group `head`); a head that already exists with the
+    /// same shape (the shared option head, a head built with the model) is kept.
+    pub fn create<B: AutodiffBackend>(
+        &self,
+        store: &mut ParamStore<B>,
+        hidden: usize,
+    ) -> anyhow::Result<()> {
+        let (w, b) = (
+            format!("{}.weight", self.prefix()),
+            format!("{}.bias", self.prefix()),
+        );
+        let shape = [self.outputs(), hidden];
+        if let Some(p) = store.get(&w) {
+            anyhow::ensure!(
+                p.shape == shape,
+                "head `{w}` exists with shape {:?}, this task needs {shape:?}",
+                p.shape
+            );
+            return Ok(());
+        }
+        store.create(&w, "head", "head", &shape, &Init::KaimingUniform)?;
+        store.create(&b, "head", "head", &shape[..1], &Init::Zeros)?;
+        Ok(())
+    }
+
+    /// Runs the backbone (with its modules) and this head on a batch of `task`'s examples.
+    pub fn forward<B: AutodiffBackend>(
+        &self,
+        model: &Model<B>,
+        graph: &HostGraph<'_, B>,
+        task: &Task,
+        batch: &[&Example],
+        max_len: usize,
+        device: &B::Device,
+    ) -> anyhow::Result<Output<B>> {
+        let project = |texts: &[(String, Option<String>)]| -> anyhow::Result<Tensor<B, 2>> {
+            let tb = model.tokenize(texts, max_len, device)?;
+            let h = model.encode(graph, &tb)?;
+            let pooled = mean_pool(h, &tb.attention_mask);
+            let w = graph.param_value(&format!("{}.weight", self.prefix()))?;
+            let b = graph.param_value(&format!("{}.bias", self.prefix()))?;
+            Ok(ft::<B, 2>(linear::<B>(fp(pooled), w, Some(b))?))
+        };
+        let n = batch.len();
+        Ok(match self {
+            Head::Classification { classes, .. } => {
+                let logits = project(&pairs(batch))?;
+                Output::Scores {
+                    logits,
+                    valid: Tensor::ones([n, *classes], device),
+                }
+            }
+            Head::Regression { .. } => Output::Values(project(&pairs(batch))?.reshape([n])),
+            Head::OptionScoring => {
+                // One row per (example, option): the input first, the option as the second
+                // segment (kept whole by longest-first truncation).
+                let widest = batch
+                    .iter()
+                    .map(|e| e.candidates(&task.labels).len())
+                    .max()
+                    .unwrap_or(0);
+                anyhow::ensure!(
+                    widest > 0,
+                    "task `{}` has an example without options",
+                    task.name
+                );
+                let mut rows = Vec::new();
+                let mut index = vec![0i64; n * widest];
+                let mut valid = vec![0f32; n * widest];
+                let mut pad = vec![PADDED; n * widest];
+                for (i, e) in batch.iter().enumerate() {
+                    let input = match &e.text_b {
+                        Some(b) => format!("{} [SEP] {b}", e.text_a),
+                        None => e.text_a.clone(),
+                    };
+                    for (j, option) in e.candidates(&task.labels).iter().enumerate() {
+                        index[i * widest + j] = rows.len() as i64;
+                        valid[i * widest + j] = 1.0;
+                        pad[i * widest + j] = 0.0;
+                        rows.push((input.clone(), Some(option.clone())));
+                    }
+                }
+                let scores = project(&rows)?.reshape([rows.len()]);
+                let index =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n * widest]), device);
+                let float = |v: Vec<f32>| {
+                    Tensor::<B, 2>::from_data(TensorData::new(v, [n, widest]), device)
+                };
+                Output::Scores {
+                    logits: scores.select(0, index).reshape([n, widest]) + float(pad),
+                    valid: float(valid),
+                }
+            }
+        })
+    }
+}
+
+fn pairs(batch: &[&Example]) -> Vec<(String, Option<String>)> {
+    batch
+        .iter()
+        .map(|e| (e.text_a.clone(), e.text_b.clone()))
+        .collect()
+}
+
+/// Per-example training loss `[batch]`: cross-entropy over the valid options (PyTorch's label
+/// smoothing spread over them) or the squared error of a regression.
+pub fn per_example_loss<B: AutodiffBackend>(
+    out: Output<B>,
+    batch: &[&Example],
+    label_smoothing: f64,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let n = batch.len();
+    match out {
+        Output::Scores { logits, valid } => {
+            let y: Vec<i64> = batch.iter().map(|e| e.label as i64).collect();
+            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [n]), device);
+            let logp = burn::tensor::activation::log_softmax(logits, 1);
+            let nll = logp
+                .clone()
+                .gather(1, y.unsqueeze_dim::<2>(1))
+                .neg()
+                .reshape([n]);
+            if label_smoothing > 0.0 {
+                // (1 - e) * nll + e * mean over the valid options of -log p.
+                let count = valid.clone().sum_dim(1).reshape([n]);
+                let uniform = (logp * valid).sum_dim(1).reshape([n]).neg() / count;
+                nll * (1.0 - label_smoothing) + uniform * label_smoothing
+            } else {
+                nll
+            }
+        }
+        Output::Values(pred) => {
+            let y: Vec<f32> = batch.iter().map(|e| e.value as f32).collect();
+            let y = Tensor::<B, 1>::from_data(TensorData::new(y, [n]), device);
+            (pred - y).powf_scalar(2.0)
+        }
+    }
+}

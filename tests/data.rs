@@ -19,6 +19,10 @@ fn glue_sst2_full_training_set_and_dev() {
     let b = load_task(&data(), "glue-sst2", 100, 50, 13, 7).unwrap();
     assert_eq!(a.train, b.train);
     assert_eq!((a.train.len(), a.eval.len()), (100, 50));
+    // Another run seed draws other training examples but is scored on the same ones.
+    let c = load_task(&data(), "glue-sst2", 100, 50, 13, 8).unwrap();
+    assert_ne!(a.train, c.train);
+    assert_eq!(a.eval, c.eval);
 }
 
 #[test]

@@ -61,6 +61,34 @@ pub enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// The few-shot grid: each method on each CrossFit task's k-shot splits (16 examples)
+    /// for every split seed; mean and std per task and method (runs done are reused).
+    Fewshot {
+        /// Methods, each trained on its own (repeat; default houlsby and lora).
+        #[arg(long)]
+        plugin: Vec<String>,
+        /// CrossFit tasks, comma-separated (default: eight tasks, see docs/results.md).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
+        /// Split seeds, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = crate::fewshot::SEEDS)]
+        seeds: Vec<u64>,
+        /// Base run config (backbone, training); its modules and task are replaced per cell.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the training steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Score on a fixed subsample of this many test examples per task (0 = all).
+        #[arg(long)]
+        eval_examples: Option<usize>,
+        #[arg(long, env = "PEFT_DATA")]
+        data: Option<PathBuf>,
+        #[arg(long, default_value = "runs/fewshot")]
+        out: PathBuf,
+        #[arg(long)]
+        quiet: bool,
+    },
     /// List the plugins: built in and from plugin folders.
     Plugins {
         /// Machine-readable output.
@@ -325,6 +353,114 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Fewshot {
+            plugin,
+            tasks,
+            seeds,
+            config,
+            steps,
+            eval_examples,
+            data,
+            out,
+            quiet,
+        } => {
+            let mut base = match &config {
+                Some(path) => load_config(path, &registry)?,
+                None => crate::fewshot::default_base(),
+            };
+            if let Some(s) = steps {
+                base.training.steps = s;
+            }
+            if let Some(n) = eval_examples {
+                base.task.eval_examples = n;
+            }
+            let methods = if plugin.is_empty() {
+                vec!["houlsby".to_string(), "lora".to_string()]
+            } else {
+                plugin
+            };
+            for m in &methods {
+                registry
+                    .get(m)
+                    .map_err(|e| anyhow::anyhow!("--plugin {m}: {e}"))?;
+            }
+            let tasks = if tasks.is_empty() {
+                crate::fewshot::DEFAULT_TASKS.map(String::from).to_vec()
+            } else {
+                tasks
+            };
+            let data = crate::data::data_dir(data.as_deref())?;
+            let _ = ctrlc::set_handler(|| {
+                if crate::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!(
+                    "\ninterrupt: checkpointing this cell; rerun the same command to continue"
+                );
+            });
+            let total = (methods.len() * tasks.len() * seeds.len()) as u64;
+            let bar = if quiet {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(total)
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "fewshot [{bar:30}] {pos}/{len} runs {msg} ({elapsed}<{eta})",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            let mut cells = Vec::new();
+            for task in &tasks {
+                for method in &methods {
+                    for &seed in &seeds {
+                        let cfg = crate::fewshot::cell_config(&base, method, task, seed);
+                        let dir = out.join(run_name(&cfg));
+                        let result = dir.join("result.json");
+                        bar.set_message(format!("{task} {method} seed {seed}"));
+                        if !result.exists() {
+                            let flags = RunFlags {
+                                progress: false,
+                                resume: dir.join("checkpoint/progress.json").exists(),
+                            };
+                            match with_device(cli.device, |dev| {
+                                run(&cfg, &registry, &data, &out, flags, dev)
+                            }) {
+                                Ok(()) => {}
+                                Err(e)
+                                    if e.downcast_ref::<crate::train::Interrupted>().is_some() =>
+                                {
+                                    bar.abandon();
+                                    eprintln!("{e}");
+                                    return Ok(ExitCode::from(130));
+                                }
+                                Err(e) => {
+                                    return Err(e.context(format!("{task} {method} seed {seed}")))
+                                }
+                            }
+                        }
+                        cells.push(crate::fewshot::read_cell(method, task, seed, &result)?);
+                        bar.inc(1);
+                    }
+                }
+            }
+            bar.finish_and_clear();
+            let summaries = crate::fewshot::summarise(&cells);
+            let table = crate::fewshot::markdown(&summaries);
+            let report = serde_json::json!({
+                "base_config": base, "methods": methods, "tasks": tasks, "seeds": seeds,
+                "summaries": summaries, "cells": cells,
+            });
+            write_atomic(
+                &out.join("fewshot.json"),
+                serde_json::to_string_pretty(&report)?.as_bytes(),
+            )?;
+            write_atomic(&out.join("fewshot.md"), table.as_bytes())?;
+            print!("{table}");
+            println!("results: {}", out.join("fewshot.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             config,
             plugin,
@@ -565,12 +701,7 @@ fn run_generic<B: AutodiffBackend>(
         .map(|m| m.instance_name())
         .collect::<Vec<_>>()
         .join("+");
-    let task_names = tasks
-        .iter()
-        .map(|t| t.name.replace('/', "-"))
-        .collect::<Vec<_>>()
-        .join("+");
-    let name = format!("{task_names}-{modules}-seed{}", cfg.seed);
+    let name = run_name(cfg);
     let opts = crate::train::TrainOptions {
         progress,
         checkpoint_dir: Some(out.join(&name)),
@@ -621,6 +752,17 @@ fn run_generic<B: AutodiffBackend>(
     println!("result: {}", path.display());
     println!("curves: {}", plot.display());
     Ok(())
+}
+
+/// The folder name of a run under `--out`: tasks, modules and seed.
+pub fn run_name(cfg: &RunConfig) -> String {
+    let tasks: Vec<String> = cfg
+        .task_specs()
+        .iter()
+        .map(|t| t.name.replace('/', "-"))
+        .collect();
+    let modules: Vec<String> = cfg.modules.iter().map(|m| m.instance_name()).collect();
+    format!("{}-{}-seed{}", tasks.join("+"), modules.join("+"), cfg.seed)
 }
 
 /// Writes through a temporary file in the same folder and renames it into place, so a crash

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod fewshot;
 pub mod heads;
 pub mod metrics;
 pub mod model;

@@ -83,6 +83,9 @@ pub fn data_dir(cli: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Seeds the evaluation subsample (`eval_examples`), independent of the run's seed.
+pub const EVAL_SUBSAMPLE_SEED: u64 = 0x5EED;
+
 fn subsample(mut v: Vec<Example>, n: usize, seed: u64) -> Vec<Example> {
     if n > 0 && v.len() > n {
         v.shuffle(&mut StdRng::seed_from_u64(seed));
@@ -451,7 +454,8 @@ pub fn load_task(
             kind,
             labels,
             train: subsample(train, train_n, seed),
-            eval: subsample(eval, eval_n, seed),
+            // The same evaluation subsample for every run seed: runs compare on one set.
+            eval: subsample(eval, eval_n, EVAL_SUBSAMPLE_SEED),
             eval_split: split.into(),
             metric: metric.into(),
         }

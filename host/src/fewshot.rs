@@ -1,0 +1,271 @@
+//! The few-shot grid: every method on every CrossFit task's k-shot split for every split seed,
+//! each cell an ordinary run (its own result.json, curves and checkpoints), then mean and
+//! standard deviation per task and method. Cells already done are read back, not rerun, so an
+//! interrupted grid continues where it stopped.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+
+/// The split seeds of the CrossFit/MetaICL k-shot files.
+pub const SEEDS: [u64; 5] = [13, 21, 42, 87, 100];
+
+/// Eight tasks of different kinds and lengths: sentiment, entailment (two and three way),
+/// science entailment, question type, topic, emotion, paraphrase.
+pub const DEFAULT_TASKS: [&str; 8] = [
+    "glue-sst2",
+    "glue-rte",
+    "superglue-cb",
+    "scitail",
+    "trec",
+    "ag_news",
+    "emo",
+    "glue-mrpc",
+];
+
+/// One cell: a method on a task's split seed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    pub method: String,
+    pub task: String,
+    pub seed: u64,
+    pub metric: String,
+    pub score: f64,
+    pub examples: usize,
+    pub train_seconds: f64,
+    pub result: PathBuf,
+}
+
+/// Mean and standard deviation over seeds of one method on one task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub method: String,
+    pub task: String,
+    pub metric: String,
+    pub seeds: usize,
+    pub mean: f64,
+    /// Sample standard deviation (n - 1); 0 for one seed.
+    pub std: f64,
+}
+
+/// The config of one cell: `base` with the method's module, the task's k-shot split `seed`
+/// (also the run's seed) and every test example unless `eval_examples` caps them.
+pub fn cell_config(base: &RunConfig, method: &str, task: &str, seed: u64) -> RunConfig {
+    let mut cfg = base.clone();
+    cfg.modules = RunConfig::for_plugin(method).modules;
+    cfg.tasks.clear();
+    cfg.task.name = format!("crossfit/{}", task.trim_start_matches("crossfit/"));
+    cfg.task.split_seed = seed;
+    cfg.task.train_examples = 0;
+    cfg.seed = seed;
+    cfg
+}
+
+/// The training defaults of a few-shot cell: the whole k-shot set in each batch, a short
+/// schedule at a higher rate than full-data runs.
+pub fn default_base() -> RunConfig {
+    serde_json::from_value(serde_json::json!({
+        "backbone": "all-MiniLM-L6-v2",
+        "training": {
+            "steps": 40, "batch_size": 16, "learning_rate": 3e-3, "warmup_steps": 4,
+            "max_length": 128, "checkpoint_every": 0
+        }
+    }))
+    .expect("few-shot defaults")
+}
+
+/// Reads a cell's result.json back.
+pub fn read_cell(method: &str, task: &str, seed: u64, path: &Path) -> anyhow::Result<Cell> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let r: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let ev = r["report"]["evaluations"]
+        .as_array()
+        .and_then(|v| v.last())
+        .with_context(|| format!("{}: no evaluation", path.display()))?;
+    let num = |v: &serde_json::Value, k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("{}: no number `{k}`", path.display()))
+    };
+    Ok(Cell {
+        method: method.into(),
+        task: task.into(),
+        seed,
+        metric: ev["metric"].as_str().unwrap_or_default().into(),
+        score: num(ev, "score")?,
+        examples: num(ev, "examples")? as usize,
+        train_seconds: num(&r["report"], "train_seconds")?,
+        result: path.to_path_buf(),
+    })
+}
+
+/// Mean and sample standard deviation per (task, method), in the order first seen.
+pub fn summarise(cells: &[Cell]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(usize, usize), (String, String, String, Vec<f64>)> = BTreeMap::new();
+    let order = |key: &dyn Fn(&Cell) -> &str| {
+        let mut seen: Vec<String> = Vec::new();
+        for c in cells {
+            if !seen.iter().any(|s| s == key(c)) {
+                seen.push(key(c).to_string());
+            }
+        }
+        seen
+    };
+    let (tasks, methods) = (order(&|c| &c.task), order(&|c| &c.method));
+    for c in cells {
+        let t = tasks.iter().position(|x| *x == c.task).unwrap_or(0);
+        let m = methods.iter().position(|x| *x == c.method).unwrap_or(0);
+        groups
+            .entry((t, m))
+            .or_insert_with(|| {
+                (
+                    c.task.clone(),
+                    c.method.clone(),
+                    c.metric.clone(),
+                    Vec::new(),
+                )
+            })
+            .3
+            .push(c.score);
+    }
+    groups
+        .into_values()
+        .map(|(task, method, metric, v)| {
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let std = if v.len() > 1 {
+                (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+            } else {
+                0.0
+            };
+            Summary {
+                method,
+                task,
+                metric,
+                seeds: v.len(),
+                mean,
+                std,
+            }
+        })
+        .collect()
+}
+
+/// A markdown table: one row per task, one column per method, `mean ± std` in percent.
+pub fn markdown(summaries: &[Summary]) -> String {
+    let mut methods: Vec<&str> = Vec::new();
+    let mut tasks: Vec<(&str, &str)> = Vec::new();
+    for s in summaries {
+        if !methods.contains(&s.method.as_str()) {
+            methods.push(&s.method);
+        }
+        if !tasks.iter().any(|(t, _)| *t == s.task) {
+            tasks.push((&s.task, &s.metric));
+        }
+    }
+    let mut out = format!("| task | metric | {} |\n", methods.join(" | "));
+    out += &format!("| --- | --- |{}\n", " ---: |".repeat(methods.len()));
+    for (task, metric) in &tasks {
+        out += &format!("| {task} | {metric} |");
+        for m in &methods {
+            match summaries.iter().find(|s| s.task == *task && s.method == *m) {
+                Some(s) => {
+                    out += &format!(
+                        " {:.1} ± {:.1} ({}) |",
+                        100.0 * s.mean,
+                        100.0 * s.std,
+                        s.seeds
+                    )
+                }
+                None => out += " – |",
+            }
+        }
+        out += "\n";
+    }
+    let mean_of = |m: &str| {
+        let v: Vec<f64> = summaries
+            .iter()
+            .filter(|s| s.method == m)
+            .map(|s| s.mean)
+            .collect();
+        100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    out += "| **mean** | |";
+    for m in &methods {
+        out += &format!(" **{:.1}** |", mean_of(m));
+    }
+    out + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(method: &str, task: &str, seed: u64, score: f64) -> Cell {
+        Cell {
+            method: method.into(),
+            task: task.into(),
+            seed,
+            metric: "macro_f1".into(),
+            score,
+            examples: 10,
+            train_seconds: 1.0,
+            result: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn mean_and_sample_std_per_task_and_method() {
+        let cells = [
+            cell("lora", "b", 13, 0.5),
+            cell("lora", "b", 21, 0.7),
+            cell("houlsby", "b", 13, 0.6),
+            cell("lora", "a", 13, 0.9),
+        ];
+        let s = summarise(&cells);
+        assert_eq!(s.len(), 3);
+        assert_eq!((s[0].task.as_str(), s[0].method.as_str()), ("b", "lora"));
+        assert!((s[0].mean - 0.6).abs() < 1e-12);
+        // Sample std of {0.5, 0.7}: sqrt(0.02 / 1).
+        assert!((s[0].std - 0.02f64.sqrt()).abs() < 1e-12);
+        assert_eq!(
+            (s[1].method.as_str(), s[1].seeds, s[1].std),
+            ("houlsby", 1, 0.0)
+        );
+        let table = markdown(&s);
+        assert!(
+            table.contains("| b | macro_f1 | 60.0 ± 14.1 (2) | 60.0 ± 0.0 (1) |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| a | macro_f1 | 90.0 ± 0.0 (1) | – |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| **mean** | | **75.0** | **60.0** |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn cells_take_the_task_split_and_seed() {
+        let c = cell_config(&default_base(), "lora", "glue-rte", 87);
+        assert_eq!(c.task.name, "crossfit/glue-rte");
+        assert_eq!(
+            (c.task.split_seed, c.seed, c.task.train_examples),
+            (87, 87, 0)
+        );
+        assert_eq!(c.modules[0].plugin, "lora");
+        assert_eq!(
+            cell_config(&default_base(), "houlsby", "crossfit/scitail", 13)
+                .task
+                .name,
+            "crossfit/scitail"
+        );
+    }
+}

@@ -2,10 +2,7 @@
 //! each cell an ordinary run (its own result.json, curves and checkpoints), then mean and
 //! standard deviation per task and method. Cells already done are read back, not rerun, so an
 //! interrupted grid continues where it stopped.
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -105,38 +102,28 @@ pub fn read_cell(method: &str, task: &str, seed: u64, path: &Path) -> anyhow::Re
     })
 }
 
-/// Mean and sample standard deviation per (task, method), in the order first seen.
+/// Mean and sample standard deviation per (task, method): tasks in the order first seen,
+/// methods in that order within each task.
 pub fn summarise(cells: &[Cell]) -> Vec<Summary> {
-    let mut groups: BTreeMap<(usize, usize), (String, String, String, Vec<f64>)> = BTreeMap::new();
-    let order = |key: &dyn Fn(&Cell) -> &str| {
-        let mut seen: Vec<String> = Vec::new();
-        for c in cells {
-            if !seen.iter().any(|s| s == key(c)) {
-                seen.push(key(c).to_string());
-            }
-        }
-        seen
-    };
-    let (tasks, methods) = (order(&|c| &c.task), order(&|c| &c.method));
+    let mut tasks: Vec<&str> = Vec::new();
+    let mut methods: Vec<&str> = Vec::new();
     for c in cells {
-        let t = tasks.iter().position(|x| *x == c.task).unwrap_or(0);
-        let m = methods.iter().position(|x| *x == c.method).unwrap_or(0);
-        groups
-            .entry((t, m))
-            .or_insert_with(|| {
-                (
-                    c.task.clone(),
-                    c.method.clone(),
-                    c.metric.clone(),
-                    Vec::new(),
-                )
-            })
-            .3
-            .push(c.score);
+        if !tasks.contains(&c.task.as_str()) {
+            tasks.push(&c.task);
+        }
+        if !methods.contains(&c.method.as_str()) {
+            methods.push(&c.method);
+        }
     }
-    groups
-        .into_values()
-        .map(|(task, method, metric, v)| {
+    let mut out = Vec::new();
+    for task in &tasks {
+        for method in &methods {
+            let group: Vec<&Cell> = cells
+                .iter()
+                .filter(|c| c.task == *task && c.method == *method)
+                .collect();
+            let Some(first) = group.first() else { continue };
+            let v: Vec<f64> = group.iter().map(|c| c.score).collect();
             let n = v.len() as f64;
             let mean = v.iter().sum::<f64>() / n;
             let std = if v.len() > 1 {
@@ -144,16 +131,17 @@ pub fn summarise(cells: &[Cell]) -> Vec<Summary> {
             } else {
                 0.0
             };
-            Summary {
-                method,
-                task,
-                metric,
+            out.push(Summary {
+                method: method.to_string(),
+                task: task.to_string(),
+                metric: first.metric.clone(),
                 seeds: v.len(),
                 mean,
                 std,
-            }
-        })
-        .collect()
+            });
+        }
+    }
+    out
 }
 
 /// A markdown table: one row per task, one column per method, `mean ± std` in percent.

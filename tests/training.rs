@@ -272,7 +272,7 @@ fn option_scoring_fits_a_multiple_choice_task() {
     )
     .unwrap();
     assert_eq!(task.kind, data::TaskKind::MultipleChoice);
-    let head = heads::Head::resolve(Default::default(), &task, "head").unwrap();
+    let head = heads::Head::resolve(&Default::default(), &task, "head").unwrap();
     assert_eq!(head, heads::Head::OptionScoring);
     head.create(&mut model.params.borrow_mut(), 32).unwrap();
     let runs = [train::TaskRun { task: &task, head }];
@@ -308,11 +308,14 @@ fn regression_head_fits_stsb_and_reports_correlations() {
     )
     .unwrap();
     let task = data::load_task(&data::data_dir(None).unwrap(), "glue/stsb", 8, 24, 13, 3).unwrap();
-    let head = heads::Head::resolve(Default::default(), &task, "head").unwrap();
+    let head = heads::Head::resolve(&Default::default(), &task, "head").unwrap();
     assert!(matches!(head, heads::Head::Regression { .. }));
     // A classifier cannot answer a regression task: the error says what to use.
-    let err = heads::Head::resolve(peft_host::config::HeadKind::Classification, &task, "head")
-        .unwrap_err();
+    let spec = peft_host::config::TaskSpec {
+        head: peft_host::config::HeadKind::Classification,
+        ..Default::default()
+    };
+    let err = heads::Head::resolve(&spec, &task, "head").unwrap_err();
     assert!(err.to_string().contains("use `regression`"), "{err}");
     head.create(&mut model.params.borrow_mut(), 32).unwrap();
     let runs = [train::TaskRun { task: &task, head }];
@@ -375,7 +378,7 @@ fn multi_task_training_mixes_tasks_with_their_own_heads() {
     let mut runs = Vec::new();
     for t in [&sst2, &cb] {
         let prefix = format!("head.{}", t.name.replace('/', "-"));
-        let head = heads::Head::resolve(Default::default(), t, &prefix).unwrap();
+        let head = heads::Head::resolve(&Default::default(), t, &prefix).unwrap();
         head.create(&mut model.params.borrow_mut(), 32).unwrap();
         runs.push(train::TaskRun { task: t, head });
     }
@@ -416,4 +419,154 @@ fn multi_task_training_mixes_tasks_with_their_own_heads() {
             .unwrap();
         assert!(b.iter().any(|x| x.abs() > 1e-6), "{name} did not train");
     }
+}
+
+/// A word-level `tokenizer.json` (lower-cased, whitespace and punctuation split) over the words
+/// of `texts`, with the special tokens first and `template` around every sequence: what a tiny
+/// encoder-decoder of 256 tokens can read.
+fn word_tokenizer(
+    dir: &std::path::Path,
+    specials: &[&str],
+    template: &[&str],
+    texts: &[String],
+) -> std::path::PathBuf {
+    let mut vocab = serde_json::Map::new();
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), i.into());
+    }
+    for t in texts {
+        for w in t
+            .to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            let n = vocab.len();
+            vocab.entry(w.to_string()).or_insert(n.into());
+        }
+    }
+    assert!(vocab.len() <= 256, "{} words", vocab.len());
+    let piece = |p: &str| match p {
+        "$A" => serde_json::json!({ "Sequence": { "id": "A", "type_id": 0 } }),
+        s => serde_json::json!({ "SpecialToken": { "id": s, "type_id": 0 } }),
+    };
+    let special_tokens: serde_json::Map<String, serde_json::Value> = template
+        .iter()
+        .filter(|p| **p != "$A")
+        .map(|s| {
+            let id = specials.iter().position(|x| x == s).unwrap();
+            (
+                s.to_string(),
+                serde_json::json!({ "id": s, "ids": [id], "tokens": [s] }),
+            )
+        })
+        .collect();
+    let added: Vec<_> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            serde_json::json!({ "id": i, "content": s, "single_word": false, "lstrip": false,
+                                          "rstrip": false, "normalized": false, "special": true })
+        })
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": { "type": "Lowercase" },
+        "pre_tokenizer": { "type": "Whitespace" },
+        "post_processor": { "type": "TemplateProcessing",
+            "single": template.iter().map(|p| piece(p)).collect::<Vec<_>>(),
+            "pair": template.iter().map(|p| piece(p)).collect::<Vec<_>>(),
+            "special_tokens": special_tokens },
+        "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": specials[specials.len() - 1] }
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, tok.to_string()).unwrap();
+    path
+}
+
+/// Text-to-text on T5 and BART: teacher forcing on the LM head fits eight SST-2 sentences
+/// (with LoRA attached), and greedy decoding then writes each one's label word.
+#[test]
+fn text_to_text_fits_and_decodes_on_t5_and_bart() {
+    let _rng = serial();
+    let dir = data::data_dir(None).unwrap();
+    let mut task = data::load_task(&dir, "glue-sst2", 8, 0, 13, 5).unwrap();
+    task.eval = task.train.clone();
+    let mut texts: Vec<String> = task.train.iter().map(|e| e.text_a.clone()).collect();
+    texts.extend(task.labels.iter().cloned());
+    for (fixture_name, specials, template) in [
+        (
+            "t5-v1_1-tiny",
+            &["<pad>", "</s>", "<unk>"][..],
+            &["$A", "</s>"][..],
+        ),
+        (
+            "bart-tiny",
+            &["<s>", "<pad>", "</s>", "<unk>"][..],
+            &["<s>", "$A", "</s>"][..],
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let tok = word_tokenizer(tmp.path(), specials, template, &texts);
+        let cfg: RunConfig = serde_json::from_value(serde_json::json!({
+            "backbone": { "path": fixture(fixture_name), "tokenizer": tok },
+            "modules": [{ "plugin": "lora" }],
+            "task": { "head": "text_to_text", "max_new_tokens": 4 },
+            "training": { "steps": 60, "batch_size": 8, "learning_rate": 1e-2, "max_length": 48,
+                          "train_groups": ["adapter", "backbone"] }
+        }))
+        .unwrap();
+        let registry = Registry::with_static_plugins().unwrap();
+        let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+        let r = train::train_with(
+            &model,
+            &task,
+            &cfg,
+            &Default::default(),
+            &Default::default(),
+        )
+        .unwrap();
+        let (first, last) = (r.losses[0].1, r.losses.last().unwrap().1);
+        assert!(last < 0.1 * first, "{fixture_name}: NLL {first} -> {last}");
+        let ev = r.last("glue-sst2").unwrap();
+        assert_eq!(
+            ev.get("exact_match"),
+            1.0,
+            "{fixture_name}: {:?}",
+            ev.metrics
+        );
+        assert_eq!(ev.accuracy(), 1.0);
+        // What greedy decoding writes is the label word itself.
+        let head = heads::Head::resolve(&cfg.task, &task, "head").unwrap();
+        let graph = peft_host::bridge::HostGraph::inference(&model.params);
+        let batch: Vec<&data::Example> = task.eval.iter().collect();
+        let out = head
+            .generate(&model, &graph, &batch, 48, &Default::default())
+            .unwrap();
+        let want: Vec<&str> = batch
+            .iter()
+            .map(|e| task.labels[e.label].as_str())
+            .collect();
+        assert_eq!(out, want, "{fixture_name}");
+    }
+}
+
+#[test]
+fn text_to_text_on_an_encoder_only_backbone_is_refused() {
+    let (mut cfg, model) = tiny_model(serde_json::json!([]));
+    cfg.task.head = peft_host::config::HeadKind::TextToText;
+    cfg.training.train_groups = vec!["backbone".into()];
+    let task = data::load_task(&data::data_dir(None).unwrap(), "glue-sst2", 4, 4, 13, 5).unwrap();
+    let err = train::train_with(
+        &model,
+        &task,
+        &cfg,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is encoder-only: text-to-text needs an encoder-decoder"),
+        "{err:#}"
+    );
 }

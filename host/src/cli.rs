@@ -687,7 +687,7 @@ fn run_generic<B: AutodiffBackend>(
         } else {
             format!("head.{}", task.name.replace(['/', '.'], "-"))
         };
-        let head = crate::heads::Head::resolve(spec.head, task, &prefix)?;
+        let head = crate::heads::Head::resolve(spec, task, &prefix)?;
         head.create(&mut model.params.borrow_mut(), model.info().hidden_size)?;
         runs.push(crate::train::TaskRun { task, head });
     }

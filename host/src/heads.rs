@@ -2,6 +2,7 @@
 //! head per task, one option-scoring head shared by every task (it ranks (input, option)
 //! pairs, so it answers multiple-choice and unseen tasks), or a regression head per task. All
 //! their parameters are in group `head`.
+use anyhow::Context;
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
 use peft_api::Init;
 use serde::Serialize;
@@ -12,7 +13,7 @@ use crate::{
         value::{fp, ft},
         HostGraph,
     },
-    config::HeadKind,
+    config::{HeadKind, TaskSpec},
     data::{Example, Task, TaskKind},
     model::{mean_pool, Model},
     params::ParamStore,
@@ -31,6 +32,8 @@ pub enum Head {
     OptionScoring,
     /// `{prefix}.weight [1, hidden]`, `{prefix}.bias [1]`.
     Regression { prefix: String },
+    /// The backbone's own LM head: the answer's text, generated.
+    TextToText { max_new_tokens: usize },
 }
 
 /// What a head computes for a batch.
@@ -43,15 +46,21 @@ pub enum Output<B: AutodiffBackend> {
     },
     /// Predictions `[batch]`.
     Values(Tensor<B, 1>),
+    /// The per-example loss itself `[batch]` (text-to-text: the answer's mean token NLL).
+    Loss(Tensor<B, 1>),
 }
 
 /// Large enough to vanish under softmax, small enough to stay finite in f32 sums.
 const PADDED: f32 = -1e9;
 
 impl Head {
-    /// Picks the head for a task; `prefix` names a per-task head's parameters.
-    pub fn resolve(kind: HeadKind, task: &Task, prefix: &str) -> anyhow::Result<Head> {
-        let head = match (kind, task.kind) {
+    /// Picks the head `spec` asks for (or suits the task); `prefix` names a per-task head's
+    /// parameters.
+    pub fn resolve(spec: &TaskSpec, task: &Task, prefix: &str) -> anyhow::Result<Head> {
+        let head = match (spec.head, task.kind) {
+            (HeadKind::TextToText, _) => Head::TextToText {
+                max_new_tokens: spec.max_new_tokens,
+            },
             (HeadKind::Auto | HeadKind::Classification, TaskKind::Classification) => {
                 Head::Classification {
                     prefix: prefix.into(),
@@ -84,17 +93,13 @@ impl Head {
         Ok(head)
     }
 
-    fn prefix(&self) -> &str {
+    /// The parameter prefix and output width of a head of its own; none for text-to-text.
+    fn linear(&self) -> Option<(&str, usize)> {
         match self {
-            Head::Classification { prefix, .. } | Head::Regression { prefix } => prefix,
-            Head::OptionScoring => OPTION_HEAD,
-        }
-    }
-
-    fn outputs(&self) -> usize {
-        match self {
-            Head::Classification { classes, .. } => *classes,
-            Head::OptionScoring | Head::Regression { .. } => 1,
+            Head::Classification { prefix, classes } => Some((prefix, *classes)),
+            Head::Regression { prefix } => Some((prefix, 1)),
+            Head::OptionScoring => Some((OPTION_HEAD, 1)),
+            Head::TextToText { .. } => None,
         }
     }
 
@@ -105,11 +110,11 @@ impl Head {
         store: &mut ParamStore<B>,
         hidden: usize,
     ) -> anyhow::Result<()> {
-        let (w, b) = (
-            format!("{}.weight", self.prefix()),
-            format!("{}.bias", self.prefix()),
-        );
-        let shape = [self.outputs(), hidden];
+        let Some((prefix, outputs)) = self.linear() else {
+            return Ok(());
+        };
+        let (w, b) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
+        let shape = [outputs, hidden];
         if let Some(p) = store.get(&w) {
             anyhow::ensure!(
                 p.shape == shape,
@@ -134,11 +139,12 @@ impl Head {
         device: &B::Device,
     ) -> anyhow::Result<Output<B>> {
         let project = |texts: &[(String, Option<String>)]| -> anyhow::Result<Tensor<B, 2>> {
+            let (prefix, _) = self.linear().context("this head has no projection")?;
             let tb = model.tokenize(texts, max_len, device)?;
             let h = model.encode(graph, &tb)?;
             let pooled = mean_pool(h, &tb.attention_mask);
-            let w = graph.param_value(&format!("{}.weight", self.prefix()))?;
-            let b = graph.param_value(&format!("{}.bias", self.prefix()))?;
+            let w = graph.param_value(&format!("{prefix}.weight"))?;
+            let b = graph.param_value(&format!("{prefix}.bias"))?;
             Ok(ft::<B, 2>(linear::<B>(fp(pooled), w, Some(b))?))
         };
         let n = batch.len();
@@ -169,10 +175,7 @@ impl Head {
                 let mut valid = vec![0f32; n * widest];
                 let mut pad = vec![PADDED; n * widest];
                 for (i, e) in batch.iter().enumerate() {
-                    let input = match &e.text_b {
-                        Some(b) => format!("{} [SEP] {b}", e.text_a),
-                        None => e.text_a.clone(),
-                    };
+                    let input = joined_input(e);
                     for (j, option) in e.candidates(&task.labels).iter().enumerate() {
                         index[i * widest + j] = rows.len() as i64;
                         valid[i * widest + j] = 1.0;
@@ -191,7 +194,84 @@ impl Head {
                     valid: float(valid),
                 }
             }
+            Head::TextToText { .. } => {
+                // Teacher forcing: the decoder reads the answer shifted right by the start
+                // token and predicts each of its tokens (EOS included, padding masked).
+                let inputs: Vec<_> = batch.iter().map(|e| (joined_input(e), None)).collect();
+                let targets: Vec<_> = batch.iter().map(|e| (target_text(e, task), None)).collect();
+                let tb = model.tokenize(&inputs, max_len, device)?;
+                let answers = model.tokenize(&targets, max_len, device)?;
+                let [_, t] = answers.input_ids.dims();
+                let start = model.seq2seq()?.decoder_start_token_id();
+                let decoder_input = Tensor::cat(
+                    vec![
+                        Tensor::<B, 2, Int>::full([n, 1], start, device),
+                        answers.input_ids.clone().slice([0..n, 0..t - 1]),
+                    ],
+                    1,
+                );
+                let logits = model.seq2seq_logits(graph, &tb, &decoder_input)?;
+                let logp = burn::tensor::activation::log_softmax(logits, 2);
+                let nll = logp
+                    .gather(2, answers.input_ids.unsqueeze_dim::<3>(2))
+                    .reshape([n, t])
+                    .neg();
+                let mask = answers.attention_mask.float();
+                let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
+                Output::Loss((nll * mask).sum_dim(1).reshape([n]) / count)
+            }
         })
+    }
+
+    /// Text-to-text: the decoded answer of each example (greedy, special tokens dropped).
+    pub fn generate<B: AutodiffBackend>(
+        &self,
+        model: &Model<B>,
+        graph: &HostGraph<'_, B>,
+        batch: &[&Example],
+        max_len: usize,
+        device: &B::Device,
+    ) -> anyhow::Result<Vec<String>> {
+        let Head::TextToText { max_new_tokens } = self else {
+            anyhow::bail!("only a text-to-text head generates text");
+        };
+        let inputs: Vec<_> = batch.iter().map(|e| (joined_input(e), None)).collect();
+        let tb = model.tokenize(&inputs, max_len, device)?;
+        let rows = model.generate(graph, &tb, *max_new_tokens)?;
+        let tok = model
+            .tokenizer
+            .as_ref()
+            .context("this backbone has no tokenizer.json")?;
+        rows.iter()
+            .map(|r| {
+                // Drop the start token; the tokenizer drops EOS and padding as special tokens.
+                let ids: Vec<u32> = r.iter().skip(1).map(|&i| i as u32).collect();
+                tok.decode(&ids, true)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|e| anyhow::anyhow!("decoding {ids:?}: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// The input text: a pair joined with CrossFit's ` [SEP] `.
+fn joined_input(e: &Example) -> String {
+    match &e.text_b {
+        Some(b) => format!("{} [SEP] {b}", e.text_a),
+        None => e.text_a.clone(),
+    }
+}
+
+/// The answer a text-to-text model learns to write: the label or option, or the score with
+/// one decimal.
+pub fn target_text(e: &Example, task: &Task) -> String {
+    if task.kind == TaskKind::Regression {
+        format!("{:.1}", e.value)
+    } else {
+        e.candidates(&task.labels)
+            .get(e.label)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -230,6 +310,7 @@ pub fn per_example_loss<B: AutodiffBackend>(
                 nll
             }
         }
+        Output::Loss(l) => l,
         Output::Values(pred) => {
             let y: Vec<f32> = batch.iter().map(|e| e.value as f32).collect();
             let y = Tensor::<B, 1>::from_data(TensorData::new(y, [n]), device);

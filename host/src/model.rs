@@ -10,7 +10,7 @@ use peft_api::{ApiError, BackboneInfo};
 use peft_registry::Registry;
 
 use crate::{
-    backbone::{AnyBackbone, Backbone, Hooks, TextBatch},
+    backbone::{t5::Seq2Seq, AnyBackbone, Backbone, Hooks, TextBatch},
     bridge::{
         ops::linear,
         value::{fp, ft},
@@ -89,7 +89,10 @@ pub fn resolve_backbone(spec: &BackboneSpec) -> anyhow::Result<ModelFiles> {
         bail!("backbone needs a name, a path, or an inline config");
     };
     let config = read_json(&dir.join("config.json"))?;
-    let tokenizer = Some(dir.join("tokenizer.json")).filter(|p| p.exists());
+    let tokenizer = match &detail.tokenizer {
+        Some(t) => Some(PathBuf::from(t)),
+        None => Some(dir.join("tokenizer.json")).filter(|p| p.exists()),
+    };
     Ok(ModelFiles {
         name: detail
             .name
@@ -166,20 +169,61 @@ impl<B: AutodiffBackend> Model<B> {
         self.params.borrow_mut().set_trainable(groups, &extra)
     }
 
+    /// The hooks of one pass over `batch`, with the batch's padding mask in the context
+    /// (modules that pool, like PHA's retriever, need it).
+    fn hooks<'a, 'p>(
+        &'a self,
+        graph: &'a HostGraph<'p, B>,
+        batch: &TextBatch<B>,
+    ) -> Hooks<'a, 'p, B> {
+        graph.sites.set(None);
+        graph.context.borrow_mut().insert(
+            "attention_mask".into(),
+            crate::bridge::Value::Int(batch.attention_mask.clone().into_primitive()),
+        );
+        Hooks::new(graph, &self.modules)
+    }
+
     /// Last hidden state with modules applied.
     pub fn encode(
         &self,
         graph: &HostGraph<'_, B>,
         batch: &TextBatch<B>,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        graph.sites.set(None);
-        // Modules that pool (PHA's retriever) need the padding mask.
-        graph.context.borrow_mut().insert(
-            "attention_mask".into(),
-            crate::bridge::Value::Int(batch.attention_mask.clone().into_primitive()),
-        );
-        let hooks = Hooks::new(graph, &self.modules);
-        self.backbone.encode(&hooks, batch)
+        self.backbone.encode(&self.hooks(graph, batch), batch)
+    }
+
+    /// The encoder-decoder interface (T5, BART), or an error naming the backbone.
+    pub fn seq2seq(&self) -> anyhow::Result<&dyn Seq2Seq<B>> {
+        self.backbone.as_seq2seq::<B>().with_context(|| {
+            format!(
+                "backbone `{}` is encoder-only: text-to-text needs an encoder-decoder (T5, BART)",
+                self.info().name
+            )
+        })
+    }
+
+    /// LM logits `[batch, time, vocab]` under teacher forcing, modules applied.
+    pub fn seq2seq_logits(
+        &self,
+        graph: &HostGraph<'_, B>,
+        batch: &TextBatch<B>,
+        decoder_input_ids: &Tensor<B, 2, Int>,
+    ) -> anyhow::Result<Tensor<B, 3>> {
+        let s2s = self.seq2seq()?;
+        Ok(s2s.logits(&self.hooks(graph, batch), batch, decoder_input_ids)?)
+    }
+
+    /// Greedy decoding (stopping at EOS) of at most `max_new_tokens` per row, each row
+    /// starting with the decoder start token.
+    pub fn generate(
+        &self,
+        graph: &HostGraph<'_, B>,
+        batch: &TextBatch<B>,
+        max_new_tokens: usize,
+    ) -> anyhow::Result<Vec<Vec<i64>>> {
+        let s2s = self.seq2seq()?;
+        Ok(s2s.greedy_generate_with(&self.hooks(graph, batch), batch, 0, max_new_tokens)?)
     }
 
     /// Class logits `[batch, num_labels]` from the mean-pooled hidden state.

@@ -66,7 +66,8 @@ pub struct BackboneDetail {
     /// For a randomly initialised model: an HF `config.json` body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<Json>,
-    /// Tokenizer file for a randomly initialised model (defaults to the cached MiniLM one).
+    /// A `tokenizer.json` to use instead of the model folder's (for a randomly initialised
+    /// model: instead of the cached MiniLM one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
 }
@@ -114,6 +115,14 @@ pub struct TaskSpec {
     /// `option_scoring` for multiple choice and `regression` for a real-valued target.
     #[serde(default)]
     pub head: HeadKind,
+    /// `text_to_text`: the longest answer greedy decoding may produce, in tokens.
+    #[serde(default = "default_max_new_tokens")]
+    #[schemars(range(min = 1))]
+    pub max_new_tokens: usize,
+}
+
+fn default_max_new_tokens() -> usize {
+    16
 }
 
 /// The output head of a task.
@@ -129,6 +138,9 @@ pub enum HeadKind {
     OptionScoring,
     /// One real output trained with the mean squared error.
     Regression,
+    /// Encoder-decoder backbones (T5, BART): generate the answer's text, trained with teacher
+    /// forcing on the LM head, evaluated by greedy decoding.
+    TextToText,
 }
 
 /// How multi-task training picks the task of each batch.

@@ -21,7 +21,7 @@ use crate::{
     by_rank,
     config::{RunConfig, TaskSampling},
     data::{Example, Task, TaskKind},
-    heads::{per_example_loss, Head, Output},
+    heads::{per_example_loss, target_text, Head, Output},
     model::Model,
 };
 use optim::{InnerPrim, Optim};
@@ -120,7 +120,7 @@ pub fn evaluate<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<Evaluation> {
     let examples = &run.task.eval;
-    let (mut preds, mut values) = (Vec::new(), Vec::new());
+    let (mut preds, mut values, mut generated) = (Vec::new(), Vec::new(), Vec::new());
     let mut total_loss = 0.0;
     for chunk in examples.chunks(cfg.training.batch_size.max(1)) {
         let batch: Vec<&Example> = chunk.iter().collect();
@@ -160,15 +160,61 @@ pub fn evaluate<B: AutodiffBackend>(
                 }
                 values.extend(v.into_iter().map(f64::from));
             }
+            Output::Loss(l) => {
+                // Text-to-text: the loss is the gold answer's NLL; the prediction is what
+                // greedy decoding writes, matched against the candidates (or read as a number).
+                total_loss += floats(l.detach())?.iter().map(|&x| x as f64).sum::<f64>();
+                let graph = HostGraph::inference(&model.params);
+                let texts =
+                    run.head
+                        .generate(model, &graph, &batch, cfg.training.max_length, device)?;
+                for (text, e) in texts.iter().zip(&batch) {
+                    let norm = crate::metrics::normalize_answer(text);
+                    if run.task.kind == TaskKind::Regression {
+                        values.push(text.trim().parse::<f64>().unwrap_or(f64::NAN));
+                    } else {
+                        let cands = e.candidates(&run.task.labels);
+                        // An answer that is no candidate counts as a class of its own.
+                        preds.push(
+                            cands
+                                .iter()
+                                .position(|c| crate::metrics::normalize_answer(c) == norm)
+                                .unwrap_or(cands.len()),
+                        );
+                    }
+                    generated.push(text.clone());
+                }
+            }
         }
     }
     let n = examples.len().max(1);
     let mut metrics = BTreeMap::new();
+    if !generated.is_empty() {
+        let gold: Vec<String> = examples.iter().map(|e| target_text(e, run.task)).collect();
+        metrics.insert(
+            "exact_match".into(),
+            crate::metrics::exact_match(&generated, &gold),
+        );
+    }
     if run.task.kind == TaskKind::Regression {
         let gold: Vec<f64> = examples.iter().map(|e| e.value).collect();
+        // A generated answer that is not a number scores as 0.
+        let unparsed = values.iter().filter(|v| v.is_nan()).count();
+        let values: Vec<f64> = values
+            .iter()
+            .map(|v| if v.is_nan() { 0.0 } else { *v })
+            .collect();
         metrics.insert("pearson".into(), crate::metrics::pearson(&values, &gold));
         metrics.insert("spearman".into(), crate::metrics::spearman(&values, &gold));
-        metrics.insert("mse".into(), total_loss / n as f64);
+        let mse = values
+            .iter()
+            .zip(&gold)
+            .map(|(p, g)| (p - g).powi(2))
+            .sum::<f64>();
+        metrics.insert("mse".into(), mse / n as f64);
+        if !generated.is_empty() {
+            metrics.insert("unparsed".into(), unparsed as f64 / n as f64);
+        }
     } else {
         let gold: Vec<usize> = examples.iter().map(|e| e.label).collect();
         metrics.insert("accuracy".into(), crate::metrics::accuracy(&preds, &gold));
@@ -256,7 +302,7 @@ pub fn train_with<B: AutodiffBackend>(
     device: &B::Device,
     opts: &TrainOptions,
 ) -> anyhow::Result<TrainReport> {
-    let head = Head::resolve(cfg.task.head, task, "head")?;
+    let head = Head::resolve(&cfg.task, task, "head")?;
     head.create(&mut model.params.borrow_mut(), model.info().hidden_size)?;
     train_tasks(model, &[TaskRun { task, head }], cfg, device, opts)
 }

@@ -450,7 +450,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let table = crate::fewshot::markdown(&summaries);
             let report = serde_json::json!({
                 "base_config": base, "methods": methods, "tasks": tasks, "seeds": seeds,
-                "summaries": summaries, "cells": cells,
+                "summaries": summaries, "gains": crate::fewshot::relative_gains(&summaries),
+                "cells": cells,
             });
             write_atomic(
                 &out.join("fewshot.json"),

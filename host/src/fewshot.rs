@@ -144,6 +144,53 @@ pub fn summarise(cells: &[Cell]) -> Vec<Summary> {
     out
 }
 
+/// ARG and RGSTD of a method against the baseline method over the tasks both ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gain {
+    pub method: String,
+    pub baseline: String,
+    pub arg: f64,
+    pub rgstd: f64,
+    pub tasks: usize,
+}
+
+/// Every method's relative gain over the first method's mean per task (the baseline's own
+/// row included, at 0), skipping tasks with a ~0 baseline.
+pub fn relative_gains(summaries: &[Summary]) -> Vec<Gain> {
+    let Some(baseline) = summaries.first().map(|s| s.method.clone()) else {
+        return Vec::new();
+    };
+    let mut methods: Vec<&str> = Vec::new();
+    for s in summaries {
+        if !methods.contains(&s.method.as_str()) {
+            methods.push(&s.method);
+        }
+    }
+    methods
+        .into_iter()
+        .map(|m| {
+            let pairs: Vec<(f64, f64)> = summaries
+                .iter()
+                .filter(|s| s.method == m)
+                .filter_map(|s| {
+                    summaries
+                        .iter()
+                        .find(|b| b.method == baseline && b.task == s.task)
+                        .map(|b| (s.mean, b.mean))
+                })
+                .collect();
+            let (arg, rgstd, tasks) = crate::metrics::arg_rgstd(&pairs);
+            Gain {
+                method: m.to_string(),
+                baseline: baseline.clone(),
+                arg,
+                rgstd,
+                tasks,
+            }
+        })
+        .collect()
+}
+
 /// A markdown table: one row per task, one column per method, `mean ± std` in percent.
 pub fn markdown(summaries: &[Summary]) -> String {
     let mut methods: Vec<&str> = Vec::new();
@@ -170,6 +217,18 @@ pub fn markdown(summaries: &[Summary]) -> String {
                         s.seeds
                     )
                 }
+                None => out += " – |",
+            }
+        }
+        out += "\n";
+    }
+    // Relative gain of each method over the first (the thesis' ARG and RGSTD, in percent).
+    let gains = relative_gains(summaries);
+    if !gains.is_empty() {
+        out += &format!("| **ARG ± RGSTD vs {}** | |", methods[0]);
+        for m in &methods {
+            match gains.iter().find(|g| g.method == *m) {
+                Some(g) => out += &format!(" {:+.1} ± {:.1} |", 100.0 * g.arg, 100.0 * g.rgstd),
                 None => out += " – |",
             }
         }
@@ -214,9 +273,10 @@ mod tests {
             cell("lora", "b", 21, 0.7),
             cell("houlsby", "b", 13, 0.6),
             cell("lora", "a", 13, 0.9),
+            cell("houlsby", "a", 13, 0.45),
         ];
         let s = summarise(&cells);
-        assert_eq!(s.len(), 3);
+        assert_eq!(s.len(), 4);
         assert_eq!((s[0].task.as_str(), s[0].method.as_str()), ("b", "lora"));
         assert!((s[0].mean - 0.6).abs() < 1e-12);
         // Sample std of {0.5, 0.7}: sqrt(0.02 / 1).
@@ -231,11 +291,20 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("| a | macro_f1 | 90.0 ± 0.0 (1) | – |"),
+            table.contains("| a | macro_f1 | 90.0 ± 0.0 (1) | 45.0 ± 0.0 (1) |"),
             "{table}"
         );
         assert!(
-            table.contains("| **mean** | | **75.0** | **60.0** |"),
+            table.contains("| **mean** | | **75.0** | **52.5** |"),
+            "{table}"
+        );
+        // Houlsby against LoRA: RG 0 on b, -0.5 on a; ARG -0.25, RGSTD 0.25.
+        let g = relative_gains(&s);
+        assert_eq!((g[1].method.as_str(), g[1].tasks), ("houlsby", 2));
+        assert!((g[1].arg + 0.25).abs() < 1e-12 && (g[1].rgstd - 0.25).abs() < 1e-12);
+        assert_eq!((g[0].arg, g[0].rgstd), (0.0, 0.0));
+        assert!(
+            table.contains("| **ARG ± RGSTD vs lora** | | +0.0 ± 0.0 | -25.0 ± 25.0 |"),
             "{table}"
         );
     }

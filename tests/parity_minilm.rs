@@ -80,7 +80,8 @@ fn sentences_match_transformers() {
     }
 }
 
-/// Runs the no-grad inference path (inner-backend softmax, GELU, layer norm).
+/// Runs the no-grad inference path (the fused CPU attention and GELU kernels, inner-backend
+/// layer norm) on a padded batch.
 #[test]
 fn padded_batch_matches_unpadded() {
     let fx = read_json(&fixture("minilm-parity.json"));

@@ -4,7 +4,10 @@ use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
 use super::{additive_mask, Backbone, Hooks, TextBatch};
-use crate::bridge::ops::{layer_norm_in, softmax};
+use crate::bridge::{
+    kernels,
+    ops::{layer_norm_in, softmax},
+};
 
 /// The fields of an HF `config.json` that BertModel uses.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -265,24 +268,48 @@ impl Bert {
         let heads = c.num_attention_heads;
         let dh = h / heads;
         let split = |y: Tensor<B, 3>| y.reshape([b, t, heads, dh]).swap_dims(1, 2);
-        let q = split(self.lin(hooks, &x, &format!("{p}.attention.self.query"))?);
-        let k = split(self.lin(hooks, &x, &format!("{p}.attention.self.key"))?);
-        let v = split(self.lin(hooks, &x, &format!("{p}.attention.self.value"))?);
-        let (k, v) = hooks.kv(&format!("{p}.attention.self.kv"), k, v)?;
-        let prefix = k.dims()[2] - t;
-        let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt() + additive_mask(mask, prefix);
-        let probs = self.dropout(
-            hooks,
-            softmax(hooks.graph, scores, 3),
-            c.attention_probs_dropout_prob,
-        );
-        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, t, h]);
+        let q = self.lin(hooks, &x, &format!("{p}.attention.self.query"))?;
+        let k = self.lin(hooks, &x, &format!("{p}.attention.self.key"))?;
+        let v = self.lin(hooks, &x, &format!("{p}.attention.self.value"))?;
+        let kv_site = format!("{p}.attention.self.kv");
+        let ctx = if hooks.graph.no_grad && kernels::enabled::<B>() && !hooks.attached(&kv_site) {
+            // No gradient, no prefix: the fused kernel reads the heads where they lie.
+            let keep: Vec<bool> = mask
+                .clone()
+                .into_data()
+                .convert::<i64>()
+                .into_vec::<i64>()
+                .map_err(|e| ApiError::internal(format!("attention mask: {e:?}")))?
+                .into_iter()
+                .map(|m| m != 0)
+                .collect();
+            let (q, k, v) = (kernels::to_vec(q), kernels::to_vec(k), kernels::to_vec(v));
+            let scale = 1.0 / (dh as f32).sqrt();
+            let out = kernels::attention(&q, &k, &v, &keep, b, t, t, heads, scale);
+            kernels::from_vec(out, [b, t, h], &x.device())
+        } else {
+            let (k, v) = hooks.kv(&kv_site, split(k), split(v))?;
+            let prefix = k.dims()[2] - t;
+            let scores = split(q).matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt()
+                + additive_mask(mask, prefix);
+            let probs = self.dropout(
+                hooks,
+                softmax(hooks.graph, scores, 3),
+                c.attention_probs_dropout_prob,
+            );
+            probs.matmul(v).swap_dims(1, 2).reshape([b, t, h])
+        };
         let attn = self.lin(hooks, &ctx, &format!("{p}.attention.output.dense"))?;
         let attn = self.dropout(hooks, attn, c.hidden_dropout_prob);
         let attn = hooks.pair(&format!("{p}.attention"), &x, attn)?;
         let h1 = self.ln(hooks, attn + x, &format!("{p}.attention.output.LayerNorm"))?;
         let inter = self.lin(hooks, &h1, &format!("{p}.intermediate.dense"))?;
-        let inter = if hooks.graph.no_grad {
+        let inter = if hooks.graph.no_grad && kernels::enabled::<B>() && c.hidden_act == "gelu" {
+            let (shape, device) = (inter.dims(), inter.device());
+            let mut v = kernels::to_vec(inter);
+            kernels::gelu(&mut v);
+            kernels::from_vec(v, shape, &device)
+        } else if hooks.graph.no_grad {
             Tensor::from_inner(act(&c.hidden_act, inter.inner()))
         } else {
             act(&c.hidden_act, inter)

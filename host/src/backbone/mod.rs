@@ -92,7 +92,7 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
         Ok(t)
     }
 
-    fn attached(&self, site: &str) -> bool {
+    pub(crate) fn attached(&self, site: &str) -> bool {
         if let Some(&b) = self.cache.borrow().get(site) {
             return b;
         }

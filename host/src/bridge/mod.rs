@@ -1,5 +1,6 @@
 //! The burn bridge: where the op API ends and burn begins. [`HostGraph`] implements the
 //! `peft_api::Graph` interface over a handle table of burn tensors, under autodiff.
+pub mod kernels;
 pub mod ops;
 pub mod value;
 

@@ -196,7 +196,7 @@ mod tests {
     fn attention_matches_the_definition() {
         let (b, t, s, heads, dh) = (2, 3, 4, 2, 3);
         let h = heads * dh;
-        let val = |i: usize, m: f32| ((i as f32 * 0.37 + m).sin() * 1.3) as f32;
+        let val = |i: usize, m: f32| (i as f32 * 0.37 + m).sin() * 1.3;
         let q: Vec<f32> = (0..b * t * h).map(|i| val(i, 0.1)).collect();
         let k: Vec<f32> = (0..b * s * h).map(|i| val(i, 0.7)).collect();
         let v: Vec<f32> = (0..b * s * h).map(|i| val(i, 1.9)).collect();

@@ -159,3 +159,48 @@ fn crossfit_multiple_choice_and_metrics() {
         "accuracy"
     );
 }
+
+#[test]
+fn k_shots_per_class_with_a_seed() {
+    let spec = |seed_k: usize| peft_host::config::TaskSpec {
+        name: "glue-sst2".into(),
+        shots_per_class: seed_k,
+        train_examples: 0,
+        ..Default::default()
+    };
+    let a = peft_host::data::load(&data(), &spec(16), 7).unwrap();
+    assert_eq!(a.train.len(), 32);
+    for c in 0..2 {
+        assert_eq!(a.train.iter().filter(|e| e.label == c).count(), 16);
+    }
+    let b = peft_host::data::load(&data(), &spec(16), 7).unwrap();
+    assert_eq!(a.train, b.train, "same seed, same shots");
+    let c = peft_host::data::load(&data(), &spec(16), 8).unwrap();
+    assert_ne!(a.train, c.train, "another seed, other shots");
+    // Per class needs classes.
+    let mut copa = spec(4);
+    copa.name = "superglue/copa".into();
+    let err = peft_host::data::load(&data(), &copa, 7).unwrap_err();
+    assert!(err.to_string().contains("needs a fixed label set"), "{err}");
+}
+
+#[test]
+fn evaluation_split_named_in_the_config() {
+    let spec = |name: &str, split: &str| peft_host::config::TaskSpec {
+        name: name.into(),
+        eval_split: Some(split.into()),
+        ..Default::default()
+    };
+    let dev = peft_host::data::load(&data(), &spec("crossfit/glue-rte", "dev"), 1).unwrap();
+    assert_eq!((dev.eval_split.as_str(), dev.eval.len()), ("dev", 16));
+    let test = peft_host::data::load(&data(), &spec("crossfit/glue-rte", "test"), 1).unwrap();
+    assert_eq!((test.eval_split.as_str(), test.eval.len()), ("test", 277));
+    // glue-qqp has no CrossFit test file; GLUE RTE has only its dev set.
+    let err = peft_host::data::load(&data(), &spec("glue-qqp", "test"), 1).unwrap_err();
+    assert!(err.to_string().contains("no test file"), "{err}");
+    let err = peft_host::data::load(&data(), &spec("glue/rte", "test"), 1).unwrap_err();
+    assert!(
+        err.to_string().contains("is evaluated on its `dev` split"),
+        "{err}"
+    );
+}

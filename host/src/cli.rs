@@ -661,15 +661,7 @@ fn run_generic<B: AutodiffBackend>(
     let specs = cfg.task_specs();
     let mut tasks = Vec::with_capacity(specs.len());
     for (i, t) in specs.iter().enumerate() {
-        let task = crate::data::load_task(
-            data,
-            &t.name,
-            t.train_examples,
-            t.eval_examples,
-            t.split_seed,
-            cfg.seed,
-        )
-        .with_context(|| {
+        let task = crate::data::load(data, t, cfg.seed).with_context(|| {
             if cfg.tasks.is_empty() {
                 "/task".to_string()
             } else {

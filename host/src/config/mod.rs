@@ -111,6 +111,14 @@ pub struct TaskSpec {
     /// For CrossFit tasks: which k-shot split seed (13, 21, 42, 87, 100).
     #[serde(default = "default_split_seed")]
     pub split_seed: u64,
+    /// Train on `k` examples of each class drawn with the run's seed (0: off), before
+    /// `train_examples` applies.
+    #[serde(default)]
+    pub shots_per_class: usize,
+    /// The split to evaluate on: `dev` or `test` for CrossFit tasks (default: `test` where the
+    /// task has one); GLUE and SuperGLUE have their one labelled evaluation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_split: Option<String>,
     /// How the model answers: `auto` picks `classification` for a fixed label set,
     /// `option_scoring` for multiple choice and `regression` for a real-valued target.
     #[serde(default)]

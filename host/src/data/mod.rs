@@ -431,7 +431,7 @@ const PPFT_TASKS: &[(&str, &[&str])] = &[
 /// Loads a task by name: `glue-sst2` (or `glue/sst2`), `glue/<task>` and `superglue/<task>`
 /// from the full GLUE and SuperGLUE files, `crossfit/<task>` (or any other bare name) from
 /// CrossFit's k-shot splits (train on `_train`, evaluate on `_test`, or `_dev` where a task
-/// has no test file).
+/// has no test file). `train_n`/`eval_n` take seeded subsamples (0: all).
 pub fn load_task(
     data: &Path,
     name: &str,
@@ -440,7 +440,79 @@ pub fn load_task(
     split_seed: u64,
     seed: u64,
 ) -> anyhow::Result<Task> {
+    let spec = crate::config::TaskSpec {
+        name: name.into(),
+        train_examples: train_n,
+        eval_examples: eval_n,
+        split_seed,
+        ..Default::default()
+    };
+    load(data, &spec, seed)
+}
+
+/// Loads the task a config names: its files, the evaluation split it asks for, `k` examples
+/// per class when `shots_per_class` is set, then the subsamples.
+pub fn load(data: &Path, spec: &crate::config::TaskSpec, seed: u64) -> anyhow::Result<Task> {
+    let mut task = read_named(
+        data,
+        &spec.name,
+        spec.eval_split.as_deref(),
+        spec.split_seed,
+    )?;
+    if spec.shots_per_class > 0 {
+        anyhow::ensure!(
+            task.kind == TaskKind::Classification,
+            "task `{}`: shots_per_class needs a fixed label set; this task is {:?}",
+            spec.name,
+            task.kind
+        );
+        task.train = per_class(
+            std::mem::take(&mut task.train),
+            task.labels.len(),
+            spec.shots_per_class,
+            seed,
+        );
+    }
+    task.train = subsample(std::mem::take(&mut task.train), spec.train_examples, seed);
+    // The same evaluation subsample for every run seed: runs compare on one set.
+    task.eval = subsample(
+        std::mem::take(&mut task.eval),
+        spec.eval_examples,
+        EVAL_SUBSAMPLE_SEED,
+    );
+    Ok(task)
+}
+
+/// `k` examples of each class, drawn with `seed` (all of a class that has fewer), in a seeded
+/// order.
+pub fn per_class(examples: Vec<Example>, classes: usize, k: usize, seed: u64) -> Vec<Example> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut by_class: Vec<Vec<Example>> = vec![Vec::new(); classes];
+    for e in examples {
+        if let Some(c) = by_class.get_mut(e.label) {
+            c.push(e);
+        }
+    }
+    let mut out = Vec::with_capacity(classes * k);
+    for mut c in by_class {
+        c.shuffle(&mut rng);
+        c.truncate(k);
+        out.extend(c);
+    }
+    out.shuffle(&mut rng);
+    out
+}
+
+fn read_named(
+    data: &Path,
+    name: &str,
+    eval_split: Option<&str>,
+    split_seed: u64,
+) -> anyhow::Result<Task> {
     let task = |kind, labels: Vec<String>, train, eval, split: &str| {
+        if let Some(want) = eval_split.filter(|w| *w != split) {
+            bail!("task `{name}` is evaluated on its `{split}` split (the one labelled split here besides train); `eval_split` `{want}` does not exist for it");
+        }
         let crossfit =
             !(name.starts_with("glue/") || name.starts_with("superglue/") || name == "glue-sst2");
         let metric = match kind {
@@ -449,61 +521,60 @@ pub fn load_task(
             TaskKind::Classification if crossfit => "macro_f1",
             _ => "accuracy",
         };
-        Task {
+        Ok(Task {
             name: name.into(),
             kind,
             labels,
-            train: subsample(train, train_n, seed),
-            // The same evaluation subsample for every run seed: runs compare on one set.
-            eval: subsample(eval, eval_n, EVAL_SUBSAMPLE_SEED),
+            train,
+            eval,
             eval_split: split.into(),
             metric: metric.into(),
-        }
+        })
     };
     let strings = |l: &[&str]| l.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     if name == "glue/rte" {
         let dir = data.join("glue/rte");
         let labels = ["entailment", "not_entailment"];
-        return Ok(task(
+        return task(
             TaskKind::Classification,
             strings(&labels),
             read_ppft(&dir.join("ppft_train.json"), &labels)?,
             read_glue_pairs(&dir.join("glue_dev_official.tsv"), &labels)?,
             "dev",
-        ));
+        );
     }
     if name == "glue/cola" {
         let dir = data.join("glue/cola");
-        return Ok(task(
+        return task(
             TaskKind::Classification,
             strings(&["unacceptable", "acceptable"]),
             read_cola(&dir.join("in_domain_train.tsv"))?,
             read_cola(&dir.join("in_domain_dev.tsv"))?,
             "dev",
-        ));
+        );
     }
     if name == "glue/stsb" {
         let dir = data.join("glue/stsb");
-        return Ok(task(
+        return task(
             TaskKind::Regression,
             Vec::new(),
             read_ppft_scores(&dir.join("ppft_train.json"))?,
             read_ppft_scores(&dir.join("ppft_dev.json"))?,
             "ppft dev",
-        ));
+        );
     }
     if let Some((t, labels)) = name
         .strip_prefix("glue/")
         .and_then(|t| PPFT_TASKS.iter().find(|(n, _)| *n == t))
     {
         let dir = data.join("glue").join(t);
-        return Ok(task(
+        return task(
             TaskKind::Classification,
             strings(labels),
             read_ppft(&dir.join("ppft_train.json"), labels)?,
             read_ppft(&dir.join("ppft_dev.json"), labels)?,
             "ppft dev",
-        ));
+        );
     }
     if let Some(t) = name.strip_prefix("superglue/") {
         let Some((key, _, labels)) = SUPERGLUE_TASKS.iter().find(|(n, _, _)| *n == t) else {
@@ -513,23 +584,23 @@ pub fn load_task(
         let dir = data.join("superglue").join(folder);
         let train = read_superglue(&dir.join("fewglue_train.jsonl"), key, labels)?;
         let eval = read_superglue(&dir.join("fewglue_val.jsonl"), key, labels)?;
-        return Ok(task(
+        return task(
             kind_of(&[&train, &eval]),
             strings(labels),
             train,
             eval,
             "val",
-        ));
+        );
     }
     if name == "glue-sst2" || name == "glue/sst2" {
         let dir = data.join("glue/sst2");
-        return Ok(task(
+        return task(
             TaskKind::Classification,
             strings(&["negative", "positive"]),
             read_sst2(&dir.join("train.tsv"))?,
             read_sst2(&dir.join("dev.tsv"))?,
             "dev",
-        ));
+        );
     }
     if let Some(t) = name.strip_prefix("glue/") {
         bail!("GLUE task `{t}`: sst2, cola, mrpc, qqp, stsb, mnli, qnli and rte are supported");
@@ -545,13 +616,16 @@ pub fn load_task(
         &mut labels,
     )?;
     let test = dir.join(format!("{short}_test.jsonl"));
-    let (eval_path, split) = if test.exists() {
-        (test, "test")
-    } else {
-        (
-            dir.join(format!("{short}_16_{split_seed}_dev.jsonl")),
-            "dev",
-        )
+    let dev = dir.join(format!("{short}_16_{split_seed}_dev.jsonl"));
+    let (eval_path, split) = match eval_split {
+        Some("dev") => (dev, "dev"),
+        Some("test") | None if test.exists() => (test, "test"),
+        Some("test") => bail!(
+            "task `{name}` has no test file ({}); use \"eval_split\": \"dev\"",
+            test.display()
+        ),
+        None => (dev, "dev"),
+        Some(other) => bail!("task `{name}`: eval_split `{other}` is not `dev` or `test`"),
     };
     let (mut train, mut eval) = (train, read_crossfit(&eval_path, &mut labels)?);
     let kind = kind_of(&[&train, &eval]);
@@ -564,5 +638,5 @@ pub fn load_task(
         }
         labels.clear();
     }
-    Ok(task(kind, labels, train, eval, split))
+    task(kind, labels, train, eval, split)
 }

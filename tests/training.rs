@@ -202,6 +202,29 @@ fn scores(out: heads::Output<B>) -> (Vec<f32>, Vec<f32>) {
     (v(logits), v(valid))
 }
 
+/// Trains `task` alone with the head `auto` picks.
+fn fit_with_auto_head(
+    model: &Model<B>,
+    cfg: &RunConfig,
+    task: &data::Task,
+) -> (heads::Head, train::TrainReport) {
+    let head = heads::Head::resolve(&Default::default(), task, "head").unwrap();
+    head.create(&mut model.params.borrow_mut(), 32).unwrap();
+    let runs = [train::TaskRun {
+        task,
+        head: head.clone(),
+    }];
+    let r =
+        train::train_tasks(model, &runs, cfg, &Default::default(), &Default::default()).unwrap();
+    (head, r)
+}
+
+/// Mean training loss of the first three and the last three steps.
+fn first_and_last_losses(r: &train::TrainReport) -> (f64, f64) {
+    let mean = |v: &[(usize, f64)]| v.iter().map(|(_, l)| l).sum::<f64>() / v.len() as f64;
+    (mean(&r.losses[..3]), mean(&r.losses[r.losses.len() - 3..]))
+}
+
 /// Option scoring ranks (input, option) pairs with one shared head: a batch of examples with
 /// 2 and 4 options gives each example the scores it gets alone, padding scores vanish under
 /// softmax, and reordering the options reorders the scores.
@@ -272,20 +295,9 @@ fn option_scoring_fits_a_multiple_choice_task() {
     )
     .unwrap();
     assert_eq!(task.kind, data::TaskKind::MultipleChoice);
-    let head = heads::Head::resolve(&Default::default(), &task, "head").unwrap();
+    let (head, r) = fit_with_auto_head(&model, &cfg, &task);
     assert_eq!(head, heads::Head::OptionScoring);
-    head.create(&mut model.params.borrow_mut(), 32).unwrap();
-    let runs = [train::TaskRun { task: &task, head }];
-    let r = train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
-    let first: f64 = r.losses[..3].iter().map(|(_, l)| l).sum::<f64>() / 3.0;
-    let last: f64 = r.losses[57..].iter().map(|(_, l)| l).sum::<f64>() / 3.0;
+    let (first, last) = first_and_last_losses(&r);
     assert!(
         last < 0.7 * first,
         "training loss should fall: {first} -> {last}"
@@ -308,8 +320,6 @@ fn regression_head_fits_stsb_and_reports_correlations() {
     )
     .unwrap();
     let task = data::load_task(&data::data_dir(None).unwrap(), "glue/stsb", 8, 24, 13, 3).unwrap();
-    let head = heads::Head::resolve(&Default::default(), &task, "head").unwrap();
-    assert!(matches!(head, heads::Head::Regression { .. }));
     // A classifier cannot answer a regression task: the error says what to use.
     let spec = peft_host::config::TaskSpec {
         head: peft_host::config::HeadKind::Classification,
@@ -317,18 +327,9 @@ fn regression_head_fits_stsb_and_reports_correlations() {
     };
     let err = heads::Head::resolve(&spec, &task, "head").unwrap_err();
     assert!(err.to_string().contains("use `regression`"), "{err}");
-    head.create(&mut model.params.borrow_mut(), 32).unwrap();
-    let runs = [train::TaskRun { task: &task, head }];
-    let r = train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
-    let first: f64 = r.losses[..3].iter().map(|(_, l)| l).sum::<f64>() / 3.0;
-    let last: f64 = r.losses[37..].iter().map(|(_, l)| l).sum::<f64>() / 3.0;
+    let (head, r) = fit_with_auto_head(&model, &cfg, &task);
+    assert!(matches!(head, heads::Head::Regression { .. }));
+    let (first, last) = first_and_last_losses(&r);
     assert!(
         last < 0.5 * first,
         "squared error should fall: {first} -> {last}"

@@ -390,14 +390,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 tasks
             };
             let data = crate::data::data_dir(data.as_deref())?;
-            let _ = ctrlc::set_handler(|| {
-                if crate::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!(
-                    "\ninterrupt: checkpointing this cell; rerun the same command to continue"
-                );
-            });
+            on_sigint("checkpointing this cell; rerun the same command to continue");
             let total = (methods.len() * tasks.len() * seeds.len()) as u64;
             let bar = if quiet {
                 indicatif::ProgressBar::hidden()
@@ -497,15 +490,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.task.name = t;
             }
             let data = crate::data::data_dir(data.as_deref())?;
-            // SIGINT: checkpoint at the end of the current step, then stop (a second one quits).
-            let _ = ctrlc::set_handler(|| {
-                if crate::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    std::process::exit(130);
-                }
-                eprintln!(
-                    "\ninterrupt: writing a checkpoint after this step (press again to quit now)"
-                );
-            });
+            on_sigint("writing a checkpoint after this step (press again to quit now)");
             let flags = RunFlags {
                 progress: !quiet,
                 resume,
@@ -522,6 +507,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// SIGINT: the trainer checkpoints at the end of the current step and stops (exit 130); a
+/// second SIGINT quits at once.
+fn on_sigint(message: &'static str) {
+    let _ = ctrlc::set_handler(move || {
+        if crate::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: {message}");
+    });
 }
 
 /// Runs `f` on the selected device's backend.

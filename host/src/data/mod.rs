@@ -195,8 +195,8 @@ struct PpftRow {
     label: serde_json::Value,
 }
 
-/// Reads a `ppft_train.json` / `ppft_dev.json` file (`{"0": {"text_a", "text_b", "label"}}`).
-pub fn read_ppft(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
+/// The rows of a `ppft_*.json` file (`{"0": {"text_a", "text_b", "label"}}`) in key order.
+fn read_ppft_rows(path: &Path) -> anyhow::Result<Vec<(usize, PpftRow)>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let rows: std::collections::BTreeMap<String, PpftRow> = serde_json::from_str(&text)
@@ -206,7 +206,12 @@ pub fn read_ppft(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
         .map(|(k, v)| (k.parse().unwrap_or(usize::MAX), v))
         .collect();
     keyed.sort_by_key(|(k, _)| *k);
-    keyed
+    Ok(keyed)
+}
+
+/// Reads a `ppft_train.json` / `ppft_dev.json` file of a classification task.
+pub fn read_ppft(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
+    read_ppft_rows(path)?
         .into_iter()
         .map(|(k, r)| {
             let l = match &r.label {
@@ -231,16 +236,7 @@ pub fn read_ppft(path: &Path, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
 
 /// Reads STS-B's `ppft_*.json` re-split: sentence pairs with a similarity score in [0, 5].
 pub fn read_ppft_scores(path: &Path) -> anyhow::Result<Vec<Example>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let rows: std::collections::BTreeMap<String, PpftRow> = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a ppft JSON file", path.display()))?;
-    let mut keyed: Vec<(usize, PpftRow)> = rows
-        .into_iter()
-        .map(|(k, v)| (k.parse().unwrap_or(usize::MAX), v))
-        .collect();
-    keyed.sort_by_key(|(k, _)| *k);
-    keyed
+    read_ppft_rows(path)?
         .into_iter()
         .map(|(k, r)| {
             let value = match &r.label {

@@ -571,3 +571,50 @@ fn text_to_text_on_an_encoder_only_backbone_is_refused() {
         "{err:#}"
     );
 }
+
+/// The siamese head encodes each sentence of a pair on its own and classifies
+/// `[u, v, |u − v|, u ∗ v]`: its weight is `[classes, 4 · hidden]`, it fits a few pairs, and a
+/// task of single sentences is refused.
+#[test]
+fn siamese_head_fits_sentence_pairs() {
+    let _rng = serial();
+    let (mut cfg, model) = tiny_model(serde_json::json!([{ "plugin": "houlsby" }]));
+    cfg.task.head = peft_host::config::HeadKind::Siamese;
+    cfg.training = serde_json::from_value(
+        serde_json::json!({ "steps": 40, "batch_size": 8, "learning_rate": 1e-2, "max_length": 48 }),
+    )
+    .unwrap();
+    let dir = data::data_dir(None).unwrap();
+    let task = data::load_task(&dir, "glue/rte", 8, 8, 13, 3).unwrap();
+    let r = train::train_with(
+        &model,
+        &task,
+        &cfg,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    let (first, last) = first_and_last_losses(&r);
+    assert!(
+        last < 0.7 * first,
+        "training loss should fall: {first} -> {last}"
+    );
+    assert_eq!(
+        model.params.borrow().get("head.weight").unwrap().shape,
+        [2, 128]
+    );
+    let sst2 = data::load_task(&dir, "glue-sst2", 4, 4, 13, 3).unwrap();
+    let (_, other) = tiny_model(serde_json::json!([]));
+    let err = train::train_with(
+        &other,
+        &sst2,
+        &cfg,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("the siamese head needs sentence pairs"),
+        "{err:#}"
+    );
+}

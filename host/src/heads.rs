@@ -34,6 +34,9 @@ pub enum Head {
     Regression { prefix: String },
     /// The backbone's own LM head: the answer's text, generated.
     TextToText { max_new_tokens: usize },
+    /// Sentence pairs encoded one sentence at a time, classified from `[u, v, |u − v|, u ∗ v]`
+    /// (Sentence-BERT's NLI head): `{prefix}.weight [classes, 4 · hidden]`.
+    Siamese { prefix: String, classes: usize },
 }
 
 /// What a head computes for a batch.
@@ -61,6 +64,10 @@ impl Head {
             (HeadKind::TextToText, _) => Head::TextToText {
                 max_new_tokens: spec.max_new_tokens,
             },
+            (HeadKind::Siamese, TaskKind::Classification) => Head::Siamese {
+                prefix: prefix.into(),
+                classes: task.labels.len(),
+            },
             (HeadKind::Auto | HeadKind::Classification, TaskKind::Classification) => {
                 Head::Classification {
                     prefix: prefix.into(),
@@ -83,7 +90,7 @@ impl Head {
                 }
             ),
         };
-        if let Head::Classification { classes, .. } = head {
+        if let Head::Classification { classes, .. } | Head::Siamese { classes, .. } = head {
             anyhow::ensure!(
                 classes >= 2,
                 "task `{}` has {classes} label(s); a classifier needs at least two",
@@ -96,7 +103,9 @@ impl Head {
     /// The parameter prefix and output width of a head of its own; none for text-to-text.
     fn linear(&self) -> Option<(&str, usize)> {
         match self {
-            Head::Classification { prefix, classes } => Some((prefix, *classes)),
+            Head::Classification { prefix, classes } | Head::Siamese { prefix, classes } => {
+                Some((prefix, *classes))
+            }
             Head::Regression { prefix } => Some((prefix, 1)),
             Head::OptionScoring => Some((OPTION_HEAD, 1)),
             Head::TextToText { .. } => None,
@@ -114,7 +123,11 @@ impl Head {
             return Ok(());
         };
         let (w, b) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
-        let shape = [outputs, hidden];
+        let features = match self {
+            Head::Siamese { .. } => 4 * hidden,
+            _ => hidden,
+        };
+        let shape = [outputs, features];
         if let Some(p) = store.get(&w) {
             anyhow::ensure!(
                 p.shape == shape,
@@ -157,6 +170,35 @@ impl Head {
                 }
             }
             Head::Regression { .. } => Output::Values(project(&pairs(batch))?.reshape([n])),
+            Head::Siamese { prefix, classes } => {
+                let mut sides = [Vec::with_capacity(n), Vec::with_capacity(n)];
+                for e in batch {
+                    let b = e.text_b.clone().with_context(|| {
+                        format!(
+                            "task `{}`: the siamese head needs sentence pairs; an example has one sentence",
+                            task.name
+                        )
+                    })?;
+                    sides[0].push((e.text_a.clone(), None));
+                    sides[1].push((b, None));
+                }
+                let mut pooled = Vec::with_capacity(2);
+                for side in &sides {
+                    let tb = model.tokenize(side, max_len, device)?;
+                    pooled.push(mean_pool(model.encode(graph, &tb)?, &tb.attention_mask));
+                }
+                let (u, v) = (pooled[0].clone(), pooled[1].clone());
+                let features = Tensor::cat(
+                    vec![u.clone(), v.clone(), (u.clone() - v.clone()).abs(), u * v],
+                    1,
+                );
+                let w = graph.param_value(&format!("{prefix}.weight"))?;
+                let b = graph.param_value(&format!("{prefix}.bias"))?;
+                Output::Scores {
+                    logits: ft::<B, 2>(linear::<B>(fp(features), w, Some(b))?),
+                    valid: Tensor::ones([n, *classes], device),
+                }
+            }
             Head::OptionScoring => {
                 // One row per (example, option): the input first, the option as the second
                 // segment (kept whole by longest-first truncation).

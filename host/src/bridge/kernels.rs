@@ -9,9 +9,12 @@ use burn::tensor::{backend::AutodiffBackend, Tensor, TensorData};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-/// Whether `B` computes on burn's CPU backend, where these kernels apply.
+/// Whether `B` computes on burn's CPU backend, where these kernels apply, and they are not
+/// turned off with `PEFT_CPU_KERNELS=0` (to compare against burn's generic ops).
 pub fn enabled<B: AutodiffBackend>() -> bool {
-    TypeId::of::<B::InnerBackend>() == TypeId::of::<burn::backend::Flex>()
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("PEFT_CPU_KERNELS").is_ok_and(|v| v == "0"));
+    !off && TypeId::of::<B::InnerBackend>() == TypeId::of::<burn::backend::Flex>()
 }
 
 /// A tensor's values, row-major.

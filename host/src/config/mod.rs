@@ -146,6 +146,9 @@ pub enum HeadKind {
     OptionScoring,
     /// One real output trained with the mean squared error.
     Regression,
+    /// Sentence pairs: each sentence encoded on its own, a linear layer over
+    /// `[u, v, |u − v|, u ∗ v]` of the two mean-pooled states (Sentence-BERT's NLI head).
+    Siamese,
     /// Encoder-decoder backbones (T5, BART): generate the answer's text, trained with teacher
     /// forcing on the LM head, evaluated by greedy decoding.
     TextToText,

@@ -106,8 +106,30 @@ fn superglue_fewglue_files() {
         assert_eq!(t.labels.len(), classes);
         assert!(t.train.iter().all(|e| e.text_b.is_some()));
     }
-    let err = load_task(&data(), "superglue/wsc", 0, 0, 13, 42).unwrap_err();
-    assert!(err.to_string().contains("not yet"), "{err}");
+    let err = load_task(&data(), "superglue/axb", 0, 0, 13, 42).unwrap_err();
+    assert!(err.to_string().contains("are supported"), "{err}");
+}
+
+#[test]
+fn superglue_wsc_and_multirc() {
+    let wsc = load_task(&data(), "superglue/wsc", 0, 0, 13, 42).unwrap();
+    assert_eq!((wsc.train.len(), wsc.eval.len()), (32, 104));
+    assert_eq!(
+        wsc.train[0].text_b.as_deref(),
+        Some("Does \"it\" refer to \"Tina\"?")
+    );
+    assert_eq!(wsc.labels[wsc.train[0].label], "true");
+    let m = load_task(&data(), "superglue/multirc", 0, 0, 13, 42).unwrap();
+    // One example per candidate answer: far more than the 32 passages.
+    assert!(m.train.len() > 32 * 3, "{}", m.train.len());
+    let first = &m.train[0];
+    assert!(first.text_a.starts_with("A stranger in town meets"));
+    assert_eq!(
+        first.text_b.as_deref(),
+        Some("How does Jason react to the stranger who arrives with Susan? He welcomes him with open arm")
+    );
+    assert_eq!(first.label, 0);
+    assert_eq!(m.train[1].label, 1);
 }
 
 #[test]

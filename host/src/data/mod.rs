@@ -368,6 +368,19 @@ pub fn read_superglue(path: &Path, task: &str, labels: &[&str]) -> anyhow::Resul
             let (a, b) = match task {
                 "boolq" => (field(&row, "passage", i)?, field(&row, "question", i)?),
                 "cb" | "rte" => (field(&row, "premise", i)?, field(&row, "hypothesis", i)?),
+                "wsc" => {
+                    let target = row
+                        .get("target")
+                        .with_context(|| format!("{}:{}: no `target`", path.display(), i + 1))?;
+                    (
+                        field(&row, "text", i)?,
+                        format!(
+                            "Does \"{}\" refer to \"{}\"?",
+                            field(target, "span2_text", i)?,
+                            field(target, "span1_text", i)?
+                        ),
+                    )
+                }
                 "wic" => (
                     format!(
                         "{}: {}",
@@ -406,9 +419,64 @@ pub fn read_superglue(path: &Path, task: &str, labels: &[&str]) -> anyhow::Resul
         .collect()
 }
 
+/// Reads MultiRC's JSONL: one example per (passage, question, candidate answer), labelled
+/// whether the answer is right (`false`/`true`).
+pub fn read_multirc(path: &Path) -> anyhow::Result<Vec<Example>> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        text: String,
+        label: usize,
+    }
+    #[derive(serde::Deserialize)]
+    struct Question {
+        question: String,
+        answers: Vec<Answer>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Passage {
+        text: String,
+        questions: Vec<Question>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Row {
+        passage: Passage,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let row: Row = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a MultiRC row", path.display(), i + 1))?;
+        for q in row.passage.questions {
+            for a in q.answers {
+                anyhow::ensure!(
+                    a.label < 2,
+                    "{}:{}: answer label {} is not 0 or 1",
+                    path.display(),
+                    i + 1,
+                    a.label
+                );
+                out.push(Example {
+                    text_a: row.passage.text.clone(),
+                    text_b: Some(format!("{} {}", q.question, a.text)),
+                    label: a.label,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The SuperGLUE tasks read here: folder, reader key, labels (none: multiple choice).
 const SUPERGLUE_TASKS: &[(&str, &str, &[&str])] = &[
     ("copa", "copa", &[]),
+    ("wsc", "wsc", &["false", "true"]),
+    ("multirc", "multirc", &["false", "true"]),
     ("boolq", "boolq", &["false", "true"]),
     ("cb", "cb", &["entailment", "contradiction", "neutral"]),
     ("rte", "rte", &["entailment", "not_entailment"]),
@@ -574,12 +642,19 @@ fn read_named(
     }
     if let Some(t) = name.strip_prefix("superglue/") {
         let Some((key, _, labels)) = SUPERGLUE_TASKS.iter().find(|(n, _, _)| *n == t) else {
-            bail!("SuperGLUE task `{t}`: boolq, cb, copa, rte and wic are supported (multirc and wsc are not yet)");
+            bail!("SuperGLUE task `{t}`: boolq, cb, copa, multirc, rte, wic and wsc are supported");
         };
         let folder = if *key == "rte" { "rte_superglue" } else { key };
         let dir = data.join("superglue").join(folder);
-        let train = read_superglue(&dir.join("fewglue_train.jsonl"), key, labels)?;
-        let eval = read_superglue(&dir.join("fewglue_val.jsonl"), key, labels)?;
+        let read = |file: &str| {
+            let path = dir.join(file);
+            if *key == "multirc" {
+                read_multirc(&path)
+            } else {
+                read_superglue(&path, key, labels)
+            }
+        };
+        let (train, eval) = (read("fewglue_train.jsonl")?, read("fewglue_val.jsonl")?);
         return task(
             kind_of(&[&train, &eval]),
             strings(labels),

@@ -246,6 +246,10 @@ impl Bert {
     ) -> Result<Tensor<B, 3>, ApiError> {
         let w = hooks.weight::<1>(&format!("{key}.weight"))?;
         let b = hooks.weight::<1>(&format!("{key}.bias"))?;
+        if !hooks.graph.no_grad && kernels::tracked::enabled::<B>() {
+            let eps = self.config.layer_norm_eps;
+            return Ok(kernels::tracked::layer_norm(x, w, b, eps));
+        }
         Ok(layer_norm_in(
             hooks.graph,
             x,
@@ -272,21 +276,28 @@ impl Bert {
         let k = self.lin(hooks, &x, &format!("{p}.attention.self.key"))?;
         let v = self.lin(hooks, &x, &format!("{p}.attention.self.value"))?;
         let kv_site = format!("{p}.attention.self.kv");
-        let ctx = if hooks.graph.no_grad && kernels::enabled::<B>() && !hooks.attached(&kv_site) {
+        let scale = 1.0 / (dh as f32).sqrt();
+        let fused = !hooks.attached(&kv_site);
+        let ctx = if fused && hooks.graph.no_grad && kernels::enabled::<B>() {
             // No gradient, no prefix: the fused kernel reads the heads where they lie.
-            let keep: Vec<bool> = mask
-                .clone()
-                .into_data()
-                .convert::<i64>()
-                .into_vec::<i64>()
-                .map_err(|e| ApiError::internal(format!("attention mask: {e:?}")))?
-                .into_iter()
-                .map(|m| m != 0)
-                .collect();
+            let keep = kernels::keep_mask(mask)?;
             let (q, k, v) = (kernels::to_vec(q), kernels::to_vec(k), kernels::to_vec(v));
-            let scale = 1.0 / (dh as f32).sqrt();
             let out = kernels::attention(&q, &k, &v, &keep, b, t, t, heads, scale);
             kernels::from_vec(out, [b, t, h], &x.device())
+        } else if fused && kernels::tracked::enabled::<B>() {
+            // Training: the same kernel as one autodiff operation with its own backward.
+            let p = if hooks.training() {
+                c.attention_probs_dropout_prob
+            } else {
+                0.0
+            };
+            let seed = if p > 0.0 {
+                kernels::draw_seed::<B>(&x.device())
+            } else {
+                0
+            };
+            let keep = kernels::keep_mask(mask)?;
+            kernels::tracked::attention(q, k, v, &keep, heads, scale, p, seed)
         } else {
             let (k, v) = hooks.kv(&kv_site, split(k), split(v))?;
             let prefix = k.dims()[2] - t;
@@ -311,6 +322,8 @@ impl Bert {
             kernels::from_vec(v, shape, &device)
         } else if hooks.graph.no_grad {
             Tensor::from_inner(act(&c.hidden_act, inter.inner()))
+        } else if kernels::tracked::enabled::<B>() && c.hidden_act == "gelu" {
+            kernels::tracked::gelu(inter)
         } else {
             act(&c.hidden_act, inter)
         };

@@ -35,6 +35,38 @@ pub fn from_vec<B: AutodiffBackend, const D: usize>(
     Tensor::from_inner(Tensor::from_data(TensorData::new(v, shape), device))
 }
 
+/// Which keys attention may see: the 0/1 padding mask `[batch, time]` as booleans.
+pub fn keep_mask<B: AutodiffBackend>(
+    mask: &Tensor<B, 2, burn::tensor::Int>,
+) -> Result<Vec<bool>, peft_api::ApiError> {
+    Ok(mask
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .map_err(|e| peft_api::ApiError::internal(format!("attention mask: {e:?}")))?
+        .into_iter()
+        .map(|m| m != 0)
+        .collect())
+}
+
+/// A seed drawn from the backend's generator, so kernel dropout follows `B::seed` (the same
+/// seed, the same masks; a resumed run draws what an uninterrupted one does).
+pub fn draw_seed<B: AutodiffBackend>(device: &B::Device) -> u64 {
+    let u = Tensor::<B::InnerBackend, 1>::random(
+        [2],
+        burn::tensor::Distribution::Uniform(0.0, 1.0),
+        device,
+    )
+    .into_data()
+    .convert::<f32>()
+    .into_vec::<f32>()
+    .unwrap_or_default();
+    // 24 random bits from each draw.
+    u.iter()
+        .fold(0u64, |acc, x| (acc << 24) | (x * 16_777_216.0) as u64)
+}
+
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 // SAFETY: each (batch, head) task writes a disjoint set of output elements.
@@ -239,6 +271,180 @@ mod tests {
         }
     }
 
+    type A = burn::backend::Autodiff<burn::backend::Flex>;
+
+    fn leaf(seed: f32, shape: [usize; 3]) -> Tensor<A, 3> {
+        let n = shape.iter().product::<usize>();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (i as f32 * 0.61 + seed).sin() * 1.1)
+            .collect();
+        Tensor::<A, 3>::from_data(TensorData::new(v, shape), &Default::default()).require_grad()
+    }
+
+    fn vals<Bk: burn::tensor::backend::Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().into_vec().unwrap()
+    }
+
+    /// burn's own ops: split heads, scores with the additive mask, softmax, merge.
+    fn reference(
+        q: Tensor<A, 3>,
+        k: Tensor<A, 3>,
+        v: Tensor<A, 3>,
+        keep: &[bool],
+        heads: usize,
+    ) -> Tensor<A, 3> {
+        let [b, t, h] = q.dims();
+        let dh = h / heads;
+        let split = |x: Tensor<A, 3>| x.reshape([b, t, heads, dh]).swap_dims(1, 2);
+        let m: Vec<f32> = keep
+            .iter()
+            .map(|&k| if k { 0.0 } else { f32::MIN })
+            .collect();
+        let mask = Tensor::<A, 2>::from_data(TensorData::new(m, [b, t]), &Default::default())
+            .unsqueeze_dim::<3>(1)
+            .unsqueeze_dim::<4>(1);
+        let scores = split(q).matmul(split(k).swap_dims(2, 3)) / (dh as f64).sqrt() + mask;
+        burn::tensor::activation::softmax(scores, 3)
+            .matmul(split(v))
+            .swap_dims(1, 2)
+            .reshape([b, t, h])
+    }
+
+    /// The tracked kernel's output and its gradients of q, k and v equal burn's, with a padded
+    /// key.
+    #[test]
+    fn tracked_attention_matches_burn_values_and_gradients() {
+        let (b, t, heads, h) = (2, 5, 2, 8);
+        let keep = [true, true, true, true, false, true, true, true, true, true];
+        let w = leaf(3.0, [b, t, h]).detach();
+        let run = |fused: bool| {
+            let (q, k, v) = (
+                leaf(0.1, [b, t, h]),
+                leaf(0.7, [b, t, h]),
+                leaf(1.9, [b, t, h]),
+            );
+            let scale = 1.0 / ((h / heads) as f32).sqrt();
+            let out = if fused {
+                tracked::attention(q.clone(), k.clone(), v.clone(), &keep, heads, scale, 0.0, 0)
+            } else {
+                reference(q.clone(), k.clone(), v.clone(), &keep, heads)
+            };
+            let g = (out.clone() * w.clone()).sum().backward();
+            let grad = |x: &Tensor<A, 3>| vals(x.grad(&g).unwrap());
+            (vals(out), grad(&q), grad(&k), grad(&v))
+        };
+        let (a, b2) = (run(true), run(false));
+        for (name, x, y) in [
+            ("out", &a.0, &b2.0),
+            ("dq", &a.1, &b2.1),
+            ("dk", &a.2, &b2.2),
+            ("dv", &a.3, &b2.3),
+        ] {
+            let d = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "{name}: max abs diff {d}");
+        }
+    }
+
+    /// With dropout on the probabilities, the gradient still is the derivative of what the
+    /// forward computed (same seed, same mask): a central difference along a direction agrees.
+    #[test]
+    fn tracked_attention_dropout_gradient_is_consistent() {
+        let (b, t, heads, h) = (1, 6, 2, 4);
+        let keep = [true; 6];
+        let dir = leaf(5.0, [b, t, h]).detach();
+        let loss = |q: Tensor<A, 3>| {
+            let (k, v) = (leaf(0.7, [b, t, h]).detach(), leaf(1.9, [b, t, h]).detach());
+            let out = tracked::attention(q, k, v, &keep, heads, 0.5, 0.3, 1234);
+            (out.clone() * out).sum()
+        };
+        let q = leaf(0.1, [b, t, h]);
+        let g = loss(q.clone()).backward();
+        let analytic: f32 = vals(q.grad(&g).unwrap())
+            .iter()
+            .zip(vals(dir.clone()))
+            .map(|(a, b)| a * b)
+            .sum();
+        let eps = 1e-2;
+        let at = |s: f64| vals(loss(q.clone().detach() + dir.clone() * s))[0];
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f32);
+        assert!(
+            (analytic - numeric).abs() < 2e-2 * analytic.abs().max(1.0),
+            "{analytic} vs {numeric}"
+        );
+        // Dropout did act: without it the loss differs.
+        let plain = {
+            let (k, v) = (leaf(0.7, [b, t, h]).detach(), leaf(1.9, [b, t, h]).detach());
+            let out = tracked::attention(q.clone().detach(), k, v, &keep, heads, 0.5, 0.0, 1234);
+            vals((out.clone() * out).sum())[0]
+        };
+        assert!((plain - at(0.0)).abs() > 1e-4);
+    }
+
+    #[test]
+    fn tracked_gelu_matches_burn_values_and_gradients() {
+        let run = |fused: bool| {
+            let x = leaf(0.3, [2, 3, 50]) * 4.0;
+            let x = x.detach().require_grad();
+            let y = if fused {
+                tracked::gelu(x.clone())
+            } else {
+                burn::tensor::activation::gelu(x.clone())
+            };
+            let g = (y.clone() * y.clone()).sum().backward();
+            (vals(y), vals(x.grad(&g).unwrap()))
+        };
+        let (a, b) = (run(true), run(false));
+        for (x, y) in a.0.iter().zip(&b.0).chain(a.1.iter().zip(&b.1)) {
+            assert!((x - y).abs() < 1e-5 * y.abs().max(1.0), "{x} vs {y}");
+        }
+    }
+
+    /// Values and the gradients of input, weight and bias against burn's layer norm.
+    #[test]
+    fn tracked_layer_norm_matches_burn_values_and_gradients() {
+        let d = 40;
+        let run = |fused: bool| {
+            let x = (leaf(0.3, [2, 3, d]) * 3.0 + 0.5).detach().require_grad();
+            let wv: Vec<f32> = (0..d).map(|i| 1.0 + (i as f32 * 0.3).cos() * 0.2).collect();
+            let bv: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin() * 0.1).collect();
+            let w = Tensor::<A, 1>::from_data(TensorData::new(wv, [d]), &Default::default())
+                .require_grad();
+            let b = Tensor::<A, 1>::from_data(TensorData::new(bv, [d]), &Default::default())
+                .require_grad();
+            let y = if fused {
+                tracked::layer_norm(x.clone(), w.clone(), b.clone(), 1e-12)
+            } else {
+                crate::bridge::ops::layer_norm(x.clone(), Some(w.clone()), Some(b.clone()), 1e-12)
+            };
+            let t = leaf(9.0, [2, 3, d]).detach();
+            let g = (y.clone() * t).sum().backward();
+            (
+                vals(y),
+                vals(x.grad(&g).unwrap()),
+                vals(w.grad(&g).unwrap()),
+                vals(b.grad(&g).unwrap()),
+            )
+        };
+        let (a, b) = (run(true), run(false));
+        for (name, x, y) in [
+            ("y", &a.0, &b.0),
+            ("dx", &a.1, &b.1),
+            ("dw", &a.2, &b.2),
+            ("db", &a.3, &b.3),
+        ] {
+            let m = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(m < 1e-4, "{name}: max abs diff {m}");
+        }
+    }
+
     #[test]
     fn gelu_matches_the_exact_definition() {
         let mut x: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
@@ -250,5 +456,565 @@ mod tests {
         for (a, b) in x.iter().zip(&want) {
             assert!((*a as f64 - b).abs() < 2e-6, "{a} vs {b}");
         }
+    }
+}
+
+/// The attention kernel as a tracked operation of the CPU autodiff backend: the same forward
+/// as [`attention`] (plus dropout on the probabilities when training) and its own backward, so
+/// training skips burn's head copies and five-op softmax too.
+pub mod tracked {
+    use std::{any::Any, sync::Arc};
+
+    use burn::{
+        backend::{
+            autodiff::{
+                checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
+                grads::Gradients,
+                ops::{Backward, Ops, OpsKind},
+            },
+            Autodiff, Flex,
+        },
+        tensor::{
+            backend::{AutodiffBackend, BackendTypes},
+            Tensor, TensorData, TensorPrimitive,
+        },
+    };
+    use gemm::{gemm, Parallelism};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use rayon::prelude::*;
+
+    use super::{softmax_rows, OutPtr};
+
+    type Ad = Autodiff<Flex>;
+    /// The CPU autodiff backend's float primitive (burn-autodiff's `AutodiffTensor<Flex>`).
+    type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
+    type FlexTensor = <Flex as BackendTypes>::FloatTensorPrimitive;
+
+    /// Whether `B` is the CPU autodiff backend (and the kernels are not turned off).
+    pub fn enabled<B: AutodiffBackend>() -> bool {
+        super::enabled::<B>() && std::any::TypeId::of::<B>() == std::any::TypeId::of::<Ad>()
+    }
+
+    fn cast<T: 'static, U: 'static>(t: T) -> U {
+        *(Box::new(t) as Box<dyn Any>)
+            .downcast::<U>()
+            .unwrap_or_else(|_| panic!("kernels::tracked used on another backend"))
+    }
+
+    fn values(p: FlexTensor) -> Vec<f32> {
+        Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(p))
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 data")
+    }
+
+    fn primitive(v: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
+        Tensor::<Flex, 3>::from_data(TensorData::new(v, shape), &Default::default())
+            .into_primitive()
+            .tensor()
+    }
+
+    /// What the backward needs: the inputs, the softmax probabilities before dropout and the
+    /// dropout mask (kept elements).
+    #[derive(Clone, Debug)]
+    struct State {
+        q: Arc<Vec<f32>>,
+        k: Arc<Vec<f32>>,
+        v: Arc<Vec<f32>>,
+        probs: Arc<Vec<f32>>,
+        kept: Option<Arc<Vec<bool>>>,
+        dims: Dims,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    struct Dims {
+        b: usize,
+        t: usize,
+        s: usize,
+        heads: usize,
+        h: usize,
+        scale: f32,
+        /// 1 / (1 - dropout probability).
+        inv_keep: f32,
+    }
+
+    #[derive(Debug)]
+    struct AttentionBackward;
+
+    impl Backward<Flex, 3> for AttentionBackward {
+        type State = State;
+
+        fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = values(grads.consume::<Flex>(&ops.node));
+            let st = ops.state;
+            let d = st.dims;
+            let (dq, dk, dv) = backward(&st, &grad);
+            let shapes = [[d.b, d.t, d.h], [d.b, d.s, d.h], [d.b, d.s, d.h]];
+            for ((parent, g), shape) in ops.parents.iter().zip([dq, dk, dv]).zip(shapes) {
+                if let Some(node) = parent {
+                    grads.register::<Flex>(node.id, primitive(g, shape));
+                }
+            }
+        }
+    }
+
+    /// `softmax(q kᵀ · scale + mask) v` with dropout `p` on the probabilities (drawn from
+    /// `seed`) as one tracked operation; `q` `[b, t, h]`, `k`, `v` `[b, s, h]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention<B: AutodiffBackend>(
+        q: Tensor<B, 3>,
+        k: Tensor<B, 3>,
+        v: Tensor<B, 3>,
+        keep: &[bool],
+        heads: usize,
+        scale: f32,
+        dropout: f64,
+        seed: u64,
+    ) -> Tensor<B, 3> {
+        let [b, t, h] = q.dims();
+        let s = k.dims()[1];
+        let ad = |x: Tensor<B, 3>| -> AdTensor { cast(x.into_primitive().tensor()) };
+        let (qa, ka, va) = (ad(q), ad(k), ad(v));
+        let st = State {
+            q: Arc::new(values(qa.primitive.clone())),
+            k: Arc::new(values(ka.primitive.clone())),
+            v: Arc::new(values(va.primitive.clone())),
+            probs: Arc::new(Vec::new()),
+            kept: None,
+            dims: Dims {
+                b,
+                t,
+                s,
+                heads,
+                h,
+                scale,
+                inv_keep: 1.0 / (1.0 - dropout as f32),
+            },
+        };
+        let (out, st) = forward(st, keep, dropout, seed);
+        let out = primitive(out, [b, t, h]);
+        let nodes = [qa.node.clone(), ka.node.clone(), va.node.clone()];
+        let result = match AttentionBackward
+            .prepare::<NoCheckpointing>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(st, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(cast::<
+            AdTensor,
+            <B as BackendTypes>::FloatTensorPrimitive,
+        >(result)))
+    }
+
+    /// Forward per (batch, head): probabilities kept in the state, dropout applied to what
+    /// multiplies `v`.
+    fn forward(mut st: State, keep: &[bool], dropout: f64, seed: u64) -> (Vec<f32>, State) {
+        let d = st.dims;
+        let dh = d.h / d.heads;
+        let n = d.t * d.s;
+        let mut probs = vec![0f32; d.b * d.heads * n];
+        let mut kept = (dropout > 0.0).then(|| vec![true; d.b * d.heads * n]);
+        let mut out = vec![0f32; d.b * d.t * d.h];
+        let dst = OutPtr(out.as_mut_ptr());
+        let (q, k, v) = (&st.q, &st.k, &st.v);
+        let kept_chunks: Vec<Option<&mut [bool]>> = match kept.as_mut() {
+            Some(m) => m.chunks_mut(n).map(Some).collect(),
+            None => (0..d.b * d.heads).map(|_| None).collect(),
+        };
+        probs
+            .par_chunks_mut(n)
+            .zip(kept_chunks)
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; n],
+                |dropped, (bh, (p, kept))| {
+                    let (bi, hi) = (bh / d.heads, bh % d.heads);
+                    let keep = &keep[bi * d.s..(bi + 1) * d.s];
+                    // SAFETY: offsets stay inside the checked buffers; each task writes its own
+                    // probability block and its own head columns of `out`.
+                    unsafe {
+                        gemm(
+                            d.t,
+                            d.s,
+                            dh,
+                            p.as_mut_ptr(),
+                            1,
+                            d.s as isize,
+                            false,
+                            q.as_ptr().add(bi * d.t * d.h + hi * dh),
+                            1,
+                            d.h as isize,
+                            k.as_ptr().add(bi * d.s * d.h + hi * dh),
+                            d.h as isize,
+                            1,
+                            0.0,
+                            d.scale,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                    softmax_rows(p, d.s, keep);
+                    let used: &[f32] = match kept {
+                        Some(kept) => {
+                            let mut rng = StdRng::seed_from_u64(
+                                seed ^ (bh as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                            );
+                            for ((x, m), y) in p.iter().zip(kept.iter_mut()).zip(dropped.iter_mut())
+                            {
+                                *m = rng.random::<f64>() >= dropout;
+                                *y = if *m { x * d.inv_keep } else { 0.0 };
+                            }
+                            dropped
+                        }
+                        None => p,
+                    };
+                    let out = dst;
+                    unsafe {
+                        gemm(
+                            d.t,
+                            dh,
+                            d.s,
+                            out.0.add(bi * d.t * d.h + hi * dh),
+                            1,
+                            d.h as isize,
+                            false,
+                            used.as_ptr(),
+                            1,
+                            d.s as isize,
+                            v.as_ptr().add(bi * d.s * d.h + hi * dh),
+                            1,
+                            d.h as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        );
+                    }
+                },
+            );
+        st.probs = Arc::new(probs);
+        st.kept = kept.map(Arc::new);
+        (out, st)
+    }
+
+    #[derive(Debug)]
+    struct GeluBackward;
+
+    impl Backward<Flex, 1> for GeluBackward {
+        type State = (Arc<Vec<f32>>, [usize; 3]);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let mut grad = values(grads.consume::<Flex>(&ops.node));
+            let (x, shape) = ops.state;
+            // d/dx x·Φ(x) = Φ(x) + x·φ(x).
+            grad.par_chunks_mut(1 << 14)
+                .zip(x.par_chunks(1 << 14))
+                .for_each(|(g, x)| {
+                    for (g, &x) in g.iter_mut().zip(x) {
+                        let cdf = 0.5 * (1.0 + super::erf(x * std::f32::consts::FRAC_1_SQRT_2));
+                        let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+                        *g *= cdf + x * pdf;
+                    }
+                });
+            if let Some(node) = &ops.parents[0] {
+                grads.register::<Flex>(node.id, primitive(grad, shape));
+            }
+        }
+    }
+
+    /// Exact GELU as one tracked operation with its own backward (burn's evaluates `erf` per
+    /// element in both directions).
+    pub fn gelu<B: AutodiffBackend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let shape = x.dims();
+        let xa: AdTensor = cast(x.into_primitive().tensor());
+        let input = values(xa.primitive.clone());
+        let mut out = input.clone();
+        super::gelu(&mut out);
+        let out = primitive(out, shape);
+        let result = match GeluBackward
+            .prepare::<NoCheckpointing>([xa.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((Arc::new(input), shape), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(cast::<
+            AdTensor,
+            <B as BackendTypes>::FloatTensorPrimitive,
+        >(result)))
+    }
+
+    fn primitive_of<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+        Tensor::<Flex, D>::from_data(TensorData::new(v, shape), &Default::default())
+            .into_primitive()
+            .tensor()
+    }
+
+    #[derive(Debug)]
+    struct LayerNormBackward;
+
+    /// The normalised input, each row's 1/σ, the weight, and the input's shape.
+    type LnState = (Arc<Vec<f32>>, Arc<Vec<f32>>, Arc<Vec<f32>>, [usize; 3]);
+
+    impl Backward<Flex, 3> for LayerNormBackward {
+        type State = LnState;
+
+        fn backward(self, ops: Ops<LnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let dy = values(grads.consume::<Flex>(&ops.node));
+            let (xhat, rstd, w, shape) = ops.state;
+            let d = shape[2];
+            let mut dx = vec![0f32; dy.len()];
+            // dx = (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, row by row; dw, db summed.
+            let (dw, db) = dx
+                .par_chunks_mut(d)
+                .zip(dy.par_chunks(d))
+                .zip(xhat.par_chunks(d))
+                .zip(rstd.par_iter())
+                .fold(
+                    || (vec![0f32; d], vec![0f32; d]),
+                    |(mut dw, mut db), (((dx, dy), xh), &r)| {
+                        let (mut mg, mut mgx) = (0f32, 0f32);
+                        for j in 0..d {
+                            let g = dy[j] * w[j];
+                            mg += g;
+                            mgx += g * xh[j];
+                            dw[j] += dy[j] * xh[j];
+                            db[j] += dy[j];
+                        }
+                        let (mg, mgx) = (mg / d as f32, mgx / d as f32);
+                        for j in 0..d {
+                            dx[j] = r * (dy[j] * w[j] - mg - xh[j] * mgx);
+                        }
+                        (dw, db)
+                    },
+                )
+                .reduce(
+                    || (vec![0f32; d], vec![0f32; d]),
+                    |(mut a, mut b), (c, e)| {
+                        a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
+                        b.iter_mut().zip(e).for_each(|(x, y)| *x += y);
+                        (a, b)
+                    },
+                );
+            let [px, pw, pb] = &ops.parents;
+            if let Some(node) = px {
+                grads.register::<Flex>(node.id, primitive(dx, shape));
+            }
+            if let Some(node) = pw {
+                grads.register::<Flex>(node.id, primitive_of(dw, [d]));
+            }
+            if let Some(node) = pb {
+                grads.register::<Flex>(node.id, primitive_of(db, [d]));
+            }
+        }
+    }
+
+    /// Layer norm over the last dim with weight and bias (`torch.nn.LayerNorm`), as one tracked
+    /// operation: burn's records seven ops and their backward.
+    pub fn layer_norm<B: AutodiffBackend>(
+        x: Tensor<B, 3>,
+        w: Tensor<B, 1>,
+        b: Tensor<B, 1>,
+        eps: f64,
+    ) -> Tensor<B, 3> {
+        let shape = x.dims();
+        let d = shape[2];
+        let xa: AdTensor = cast(x.into_primitive().tensor());
+        let wa: AdTensor = cast(w.into_primitive().tensor());
+        let ba: AdTensor = cast(b.into_primitive().tensor());
+        let flat = |p: FlexTensor| {
+            Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(p))
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("f32 data")
+        };
+        let (input, wv, bv) = (
+            values(xa.primitive.clone()),
+            flat(wa.primitive.clone()),
+            flat(ba.primitive.clone()),
+        );
+        let mut xhat = input;
+        let mut rstd = vec![0f32; xhat.len() / d];
+        xhat.par_chunks_mut(d)
+            .zip(rstd.par_iter_mut())
+            .for_each(|(row, r)| {
+                let mean = row.iter().sum::<f32>() / d as f32;
+                let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d as f32;
+                *r = 1.0 / (var + eps as f32).sqrt();
+                for x in row.iter_mut() {
+                    *x = (*x - mean) * *r;
+                }
+            });
+        let mut out = xhat.clone();
+        out.par_chunks_mut(d).for_each(|row| {
+            for ((y, w), b) in row.iter_mut().zip(&wv).zip(&bv) {
+                *y = *y * w + b;
+            }
+        });
+        let out = primitive(out, shape);
+        let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
+        let result = match LayerNormBackward
+            .prepare::<NoCheckpointing>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((Arc::new(xhat), Arc::new(rstd), Arc::new(wv), shape), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(cast::<
+            AdTensor,
+            <B as BackendTypes>::FloatTensorPrimitive,
+        >(result)))
+    }
+
+    /// Gradients of `q`, `k`, `v` from the gradient of the output.
+    fn backward(st: &State, grad: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let d = st.dims;
+        let dh = d.h / d.heads;
+        let n = d.t * d.s;
+        let mut dq = vec![0f32; d.b * d.t * d.h];
+        let mut dk = vec![0f32; d.b * d.s * d.h];
+        let mut dv = vec![0f32; d.b * d.s * d.h];
+        let (pq, pk, pv) = (
+            OutPtr(dq.as_mut_ptr()),
+            OutPtr(dk.as_mut_ptr()),
+            OutPtr(dv.as_mut_ptr()),
+        );
+        (0..d.b * d.heads).into_par_iter().for_each_init(
+            || (vec![0f32; n], vec![0f32; n]),
+            |(used, dp), bh| {
+                let (bi, hi) = (bh / d.heads, bh % d.heads);
+                let p = &st.probs[bh * n..(bh + 1) * n];
+                let kept = st.kept.as_ref().map(|m| &m[bh * n..(bh + 1) * n]);
+                for j in 0..n {
+                    used[j] = match kept {
+                        Some(m) if !m[j] => 0.0,
+                        Some(_) => p[j] * d.inv_keep,
+                        None => p[j],
+                    };
+                }
+                let (qo, ko) = (bi * d.t * d.h + hi * dh, bi * d.s * d.h + hi * dh);
+                let (dq, dk, dv) = (pq, pk, pv);
+                // SAFETY: as in the forward: in-bounds offsets, disjoint head columns per task.
+                unsafe {
+                    // dv = usedᵀ · grad
+                    gemm(
+                        d.s,
+                        dh,
+                        d.t,
+                        dv.0.add(ko),
+                        1,
+                        d.h as isize,
+                        false,
+                        used.as_ptr(),
+                        d.s as isize,
+                        1,
+                        grad.as_ptr().add(qo),
+                        1,
+                        d.h as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    // d(used) = grad · vᵀ
+                    gemm(
+                        d.t,
+                        d.s,
+                        dh,
+                        dp.as_mut_ptr(),
+                        1,
+                        d.s as isize,
+                        false,
+                        grad.as_ptr().add(qo),
+                        1,
+                        d.h as isize,
+                        st.v.as_ptr().add(ko),
+                        d.h as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                // Through dropout, then the softmax: dS = P ∘ (dP − Σ_j P dP).
+                for (i, row) in dp.chunks_exact_mut(d.s).enumerate() {
+                    let pr = &p[i * d.s..(i + 1) * d.s];
+                    if let Some(m) = kept {
+                        let mr = &m[i * d.s..(i + 1) * d.s];
+                        for (x, &k) in row.iter_mut().zip(mr) {
+                            *x = if k { *x * d.inv_keep } else { 0.0 };
+                        }
+                    }
+                    let dot: f32 = row.iter().zip(pr).map(|(a, b)| a * b).sum();
+                    for (x, &pj) in row.iter_mut().zip(pr) {
+                        *x = pj * (*x - dot);
+                    }
+                }
+                unsafe {
+                    // dq = scale · dS · k
+                    gemm(
+                        d.t,
+                        dh,
+                        d.s,
+                        dq.0.add(qo),
+                        1,
+                        d.h as isize,
+                        false,
+                        dp.as_ptr(),
+                        1,
+                        d.s as isize,
+                        st.k.as_ptr().add(ko),
+                        1,
+                        d.h as isize,
+                        0.0,
+                        d.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    // dk = scale · dSᵀ · q
+                    gemm(
+                        d.s,
+                        dh,
+                        d.t,
+                        dk.0.add(ko),
+                        1,
+                        d.h as isize,
+                        false,
+                        dp.as_ptr(),
+                        d.s as isize,
+                        1,
+                        st.q.as_ptr().add(qo),
+                        1,
+                        d.h as isize,
+                        0.0,
+                        d.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            },
+        );
+        (dq, dk, dv)
     }
 }

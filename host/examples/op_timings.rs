@@ -63,7 +63,46 @@ fn run<B: Backend>(label: &str) {
     });
 }
 
+/// The `gemm` crate called directly on `[4096,384] @ [384,1536]`, W stored `[1536,384]` as
+/// nn.Linear keeps it (read transposed) and stored `[384,1536]`.
+fn raw_gemm() {
+    println!("== gemm crate, direct");
+    let (m, k, n) = (4096usize, 384usize, 1536usize);
+    let x: Vec<f32> = (0..m * k).map(|i| (i % 97) as f32 * 0.01).collect();
+    let w: Vec<f32> = (0..n * k).map(|i| (i % 89) as f32 * 0.01).collect();
+    let mut y = vec![0f32; m * n];
+    for (name, rhs_cs, rhs_rs) in [
+        ("W^T view (W [n,k])", k as isize, 1isize),
+        ("W' contiguous [k,n]", 1, n as isize),
+    ] {
+        time(&format!("gemm x @ {name}"), || unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                rhs_cs,
+                rhs_rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            )
+        });
+    }
+}
+
 fn main() {
+    raw_gemm();
     run::<burn::backend::Flex>("Flex");
     run::<burn::backend::Autodiff<burn::backend::Flex>>("Autodiff<Flex> (no grad)");
 }

@@ -445,6 +445,51 @@ mod tests {
         }
     }
 
+    /// Values and every gradient against burn's matmul + bias, with and without W training.
+    #[test]
+    fn tracked_linear_matches_burn_values_and_gradients() {
+        let run = |fused: bool, w_trains: bool| {
+            let x = leaf(0.2, [1, 7, 5]).reshape([7, 5]).detach().require_grad();
+            let mut w = leaf(1.2, [1, 3, 5]).reshape([3, 5]).detach();
+            if w_trains {
+                w = w.require_grad();
+            }
+            let b = leaf(2.2, [1, 1, 3]).reshape([3]).detach().require_grad();
+            let y = if fused {
+                tracked::linear(x.clone(), w.clone(), Some(b.clone()))
+            } else {
+                x.clone().matmul(w.clone().transpose()) + b.clone().unsqueeze::<2>()
+            };
+            let t = leaf(4.0, [1, 7, 3]).reshape([7, 3]).detach();
+            let g = (y.clone() * t).sum().backward();
+            let dw = w.grad(&g).map(vals).unwrap_or_default();
+            (
+                vals(y),
+                vals(x.grad(&g).unwrap()),
+                dw,
+                vals(b.grad(&g).unwrap()),
+            )
+        };
+        for w_trains in [false, true] {
+            let (a, b) = (run(true, w_trains), run(false, w_trains));
+            assert_eq!(a.2.len(), if w_trains { 15 } else { 0 });
+            for (name, x, y) in [
+                ("y", &a.0, &b.0),
+                ("dx", &a.1, &b.1),
+                ("dw", &a.2, &b.2),
+                ("db", &a.3, &b.3),
+            ] {
+                assert_eq!(x.len(), y.len(), "{name}");
+                let m = x
+                    .iter()
+                    .zip(y)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                assert!(m < 1e-5, "{name}: max abs diff {m}");
+            }
+        }
+    }
+
     #[test]
     fn gelu_matches_the_exact_definition() {
         let mut x: Vec<f32> = (-800..=800).map(|i| i as f32 / 100.0).collect();
@@ -869,6 +914,160 @@ pub mod tracked {
         {
             OpsKind::Tracked(prep) => {
                 prep.finish((Arc::new(xhat), Arc::new(rstd), Arc::new(wv), shape), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(cast::<
+            AdTensor,
+            <B as BackendTypes>::FloatTensorPrimitive,
+        >(result)))
+    }
+
+    #[derive(Debug)]
+    struct LinearBackward;
+
+    /// The input (kept only when the weight needs its gradient), the weight, and `[n, in, out]`.
+    type LinearState = (Option<Arc<Vec<f32>>>, Arc<Vec<f32>>, [usize; 3]);
+
+    impl Backward<Flex, 3> for LinearBackward {
+        type State = LinearState;
+
+        fn backward(self, ops: Ops<LinearState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let dy = flat(grads.consume::<Flex>(&ops.node));
+            let (x, w, [n, i, o]) = ops.state;
+            let [px, pw, pb] = &ops.parents;
+            if let Some(node) = px {
+                // dx = dy · W
+                let mut dx = vec![0f32; n * i];
+                // SAFETY: buffers of the stated sizes.
+                unsafe {
+                    gemm(
+                        n,
+                        i,
+                        o,
+                        dx.as_mut_ptr(),
+                        1,
+                        i as isize,
+                        false,
+                        dy.as_ptr(),
+                        1,
+                        o as isize,
+                        w.as_ptr(),
+                        1,
+                        i as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::Rayon(0),
+                    );
+                }
+                grads.register::<Flex>(node.id, primitive_of(dx, [n, i]));
+            }
+            if let (Some(node), Some(x)) = (pw, x) {
+                // dW = dyᵀ · x
+                let mut dw = vec![0f32; o * i];
+                unsafe {
+                    gemm(
+                        o,
+                        i,
+                        n,
+                        dw.as_mut_ptr(),
+                        1,
+                        i as isize,
+                        false,
+                        dy.as_ptr(),
+                        o as isize,
+                        1,
+                        x.as_ptr(),
+                        1,
+                        i as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::Rayon(0),
+                    );
+                }
+                grads.register::<Flex>(node.id, primitive_of(dw, [o, i]));
+            }
+            if let Some(node) = pb {
+                let mut db = vec![0f32; o];
+                for row in dy.chunks_exact(o) {
+                    db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+                }
+                grads.register::<Flex>(node.id, primitive_of(db, [o]));
+            }
+        }
+    }
+
+    fn flat(p: FlexTensor) -> Vec<f32> {
+        Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(p))
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("f32 data")
+    }
+
+    /// `x Wᵀ + b` for `x` `[n, in]`, `W` `[out, in]` (nn.Linear's layout), one `gemm` call
+    /// reading W transposed in place; tracked with its own backward (dW only when W trains).
+    pub fn linear<B: AutodiffBackend>(
+        x: Tensor<B, 2>,
+        w: Tensor<B, 2>,
+        b: Option<Tensor<B, 1>>,
+    ) -> Tensor<B, 2> {
+        let [n, i] = x.dims();
+        let o = w.dims()[0];
+        let device = x.device();
+        let b = b.unwrap_or_else(|| Tensor::zeros([o], &device));
+        let xa: AdTensor = cast(x.into_primitive().tensor());
+        let wa: AdTensor = cast(w.into_primitive().tensor());
+        let ba: AdTensor = cast(b.into_primitive().tensor());
+        let (xv, wv, bv) = (
+            flat(xa.primitive.clone()),
+            flat(wa.primitive.clone()),
+            flat(ba.primitive.clone()),
+        );
+        let mut y: Vec<f32> = Vec::with_capacity(n * o);
+        for _ in 0..n {
+            y.extend_from_slice(&bv);
+        }
+        // SAFETY: buffers of the stated sizes; y = 1·y + x·Wᵀ.
+        unsafe {
+            gemm(
+                n,
+                o,
+                i,
+                y.as_mut_ptr(),
+                1,
+                o as isize,
+                true,
+                xv.as_ptr(),
+                1,
+                i as isize,
+                wv.as_ptr(),
+                i as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(0),
+            );
+        }
+        let out = primitive_of(y, [n, o]);
+        let keep_x = !wa.node.requirement.is_none();
+        let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
+        let result = match LinearBackward
+            .prepare::<NoCheckpointing>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((keep_x.then(|| Arc::new(xv)), Arc::new(wv), [n, i, o]), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(out),
         };

@@ -322,16 +322,24 @@ pub fn linear<B: AutodiffBackend>(
     }
     let n: usize = sx[..sx.len() - 1].iter().product();
     let x2 = ft::<B, 2>(reshape::<B>(x, vec![n, sw[1]]));
-    let mut y = x2.matmul(ft::<B, 2>(w).transpose());
-    if let Some(b) = b {
-        let sb = shape_of::<B>(&b);
+    if let Some(b) = &b {
+        let sb = shape_of::<B>(b);
         if sb != [sw[0]] {
             return Err(ApiError::shape(format!(
                 "LINEAR: bias {sb:?} does not fit weight {sw:?}"
             )));
         }
-        y = y + ft::<B, 1>(b).unsqueeze::<2>();
     }
+    let y = if super::kernels::tracked::enabled::<B>() {
+        // One gemm call reading W transposed in place, with its own backward.
+        super::kernels::tracked::linear(x2, ft::<B, 2>(w), b.map(ft::<B, 1>))
+    } else {
+        let y = x2.matmul(ft::<B, 2>(w).transpose());
+        match b {
+            Some(b) => y + ft::<B, 1>(b).unsqueeze::<2>(),
+            None => y,
+        }
+    };
     let mut out = sx;
     *out.last_mut().unwrap() = sw[0];
     Ok(reshape::<B>(fp(y), out))

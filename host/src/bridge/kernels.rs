@@ -546,6 +546,30 @@ pub mod tracked {
             .unwrap_or_else(|_| panic!("kernels::tracked used on another backend"))
     }
 
+    /// A float tensor's storage, borrowed where it lies (copied only when strided or not f32):
+    /// the inputs the kernels read and the backward keeps.
+    #[derive(Clone, Debug)]
+    struct Buf(FlexTensor);
+
+    impl Buf {
+        fn new(p: FlexTensor) -> Self {
+            let f32 = p.dtype() == burn::tensor::DType::F32;
+            let p = if f32 && p.is_contiguous() && p.layout().start_offset() == 0 {
+                p
+            } else {
+                FlexTensor::from_data(p.into_data().convert::<f32>())
+            };
+            Buf(p)
+        }
+    }
+
+    impl std::ops::Deref for Buf {
+        type Target = [f32];
+        fn deref(&self) -> &[f32] {
+            self.0.as_slice::<f32>().expect("a contiguous f32 tensor")
+        }
+    }
+
     fn values(p: FlexTensor) -> Vec<f32> {
         Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(p))
             .into_data()
@@ -564,9 +588,9 @@ pub mod tracked {
     /// dropout mask (kept elements).
     #[derive(Clone, Debug)]
     struct State {
-        q: Arc<Vec<f32>>,
-        k: Arc<Vec<f32>>,
-        v: Arc<Vec<f32>>,
+        q: Buf,
+        k: Buf,
+        v: Buf,
         probs: Arc<Vec<f32>>,
         kept: Option<Arc<Vec<bool>>>,
         dims: Dims,
@@ -622,9 +646,9 @@ pub mod tracked {
         let ad = |x: Tensor<B, 3>| -> AdTensor { cast(x.into_primitive().tensor()) };
         let (qa, ka, va) = (ad(q), ad(k), ad(v));
         let st = State {
-            q: Arc::new(values(qa.primitive.clone())),
-            k: Arc::new(values(ka.primitive.clone())),
-            v: Arc::new(values(va.primitive.clone())),
+            q: Buf::new(qa.primitive.clone()),
+            k: Buf::new(ka.primitive.clone()),
+            v: Buf::new(va.primitive.clone()),
             probs: Arc::new(Vec::new()),
             kept: None,
             dims: Dims {
@@ -753,7 +777,7 @@ pub mod tracked {
     struct GeluBackward;
 
     impl Backward<Flex, 1> for GeluBackward {
-        type State = (Arc<Vec<f32>>, [usize; 3]);
+        type State = (Buf, [usize; 3]);
 
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
             let mut grad = values(grads.consume::<Flex>(&ops.node));
@@ -779,8 +803,8 @@ pub mod tracked {
     pub fn gelu<B: AutodiffBackend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
         let shape = x.dims();
         let xa: AdTensor = cast(x.into_primitive().tensor());
-        let input = values(xa.primitive.clone());
-        let mut out = input.clone();
+        let input = Buf::new(xa.primitive.clone());
+        let mut out = input.to_vec();
         super::gelu(&mut out);
         let out = primitive(out, shape);
         let result = match GeluBackward
@@ -788,7 +812,7 @@ pub mod tracked {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((Arc::new(input), shape), out),
+            OpsKind::Tracked(prep) => prep.finish((input, shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         Tensor::from_primitive(TensorPrimitive::Float(cast::<
@@ -807,7 +831,7 @@ pub mod tracked {
     struct LayerNormBackward;
 
     /// The normalised input, each row's 1/σ, the weight, and the input's shape.
-    type LnState = (Arc<Vec<f32>>, Arc<Vec<f32>>, Arc<Vec<f32>>, [usize; 3]);
+    type LnState = (Arc<Vec<f32>>, Arc<Vec<f32>>, Buf, [usize; 3]);
 
     impl Backward<Flex, 3> for LayerNormBackward {
         type State = LnState;
@@ -875,19 +899,11 @@ pub mod tracked {
         let xa: AdTensor = cast(x.into_primitive().tensor());
         let wa: AdTensor = cast(w.into_primitive().tensor());
         let ba: AdTensor = cast(b.into_primitive().tensor());
-        let flat = |p: FlexTensor| {
-            Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(p))
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("f32 data")
-        };
-        let (input, wv, bv) = (
-            values(xa.primitive.clone()),
-            flat(wa.primitive.clone()),
-            flat(ba.primitive.clone()),
+        let (wv, bv) = (
+            Buf::new(wa.primitive.clone()),
+            Buf::new(ba.primitive.clone()),
         );
-        let mut xhat = input;
+        let mut xhat = Buf::new(xa.primitive.clone()).to_vec();
         let mut rstd = vec![0f32; xhat.len() / d];
         xhat.par_chunks_mut(d)
             .zip(rstd.par_iter_mut())
@@ -901,7 +917,7 @@ pub mod tracked {
             });
         let mut out = xhat.clone();
         out.par_chunks_mut(d).for_each(|row| {
-            for ((y, w), b) in row.iter_mut().zip(&wv).zip(&bv) {
+            for ((y, w), b) in row.iter_mut().zip(wv.iter()).zip(bv.iter()) {
                 *y = *y * w + b;
             }
         });
@@ -912,9 +928,7 @@ pub mod tracked {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                prep.finish((Arc::new(xhat), Arc::new(rstd), Arc::new(wv), shape), out)
-            }
+            OpsKind::Tracked(prep) => prep.finish((Arc::new(xhat), Arc::new(rstd), wv, shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         Tensor::from_primitive(TensorPrimitive::Float(cast::<
@@ -927,7 +941,7 @@ pub mod tracked {
     struct LinearBackward;
 
     /// The input (kept only when the weight needs its gradient), the weight, and `[n, in, out]`.
-    type LinearState = (Option<Arc<Vec<f32>>>, Arc<Vec<f32>>, [usize; 3]);
+    type LinearState = (Option<Buf>, Buf, [usize; 3]);
 
     impl Backward<Flex, 3> for LinearBackward {
         type State = LinearState;
@@ -1026,9 +1040,9 @@ pub mod tracked {
         let wa: AdTensor = cast(w.into_primitive().tensor());
         let ba: AdTensor = cast(b.into_primitive().tensor());
         let (xv, wv, bv) = (
-            flat(xa.primitive.clone()),
-            flat(wa.primitive.clone()),
-            flat(ba.primitive.clone()),
+            Buf::new(xa.primitive.clone()),
+            Buf::new(wa.primitive.clone()),
+            Buf::new(ba.primitive.clone()),
         );
         let mut y: Vec<f32> = Vec::with_capacity(n * o);
         for _ in 0..n {
@@ -1066,9 +1080,7 @@ pub mod tracked {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => {
-                prep.finish((keep_x.then(|| Arc::new(xv)), Arc::new(wv), [n, i, o]), out)
-            }
+            OpsKind::Tracked(prep) => prep.finish((keep_x.then_some(xv), wv, [n, i, o]), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         Tensor::from_primitive(TensorPrimitive::Float(cast::<

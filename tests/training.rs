@@ -202,6 +202,15 @@ fn scores(out: heads::Output<B>) -> (Vec<f32>, Vec<f32>) {
     (v(logits), v(valid))
 }
 
+/// `train_with` on the CPU with no checkpoints or progress.
+fn train_plain(
+    model: &Model<B>,
+    task: &data::Task,
+    cfg: &RunConfig,
+) -> anyhow::Result<train::TrainReport> {
+    train::train_with(model, task, cfg, &Default::default(), &Default::default())
+}
+
 /// Trains `task` alone with the head `auto` picks.
 fn fit_with_auto_head(
     model: &Model<B>,
@@ -519,14 +528,7 @@ fn text_to_text_fits_and_decodes_on_t5_and_bart() {
         .unwrap();
         let registry = Registry::with_static_plugins().unwrap();
         let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
-        let r = train::train_with(
-            &model,
-            &task,
-            &cfg,
-            &Default::default(),
-            &Default::default(),
-        )
-        .unwrap();
+        let r = train_plain(&model, &task, &cfg).unwrap();
         let (first, last) = (r.losses[0].1, r.losses.last().unwrap().1);
         assert!(last < 0.1 * first, "{fixture_name}: NLL {first} -> {last}");
         let ev = r.last("glue-sst2").unwrap();
@@ -558,14 +560,7 @@ fn text_to_text_on_an_encoder_only_backbone_is_refused() {
     cfg.task.head = peft_host::config::HeadKind::TextToText;
     cfg.training.train_groups = vec!["backbone".into()];
     let task = data::load_task(&data::data_dir(None).unwrap(), "glue-sst2", 4, 4, 13, 5).unwrap();
-    let err = train::train_with(
-        &model,
-        &task,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let err = train_plain(&model, &task, &cfg).unwrap_err();
     assert!(
         format!("{err:#}").contains("is encoder-only: text-to-text needs an encoder-decoder"),
         "{err:#}"
@@ -586,14 +581,7 @@ fn siamese_head_fits_sentence_pairs() {
     .unwrap();
     let dir = data::data_dir(None).unwrap();
     let task = data::load_task(&dir, "glue/rte", 8, 8, 13, 3).unwrap();
-    let r = train::train_with(
-        &model,
-        &task,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = train_plain(&model, &task, &cfg).unwrap();
     let (first, last) = first_and_last_losses(&r);
     assert!(
         last < 0.7 * first,
@@ -605,14 +593,7 @@ fn siamese_head_fits_sentence_pairs() {
     );
     let sst2 = data::load_task(&dir, "glue-sst2", 4, 4, 13, 3).unwrap();
     let (_, other) = tiny_model(serde_json::json!([]));
-    let err = train::train_with(
-        &other,
-        &sst2,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let err = train_plain(&other, &sst2, &cfg).unwrap_err();
     assert!(
         format!("{err:#}").contains("the siamese head needs sentence pairs"),
         "{err:#}"

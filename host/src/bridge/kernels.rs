@@ -273,6 +273,19 @@ mod tests {
 
     type A = burn::backend::Autodiff<burn::backend::Flex>;
 
+    /// Each named pair of value lists has equal length and agrees to `tol`.
+    fn assert_close(pairs: &[(&str, &Vec<f32>, &Vec<f32>)], tol: f32) {
+        for (name, x, y) in pairs {
+            assert_eq!(x.len(), y.len(), "{name}: lengths");
+            let d = x
+                .iter()
+                .zip(y.iter())
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(d < tol, "{name}: max abs diff {d}");
+        }
+    }
+
     fn leaf(seed: f32, shape: [usize; 3]) -> Tensor<A, 3> {
         let n = shape.iter().product::<usize>();
         let v: Vec<f32> = (0..n)
@@ -334,19 +347,15 @@ mod tests {
             (vals(out), grad(&q), grad(&k), grad(&v))
         };
         let (a, b2) = (run(true), run(false));
-        for (name, x, y) in [
-            ("out", &a.0, &b2.0),
-            ("dq", &a.1, &b2.1),
-            ("dk", &a.2, &b2.2),
-            ("dv", &a.3, &b2.3),
-        ] {
-            let d = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max);
-            assert!(d < 1e-5, "{name}: max abs diff {d}");
-        }
+        assert_close(
+            &[
+                ("out", &a.0, &b2.0),
+                ("dq", &a.1, &b2.1),
+                ("dk", &a.2, &b2.2),
+                ("dv", &a.3, &b2.3),
+            ],
+            1e-5,
+        );
     }
 
     /// With dropout on the probabilities, the gradient still is the derivative of what the
@@ -430,19 +439,15 @@ mod tests {
             )
         };
         let (a, b) = (run(true), run(false));
-        for (name, x, y) in [
-            ("y", &a.0, &b.0),
-            ("dx", &a.1, &b.1),
-            ("dw", &a.2, &b.2),
-            ("db", &a.3, &b.3),
-        ] {
-            let m = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0f32, f32::max);
-            assert!(m < 1e-4, "{name}: max abs diff {m}");
-        }
+        assert_close(
+            &[
+                ("y", &a.0, &b.0),
+                ("dx", &a.1, &b.1),
+                ("dw", &a.2, &b.2),
+                ("db", &a.3, &b.3),
+            ],
+            1e-4,
+        );
     }
 
     /// Values and every gradient against burn's matmul + bias, with and without W training.
@@ -473,20 +478,15 @@ mod tests {
         for w_trains in [false, true] {
             let (a, b) = (run(true, w_trains), run(false, w_trains));
             assert_eq!(a.2.len(), if w_trains { 15 } else { 0 });
-            for (name, x, y) in [
-                ("y", &a.0, &b.0),
-                ("dx", &a.1, &b.1),
-                ("dw", &a.2, &b.2),
-                ("db", &a.3, &b.3),
-            ] {
-                assert_eq!(x.len(), y.len(), "{name}");
-                let m = x
-                    .iter()
-                    .zip(y)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0f32, f32::max);
-                assert!(m < 1e-5, "{name}: max abs diff {m}");
-            }
+            assert_close(
+                &[
+                    ("y", &a.0, &b.0),
+                    ("dx", &a.1, &b.1),
+                    ("dw", &a.2, &b.2),
+                    ("db", &a.3, &b.3),
+                ],
+                1e-5,
+            );
         }
     }
 

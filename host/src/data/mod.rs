@@ -129,20 +129,28 @@ struct CrossFitRow {
     options: Vec<String>,
 }
 
+/// The rows of a JSONL file with their 0-based line numbers, blank lines skipped; a row that
+/// does not parse names the file and line.
+fn jsonl_rows<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<(usize, T)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map(|row| (i, row))
+                .with_context(|| format!("{}:{}", path.display(), i + 1))
+        })
+        .collect()
+}
+
 /// Reads a CrossFit/MetaICL JSONL file. `labels` is the task's label set (taken from the first
 /// row's options when empty); a row whose options differ from it keeps its own `options`
 /// (a multiple-choice row), and its label indexes those.
 pub fn read_crossfit(path: &Path, labels: &mut Vec<String>) -> anyhow::Result<Vec<Example>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let row: CrossFitRow =
-            serde_json::from_str(line).with_context(|| format!("{}:{}", path.display(), i + 1))?;
+    for (i, row) in jsonl_rows::<CrossFitRow>(path)? {
         if labels.is_empty() {
             *labels = row.options.clone();
         }
@@ -334,20 +342,15 @@ pub fn read_cola(path: &Path) -> anyhow::Result<Vec<Example>> {
 /// Reads a SuperGLUE JSONL file of BoolQ, CB, RTE or WiC (FewGLUE's files): the text pair
 /// each task uses and the label as an index into `labels`.
 pub fn read_superglue(path: &Path, task: &str, labels: &[&str]) -> anyhow::Result<Vec<Example>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let field = |row: &serde_json::Value, k: &str, i: usize| -> anyhow::Result<String> {
         row.get(k)
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .with_context(|| format!("{}:{}: no string field `{k}`", path.display(), i + 1))
     };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let row: serde_json::Value = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}", path.display(), i + 1))?;
+    jsonl_rows::<serde_json::Value>(path)?
+        .into_iter()
+        .map(|(i, row)| {
             if task == "copa" {
                 // Multiple choice: which alternative is the cause (effect) of the premise.
                 let label = row
@@ -441,16 +444,8 @@ pub fn read_multirc(path: &Path) -> anyhow::Result<Vec<Example>> {
     struct Row {
         passage: Passage,
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let row: Row = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a MultiRC row", path.display(), i + 1))?;
+    for (i, row) in jsonl_rows::<Row>(path)? {
         for q in row.passage.questions {
             for a in q.answers {
                 anyhow::ensure!(

@@ -221,6 +221,10 @@ impl Bert {
         if !hooks.training() || p == 0.0 {
             return x;
         }
+        if kernels::tracked::enabled::<B>() {
+            let seed = kernels::draw_seed::<B>(&x.device());
+            return kernels::tracked::dropout(x, p, seed);
+        }
         let mask = Tensor::<B, D>::random(
             x.shape(),
             burn::tensor::Distribution::Bernoulli(1.0 - p),

@@ -1,7 +1,8 @@
-//! Task heads: what turns the backbone's pooled state into a task's answer. A classification
-//! head per task, one option-scoring head shared by every task (it ranks (input, option)
-//! pairs, so it answers multiple-choice and unseen tasks), or a regression head per task. All
-//! their parameters are in group `head`.
+//! Task heads: what turns the backbone's states into a task's answer. A classification head per
+//! task, one option-scoring head shared by every task (it ranks (input, option) pairs, so it
+//! answers multiple-choice and unseen tasks), a regression head per task, a siamese head for
+//! sentence pairs, or text-to-text through an encoder-decoder's own LM head. Their parameters
+//! are in group `head`.
 use anyhow::Context;
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
 use peft_api::Init;

@@ -94,3 +94,16 @@ fn sites_and_compositions_of_each_backbone() {
         insta::assert_snapshot!(format!("composition-{name}"), plan.render());
     }
 }
+
+/// The main job's config (`run --plugin NAME`, repeatable) is valid and trains a set of real
+/// tasks together.
+#[test]
+fn the_default_run_is_valid_and_multi_task() {
+    let registry = Registry::with_static_plugins().unwrap();
+    let cfg = peft_host::config::RunConfig::default_run(&["houlsby".into(), "lora".into()]);
+    let text = serde_json::to_string(&cfg).unwrap();
+    let cfg = validate(&text, "the default config", &registry).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<String> = cfg.task_specs().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["glue-sst2", "glue/rte"]);
+    assert_eq!(cfg.modules.len(), 2);
+}

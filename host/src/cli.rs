@@ -468,12 +468,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut cfg = match (&config, plugin.is_empty()) {
                 (Some(path), true) => load_config(path, &registry)?,
                 (None, false) => {
-                    let mut c = RunConfig::for_plugin(&plugin[0]);
-                    c.modules = plugin
-                        .iter()
-                        .map(|p| RunConfig::for_plugin(p).modules.remove(0))
-                        .collect();
-                    let text = serde_json::to_string(&c)?;
+                    let text = serde_json::to_string(&RunConfig::default_run(&plugin))?;
                     validate(&text, "the default config", &registry)
                         .map_err(|e| anyhow::anyhow!("{e}"))?
                 }

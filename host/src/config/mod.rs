@@ -25,7 +25,7 @@ pub struct RunConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priming: Option<PluginSpec>,
     /// The downstream task (one; use `tasks` to train several at once).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "TaskSpec::is_default")]
     pub task: TaskSpec,
     /// Multi-task training: every task's batches are mixed by `training.task_sampling`, and
     /// each is evaluated on its own. Replaces `task`.
@@ -177,6 +177,13 @@ fn default_split_seed() -> u64 {
     13
 }
 
+impl TaskSpec {
+    /// Left out when a config is written: a multi-task config then has no `task` beside `tasks`.
+    fn is_default(&self) -> bool {
+        *self == TaskSpec::default()
+    }
+}
+
 impl Default for TaskSpec {
     fn default() -> Self {
         serde_json::from_value(serde_json::json!({})).expect("defaults")
@@ -295,6 +302,30 @@ impl RunConfig {
 }
 
 impl RunConfig {
+    /// The main job, `peft-host run --plugin NAME` (repeat to compose): MiniLM trained on a
+    /// default set of real tasks at once — GLUE SST-2 (2,000 training sentences, a classifier)
+    /// and GLUE RTE (all 2,240 pairs, the siamese head), drawn uniformly — 300 steps of 32, both
+    /// evaluated on their official dev sets every 100 steps.
+    pub fn default_run(plugins: &[String]) -> Self {
+        let modules: Vec<_> = plugins
+            .iter()
+            .map(|p| serde_json::json!({ "plugin": p }))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "backbone": "all-MiniLM-L6-v2",
+            "modules": modules,
+            "tasks": [
+                { "name": "glue-sst2", "train_examples": 2000 },
+                { "name": "glue/rte", "train_examples": 0, "head": "siamese" }
+            ],
+            "training": {
+                "steps": 300, "batch_size": 32, "learning_rate": 2e-3, "warmup_steps": 30,
+                "max_length": 96, "task_sampling": "uniform", "eval_every": 100
+            }
+        }))
+        .expect("default run config")
+    }
+
     /// The tasks this run trains on: `tasks`, or the single `task`.
     pub fn task_specs(&self) -> Vec<TaskSpec> {
         if self.tasks.is_empty() {

@@ -634,6 +634,14 @@ pub mod tracked {
         super::enabled::<B>() && std::any::TypeId::of::<B>() == std::any::TypeId::of::<Ad>()
     }
 
+    /// A CPU-autodiff result as a tensor of `B` (which is that backend: see `enabled`).
+    fn into_b<B: AutodiffBackend, const D: usize>(t: AdTensor) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(cast::<
+            AdTensor,
+            <B as BackendTypes>::FloatTensorPrimitive,
+        >(t)))
+    }
+
     fn cast<T: 'static, U: 'static>(t: T) -> U {
         *(Box::new(t) as Box<dyn Any>)
             .downcast::<U>()
@@ -766,10 +774,7 @@ pub mod tracked {
             OpsKind::Tracked(prep) => prep.finish(st, out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Tensor::from_primitive(TensorPrimitive::Float(cast::<
-            AdTensor,
-            <B as BackendTypes>::FloatTensorPrimitive,
-        >(result)))
+        into_b(result)
     }
 
     /// Forward per (batch, head): probabilities kept in the state, dropout applied to what
@@ -899,10 +904,7 @@ pub mod tracked {
             OpsKind::Tracked(prep) => prep.finish((input, shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Tensor::from_primitive(TensorPrimitive::Float(cast::<
-            AdTensor,
-            <B as BackendTypes>::FloatTensorPrimitive,
-        >(result)))
+        into_b(result)
     }
 
     fn primitive_of<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> FlexTensor {
@@ -1016,10 +1018,7 @@ pub mod tracked {
             OpsKind::Tracked(prep) => prep.finish((Arc::new(xhat), Arc::new(rstd), wv, shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Tensor::from_primitive(TensorPrimitive::Float(cast::<
-            AdTensor,
-            <B as BackendTypes>::FloatTensorPrimitive,
-        >(result)))
+        into_b(result)
     }
 
     #[derive(Debug)]
@@ -1168,10 +1167,7 @@ pub mod tracked {
             OpsKind::Tracked(prep) => prep.finish((keep_x.then_some(xv), wv, [n, i, o]), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Tensor::from_primitive(TensorPrimitive::Float(cast::<
-            AdTensor,
-            <B as BackendTypes>::FloatTensorPrimitive,
-        >(result)))
+        into_b(result)
     }
 
     /// Fills `kept` with "keep" draws of probability `1 - p` from a fast generator seeded by
@@ -1234,10 +1230,7 @@ pub mod tracked {
             OpsKind::Tracked(prep) => prep.finish((Arc::new(kept), inv, shape), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
-        Tensor::from_primitive(TensorPrimitive::Float(cast::<
-            AdTensor,
-            <B as BackendTypes>::FloatTensorPrimitive,
-        >(result)))
+        into_b(result)
     }
 
     /// Gradients of `q`, `k`, `v` from the gradient of the output.

@@ -9,14 +9,10 @@ use peft_api::Init;
 use serde::Serialize;
 
 use crate::{
-    bridge::{
-        ops::linear,
-        value::{fp, ft},
-        HostGraph,
-    },
+    bridge::HostGraph,
     config::{HeadKind, TaskSpec},
     data::{Example, Task, TaskKind},
-    model::{mean_pool, Model},
+    model::Model,
     params::ParamStore,
 };
 
@@ -155,11 +151,8 @@ impl Head {
         let project = |texts: &[(String, Option<String>)]| -> anyhow::Result<Tensor<B, 2>> {
             let (prefix, _) = self.linear().context("this head has no projection")?;
             let tb = model.tokenize(texts, max_len, device)?;
-            let h = model.encode(graph, &tb)?;
-            let pooled = mean_pool(h, &tb.attention_mask);
-            let w = graph.param_value(&format!("{prefix}.weight"))?;
-            let b = graph.param_value(&format!("{prefix}.bias"))?;
-            Ok(ft::<B, 2>(linear::<B>(fp(pooled), w, Some(b))?))
+            let pooled = model.pooled(graph, &tb)?;
+            Ok(model.head_linear(graph, pooled, prefix)?)
         };
         let n = batch.len();
         Ok(match self {
@@ -186,17 +179,15 @@ impl Head {
                 let mut pooled = Vec::with_capacity(2);
                 for side in &sides {
                     let tb = model.tokenize(side, max_len, device)?;
-                    pooled.push(mean_pool(model.encode(graph, &tb)?, &tb.attention_mask));
+                    pooled.push(model.pooled(graph, &tb)?);
                 }
                 let (u, v) = (pooled[0].clone(), pooled[1].clone());
                 let features = Tensor::cat(
                     vec![u.clone(), v.clone(), (u.clone() - v.clone()).abs(), u * v],
                     1,
                 );
-                let w = graph.param_value(&format!("{prefix}.weight"))?;
-                let b = graph.param_value(&format!("{prefix}.bias"))?;
                 Output::Scores {
-                    logits: ft::<B, 2>(linear::<B>(fp(features), w, Some(b))?),
+                    logits: model.head_linear(graph, features, prefix)?,
                     valid: Tensor::ones([n, *classes], device),
                 }
             }

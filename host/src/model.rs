@@ -226,17 +226,36 @@ impl<B: AutodiffBackend> Model<B> {
         Ok(s2s.greedy_generate_with(&self.hooks(graph, batch), batch, 0, max_new_tokens)?)
     }
 
-    /// Class logits `[batch, num_labels]` from the mean-pooled hidden state.
+    /// Class logits `[batch, num_labels]` from the mean-pooled hidden state (the `head.*`
+    /// classifier `build` creates).
     pub fn logits(
         &self,
         graph: &HostGraph<'_, B>,
         batch: &TextBatch<B>,
     ) -> Result<Tensor<B, 2>, ApiError> {
-        let h = self.encode(graph, batch)?;
-        let pooled = mean_pool(h, &batch.attention_mask);
-        let w = graph.param_value("head.weight")?;
-        let b = graph.param_value("head.bias")?;
-        Ok(ft::<B, 2>(linear::<B>(fp(pooled), w, Some(b))?))
+        let pooled = self.pooled(graph, batch)?;
+        self.head_linear(graph, pooled, "head")
+    }
+
+    /// The mean-pooled last hidden state `[batch, hidden]`, modules applied.
+    pub fn pooled(
+        &self,
+        graph: &HostGraph<'_, B>,
+        batch: &TextBatch<B>,
+    ) -> Result<Tensor<B, 2>, ApiError> {
+        Ok(mean_pool(self.encode(graph, batch)?, &batch.attention_mask))
+    }
+
+    /// A head's linear layer `{prefix}.weight`, `{prefix}.bias` over `features`.
+    pub fn head_linear(
+        &self,
+        graph: &HostGraph<'_, B>,
+        features: Tensor<B, 2>,
+        prefix: &str,
+    ) -> Result<Tensor<B, 2>, ApiError> {
+        let w = graph.param_value(&format!("{prefix}.weight"))?;
+        let b = graph.param_value(&format!("{prefix}.bias"))?;
+        Ok(ft::<B, 2>(linear::<B>(fp(features), w, Some(b))?))
     }
 
     /// Tokenises texts (or pairs) into a padded batch.

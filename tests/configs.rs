@@ -1,5 +1,5 @@
 //! Config compositions pinned by snapshots: `plan` of valid configs, `validate` of broken ones.
-use peft_host::{cli::plan_generic, config::validate::validate};
+use peft_host::{config::validate::validate, run::plan_generic};
 use peft_registry::Registry;
 use peft_tests::*;
 
@@ -48,7 +48,7 @@ fn broken_configs_give_readable_errors() {
 #[test]
 fn schemas_in_the_repository_are_current() {
     let registry = Registry::with_static_plugins().unwrap();
-    for (path, schema) in peft_host::cli::schema_files(&registry) {
+    for (path, schema) in peft_host::config::schema_files(&registry) {
         let file = root().join("schemas").join(&path);
         let want = serde_json::to_string_pretty(&schema).unwrap() + "\n";
         let have = std::fs::read_to_string(&file).unwrap_or_default();

@@ -21,7 +21,7 @@ use serde_json::{json, Value as Json};
 use crate::{
     backbone::weights::Checkpoint,
     bridge::{value::ft, HostGraph},
-    cli::write_atomic,
+    files::write_atomic,
     model::Model,
     modules::ModuleInstance,
     params::from_values,

@@ -326,3 +326,78 @@ mod tests {
         );
     }
 }
+
+/// A grid: every method on every task for every split seed, over one base config.
+#[derive(Clone, Debug)]
+pub struct Grid {
+    pub base: RunConfig,
+    pub methods: Vec<String>,
+    pub tasks: Vec<String>,
+    pub seeds: Vec<u64>,
+}
+
+/// Runs each cell of `grid` not done yet under `out` (finished cells are read back; an
+/// interrupted one resumes from its checkpoint), then writes fewshot.json and fewshot.md
+/// and returns the table. SIGINT surfaces as [`crate::train::Interrupted`].
+pub fn run_grid(
+    grid: &Grid,
+    registry: &peft_registry::Registry,
+    data: &Path,
+    out: &Path,
+    device: crate::device::DeviceSpec,
+    quiet: bool,
+) -> anyhow::Result<String> {
+    use crate::run::{run, run_name, with_device, RunFlags};
+    let total = (grid.methods.len() * grid.tasks.len() * grid.seeds.len()) as u64;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(total)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "fewshot [{bar:30}] {pos}/{len} runs {msg} ({elapsed}<{eta})",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    let mut cells = Vec::new();
+    for task in &grid.tasks {
+        for method in &grid.methods {
+            for &seed in &grid.seeds {
+                let cfg = cell_config(&grid.base, method, task, seed);
+                let dir = out.join(run_name(&cfg));
+                let result = dir.join("result.json");
+                bar.set_message(format!("{task} {method} seed {seed}"));
+                if !result.exists() {
+                    let flags = RunFlags {
+                        progress: false,
+                        resume: dir.join("checkpoint/progress.json").exists(),
+                    };
+                    if let Err(e) =
+                        with_device(device, |dev| run(&cfg, registry, data, out, flags, dev))
+                    {
+                        bar.abandon();
+                        return Err(e.context(format!("{task} {method} seed {seed}")));
+                    }
+                }
+                cells.push(read_cell(method, task, seed, &result)?);
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let summaries = summarise(&cells);
+    let table = markdown(&summaries);
+    let report = serde_json::json!({
+        "base_config": grid.base, "methods": grid.methods, "tasks": grid.tasks,
+        "seeds": grid.seeds, "summaries": summaries, "gains": relative_gains(&summaries),
+        "cells": cells,
+    });
+    crate::files::write_atomic(
+        &out.join("fewshot.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    crate::files::write_atomic(&out.join("fewshot.md"), table.as_bytes())?;
+    Ok(table)
+}

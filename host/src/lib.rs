@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod fewshot;
+pub mod files;
 pub mod heads;
 pub mod metrics;
 pub mod model;
@@ -16,6 +17,7 @@ pub mod modules;
 pub mod params;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod train;
 
 // Built-in plugins: referenced so that the linker keeps their inventory registrations.

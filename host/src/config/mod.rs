@@ -346,3 +346,29 @@ impl ModuleSpec {
 pub fn run_config_schema() -> Json {
     serde_json::to_value(schemars::schema_for!(RunConfig)).expect("schema serialises")
 }
+
+/// Writes `run-config.schema.json` and `plugins/<name>.schema.json` for every plugin.
+pub fn write_schemas(
+    out: &std::path::Path,
+    registry: &peft_registry::Registry,
+) -> anyhow::Result<()> {
+    for (path, schema) in schema_files(registry) {
+        crate::files::write_atomic(
+            &out.join(path),
+            (serde_json::to_string_pretty(&schema)? + "\n").as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The schema files `schema` writes, by relative path.
+pub fn schema_files(registry: &peft_registry::Registry) -> Vec<(String, serde_json::Value)> {
+    let mut v = vec![("run-config.schema.json".to_string(), run_config_schema())];
+    for e in registry.entries() {
+        v.push((
+            format!("plugins/{}.schema.json", e.manifest.name),
+            e.manifest.config_schema.clone(),
+        ));
+    }
+    v
+}

@@ -1,0 +1,282 @@
+//! The `peft-host` command line: arguments, and one function per verb in [`verbs`]. The work
+//! itself lives in the library (`run`, `fewshot`, `bench`, `config`), so the CLI stays thin.
+mod verbs;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{validate::validate, RunConfig},
+    device::DeviceSpec,
+};
+
+/// Parameter-efficient fine-tuning of pretrained transformers, with methods as plugins.
+#[derive(Parser, Debug)]
+#[command(name = "peft-host", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Extra folder of plugin libraries (repeatable; PEFT_PLUGIN_PATH adds more).
+    #[arg(long = "plugin-dir", global = true, value_name = "DIR")]
+    pub plugin_dirs: Vec<PathBuf>,
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Log more (-v: debug, -vv: trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train and evaluate: a config file, or `--plugin NAME` for the default run.
+    Run {
+        /// Run config (JSON).
+        config: Option<PathBuf>,
+        /// Module plugin(s) to run with the default config (repeat to compose).
+        #[arg(long)]
+        plugin: Vec<String>,
+        /// Task data folder (default: PEFT_DATA, then ../shared/data beside the checkout).
+        #[arg(long, env = "PEFT_DATA")]
+        data: Option<PathBuf>,
+        /// Override the number of training steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Override the task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Folder for results (result.json per run).
+        #[arg(long, default_value = "runs")]
+        out: PathBuf,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Continue an interrupted run from its checkpoint in the output folder.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// The few-shot grid: each method on each CrossFit task's k-shot splits (16 examples)
+    /// for every split seed; mean and std per task and method (runs done are reused).
+    Fewshot {
+        /// Methods, each trained on its own (repeat; default houlsby and lora).
+        #[arg(long)]
+        plugin: Vec<String>,
+        /// CrossFit tasks, comma-separated (default: eight tasks, see docs/results.md).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
+        /// Split seeds, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = crate::fewshot::SEEDS)]
+        seeds: Vec<u64>,
+        /// Base run config (backbone, training); its modules and task are replaced per cell.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the training steps.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Score on a fixed subsample of this many test examples per task (0 = all).
+        #[arg(long)]
+        eval_examples: Option<usize>,
+        #[arg(long, env = "PEFT_DATA")]
+        data: Option<PathBuf>,
+        #[arg(long, default_value = "runs/fewshot")]
+        out: PathBuf,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the plugins: built in and from plugin folders.
+    Plugins {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the JSON Schemas of the run config and of every plugin's config.
+    Schema {
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+    },
+    /// Check a run config against the host's and the plugins' schemas.
+    Validate { config: PathBuf },
+    /// Measure: `overhead` (op API vs native burn on one adapter).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Show the resolved composition: which module attaches where, parameters per group.
+    Plan {
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Also list every hook site of the backbone.
+        #[arg(long)]
+        sites: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// One Houlsby adapter forward+backward through a dynamically loaded plugin vs natively.
+    Overhead {
+        /// The houlsby plugin library (e.g. target/release/libhoulsby.so).
+        #[arg(long)]
+        plugin: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        runs: usize,
+        /// Activations shape: batch, time, hidden.
+        #[arg(long, num_args = 3, default_values_t = [32, 128, 384])]
+        shape: Vec<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// MiniLM inference and training-step time on batch x seq tokens.
+    Model {
+        /// Module plugins to train (none: inference only).
+        #[arg(long)]
+        plugin: Vec<String>,
+        #[arg(long, default_value = "all-MiniLM-L6-v2")]
+        backbone: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,peft_host=info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn registry(cli_dirs: &[PathBuf]) -> anyhow::Result<peft_registry::Registry> {
+    let (r, refused) = crate::registry(cli_dirs)?;
+    for e in refused {
+        eprintln!("warning: plugin refused: {e}");
+    }
+    Ok(r)
+}
+
+/// Reads and validates a config file, printing every problem.
+pub fn load_config(path: &Path, registry: &peft_registry::Registry) -> anyhow::Result<RunConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    validate(&text, &path.display().to_string(), registry).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let registry = registry(&cli.plugin_dirs)?;
+    let device = cli.device;
+    match cli.command {
+        Command::Plugins { json } => verbs::plugins(&registry, json),
+        Command::Schema { out } => verbs::schema(&registry, &out),
+        Command::Validate { config } => verbs::validate(&registry, &config),
+        Command::Bench { what } => verbs::bench(&registry, device, what),
+        Command::Plan {
+            config,
+            json,
+            sites,
+        } => verbs::plan(&registry, device, &config, json, sites),
+        Command::Fewshot {
+            plugin,
+            tasks,
+            seeds,
+            config,
+            steps,
+            eval_examples,
+            data,
+            out,
+            quiet,
+        } => verbs::fewshot(
+            &registry,
+            device,
+            verbs::FewshotArgs {
+                plugin,
+                tasks,
+                seeds,
+                config,
+                steps,
+                eval_examples,
+                data,
+                out,
+                quiet,
+            },
+        ),
+        Command::Run {
+            config,
+            plugin,
+            data,
+            steps,
+            task,
+            out,
+            quiet,
+            resume,
+        } => verbs::run(
+            &registry,
+            device,
+            verbs::RunArgs {
+                config,
+                plugin,
+                data,
+                steps,
+                task,
+                out,
+                quiet,
+                resume,
+            },
+        ),
+    }
+}
+
+/// SIGINT: the trainer checkpoints at the end of the current step and stops (exit 130); a
+/// second SIGINT quits at once.
+fn on_sigint(message: &'static str) {
+    let _ = ctrlc::set_handler(move || {
+        if crate::train::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: {message}");
+    });
+}
+
+/// The exit status of a training verb: 130 after SIGINT (the checkpoint is written), the
+/// error otherwise.
+fn finish(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.downcast_ref::<crate::train::Interrupted>().is_some() => {
+            eprintln!("{e:#}");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,274 @@
+//! One function per verb: turn parsed arguments into library calls and print the outcome.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context};
+
+use super::{finish, load_config, on_sigint, BenchCommand};
+use crate::{
+    config::{validate::validate as validate_text, write_schemas, RunConfig},
+    device::DeviceSpec,
+    run::{plan_for, run as run_on, with_device, RunFlags},
+};
+
+type Registry = peft_registry::Registry;
+
+/// `plugins`: what is registered, built in and from plugin folders.
+pub fn plugins(registry: &Registry, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        let rows: Vec<serde_json::Value> = registry
+            .entries()
+            .map(|e| {
+                serde_json::json!({
+                    "name": e.manifest.name, "kind": e.manifest.kind, "version": e.manifest.version,
+                    "api_version": e.api_version.to_string(), "origin": e.origin.to_string(),
+                    "description": e.manifest.description,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "{:<16} {:<16} {:<9} {:<5} origin",
+            "name", "kind", "version", "api"
+        );
+        for e in registry.entries() {
+            println!(
+                "{:<16} {:<16} {:<9} {:<5} {}",
+                e.manifest.name,
+                e.manifest.kind.to_string(),
+                e.manifest.version,
+                e.api_version.to_string(),
+                e.origin
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `schema`: the JSON Schemas of the run config and of every plugin's config.
+pub fn schema(registry: &Registry, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    write_schemas(out, registry)?;
+    println!("wrote schemas to {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `validate`: every problem of a config, exit 2 when there is one.
+pub fn validate(registry: &Registry, config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read config {}", config.display()))?;
+    match validate_text(&text, &config.display().to_string(), registry) {
+        Ok(_) => {
+            println!("{}: valid", config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprint!("{e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `plan`: which module attaches where, parameters per group.
+pub fn plan(
+    registry: &Registry,
+    device: DeviceSpec,
+    config: &std::path::Path,
+    json: bool,
+    sites: bool,
+) -> anyhow::Result<ExitCode> {
+    let cfg = load_config(config, registry)?;
+    let plan = with_device(device, |dev| plan_for(&cfg, registry, dev))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan.render());
+        if sites {
+            println!("sites");
+            print!("{}", plan.render_sites());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench overhead` and `bench model`.
+pub fn bench(
+    registry: &Registry,
+    device: DeviceSpec,
+    what: BenchCommand,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(device == DeviceSpec::Cpu, "bench runs on the CPU backend");
+    match what {
+        BenchCommand::Overhead {
+            plugin,
+            runs,
+            shape,
+            json,
+        } => {
+            let r = crate::bench::op_overhead::<crate::device::Cpu>(
+                &plugin,
+                [shape[0], shape[1], shape[2]],
+                runs,
+                &Default::default(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "Houlsby adapter forward+backward on {:?}, {} runs each, plugin from {}",
+                    r.shape, r.native.runs, r.plugin_origin
+                );
+                for t in [&r.native, &r.plugin_path] {
+                    println!(
+                        "  {:<28} median {:>8.2} ms  (min {:.2}, max {:.2})",
+                        t.name, t.median_ms, t.min_ms, t.max_ms
+                    );
+                }
+                println!("  overhead of the plugin path: {:+.2}%", 100.0 * r.overhead);
+            }
+        }
+        BenchCommand::Model {
+            plugin,
+            backbone,
+            batch,
+            seq,
+            runs,
+            json,
+        } => {
+            let mut cfg = RunConfig::for_plugin("none");
+            cfg.backbone = crate::config::BackboneSpec::Name(backbone);
+            cfg.modules = plugin
+                .iter()
+                .map(|p| RunConfig::for_plugin(p).modules.remove(0))
+                .collect();
+            let r = crate::bench::model_bench::<crate::device::Cpu>(
+                &cfg,
+                registry,
+                batch,
+                seq,
+                runs,
+                !plugin.is_empty(),
+                &Default::default(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} batch {} x seq {}, {} threads, {} runs",
+                    r.backbone, r.batch, r.seq, r.threads, r.inference.runs
+                );
+                println!(
+                    "  inference   median {:>8.1} ms  ({:.0} tokens/s)",
+                    r.inference.median_ms, r.tokens_per_second
+                );
+                if let Some(t) = &r.train_step {
+                    println!(
+                        "  train step  median {:>8.1} ms  ({} + head, {} trainable)",
+                        t.median_ms,
+                        r.modules.join("+"),
+                        crate::plan::thousands(r.trainable_parameters)
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Arguments of `fewshot`.
+pub struct FewshotArgs {
+    pub plugin: Vec<String>,
+    pub tasks: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub config: Option<PathBuf>,
+    pub steps: Option<usize>,
+    pub eval_examples: Option<usize>,
+    pub data: Option<PathBuf>,
+    pub out: PathBuf,
+    pub quiet: bool,
+}
+
+/// `fewshot`: the k-shot grid (methods x CrossFit tasks x split seeds).
+pub fn fewshot(
+    registry: &Registry,
+    device: DeviceSpec,
+    a: FewshotArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut base = match &a.config {
+        Some(path) => load_config(path, registry)?,
+        None => crate::fewshot::default_base(),
+    };
+    if let Some(s) = a.steps {
+        base.training.steps = s;
+    }
+    if let Some(n) = a.eval_examples {
+        base.task.eval_examples = n;
+    }
+    let methods = if a.plugin.is_empty() {
+        vec!["houlsby".to_string(), "lora".to_string()]
+    } else {
+        a.plugin
+    };
+    for m in &methods {
+        registry.get(m).with_context(|| format!("--plugin {m}"))?;
+    }
+    let tasks = if a.tasks.is_empty() {
+        crate::fewshot::DEFAULT_TASKS.map(String::from).to_vec()
+    } else {
+        a.tasks
+    };
+    let data = crate::data::data_dir(a.data.as_deref())?;
+    on_sigint("checkpointing this cell; rerun the same command to continue");
+    let grid = crate::fewshot::Grid {
+        base,
+        methods,
+        tasks,
+        seeds: a.seeds,
+    };
+    let table = crate::fewshot::run_grid(&grid, registry, &data, &a.out, device, a.quiet);
+    finish(table.map(|table| {
+        print!("{table}");
+        println!("results: {}", a.out.join("fewshot.json").display());
+    }))
+}
+
+/// Arguments of `run`.
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub plugin: Vec<String>,
+    pub data: Option<PathBuf>,
+    pub steps: Option<usize>,
+    pub task: Option<String>,
+    pub out: PathBuf,
+    pub quiet: bool,
+    pub resume: bool,
+}
+
+/// `run`: train and evaluate a config file, or the default run of `--plugin` modules.
+pub fn run(registry: &Registry, device: DeviceSpec, a: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = match (&a.config, a.plugin.is_empty()) {
+        (Some(path), true) => load_config(path, registry)?,
+        (None, false) => {
+            let text = serde_json::to_string(&RunConfig::default_run(&a.plugin))?;
+            validate_text(&text, "the default config", registry)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+        }
+        (Some(_), false) => bail!("give either a config file or --plugin, not both"),
+        (None, true) => bail!("give a config file or --plugin NAME (see `peft-host plugins`)"),
+    };
+    if let Some(s) = a.steps {
+        cfg.training.steps = s;
+    }
+    if let Some(t) = a.task {
+        cfg.tasks.clear();
+        cfg.task.name = t;
+    }
+    let data = crate::data::data_dir(a.data.as_deref())?;
+    on_sigint("writing a checkpoint after this step (press again to quit now)");
+    let flags = RunFlags {
+        progress: !a.quiet,
+        resume: a.resume,
+    };
+    finish(with_device(device, |dev| {
+        run_on(&cfg, registry, &data, &a.out, flags, dev)
+    }))
+}

@@ -1,0 +1,243 @@
+//! The run pipeline the library owns: a validated config in; tasks loaded, the model built,
+//! trained and evaluated; result.json, curves.svg and a table out. The CLI only parses
+//! arguments and calls in here, so tests and other front ends run exactly what `run` runs.
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::{config::RunConfig, device::DeviceSpec, model::Model, plan::Plan};
+
+/// Runs `f` on the selected device's backend.
+pub fn with_device<T>(
+    spec: DeviceSpec,
+    f: impl FnOnce(&dyn DeviceRunner<T>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match spec {
+        DeviceSpec::Cpu => f(&CpuRunner),
+        DeviceSpec::Cuda(i) => {
+            crate::device::check_cuda(i)?;
+            #[cfg(feature = "cuda")]
+            {
+                return f(&CudaRunner(i));
+            }
+            #[allow(unreachable_code)]
+            {
+                bail!("CUDA support is not compiled in")
+            }
+        }
+    }
+}
+
+/// Object-safe bridge from a device choice to generic code.
+pub trait DeviceRunner<T> {
+    fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan>;
+    fn run(
+        &self,
+        cfg: &RunConfig,
+        registry: &peft_registry::Registry,
+        data: &Path,
+        out: &Path,
+        flags: RunFlags,
+    ) -> anyhow::Result<()>;
+}
+
+struct CpuRunner;
+
+impl<T> DeviceRunner<T> for CpuRunner {
+    fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan> {
+        plan_generic::<crate::device::Cpu>(cfg, registry, &Default::default())
+    }
+    fn run(
+        &self,
+        cfg: &RunConfig,
+        registry: &peft_registry::Registry,
+        data: &Path,
+        out: &Path,
+        flags: RunFlags,
+    ) -> anyhow::Result<()> {
+        run_generic::<crate::device::Cpu>(cfg, registry, data, out, flags, &Default::default())
+    }
+}
+
+#[cfg(feature = "cuda")]
+struct CudaRunner(usize);
+
+#[cfg(feature = "cuda")]
+impl<T> DeviceRunner<T> for CudaRunner {
+    fn plan(&self, cfg: &RunConfig, registry: &peft_registry::Registry) -> anyhow::Result<Plan> {
+        plan_generic::<crate::device::Cuda>(cfg, registry, &burn_cuda::CudaDevice::new(self.0))
+    }
+    fn run(
+        &self,
+        cfg: &RunConfig,
+        registry: &peft_registry::Registry,
+        data: &Path,
+        out: &Path,
+        flags: RunFlags,
+    ) -> anyhow::Result<()> {
+        run_generic::<crate::device::Cuda>(
+            cfg,
+            registry,
+            data,
+            out,
+            flags,
+            &burn_cuda::CudaDevice::new(self.0),
+        )
+    }
+}
+
+pub fn plan_for(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    dev: &dyn DeviceRunner<Plan>,
+) -> anyhow::Result<Plan> {
+    dev.plan(cfg, registry)
+}
+
+pub fn run(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    data: &Path,
+    out: &Path,
+    flags: RunFlags,
+    dev: &dyn DeviceRunner<()>,
+) -> anyhow::Result<()> {
+    dev.run(cfg, registry, data, out, flags)
+}
+
+/// How `run` drives training beyond the config.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunFlags {
+    pub progress: bool,
+    pub resume: bool,
+}
+
+pub fn plan_generic<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    device: &B::Device,
+) -> anyhow::Result<Plan> {
+    let model = Model::<B>::build(cfg, registry, device, 2)?;
+    Plan::of(&model, &cfg.training.train_groups)
+}
+
+pub fn run_generic<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    data: &Path,
+    out: &Path,
+    flags: RunFlags,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let progress = flags.progress;
+    for (section, spec) in [
+        ("context_encoder", &cfg.context_encoder),
+        ("priming", &cfg.priming),
+    ] {
+        if let Some(spec) = spec {
+            anyhow::bail!(
+                "/{section}: plugin `{}` is valid, but {section} plugins are not run by this host version yet; remove the section",
+                spec.plugin
+            );
+        }
+    }
+    let specs = cfg.task_specs();
+    let mut tasks = Vec::with_capacity(specs.len());
+    for (i, t) in specs.iter().enumerate() {
+        let task = crate::data::load(data, t, cfg.seed).with_context(|| {
+            if cfg.tasks.is_empty() {
+                "/task".to_string()
+            } else {
+                format!("/tasks/{i}")
+            }
+        })?;
+        tracing::info!(task = %task.name, kind = ?task.kind, train = task.train.len(), eval = task.eval.len(), labels = ?task.labels, metric = %task.metric, "loaded task");
+        tasks.push(task);
+    }
+    let model = Model::<B>::build(cfg, registry, device, 0)?;
+    let mut runs = Vec::with_capacity(tasks.len());
+    for (task, spec) in tasks.iter().zip(&specs) {
+        // One task keeps the plain `head.*` names; several get `head.<task>.*` each.
+        let prefix = if tasks.len() == 1 {
+            "head".to_string()
+        } else {
+            format!("head.{}", task.name.replace(['/', '.'], "-"))
+        };
+        let head = crate::heads::Head::resolve(spec, task, &prefix)?;
+        head.create(&mut model.params.borrow_mut(), model.info().hidden_size)?;
+        runs.push(crate::train::TaskRun { task, head });
+    }
+    let plan = Plan::of(&model, &cfg.training.train_groups)?;
+    if progress {
+        eprint!("{}", plan.render());
+    }
+    let modules = cfg
+        .modules
+        .iter()
+        .map(|m| m.instance_name())
+        .collect::<Vec<_>>()
+        .join("+");
+    let name = run_name(cfg);
+    let opts = crate::train::TrainOptions {
+        progress,
+        checkpoint_dir: Some(out.join(&name)),
+        resume: flags.resume,
+        stop_after: None,
+    };
+    let report = crate::train::train_tasks(&model, &runs, cfg, device, &opts)?;
+    let heads: Vec<_> = runs
+        .iter()
+        .map(|r| serde_json::json!({ "task": r.task.name, "head": r.head }))
+        .collect();
+    let result =
+        serde_json::json!({ "config": cfg, "plan": plan, "heads": heads, "report": report });
+    let path = out.join(&name).join("result.json");
+    crate::files::write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    let plot = out.join(&name).join("curves.svg");
+    let curves: Vec<crate::report::Curve> = tasks
+        .iter()
+        .map(|t| crate::report::Curve {
+            name: format!("{} {}", t.name, t.metric),
+            points: report
+                .evaluations
+                .iter()
+                .filter(|e| e.task == t.name)
+                .map(|e| (e.step, e.score))
+                .collect(),
+        })
+        .collect();
+    crate::report::write_curves_svg(&plot, &name, &report.losses, &curves, 10)?;
+    println!(
+        "{:<28} {:<18} {:>10} {:>6} {:>7} {:>6} {:>9} {:>8}",
+        "task", "modules", "trainable", "steps", "s/step", "split", "metric", "score"
+    );
+    for t in &tasks {
+        let last = report.last(&t.name).context("no evaluation")?;
+        println!(
+            "{:<28} {:<18} {:>10} {:>6} {:>7.3} {:>6} {:>9} {:>8.4}",
+            t.name,
+            modules,
+            crate::plan::thousands(report.trainable_parameters),
+            report.steps,
+            report.seconds_per_step,
+            t.eval_split,
+            last.metric,
+            last.score
+        );
+    }
+    println!("result: {}", path.display());
+    println!("curves: {}", plot.display());
+    Ok(())
+}
+
+/// The folder name of a run under `--out`: tasks, modules and seed.
+pub fn run_name(cfg: &RunConfig) -> String {
+    let tasks: Vec<String> = cfg
+        .task_specs()
+        .iter()
+        .map(|t| t.name.replace('/', "-"))
+        .collect();
+    let modules: Vec<String> = cfg.modules.iter().map(|m| m.instance_name()).collect();
+    format!("{}-{}-seed{}", tasks.join("+"), modules.join("+"), cfg.seed)
+}

@@ -20,8 +20,8 @@ use super::{
     weights::{Checkpoint, WeightsError},
     Backbone, Hooks, TextBatch,
 };
-use crate::bridge::ops::{layer_norm, linear};
-use crate::bridge::value::{fp, ft};
+use crate::nn::value::{fp, ft};
+use crate::nn::{layer_norm, linear};
 use crate::params::ParamStore;
 
 /// The fields of an HF BART `config.json` that BartForConditionalGeneration uses.
@@ -411,7 +411,7 @@ impl Bart {
         let scores = q.matmul(k.swap_dims(2, 3)) * scaling + mask;
         let probs = dropout(
             hooks,
-            crate::bridge::ops::softmax(hooks.graph, scores, 3),
+            crate::nn::softmax(hooks.graph.no_grad, scores, 3),
             c.attention_dropout,
         );
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, tq, d]);

@@ -106,7 +106,7 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
     pub fn linear(&self, key: &str, x: &Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError> {
         let w = self.graph.param_value(&format!("{key}.weight"))?;
         let b = self.graph.param_value(&format!("{key}.bias"))?;
-        let y = ft::<B, 3>(crate::bridge::ops::linear::<B>(fp(x.clone()), w, Some(b))?);
+        let y = ft::<B, 3>(crate::nn::linear::<B>(fp(x.clone()), w, Some(b))?);
         self.pair(key, x, y)
     }
 

@@ -20,8 +20,8 @@ use super::{
     weights::{Checkpoint, WeightsError},
     Backbone, Hooks, TextBatch,
 };
-use crate::bridge::ops::{linear, rms_norm};
-use crate::bridge::value::{fp, ft};
+use crate::nn::value::{fp, ft};
+use crate::nn::{linear, rms_norm};
 use crate::params::ParamStore;
 
 // ---------------------------------------------------------------------------------------------
@@ -816,7 +816,7 @@ impl T5 {
         scores = scores + visible.mask(tq, n, prefix, &device);
         let probs = dropout(
             hooks,
-            crate::bridge::ops::softmax(hooks.graph, scores, 3),
+            crate::nn::softmax(hooks.graph.no_grad, scores, 3),
             c.dropout_rate,
         );
         let ctx = probs

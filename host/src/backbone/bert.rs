@@ -3,8 +3,9 @@ use burn::tensor::{activation, backend::AutodiffBackend, Int, Tensor};
 use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
+use super::arch::Architecture;
 use super::{additive_mask, Backbone, Hooks, TextBatch};
-use crate::nn::{self, layer_norm_in, softmax};
+use crate::nn::{self, softmax};
 
 /// The fields of an HF `config.json` that BertModel uses.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -147,6 +148,14 @@ impl BertConfig {
                 i,
             ));
             sites.push(site(
+                format!("{p}.intermediate"),
+                SiteKind::Hidden,
+                l,
+                "ffn_intermediate",
+                i,
+                i,
+            ));
+            sites.push(site(
                 format!("{p}.output.dense"),
                 SiteKind::Projection,
                 l,
@@ -245,19 +254,7 @@ impl Bert {
         x: Tensor<B, 3>,
         key: &str,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        let w = hooks.weight::<1>(&format!("{key}.weight"))?;
-        let b = hooks.weight::<1>(&format!("{key}.bias"))?;
-        if !hooks.graph.no_grad && nn::tracked::enabled::<B>() {
-            let eps = self.config.layer_norm_eps;
-            return nn::tracked::layer_norm(x, w, b, eps);
-        }
-        Ok(layer_norm_in(
-            hooks.graph.no_grad,
-            x,
-            Some(w),
-            Some(b),
-            self.config.layer_norm_eps,
-        ))
+        hooks.layer_norm(key, x, self.config.layer_norm_eps, true)
     }
 
     fn layer<B: AutodiffBackend>(
@@ -328,6 +325,8 @@ impl Bert {
         } else {
             act(&c.hidden_act, inter)
         };
+        // HF's `BertIntermediate` output (after the activation): where (IA)³ scales.
+        let inter = hooks.hidden(&format!("{p}.intermediate"), inter)?;
         let out = self.lin(hooks, &inter, &format!("{p}.output.dense"))?;
         let out = self.dropout(hooks, out, c.hidden_dropout_prob)?;
         let out = hooks.pair(&format!("{p}.ffn"), &h1, out)?;
@@ -392,6 +391,22 @@ pub fn act<B: burn::tensor::backend::Backend, const D: usize>(
         "silu" | "swish" => activation::silu(x),
         "tanh" => x.tanh(),
         _ => activation::gelu(x),
+    }
+}
+
+/// HF `BertModel` keys; checkpoints of the task classes (`bert.` prefix) load too.
+impl Architecture for Bert {
+    type Config = BertConfig;
+    const MODEL_TYPE: &'static str = "bert";
+    const DISPLAY: &'static str = "BERT";
+    const PREFIXES: &'static [&'static str] = &["bert."];
+
+    fn new(name: &str, config: BertConfig) -> Result<Self, ApiError> {
+        Bert::new(name, config)
+    }
+
+    fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.config.weight_shapes()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod heads;
 pub mod metrics;
 pub mod model;
 pub mod modules;
+pub mod nn;
 pub mod params;
 pub mod plan;
 pub mod report;

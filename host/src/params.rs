@@ -8,8 +8,8 @@ use peft_api::{ApiError, Init};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
-use crate::bridge::value::{fp, ft, FloatPrim};
 use crate::by_rank;
+use crate::nn::value::{fp, ft, FloatPrim};
 
 pub struct Param<B: AutodiffBackend> {
     pub name: String,

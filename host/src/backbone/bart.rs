@@ -10,18 +10,15 @@ use burn::tensor::{backend::AutodiffBackend, Int, Tensor};
 use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
-pub use super::t5::{KvCache, Seq2Seq};
+pub use super::seq2seq::{KvCache, Seq2Seq};
 use super::{
     additive_mask,
-    t5::{
-        activation_fn, causal_mask, check_activation, default_init, dir_name, dropout, prefix_len,
-        read_config, split_heads, LayerCache,
-    },
-    weights::{Checkpoint, WeightsError},
+    arch::{self, Architecture},
+    layers::{activation_fn, causal_mask, check_activation, dropout, prefix_len, split_heads},
+    seq2seq::LayerCache,
     Backbone, Hooks, TextBatch,
 };
-use crate::bridge::ops::{layer_norm, linear};
-use crate::bridge::value::{fp, ft};
+use crate::nn::value::{fp, ft};
 use crate::params::ParamStore;
 
 /// The fields of an HF BART `config.json` that BartForConditionalGeneration uses.
@@ -196,6 +193,14 @@ impl BartConfig {
                     site(format!("{p}.{sub}"), SiteKind::Sublayer, l, sub, d, d);
                 }
                 site(format!("{p}.fc1"), SiteKind::Projection, l, "fc1", d, ffn);
+                site(
+                    format!("{p}.intermediate"),
+                    SiteKind::Hidden,
+                    l,
+                    "ffn_intermediate",
+                    ffn,
+                    ffn,
+                );
                 site(format!("{p}.fc2"), SiteKind::Projection, l, "fc2", ffn, d);
                 site(format!("{p}.ffn"), SiteKind::Sublayer, l, "ffn", d, d);
                 site(
@@ -245,62 +250,7 @@ impl Bart {
 
     /// Reads `config.json` from `dir` and loads `model.safetensors` into `store`.
     pub fn load<B: AutodiffBackend>(dir: &Path, store: &mut ParamStore<B>) -> anyhow::Result<Self> {
-        let config: BartConfig = read_config(dir)?;
-        let bart = Bart::new(&dir_name(dir), config)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-        bart.load_weights(&dir.join("model.safetensors"), store)?;
-        Ok(bart)
-    }
-
-    /// Loads the weights of a safetensors file (HF `BartForConditionalGeneration` or
-    /// `BartModel` keys). A checkpoint without `final_logits_bias` gets zeros, as HF does.
-    pub fn load_weights<B: AutodiffBackend>(
-        &self,
-        path: &Path,
-        store: &mut ParamStore<B>,
-    ) -> Result<(), WeightsError> {
-        let ckpt = Checkpoint::read(path)?;
-        let prefixes = ["model."];
-        let mut shapes = self.config.weight_shapes();
-        let has_bias = ckpt.find("final_logits_bias", &prefixes).is_some();
-        if !has_bias {
-            shapes.retain(|(n, _)| n != "final_logits_bias");
-        }
-        ckpt.load_into(
-            store,
-            &shapes,
-            &prefixes,
-            &[
-                ("shared.weight", "encoder.embed_tokens.weight"),
-                ("shared.weight", "decoder.embed_tokens.weight"),
-            ],
-        )?;
-        if !has_bias {
-            store
-                .create(
-                    "final_logits_bias",
-                    "backbone",
-                    "backbone",
-                    &[1, self.config.vocab_size],
-                    &peft_api::Init::Zeros,
-                )
-                .map_err(|e| WeightsError::Corrupt {
-                    file: ckpt.file.clone(),
-                    message: e.to_string(),
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Creates randomly initialised weights in `store` (norms 1, biases 0, others N(0, 0.02)).
-    pub fn init_weights<B: AutodiffBackend>(
-        &self,
-        store: &mut ParamStore<B>,
-    ) -> Result<(), ApiError> {
-        for (name, shape) in self.config.weight_shapes() {
-            store.create(&name, "backbone", "backbone", &shape, &default_init(&name))?;
-        }
-        Ok(())
+        arch::load(dir, store)
     }
 
     fn lin<B: AutodiffBackend>(
@@ -318,9 +268,7 @@ impl Bart {
         x: Tensor<B, 3>,
         key: &str,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        let w = hooks.weight::<1>(&format!("{key}.weight"))?;
-        let b = hooks.weight::<1>(&format!("{key}.bias"))?;
-        Ok(layer_norm(x, Some(w), Some(b), LN_EPS))
+        hooks.layer_norm(key, x, LN_EPS, false)
     }
 
     /// Token embeddings (scaled when `scale_embedding`) + learned positions from `start`,
@@ -411,7 +359,7 @@ impl Bart {
         let scores = q.matmul(k.swap_dims(2, 3)) * scaling + mask;
         let probs = dropout(
             hooks,
-            crate::bridge::ops::softmax(hooks.graph, scores, 3),
+            crate::nn::softmax(hooks.graph.no_grad, scores, 3),
             c.attention_dropout,
         );
         let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, tq, d]);
@@ -456,6 +404,8 @@ impl Bart {
             self.lin(hooks, x, &format!("{p}.fc1"))?,
         );
         let h = dropout(hooks, h, c.activation_dropout);
+        // The activation as the output projection reads it: where (IA)³ scales.
+        let h = hooks.hidden(&format!("{p}.intermediate"), h)?;
         self.lin(hooks, &h, &format!("{p}.fc2"))
     }
 
@@ -531,6 +481,28 @@ impl Bart {
             |x| self.ffn(hooks, &p, x),
         )?;
         hooks.hidden(&format!("{p}.output"), x)
+    }
+}
+
+/// HF `BartForConditionalGeneration` or `BartModel` keys (`model.` prefix), embeddings tied as
+/// in T5; a checkpoint without `final_logits_bias` gets zeros, as HF does.
+impl Architecture for Bart {
+    type Config = BartConfig;
+    const MODEL_TYPE: &'static str = "bart";
+    const DISPLAY: &'static str = "BART";
+    const PREFIXES: &'static [&'static str] = &["model."];
+    const TIES: &'static [(&'static str, &'static str)] = &[
+        ("shared.weight", "encoder.embed_tokens.weight"),
+        ("shared.weight", "decoder.embed_tokens.weight"),
+    ];
+    const ZERO_IF_MISSING: &'static [&'static str] = &["final_logits_bias"];
+
+    fn new(name: &str, config: BartConfig) -> Result<Self, ApiError> {
+        Bart::new(name, config)
+    }
+
+    fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.config.weight_shapes()
     }
 }
 
@@ -613,7 +585,7 @@ impl<B: AutodiffBackend> Seq2Seq<B> for Bart {
             "lm_head.weight"
         };
         let w = hooks.graph.param_value(key)?;
-        let logits = ft::<B, 3>(linear::<B>(fp(decoder_states), w, None)?);
+        let logits = ft::<B, 3>(crate::nn::linear::<B>(fp(decoder_states), w, None)?);
         let bias = hooks.weight::<2>("final_logits_bias")?;
         Ok(logits + bias.unsqueeze_dim::<3>(0))
     }

@@ -3,11 +3,9 @@ use burn::tensor::{activation, backend::AutodiffBackend, Int, Tensor};
 use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
+use super::arch::Architecture;
 use super::{additive_mask, Backbone, Hooks, TextBatch};
-use crate::bridge::{
-    kernels,
-    ops::{layer_norm_in, softmax},
-};
+use crate::nn::{self, softmax};
 
 /// The fields of an HF `config.json` that BertModel uses.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -150,6 +148,14 @@ impl BertConfig {
                 i,
             ));
             sites.push(site(
+                format!("{p}.intermediate"),
+                SiteKind::Hidden,
+                l,
+                "ffn_intermediate",
+                i,
+                i,
+            ));
+            sites.push(site(
                 format!("{p}.output.dense"),
                 SiteKind::Projection,
                 l,
@@ -217,20 +223,20 @@ impl Bert {
         hooks: &Hooks<'_, '_, B>,
         x: Tensor<B, D>,
         p: f64,
-    ) -> Tensor<B, D> {
+    ) -> Result<Tensor<B, D>, ApiError> {
         if !hooks.training() || p == 0.0 {
-            return x;
+            return Ok(x);
         }
-        if kernels::tracked::enabled::<B>() {
-            let seed = kernels::draw_seed::<B>(&x.device());
-            return kernels::tracked::dropout(x, p, seed);
+        if nn::tracked::enabled::<B>() {
+            let seed = nn::draw_seed::<B>(&x.device());
+            return nn::tracked::dropout(x, p, seed);
         }
         let mask = Tensor::<B, D>::random(
             x.shape(),
             burn::tensor::Distribution::Bernoulli(1.0 - p),
             &x.device(),
         );
-        x * mask / (1.0 - p)
+        Ok(x * mask / (1.0 - p))
     }
 
     fn lin<B: AutodiffBackend>(
@@ -248,19 +254,7 @@ impl Bert {
         x: Tensor<B, 3>,
         key: &str,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        let w = hooks.weight::<1>(&format!("{key}.weight"))?;
-        let b = hooks.weight::<1>(&format!("{key}.bias"))?;
-        if !hooks.graph.no_grad && kernels::tracked::enabled::<B>() {
-            let eps = self.config.layer_norm_eps;
-            return Ok(kernels::tracked::layer_norm(x, w, b, eps));
-        }
-        Ok(layer_norm_in(
-            hooks.graph,
-            x,
-            Some(w),
-            Some(b),
-            self.config.layer_norm_eps,
-        ))
+        hooks.layer_norm(key, x, self.config.layer_norm_eps, true)
     }
 
     fn layer<B: AutodiffBackend>(
@@ -282,13 +276,13 @@ impl Bert {
         let kv_site = format!("{p}.attention.self.kv");
         let scale = 1.0 / (dh as f32).sqrt();
         let fused = !hooks.attached(&kv_site);
-        let ctx = if fused && hooks.graph.no_grad && kernels::enabled::<B>() {
+        let ctx = if fused && hooks.graph.no_grad && nn::enabled::<B>() {
             // No gradient, no prefix: the fused kernel reads the heads where they lie.
-            let keep = kernels::keep_mask(mask)?;
-            let (q, k, v) = (kernels::to_vec(q), kernels::to_vec(k), kernels::to_vec(v));
-            let out = kernels::attention(&q, &k, &v, &keep, b, t, t, heads, scale);
-            kernels::from_vec(out, [b, t, h], &x.device())
-        } else if fused && kernels::tracked::enabled::<B>() {
+            let keep = nn::keep_mask(mask)?;
+            let (q, k, v) = (nn::to_vec(q)?, nn::to_vec(k)?, nn::to_vec(v)?);
+            let out = nn::attention(&q, &k, &v, &keep, [b, t, t], heads, scale)?;
+            nn::from_vec(out, [b, t, h], &x.device())
+        } else if fused && nn::tracked::enabled::<B>() {
             // Training: the same kernel as one autodiff operation with its own backward.
             let p = if hooks.training() {
                 c.attention_probs_dropout_prob
@@ -296,12 +290,12 @@ impl Bert {
                 0.0
             };
             let seed = if p > 0.0 {
-                kernels::draw_seed::<B>(&x.device())
+                nn::draw_seed::<B>(&x.device())
             } else {
                 0
             };
-            let keep = kernels::keep_mask(mask)?;
-            kernels::tracked::attention(q, k, v, &keep, heads, scale, p, seed)
+            let keep = nn::keep_mask(mask)?;
+            nn::tracked::attention(q, k, v, &keep, heads, scale, p, seed)?
         } else {
             let (k, v) = hooks.kv(&kv_site, split(k), split(v))?;
             let prefix = k.dims()[2] - t;
@@ -309,30 +303,32 @@ impl Bert {
                 + additive_mask(mask, prefix);
             let probs = self.dropout(
                 hooks,
-                softmax(hooks.graph, scores, 3),
+                softmax(hooks.graph.no_grad, scores, 3),
                 c.attention_probs_dropout_prob,
-            );
+            )?;
             probs.matmul(v).swap_dims(1, 2).reshape([b, t, h])
         };
         let attn = self.lin(hooks, &ctx, &format!("{p}.attention.output.dense"))?;
-        let attn = self.dropout(hooks, attn, c.hidden_dropout_prob);
+        let attn = self.dropout(hooks, attn, c.hidden_dropout_prob)?;
         let attn = hooks.pair(&format!("{p}.attention"), &x, attn)?;
         let h1 = self.ln(hooks, attn + x, &format!("{p}.attention.output.LayerNorm"))?;
         let inter = self.lin(hooks, &h1, &format!("{p}.intermediate.dense"))?;
-        let inter = if hooks.graph.no_grad && kernels::enabled::<B>() && c.hidden_act == "gelu" {
+        let inter = if hooks.graph.no_grad && nn::enabled::<B>() && c.hidden_act == "gelu" {
             let (shape, device) = (inter.dims(), inter.device());
-            let mut v = kernels::to_vec(inter);
-            kernels::gelu(&mut v);
-            kernels::from_vec(v, shape, &device)
+            let mut v = nn::to_vec(inter)?;
+            nn::gelu(&mut v);
+            nn::from_vec(v, shape, &device)
         } else if hooks.graph.no_grad {
             Tensor::from_inner(act(&c.hidden_act, inter.inner()))
-        } else if kernels::tracked::enabled::<B>() && c.hidden_act == "gelu" {
-            kernels::tracked::gelu(inter)
+        } else if nn::tracked::enabled::<B>() && c.hidden_act == "gelu" {
+            nn::tracked::gelu(inter)?
         } else {
             act(&c.hidden_act, inter)
         };
+        // HF's `BertIntermediate` output (after the activation): where (IA)³ scales.
+        let inter = hooks.hidden(&format!("{p}.intermediate"), inter)?;
         let out = self.lin(hooks, &inter, &format!("{p}.output.dense"))?;
-        let out = self.dropout(hooks, out, c.hidden_dropout_prob);
+        let out = self.dropout(hooks, out, c.hidden_dropout_prob)?;
         let out = hooks.pair(&format!("{p}.ffn"), &h1, out)?;
         let h2 = self.ln(hooks, out + h1, &format!("{p}.output.LayerNorm"))?;
         hooks.hidden(&format!("{p}.output"), h2)
@@ -366,7 +362,7 @@ impl Bert {
         };
         e = e + types.select(0, tt.reshape([b * t])).reshape([b, t, h]);
         let e = self.ln(hooks, e, "embeddings.LayerNorm")?;
-        Ok(self.dropout(hooks, e, c.hidden_dropout_prob))
+        self.dropout(hooks, e, c.hidden_dropout_prob)
     }
 
     /// Hidden states after the embeddings and after each layer (HF's `output_hidden_states`).
@@ -395,6 +391,22 @@ pub fn act<B: burn::tensor::backend::Backend, const D: usize>(
         "silu" | "swish" => activation::silu(x),
         "tanh" => x.tanh(),
         _ => activation::gelu(x),
+    }
+}
+
+/// HF `BertModel` keys; checkpoints of the task classes (`bert.` prefix) load too.
+impl Architecture for Bert {
+    type Config = BertConfig;
+    const MODEL_TYPE: &'static str = "bert";
+    const DISPLAY: &'static str = "BERT";
+    const PREFIXES: &'static [&'static str] = &["bert."];
+
+    fn new(name: &str, config: BertConfig) -> Result<Self, ApiError> {
+        Bert::new(name, config)
+    }
+
+    fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.config.weight_shapes()
     }
 }
 

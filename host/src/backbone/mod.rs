@@ -1,8 +1,16 @@
 //! Backbones: frozen pretrained transformers, one file per architecture, HF key names kept so
-//! weights load without remapping. Each declares hook sites ([`SiteInfo`]) and calls
+//! weights load without remapping. Each declares hook sites ([`peft_api::SiteInfo`]) and calls
 //! [`Hooks`] there; that is the only coupling between backbones and PEFT methods.
+//!
+//! An architecture file holds its config, its weights as an [`arch::Architecture`]
+//! description and its forward pass; loading and random init are generic ([`arch`]), the
+//! shared layers are in [`layers`], encoder-decoder decoding in [`seq2seq`]. A new one is
+//! that file plus its line in [`AnyBackbone`]'s list below.
+pub mod arch;
 pub mod bart;
 pub mod bert;
+pub mod layers;
+pub mod seq2seq;
 pub mod t5;
 pub mod weights;
 
@@ -15,6 +23,7 @@ use crate::bridge::{
     value::{fp, ft},
     HostGraph, Value,
 };
+use crate::nn;
 
 /// Token ids and masks of a batch, `[batch, time]`.
 #[derive(Clone, Debug)]
@@ -106,8 +115,44 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
     pub fn linear(&self, key: &str, x: &Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError> {
         let w = self.graph.param_value(&format!("{key}.weight"))?;
         let b = self.graph.param_value(&format!("{key}.bias"))?;
-        let y = ft::<B, 3>(crate::bridge::ops::linear::<B>(fp(x.clone()), w, Some(b))?);
+        let y = ft::<B, 3>(crate::nn::linear::<B>(fp(x.clone()), w, Some(b))?);
         self.pair(key, x, y)
+    }
+
+    /// A bias-free linear projection (T5) with HF weight `<key>.weight`, then its site `<key>`.
+    pub fn linear_no_bias(&self, key: &str, x: &Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError> {
+        let w = self.graph.param_value(&format!("{key}.weight"))?;
+        let y = ft::<B, 3>(nn::linear::<B>(fp(x.clone()), w, None)?);
+        self.pair(key, x, y)
+    }
+
+    /// LayerNorm with HF weights `<key>.weight` / `<key>.bias`; `fused` lets a pass with
+    /// gradients use the tracked CPU kernel (a pass without runs on the inner backend).
+    pub fn layer_norm(
+        &self,
+        key: &str,
+        x: Tensor<B, 3>,
+        eps: f64,
+        fused: bool,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let w = self.weight::<1>(&format!("{key}.weight"))?;
+        let b = self.weight::<1>(&format!("{key}.bias"))?;
+        if fused && !self.graph.no_grad && nn::tracked::enabled::<B>() {
+            return nn::tracked::layer_norm(x, w, b, eps);
+        }
+        Ok(nn::layer_norm_in(
+            self.graph.no_grad,
+            x,
+            Some(w),
+            Some(b),
+            eps,
+        ))
+    }
+
+    /// T5's RMS LayerNorm with HF weight `<key>.weight`.
+    pub fn rms_norm(&self, key: &str, x: Tensor<B, 3>, eps: f64) -> Result<Tensor<B, 3>, ApiError> {
+        let w = self.weight::<1>(&format!("{key}.weight"))?;
+        Ok(nn::rms_norm(x, Some(w), eps))
     }
 
     /// Projection or sublayer site: `[x, y] -> y'`.
@@ -165,9 +210,10 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
                 out.len()
             )));
         }
-        let mut it = out.into_iter();
-        let k2 = float4(site, it.next().unwrap())?;
-        let v2 = float4(site, it.next().unwrap())?;
+        let [k2, v2]: [Value<B>; 2] = out
+            .try_into()
+            .map_err(|_| ApiError::internal("two tensors counted, not two"))?;
+        let (k2, v2) = (float4(site, k2)?, float4(site, v2)?);
         let (nk, nv) = (k2.dims(), v2.dims());
         if nk[0] != dk[0]
             || nk[1] != dk[1]
@@ -185,17 +231,20 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
     }
 }
 
+/// A rank-4 float tensor from what a key/value site returned, or the error naming the site.
 fn float4<B: AutodiffBackend>(site: &str, v: Value<B>) -> Result<Tensor<B, 4>, ApiError> {
     match v {
-        Value::Float(p) if crate::bridge::value::ft::<B, 4>(p.clone()).dims().len() == 4 => {
-            Ok(ft::<B, 4>(p))
-        }
+        Value::Float(p) if v_rank::<B>(&p) == 4 => Ok(ft::<B, 4>(p)),
         other => Err(ApiError::shape(format!(
             "site `{site}`: expected a rank-4 float tensor, got {} {:?}",
             other.kind(),
             other.shape()
         ))),
     }
+}
+
+fn v_rank<B: AutodiffBackend>(p: &crate::bridge::FloatPrim<B>) -> usize {
+    burn::tensor::TensorMetadata::shape(p).num_dims()
 }
 
 fn one_float<B: AutodiffBackend, const D: usize>(
@@ -208,7 +257,10 @@ fn one_float<B: AutodiffBackend, const D: usize>(
             out.len()
         )));
     }
-    match out.into_iter().next().unwrap() {
+    let Some(v) = out.into_iter().next() else {
+        return Err(ApiError::internal("one tensor counted, none found"));
+    };
+    match v {
         Value::Float(p) => {
             let shape = burn::tensor::TensorMetadata::shape(&p).to_vec();
             if shape.len() != D {
@@ -238,108 +290,114 @@ pub fn additive_mask<B: AutodiffBackend>(mask: &Tensor<B, 2, Int>, prefix: usize
     neg.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1)
 }
 
-/// Any built-in backbone, chosen by `model_type` in config.json.
-pub enum AnyBackbone {
+/// Declares [`AnyBackbone`] over the listed architectures: one variant each, built by
+/// `model_type`, dispatching `info` and `encode`; `: seq2seq` marks the encoder-decoders.
+macro_rules! backbones {
+    ($($variant:ident($ty:ty) $(: $s:ident)?),* $(,)?) => {
+        /// Any built-in backbone, chosen by `model_type` in config.json.
+        pub enum AnyBackbone {
+            $($variant($ty),)*
+        }
+
+        impl AnyBackbone {
+            /// Builds the backbone described by an HF `config.json`, loading `weights` when
+            /// given and initialising randomly otherwise.
+            pub fn build<B: AutodiffBackend>(
+                name: &str,
+                config: &serde_json::Value,
+                weights: Option<&std::path::Path>,
+                store: &mut crate::params::ParamStore<B>,
+            ) -> anyhow::Result<Self> {
+                use arch::Architecture;
+                let model_type = config
+                    .get("model_type")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("bert");
+                $(
+                    if model_type == <$ty>::MODEL_TYPE {
+                        return Ok(AnyBackbone::$variant(arch::build::<$ty, B>(
+                            name, config, weights, store,
+                        )?));
+                    }
+                )*
+                let known = [$(<$ty>::MODEL_TYPE),*].join(", ");
+                anyhow::bail!(
+                    "backbone `{name}`: architecture `{model_type}` is not supported (supported: {known})"
+                )
+            }
+
+            /// The encoder-decoder interface, for T5 and BART.
+            pub fn as_seq2seq<B: AutodiffBackend>(&self) -> Option<&dyn seq2seq::Seq2Seq<B>> {
+                match self {
+                    $(AnyBackbone::$variant(m) => backbones!(@seq2seq m $($s)?),)*
+                }
+            }
+        }
+
+        impl<B: AutodiffBackend> Backbone<B> for AnyBackbone {
+            fn info(&self) -> &BackboneInfo {
+                match self {
+                    $(AnyBackbone::$variant(m) => Backbone::<B>::info(m),)*
+                }
+            }
+
+            fn encode(
+                &self,
+                hooks: &Hooks<'_, '_, B>,
+                batch: &TextBatch<B>,
+            ) -> Result<Tensor<B, 3>, ApiError> {
+                match self {
+                    $(AnyBackbone::$variant(m) => m.encode(hooks, batch),)*
+                }
+            }
+        }
+    };
+    (@seq2seq $m:ident seq2seq) => { Some($m) };
+    (@seq2seq $m:ident) => {{
+        let _ = $m;
+        None
+    }};
+}
+
+backbones! {
     Bert(bert::Bert),
-    T5(t5::T5),
-    Bart(bart::Bart),
+    T5(t5::T5): seq2seq,
+    Bart(bart::Bart): seq2seq,
 }
 
 impl AnyBackbone {
-    /// Builds the backbone described by an HF `config.json`, loading `weights` when given and
-    /// initialising randomly otherwise.
-    pub fn build<B: AutodiffBackend>(
-        name: &str,
-        config: &serde_json::Value,
-        weights: Option<&std::path::Path>,
-        store: &mut crate::params::ParamStore<B>,
-    ) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        let model_type = config
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("bert");
-        let parse_err =
-            |arch: &str| format!("backbone `{name}`: config.json is not a valid {arch} config");
-        let api = |e: ApiError| anyhow::anyhow!("backbone `{name}`: {e}");
-        Ok(match model_type {
-            "bert" => {
-                let cfg: bert::BertConfig = serde_json::from_value(config.clone()).with_context(|| parse_err("BERT"))?;
-                let b = bert::Bert::new(name, cfg.clone()).map_err(api)?;
-                match weights {
-                    Some(p) => weights::Checkpoint::read(p)?.load_into(store, &cfg.weight_shapes(), &["bert."], &[])?,
-                    None => {
-                        for (n, shape) in cfg.weight_shapes() {
-                            let init = if n.ends_with("LayerNorm.weight") {
-                                peft_api::Init::Ones
-                            } else if n.ends_with(".bias") {
-                                peft_api::Init::Zeros
-                            } else {
-                                peft_api::Init::Normal { mean: 0.0, std: 0.02 }
-                            };
-                            store.create(&n, "backbone", "backbone", &shape, &init).map_err(api)?;
-                        }
-                    }
-                }
-                AnyBackbone::Bert(b)
-            }
-            "t5" => {
-                let cfg: t5::T5Config = serde_json::from_value(config.clone()).with_context(|| parse_err("T5"))?;
-                let m = t5::T5::new(name, cfg).map_err(api)?;
-                match weights {
-                    Some(p) => m.load_weights(p, store)?,
-                    None => m.init_weights(store).map_err(api)?,
-                }
-                AnyBackbone::T5(m)
-            }
-            "bart" => {
-                let cfg: bart::BartConfig = serde_json::from_value(config.clone()).with_context(|| parse_err("BART"))?;
-                let m = bart::Bart::new(name, cfg).map_err(api)?;
-                match weights {
-                    Some(p) => m.load_weights(p, store)?,
-                    None => m.init_weights(store).map_err(api)?,
-                }
-                AnyBackbone::Bart(m)
-            }
-            other => anyhow::bail!("backbone `{name}`: architecture `{other}` is not supported (supported: bert, t5, bart)"),
-        })
-    }
-
     pub fn as_bert(&self) -> Option<&bert::Bert> {
         match self {
             AnyBackbone::Bert(b) => Some(b),
             _ => None,
         }
     }
-
-    /// The encoder-decoder interface, for T5 and BART.
-    pub fn as_seq2seq<B: AutodiffBackend>(&self) -> Option<&dyn t5::Seq2Seq<B>> {
-        match self {
-            AnyBackbone::T5(m) => Some(m),
-            AnyBackbone::Bart(m) => Some(m),
-            AnyBackbone::Bert(_) => None,
-        }
-    }
 }
 
-impl<B: AutodiffBackend> Backbone<B> for AnyBackbone {
-    fn info(&self) -> &BackboneInfo {
-        match self {
-            AnyBackbone::Bert(m) => Backbone::<B>::info(m),
-            AnyBackbone::T5(m) => Backbone::<B>::info(m),
-            AnyBackbone::Bart(m) => Backbone::<B>::info(m),
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn encode(
-        &self,
-        hooks: &Hooks<'_, '_, B>,
-        batch: &TextBatch<B>,
-    ) -> Result<Tensor<B, 3>, ApiError> {
-        match self {
-            AnyBackbone::Bert(m) => m.encode(hooks, batch),
-            AnyBackbone::T5(m) => m.encode(hooks, batch),
-            AnyBackbone::Bart(m) => m.encode(hooks, batch),
-        }
+    type A = burn::backend::Autodiff<burn::backend::Flex>;
+
+    /// A key/value site that returns a tensor of another rank gets the error naming the site,
+    /// not a panic.
+    #[test]
+    fn float4_refuses_other_ranks_with_an_error() {
+        let t = Tensor::<A, 3>::zeros([2, 3, 4], &Default::default());
+        let err = float4::<A>("encoder.layer.0.attention.self.kv", Value::Float(fp(t)))
+            .expect_err("rank 3 refused");
+        assert!(
+            err.message.contains("encoder.layer.0.attention.self.kv")
+                && err.message.contains("rank-4")
+                && err.message.contains("[2, 3, 4]"),
+            "{}",
+            err.message
+        );
+        let t = Tensor::<A, 4>::zeros([1, 2, 3, 4], &Default::default());
+        assert_eq!(
+            float4::<A>("s", Value::Float(fp(t))).unwrap().dims(),
+            [1, 2, 3, 4]
+        );
     }
 }

@@ -5,319 +5,23 @@
 //! `1/sqrt(d)` scaling of attention scores. The LM head is tied to `shared.weight` when
 //! `tie_word_embeddings`; the decoder output is scaled by `d_model^-0.5` before it when
 //! `scale_decoder_outputs` (transformers 5; defaults to `tie_word_embeddings` as in 4.x).
-//!
-//! Also home of what encoder-decoders share: the [`Seq2Seq`] trait with greedy decoding and
-//! the key/value cache [`KvCache`].
 use std::path::Path;
 
-use anyhow::Context;
-use burn::tensor::{activation, backend::AutodiffBackend, Int, Tensor, TensorData};
-use peft_api::{ApiError, BackboneInfo, Init, SiteInfo, SiteKind};
+use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
+use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
+// The encoder-decoder interface, re-exported where it first lived.
+pub use super::seq2seq::{KvCache, Seq2Seq};
 use super::{
     additive_mask,
-    weights::{Checkpoint, WeightsError},
+    arch::{self, Architecture},
+    layers::{activation_fn, causal_mask, check_activation, dropout, prefix_len, split_heads},
+    seq2seq::LayerCache,
     Backbone, Hooks, TextBatch,
 };
-use crate::bridge::ops::{linear, rms_norm};
-use crate::bridge::value::{fp, ft};
+use crate::nn::value::{fp, ft};
 use crate::params::ParamStore;
-
-// ---------------------------------------------------------------------------------------------
-// Shared by the encoder-decoders.
-
-/// Keys and values of a decoder's attention layers kept between incremental decoding steps.
-///
-/// Self-attention keys/values are kept as the projections produced them (before the key/value
-/// site) and grow by one step's positions per call; the site is applied to the whole history
-/// each step, so that a cached pass computes what a full pass computes. Cross-attention
-/// keys/values are computed (site applied) on the first call and reused. A cache belongs to
-/// one batch of encoder states: make a new one ([`Seq2Seq::new_cache`]) per generation.
-pub struct KvCache<B: AutodiffBackend> {
-    /// Decoder positions processed so far.
-    pub len: usize,
-    pub(crate) layers: Vec<LayerCache<B>>,
-}
-
-pub(crate) struct LayerCache<B: AutodiffBackend> {
-    pub(crate) self_kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-    /// Keys, values (after the site) and the number of encoder positions among them.
-    pub(crate) cross_kv: Option<(Tensor<B, 4>, Tensor<B, 4>, usize)>,
-}
-
-impl<B: AutodiffBackend> KvCache<B> {
-    pub fn new(num_decoder_layers: usize) -> Self {
-        KvCache {
-            len: 0,
-            layers: (0..num_decoder_layers)
-                .map(|_| LayerCache {
-                    self_kv: None,
-                    cross_kv: None,
-                })
-                .collect(),
-        }
-    }
-
-    pub(crate) fn check(&self, layers: usize) -> Result<(), ApiError> {
-        if self.layers.len() != layers {
-            return Err(ApiError::invalid(format!(
-                "key/value cache has {} layers, the decoder has {layers}",
-                self.layers.len()
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// An encoder-decoder backbone: [`Backbone::encode`] runs the encoder.
-pub trait Seq2Seq<B: AutodiffBackend>: Backbone<B> {
-    fn num_decoder_layers(&self) -> usize;
-    fn decoder_start_token_id(&self) -> i64;
-    fn eos_token_id(&self) -> Option<i64>;
-    fn pad_token_id(&self) -> i64;
-
-    /// Decoder hidden states `[batch, time, hidden]` (after the final norm) for
-    /// `decoder_input_ids`; with a cache, the ids are the positions after `cache.len` and the
-    /// cache is extended.
-    fn decode(
-        &self,
-        hooks: &Hooks<'_, '_, B>,
-        encoder_states: &Tensor<B, 3>,
-        encoder_mask: &Tensor<B, 2, Int>,
-        decoder_input_ids: &Tensor<B, 2, Int>,
-        cache: Option<&mut KvCache<B>>,
-    ) -> Result<Tensor<B, 3>, ApiError>;
-
-    /// LM logits `[batch, time, vocab]` from decoder hidden states.
-    fn lm_logits(
-        &self,
-        hooks: &Hooks<'_, '_, B>,
-        decoder_states: Tensor<B, 3>,
-    ) -> Result<Tensor<B, 3>, ApiError>;
-
-    /// A token generation must produce at new-token index `step` (BART's forced BOS/EOS).
-    fn forced_token(&self, _step: usize, _max_new_tokens: usize) -> Option<i64> {
-        None
-    }
-
-    fn new_cache(&self) -> KvCache<B> {
-        KvCache::new(self.num_decoder_layers())
-    }
-
-    /// Encoder, decoder and LM head in one pass (teacher forcing): `[batch, time, vocab]`.
-    fn logits(
-        &self,
-        hooks: &Hooks<'_, '_, B>,
-        batch: &TextBatch<B>,
-        decoder_input_ids: &Tensor<B, 2, Int>,
-    ) -> Result<Tensor<B, 3>, ApiError> {
-        let enc = self.encode(hooks, batch)?;
-        let dec = self.decode(hooks, &enc, &batch.attention_mask, decoder_input_ids, None)?;
-        self.lm_logits(hooks, dec)
-    }
-
-    /// Greedy decoding of exactly `max_new_tokens` tokens (EOS suppressed, as HF's `generate`
-    /// with `min_new_tokens == max_new_tokens`). Each row starts with the decoder start token.
-    fn greedy_generate(
-        &self,
-        hooks: &Hooks<'_, '_, B>,
-        batch: &TextBatch<B>,
-        max_new_tokens: usize,
-    ) -> Result<Vec<Vec<i64>>, ApiError> {
-        self.greedy_generate_with(hooks, batch, max_new_tokens, max_new_tokens)
-    }
-
-    /// Greedy decoding as HF's `generate(do_sample=False, num_beams=1)`: EOS is suppressed for
-    /// the first `min_new_tokens` tokens; a row that produced EOS continues with padding;
-    /// decoding stops when every row is done or after `max_new_tokens`. Uses the cache.
-    fn greedy_generate_with(
-        &self,
-        hooks: &Hooks<'_, '_, B>,
-        batch: &TextBatch<B>,
-        min_new_tokens: usize,
-        max_new_tokens: usize,
-    ) -> Result<Vec<Vec<i64>>, ApiError> {
-        let enc = self.encode(hooks, batch)?;
-        let [b, _] = batch.input_ids.dims();
-        let device = batch.input_ids.device();
-        let start = self.decoder_start_token_id();
-        let eos = self.eos_token_id();
-        let mut out = vec![vec![start]; b];
-        let mut done = vec![false; b];
-        let mut cache = self.new_cache();
-        for step in 0..max_new_tokens {
-            let last: Vec<i64> = out.iter().map(|r| *r.last().unwrap()).collect();
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(last, [b, 1]), &device);
-            let h = self.decode(hooks, &enc, &batch.attention_mask, &ids, Some(&mut cache))?;
-            let logits = self.lm_logits(hooks, h)?;
-            let v = logits.dims()[2];
-            let values = logits
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .map_err(|e| ApiError::internal(format!("reading logits: {e:?}")))?;
-            for (i, row) in values.chunks_exact(v).enumerate() {
-                if done[i] {
-                    out[i].push(self.pad_token_id());
-                    continue;
-                }
-                let tok = match self.forced_token(step, max_new_tokens) {
-                    Some(t) => t,
-                    None => {
-                        let suppress = if step < min_new_tokens { eos } else { None };
-                        argmax(row, suppress)
-                    }
-                };
-                out[i].push(tok);
-                if Some(tok) == eos {
-                    done[i] = true;
-                }
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// First index of the maximum (as `torch.argmax`), skipping `suppress`.
-fn argmax(row: &[f32], suppress: Option<i64>) -> i64 {
-    let mut best = (0usize, f32::NEG_INFINITY);
-    let mut found = false;
-    for (j, &x) in row.iter().enumerate() {
-        if Some(j as i64) == suppress {
-            continue;
-        }
-        if !found || x > best.1 {
-            best = (j, x);
-            found = true;
-        }
-    }
-    best.0 as i64
-}
-
-/// Inverted dropout, in training mode only.
-pub(crate) fn dropout<B: AutodiffBackend, const D: usize>(
-    hooks: &Hooks<'_, '_, B>,
-    x: Tensor<B, D>,
-    p: f64,
-) -> Tensor<B, D> {
-    if !hooks.training() || p == 0.0 {
-        return x;
-    }
-    let mask = Tensor::<B, D>::random(
-        x.shape(),
-        burn::tensor::Distribution::Bernoulli(1.0 - p),
-        &x.device(),
-    );
-    x * mask / (1.0 - p)
-}
-
-/// Additive causal mask `[1, 1, tq, prefix + keys]`: query `i` (position `q_start + i`) sees
-/// the `prefix` added keys and keys `0..=q_start + i`.
-pub(crate) fn causal_mask<B: AutodiffBackend>(
-    q_start: usize,
-    tq: usize,
-    keys: usize,
-    prefix: usize,
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let n = prefix + keys;
-    let mut v = vec![0f32; tq * n];
-    for i in 0..tq {
-        for j in 0..keys {
-            if j > q_start + i {
-                v[i * n + prefix + j] = f32::MIN;
-            }
-        }
-    }
-    Tensor::<B, 2>::from_data(TensorData::new(v, [tq, n]), device).reshape([1, 1, tq, n])
-}
-
-/// Splits `[batch, time, heads * dh]` into `[batch, heads, time, dh]`.
-pub(crate) fn split_heads<B: AutodiffBackend>(y: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
-    let [b, t, hd] = y.dims();
-    y.reshape([b, t, heads, hd / heads]).swap_dims(1, 2)
-}
-
-/// Activations by HF name (`ACT2FN`).
-pub(crate) fn activation_fn<B: AutodiffBackend, const D: usize>(
-    name: &str,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
-    match name {
-        "relu" => activation::relu(x),
-        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => activation::gelu_approximate(x),
-        "silu" | "swish" => activation::silu(x),
-        "tanh" => x.tanh(),
-        _ => activation::gelu(x),
-    }
-}
-
-pub(crate) fn check_activation(name: &str) -> Result<(), ApiError> {
-    if matches!(
-        name,
-        "relu"
-            | "gelu"
-            | "gelu_new"
-            | "gelu_pytorch_tanh"
-            | "gelu_fast"
-            | "silu"
-            | "swish"
-            | "tanh"
-    ) {
-        Ok(())
-    } else {
-        Err(ApiError::config(format!(
-            "unsupported activation `{name}` (supported: relu, gelu, gelu_new, gelu_pytorch_tanh, silu, tanh)"
-        )))
-    }
-}
-
-/// Default initialisation of a backbone weight for random-init models.
-pub(crate) fn default_init(name: &str) -> Init {
-    if name.contains("layer_norm") || name.contains("layernorm") {
-        if name.ends_with(".bias") {
-            Init::Zeros
-        } else {
-            Init::Ones
-        }
-    } else if name.ends_with(".bias") || name == "final_logits_bias" {
-        Init::Zeros
-    } else {
-        Init::Normal {
-            mean: 0.0,
-            std: 0.02,
-        }
-    }
-}
-
-/// Subtracts the key count the projections produced from what the key/value site returned.
-pub(crate) fn prefix_len(site: &str, got: usize, raw: usize) -> Result<usize, ApiError> {
-    got.checked_sub(raw).ok_or_else(|| {
-        ApiError::shape(format!(
-            "site `{site}`: modules returned {got} key positions, fewer than the {raw} given"
-        ))
-    })
-}
-
-pub(crate) fn read_config<C: serde::de::DeserializeOwned>(dir: &Path) -> anyhow::Result<C> {
-    let path = dir.join("config.json");
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a valid config", path.display()))
-}
-
-pub(crate) fn dir_name(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string())
-}
-
-// ---------------------------------------------------------------------------------------------
-// T5.
 
 /// The fields of an HF T5 `config.json` that T5ForConditionalGeneration uses.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -523,6 +227,14 @@ impl T5Config {
                 for wi in self.ffn_inputs() {
                     site(format!("{f}.{wi}"), SiteKind::Projection, l, wi, d, ff);
                 }
+                site(
+                    format!("{f}.intermediate"),
+                    SiteKind::Hidden,
+                    l,
+                    "ffn_intermediate",
+                    ff,
+                    ff,
+                );
                 site(format!("{f}.wo"), SiteKind::Projection, l, "wo", ff, d);
                 site(format!("{p}.ffn"), SiteKind::Sublayer, l, "ffn", d, d);
                 site(
@@ -630,41 +342,7 @@ impl T5 {
 
     /// Reads `config.json` from `dir` and loads `model.safetensors` into `store`.
     pub fn load<B: AutodiffBackend>(dir: &Path, store: &mut ParamStore<B>) -> anyhow::Result<Self> {
-        let config: T5Config = read_config(dir)?;
-        let t5 = T5::new(&dir_name(dir), config)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-        t5.load_weights(&dir.join("model.safetensors"), store)?;
-        Ok(t5)
-    }
-
-    /// Loads the weights of a safetensors file (HF `T5ForConditionalGeneration` keys; the
-    /// embeddings may be stored as `encoder.embed_tokens.weight` instead of `shared.weight`).
-    pub fn load_weights<B: AutodiffBackend>(
-        &self,
-        path: &Path,
-        store: &mut ParamStore<B>,
-    ) -> Result<(), WeightsError> {
-        let ckpt = Checkpoint::read(path)?;
-        ckpt.load_into(
-            store,
-            &self.config.weight_shapes(),
-            &[],
-            &[
-                ("shared.weight", "encoder.embed_tokens.weight"),
-                ("shared.weight", "decoder.embed_tokens.weight"),
-            ],
-        )
-    }
-
-    /// Creates randomly initialised weights in `store` (norms 1, others N(0, 0.02)).
-    pub fn init_weights<B: AutodiffBackend>(
-        &self,
-        store: &mut ParamStore<B>,
-    ) -> Result<(), ApiError> {
-        for (name, shape) in self.config.weight_shapes() {
-            store.create(&name, "backbone", "backbone", &shape, &default_init(&name))?;
-        }
-        Ok(())
+        arch::load(dir, store)
     }
 
     fn lin<B: AutodiffBackend>(
@@ -673,9 +351,7 @@ impl T5 {
         x: &Tensor<B, 3>,
         key: &str,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        let w = hooks.graph.param_value(&format!("{key}.weight"))?;
-        let y = ft::<B, 3>(linear::<B>(fp(x.clone()), w, None)?);
-        hooks.pair(key, x, y)
+        hooks.linear_no_bias(key, x)
     }
 
     fn norm<B: AutodiffBackend>(
@@ -684,8 +360,7 @@ impl T5 {
         x: Tensor<B, 3>,
         key: &str,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        let w = hooks.weight::<1>(&format!("{key}.weight"))?;
-        Ok(rms_norm(x, Some(w), self.config.layer_norm_epsilon))
+        hooks.rms_norm(key, x, self.config.layer_norm_epsilon)
     }
 
     fn embed<B: AutodiffBackend>(
@@ -816,7 +491,7 @@ impl T5 {
         scores = scores + visible.mask(tq, n, prefix, &device);
         let probs = dropout(
             hooks,
-            crate::bridge::ops::softmax(hooks.graph, scores, 3),
+            crate::nn::softmax(hooks.graph.no_grad, scores, 3),
             c.dropout_rate,
         );
         let ctx = probs
@@ -841,6 +516,8 @@ impl T5 {
             activation_fn(&act, self.lin(hooks, x, &format!("{key}.wi"))?)
         };
         let h = dropout(hooks, h, c.dropout_rate);
+        // The activation as the output projection reads it: where (IA)³ scales.
+        let h = hooks.hidden(&format!("{key}.intermediate"), h)?;
         self.lin(hooks, &h, &format!("{key}.wo"))
     }
 
@@ -968,6 +645,26 @@ impl T5 {
     }
 }
 
+/// HF `T5ForConditionalGeneration`: the embeddings may be stored as the encoder's or the
+/// decoder's `embed_tokens` instead of `shared.weight`.
+impl Architecture for T5 {
+    type Config = T5Config;
+    const MODEL_TYPE: &'static str = "t5";
+    const DISPLAY: &'static str = "T5";
+    const TIES: &'static [(&'static str, &'static str)] = &[
+        ("shared.weight", "encoder.embed_tokens.weight"),
+        ("shared.weight", "decoder.embed_tokens.weight"),
+    ];
+
+    fn new(name: &str, config: T5Config) -> Result<Self, ApiError> {
+        T5::new(name, config)
+    }
+
+    fn weight_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.config.weight_shapes()
+    }
+}
+
 impl<B: AutodiffBackend> Backbone<B> for T5 {
     fn info(&self) -> &BackboneInfo {
         &self.info
@@ -1049,6 +746,6 @@ impl<B: AutodiffBackend> Seq2Seq<B> for T5 {
             "lm_head.weight"
         };
         let w = hooks.graph.param_value(key)?;
-        Ok(ft::<B, 3>(linear::<B>(fp(h), w, None)?))
+        Ok(ft::<B, 3>(crate::nn::linear::<B>(fp(h), w, None)?))
     }
 }

@@ -1,8 +1,9 @@
 //! The burn bridge: where the op API ends and burn begins. [`HostGraph`] implements the
-//! `peft_api::Graph` interface over a handle table of burn tensors, under autodiff.
-pub mod kernels;
+//! `peft_api::Graph` interface over a handle table of burn tensors, under autodiff, and
+//! [`ops`] dispatches each opcode; the maths is in [`crate::nn`].
 pub mod ops;
-pub mod value;
+/// Rank-erased tensors live in `nn` (the parameter store uses them without the bridge).
+pub use crate::nn::value;
 
 use std::{
     cell::{Cell, RefCell},

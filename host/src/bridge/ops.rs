@@ -1,4 +1,5 @@
-//! Each opcode of `peft_api::OpCode` implemented on burn tensors.
+//! Each opcode of `peft_api::OpCode` implemented on burn tensors: argument and shape checks,
+//! then the functional ops of [`crate::nn`] or burn's own.
 use abi_stable::std_types::{RString, RVec};
 use burn::tensor::{
     activation, backend::AutodiffBackend, Distribution, Int, Shape, Tensor, TensorData,
@@ -11,6 +12,8 @@ use super::{
     HostGraph,
 };
 use crate::by_rank;
+// The functional ops live in `nn`; `linear` is re-exported for the callers that name it here.
+pub use crate::nn::{layer_norm, linear, rms_norm};
 
 type R<T> = Result<T, ApiError>;
 
@@ -196,67 +199,6 @@ fn along_dim<B: AutodiffBackend>(op: OpCode, p: FloatPrim<B>, values: &Values) -
     })
 }
 
-/// Softmax along `dim`; in a no-grad pass on the inner backend, whose fused kernel burn's
-/// autodiff wrapper does not use (it records five ops even when nothing is tracked).
-pub fn softmax<B: AutodiffBackend, const D: usize>(
-    g: &HostGraph<'_, B>,
-    x: Tensor<B, D>,
-    dim: usize,
-) -> Tensor<B, D> {
-    if g.no_grad {
-        Tensor::from_inner(activation::softmax(x.inner(), dim))
-    } else {
-        activation::softmax(x, dim)
-    }
-}
-
-/// Layer norm as [`layer_norm`], on the inner backend in a no-grad pass.
-pub fn layer_norm_in<B: AutodiffBackend, const D: usize>(
-    g: &HostGraph<'_, B>,
-    x: Tensor<B, D>,
-    w: Option<Tensor<B, 1>>,
-    b: Option<Tensor<B, 1>>,
-    eps: f64,
-) -> Tensor<B, D> {
-    if g.no_grad {
-        let y = layer_norm(x.inner(), w.map(Tensor::inner), b.map(Tensor::inner), eps);
-        return Tensor::from_inner(y);
-    }
-    layer_norm(x, w, b, eps)
-}
-
-/// Layer norm over the last dim with optional affine weights (`[d]`), as `torch.nn.LayerNorm`.
-pub fn layer_norm<B: burn::tensor::backend::Backend, const D: usize>(
-    x: Tensor<B, D>,
-    w: Option<Tensor<B, 1>>,
-    b: Option<Tensor<B, 1>>,
-    eps: f64,
-) -> Tensor<B, D> {
-    let (var, mean) = x.clone().var_mean_bias(D - 1);
-    let mut y = (x - mean) / (var + eps).sqrt();
-    if let Some(w) = w {
-        y = y * w.unsqueeze::<D>();
-    }
-    if let Some(b) = b {
-        y = y + b.unsqueeze::<D>();
-    }
-    y
-}
-
-/// T5's LayerNorm: no mean subtraction, no bias.
-pub fn rms_norm<B: AutodiffBackend, const D: usize>(
-    x: Tensor<B, D>,
-    w: Option<Tensor<B, 1>>,
-    eps: f64,
-) -> Tensor<B, D> {
-    let var = x.clone().powf_scalar(2.0).mean_dim(D - 1);
-    let mut y = x * (var + eps).sqrt().recip();
-    if let Some(w) = w {
-        y = y * w.unsqueeze::<D>();
-    }
-    y
-}
-
 fn norm<B: AutodiffBackend>(
     op: OpCode,
     mut inputs: Vec<Value<B>>,
@@ -306,43 +248,6 @@ fn matmul<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>) -> R<FloatPrim<B
     check_broadcast(OpCode::MATMUL, &sa[..sa.len() - 2], &sb[..sb.len() - 2])?;
     let (a, b, r) = align::<B>(a, b);
     by_rank!(r, |D| Ok(fp(ft::<B, D>(a).matmul(ft::<B, D>(b)))))
-}
-
-/// `x @ w^T + b` with `w: [out, in]`, flattening leading dims into one matmul.
-pub fn linear<B: AutodiffBackend>(
-    x: FloatPrim<B>,
-    w: FloatPrim<B>,
-    b: Option<FloatPrim<B>>,
-) -> R<FloatPrim<B>> {
-    let (sx, sw) = (shape_of::<B>(&x), shape_of::<B>(&w));
-    if sw.len() != 2 || sx.last() != Some(&sw[1]) {
-        return Err(ApiError::shape(format!(
-            "LINEAR: input {sx:?} does not fit weight {sw:?} (expected [out, in])"
-        )));
-    }
-    let n: usize = sx[..sx.len() - 1].iter().product();
-    let x2 = ft::<B, 2>(reshape::<B>(x, vec![n, sw[1]]));
-    if let Some(b) = &b {
-        let sb = shape_of::<B>(b);
-        if sb != [sw[0]] {
-            return Err(ApiError::shape(format!(
-                "LINEAR: bias {sb:?} does not fit weight {sw:?}"
-            )));
-        }
-    }
-    let y = if super::kernels::tracked::enabled::<B>() {
-        // One gemm call reading W transposed in place, with its own backward.
-        super::kernels::tracked::linear(x2, ft::<B, 2>(w), b.map(ft::<B, 1>))
-    } else {
-        let y = x2.matmul(ft::<B, 2>(w).transpose());
-        match b {
-            Some(b) => y + ft::<B, 1>(b).unsqueeze::<2>(),
-            None => y,
-        }
-    };
-    let mut out = sx;
-    *out.last_mut().unwrap() = sw[0];
-    Ok(reshape::<B>(fp(y), out))
 }
 
 fn shape_arg(values: &Values, numel: usize, op: OpCode) -> R<Vec<usize>> {

@@ -1,0 +1,91 @@
+//! What the tracked kernels share: they run on burn's CPU autodiff backend only, read their
+//! inputs' storage in place, and register their gradients as CPU tensors.
+use std::any::{Any, TypeId};
+
+use burn::{
+    backend::{Autodiff, Flex},
+    tensor::{
+        backend::{AutodiffBackend, BackendTypes},
+        Tensor, TensorData, TensorPrimitive,
+    },
+};
+use peft_api::ApiError;
+
+pub(crate) type Ad = Autodiff<Flex>;
+/// The CPU autodiff backend's float primitive (burn-autodiff's `AutodiffTensor<Flex>`).
+pub(crate) type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;
+pub(crate) type FlexTensor = <Flex as BackendTypes>::FloatTensorPrimitive;
+
+/// Whether `B` is the CPU autodiff backend (and the kernels are not turned off).
+pub fn enabled<B: AutodiffBackend>() -> bool {
+    super::cpu::enabled::<B>() && TypeId::of::<B>() == TypeId::of::<Ad>()
+}
+
+/// A tensor of `B` as the CPU autodiff backend's primitive; an error on another backend.
+pub(crate) fn ad<B: AutodiffBackend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Result<AdTensor, ApiError> {
+    cast(x.into_primitive().tensor())
+}
+
+/// A CPU-autodiff result as a tensor of `B` (which is that backend: `ad` succeeded on its
+/// inputs).
+pub(crate) fn into_b<B: AutodiffBackend, const D: usize>(
+    t: AdTensor,
+) -> Result<Tensor<B, D>, ApiError> {
+    let p = cast::<AdTensor, <B as BackendTypes>::FloatTensorPrimitive>(t)?;
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(p)))
+}
+
+fn cast<T: 'static, U: 'static>(t: T) -> Result<U, ApiError> {
+    (Box::new(t) as Box<dyn Any>)
+        .downcast::<U>()
+        .map(|b| *b)
+        .map_err(|_| {
+            ApiError::internal(format!(
+                "a tracked CPU kernel was used on another backend ({})",
+                std::any::type_name::<U>()
+            ))
+        })
+}
+
+/// A float tensor's storage, borrowed where it lies (copied only when strided or not f32):
+/// the inputs the kernels read and the backward keeps.
+#[derive(Clone, Debug)]
+pub(crate) struct Buf(FlexTensor);
+
+impl Buf {
+    pub(crate) fn new(p: FlexTensor) -> Self {
+        let f32 = p.dtype() == burn::tensor::DType::F32;
+        let p = if f32 && p.is_contiguous() && p.layout().start_offset() == 0 {
+            p
+        } else {
+            FlexTensor::from_data(p.into_data().convert::<f32>())
+        };
+        Buf(p)
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // `new` made the storage contiguous f32.
+        self.0.as_slice::<f32>().expect("a contiguous f32 tensor")
+    }
+}
+
+/// A gradient's values, row-major (gradients are the CPU backend's own f32 tensors).
+pub(crate) fn flat(p: FlexTensor) -> Vec<f32> {
+    Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(p))
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// A CPU tensor from row-major values.
+pub(crate) fn primitive<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    Tensor::<Flex, D>::from_data(TensorData::new(v, shape), &Default::default())
+        .into_primitive()
+        .tensor()
+}

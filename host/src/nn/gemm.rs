@@ -1,0 +1,217 @@
+//! The one place that calls `gemm::gemm`: strided matrix views that check their extent when
+//! made, and [`matmul`], which checks that the views' shapes agree before the single `unsafe`
+//! call. Every CPU kernel multiplies through it.
+use std::marker::PhantomData;
+
+pub use gemm::Parallelism;
+
+/// Whether a `rows × cols` matrix at `offset` with strides `rs`, `cs` lies inside `len`
+/// elements (overflow counts as not fitting).
+fn fits(len: usize, offset: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    if rows == 0 || cols == 0 {
+        return offset <= len;
+    }
+    (rows - 1)
+        .checked_mul(rs)
+        .zip((cols - 1).checked_mul(cs))
+        .and_then(|(a, b)| a.checked_add(b))
+        .and_then(|e| e.checked_add(offset))
+        .is_some_and(|last| last < len)
+}
+
+/// A read-only `rows × cols` matrix inside a slice: element `(i, j)` is
+/// `data[offset + i·rs + j·cs]`, every one of them in bounds (checked by [`Mat::new`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Panics when the matrix does not lie inside `data`, as slice indexing does.
+    pub fn new(
+        data: &'a [f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        rs: usize,
+        cs: usize,
+    ) -> Self {
+        assert!(
+            fits(data.len(), offset, rows, cols, rs, cs),
+            "matrix {rows}x{cols} at {offset} (strides {rs}, {cs}) outside {} elements",
+            data.len()
+        );
+        Mat {
+            data,
+            offset,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// A row-major block: rows `stride` apart, columns adjacent.
+    pub fn rows(data: &'a [f32], offset: usize, rows: usize, cols: usize, stride: usize) -> Self {
+        Self::new(data, offset, rows, cols, stride, 1)
+    }
+
+    /// The transpose, reading the same elements.
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// A writable `rows × cols` matrix: a unique borrow of exactly its elements, which lie inside
+/// the buffer it was made from (checked when made), so views of disjoint element sets of one
+/// buffer (see [`MatMut::blocks`]) may be written from different threads.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    /// Element `(0, 0)`.
+    ptr: *mut f32,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `MatMut` is a unique borrow of its elements, like `&mut [f32]`, which is `Send`;
+// no two live `MatMut`s share an element (`new` borrows the whole slice, `blocks` partitions it).
+unsafe impl Send for MatMut<'_> {}
+
+impl<'a> MatMut<'a> {
+    /// Panics when the matrix does not lie inside `data`.
+    pub fn new(
+        data: &'a mut [f32],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        rs: usize,
+        cs: usize,
+    ) -> Self {
+        assert!(
+            fits(data.len(), offset, rows, cols, rs, cs),
+            "matrix {rows}x{cols} at {offset} (strides {rs}, {cs}) outside {} elements",
+            data.len()
+        );
+        MatMut {
+            // In bounds (or one past the end of an empty matrix): checked just above.
+            ptr: data.as_mut_ptr().wrapping_add(offset),
+            rows,
+            cols,
+            rs,
+            cs,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// A row-major `rows × cols` matrix filling `data`.
+    pub fn dense(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(
+            Some(data.len()),
+            rows.checked_mul(cols),
+            "dense matrix {rows}x{cols}"
+        );
+        Self::new(data, 0, rows, cols, cols, 1)
+    }
+
+    /// The row-major `rows × cols` matrix in `data` cut into a grid of `br × bc` blocks, in
+    /// row-major block order: attention's (batch, head) slices of a `[b·t, h]` activation.
+    /// Panics unless the blocks tile the matrix exactly.
+    pub fn blocks(
+        data: &'a mut [f32],
+        rows: usize,
+        cols: usize,
+        br: usize,
+        bc: usize,
+    ) -> Vec<Self> {
+        assert!(
+            rows.checked_mul(cols) == Some(data.len())
+                && br > 0
+                && bc > 0
+                && rows.is_multiple_of(br)
+                && cols.is_multiple_of(bc),
+            "{br}x{bc} blocks do not tile a {rows}x{cols} matrix of {} elements",
+            data.len()
+        );
+        let base = data.as_mut_ptr();
+        let mut out = Vec::with_capacity((rows / br) * (cols / bc));
+        for bi in 0..rows / br {
+            for bj in 0..cols / bc {
+                out.push(MatMut {
+                    // In bounds: bi·br < rows and bj·bc < cols.
+                    ptr: base.wrapping_add(bi * br * cols + bj * bc),
+                    rows: br,
+                    cols: bc,
+                    rs: cols,
+                    cs: 1,
+                    _borrow: PhantomData,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// `dst = alpha·dst + beta·(a · b)` (with `alpha = 0`, `dst` is only written). Panics when the
+/// shapes disagree.
+pub fn matmul(
+    dst: &mut MatMut<'_>,
+    alpha: f32,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    beta: f32,
+    par: Parallelism,
+) {
+    assert!(
+        dst.rows == a.rows && dst.cols == b.cols && a.cols == b.rows,
+        "matmul: [{}x{}] = [{}x{}] · [{}x{}]",
+        dst.rows,
+        dst.cols,
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols
+    );
+    let s = |x: usize| x as isize;
+    // SAFETY: `a` and `b` read only elements inside their slices and `dst` writes only its own
+    // elements inside its buffer (each view checked its extent when made); `dst` is a unique
+    // borrow, so it aliases neither `a` nor `b`; the shapes agree (asserted above), so gemm
+    // touches (i, j) of dst for i < m, j < n, of a for k < a.cols, of b for k < b.rows only.
+    // Strides fit `isize`: the extents they span lie inside allocated slices.
+    unsafe {
+        gemm::gemm(
+            dst.rows,
+            dst.cols,
+            a.cols,
+            dst.ptr,
+            s(dst.cs),
+            s(dst.rs),
+            alpha != 0.0,
+            a.data.as_ptr().add(a.offset),
+            s(a.cs),
+            s(a.rs),
+            b.data.as_ptr().add(b.offset),
+            s(b.cs),
+            s(b.rs),
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! Layer norm over the last dim (`torch.nn.LayerNorm`) and T5's RMS norm: the generic
+//! versions on any backend, and layer norm with weight and bias as one tracked operation of
+//! the CPU autodiff backend (burn's records seven ops and their backward).
+use std::sync::Arc;
+
+use burn::{
+    backend::{
+        autodiff::{
+            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
+            grads::Gradients,
+            ops::{Backward, Ops, OpsKind},
+        },
+        Flex,
+    },
+    tensor::{
+        backend::{AutodiffBackend, Backend},
+        Tensor,
+    },
+};
+use peft_api::ApiError;
+use rayon::prelude::*;
+
+use super::autodiff::{ad, flat, into_b, primitive, Buf};
+
+/// Layer norm over the last dim with optional affine weights (`[d]`), as `torch.nn.LayerNorm`.
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Option<Tensor<B, 1>>,
+    b: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let (var, mean) = x.clone().var_mean_bias(D - 1);
+    let mut y = (x - mean) / (var + eps).sqrt();
+    if let Some(w) = w {
+        y = y * w.unsqueeze::<D>();
+    }
+    if let Some(b) = b {
+        y = y + b.unsqueeze::<D>();
+    }
+    y
+}
+
+/// Layer norm as [`layer_norm`], on the inner backend (burn's fused kernels, nothing
+/// recorded) when `no_grad`.
+pub fn layer_norm_in<B: AutodiffBackend, const D: usize>(
+    no_grad: bool,
+    x: Tensor<B, D>,
+    w: Option<Tensor<B, 1>>,
+    b: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    if no_grad {
+        let y = layer_norm(x.inner(), w.map(Tensor::inner), b.map(Tensor::inner), eps);
+        return Tensor::from_inner(y);
+    }
+    layer_norm(x, w, b, eps)
+}
+
+/// T5's LayerNorm: no mean subtraction, no bias.
+pub fn rms_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    w: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let var = x.clone().powf_scalar(2.0).mean_dim(D - 1);
+    let mut y = x * (var + eps).sqrt().recip();
+    if let Some(w) = w {
+        y = y * w.unsqueeze::<D>();
+    }
+    y
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+/// The normalised input, each row's 1/σ, the weight, and the input's shape.
+type LnState = (Arc<Vec<f32>>, Arc<Vec<f32>>, Buf, [usize; 3]);
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = LnState;
+
+    fn backward(self, ops: Ops<LnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = flat(grads.consume::<Flex>(&ops.node));
+        let (xhat, rstd, w, shape) = ops.state;
+        let w: &[f32] = &w;
+        let d = shape[2];
+        let mut dx = vec![0f32; dy.len()];
+        // dx = (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, row by row; dw, db summed.
+        let (dw, db) = dx
+            .par_chunks_mut(d)
+            .zip(dy.par_chunks(d))
+            .zip(xhat.par_chunks(d))
+            .zip(rstd.par_iter())
+            .fold(
+                || (vec![0f32; d], vec![0f32; d]),
+                |(mut dw, mut db), (((dx, dy), xh), &r)| {
+                    let (mut mg, mut mgx) = (0f32, 0f32);
+                    for j in 0..d {
+                        let g = dy[j] * w[j];
+                        mg += g;
+                        mgx += g * xh[j];
+                        dw[j] += dy[j] * xh[j];
+                        db[j] += dy[j];
+                    }
+                    let (mg, mgx) = (mg / d as f32, mgx / d as f32);
+                    for j in 0..d {
+                        dx[j] = r * (dy[j] * w[j] - mg - xh[j] * mgx);
+                    }
+                    (dw, db)
+                },
+            )
+            .reduce(
+                || (vec![0f32; d], vec![0f32; d]),
+                |(mut a, mut b), (c, e)| {
+                    a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
+                    b.iter_mut().zip(e).for_each(|(x, y)| *x += y);
+                    (a, b)
+                },
+            );
+        let [px, pw, pb] = &ops.parents;
+        if let Some(node) = px {
+            grads.register::<Flex>(node.id, primitive(dx, shape));
+        }
+        if let Some(node) = pw {
+            grads.register::<Flex>(node.id, primitive(dw, [d]));
+        }
+        if let Some(node) = pb {
+            grads.register::<Flex>(node.id, primitive(db, [d]));
+        }
+    }
+}
+
+/// Layer norm over the last dim with weight and bias `[d]` as one tracked operation of the
+/// CPU autodiff backend, with its own backward.
+pub fn tracked<B: AutodiffBackend>(
+    x: Tensor<B, 3>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    eps: f64,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let shape = x.dims();
+    let d = shape[2];
+    if w.dims() != [d] || b.dims() != [d] || d == 0 {
+        return Err(ApiError::shape(format!(
+            "layer norm of {shape:?}: weight {:?} and bias {:?} must be [{d}]",
+            w.dims(),
+            b.dims()
+        )));
+    }
+    let (xa, wa, ba) = (ad(x)?, ad(w)?, ad(b)?);
+    let (wv, bv) = (
+        Buf::new(wa.primitive.clone()),
+        Buf::new(ba.primitive.clone()),
+    );
+    let mut xhat = Buf::new(xa.primitive.clone()).to_vec();
+    let mut rstd = vec![0f32; xhat.len() / d];
+    xhat.par_chunks_mut(d)
+        .zip(rstd.par_iter_mut())
+        .for_each(|(row, r)| {
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d as f32;
+            *r = 1.0 / (var + eps as f32).sqrt();
+            for x in row.iter_mut() {
+                *x = (*x - mean) * *r;
+            }
+        });
+    let mut out = xhat.clone();
+    out.par_chunks_mut(d).for_each(|row| {
+        for ((y, w), b) in row.iter_mut().zip(wv.iter()).zip(bv.iter()) {
+            *y = *y * w + b;
+        }
+    });
+    let out = primitive(out, shape);
+    let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
+    let result = match LayerNormBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((Arc::new(xhat), Arc::new(rstd), wv, shape), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    into_b(result)
+}
+
+#[cfg(test)]
+#[path = "tests/layer_norm.rs"]
+mod tests;

@@ -1,0 +1,168 @@
+//! `x Wᵀ + b` (nn.Linear's layout): the functional op on rank-erased tensors that the
+//! backbones and the `LINEAR` opcode call, and on the CPU autodiff backend one GEMM reading W
+//! transposed in place, tracked with its own backward (dW only when W trains).
+use burn::{
+    backend::{
+        autodiff::{
+            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
+            grads::Gradients,
+            ops::{Backward, Ops, OpsKind},
+        },
+        Flex,
+    },
+    tensor::{backend::AutodiffBackend, Shape, Tensor, TensorMetadata},
+};
+use peft_api::ApiError;
+
+use super::{
+    autodiff::{ad, flat, into_b, primitive, Buf},
+    gemm::{matmul, Mat, MatMut, Parallelism},
+    value::{fp, ft, FloatPrim},
+};
+
+/// `x @ w^T + b` with `w: [out, in]`, flattening leading dims into one matmul.
+pub fn linear<B: AutodiffBackend>(
+    x: FloatPrim<B>,
+    w: FloatPrim<B>,
+    b: Option<FloatPrim<B>>,
+) -> Result<FloatPrim<B>, ApiError> {
+    let (sx, sw) = (x.shape().to_vec(), w.shape().to_vec());
+    if sw.len() != 2 || sx.last() != Some(&sw[1]) {
+        return Err(ApiError::shape(format!(
+            "LINEAR: input {sx:?} does not fit weight {sw:?} (expected [out, in])"
+        )));
+    }
+    let n: usize = sx[..sx.len() - 1].iter().product();
+    let x2 = ft::<B, 2>(B::float_reshape(x, Shape::from(vec![n, sw[1]])));
+    if let Some(b) = &b {
+        let sb = b.shape().to_vec();
+        if sb != [sw[0]] {
+            return Err(ApiError::shape(format!(
+                "LINEAR: bias {sb:?} does not fit weight {sw:?}"
+            )));
+        }
+    }
+    let y = if super::autodiff::enabled::<B>() {
+        tracked(x2, ft::<B, 2>(w), b.map(ft::<B, 1>))?
+    } else {
+        let y = x2.matmul(ft::<B, 2>(w).transpose());
+        match b {
+            Some(b) => y + ft::<B, 1>(b).unsqueeze::<2>(),
+            None => y,
+        }
+    };
+    let mut out = sx;
+    if let Some(last) = out.last_mut() {
+        *last = sw[0];
+    }
+    Ok(B::float_reshape(fp(y), Shape::from(out)))
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+/// The input (kept only when the weight needs its gradient), the weight, and `[n, in, out]`.
+type LinearState = (Option<Buf>, Buf, [usize; 3]);
+
+impl Backward<Flex, 3> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<LinearState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = flat(grads.consume::<Flex>(&ops.node));
+        let (x, w, [n, i, o]) = ops.state;
+        let [px, pw, pb] = &ops.parents;
+        let dym = Mat::rows(&dy, 0, n, o, o);
+        if let Some(node) = px {
+            // dx = dy · W
+            let mut dx = vec![0f32; n * i];
+            let w = Mat::rows(&w, 0, o, i, i);
+            matmul(
+                &mut MatMut::dense(&mut dx, n, i),
+                0.0,
+                dym,
+                w,
+                1.0,
+                Parallelism::Rayon(0),
+            );
+            grads.register::<Flex>(node.id, primitive(dx, [n, i]));
+        }
+        if let (Some(node), Some(x)) = (pw, x) {
+            // dW = dyᵀ · x
+            let mut dw = vec![0f32; o * i];
+            let x = Mat::rows(&x, 0, n, i, i);
+            matmul(
+                &mut MatMut::dense(&mut dw, o, i),
+                0.0,
+                dym.t(),
+                x,
+                1.0,
+                Parallelism::Rayon(0),
+            );
+            grads.register::<Flex>(node.id, primitive(dw, [o, i]));
+        }
+        if let Some(node) = pb {
+            let mut db = vec![0f32; o];
+            for row in dy.chunks_exact(o) {
+                db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
+            grads.register::<Flex>(node.id, primitive(db, [o]));
+        }
+    }
+}
+
+/// `x Wᵀ + b` for `x` `[n, in]`, `W` `[out, in]`, `b` `[out]` as one tracked operation of the
+/// CPU autodiff backend.
+pub fn tracked<B: AutodiffBackend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Result<Tensor<B, 2>, ApiError> {
+    let [n, i] = x.dims();
+    let o = w.dims()[0];
+    if w.dims()[1] != i || b.as_ref().is_some_and(|b| b.dims() != [o]) {
+        return Err(ApiError::shape(format!(
+            "linear: x {:?}, weight {:?}, bias {:?} do not fit [n, in], [out, in], [out]",
+            x.dims(),
+            w.dims(),
+            b.map(|b| b.dims())
+        )));
+    }
+    let device = x.device();
+    let b = b.unwrap_or_else(|| Tensor::zeros([o], &device));
+    let (xa, wa, ba) = (ad(x)?, ad(w)?, ad(b)?);
+    let (xv, wv, bv) = (
+        Buf::new(xa.primitive.clone()),
+        Buf::new(wa.primitive.clone()),
+        Buf::new(ba.primitive.clone()),
+    );
+    let mut y: Vec<f32> = Vec::with_capacity(n * o);
+    for _ in 0..n {
+        y.extend_from_slice(&bv);
+    }
+    // y = 1·y + x·Wᵀ: the bias rows plus the product.
+    let (xm, wm) = (Mat::rows(&xv, 0, n, i, i), Mat::rows(&wv, 0, o, i, i));
+    matmul(
+        &mut MatMut::dense(&mut y, n, o),
+        1.0,
+        xm,
+        wm.t(),
+        1.0,
+        Parallelism::Rayon(0),
+    );
+    let out = primitive(y, [n, o]);
+    let keep_x = !wa.node.requirement.is_none();
+    let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
+    let result = match LinearBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((keep_x.then_some(xv), wv, [n, i, o]), out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    into_b(result)
+}
+
+#[cfg(test)]
+#[path = "tests/linear.rs"]
+mod tests;

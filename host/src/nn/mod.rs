@@ -1,0 +1,48 @@
+//! Functional neural-network ops on burn tensors (what the backbones and the opcode dispatch
+//! call), and the CPU kernels behind them, one file per op. The kernels work on raw `f32`
+//! buffers for the shapes where burn's generic ops lose most (attention's head split and
+//! small batched products, exact GELU's per-element `erf`, layer norm's seven recorded ops),
+//! apply only on burn's CPU backend ([`enabled`]), and multiply through the one checked GEMM
+//! in [`gemm`]. Each is tested against burn's generic path (values and gradients) in
+//! `nn/tests/`, and end to end by the parity tests.
+pub mod attention;
+mod autodiff;
+pub mod cpu;
+pub mod dropout;
+pub mod gelu;
+pub mod gemm;
+pub mod layer_norm;
+pub mod linear;
+mod math;
+pub mod softmax;
+pub mod value;
+
+pub use attention::attention;
+pub use cpu::{draw_seed, enabled, from_vec, keep_mask, to_vec};
+pub use gelu::gelu;
+pub use layer_norm::{layer_norm, layer_norm_in, rms_norm};
+pub use linear::linear;
+pub use softmax::softmax;
+
+/// The kernels as tracked operations of burn's CPU autodiff backend, each with its own
+/// backward; an error on another backend (check [`tracked::enabled`] first).
+pub mod tracked {
+    pub use super::attention::tracked as attention;
+    pub use super::autodiff::enabled;
+    pub use super::dropout::tracked as dropout;
+    pub use super::gelu::tracked as gelu;
+    pub use super::layer_norm::tracked as layer_norm;
+    pub use super::linear::tracked as linear;
+}
+
+#[cfg(test)]
+#[path = "tests/support.rs"]
+mod test_support;
+
+#[cfg(test)]
+#[path = "tests/math.rs"]
+mod math_tests;
+
+#[cfg(test)]
+#[path = "tests/gemm.rs"]
+mod gemm_tests;

@@ -1,0 +1,173 @@
+use burn::tensor::{Tensor, TensorData};
+
+use super::{attention, tracked};
+use crate::nn::test_support::{assert_close, leaf, vals, A};
+
+/// The kernel against a plain loop over the definition, with a padded key.
+#[test]
+fn attention_matches_the_definition() {
+    let (b, t, s, heads, dh) = (2, 3, 4, 2, 3);
+    let h = heads * dh;
+    let val = |i: usize, m: f32| (i as f32 * 0.37 + m).sin() * 1.3;
+    let q: Vec<f32> = (0..b * t * h).map(|i| val(i, 0.1)).collect();
+    let k: Vec<f32> = (0..b * s * h).map(|i| val(i, 0.7)).collect();
+    let v: Vec<f32> = (0..b * s * h).map(|i| val(i, 1.9)).collect();
+    let keep = [true, true, true, false, true, true, true, true];
+    let scale = 0.5;
+    let got = attention(&q, &k, &v, &keep, [b, t, s], heads, scale).unwrap();
+    for bi in 0..b {
+        for hi in 0..heads {
+            for i in 0..t {
+                let sc: Vec<f64> = (0..s)
+                    .map(|j| {
+                        let dot: f64 = (0..dh)
+                            .map(|d| {
+                                q[(bi * t + i) * h + hi * dh + d] as f64
+                                    * k[(bi * s + j) * h + hi * dh + d] as f64
+                            })
+                            .sum();
+                        if keep[bi * s + j] {
+                            dot * scale as f64
+                        } else {
+                            f64::NEG_INFINITY
+                        }
+                    })
+                    .collect();
+                let max = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - max).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..dh {
+                    let want: f64 = (0..s)
+                        .map(|j| e[j] / z * v[(bi * s + j) * h + hi * dh + d] as f64)
+                        .sum();
+                    let have = got[(bi * t + i) * h + hi * dh + d] as f64;
+                    assert!((have - want).abs() < 1e-5, "{have} vs {want}");
+                }
+            }
+        }
+    }
+}
+
+/// burn's own ops: split heads, scores with the additive mask, softmax, merge; `k`, `v` may
+/// have another length than `q`.
+fn reference(
+    q: Tensor<A, 3>,
+    k: Tensor<A, 3>,
+    v: Tensor<A, 3>,
+    keep: &[bool],
+    heads: usize,
+) -> Tensor<A, 3> {
+    let [b, t, h] = q.dims();
+    let s = k.dims()[1];
+    let dh = h / heads;
+    let split = |x: Tensor<A, 3>, n: usize| x.reshape([b, n, heads, dh]).swap_dims(1, 2);
+    let m: Vec<f32> = keep
+        .iter()
+        .map(|&k| if k { 0.0 } else { f32::MIN })
+        .collect();
+    let mask = Tensor::<A, 2>::from_data(TensorData::new(m, [b, s]), &Default::default())
+        .unsqueeze_dim::<3>(1)
+        .unsqueeze_dim::<4>(1);
+    let scores = split(q, t).matmul(split(k, s).swap_dims(2, 3)) / (dh as f64).sqrt() + mask;
+    burn::tensor::activation::softmax(scores, 3)
+        .matmul(split(v, s))
+        .swap_dims(1, 2)
+        .reshape([b, t, h])
+}
+
+/// The tracked kernel's output and its gradients of q, k and v equal burn's, with a padded
+/// key, for keys as long as the queries and for longer keys (cross-attention, a prefix).
+#[test]
+fn tracked_attention_matches_burn_values_and_gradients() {
+    let (b, t, heads, h) = (2, 5, 2, 8);
+    for s in [5, 7] {
+        let mut keep = vec![true; b * s];
+        keep[4] = false;
+        let w = leaf(3.0, [b, t, h]).detach();
+        let run = |fused: bool| {
+            let (q, k, v) = (
+                leaf(0.1, [b, t, h]),
+                leaf(0.7, [b, s, h]),
+                leaf(1.9, [b, s, h]),
+            );
+            let scale = 1.0 / ((h / heads) as f32).sqrt();
+            let out = if fused {
+                tracked(q.clone(), k.clone(), v.clone(), &keep, heads, scale, 0.0, 0).unwrap()
+            } else {
+                reference(q.clone(), k.clone(), v.clone(), &keep, heads)
+            };
+            let g = (out.clone() * w.clone()).sum().backward();
+            let grad = |x: &Tensor<A, 3>| vals(x.grad(&g).unwrap());
+            (vals(out), grad(&q), grad(&k), grad(&v))
+        };
+        let (a, b2) = (run(true), run(false));
+        assert_close(
+            &[
+                ("out", &a.0, &b2.0),
+                ("dq", &a.1, &b2.1),
+                ("dk", &a.2, &b2.2),
+                ("dv", &a.3, &b2.3),
+            ],
+            1e-5,
+        );
+    }
+}
+
+/// Shapes the per-head offsets cannot serve are an error, not a read out of bounds: k and v
+/// of different lengths, another width or batch, a mask of the wrong size, heads that do not
+/// divide the width.
+#[test]
+fn tracked_attention_refuses_shapes_that_do_not_fit() {
+    let q = leaf(0.1, [2, 5, 8]);
+    let k = |s: usize, h: usize| leaf(0.7, [2, s, h]);
+    let keep = vec![true; 2 * 5];
+    let err = |r: Result<Tensor<A, 3>, peft_api::ApiError>| r.unwrap_err().message.to_string();
+    let m = err(tracked(q.clone(), k(5, 8), k(3, 8), &keep, 2, 0.5, 0.0, 0));
+    assert!(m.contains("do not fit"), "{m}");
+    let m = err(tracked(q.clone(), k(5, 6), k(5, 6), &keep, 2, 0.5, 0.0, 0));
+    assert!(m.contains("do not fit"), "{m}");
+    let m = err(tracked(q.clone(), k(7, 8), k(7, 8), &keep, 2, 0.5, 0.0, 0));
+    assert!(m.contains("mask"), "{m}");
+    let m = err(tracked(q.clone(), k(5, 8), k(5, 8), &keep, 3, 0.5, 0.0, 0));
+    assert!(m.contains("heads"), "{m}");
+    let m = err(tracked(q, k(5, 8), k(5, 8), &keep, 2, 0.5, 1.0, 0));
+    assert!(m.contains("dropout"), "{m}");
+    // The no-grad kernel checks the same.
+    let (q, kv) = (vec![0f32; 2 * 5 * 8], vec![0f32; 2 * 3 * 8]);
+    assert!(attention(&q, &kv, &kv, &keep, [2, 5, 5], 2, 0.5).is_err());
+}
+
+/// With dropout on the probabilities, the gradient still is the derivative of what the
+/// forward computed (same seed, same mask): a central difference along a direction agrees.
+#[test]
+fn tracked_attention_dropout_gradient_is_consistent() {
+    let (b, t, heads, h) = (1, 6, 2, 4);
+    let keep = [true; 6];
+    let dir = leaf(5.0, [b, t, h]).detach();
+    let loss = |q: Tensor<A, 3>| {
+        let (k, v) = (leaf(0.7, [b, t, h]).detach(), leaf(1.9, [b, t, h]).detach());
+        let out = tracked(q, k, v, &keep, heads, 0.5, 0.3, 1234).unwrap();
+        (out.clone() * out).sum()
+    };
+    let q = leaf(0.1, [b, t, h]);
+    let g = loss(q.clone()).backward();
+    let analytic: f32 = vals(q.grad(&g).unwrap())
+        .iter()
+        .zip(vals(dir.clone()))
+        .map(|(a, b)| a * b)
+        .sum();
+    let eps = 1e-2;
+    let at = |s: f64| vals(loss(q.clone().detach() + dir.clone() * s))[0];
+    let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f32);
+    assert!(
+        (analytic - numeric).abs() < 2e-2 * analytic.abs().max(1.0),
+        "{analytic} vs {numeric}"
+    );
+    // Dropout did act: without it the loss differs.
+    let plain = {
+        let (k, v) = (leaf(0.7, [b, t, h]).detach(), leaf(1.9, [b, t, h]).detach());
+        let out = tracked(q.clone().detach(), k, v, &keep, heads, 0.5, 0.0, 1234).unwrap();
+        vals((out.clone() * out).sum())[0]
+    };
+    assert!((plain - at(0.0)).abs() > 1e-4);
+}

@@ -1,0 +1,52 @@
+use burn::tensor::{Tensor, TensorData};
+
+use super::{layer_norm, tracked};
+use crate::nn::test_support::{assert_close, leaf, vals, A};
+
+/// Values and the gradients of input, weight and bias against burn's layer norm.
+#[test]
+fn tracked_layer_norm_matches_burn_values_and_gradients() {
+    let d = 40;
+    let run = |fused: bool| {
+        let x = (leaf(0.3, [2, 3, d]) * 3.0 + 0.5).detach().require_grad();
+        let wv: Vec<f32> = (0..d).map(|i| 1.0 + (i as f32 * 0.3).cos() * 0.2).collect();
+        let bv: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin() * 0.1).collect();
+        let w =
+            Tensor::<A, 1>::from_data(TensorData::new(wv, [d]), &Default::default()).require_grad();
+        let b =
+            Tensor::<A, 1>::from_data(TensorData::new(bv, [d]), &Default::default()).require_grad();
+        let y = if fused {
+            tracked(x.clone(), w.clone(), b.clone(), 1e-12).unwrap()
+        } else {
+            layer_norm(x.clone(), Some(w.clone()), Some(b.clone()), 1e-12)
+        };
+        let t = leaf(9.0, [2, 3, d]).detach();
+        let g = (y.clone() * t).sum().backward();
+        (
+            vals(y),
+            vals(x.grad(&g).unwrap()),
+            vals(w.grad(&g).unwrap()),
+            vals(b.grad(&g).unwrap()),
+        )
+    };
+    let (a, b) = (run(true), run(false));
+    assert_close(
+        &[
+            ("y", &a.0, &b.0),
+            ("dx", &a.1, &b.1),
+            ("dw", &a.2, &b.2),
+            ("db", &a.3, &b.3),
+        ],
+        1e-4,
+    );
+}
+
+/// A weight of another width than the input is an error, not a short read.
+#[test]
+fn tracked_layer_norm_refuses_a_weight_of_another_width() {
+    let x = leaf(0.3, [2, 3, 8]);
+    let w = Tensor::<A, 1>::ones([6], &Default::default());
+    let b = Tensor::<A, 1>::zeros([8], &Default::default());
+    let e = tracked(x, w, b, 1e-12).unwrap_err();
+    assert!(e.message.contains("must be [8]"), "{}", e.message);
+}

@@ -1,0 +1,50 @@
+use super::tracked;
+use crate::nn::test_support::{assert_close, leaf, vals};
+
+/// Values and every gradient against burn's matmul + bias, with and without W training.
+#[test]
+fn tracked_linear_matches_burn_values_and_gradients() {
+    let run = |fused: bool, w_trains: bool| {
+        let x = leaf(0.2, [1, 7, 5]).reshape([7, 5]).detach().require_grad();
+        let mut w = leaf(1.2, [1, 3, 5]).reshape([3, 5]).detach();
+        if w_trains {
+            w = w.require_grad();
+        }
+        let b = leaf(2.2, [1, 1, 3]).reshape([3]).detach().require_grad();
+        let y = if fused {
+            tracked(x.clone(), w.clone(), Some(b.clone())).unwrap()
+        } else {
+            x.clone().matmul(w.clone().transpose()) + b.clone().unsqueeze::<2>()
+        };
+        let t = leaf(4.0, [1, 7, 3]).reshape([7, 3]).detach();
+        let g = (y.clone() * t).sum().backward();
+        let dw = w.grad(&g).map(vals).unwrap_or_default();
+        (
+            vals(y),
+            vals(x.grad(&g).unwrap()),
+            dw,
+            vals(b.grad(&g).unwrap()),
+        )
+    };
+    for w_trains in [false, true] {
+        let (a, b) = (run(true, w_trains), run(false, w_trains));
+        assert_eq!(a.2.len(), if w_trains { 15 } else { 0 });
+        assert_close(
+            &[
+                ("y", &a.0, &b.0),
+                ("dx", &a.1, &b.1),
+                ("dw", &a.2, &b.2),
+                ("db", &a.3, &b.3),
+            ],
+            1e-5,
+        );
+    }
+}
+
+/// A weight whose input width differs from x's is an error, not a read past its end.
+#[test]
+fn tracked_linear_refuses_a_weight_that_does_not_fit() {
+    let x = leaf(0.2, [1, 7, 5]).reshape([7, 5]);
+    let w = leaf(1.2, [1, 3, 6]).reshape([3, 6]);
+    assert!(tracked(x, w, None).is_err());
+}

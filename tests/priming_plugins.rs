@@ -113,7 +113,7 @@ fn third_party_priming_algorithm_runs_from_a_plugin_folder() {
     let manifest = root().join("tests/third-party-priming/Cargo.toml");
     let lib = build(
         &["--manifest-path", manifest.to_str().unwrap()],
-        "target/third-party",
+        "target/plugin-tests",
         "focal_priming",
     );
     let folder = tempfile::tempdir().unwrap();

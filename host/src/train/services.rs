@@ -171,7 +171,7 @@ struct EvalArgs {
 fn step_seed(seed: u64, step: usize) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(step as u64)
-        ^ 0x5052_494D_494E_47
+        ^ 0x0050_5249_4D49_4E47
 }
 
 impl<'a, 'p, B: AutodiffBackend> Services<'a, 'p, B> {
@@ -331,7 +331,7 @@ impl<'a, 'p, B: AutodiffBackend> Services<'a, 'p, B> {
             let stop = self.opts.stop_after == Some(step)
                 || super::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
             let periodic = self.opts.checkpoint_every > 0
-                && step % self.opts.checkpoint_every == 0
+                && step.is_multiple_of(self.opts.checkpoint_every)
                 && step != self.opts.steps;
             if stop || periodic {
                 if let Some(dir) = &self.opts.checkpoint_dir {

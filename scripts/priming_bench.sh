@@ -2,12 +2,12 @@
 # Cost of one upstream (priming) step per algorithm on MiniLM: batch 16 x 128 (CrossFit boolq and
 # anli, long enough to fill 128 tokens), one task per step, one inner step; seconds per step of
 # stage 1 and the peak resident memory of the whole run (stage 2 is one short fine-tuning).
-#   bash scripts/priming_bench.sh [STEPS]
+#   bash scripts/priming_bench.sh [STEPS]      (PEFT_BIN=path: use that binary, no build)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 steps="${1:-3}"
-cargo build --release -p peft-host --quiet
-bin=./target/release/peft-host
+if [ -z "${PEFT_BIN:-}" ]; then cargo build --release -p peft-host --quiet; fi
+bin="${PEFT_BIN:-./target/release/peft-host}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 echo "| algorithm | s / upstream step | peak RSS (MiB) |"

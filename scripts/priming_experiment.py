@@ -49,6 +49,9 @@ ROWS = {
 def config(row, args, up, down):
     """One run per row: stage 1 once, stage 2 on every downstream task and split seed."""
     plugin, pcfg, groups, module = ROWS[row]
+    pcfg = dict(pcfg)
+    if "tasks_per_step" in pcfg:
+        pcfg["tasks_per_step"] = min(pcfg["tasks_per_step"], len(up))
     return {
         "backbone": args.backbone,
         "modules": [{"plugin": module}],

@@ -29,9 +29,15 @@ use peft_api::{
     TrainerRef, Values,
 };
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
+mod args;
+mod optims;
+
+use self::{
+    args::*,
+    optims::{export_optims, import_optims},
+};
 use super::{
     checkpoint,
     optim::{AdamW, InnerPrim, Optim, Sgd},
@@ -92,80 +98,6 @@ pub struct Services<'a, 'p, B: AutodiffBackend> {
     pub device: B::Device,
     pub opts: ServiceOptions,
     state: RefCell<State<B>>,
-}
-
-fn bad(service: &str, msg: impl std::fmt::Display) -> ApiError {
-    ApiError::invalid(format!("trainer service `{service}`: {msg}"))
-}
-
-fn args<T: for<'de> Deserialize<'de>>(service: &str, json: &str) -> Result<T, ApiError> {
-    let text = if json.trim().is_empty() { "{}" } else { json };
-    serde_json::from_str(text).map_err(|e| bad(service, format!("bad arguments {json}: {e}")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GroupsArgs {
-    groups: Vec<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct NextStepArgs {
-    #[serde(default)]
-    loss: Option<f64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct SampleArgs {
-    #[serde(default)]
-    k: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchArgs {
-    task: String,
-    #[serde(default)]
-    size: Option<usize>,
-    #[serde(default)]
-    sizes: Option<Vec<usize>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LossArgs {
-    batch: u64,
-    #[serde(default)]
-    overrides: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepArgs {
-    groups: Vec<String>,
-    lr: f64,
-    #[serde(default = "default_optimizer")]
-    optimizer: String,
-    /// The parameters the given gradients belong to (default: every parameter of `groups`).
-    #[serde(default)]
-    names: Option<Vec<String>>,
-    /// The one input is a loss: gradients come from its backward pass.
-    #[serde(default)]
-    from_loss: bool,
-    #[serde(default)]
-    weight_decay: f64,
-}
-
-fn default_optimizer() -> String {
-    "adam".into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EvalArgs {
-    task: String,
 }
 
 fn step_seed(seed: u64, step: usize) -> u64 {
@@ -329,7 +261,7 @@ impl<'a, 'p, B: AutodiffBackend> Services<'a, 'p, B> {
                 st.losses.push((step, l));
             }
             let stop = self.opts.stop_after == Some(step)
-                || super::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
+                || crate::train::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
             let periodic = self.opts.checkpoint_every > 0
                 && step.is_multiple_of(self.opts.checkpoint_every)
                 && step != self.opts.steps;
@@ -664,7 +596,7 @@ impl<'a, 'p, B: AutodiffBackend> Services<'a, 'p, B> {
     fn evaluate(&self, a: EvalArgs) -> Result<Json, ApiError> {
         let ti = self.task_index("evaluate", &a.task)?;
         let step = self.state.borrow().done;
-        let e = super::evaluate(self.model, &self.tasks[ti], self.cfg, step, &self.device)
+        let e = crate::train::evaluate(self.model, &self.tasks[ti], self.cfg, step, &self.device)
             .map_err(|e| ApiError::invalid(format!("trainer service `evaluate`: {e:#}")))?;
         serde_json::to_value(e).map_err(|e| ApiError::internal(e.to_string()))
     }
@@ -681,59 +613,6 @@ fn inner_of<B: AutodiffBackend>(g: FloatPrim<B>) -> Result<InnerPrim<B>, ApiErro
         .inner()
         .into_primitive()
         .tensor()))
-}
-
-/// Every optimiser's state, names prefixed with `<key>|`.
-fn export_optims<B: AutodiffBackend>(
-    optims: &BTreeMap<String, Optim<B>>,
-) -> super::optim::OptimState<B> {
-    let (mut tensors, mut steps) = (Vec::new(), Vec::new());
-    for (key, o) in optims {
-        let (t, s) = o.export();
-        tensors.extend(t.into_iter().map(|(n, v)| (format!("{key}|{n}"), v)));
-        steps.extend(s.into_iter().map(|(n, c)| (format!("{key}|{n}"), c)));
-        // An optimiser without per-parameter counts (SGD) still needs its key recorded.
-        steps.push((format!("{key}|"), 0));
-    }
-    (tensors, steps)
-}
-
-fn import_optims<B: AutodiffBackend>(
-    mut tensors: HashMap<String, InnerPrim<B>>,
-    steps: &[(String, usize)],
-) -> anyhow::Result<BTreeMap<String, Optim<B>>> {
-    let mut out = BTreeMap::new();
-    let keys: BTreeSet<&str> = steps
-        .iter()
-        .filter_map(|(n, _)| n.split_once('|').map(|(k, _)| k))
-        .collect();
-    for key in keys {
-        let mut o = if key.starts_with("sgd:") {
-            Optim::Sgd(Sgd::new(0.0, 0.0, 0.0))
-        } else {
-            Optim::AdamW(AdamW::new(0.0, 0.0))
-        };
-        let prefix = format!("{key}|");
-        let mine: HashMap<String, InnerPrim<B>> = tensors
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|k| {
-                let v = tensors.remove(&k).expect("listed");
-                (k[prefix.len()..].to_string(), v)
-            })
-            .collect();
-        let counts: Vec<(String, usize)> = steps
-            .iter()
-            .filter_map(|(n, c)| n.strip_prefix(&prefix).map(|n| (n.to_string(), *c)))
-            .filter(|(n, _)| !n.is_empty())
-            .collect();
-        o.import(mine, &counts)?;
-        out.insert(key.to_string(), o);
-    }
-    Ok(out)
 }
 
 impl<B: AutodiffBackend> TrainerAbi for Services<'_, '_, B> {

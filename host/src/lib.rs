@@ -25,9 +25,12 @@ pub mod train;
 use adapter_bias as _;
 use houlsby as _;
 use lora as _;
+use maml as _;
 use meta_adapters as _;
+use multitask as _;
 use parallel_adapter as _;
 use prefix as _;
+use reptile as _;
 
 /// The registry of built-in plugins plus those in plugin folders; unusable libraries are
 /// reported and skipped.

@@ -17,6 +17,25 @@ pub struct Plan {
     pub trainable_groups: Vec<String>,
     /// Every hook site the backbone declares.
     pub sites: Vec<SitePlan>,
+    /// The two stages of a config with a `priming` section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priming: Option<PrimingPlan>,
+}
+
+/// Upstream and downstream sets of a primed run, with parameter counts.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct PrimingPlan {
+    pub plugin: String,
+    /// The thesis' name of the group choice (`M_A`, `MA+A_A`, ...).
+    pub combination: String,
+    pub upstream_tasks: Vec<String>,
+    pub downstream_tasks: Vec<String>,
+    pub split_seeds: Vec<u64>,
+    pub steps: usize,
+    /// Parameters per group trained in stage 1 (the upstream tasks' heads besides).
+    pub upstream_groups: BTreeMap<String, usize>,
+    /// Parameters per group fine-tuned in stage 2 (each task's head besides).
+    pub downstream_groups: BTreeMap<String, usize>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -129,6 +148,7 @@ impl Plan {
                     out_features: s.out_features,
                 })
                 .collect(),
+            priming: None,
         })
     }
 
@@ -196,6 +216,34 @@ impl Plan {
             thousands(trainable),
             100.0 * trainable as f64 / total.max(1) as f64
         );
+        if let Some(p) = &self.priming {
+            let sets = |m: &BTreeMap<String, usize>| {
+                m.iter()
+                    .map(|(g, n)| format!("{g} {}", thousands(*n)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "priming   {} = plugin {}, {} steps",
+                p.combination, p.plugin, p.steps
+            );
+            let _ = writeln!(
+                s,
+                "  upstream   {} tasks: {}",
+                p.upstream_tasks.len(),
+                p.upstream_tasks.join(", ")
+            );
+            let _ = writeln!(s, "             groups: {}", sets(&p.upstream_groups));
+            let _ = writeln!(
+                s,
+                "  downstream {} tasks x {} split seeds: {}",
+                p.downstream_tasks.len(),
+                p.split_seeds.len(),
+                p.downstream_tasks.join(", ")
+            );
+            let _ = writeln!(s, "             groups: {}", sets(&p.downstream_groups));
+        }
         s
     }
 }

@@ -136,3 +136,23 @@ pub fn built_old_plugin(features: &str, file_stem: &str) -> (tempfile::TempDir, 
     std::fs::copy(target.join("debug").join(dylib_name("old_bias")), &dest).unwrap();
     (dir, dest)
 }
+
+/// The largest absolute difference between two safetensors files with the same tensors.
+pub fn max_tensor_diff(a: &Path, b: &Path) -> f64 {
+    use peft_host::backbone::weights::Checkpoint;
+    let (a, b) = (Checkpoint::read(a).unwrap(), Checkpoint::read(b).unwrap());
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>()
+    );
+    a.tensors
+        .iter()
+        .map(|(k, (_, x))| {
+            let y = &b.tensors[k].1;
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs() as f64)
+                .fold(0.0, f64::max)
+        })
+        .fold(0.0, f64::max)
+}

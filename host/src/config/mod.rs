@@ -1,7 +1,10 @@
 //! The run config: one JSON file composing backbone, modules, tasks and training. Host
 //! sections are validated against the host's JSON Schema (schemars), each plugin section
 //! against the schema in that plugin's manifest; errors name the JSON pointer.
+pub mod priming;
 pub mod validate;
+
+pub use priming::PrimingSpec;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,9 +24,10 @@ pub struct RunConfig {
     /// Produces per-example context (task embeddings, generated parameters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_encoder: Option<PluginSpec>,
-    /// Upstream priming stage run before downstream training.
+    /// Upstream priming stage run before downstream training: the priming plugin, the
+    /// upstream tasks and the upstream/downstream groups (see [`PrimingSpec`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priming: Option<PluginSpec>,
+    pub priming: Option<PrimingSpec>,
     /// The downstream task (one; use `tasks` to train several at once).
     #[serde(default, skip_serializing_if = "TaskSpec::is_default")]
     pub task: TaskSpec,

@@ -267,6 +267,7 @@ pub fn validate(text: &str, source: &str, registry: &Registry) -> Result<RunConf
             check_plugin(section, format!("/{key}"), &mut errors);
         }
     }
+    super::priming::check(&doc, registry, &mut errors);
     if !errors.is_empty() {
         return Err(fail(errors));
     }

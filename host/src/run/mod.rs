@@ -1,6 +1,8 @@
 //! The run pipeline the library owns: a validated config in; tasks loaded, the model built,
 //! trained and evaluated; result.json, curves.svg and a table out. The CLI only parses
 //! arguments and calls in here, so tests and other front ends run exactly what `run` runs.
+pub mod priming;
+
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -119,7 +121,9 @@ pub fn plan_generic<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<Plan> {
     let model = Model::<B>::build(cfg, registry, device, 2)?;
-    Plan::of(&model, &cfg.training.train_groups)
+    let mut plan = Plan::of(&model, &cfg.training.train_groups)?;
+    plan.priming = priming::plan_of(cfg, &model);
+    Ok(plan)
 }
 
 pub fn run_generic<B: AutodiffBackend>(
@@ -131,16 +135,14 @@ pub fn run_generic<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     let progress = flags.progress;
-    for (section, spec) in [
-        ("context_encoder", &cfg.context_encoder),
-        ("priming", &cfg.priming),
-    ] {
-        if let Some(spec) = spec {
-            anyhow::bail!(
-                "/{section}: plugin `{}` is valid, but {section} plugins are not run by this host version yet; remove the section",
-                spec.plugin
-            );
-        }
+    if let Some(spec) = &cfg.context_encoder {
+        anyhow::bail!(
+            "/context_encoder: plugin `{}` is valid, but context_encoder plugins are not run by this host version yet; remove the section",
+            spec.plugin
+        );
+    }
+    if cfg.priming.is_some() {
+        return priming::run_two_stage::<B>(cfg, registry, data, out, flags, device);
     }
     let specs = cfg.task_specs();
     let mut tasks = Vec::with_capacity(specs.len());

@@ -2,6 +2,7 @@
 //! optimiser over the trainable groups, evaluation, checkpoints.
 pub mod checkpoint;
 pub mod optim;
+pub mod services;
 
 use std::{collections::BTreeMap, time::Instant};
 

@@ -1,0 +1,149 @@
+//! Multi-task priming: each step samples `tasks_per_step` upstream tasks, averages the loss of
+//! one batch of each, and takes an optimiser step on the upstream groups (Multi_M_A is this
+//! with upstream group `backbone`). Everything goes through the host's trainer services.
+use peft_api::{
+    tensor::{Ctx, Tensor},
+    ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Multi-task priming settings.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MultitaskConfig {
+    /// Tasks whose batch losses are averaged into one step.
+    #[serde(default = "default_tasks")]
+    #[schemars(range(min = 1))]
+    pub tasks_per_step: usize,
+    /// Batch size per task (0: the run's `training.batch_size`).
+    #[serde(default)]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// `adam` or `sgd`.
+    #[serde(default = "default_optimizer")]
+    pub optimizer: String,
+}
+
+fn default_tasks() -> usize {
+    4
+}
+fn default_lr() -> f64 {
+    1e-5
+}
+fn default_optimizer() -> String {
+    "adam".into()
+}
+
+pub struct Multitask {
+    pub cfg: MultitaskConfig,
+}
+
+fn call<'c>(
+    ctx: &'c Ctx<'_>,
+    trainer: &Trainer<'_>,
+    name: &str,
+    args: Value,
+    inputs: Vec<Tensor<'c>>,
+) -> Result<(Vec<Tensor<'c>>, Value)> {
+    trainer.service(ctx, name, &args, inputs)
+}
+
+impl Priming for Multitask {
+    fn run(&mut self, ctx: &Ctx<'_>, trainer: &Trainer<'_>) -> Result<Value> {
+        let info = call(ctx, trainer, "info", json!({}), vec![])?.1;
+        let bs = match self.cfg.batch_size {
+            0 => info["batch_size"].as_u64().unwrap_or(16) as usize,
+            n => n,
+        };
+        let mut last: Option<f64> = None;
+        let mut steps = 0;
+        loop {
+            let args = match last {
+                Some(l) if l.is_finite() => json!({ "loss": l }),
+                _ => json!({}),
+            };
+            let next = call(ctx, trainer, "next_step", args, vec![])?.1;
+            if next["done"].as_bool() != Some(false) {
+                break;
+            }
+            let tasks = call(
+                ctx,
+                trainer,
+                "sample_task",
+                json!({ "k": self.cfg.tasks_per_step }),
+                vec![],
+            )?
+            .1;
+            let tasks: Vec<String> = serde_json::from_value(tasks["tasks"].clone())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let mut total: Option<Tensor<'_>> = None;
+            for t in &tasks {
+                let b = call(
+                    ctx,
+                    trainer,
+                    "batch",
+                    json!({ "task": t, "size": bs }),
+                    vec![],
+                )?
+                .1;
+                let id = b["batches"][0]
+                    .as_u64()
+                    .ok_or_else(|| ApiError::internal("`batch` returned no id"))?;
+                let (mut l, _) = call(ctx, trainer, "loss", json!({ "batch": id }), vec![])?;
+                let l = l
+                    .pop()
+                    .ok_or_else(|| ApiError::internal("`loss` returned no tensor"))?;
+                total = Some(match total {
+                    None => l,
+                    Some(acc) => acc.add(l)?,
+                });
+            }
+            let mean = total
+                .ok_or_else(|| ApiError::internal("no task sampled"))?
+                .mul_scalar(1.0 / tasks.len() as f64)?;
+            last = Some(mean.to_vec()?[0] as f64);
+            call(
+                ctx,
+                trainer,
+                "step",
+                json!({ "groups": info["upstream_groups"], "from_loss": true, "lr": self.cfg.learning_rate, "optimizer": self.cfg.optimizer }),
+                vec![mean],
+            )?;
+            steps += 1;
+        }
+        Ok(json!({ "algorithm": "multitask", "steps": steps, "last_loss": last }))
+    }
+}
+
+pub struct MultitaskPlugin;
+
+impl Plugin for MultitaskPlugin {
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "multitask".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            kind: PluginKind::Priming,
+            api_version: String::new(),
+            description: "Multi-task priming: average the losses of K sampled upstream tasks, step the upstream groups".into(),
+            config_schema: serde_json::to_value(schemars::schema_for!(MultitaskConfig))
+                .expect("schema"),
+            groups: vec![],
+        }
+    }
+
+    fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {
+        let cfg: MultitaskConfig = peft_api::blocks::parse_config("multitask", config)?;
+        if !matches!(cfg.optimizer.as_str(), "adam" | "sgd") {
+            return Err(ApiError::config(format!(
+                "multitask: optimizer `{}` is not adam or sgd",
+                cfg.optimizer
+            )));
+        }
+        Ok(Box::new(Multitask { cfg }))
+    }
+}
+
+peft_api::export_plugin!(multitask, MultitaskPlugin);

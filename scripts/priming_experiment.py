@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""The thesis' priming experiment (issue 10), as one command.
+
+Rows FT_A, A_A, Multi_M_A, Multi_MA_A, FOMAML_M_A, MAML_M_A (second order), Reptile_M_A on
+all-MiniLM-L6-v2: stage 1 primes on UPSTREAM (20 CrossFit training tasks), stage 2 fine-tunes
+the adapters on each of DOWNSTREAM (8 other CrossFit tasks, disjoint) per 16-shot split seed
+(13, 21, 42, 87, 100) and scores the test file. FT_A is the same run with 0 upstream steps.
+Prints per-task mean ± std per row, and ARG / RGSTD against FT_A (relative gain per task,
+its mean and std over tasks) with 95% bootstrap intervals over tasks.
+
+    python3 scripts/priming_experiment.py                 # the full table (hours on a CPU)
+    python3 scripts/priming_experiment.py --smoke         # 2 + 1 tasks, 2 steps, 1 seed: checks the pipeline
+    python3 scripts/priming_experiment.py --rows FT_A,MAML_M_A --steps 200
+
+Hyperparameters are the thesis' defaults (inner lr 5e-4, outer lr 1e-5 with Adam, one inner step
+on CrossFit); choosing them on the `_dev` files (`--eval-split dev`, then the test files once)
+is left to the person running it.
+"""
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+UPSTREAM = [
+    "ade_corpus_v2-classification", "ag_news", "anli", "art", "boolq", "circa", "emo",
+    "ethos-gender", "glue-mnli", "glue-qnli", "glue-sst2", "google_wellformed_query",
+    "hate_speech18", "health_fact", "kilt_fever", "liar", "scitail", "trec",
+    "tweet_eval-sentiment", "tweet_eval-offensive",
+]
+DOWNSTREAM = [
+    "glue-cola", "glue-mrpc", "glue-rte", "superglue-cb", "sms_spam", "tweet_eval-hate",
+    "ethos-religion", "emotion",
+]
+ROWS = {
+    # name: (plugin, plugin config, upstream groups, module)
+    "FT_A": ("multitask", {}, ["adapter"], "houlsby"),
+    "A_A": ("multitask", {"tasks_per_step": 4, "learning_rate": 1e-4}, ["adapter"], "houlsby"),
+    "Multi_M_A": ("multitask", {"tasks_per_step": 4, "learning_rate": 1e-5}, ["backbone"], "houlsby"),
+    "Multi_MA_A": ("multitask", {"tasks_per_step": 4, "learning_rate": 1e-4}, ["meta_adapter"], "meta-adapters"),
+    "FOMAML_M_A": ("maml", {"first_order": True, "inner_steps": 1, "tasks_per_step": 4}, ["backbone"], "houlsby"),
+    "MAML_M_A": ("maml", {"inner_steps": 1, "tasks_per_step": 4}, ["backbone"], "houlsby"),
+    "Reptile_M_A": ("reptile", {"inner_steps": 1, "tasks_per_step": 4, "outer_lr": 0.1}, ["backbone"], "houlsby"),
+}
+
+
+def config(row, args, up, down):
+    """One run per row: stage 1 once, stage 2 on every downstream task and split seed."""
+    plugin, pcfg, groups, module = ROWS[row]
+    pcfg = dict(pcfg)
+    if "tasks_per_step" in pcfg:
+        pcfg["tasks_per_step"] = min(pcfg["tasks_per_step"], len(up))
+    return {
+        "backbone": args.backbone,
+        "modules": [{"plugin": module}],
+        "tasks": [{"name": t, "eval_split": args.eval_split, "eval_examples": args.eval_examples}
+                  for t in down],
+        "training": {"steps": args.ft_steps, "batch_size": 16, "learning_rate": 1e-3,
+                     "max_length": args.max_length},
+        "priming": {
+            "plugin": plugin, "config": pcfg,
+            "upstream_tasks": [{"name": t, "train_examples": 0} for t in up],
+            "upstream_groups": groups, "downstream_groups": ["adapter"],
+            "steps": 0 if row == "FT_A" else args.steps,
+            "checkpoint_every": 50, "split_seeds": args.seeds,
+        },
+    }
+
+
+def bootstrap(values, stat, n=1000, seed=0):
+    rng = random.Random(seed)
+    draws = sorted(stat([rng.choice(values) for _ in values]) for _ in range(n))
+    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
+
+
+def std(v):
+    return statistics.stdev(v) if len(v) > 1 else 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default="target/release/peft-host")
+    ap.add_argument("--backbone", default="all-MiniLM-L6-v2")
+    ap.add_argument("--out", default="runs/priming-experiment")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--steps", type=int, default=200, help="upstream steps")
+    ap.add_argument("--ft-steps", type=int, default=100, help="downstream steps per split")
+    ap.add_argument("--seeds", default="13,21,42,87,100")
+    ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--eval-examples", type=int, default=0)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--smoke", action="store_true", help="2 upstream tasks, 1 downstream, tiny budgets")
+    args = ap.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    up, down = UPSTREAM, DOWNSTREAM
+    if args.smoke:
+        up, down = UPSTREAM[:2], DOWNSTREAM[:1]
+        args.steps, args.ft_steps, args.seeds, args.eval_examples = 2, 2, [13], 32
+    assert not set(up) & set(down), "upstream and downstream tasks must be disjoint"
+    rows = args.rows.split(",")
+    out = Path(args.out)
+    scores = {}  # row -> task -> [score per seed]
+    for row in rows:
+        cfg_path = out / "configs" / f"{row}.json"
+        cfg_path.parent.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(json.dumps(config(row, args, up, down), indent=2))
+        run_dir = out / row
+        print(f"[{row}]", file=sys.stderr, flush=True)
+        # `--resume` reuses a finished stage 1 and continues an interrupted one.
+        subprocess.run([args.bin, "run", str(cfg_path), "--out", str(run_dir), "--quiet", "--resume"],
+                       check=True, stdout=subprocess.DEVNULL)
+        result = next(run_dir.glob("*/result.json"))
+        for d in json.loads(result.read_text())["downstream"]:
+            scores.setdefault(row, {}).setdefault(d["task"], []).append(d["score"])
+    print(f"upstream ({len(up)}): {', '.join(up)}")
+    print(f"downstream ({len(down)}): {', '.join(down)}; split seeds {args.seeds}\n")
+    print("| task | " + " | ".join(rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for task in down:
+        cells = [f"{statistics.mean(scores[r][task]):.3f} ± {std(scores[r][task]):.3f}" for r in rows]
+        print(f"| {task} | " + " | ".join(cells) + " |")
+    if "FT_A" in scores:
+        base = {t: statistics.mean(v) for t, v in scores["FT_A"].items()}
+        kept = [t for t in down if abs(base[t]) > 1e-3]  # the thesis drops tasks with a ~0 baseline
+        print("\n| row | ARG [95% CI] | RGSTD [95% CI] |\n|---|---|---|")
+        for r in rows:
+            rg = [(statistics.mean(scores[r][t]) - base[t]) / abs(base[t]) for t in kept]
+            lo, hi = bootstrap(rg, statistics.mean)
+            slo, shi = bootstrap(rg, std)
+            print(f"| {r} | {statistics.mean(rg):+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                  f"{std(rg):.3f} [{slo:.3f}, {shi:.3f}] |")
+
+
+if __name__ == "__main__":
+    main()

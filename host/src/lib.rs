@@ -17,6 +17,7 @@ pub mod modules;
 pub mod params;
 pub mod plan;
 pub mod report;
+pub mod retrieval;
 pub mod run;
 pub mod train;
 
@@ -26,6 +27,7 @@ use houlsby as _;
 use lora as _;
 use meta_adapters as _;
 use parallel_adapter as _;
+use pha as _;
 use prefix as _;
 
 /// The registry of built-in plugins plus those in plugin folders; unusable libraries are

@@ -443,3 +443,83 @@ fn bad_settings_are_named() {
     let e = m.pooled(&graph, &tb).unwrap_err().to_string();
     assert!(e.contains("task id 5 out of range"), "{e}");
 }
+
+/// Train-step cost at batch 32 x 128 on MiniLM: forward, backward and AdamW, every trainable
+/// group of the method, six tasks mixed in the batch for PHA. Run one method per process to
+/// read its peak memory (`/usr/bin/time -v`):
+/// `PHA_BENCH=pha cargo test --release -p peft-tests --test pha step_cost -- --ignored --nocapture`
+/// (and `PHA_BENCH=houlsby`).
+#[test]
+#[ignore = "measurement on the real MiniLM weights; run by hand"]
+fn step_cost_at_32x128() {
+    require_minilm();
+    let method = std::env::var("PHA_BENCH").unwrap_or_else(|_| "pha".into());
+    let (module, groups) = match method.as_str() {
+        "pha" => (
+            serde_json::json!({ "plugin": "pha", "config": { "num_tasks": 6 } }),
+            vec!["adapter", "retriever", "prototype", "hyper", "head"],
+        ),
+        other => (
+            serde_json::json!({ "plugin": other }),
+            vec!["adapter", "head"],
+        ),
+    };
+    let cfg: RunConfig = serde_json::from_value(serde_json::json!({
+        "backbone": "all-MiniLM-L6-v2", "modules": [module]
+    }))
+    .unwrap();
+    let registry = Registry::with_static_plugins().unwrap();
+    let dev = Default::default();
+    let m = Model::<B>::build(&cfg, &registry, &dev, 2).unwrap();
+    let groups: Vec<String> = groups.into_iter().map(String::from).collect();
+    m.set_trainable(&groups).unwrap();
+    let (n, t) = (32, 128);
+    let ids: Vec<i64> = (0..n * t)
+        .map(|i| 1000 + (i as i64 * 7919) % 29000)
+        .collect();
+    let mk = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, t]), &dev);
+    let tb = peft_host::backbone::TextBatch {
+        input_ids: mk(ids),
+        attention_mask: mk(vec![1; n * t]),
+        token_type_ids: None,
+    };
+    let task_ids: Vec<i64> = (0..n as i64).map(|i| i % 6).collect();
+    let mut opt = peft_host::train::optim::AdamW::<B>::new(1e-4, 0.0);
+    let mut times = Vec::new();
+    for run in 0..6 {
+        let start = std::time::Instant::now();
+        let graph = HostGraph::new(&m.params, true);
+        set_ids(&graph, &task_ids);
+        let logits = m.logits(&graph, &tb).unwrap();
+        let mut loss = activation::log_softmax(logits, 1).mean().neg();
+        for (w, l) in graph.aux_losses.borrow_mut().drain(..) {
+            loss = loss + ft::<B, 1>(l) * w;
+        }
+        let grads = loss.backward();
+        drop(graph);
+        let mut store = m.params.borrow_mut();
+        for p in store.trainable_mut() {
+            let g = match p.shape.len() {
+                1 => ft::<B, 1>(p.value.clone())
+                    .grad(&grads)
+                    .map(|g| g.into_primitive().tensor()),
+                _ => ft::<B, 2>(p.value.clone())
+                    .grad(&grads)
+                    .map(|g| g.into_primitive().tensor()),
+            };
+            if let Some(g) = g {
+                opt.step(p, g).unwrap();
+            }
+        }
+        if run > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let trainable: usize = m.params.borrow().trainable().map(|p| p.numel()).sum();
+    println!(
+        "{method}: train step at {n} x {t}: median {:.3} s over {} steps, {trainable} trainable",
+        times[times.len() / 2],
+        times.len()
+    );
+}

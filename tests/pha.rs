@@ -232,9 +232,7 @@ impl SiteModules<B> for NativePha {
             .reshape([n, t, d])
         } else {
             let row = layer - self.split;
-            let e = p2("layer_embeddings")
-                .slice([row..row + 1])
-                .repeat_dim(0, n);
+            let e = p2("layer_embeddings").narrow(0, row, 1).repeat_dim(0, n);
             let k = self.selected.borrow().clone().unwrap();
             let mixed = lin2(
                 Tensor::cat(vec![k, e], 1),

@@ -211,7 +211,7 @@ fn mixed_batches_refuse_option_scoring_heads() {
     );
 }
 
-/// A word-level `tokenizer.json` (lower-cased, whitespace and punctuation split) over the words
+/// (As in tests/training.rs.) A word-level `tokenizer.json` (lower-cased, whitespace and punctuation split) over the words
 /// of `texts`, with the special tokens first and `template` around every sequence: what a tiny
 /// encoder-decoder of 256 tokens can read.
 fn word_tokenizer(
@@ -273,8 +273,6 @@ fn word_tokenizer(
     std::fs::write(&path, tok.to_string()).unwrap();
     path
 }
-
-/// Text-to-text on T5 and BART: teacher forcing on the LM head fits eight SST-2 sentences
 
 /// PHA on T5 (the tiny v1.1 fixture): shared adapters in the encoder, the retriever on the last
 /// encoder block's output, generated adapters in the decoder. A mixed text-to-text batch reaches

@@ -103,7 +103,7 @@ impl Default for PhaConfig {
 /// Parses a config section; `null` means all defaults.
 pub fn parse(v: &serde_json::Value) -> Result<PhaConfig> {
     let c: PhaConfig = peft_api::blocks::parse_config("pha", v)?;
-    if !(c.temperature > 0.0) {
+    if c.temperature.is_nan() || c.temperature <= 0.0 {
         return Err(peft_api::ApiError::config(format!(
             "pha: /temperature must be > 0, got {}",
             c.temperature

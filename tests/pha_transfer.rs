@@ -110,3 +110,23 @@ fn trained_pha_retrieves_saves_and_adapts_a_new_task() {
     let (first, last) = (mean(&report.losses[..5]), mean(&report.losses[25..]));
     assert!(last < first, "adaptation loss {first} -> {last}");
 }
+
+#[test]
+fn the_heat_map_has_a_cell_per_task_and_prototype() {
+    let r = |task: &str, picked: usize, c: [f64; 2]| retrieval::Retrieval {
+        task: task.into(),
+        module: "pha".into(),
+        picked,
+        picked_task: None,
+        cosines: vec![("a".into(), c[0]), ("b<&>".into(), c[1])],
+        examples: 4,
+    };
+    let svg = retrieval::heatmap_svg(&[r("a", 0, [0.9, -0.2]), r("b", 1, [0.1, 0.5])]);
+    assert_eq!(svg.matches("<rect x=").count(), 4);
+    assert!(svg.contains("+0.90") && svg.contains("-0.20") && svg.contains("b&lt;&amp;&gt;"));
+    assert_eq!(
+        svg.matches("stroke-width=\"3\"").count(),
+        2,
+        "the picked cells are outlined"
+    );
+}

@@ -153,6 +153,68 @@ pub fn report_training_tasks<B: AutodiffBackend>(
             &dir.join("retrieval.json"),
             serde_json::to_string_pretty(&out)?.as_bytes(),
         )?;
+        crate::files::write_atomic(&dir.join("retrieval.svg"), heatmap_svg(&out).as_bytes())?;
+        println!("retrieval: {}", dir.join("retrieval.svg").display());
     }
     Ok(out)
+}
+
+/// An SVG heat map of the cosine between each task's mean `z` (rows) and each prototype
+/// (columns), −1 blue to +1 red, the picked cell outlined.
+pub fn heatmap_svg(rows: &[Retrieval]) -> String {
+    let (cell, left, top) = (64.0, 200.0, 150.0);
+    let cols: Vec<String> = rows
+        .first()
+        .map(|r| r.cosines.iter().map(|c| c.0.clone()).collect())
+        .unwrap_or_default();
+    let (w, h) = (
+        left + cell * cols.len() as f64 + 20.0,
+        top + cell * rows.len() as f64 + 20.0,
+    );
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\">cosine(mean z of task examples, prototype)</text>\n"
+    );
+    for (j, c) in cols.iter().enumerate() {
+        let x = left + cell * (j as f64 + 0.5);
+        svg += &format!(
+            "<text transform=\"translate({x},{}) rotate(-45)\">prototype {j}: {}</text>\n",
+            top - 8.0,
+            esc(c)
+        );
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let y = top + cell * i as f64;
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
+            left - 8.0,
+            y + cell / 2.0 + 4.0,
+            esc(&r.task)
+        );
+        for (j, (_, c)) in r.cosines.iter().enumerate() {
+            let x = left + cell * j as f64;
+            let v = c.clamp(-1.0, 1.0);
+            let (red, blue) = if v >= 0.0 {
+                (255.0, 255.0 * (1.0 - v))
+            } else {
+                (255.0 * (1.0 + v), 255.0)
+            };
+            let green = red.min(blue);
+            let stroke = if j == r.picked {
+                "black\" stroke-width=\"3"
+            } else {
+                "#ccc"
+            };
+            svg += &format!(
+                "<rect x=\"{x}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"rgb({red:.0},{green:.0},{blue:.0})\" stroke=\"{stroke}\"/>\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{c:+.2}</text>\n",
+                x + cell / 2.0,
+                y + cell / 2.0 + 4.0
+            );
+        }
+    }
+    svg + "</svg>\n"
 }

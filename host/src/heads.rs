@@ -148,6 +148,7 @@ impl Head {
         max_len: usize,
         device: &B::Device,
     ) -> anyhow::Result<Output<B>> {
+        crate::train::mixed::mark_task(model, graph, &task.name);
         let project = |texts: &[(String, Option<String>)]| -> anyhow::Result<Tensor<B, 2>> {
             let (prefix, _) = self.linear().context("this head has no projection")?;
             let tb = model.tokenize(texts, max_len, device)?;

@@ -18,6 +18,7 @@ pub mod nn;
 pub mod params;
 pub mod plan;
 pub mod report;
+pub mod retrieval;
 pub mod run;
 pub mod train;
 
@@ -29,6 +30,7 @@ use maml as _;
 use meta_adapters as _;
 use multitask as _;
 use parallel_adapter as _;
+use pha as _;
 use prefix as _;
 use reptile as _;
 

@@ -109,6 +109,8 @@ pub struct Model<B: AutodiffBackend> {
     pub modules: Composition,
     pub tokenizer: Option<tokenizers::Tokenizer>,
     pub num_labels: usize,
+    /// Task name -> the id published as `task_ids` in its passes (`train::mixed`).
+    pub task_index: RefCell<std::collections::BTreeMap<String, i64>>,
 }
 
 impl<B: AutodiffBackend> Model<B> {
@@ -156,6 +158,7 @@ impl<B: AutodiffBackend> Model<B> {
             modules,
             tokenizer,
             num_labels,
+            task_index: Default::default(),
         })
     }
 
@@ -181,6 +184,7 @@ impl<B: AutodiffBackend> Model<B> {
             "attention_mask".into(),
             crate::bridge::Value::Int(batch.attention_mask.clone().into_primitive()),
         );
+        crate::train::mixed::publish_task_ids(graph, batch.attention_mask.dims()[0]);
         Hooks::new(graph, &self.modules)
     }
 

@@ -245,6 +245,11 @@ pub struct TrainingSpec {
     #[serde(default = "default_temperature")]
     #[schemars(range(min = 0.01))]
     pub temperature: f64,
+    /// Multi-task: draw each example's task (by `task_sampling`) so that one batch mixes tasks,
+    /// with the examples' task ids in the pass context (PHA's contrastive losses need positives
+    /// and negatives in one batch). Heads: classification, regression or text-to-text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mixed_batches: bool,
 }
 
 fn default_temperature() -> f64 {
@@ -311,6 +316,9 @@ impl RunConfig {
     /// and GLUE RTE (all 2,240 pairs, the siamese head), drawn uniformly — 300 steps of 32, both
     /// evaluated on their official dev sets every 100 steps.
     pub fn default_run(plugins: &[String]) -> Self {
+        if plugins == ["pha"] {
+            return crate::train::mixed::pha_default_run();
+        }
         let modules: Vec<_> = plugins
             .iter()
             .map(|p| serde_json::json!({ "plugin": p }))

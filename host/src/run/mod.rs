@@ -120,6 +120,8 @@ pub fn plan_generic<B: AutodiffBackend>(
     registry: &peft_registry::Registry,
     device: &B::Device,
 ) -> anyhow::Result<Plan> {
+    let names: Vec<String> = cfg.task_specs().into_iter().map(|t| t.name).collect();
+    let cfg = &crate::train::mixed::fill_num_tasks(cfg, &names);
     let model = Model::<B>::build(cfg, registry, device, 2)?;
     let mut plan = Plan::of(&model, &cfg.training.train_groups)?;
     plan.priming = priming::plan_of(cfg, &model);
@@ -157,6 +159,8 @@ pub fn run_generic<B: AutodiffBackend>(
         tracing::info!(task = %task.name, kind = ?task.kind, train = task.train.len(), eval = task.eval.len(), labels = ?task.labels, metric = %task.metric, "loaded task");
         tasks.push(task);
     }
+    let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
+    let cfg = &crate::train::mixed::fill_num_tasks(cfg, &names);
     let model = Model::<B>::build(cfg, registry, device, 0)?;
     let mut runs = Vec::with_capacity(tasks.len());
     for (task, spec) in tasks.iter().zip(&specs) {
@@ -228,6 +232,13 @@ pub fn run_generic<B: AutodiffBackend>(
             last.score
         );
     }
+    crate::retrieval::report_training_tasks(
+        &model,
+        &tasks,
+        cfg.training.max_length,
+        &out.join(&name),
+        device,
+    )?;
     println!("result: {}", path.display());
     println!("curves: {}", plot.display());
     Ok(())

@@ -1,6 +1,7 @@
 //! The downstream trainer: one task or several mixed by a sampler, each with its head; loss,
 //! optimiser over the trainable groups, evaluation, checkpoints.
 pub mod checkpoint;
+pub mod mixed;
 pub mod optim;
 pub mod services;
 
@@ -423,6 +424,12 @@ pub fn train_tasks<B: AutodiffBackend>(
     let mut opt = Optim::<B>::new(t);
     let sizes: Vec<usize> = runs.iter().map(|r| r.task.train.len()).collect();
     let mut sampler = MultiSampler::new(&sizes, t, cfg.seed)?;
+    mixed::register_tasks(model, runs);
+    let mut mixed = if t.mixed_batches {
+        Some(mixed::MixedSampler::new(&sizes, t, cfg.seed)?)
+    } else {
+        None
+    };
     let mut batches_per_task: BTreeMap<String, usize> = BTreeMap::new();
     let accumulation = t.gradient_accumulation.max(1);
     let mut losses = Vec::new();
@@ -438,6 +445,14 @@ pub fn train_tasks<B: AutodiffBackend>(
         opt.import(state, &done.optimizer_steps)?;
         // Replay the data order up to the checkpoint (no computation).
         for _ in 0..done.step * accumulation {
+            if let Some(m) = mixed.as_mut() {
+                for (i, _) in m.next_batch(t.batch_size) {
+                    *batches_per_task
+                        .entry(runs[i].task.name.clone())
+                        .or_default() += 1;
+                }
+                continue;
+            }
             let (i, _) = sampler.next_batch(t.batch_size);
             *batches_per_task
                 .entry(runs[i].task.name.clone())
@@ -479,6 +494,25 @@ pub fn train_tasks<B: AutodiffBackend>(
         let mut summed: Vec<Option<InnerPrim<B>>> = (0..n_trainable).map(|_| None).collect();
         let mut lv = 0.0f32;
         for micro in 0..accumulation {
+            if let Some(m) = mixed.as_mut() {
+                let items = m.next_batch(t.batch_size);
+                let graph = HostGraph::new(&model.params, true);
+                let l = mixed::loss(
+                    model,
+                    &graph,
+                    runs,
+                    &items,
+                    t,
+                    &mut batches_per_task,
+                    device,
+                )
+                .with_context(|| format!("step {step}, micro-batch {micro} (mixed tasks)"))?;
+                lv += l.clone().into_scalar().elem_f32() / accumulation as f32;
+                let grads = (l / accumulation as f64).backward();
+                drop(graph);
+                mixed::accumulate::<B>(model, &grads, &mut summed)?;
+                continue;
+            }
             let (ti, idx) = sampler.next_batch(t.batch_size);
             let run = &runs[ti];
             *batches_per_task.entry(run.task.name.clone()).or_default() += 1;

@@ -1,0 +1,317 @@
+//! Batches that mix tasks, and the examples' task ids in the pass context.
+//!
+//! A model's task map (`Model::task_index`) gives each training task an id (its position in
+//! the run; a new task can be mapped to the prototype PHA retrieved for it). A single-task pass
+//! marks its task (`task_id`, [1]); `Model::hooks` then publishes `task_ids` ([n], int) for the
+//! rows the backbone runs. A mixed batch publishes one id per example itself. Mixed batches are
+//! answered by the per-task heads indexed per example: the batch is encoded once, each task's
+//! rows go through its own classification or regression head; text-to-text answers every row
+//! with the shared LM head.
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
+use rand::{
+    distr::{weighted::WeightedIndex, Distribution},
+    rngs::StdRng,
+    SeedableRng,
+};
+
+use super::{task_probabilities, Sampler, TaskRun};
+use crate::{
+    bridge::{value::ft, HostGraph, Value},
+    config::{RunConfig, TrainingSpec},
+    data::Example,
+    heads::{per_example_loss, target_text, Head, Output},
+    model::Model,
+};
+
+/// Context name of a single-task pass's task id ([1], int).
+pub const TASK_ID: &str = "task_id";
+/// Context name of the examples' task ids ([n], int), what modules read.
+pub const TASK_IDS: &str = "task_ids";
+
+/// Gives the run's tasks ids by position, when several train together and the model has no
+/// task map yet (a new task adapted alone gets its id from retrieval instead).
+pub fn register_tasks<B: AutodiffBackend>(model: &Model<B>, runs: &[TaskRun<'_>]) {
+    let mut map = model.task_index.borrow_mut();
+    if runs.len() > 1 && map.is_empty() {
+        for (i, r) in runs.iter().enumerate() {
+            map.insert(r.task.name.clone(), i as i64);
+        }
+    }
+}
+
+/// Marks a pass over one task's examples with the task's id, when the model knows the task.
+pub fn mark_task<B: AutodiffBackend>(model: &Model<B>, graph: &HostGraph<'_, B>, task: &str) {
+    if let Some(&id) = model.task_index.borrow().get(task) {
+        let t = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![id], [1]), &graph.device());
+        graph
+            .context
+            .borrow_mut()
+            .insert(TASK_ID.into(), Value::Int(t.into_primitive()));
+    }
+}
+
+/// Publishes `task_ids` for `n` rows from a pass's task mark; leaves ids a mixed batch set.
+pub fn publish_task_ids<B: AutodiffBackend>(graph: &HostGraph<'_, B>, n: usize) {
+    let mut ctx = graph.context.borrow_mut();
+    let Some(Value::Int(id)) = ctx.get(TASK_ID).cloned() else {
+        return;
+    };
+    let id = Tensor::<B, 1, Int>::from_primitive(id);
+    ctx.insert(
+        TASK_IDS.into(),
+        Value::Int(id.repeat_dim(0, n).into_primitive()),
+    );
+}
+
+/// Draws each example's task (by `task_sampling`), then the example from that task's
+/// sampler: one batch mixes tasks.
+pub struct MixedSampler {
+    rng: StdRng,
+    pick: WeightedIndex<f64>,
+    tasks: Vec<Sampler>,
+}
+
+impl MixedSampler {
+    pub fn new(sizes: &[usize], t: &TrainingSpec, seed: u64) -> anyhow::Result<Self> {
+        let probs = task_probabilities(sizes, t.task_sampling, t.temperature);
+        Ok(MixedSampler {
+            rng: StdRng::seed_from_u64(seed ^ 0x313C_ED00),
+            pick: WeightedIndex::new(&probs).context("task sampling weights")?,
+            tasks: sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Sampler::new(n, seed.wrapping_add(i as u64)))
+                .collect(),
+        })
+    }
+
+    /// `(task, example)` pairs of one batch.
+    pub fn next_batch(&mut self, size: usize) -> Vec<(usize, usize)> {
+        (0..size)
+            .map(|_| {
+                let t = self.pick.sample(&mut self.rng);
+                (t, self.tasks[t].next_batch(1)[0])
+            })
+            .collect()
+    }
+}
+
+/// The training loss of one mixed micro-batch: every example's head loss, averaged, plus the
+/// modules' auxiliary losses. Counts the examples of each task in `per_task`.
+pub fn loss<B: AutodiffBackend>(
+    model: &Model<B>,
+    graph: &HostGraph<'_, B>,
+    runs: &[TaskRun<'_>],
+    items: &[(usize, usize)],
+    t: &TrainingSpec,
+    per_task: &mut BTreeMap<String, usize>,
+    device: &B::Device,
+) -> anyhow::Result<Tensor<B, 1>> {
+    let n = items.len();
+    let batch: Vec<&Example> = items
+        .iter()
+        .map(|&(ti, i)| &runs[ti].task.train[i])
+        .collect();
+    for &(ti, _) in items {
+        *per_task.entry(runs[ti].task.name.clone()).or_default() += 1;
+    }
+    let ids: Vec<i64> = {
+        let map = model.task_index.borrow();
+        items
+            .iter()
+            .map(|&(ti, _)| map.get(&runs[ti].task.name).copied().unwrap_or(ti as i64))
+            .collect()
+    };
+    let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), device);
+    graph
+        .context
+        .borrow_mut()
+        .insert(TASK_IDS.into(), Value::Int(ids.into_primitive()));
+    let per_example = if runs
+        .iter()
+        .all(|r| matches!(r.head, Head::TextToText { .. }))
+    {
+        text_to_text(model, graph, runs, items, &batch, t.max_length, device)?
+    } else {
+        per_task_heads(model, graph, runs, items, &batch, t, device)?
+    };
+    let mut loss = per_example.mean();
+    for (w, aux) in graph.aux_losses.borrow_mut().drain(..) {
+        loss = loss + ft::<B, 1>(aux) * w;
+    }
+    Ok(loss)
+}
+
+/// Encodes the batch once and answers each task's rows with its own head; `[n]` losses in
+/// batch order.
+fn per_task_heads<B: AutodiffBackend>(
+    model: &Model<B>,
+    graph: &HostGraph<'_, B>,
+    runs: &[TaskRun<'_>],
+    items: &[(usize, usize)],
+    batch: &[&Example],
+    t: &TrainingSpec,
+    device: &B::Device,
+) -> anyhow::Result<Tensor<B, 1>> {
+    let n = batch.len();
+    let texts: Vec<_> = batch
+        .iter()
+        .map(|e| (e.text_a.clone(), e.text_b.clone()))
+        .collect();
+    let tb = model.tokenize(&texts, t.max_length, device)?;
+    let pooled = model.pooled(graph, &tb)?;
+    let mut parts = Vec::new();
+    let mut order = Vec::new();
+    for (ti, run) in runs.iter().enumerate() {
+        let rows: Vec<usize> = (0..n).filter(|&i| items[i].0 == ti).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let index = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(
+                rows.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                [rows.len()],
+            ),
+            device,
+        );
+        let features = pooled.clone().select(0, index);
+        let sub: Vec<&Example> = rows.iter().map(|&i| batch[i]).collect();
+        let out = match &run.head {
+            Head::Classification { prefix, classes } => Output::Scores {
+                logits: model.head_linear(graph, features, prefix)?,
+                valid: Tensor::ones([rows.len(), *classes], device),
+            },
+            Head::Regression { prefix } => Output::Values(
+                model
+                    .head_linear(graph, features, prefix)?
+                    .reshape([rows.len()]),
+            ),
+            other => anyhow::bail!(
+                "task `{}`: mixed batches are answered by classification, regression or text-to-text heads, not {other:?}",
+                run.task.name
+            ),
+        };
+        parts.push(per_example_loss(out, &sub, t.label_smoothing, device));
+        order.extend(rows);
+    }
+    // Back to batch order (the mean does not care, but per-example values should line up).
+    let mut inverse = vec![0i64; n];
+    for (pos, &i) in order.iter().enumerate() {
+        inverse[i] = pos as i64;
+    }
+    let inverse = Tensor::<B, 1, Int>::from_data(TensorData::new(inverse, [n]), device);
+    Ok(Tensor::cat(parts, 0).select(0, inverse))
+}
+
+/// Teacher forcing over a mixed batch: each example's answer from its own task.
+fn text_to_text<B: AutodiffBackend>(
+    model: &Model<B>,
+    graph: &HostGraph<'_, B>,
+    runs: &[TaskRun<'_>],
+    items: &[(usize, usize)],
+    batch: &[&Example],
+    max_len: usize,
+    device: &B::Device,
+) -> anyhow::Result<Tensor<B, 1>> {
+    let n = batch.len();
+    let inputs: Vec<_> = batch
+        .iter()
+        .map(|e| {
+            let text = match &e.text_b {
+                Some(b) => format!("{} [SEP] {b}", e.text_a),
+                None => e.text_a.clone(),
+            };
+            (text, None)
+        })
+        .collect();
+    let targets: Vec<_> = batch
+        .iter()
+        .zip(items)
+        .map(|(e, &(ti, _))| (target_text(e, runs[ti].task), None))
+        .collect();
+    let tb = model.tokenize(&inputs, max_len, device)?;
+    let answers = model.tokenize(&targets, max_len, device)?;
+    let [_, len] = answers.input_ids.dims();
+    let start = model.seq2seq()?.decoder_start_token_id();
+    let decoder_input = Tensor::cat(
+        vec![
+            Tensor::<B, 2, Int>::full([n, 1], start, device),
+            answers.input_ids.clone().slice([0..n, 0..len - 1]),
+        ],
+        1,
+    );
+    let logits = model.seq2seq_logits(graph, &tb, &decoder_input)?;
+    let logp = burn::tensor::activation::log_softmax(logits, 2);
+    let nll = logp
+        .gather(2, answers.input_ids.unsqueeze_dim::<3>(2))
+        .reshape([n, len])
+        .neg();
+    let mask = answers.attention_mask.float();
+    let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
+    Ok((nll * mask).sum_dim(1).reshape([n]) / count)
+}
+
+/// Sets `num_tasks` and `task_names` of every `pha` module that leaves them out from the run's
+/// tasks.
+pub fn fill_num_tasks(cfg: &RunConfig, tasks: &[String]) -> RunConfig {
+    let mut cfg = cfg.clone();
+    for m in cfg.modules.iter_mut().filter(|m| m.plugin == "pha") {
+        if m.config.is_null() {
+            m.config = serde_json::json!({});
+        }
+        if let Some(obj) = m.config.as_object_mut() {
+            obj.entry("num_tasks")
+                .or_insert(serde_json::json!(tasks.len()));
+            obj.entry("task_names").or_insert(serde_json::json!(tasks));
+        }
+    }
+    cfg
+}
+
+/// `run --plugin pha`: PHA multi-task on six GLUE tasks with all-MiniLM-L6-v2, mixed batches
+/// (the contrastive losses need several tasks per batch), sized to finish in minutes on two
+/// CPU cores.
+pub fn pha_default_run() -> RunConfig {
+    let task = |name: &str, n: usize| serde_json::json!({ "name": name, "train_examples": n, "eval_examples": 400 });
+    serde_json::from_value(serde_json::json!({
+        "backbone": "all-MiniLM-L6-v2",
+        "modules": [{ "plugin": "pha" }],
+        "tasks": [
+            task("glue-sst2", 2000), task("glue/mrpc", 2000), task("glue/rte", 0),
+            task("glue/qnli", 2000), task("glue/cola", 2000), task("glue/stsb", 2000)
+        ],
+        "training": {
+            "steps": 300, "batch_size": 32, "learning_rate": 1e-3, "warmup_steps": 30,
+            "max_length": 96, "task_sampling": "temperature", "temperature": 10.0,
+            "eval_every": 100, "mixed_batches": true,
+            "train_groups": ["adapter", "retriever", "prototype", "hyper", "head"]
+        }
+    }))
+    .expect("the PHA default run config")
+}
+
+/// Adds one micro-batch's gradients to the running sums, per trainable parameter (what the
+/// single-task loop does inline).
+pub(super) fn accumulate<B: AutodiffBackend>(
+    model: &Model<B>,
+    grads: &B::Gradients,
+    summed: &mut [Option<super::optim::InnerPrim<B>>],
+) -> anyhow::Result<()> {
+    let store = model.params.borrow();
+    for (slot, p) in summed.iter_mut().zip(store.trainable()) {
+        let rank = p.shape.len();
+        let g = crate::by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
+            .grad(grads)
+            .map(|g| g.into_primitive().tensor())))?;
+        if let Some(g) = g {
+            *slot = Some(match slot.take() {
+                Some(prev) => super::add_inner::<B>(prev, g, rank)?,
+                None => g,
+            });
+        }
+    }
+    Ok(())
+}

@@ -15,9 +15,11 @@ pub mod metrics;
 pub mod model;
 pub mod modules;
 pub mod params;
+pub mod paths;
 pub mod plan;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod train;
 
 // Built-in plugins: referenced so that the linker keeps their inventory registrations.

@@ -1,6 +1,7 @@
 //! The run config: one JSON file composing backbone, modules, tasks and training. Host
 //! sections are validated against the host's JSON Schema (schemars), each plugin section
 //! against the schema in that plugin's manifest; errors name the JSON pointer.
+pub mod checks;
 pub mod validate;
 
 use schemars::JsonSchema;

@@ -356,3 +356,54 @@ fn eval_of_a_runs_adapter_reproduces_the_runs_score() {
     );
     assert!(e.contains("no task `glue-rte`"), "{e}");
 }
+
+/// HF formats in: the LoRA adapter HF peft saved (the fixture) loads as an adapter folder and
+/// its dumped hidden states are transformers + peft's.
+#[test]
+fn an_hf_peft_adapter_folder_loads_and_reproduces_peft() {
+    require_minilm();
+    let dir = fixture("minilm-lora-peft");
+    let fx = read_json(&dir.join("expected.json"));
+    let loaded = folder::load::<B>(&dir, &registry(), &Default::default()).unwrap();
+    assert_eq!(loaded.manifest.plugins[0].plugin, "lora");
+    assert_eq!(loaded.manifest.backbone.name, "all-MiniLM-L6-v2");
+    let texts: Vec<_> = fx["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s.as_str().unwrap().to_string(), None))
+        .collect();
+    let d = predict::dump(&loaded, None, &texts, &Default::default()).unwrap();
+    assert_eq!(
+        floats_nested(&d["input_ids"]),
+        floats_nested(&fx["input_ids"]),
+        "same tokens"
+    );
+    let mask: Vec<f64> = floats_nested(&fx["attention_mask"]);
+    let got = floats_nested(&d["last_hidden_state"]);
+    let want = floats_nested(&fx["lora_last_hidden_state"]);
+    let h = got.len() / mask.len();
+    let diff = got
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(i, _)| mask[i / h] == 1.0)
+        .map(|(_, (a, b))| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!("HF peft adapter via the adapter folder: max abs diff {diff:e}");
+    assert!(diff < 1e-4, "{diff}");
+    let e = format!("{:#}", loaded.task(None).unwrap_err());
+    assert!(e.contains("no task head"), "{e}");
+}
+
+fn floats_nested(v: &Value) -> Vec<f64> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            x => out.push(x.as_f64().unwrap()),
+        }
+    }
+    walk(v, &mut out);
+    out
+}

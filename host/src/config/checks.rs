@@ -1,8 +1,8 @@
 //! What `validate` checks beyond the schemas, without loading any weights, so that a config that
 //! validates does not fail in `run` on something a reader could have caught: each plugin's own
 //! parser (bounds its schema cannot say, e.g. LoRA's `dropout < 1`), each module's attachment
-//! on the named backbone built from its `config.json` alone (layers out of range, targets that
-//! match nothing), and task names against the data folder.
+//! on the named backbone built from its `config.json` alone, weights initialised, not read
+//! (layers out of range, targets that match nothing), and task names against the data folder.
 use std::cell::RefCell;
 
 use peft_api::BackboneInfo;
@@ -10,7 +10,7 @@ use peft_registry::Registry;
 
 use super::{validate::ConfigError, RunConfig};
 use crate::{
-    backbone::{bart, bert, t5},
+    backbone::AnyBackbone,
     model::resolve_backbone,
     modules::{Composition, ModuleRequest},
     params::ParamStore,
@@ -24,47 +24,16 @@ fn host(pointer: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The backbone's description (sites, layers) from its config alone.
-pub fn backbone_info(cfg: &RunConfig) -> Result<BackboneInfo, String> {
+/// The backbone built from its `config.json` alone, its weights initialised rather than read
+/// (modules may look up backbone weights by name when they attach), in `store`.
+pub fn backbone_info(
+    cfg: &RunConfig,
+    store: &mut ParamStore<crate::device::Cpu>,
+) -> Result<BackboneInfo, String> {
     let files = resolve_backbone(&cfg.backbone).map_err(|e| format!("{e:#}"))?;
-    let model_type = files
-        .config
-        .get("model_type")
-        .and_then(|v| v.as_str())
-        .unwrap_or("bert")
-        .to_string();
-    let bad = |e: serde_json::Error| {
-        format!(
-            "backbone `{}`: config.json is not a valid {model_type} config: {e}",
-            files.name
-        )
-    };
-    let api = |e: peft_api::ApiError| format!("backbone `{}`: {e}", files.name);
-    let c = files.config.clone();
-    let info = match model_type.as_str() {
-        "bert" => {
-            let b = bert::Bert::new(&files.name, serde_json::from_value(c).map_err(bad)?)
-                .map_err(api)?;
-            crate::backbone::Backbone::<crate::device::Cpu>::info(&b).clone()
-        }
-        "t5" => {
-            let m =
-                t5::T5::new(&files.name, serde_json::from_value(c).map_err(bad)?).map_err(api)?;
-            crate::backbone::Backbone::<crate::device::Cpu>::info(&m).clone()
-        }
-        "bart" => {
-            let m = bart::Bart::new(&files.name, serde_json::from_value(c).map_err(bad)?)
-                .map_err(api)?;
-            crate::backbone::Backbone::<crate::device::Cpu>::info(&m).clone()
-        }
-        other => {
-            return Err(format!(
-                "backbone `{}`: architecture `{other}` is not supported",
-                files.name
-            ))
-        }
-    };
-    Ok(info)
+    let b = AnyBackbone::build(&files.name, &files.config, None, store)
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(crate::backbone::Backbone::<crate::device::Cpu>::info(&b).clone())
 }
 
 /// Problems `run` would hit, found without weights. `cfg` passed the schemas.
@@ -85,20 +54,27 @@ pub fn check(cfg: &RunConfig, registry: &Registry) -> Vec<ConfigError> {
             }),
         }
     }
-    match backbone_info(cfg) {
+    let mut store = ParamStore::<crate::device::Cpu>::new(Default::default(), 0);
+    match backbone_info(cfg, &mut store) {
         Err(e) => errors.push(host("/backbone", e)),
         Ok(info) => {
+            let store = RefCell::new(store);
             for (i, m) in cfg.modules.iter().enumerate().filter(|(i, _)| parsed[*i]) {
-                // Module parameters are small; the backbone's are never created here.
-                let store =
-                    RefCell::new(ParamStore::<crate::device::Cpu>::new(Default::default(), 0));
                 let request = ModuleRequest {
                     plugin: m.plugin.clone(),
                     name: m.instance_name(),
                     config: m.config.clone(),
                 };
+                let owner = registry
+                    .get(&m.plugin)
+                    .map(|e| format!("plugin {} {}", e.manifest.name, e.manifest.version))
+                    .unwrap_or_else(|_| "host".into());
                 match Composition::attach(registry, &[request], &info, &store) {
-                    Err(e) => errors.push(host(format!("/modules/{i}"), e.to_string())),
+                    Err(e) => errors.push(ConfigError {
+                        pointer: format!("/modules/{i}"),
+                        message: e.to_string(),
+                        owner,
+                    }),
                     Ok(c) if c.modules[0].plan.attachments.is_empty() => errors.push(host(
                         format!("/modules/{i}"),
                         format!(
@@ -146,8 +122,8 @@ pub fn unknown_task(data: &std::path::Path, name: &str) -> Option<String> {
     };
     (!folder.is_dir()).then(|| {
         format!(
-            "unknown task `{name}`: no folder {} (GLUE tasks are glue/<task>, SuperGLUE superglue/<task>, others CrossFit names)",
-            folder.display()
+            "unknown task `{name}`: the data folder has no {} (GLUE tasks are glue/<task>, SuperGLUE superglue/<task>, others CrossFit names)",
+            folder.strip_prefix(data).unwrap_or(&folder).display()
         )
     })
 }

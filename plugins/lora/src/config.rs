@@ -106,9 +106,11 @@ pub fn from_hf_peft(cfg: &serde_json::Value) -> Result<Option<serde_json::Value>
     };
     let targets = match cfg.get("target_modules") {
         Some(Value::Array(a)) => a.clone(),
-        Some(Value::String(s)) => return bad(format!(
+        Some(Value::String(s)) => {
+            return bad(format!(
             "has target_modules as the regular expression {s:?}; only a list of names is supported"
-        )),
+        ))
+        }
         other => {
             return bad(format!(
                 "has target_modules {other:?}, expected a list of names"

@@ -407,3 +407,110 @@ fn floats_nested(v: &Value) -> Vec<f64> {
     walk(v, &mut out);
     out
 }
+
+/// `export`: the HF peft folder loads back (as a foreign adapter) with the same hidden states;
+/// the merged backbone, loaded as a plain backbone without modules, gives them too.
+#[test]
+fn exports_reproduce_the_adapters_outputs() {
+    require_minilm();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: RunConfig = serde_json::from_value(json!({
+        "backbone": "all-MiniLM-L6-v2",
+        "modules": [{ "plugin": "lora", "config": { "rank": 4, "alpha": 8, "b_init_std": 0.05 } }],
+        "training": { "max_length": 32 }
+    }))
+    .unwrap();
+    let _ = shared();
+    let task = data::load_task(&data::data_dir(None).unwrap(), "glue-sst2", 4, 4, 13, 1).unwrap();
+    let model = Model::<B>::build(&cfg, &registry(), &Default::default(), 0).unwrap();
+    let head = Head::Classification {
+        prefix: "head".into(),
+        classes: 2,
+    };
+    head.create(&mut model.params.borrow_mut(), 384).unwrap();
+    let saved = dir.path().join("adapter");
+    folder::save(&model, &cfg, &[(&task, &head)], &saved).unwrap();
+    let texts: Vec<_> = task.eval.iter().map(|e| (e.text_a.clone(), None)).collect();
+    let dev = Default::default();
+    let loaded = folder::load::<B>(&saved, &registry(), &dev).unwrap();
+    let want = predict::dump(&loaded, Some(&loaded.manifest.tasks[0]), &texts, &dev).unwrap();
+    let hidden = |d: &Value| floats_nested(&d["last_hidden_state"]);
+
+    let peft = dir.path().join("peft");
+    peft_host::serve::export::hf_peft(&loaded, None, &peft).unwrap();
+    assert!(peft.join("adapter_config.json").exists() && peft.join("heads.safetensors").exists());
+    let mut back = folder::load::<B>(&peft, &registry(), &dev).unwrap();
+    // HF peft's config has no max_length: truncate as the run did.
+    back.manifest.config.training.max_length = 32;
+    let got = predict::dump(&back, None, &texts, &dev).unwrap();
+    let maxdiff = |a: &[f64], b: &[f64]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    let d = maxdiff(&hidden(&got), &hidden(&want));
+    assert!(d < 1e-6, "HF peft export read back differs by {d}");
+
+    let merged = dir.path().join("merged");
+    peft_host::serve::export::merged(&loaded, &merged).unwrap();
+    let plain: RunConfig = serde_json::from_value(json!({
+        "backbone": { "path": merged.to_str().unwrap() },
+        "training": { "max_length": 32 }
+    }))
+    .unwrap();
+    let m = Model::<B>::build(&plain, &registry(), &dev, 0).unwrap();
+    let g = peft_host::bridge::HostGraph::inference(&m.params);
+    let tb = m.tokenize(&texts, 32, &dev).unwrap();
+    let h: Vec<f64> = m
+        .encode(&g, &tb)
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let w = hidden(&want);
+    let diff = h
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    eprintln!("merged backbone vs adapter: max abs diff {diff:e}");
+    assert!(diff < 1e-4, "{diff}");
+    // The unmerged backbone differs, so the merge did something.
+    let base: RunConfig = serde_json::from_value(
+        json!({ "backbone": "all-MiniLM-L6-v2", "training": { "max_length": 32 } }),
+    )
+    .unwrap();
+    let b = Model::<B>::build(&base, &registry(), &dev, 0).unwrap();
+    let g = peft_host::bridge::HostGraph::inference(&b.params);
+    let h0: Vec<f32> = b
+        .encode(&g, &tb)
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap();
+    let moved = h0
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3, "the adapter changed nothing: {moved}");
+    // A plugin without an HF format is refused, naming it.
+    let hdir = tempfile::tempdir().unwrap();
+    let (_, _, _) = saved_model(hdir.path());
+    let l = folder::load::<B>(hdir.path(), &registry(), &dev).unwrap();
+    let e = format!(
+        "{:#}",
+        peft_host::serve::export::hf_peft(&l, None, &hdir.path().join("x")).unwrap_err()
+    );
+    assert!(
+        e.contains("houlsby") && e.contains("no HF peft format"),
+        "{e}"
+    );
+}

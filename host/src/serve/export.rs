@@ -108,7 +108,24 @@ pub fn merged<B: AutodiffBackend>(loaded: &Loaded<B>, out: &Path) -> anyhow::Res
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let weights = tensors(loaded, |p| p.owner == "backbone")?;
+    let mut weights = tensors(loaded, |p| p.owner == "backbone")?;
+    // Weights the host does not use (BERT's pooler) are copied from the original file, so that
+    // transformers finds a complete model.
+    if let Some(dir) = &files.dir {
+        let original = crate::backbone::weights::Checkpoint::read(&dir.join("model.safetensors"))?;
+        let have: std::collections::BTreeSet<String> =
+            weights.iter().map(|(n, _, _)| n.clone()).collect();
+        for (k, (shape, v)) in original.tensors {
+            let bare = ["bert.", "model."]
+                .iter()
+                .find_map(|p| k.strip_prefix(p))
+                .unwrap_or(&k)
+                .to_string();
+            if !have.contains(&k) && !have.contains(&bare) {
+                weights.push((k, shape, v));
+            }
+        }
+    }
     let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     write_atomic(
         &out.join("model.safetensors"),

@@ -101,7 +101,8 @@ fn load_err(dir: &Path) -> String {
 
 #[test]
 fn every_mismatch_is_named() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, Vec<&str>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
         (
             "plugin version",
             Box::new(|v| v["plugins"][0]["version"] = json!("0.0.1")),

@@ -21,7 +21,7 @@ use crate::{
 fn tensors<B: AutodiffBackend>(
     loaded: &Loaded<B>,
     select: impl Fn(&crate::params::Param<B>) -> bool,
-) -> anyhow::Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+) -> anyhow::Result<super::NamedTensors> {
     let store = loaded.model.params.borrow();
     store
         .iter()

@@ -121,8 +121,10 @@ fn kind_from_str(s: &str) -> anyhow::Result<TaskKind> {
 
 /// Hashes already computed in this process, by (path, length, mtime): a run and the verbs that
 /// follow it hash an 87 MB file once.
-static HASHES: Mutex<Option<HashMap<(PathBuf, u64, std::time::SystemTime), String>>> =
-    Mutex::new(None);
+static HASHES: Mutex<Option<HashMap<FileStamp, String>>> = Mutex::new(None);
+
+/// A file as of one moment: path, length, modification time.
+type FileStamp = (PathBuf, u64, std::time::SystemTime);
 
 /// The sha256 (hex) of a file, memoised per process while the file is unchanged.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {

@@ -28,6 +28,9 @@ pub fn code_version() -> String {
     }
 }
 
+/// Named f32 tensors: name, shape, values.
+pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// f32 tensors as a safetensors file.
 pub fn safetensors_bytes(
     tensors: &[(String, Vec<usize>, Vec<f32>)],

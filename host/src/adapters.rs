@@ -234,37 +234,58 @@ fn read_config(dir: &Path) -> anyhow::Result<Json> {
 }
 
 /// The module section (`{"plugin", "name", "config"}`) that rebuilds the module saved in `dir`,
-/// from either format. HF peft LoRA configs map to the `lora` plugin.
+/// from either format, with the built-in plugins (see [`module_spec_in`]).
 pub fn module_spec(dir: &Path) -> anyhow::Result<Json> {
+    module_spec_in(dir, &peft_registry::Registry::with_static_plugins()?)
+}
+
+/// [`module_spec`] with `registry`'s plugins: an HF peft config is offered to each module plugin
+/// (`hf_peft_module_spec` on a fresh instance); the first that recognises it rebuilds it, so
+/// each plugin reads its own foreign formats.
+pub fn module_spec_in(dir: &Path, registry: &peft_registry::Registry) -> anyhow::Result<Json> {
     let cfg = read_config(dir)?;
     if let Some(t) = cfg.get("peft_type") {
-        if t != "LORA" {
-            bail!(
-                "{}: peft_type {t} is not supported (only LORA)",
-                dir.display()
-            );
+        let file = dir.join(CONFIG_FILE);
+        let store = std::cell::RefCell::new(crate::params::ParamStore::<crate::device::Cpu>::new(
+            Default::default(),
+            0,
+        ));
+        let graph = HostGraph::new(&store, false);
+        let args = cfg.to_string();
+        for e in registry
+            .entries()
+            .filter(|e| e.manifest.kind == peft_api::PluginKind::Module)
+        {
+            let Ok(mut obj) = registry.create_module(&e.manifest.name, &Json::Null) else {
+                continue;
+            };
+            let answer = obj
+                .call(
+                    graph.as_abi(),
+                    abi_stable::std_types::RStr::from("hf_peft_module_spec"),
+                    abi_stable::std_types::RStr::from(args.as_str()),
+                )
+                .into_result();
+            match answer {
+                Ok(s) => {
+                    let spec: Json = serde_json::from_str(s.as_str()).with_context(|| {
+                        format!(
+                            "plugin `{}`: unreadable hf_peft_module_spec",
+                            e.manifest.name
+                        )
+                    })?;
+                    if !spec.is_null() {
+                        return Ok(spec);
+                    }
+                }
+                Err(err) if err.is_unsupported() => {}
+                Err(err) => bail!("{}: {err}", file.display()),
+            }
         }
-        let targets = match &cfg["target_modules"] {
-            Json::Array(a) => a.clone(),
-            Json::String(s) => bail!(
-                "{}: target_modules is the regular expression {s:?}; only a list of names is supported",
-                dir.display()
-            ),
-            other => bail!("{}: target_modules is {other}", dir.display()),
-        };
-        let mut c = json!({
-            "rank": cfg["r"],
-            "alpha": cfg["lora_alpha"],
-            "dropout": cfg.get("lora_dropout").cloned().unwrap_or(json!(0.0)),
-            "targets": targets,
-            "use_rslora": cfg.get("use_rslora").cloned().unwrap_or(json!(false)),
-        });
-        match cfg.get("layers_to_transform") {
-            Some(Json::Array(a)) => c["layers"] = Json::Array(a.clone()),
-            Some(Json::Number(n)) => c["layers"] = json!([n]),
-            _ => {}
-        }
-        return Ok(json!({ "plugin": "lora", "config": c }));
+        bail!(
+            "{}: no installed plugin reads HF peft adapters of peft_type {t}",
+            file.display()
+        );
     }
     let f: AdapterFileConfig = serde_json::from_value(cfg).with_context(|| {
         format!(

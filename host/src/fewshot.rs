@@ -36,6 +36,14 @@ pub struct Cell {
     pub examples: usize,
     pub train_seconds: f64,
     pub result: PathBuf,
+    /// The split scored: `test`, or `dev` for a task without a `_test` file (marked in the
+    /// table and left out of its mean).
+    #[serde(default = "test_split")]
+    pub split: String,
+}
+
+fn test_split() -> String {
+    "test".into()
 }
 
 /// Mean and standard deviation over seeds of one method on one task.
@@ -48,6 +56,9 @@ pub struct Summary {
     pub mean: f64,
     /// Sample standard deviation (n - 1); 0 for one seed.
     pub std: f64,
+    /// `test`, or `dev` when some seed of this task was scored on its dev file.
+    #[serde(default = "test_split")]
+    pub split: String,
 }
 
 /// The config of one cell: `base` with the method's module, the task's k-shot split `seed`
@@ -99,6 +110,10 @@ pub fn read_cell(method: &str, task: &str, seed: u64, path: &Path) -> anyhow::Re
         examples: num(ev, "examples")? as usize,
         train_seconds: num(&r["report"], "train_seconds")?,
         result: path.to_path_buf(),
+        split: r["report"]["eval_split"]
+            .as_str()
+            .unwrap_or("test")
+            .to_string(),
     })
 }
 
@@ -138,6 +153,11 @@ pub fn summarise(cells: &[Cell]) -> Vec<Summary> {
                 seeds: v.len(),
                 mean,
                 std,
+                split: if group.iter().any(|c| c.split != "test") {
+                    "dev".into()
+                } else {
+                    "test".into()
+                },
             });
         }
     }
@@ -203,10 +223,16 @@ pub fn markdown(summaries: &[Summary]) -> String {
             tasks.push((&s.task, &s.metric));
         }
     }
+    let on_dev = |task: &str| {
+        summaries
+            .iter()
+            .any(|s| s.task == task && s.split != "test")
+    };
     let mut out = format!("| task | metric | {} |\n", methods.join(" | "));
     out += &format!("| --- | --- |{}\n", " ---: |".repeat(methods.len()));
     for (task, metric) in &tasks {
-        out += &format!("| {task} | {metric} |");
+        let mark = if on_dev(task) { " (dev †)" } else { "" };
+        out += &format!("| {task}{mark} | {metric} |");
         for m in &methods {
             match summaries.iter().find(|s| s.task == *task && s.method == *m) {
                 Some(s) => {
@@ -234,10 +260,11 @@ pub fn markdown(summaries: &[Summary]) -> String {
         }
         out += "\n";
     }
+    // Dev-scored tasks stay out of the mean: their 16 examples are no test set.
     let mean_of = |m: &str| {
         let v: Vec<f64> = summaries
             .iter()
-            .filter(|s| s.method == m)
+            .filter(|s| s.method == m && s.split == "test")
             .map(|s| s.mean)
             .collect();
         100.0 * v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -246,7 +273,19 @@ pub fn markdown(summaries: &[Summary]) -> String {
     for m in &methods {
         out += &format!(" **{:.1}** |", mean_of(m));
     }
-    out + "\n"
+    out += "\n";
+    let dev: Vec<&str> = tasks
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| on_dev(t))
+        .collect();
+    if !dev.is_empty() {
+        out += &format!(
+            "\n† {} has no `_test` file: scored on its k-shot `_dev` file, not comparable with the test scores, and left out of the mean.\n",
+            dev.join(", ")
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -263,6 +302,7 @@ mod tests {
             examples: 10,
             train_seconds: 1.0,
             result: PathBuf::new(),
+            split: "test".into(),
         }
     }
 
@@ -310,6 +350,45 @@ mod tests {
     }
 
     #[test]
+    fn dev_scored_tasks_are_marked_and_left_out_of_the_mean() {
+        let mut dev = cell("lora", "nodev", 13, 0.1);
+        dev.split = "dev".into();
+        let s = summarise(&[cell("lora", "a", 13, 0.8), dev]);
+        assert_eq!((s[0].split.as_str(), s[1].split.as_str()), ("test", "dev"));
+        let table = markdown(&s);
+        assert!(table.contains("| nodev (dev †) | macro_f1 |"), "{table}");
+        assert!(table.contains("| **mean** | | **80.0** |"), "{table}");
+        assert!(table.contains("† nodev has no `_test` file"), "{table}");
+    }
+
+    #[test]
+    fn a_stored_cell_is_reused_only_for_the_same_config_and_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("result.json");
+        let cfg = cell_config(&default_base(), "lora", "glue-rte", 13);
+        let write = |config: &RunConfig, version: &str| {
+            let r = serde_json::json!({ "config": config, "code_version": version });
+            std::fs::write(&path, r.to_string()).unwrap();
+        };
+        write(&cfg, &crate::serve::code_version());
+        assert_eq!(stale_reason(&path, &cfg), None);
+        let mut other = cfg.clone();
+        other.training.steps += 1;
+        write(&other, &crate::serve::code_version());
+        let why = stale_reason(&path, &cfg).unwrap();
+        assert!(why.contains("/training"), "{why}");
+        write(&cfg, "0000000-dirty");
+        let why = stale_reason(&path, &cfg).unwrap();
+        assert!(why.contains("code version 0000000-dirty"), "{why}");
+        std::fs::write(&path, r#"{"config": 1}"#).unwrap();
+        assert!(stale_reason(&path, &cfg)
+            .unwrap()
+            .contains("config differs"));
+        std::fs::write(&path, "{").unwrap();
+        assert!(stale_reason(&path, &cfg).unwrap().contains("unreadable"));
+    }
+
+    #[test]
     fn cells_take_the_task_split_and_seed() {
         let c = cell_config(&default_base(), "lora", "glue-rte", 87);
         assert_eq!(c.task.name, "crossfit/glue-rte");
@@ -334,6 +413,53 @@ pub struct Grid {
     pub methods: Vec<String>,
     pub tasks: Vec<String>,
     pub seeds: Vec<u64>,
+    /// Stop with the reason instead of rerunning a cell whose stored result is stale.
+    pub refuse_stale: bool,
+}
+
+/// Why the stored `result.json` of a cell cannot stand for `cfg` run by this build: another
+/// config, another code version, or unreadable. `None`: it can be reused.
+pub fn stale_reason(result: &Path, cfg: &RunConfig) -> Option<String> {
+    let r: serde_json::Value = match std::fs::read_to_string(result)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+    {
+        Some(r) => r,
+        None => return Some("it is unreadable".into()),
+    };
+    let want = match serde_json::to_value(cfg) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("the requested config does not serialise: {e}")),
+    };
+    if r["config"] != want {
+        let diff = match (&r["config"], &want) {
+            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => b
+                .iter()
+                .filter(|(k, v)| a.get(*k) != Some(*v))
+                .map(|(k, _)| format!("/{k}"))
+                .chain(
+                    a.keys()
+                        .filter(|k| !b.contains_key(*k))
+                        .map(|k| format!("/{k}")),
+                )
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "the whole config".into(),
+        };
+        return Some(format!(
+            "its config differs from the requested one at {diff}"
+        ));
+    }
+    let here = crate::serve::code_version();
+    match r["code_version"].as_str() {
+        Some(v) if v == here => None,
+        Some(v) => Some(format!(
+            "it was computed by code version {v}, this is {here}"
+        )),
+        None => Some(format!(
+            "it records no code version (written before they were recorded); this is {here}"
+        )),
+    }
 }
 
 /// Runs each cell of `grid` not done yet under `out` (finished cells are read back; an
@@ -369,10 +495,27 @@ pub fn run_grid(
                 let dir = out.join(run_name(&cfg));
                 let result = dir.join("result.json");
                 bar.set_message(format!("{task} {method} seed {seed}"));
-                if !result.exists() {
+                let stale = if result.exists() {
+                    stale_reason(&result, &cfg)
+                } else {
+                    None
+                };
+                if let Some(why) = &stale {
+                    if grid.refuse_stale {
+                        bar.abandon();
+                        anyhow::bail!(
+                            "{task} {method} seed {seed}: the stored {} cannot be reused: {why} (rerun without --refuse-stale to recompute it)",
+                            result.display()
+                        );
+                    }
+                    tracing::warn!(cell = %dir.display(), "rerunning: the stored result is stale: {why}");
+                    // Its checkpoint belongs to the same stale run.
+                    let _ = std::fs::remove_dir_all(dir.join("checkpoint"));
+                }
+                if !result.exists() || stale.is_some() {
                     let flags = RunFlags {
                         progress: false,
-                        resume: dir.join("checkpoint/progress.json").exists(),
+                        resume: stale.is_none() && dir.join("checkpoint/progress.json").exists(),
                     };
                     if let Err(e) =
                         with_device(device, |dev| run(&cfg, registry, data, out, flags, dev))

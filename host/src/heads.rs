@@ -6,7 +6,7 @@
 use anyhow::Context;
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
 use peft_api::Init;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     bridge::HostGraph,
@@ -20,7 +20,7 @@ use crate::{
 pub const OPTION_HEAD: &str = "option_head";
 
 /// A task's resolved head.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Head {
     /// `{prefix}.weight [classes, hidden]`, `{prefix}.bias [classes]`.

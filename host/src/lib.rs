@@ -16,10 +16,12 @@ pub mod model;
 pub mod modules;
 pub mod nn;
 pub mod params;
+pub mod paths;
 pub mod plan;
 pub mod report;
 pub mod retrieval;
 pub mod run;
+pub mod serve;
 pub mod train;
 
 // Built-in plugins: referenced so that the linker keeps their inventory registrations.

@@ -56,6 +56,9 @@ pub fn resolve_backbone(spec: &BackboneSpec) -> anyhow::Result<ModelFiles> {
         BackboneSpec::Detailed(d) => d.clone(),
     };
     if let Some(cfg) = &detail.config {
+        if !cfg.is_object() {
+            bail!("backbone `config` must be an object (a config.json's fields), got {cfg}");
+        }
         let tokenizer = match &detail.tokenizer {
             Some(t) => Some(PathBuf::from(t)),
             None => model_dirs()

@@ -1,5 +1,8 @@
 //! The `peft-host` command line: arguments, and one function per verb in [`verbs`]. The work
 //! itself lives in the library (`run`, `fewshot`, `bench`, `config`), so the CLI stays thin.
+mod eval;
+mod export;
+mod predict;
 mod verbs;
 
 use std::{
@@ -41,7 +44,8 @@ pub enum Command {
         /// Module plugin(s) to run with the default config (repeat to compose).
         #[arg(long)]
         plugin: Vec<String>,
-        /// Task data folder (default: PEFT_DATA, then ../shared/data beside the checkout).
+        /// Task data folder (default: PEFT_DATA, then shared/data or data in a folder above the
+        /// current one or the executable).
         #[arg(long, env = "PEFT_DATA")]
         data: Option<PathBuf>,
         /// Override the number of training steps.
@@ -87,6 +91,10 @@ pub enum Command {
         out: PathBuf,
         #[arg(long)]
         quiet: bool,
+        /// Stop with the reason when a stored cell was made by another config or code
+        /// version, instead of rerunning it.
+        #[arg(long)]
+        refuse_stale: bool,
     },
     /// List the plugins: built in and from plugin folders.
     Plugins {
@@ -105,6 +113,68 @@ pub enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+    /// Predict with a saved adapter folder (`<run>/adapter`): text lines or JSONL in, JSONL
+    /// out (label and scores per input).
+    Predict {
+        /// The adapter folder a run wrote.
+        adapter: PathBuf,
+        /// Input file, `-` for stdin: one text per line (TAB between a pair) or JSONL with
+        /// the task's fields (text/sentence/sentence1/premise/question, text_b/sentence2/
+        /// hypothesis/passage, options).
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        #[arg(long, value_enum, default_value_t = crate::serve::predict::InputFormat::Auto)]
+        format: crate::serve::predict::InputFormat,
+        /// The task whose head predicts (when the adapter has several).
+        #[arg(long)]
+        task: Option<String>,
+        /// Write the JSONL here (atomically) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Batch size (default: the run's).
+        #[arg(long)]
+        batch: Option<usize>,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Score a saved adapter folder on its task: run's table, and eval.json.
+    Eval {
+        adapter: PathBuf,
+        /// The task (when the adapter has several).
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long, env = "PEFT_DATA")]
+        data: Option<PathBuf>,
+        /// Score on a fixed subsample of this many examples (0 = all; default: the run's).
+        #[arg(long)]
+        eval_examples: Option<usize>,
+        /// Where to write the JSON (default: <adapter>/eval.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Write a saved adapter in HF peft's format (LoRA), or `--merge`d into the backbone as
+    /// model.safetensors + config.json for transformers.
+    Export {
+        adapter: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        merge: bool,
+        /// `base_model_name_or_path` in HF peft's adapter_config.json (default: the backbone).
+        #[arg(long)]
+        base_model: Option<String>,
+    },
+    /// Dump a saved adapter's outputs (token ids, last hidden states, pooled states, logits)
+    /// on some inputs as JSON, for cross-checks with other implementations.
+    Dump {
+        adapter: PathBuf,
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Show the resolved composition: which module attaches where, parameters per group.
     Plan {
@@ -201,6 +271,56 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schema { out } => verbs::schema(&registry, &out),
         Command::Validate { config } => verbs::validate(&registry, &config),
         Command::Bench { what } => verbs::bench(&registry, device, what),
+        Command::Predict {
+            adapter,
+            input,
+            format,
+            task,
+            out,
+            batch,
+            quiet,
+        } => predict::predict(
+            &registry,
+            device,
+            predict::PredictArgs {
+                adapter,
+                input,
+                format,
+                task,
+                out,
+                batch,
+                quiet,
+            },
+        ),
+        Command::Eval {
+            adapter,
+            task,
+            data,
+            eval_examples,
+            out,
+        } => eval::eval(
+            &registry,
+            device,
+            eval::EvalArgs {
+                adapter,
+                task,
+                data,
+                eval_examples,
+                out,
+            },
+        ),
+        Command::Export {
+            adapter,
+            out,
+            merge,
+            base_model,
+        } => export::export(&registry, device, adapter, out, merge, base_model),
+        Command::Dump {
+            adapter,
+            input,
+            task,
+            out,
+        } => export::dump(&registry, device, adapter, input, task, out),
         Command::Plan {
             config,
             json,
@@ -216,6 +336,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             data,
             out,
             quiet,
+            refuse_stale,
         } => verbs::fewshot(
             &registry,
             device,
@@ -229,6 +350,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 data,
                 out,
                 quiet,
+                refuse_stale,
             },
         ),
         Command::Run {

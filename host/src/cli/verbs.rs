@@ -185,6 +185,7 @@ pub struct FewshotArgs {
     pub data: Option<PathBuf>,
     pub out: PathBuf,
     pub quiet: bool,
+    pub refuse_stale: bool,
 }
 
 /// `fewshot`: the k-shot grid (methods x CrossFit tasks x split seeds).
@@ -216,13 +217,14 @@ pub fn fewshot(
     } else {
         a.tasks
     };
-    let data = crate::data::data_dir(a.data.as_deref())?;
+    let data = crate::paths::data_dir(a.data.as_deref())?;
     on_sigint("checkpointing this cell; rerun the same command to continue");
     let grid = crate::fewshot::Grid {
         base,
         methods,
         tasks,
         seeds: a.seeds,
+        refuse_stale: a.refuse_stale,
     };
     let table = crate::fewshot::run_grid(&grid, registry, &data, &a.out, device, a.quiet);
     finish(table.map(|table| {
@@ -262,7 +264,7 @@ pub fn run(registry: &Registry, device: DeviceSpec, a: RunArgs) -> anyhow::Resul
         cfg.tasks.clear();
         cfg.task.name = t;
     }
-    let data = crate::data::data_dir(a.data.as_deref())?;
+    let data = crate::paths::data_dir(a.data.as_deref())?;
     on_sigint("writing a checkpoint after this step (press again to quit now)");
     let flags = RunFlags {
         progress: !a.quiet,

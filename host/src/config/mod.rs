@@ -2,6 +2,7 @@
 //! sections are validated against the host's JSON Schema (schemars), each plugin section
 //! against the schema in that plugin's manifest; errors name the JSON pointer.
 pub mod priming;
+pub mod checks;
 pub mod validate;
 
 pub use priming::PrimingSpec;

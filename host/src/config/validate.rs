@@ -271,11 +271,17 @@ pub fn validate(text: &str, source: &str, registry: &Registry) -> Result<RunConf
     if !errors.is_empty() {
         return Err(fail(errors));
     }
-    serde_json::from_value::<RunConfig>(doc).map_err(|e| {
+    let cfg = serde_json::from_value::<RunConfig>(doc).map_err(|e| {
         fail(vec![ConfigError {
             pointer: String::new(),
             message: e.to_string(),
             owner: "host".into(),
         }])
-    })
+    })?;
+    // What the schemas cannot say: plugin parsers, attachment on the backbone, task names.
+    let errors = super::checks::check(&cfg, registry);
+    if !errors.is_empty() {
+        return Err(fail(errors));
+    }
+    Ok(cfg)
 }

@@ -196,10 +196,16 @@ pub fn run_generic<B: AutodiffBackend>(
         .iter()
         .map(|r| serde_json::json!({ "task": r.task.name, "head": r.head }))
         .collect();
-    let result =
-        serde_json::json!({ "config": cfg, "plan": plan, "heads": heads, "report": report });
+    let result = serde_json::json!({
+        "config": cfg, "plan": plan, "heads": heads, "report": report,
+        "code_version": crate::serve::code_version(),
+    });
     let path = out.join(&name).join("result.json");
     crate::files::write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())?;
+    // The trained modules and heads, reusable by `predict`, `eval` and `export`.
+    let pairs: Vec<_> = runs.iter().map(|r| (r.task, &r.head)).collect();
+    let adapter = out.join(&name).join("adapter");
+    crate::serve::folder::save(&model, cfg, &pairs, &adapter)?;
     let plot = out.join(&name).join("curves.svg");
     let curves: Vec<crate::report::Curve> = tasks
         .iter()
@@ -241,6 +247,7 @@ pub fn run_generic<B: AutodiffBackend>(
     )?;
     println!("result: {}", path.display());
     println!("curves: {}", plot.display());
+    println!("adapter: {}", adapter.display());
     Ok(())
 }
 

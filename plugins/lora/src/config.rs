@@ -88,3 +88,60 @@ pub fn parse(v: &serde_json::Value) -> Result<LoraConfig> {
     }
     Ok(c)
 }
+
+/// The module section (`{"plugin": "lora", "config": ...}`) that rebuilds the LoRA module an
+/// HF peft `adapter_config.json` describes; `Ok(None)` when it is not a LoRA config (another
+/// plugin may read it). The plugin reads its own foreign formats, so the host needs no
+/// knowledge of HF peft's fields.
+pub fn from_hf_peft(cfg: &serde_json::Value) -> Result<Option<serde_json::Value>> {
+    use serde_json::{json, Value};
+    match cfg.get("peft_type").and_then(Value::as_str) {
+        Some("LORA") => {}
+        _ => return Ok(None),
+    }
+    let bad = |what: String| {
+        Err(ApiError::config(format!(
+            "lora: adapter_config.json {what}"
+        )))
+    };
+    let targets = match cfg.get("target_modules") {
+        Some(Value::Array(a)) => a.clone(),
+        Some(Value::String(s)) => {
+            return bad(format!(
+            "has target_modules as the regular expression {s:?}; only a list of names is supported"
+        ))
+        }
+        other => {
+            return bad(format!(
+                "has target_modules {other:?}, expected a list of names"
+            ))
+        }
+    };
+    let Some(r) = cfg.get("r").and_then(Value::as_u64) else {
+        return bad(format!(
+            "has r = {:?}, expected a positive integer",
+            cfg.get("r")
+        ));
+    };
+    let Some(alpha) = cfg.get("lora_alpha").and_then(Value::as_f64) else {
+        return bad(format!(
+            "has lora_alpha = {:?}, expected a number",
+            cfg.get("lora_alpha")
+        ));
+    };
+    let mut c = json!({
+        "rank": r,
+        "alpha": alpha,
+        "dropout": cfg.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
+        "targets": targets,
+        "use_rslora": cfg.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+    });
+    match cfg.get("layers_to_transform") {
+        Some(Value::Array(a)) => c["layers"] = Value::Array(a.clone()),
+        Some(Value::Number(n)) => c["layers"] = json!([n]),
+        _ => {}
+    }
+    // What this plugin would refuse is refused here, with HF peft's field names.
+    parse(&c)?;
+    Ok(Some(json!({ "plugin": "lora", "config": c })))
+}

@@ -10,6 +10,9 @@
 //!   and the file key of each parameter (`base_model.model.<site>.lora_A.weight`).
 //! - `hf_peft_import` (args: an `adapter_config.json`): checks that it describes this module and
 //!   answers the same key mapping.
+//! - `hf_peft_module_spec` (args: an `adapter_config.json`; no attach needed): the module section
+//!   (`{"plugin": "lora", "config"}`) that rebuilds the module it describes, `null` when it is
+//!   not a LoRA config.
 mod config;
 
 pub use config::{LoraConfig, Stack};
@@ -315,6 +318,9 @@ impl Module for Lora {
                     "tensors": self.key_map(),
                 }))
             }
+            // Needs no attached module: the host asks a fresh instance which module an HF
+            // peft folder describes before building the model.
+            "hf_peft_module_spec" => Ok(config::from_hf_peft(&args)?.unwrap_or(Value::Null)),
             "hf_peft_import" => {
                 self.check_peft_config(&args)?;
                 Ok(json!({ "tensors": self.key_map() }))

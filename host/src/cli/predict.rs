@@ -1,0 +1,57 @@
+//! `predict`: a saved adapter's predictions on new text, as JSONL.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+
+use crate::{
+    device::DeviceSpec,
+    serve::{folder, predict as p},
+};
+
+/// Arguments of `predict`.
+pub struct PredictArgs {
+    pub adapter: PathBuf,
+    pub input: PathBuf,
+    pub format: p::InputFormat,
+    pub task: Option<String>,
+    pub out: Option<PathBuf>,
+    pub batch: Option<usize>,
+    pub quiet: bool,
+}
+
+pub fn predict(
+    registry: &peft_registry::Registry,
+    device: DeviceSpec,
+    a: PredictArgs,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(device == DeviceSpec::Cpu, "predict runs on the CPU backend");
+    let dev = Default::default();
+    // Inputs are read and checked whole before the model is built or anything is written.
+    let examples = p::read_inputs(&a.input, a.format)?;
+    let loaded = folder::load::<crate::device::Cpu>(&a.adapter, registry, &dev)?;
+    let task = loaded.task(a.task.as_deref())?.clone();
+    let batch = a
+        .batch
+        .unwrap_or(loaded.manifest.config.training.batch_size);
+    let stats = match &a.out {
+        Some(path) => {
+            let mut buf = Vec::new();
+            let s = p::predict(&loaded, &task, &examples, batch, !a.quiet, &mut buf, &dev)?;
+            crate::files::write_atomic(path, &buf)
+                .with_context(|| format!("writing {}", path.display()))?;
+            s
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut lock = stdout.lock();
+            p::predict(&loaded, &task, &examples, batch, !a.quiet, &mut lock, &dev)?
+        }
+    };
+    if !a.quiet {
+        eprintln!(
+            "{} examples in {:.2} s ({:.1} examples/s, batch {batch}, task {})",
+            stats.examples, stats.seconds, stats.examples_per_second, task.name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,129 @@
+//! What `validate` checks beyond the schemas, without loading any weights, so that a config that
+//! validates does not fail in `run` on something a reader could have caught: each plugin's own
+//! parser (bounds its schema cannot say, e.g. LoRA's `dropout < 1`), each module's attachment
+//! on the named backbone built from its `config.json` alone, weights initialised, not read
+//! (layers out of range, targets that match nothing), and task names against the data folder.
+use std::cell::RefCell;
+
+use peft_api::BackboneInfo;
+use peft_registry::Registry;
+
+use super::{validate::ConfigError, RunConfig};
+use crate::{
+    backbone::AnyBackbone,
+    model::resolve_backbone,
+    modules::{Composition, ModuleRequest},
+    params::ParamStore,
+};
+
+fn host(pointer: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        pointer: pointer.into(),
+        message: message.into(),
+        owner: "host".into(),
+    }
+}
+
+/// The backbone built from its `config.json` alone, its weights initialised rather than read
+/// (modules may look up backbone weights by name when they attach), in `store`.
+pub fn backbone_info(
+    cfg: &RunConfig,
+    store: &mut ParamStore<crate::device::Cpu>,
+) -> Result<BackboneInfo, String> {
+    let files = resolve_backbone(&cfg.backbone).map_err(|e| format!("{e:#}"))?;
+    let b = AnyBackbone::build(&files.name, &files.config, None, store)
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(crate::backbone::Backbone::<crate::device::Cpu>::info(&b).clone())
+}
+
+/// Problems `run` would hit, found without weights. `cfg` passed the schemas.
+pub fn check(cfg: &RunConfig, registry: &Registry) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    // Each plugin's own parser: bounds the schema cannot express.
+    let mut parsed = vec![false; cfg.modules.len()];
+    for (i, m) in cfg.modules.iter().enumerate() {
+        match registry.create_module(&m.plugin, &m.config) {
+            Ok(_) => parsed[i] = true,
+            Err(e) => errors.push(ConfigError {
+                pointer: format!("/modules/{i}/config"),
+                message: format!("the plugin rejects it: {e}"),
+                owner: registry
+                    .get(&m.plugin)
+                    .map(|e| format!("plugin {} {}", e.manifest.name, e.manifest.version))
+                    .unwrap_or_else(|_| "host".into()),
+            }),
+        }
+    }
+    let mut store = ParamStore::<crate::device::Cpu>::new(Default::default(), 0);
+    match backbone_info(cfg, &mut store) {
+        Err(e) => errors.push(host("/backbone", e)),
+        Ok(info) => {
+            let store = RefCell::new(store);
+            for (i, m) in cfg.modules.iter().enumerate().filter(|(i, _)| parsed[*i]) {
+                let request = ModuleRequest {
+                    plugin: m.plugin.clone(),
+                    name: m.instance_name(),
+                    config: m.config.clone(),
+                };
+                let owner = registry
+                    .get(&m.plugin)
+                    .map(|e| format!("plugin {} {}", e.manifest.name, e.manifest.version))
+                    .unwrap_or_else(|_| "host".into());
+                match Composition::attach(registry, &[request], &info, &store) {
+                    Err(e) => errors.push(ConfigError {
+                        pointer: format!("/modules/{i}"),
+                        message: e.to_string(),
+                        owner,
+                    }),
+                    Ok(c) if c.modules[0].plan.attachments.is_empty() => errors.push(host(
+                        format!("/modules/{i}"),
+                        format!(
+                            "module `{}` (plugin {}) attaches at no site of backbone `{}` ({} layers): check its layer and target selection",
+                            m.instance_name(),
+                            m.plugin,
+                            info.name,
+                            info.num_layers
+                        ),
+                    )),
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    // Task names against the data folder, when one is found (run needs it anyway).
+    if let Ok(data) = crate::paths::data_dir(None) {
+        let specs = cfg.task_specs();
+        for (i, t) in specs.iter().enumerate() {
+            let pointer = if cfg.tasks.is_empty() {
+                "/task/name".to_string()
+            } else {
+                format!("/tasks/{i}/name")
+            };
+            if let Some(why) = unknown_task(&data, &t.name) {
+                errors.push(host(pointer, why));
+            }
+        }
+    }
+    errors
+}
+
+/// Why `name` names no task in `data`, judged by its folder (the files are not read).
+pub fn unknown_task(data: &std::path::Path, name: &str) -> Option<String> {
+    let folder = if name == "glue-sst2" {
+        data.join("glue/sst2")
+    } else if let Some(t) = name.strip_prefix("glue/") {
+        data.join("glue").join(t)
+    } else if let Some(t) = name.strip_prefix("superglue/") {
+        data.join("superglue")
+            .join(if t == "rte" { "rte_superglue" } else { t })
+    } else {
+        data.join("crossfit")
+            .join(name.strip_prefix("crossfit/").unwrap_or(name))
+    };
+    (!folder.is_dir()).then(|| {
+        format!(
+            "unknown task `{name}`: the data folder has no {} (GLUE tasks are glue/<task>, SuperGLUE superglue/<task>, others CrossFit names)",
+            folder.strip_prefix(data).unwrap_or(&folder).display()
+        )
+    })
+}

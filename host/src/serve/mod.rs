@@ -1,0 +1,60 @@
+//! Using what a run trained: the adapter folder every run saves ([`folder`]), predictions on
+//! new text ([`predict`]), scoring a saved adapter on a task ([`eval`]), dumping outputs for
+//! cross-checks and HF formats out ([`export`]). The CLI verbs only call in here.
+pub mod eval;
+pub mod export;
+pub mod folder;
+pub mod predict;
+
+use std::collections::BTreeMap;
+
+use safetensors::{tensor::TensorView, Dtype};
+
+/// The peft-host build: the git commit it was compiled from (with `-dirty` when the tree had
+/// uncommitted changes), or the crate version when built outside a git checkout. Grids reuse a
+/// stored result only when this equals the running build's.
+pub fn code_version() -> String {
+    match option_env!("PEFT_HOST_GIT_COMMIT") {
+        Some(c) if !c.is_empty() => format!(
+            "{}{}",
+            c,
+            if option_env!("PEFT_HOST_GIT_DIRTY") == Some("1") {
+                "-dirty"
+            } else {
+                ""
+            }
+        ),
+        _ => format!("peft-host {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Named f32 tensors: name, shape, values.
+pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// f32 tensors as a safetensors file.
+pub fn safetensors_bytes(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: BTreeMap<String, String>,
+) -> anyhow::Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((k, s, _), b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
+    Ok(safetensors::serialize(views, Some(meta))?)
+}
+
+/// A tensor's values as f32.
+pub(crate) fn floats<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> anyhow::Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}

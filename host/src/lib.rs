@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod data;
 pub mod device;
 pub mod fewshot;
@@ -27,6 +28,7 @@ use lora as _;
 use meta_adapters as _;
 use parallel_adapter as _;
 use prefix as _;
+use hypert5 as _;
 
 /// The registry of built-in plugins plus those in plugin folders; unusable libraries are
 /// reported and skipped.

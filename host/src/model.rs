@@ -109,6 +109,8 @@ pub struct Model<B: AutodiffBackend> {
     pub modules: Composition,
     pub tokenizer: Option<tokenizers::Tokenizer>,
     pub num_labels: usize,
+    /// The `context_encoder` section's plugin (HyperT5), run at the start of each pass.
+    pub context_encoder: Option<crate::context::ContextEncoder<B>>,
 }
 
 impl<B: AutodiffBackend> Model<B> {
@@ -139,6 +141,17 @@ impl<B: AutodiffBackend> Model<B> {
         let modules =
             Composition::attach(registry, &requests, Backbone::<B>::info(&backbone), &params)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let context_encoder = match &config.context_encoder {
+            Some(spec) => Some(crate::context::ContextEncoder::attach(
+                spec,
+                registry,
+                Backbone::<B>::info(&backbone),
+                &params,
+                &modules,
+                config.seed,
+            )?),
+            None => None,
+        };
         if num_labels > 0 {
             crate::heads::Head::Classification {
                 prefix: "head".into(),
@@ -156,6 +169,7 @@ impl<B: AutodiffBackend> Model<B> {
             modules,
             tokenizer,
             num_labels,
+            context_encoder,
         })
     }
 

@@ -131,10 +131,7 @@ pub fn run_generic<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     let progress = flags.progress;
-    for (section, spec) in [
-        ("context_encoder", &cfg.context_encoder),
-        ("priming", &cfg.priming),
-    ] {
+    for (section, spec) in [("priming", &cfg.priming)] {
         if let Some(spec) = spec {
             anyhow::bail!(
                 "/{section}: plugin `{}` is valid, but {section} plugins are not run by this host version yet; remove the section",

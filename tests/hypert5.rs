@@ -311,3 +311,53 @@ fn minilm_hypert5_learns_a_crossfit_task() {
     eprintln!("minilm hypert5: loss {first:.4} -> {last:.4}, {:.3} s/step, {} trainable", r.seconds_per_step, r.trainable_parameters);
     assert!(last < first, "loss should fall: {first} -> {last}");
 }
+
+/// Save and load the hypermodel; adapt a new task by generation alone and save the generated
+/// LoRA in the format of a trained one (HF peft's), which loads back into a plain LoRA module.
+#[test]
+fn hypermodel_round_trip_and_adapting_a_task_saves_an_ordinary_module() {
+    let modules = json!([
+        { "name": "gen", "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } },
+        { "name": "plain", "plugin": "lora", "config": { "rank": 2 } }
+    ]);
+    let (_, model) = tiny(json!(["lora"]), modules.clone(), 4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Perturb the hypermodel so that a load is visible.
+    {
+        let mut store = model.params.borrow_mut();
+        let name = "hypert5.head.lora.dense2.bias";
+        let v = vals(store.tensor::<1>(name).unwrap()).iter().map(|x| x + 0.25).collect::<Vec<_>>();
+        let t = peft_host::params::from_values::<B>(&[v.len()], v, &Default::default()).unwrap();
+        store.assign(name, t).unwrap();
+    }
+    let n = peft_host::hypermodel::save(&model, &json!({}), dir.path()).unwrap();
+    assert!(n > 10);
+    let (_, fresh) = tiny(json!(["lora"]), modules, 4).unwrap();
+    let task = toy_task(8);
+    let enc = fresh.context_encoder.as_ref().unwrap();
+    let before = enc.generated(&fresh, &task).unwrap();
+    peft_host::hypermodel::load(&fresh, dir.path()).unwrap();
+    let after = enc.generated(&fresh, &task).unwrap();
+    let orig = model.context_encoder.as_ref().unwrap().generated(&model, &task).unwrap();
+    let a = |v: &[(String, Value<B>)]| vals(ft::<B, 4>(float(&v[0].1)));
+    assert_eq!(a(&after), a(&orig), "loaded hypermodel generates what the saved one did");
+    assert_ne!(a(&before), a(&after), "the load changed nothing");
+    // Adapt: generate into `plain`, save it like a trained LoRA, load into another model.
+    enc.hyper_init(&fresh, &task, "plain", "hypert5.lora").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    peft_host::adapters::save(&fresh, "plain", &json!({ "rank": 2 }), None, out.path()).unwrap();
+    assert!(out.path().join("adapter_config.json").exists());
+    let (_, other) = tiny(json!(["lora"]), json!([
+        { "name": "gen", "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } },
+        { "name": "plain", "plugin": "lora", "config": { "rank": 2 } }
+    ]), 4).unwrap();
+    peft_host::adapters::load(&other, "plain", out.path()).unwrap();
+    let name = "plain.encoder.layer.1.attention.self.value.lora_B";
+    let got = vals(other.params.borrow().tensor::<2>(name).unwrap());
+    let want = vals(fresh.params.borrow().tensor::<2>(name).unwrap());
+    assert_eq!(got, want);
+    // The B of layer 1's value projection is generated slot [1, 1] of `hypert5.lora_B`.
+    let gen = vals(ft::<B, 4>(float(&after.iter().find(|(n, _)| n == "hypert5.lora_B").unwrap().1)));
+    let off = (2 + 1) * 32 * 2;
+    assert_eq!(want, gen[off..off + 64].to_vec());
+}

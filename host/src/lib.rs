@@ -12,6 +12,7 @@ pub mod device;
 pub mod fewshot;
 pub mod files;
 pub mod heads;
+pub mod hypermodel;
 pub mod metrics;
 pub mod model;
 pub mod modules;

@@ -361,3 +361,66 @@ fn hypermodel_round_trip_and_adapting_a_task_saves_an_ordinary_module() {
     let off = (2 + 1) * 32 * 2;
     assert_eq!(want, gen[off..off + 64].to_vec());
 }
+
+/// Figures for the report (slow, run by hand): a smoke version of stage-2 multi-task
+/// hyper-training of the shipped config (`tests/configs/e2e/hypert5-crossfit-stage2.json`) cut
+/// to 3 tasks and a few steps, then adapting an unseen task by generation vs by 16-shot
+/// prefix fine-tuning.
+/// `cargo test -p peft-tests --test hypert5 -- --ignored stage2_smoke --nocapture`
+#[test]
+#[ignore]
+fn stage2_smoke_and_adaptation_timing() {
+    require_minilm();
+    let steps: usize = std::env::var("HYPERT5_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let mut cfg = read_json(&root().join("tests/configs/e2e/hypert5-crossfit-stage2.json"));
+    cfg["tasks"] = json!(cfg["tasks"].as_array().unwrap()[..3]);
+    cfg["training"]["steps"] = steps.into();
+    cfg["training"]["warmup_steps"] = 0.into();
+    for t in cfg["tasks"].as_array_mut().unwrap() {
+        t["eval_examples"] = 8.into();
+    }
+    let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
+    let registry = Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+    let data_dir = data::data_dir(None).unwrap();
+    let tasks: Vec<Task> = cfg.task_specs().iter().map(|s| data::load(&data_dir, s, cfg.seed).unwrap()).collect();
+    let mut runs = Vec::new();
+    for (t, s) in tasks.iter().zip(cfg.task_specs()) {
+        let head = peft_host::heads::Head::resolve(&s, t, "head").unwrap();
+        head.create(&mut model.params.borrow_mut(), 384).unwrap();
+        runs.push(peft_host::train::TaskRun { task: t, head });
+    }
+    let r = peft_host::train::train_tasks(&model, &runs, &cfg, &Default::default(), &Default::default()).unwrap();
+    let hyper = model.params.borrow().counts_by_group()["hyper"].0;
+    eprintln!("stage 2 smoke: {steps} steps over {:?}, losses {:?}", r.batches_per_task, r.losses);
+    eprintln!("hypermodel parameters: {hyper}; {:.2} s/step (batch 4, k 8)", r.seconds_per_step);
+    let dir = tempfile::tempdir().unwrap();
+    peft_host::hypermodel::save(&model, &json!({}), dir.path()).unwrap();
+    peft_host::hypermodel::load(&model, dir.path()).unwrap();
+    // Adapting an unseen task: one forward pass of the hypermodel over 16 shots.
+    let unseen = data::load_task(&data_dir, "glue-rte", 16, 8, 13, 42).unwrap();
+    let enc = model.context_encoder.as_ref().unwrap();
+    let t0 = std::time::Instant::now();
+    let gen = enc.generated(&model, &unseen);
+    let generation = t0.elapsed().as_secs_f64();
+    // k = 8 in this config; generation from all 16 shots with k = 16 below.
+    gen.unwrap();
+    // 16-shot prefix fine-tuning on the same task, from random init.
+    let ft_steps = 5;
+    let ft_cfg: RunConfig = serde_json::from_value(json!({
+        "backbone": "all-MiniLM-L6-v2",
+        "modules": [{ "plugin": "prefix", "config": { "prefix_length": 8 } }],
+        "task": { "name": "glue-rte", "head": "option_scoring" },
+        "training": { "steps": ft_steps, "batch_size": 4, "learning_rate": 1e-2, "max_length": 96,
+                      "train_groups": ["adapter"], "eval_every": 0 }
+    })).unwrap();
+    let ft_model = Model::<B>::build(&ft_cfg, &registry, &Default::default(), 0).unwrap();
+    let head = peft_host::heads::Head::resolve(&ft_cfg.task, &unseen, "head").unwrap();
+    head.create(&mut ft_model.params.borrow_mut(), 384).unwrap();
+    let runs = [peft_host::train::TaskRun { task: &unseen, head }];
+    let fr = peft_host::train::train_tasks(&ft_model, &runs, &ft_cfg, &Default::default(), &Default::default()).unwrap();
+    eprintln!(
+        "adapt glue-rte: generation {generation:.2} s (k = {}); prefix fine-tuning {:.2} s/step (batch 4), {:.1} s for {ft_steps} steps incl. none of the evaluation",
+        enc.k, fr.seconds_per_step, fr.train_seconds
+    );
+}

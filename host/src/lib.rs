@@ -6,11 +6,13 @@ pub mod bench;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod data;
 pub mod device;
 pub mod fewshot;
 pub mod files;
 pub mod heads;
+pub mod hypermodel;
 pub mod metrics;
 pub mod model;
 pub mod modules;
@@ -35,6 +37,7 @@ use parallel_adapter as _;
 use pha as _;
 use prefix as _;
 use reptile as _;
+use hypert5 as _;
 
 /// The registry of built-in plugins plus those in plugin folders; unusable libraries are
 /// reported and skipped.

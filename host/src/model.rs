@@ -114,6 +114,8 @@ pub struct Model<B: AutodiffBackend> {
     pub num_labels: usize,
     /// Task name -> the id published as `task_ids` in its passes (`train::mixed`).
     pub task_index: RefCell<std::collections::BTreeMap<String, i64>>,
+    /// The `context_encoder` section's plugin (HyperT5), run at the start of each pass.
+    pub context_encoder: Option<crate::context::ContextEncoder<B>>,
 }
 
 impl<B: AutodiffBackend> Model<B> {
@@ -144,6 +146,17 @@ impl<B: AutodiffBackend> Model<B> {
         let modules =
             Composition::attach(registry, &requests, Backbone::<B>::info(&backbone), &params)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let context_encoder = match &config.context_encoder {
+            Some(spec) => Some(crate::context::ContextEncoder::attach(
+                spec,
+                registry,
+                Backbone::<B>::info(&backbone),
+                &params,
+                &modules,
+                config.seed,
+            )?),
+            None => None,
+        };
         if num_labels > 0 {
             crate::heads::Head::Classification {
                 prefix: "head".into(),
@@ -162,6 +175,7 @@ impl<B: AutodiffBackend> Model<B> {
             tokenizer,
             num_labels,
             task_index: Default::default(),
+            context_encoder,
         })
     }
 

@@ -137,12 +137,6 @@ pub fn run_generic<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     let progress = flags.progress;
-    if let Some(spec) = &cfg.context_encoder {
-        anyhow::bail!(
-            "/context_encoder: plugin `{}` is valid, but context_encoder plugins are not run by this host version yet; remove the section",
-            spec.plugin
-        );
-    }
     if cfg.priming.is_some() {
         return priming::run_two_stage::<B>(cfg, registry, data, out, flags, device);
     }

@@ -43,6 +43,12 @@ pub struct LoraConfig {
     /// Parameter group of A and B.
     #[serde(default = "default_group")]
     pub group: String,
+    /// Read A and B from the pass-context tensors `<name>_A` `[L, 2, r, in]` and `<name>_B`
+    /// `[L, 2, out, r]` (a context encoder's output, e.g. `hypert5.lora`; index 0 of the
+    /// second dim is the query projection, 1 the value projection) instead of own parameters;
+    /// none are created then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_context: Option<String>,
 }
 
 fn default_rank() -> usize {

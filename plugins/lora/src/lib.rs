@@ -25,6 +25,9 @@ use serde_json::{json, Value};
 /// One adapted projection.
 struct Target {
     site: String,
+    /// Layer index, and the slot in generated `[L, 2, ...]` tensors (0 query, 1 value).
+    layer: usize,
+    slot: Option<usize>,
     in_features: usize,
     out_features: usize,
 }
@@ -213,6 +216,28 @@ impl Module for Lora {
                 continue;
             }
             let (p, r) = (&site.name, c.rank);
+            let slot = generated_slot(&site.role);
+            if c.from_context.is_some() && (slot.is_none() || site.layer.is_none()) {
+                return Err(ApiError::config(format!(
+                    "lora: from_context covers the query and value projections of each layer; `{p}` (role {}) is not one",
+                    site.role
+                )));
+            }
+            self.targets.push(Target {
+                site: p.clone(),
+                layer: site.layer.unwrap_or(0),
+                slot,
+                in_features: site.in_features,
+                out_features: site.out_features,
+            });
+            plan.attachments.push(Attachment {
+                site: p.clone(),
+                role: format!("lora (r={r}, alpha={})", c.alpha),
+                unfreeze: vec![],
+            });
+            if c.from_context.is_some() {
+                continue;
+            }
             ctx.create_param(
                 &format!("{p}.lora_A"),
                 &[r, site.in_features],
@@ -233,16 +258,6 @@ impl Module for Lora {
                 &c.group,
                 b_init,
             )?;
-            self.targets.push(Target {
-                site: p.clone(),
-                in_features: site.in_features,
-                out_features: site.out_features,
-            });
-            plan.attachments.push(Attachment {
-                site: p.clone(),
-                role: format!("lora (r={r}, alpha={})", c.alpha),
-                unfreeze: vec![],
-            });
         }
         if plan.attachments.is_empty() {
             let roles: std::collections::BTreeSet<&str> = backbone
@@ -279,10 +294,17 @@ impl Module for Lora {
         } else {
             0.0
         };
+        let (a, b) = match &self.config.from_context {
+            Some(name) => self.generated(ctx, name, t)?,
+            None => (
+                ctx.param(&format!("{p}.lora_A"))?,
+                ctx.param(&format!("{p}.lora_B"))?,
+            ),
+        };
         let delta = x
             .dropout(dropout)?
-            .linear(ctx.param(&format!("{p}.lora_A"))?, None)?
-            .linear(ctx.param(&format!("{p}.lora_B"))?, None)?
+            .linear(a, None)?
+            .linear(b, None)?
             .mul_scalar(self.scale())?;
         Ok(vec![y.add(delta)?])
     }
@@ -290,6 +312,11 @@ impl Module for Lora {
     fn merge(&mut self, ctx: &Ctx<'_>) -> Result<()> {
         if self.merged {
             return Err(ApiError::invalid("lora: already merged"));
+        }
+        if self.config.from_context.is_some() {
+            return Err(ApiError::config(
+                "lora: generated (from_context) updates change per task and cannot be merged",
+            ));
         }
         self.fold(ctx, 1.0)?;
         self.merged = true;
@@ -305,9 +332,33 @@ impl Module for Lora {
         Ok(())
     }
 
-    fn call(&mut self, _ctx: &Ctx<'_>, name: &str, args: Value) -> Result<Value> {
+    fn call(&mut self, ctx: &Ctx<'_>, name: &str, args: Value) -> Result<Value> {
         match name {
             "merged" => Ok(json!(self.merged)),
+            "context_inputs" => Ok(json!(self
+                .config
+                .from_context
+                .iter()
+                .flat_map(|n| [format!("{n}_A"), format!("{n}_B")])
+                .collect::<Vec<_>>())),
+            // Hyper-init: generated A and B (`{"context": name}`) into own parameters.
+            "load_generated" => {
+                if self.config.from_context.is_some() {
+                    return Err(ApiError::config(
+                        "lora: load_generated needs own parameters (no from_context)",
+                    ));
+                }
+                let source = args
+                    .get("context")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ApiError::invalid("lora: load_generated needs {\"context\": name}"))?;
+                for t in &self.targets {
+                    let (a, b) = self.generated(ctx, source, t)?;
+                    ctx.assign_param(&format!("{}.lora_A", t.site), a.detach()?)?;
+                    ctx.assign_param(&format!("{}.lora_B", t.site), b.detach()?)?;
+                }
+                Ok(json!(self.targets.len()))
+            }
             "hf_peft_export" => {
                 let base = args
                     .get("base_model_name_or_path")
@@ -327,6 +378,58 @@ impl Module for Lora {
             }
             other => Err(ApiError::unsupported(other)),
         }
+    }
+}
+
+/// The slot of a projection in generated `[L, 2, ...]` tensors: 0 query, 1 value.
+fn generated_slot(role: &str) -> Option<usize> {
+    match role {
+        "query" | "q" | "q_proj" => Some(0),
+        "value" | "v" | "v_proj" => Some(1),
+        _ => None,
+    }
+}
+
+impl Lora {
+    /// A `[r, in]` and B `[out, r]` of target `t` from the context tensors `<name>_A`
+    /// `[L, 2, r, in]` and `<name>_B` `[L, 2, out, r]`.
+    fn generated<'c>(
+        &self,
+        ctx: &'c Ctx<'_>,
+        name: &str,
+        t: &Target,
+    ) -> Result<(Tensor<'c>, Tensor<'c>)> {
+        let slot = t.slot.ok_or_else(|| {
+            ApiError::config(format!(
+                "lora: `{}` is neither a query nor a value projection; generated LoRA covers only those",
+                t.site
+            ))
+        })?;
+        let r = self.config.rank;
+        let mut out = Vec::new();
+        for (suffix, want) in [("A", [r, t.in_features]), ("B", [t.out_features, r])] {
+            let key = format!("{name}_{suffix}");
+            let g = ctx.context(&key).map_err(|e| {
+                e.context(format_args!(
+                    "lora: reading generated `{key}` (from_context); is a context encoder producing it?"
+                ))
+            })?;
+            let shape = g.shape()?;
+            if shape.len() != 4 || shape[0] <= t.layer || shape[1] != 2 || shape[2..] != want {
+                return Err(ApiError::shape(format!(
+                    "lora: context `{key}` has shape {shape:?}; layer {} needs [>{}, 2, {}, {}] (rank {r})",
+                    t.layer, t.layer, want[0], want[1]
+                )));
+            }
+            out.push(
+                g.slice(0, t.layer, t.layer + 1)?
+                    .slice(1, slot, slot + 1)?
+                    .reshape(&[want[0] as i64, want[1] as i64])?,
+            );
+        }
+        let b = out.pop().unwrap();
+        let a = out.pop().unwrap();
+        Ok((a, b))
     }
 }
 

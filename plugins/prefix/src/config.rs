@@ -37,6 +37,11 @@ pub struct PrefixConfig {
     /// Parameter group of the prefixes (and the MLP).
     #[serde(default = "default_group")]
     pub group: String,
+    /// Read the prefixes from this pass-context tensor `[L, 2, P, heads * head_dim]` (a
+    /// context encoder's output, e.g. `hypert5.prefix`) instead of own parameters; none are
+    /// created then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_context: Option<String>,
 }
 
 fn default_length() -> usize {

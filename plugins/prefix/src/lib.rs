@@ -22,6 +22,8 @@ pub struct Prefix {
     sites: Vec<String>,
     /// `heads * head_dim` of the keys and values.
     kv_dim: usize,
+    /// Layer index per attachment (where generated prefixes are read from).
+    layers: Vec<usize>,
 }
 
 impl Prefix {
@@ -30,6 +32,7 @@ impl Prefix {
             config,
             sites: Vec::new(),
             kv_dim: 0,
+            layers: Vec::new(),
         }
     }
 
@@ -47,6 +50,9 @@ impl Prefix {
     /// The prefix keys and values of attachment `i`, each `[P, kv_dim]`.
     fn prefixes<'c>(&self, ctx: &'c Ctx<'_>, i: usize) -> Result<(Tensor<'c>, Tensor<'c>)> {
         let d = self.kv_dim;
+        if let Some(name) = &self.config.from_context {
+            return self.generated(ctx, name, i);
+        }
         if !self.config.reparameterize {
             let s = &self.sites[i];
             return Ok((
@@ -66,6 +72,34 @@ impl Prefix {
         let bias = ctx.param("reparam.dense2.bias")?.slice(0, a, b)?;
         let kv = h.linear(w, Some(bias))?;
         Ok((kv.clone().slice(1, 0, d)?, kv.slice(1, d, 2 * d)?))
+    }
+}
+
+impl Prefix {
+    /// Attachment `i`'s key and value prefixes from the context tensor `name`
+    /// `[L, 2, P, kv_dim]` (computed, e.g. by a hypermodel: gradients flow back into it).
+    fn generated<'c>(
+        &self,
+        ctx: &'c Ctx<'_>,
+        name: &str,
+        i: usize,
+    ) -> Result<(Tensor<'c>, Tensor<'c>)> {
+        let g = ctx.context(name).map_err(|e| {
+            e.context(format_args!(
+                "prefix: reading generated prefixes `{name}` (from_context); is a context encoder producing it?"
+            ))
+        })?;
+        let shape = g.shape()?;
+        let (p, d, l) = (self.config.prefix_length, self.kv_dim, self.layers[i]);
+        if shape.len() != 4 || shape[0] <= l || shape[1] != 2 || shape[2] != p || shape[3] != d {
+            return Err(ApiError::shape(format!(
+                "prefix: context `{name}` has shape {shape:?}; layer {l} needs [>{l}, 2, {p}, {d}] (prefix_length {p})"
+            )));
+        }
+        let layer = g.slice(0, l, l + 1)?;
+        let key = layer.clone().slice(1, 0, 1)?.reshape(&[p as i64, d as i64])?;
+        let value = layer.slice(1, 1, 2)?.reshape(&[p as i64, d as i64])?;
+        Ok((key, value))
     }
 }
 
@@ -108,7 +142,13 @@ impl Module for Prefix {
                 continue;
             }
             let s = &site.name;
-            if !c.reparameterize {
+            if c.from_context.is_some() && site.layer.is_none() {
+                return Err(ApiError::config(format!(
+                    "prefix: from_context needs layered kv sites; `{s}` has no layer index"
+                )));
+            }
+            self.layers.push(site.layer.unwrap_or(0));
+            if !c.reparameterize && c.from_context.is_none() {
                 for kv in ["prefix_key", "prefix_value"] {
                     ctx.create_param(
                         &format!("{s}.{kv}"),
@@ -133,6 +173,11 @@ impl Module for Prefix {
                 "prefix: no attention key/value site matched (roles={:?}, layers={:?}, stack={:?}) on backbone `{}`",
                 c.roles, c.layers, c.stack, backbone.name
             )));
+        }
+        if c.reparameterize && c.from_context.is_some() {
+            return Err(ApiError::config(
+                "prefix: `reparameterize` and `from_context` exclude each other (generated prefixes need no MLP)",
+            ));
         }
         if c.reparameterize {
             let (h, hid, out) = (
@@ -188,6 +233,38 @@ impl Module for Prefix {
             .map_err(|_| ApiError::invalid("prefix: a key/value site passes [k, v]"))?;
         let (pk, pv) = self.prefixes(ctx, i)?;
         Ok(vec![prepend(ctx, pk, k)?, prepend(ctx, pv, v)?])
+    }
+
+    /// `context_inputs`: the context tensors this module reads. `load_generated`
+    /// (`{"context": name}`): hyper-init, writes generated prefixes `[L, 2, P, kv_dim]` from the
+    /// pass context into this module's own (plain) parameters with `ASSIGN_PARAM`.
+    fn call(&mut self, ctx: &Ctx<'_>, name: &str, args: Value) -> Result<Value> {
+        match name {
+            "context_inputs" => Ok(serde_json::json!(self
+                .config
+                .from_context
+                .iter()
+                .collect::<Vec<_>>())),
+            "load_generated" => {
+                if self.config.reparameterize || self.config.from_context.is_some() {
+                    return Err(ApiError::config(
+                        "prefix: load_generated needs plain prefixes (no reparameterize, no from_context)",
+                    ));
+                }
+                let source = args
+                    .get("context")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| ApiError::invalid("prefix: load_generated needs {\"context\": name}"))?;
+                for i in 0..self.sites.len() {
+                    let (k, v) = self.generated(ctx, source, i)?;
+                    let s = &self.sites[i];
+                    ctx.assign_param(&format!("{s}.prefix_key"), k.detach()?)?;
+                    ctx.assign_param(&format!("{s}.prefix_value"), v.detach()?)?;
+                }
+                Ok(serde_json::json!(self.sites.len()))
+            }
+            other => Err(ApiError::unsupported(other)),
+        }
     }
 }
 

@@ -1,0 +1,426 @@
+//! HyperT5: the context-encoder host path and the `hypert5` plugin on a tiny BERT (shapes,
+//! gradients, hyper-init, caching, bad input) and on MiniLM with a real CrossFit task.
+use burn::tensor::{activation, Tensor};
+use peft_host::{
+    bridge::{
+        value::ft,
+        HostGraph, Value,
+    },
+    config::RunConfig,
+    data::{self, Example, Task, TaskKind},
+    model::Model,
+};
+use peft_registry::Registry;
+use peft_tests::*;
+use serde_json::json;
+
+fn vals<BK: burn::tensor::backend::Backend, const D: usize>(t: Tensor<BK, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+fn float(v: &Value<B>) -> burn::tensor::ops::FloatTensor<B> {
+    match v {
+        Value::Float(f) => f.clone(),
+        Value::Int(_) => panic!("expected a float context tensor"),
+    }
+}
+
+/// Tiny BERT (2 layers, hidden 32, 4 heads) with HyperT5 generating what `generate` asks for.
+fn tiny(generate: serde_json::Value, modules: serde_json::Value, k: usize) -> anyhow::Result<(RunConfig, Model<B>)> {
+    let mut cfg = tiny_bert_config(modules);
+    cfg["backbone"]["config"]["hidden_dropout_prob"] = 0.0.into();
+    cfg["backbone"]["config"]["attention_probs_dropout_prob"] = 0.0.into();
+    cfg["context_encoder"] = json!({ "plugin": "hypert5", "config": {
+        "generate": generate, "prefix_length": 3, "lora_rank": 2, "head_hidden": 16,
+        "k": k, "max_length": 24, "out_init_std": 0.05
+    }});
+    let cfg: RunConfig = serde_json::from_value(cfg)?;
+    let registry = Registry::with_static_plugins()?;
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0)?;
+    Ok((cfg, model))
+}
+
+fn both() -> (RunConfig, Model<B>) {
+    tiny(
+        json!(["prefix", "lora"]),
+        json!([
+            { "plugin": "prefix", "config": { "prefix_length": 3, "from_context": "hypert5.prefix" } },
+            { "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } }
+        ]),
+        4,
+    )
+    .unwrap()
+}
+
+fn toy_task(n: usize) -> Task {
+    let words = ["good", "bad", "fine", "awful", "great", "poor", "nice", "sad"];
+    let ex = |i: usize| Example {
+        text_a: format!("the film was {} and {}", words[i % 8], words[(i * 3 + 1) % 8]),
+        label: i % 2,
+        ..Default::default()
+    };
+    Task {
+        name: "toy".into(),
+        kind: TaskKind::Classification,
+        labels: vec!["negative".into(), "positive".into()],
+        train: (0..n).map(ex).collect(),
+        eval: (n..n + 6).map(ex).collect(),
+        eval_split: "dev".into(),
+        metric: "accuracy".into(),
+    }
+}
+
+#[test]
+fn generates_prefix_and_lora_of_the_documented_shapes() {
+    let (_, model) = both();
+    let task = toy_task(8);
+    let graph = HostGraph::new(&model.params, true);
+    let batch: Vec<&Example> = task.train.iter().take(2).collect();
+    let enc = model.context_encoder.as_ref().unwrap();
+    enc.before_train_pass(&model, &graph, &task, &batch).unwrap();
+    let ctx = graph.context.borrow();
+    let shape = |n: &str| ft::<B, 4>(float(&ctx[n])).dims();
+    // [L, 2, P, heads * head_dim]; A [L, 2, r, H], B [L, 2, H, r].
+    assert_eq!(shape("hypert5.prefix"), [2, 2, 3, 32]);
+    assert_eq!(shape("hypert5.lora_A"), [2, 2, 2, 32]);
+    assert_eq!(shape("hypert5.lora_B"), [2, 2, 32, 2]);
+    // Hypermodel: embedding LayerNorm + 2 copied layers + queries + pooling + 2 heads.
+    let counts = model.params.borrow().counts_by_group();
+    let layer = 4 * (32 * 32 + 32) + 2 * 32 + (64 * 32 + 64) + (32 * 64 + 32) + 2 * 32;
+    let pool = 4 * (32 * 32 + 32) + 2 * 32;
+    let heads = (16 * 32 + 16) + (2 * 3 * 32 * 16 + 2 * 3 * 32) + (16 * 32 + 16) + (4 * 2 * 32 * 16 + 4 * 2 * 32);
+    assert_eq!(counts["hyper"].0, 2 * 32 + 2 * layer + 4 * 32 + pool + heads);
+    // The copy starts equal to the backbone.
+    let store = model.params.borrow();
+    let a = vals(store.tensor::<2>("hypert5.encoder.layer.1.intermediate.dense.weight").unwrap());
+    let b = vals(store.tensor::<2>("encoder.layer.1.intermediate.dense.weight").unwrap());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn downstream_loss_reaches_every_hypermodel_parameter() {
+    let (_, model) = both();
+    model.set_trainable(&["hyper".into()]).unwrap();
+    let task = toy_task(8);
+    let graph = HostGraph::new(&model.params, true);
+    let batch: Vec<&Example> = task.train.iter().take(3).collect();
+    peft_host::context::before_train_pass(&model, &graph, &task, &batch).unwrap();
+    let texts: Vec<_> = batch.iter().map(|e| (e.text_a.clone(), None)).collect();
+    let tb = model.tokenize(&texts, 24, &Default::default()).unwrap();
+    let h = model.pooled(&graph, &tb).unwrap();
+    let loss = (h.clone() * h).sum();
+    let grads = loss.backward();
+    let store = model.params.borrow();
+    let mut n = 0;
+    for p in store.trainable() {
+        assert_eq!(p.group, "hyper");
+        let g = match p.shape.len() {
+            1 => vals(store.tensor::<1>(&p.name).unwrap().grad(&grads).unwrap()),
+            _ => vals(store.tensor::<2>(&p.name).unwrap().grad(&grads).unwrap()),
+        };
+        assert!(g.iter().any(|&x| x != 0.0), "gradient of {} is zero", p.name);
+        assert!(g.iter().all(|x| x.is_finite()), "gradient of {} is not finite", p.name);
+        n += 1;
+    }
+    assert!(n > 40, "only {n} hypermodel parameters");
+}
+
+/// The prefix generator head through the op API against the same head written in burn, fed
+/// the same (detached) learned-query summary.
+#[test]
+fn generator_head_gradients_match_native_burn() {
+    let (_, model) = tiny(
+        json!(["prefix"]),
+        json!([{ "plugin": "prefix", "config": { "prefix_length": 3, "from_context": "hypert5.prefix" } }]),
+        4,
+    )
+    .unwrap();
+    model.set_trainable(&["hyper".into()]).unwrap();
+    let task = toy_task(8);
+    let names = ["dense1.weight", "dense1.bias", "dense2.weight", "dense2.bias"]
+        .map(|n| format!("hypert5.head.prefix.{n}"));
+    let r: Tensor<B, 4> = Tensor::from_data(
+        burn::tensor::TensorData::new(
+            (0..2 * 2 * 3 * 32).map(|i| ((i * 29 % 31) as f32 - 15.0) / 10.0).collect::<Vec<_>>(),
+            [2, 2, 3, 32],
+        ),
+        &Default::default(),
+    );
+    let grads_of = |grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| -> Vec<Vec<f32>> {
+        let store = model.params.borrow();
+        names
+            .iter()
+            .map(|n| match store.get(n).unwrap().shape.len() {
+                1 => vals(store.tensor::<1>(n).unwrap().grad(grads).unwrap()),
+                _ => vals(store.tensor::<2>(n).unwrap().grad(grads).unwrap()),
+            })
+            .collect()
+    };
+    // Through the plugin.
+    let graph = HostGraph::new(&model.params, true);
+    peft_host::context::before_train_pass(&model, &graph, &task, &[]).unwrap();
+    let (gen, summary) = {
+        let ctx = graph.context.borrow();
+        (ft::<B, 4>(float(&ctx["hypert5.prefix"])), ft::<B, 2>(float(&ctx["hypert5.summary"])))
+    };
+    let api = grads_of(&(gen.clone() * r.clone()).sum().backward());
+    // Natively, from the detached summary.
+    let store = model.params.borrow();
+    let p2 = |n: &str| store.tensor::<2>(n).unwrap();
+    let p1 = |n: &str| store.tensor::<1>(n).unwrap().unsqueeze::<2>();
+    let z = summary.detach();
+    let hid = activation::gelu(z.matmul(p2(&names[0]).transpose()) + p1(&names[1]));
+    let native_gen = (hid.matmul(p2(&names[2]).transpose()) + p1(&names[3])).reshape([2, 2, 3, 32]);
+    let d = vals(gen.detach() - native_gen.clone().detach()).into_iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(d < 1e-5, "generated prefixes differ by {d}");
+    drop(store);
+    let native = grads_of(&(native_gen * r).sum().backward());
+    for ((n, a), b) in names.iter().zip(&api).zip(&native) {
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max).max(1.0);
+        assert!(d < 1e-5 * scale, "gradient of {n} differs by {d}");
+        assert!(a.iter().any(|&x| x != 0.0), "gradient of {n} is zero");
+    }
+}
+
+#[test]
+fn evaluation_generates_once_per_task_and_hyper_init_lands_values() {
+    let (_, model) = tiny(
+        json!(["prefix"]),
+        json!([
+            { "name": "gen", "plugin": "prefix", "config": { "prefix_length": 3, "from_context": "hypert5.prefix" } },
+            { "name": "plain", "plugin": "prefix", "config": { "prefix_length": 3 } }
+        ]),
+        4,
+    )
+    .unwrap();
+    let task = toy_task(8);
+    let enc = model.context_encoder.as_ref().unwrap();
+    let a = enc.generated(&model, &task).unwrap();
+    let b = enc.generated(&model, &task).unwrap();
+    let prefix = |v: &[(String, Value<B>)]| {
+        vals(ft::<B, 4>(float(&v.iter().find(|(n, _)| n == "hypert5.prefix").unwrap().1)))
+    };
+    assert_eq!(prefix(&a), prefix(&b));
+    // Hyper-init: generated values into the plain module's own leaves.
+    enc.hyper_init(&model, &task, "plain", "hypert5.prefix").unwrap();
+    let gen = prefix(&a);
+    let store = model.params.borrow();
+    for l in 0..2 {
+        for (j, kv) in ["prefix_key", "prefix_value"].iter().enumerate() {
+            let name = format!("plain.encoder.layer.{l}.attention.self.kv.{kv}");
+            let got = vals(store.tensor::<2>(&name).unwrap());
+            let off = (l * 2 + j) * 3 * 32;
+            assert_eq!(got, gen[off..off + 3 * 32].to_vec(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    // An output no module reads.
+    let err = tiny(json!(["prefix", "lora"]), json!([{ "plugin": "prefix", "config": { "prefix_length": 3, "from_context": "hypert5.prefix" } }]), 4)
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("`hypert5.lora_A`, which no module reads"), "{err:#}");
+    // A module reading what is not generated.
+    let err = tiny(json!(["prefix"]), json!([
+        { "plugin": "prefix", "config": { "prefix_length": 3, "from_context": "hypert5.prefix" } },
+        { "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } }
+    ]), 4).err().unwrap();
+    assert!(format!("{err:#}").contains("reads context `hypert5.lora_A`"), "{err:#}");
+    // A prefix of the wrong length.
+    let (_, model) = tiny(json!(["prefix"]), json!([{ "plugin": "prefix", "config": { "prefix_length": 5, "from_context": "hypert5.prefix" } }]), 4).unwrap();
+    let task = toy_task(8);
+    let graph = HostGraph::new(&model.params, true);
+    peft_host::context::before_train_pass(&model, &graph, &task, &[]).unwrap();
+    let tb = model.tokenize(&[("x".into(), None)], 8, &Default::default()).unwrap();
+    let err = model.pooled(&graph, &tb).unwrap_err();
+    assert!(err.to_string().contains("prefix_length 5"), "{err}");
+    // Fewer examples than k.
+    let (_, model) = both();
+    let few = toy_task(3);
+    let graph = HostGraph::new(&model.params, true);
+    let err = peft_host::context::before_train_pass(&model, &graph, &few, &[]).unwrap_err();
+    assert!(format!("{err:#}").contains("has 3 training examples, but the context encoder `hypert5` reads k = 4"), "{err:#}");
+    // Long examples are truncated to max_length (24), not refused.
+    let mut long = toy_task(8);
+    long.train[0].text_a = "word ".repeat(400);
+    let graph = HostGraph::new(&model.params, true);
+    let enc = model.context_encoder.as_ref().unwrap();
+    let shots: Vec<&Example> = long.train.iter().take(4).collect();
+    enc.encode(&model, &graph, &long, &shots).unwrap();
+    // On a T5 backbone the plugin says what it does not support yet.
+    let mut cfg = json!({
+        "backbone": { "path": fixture("t5-v1_1-tiny").to_string_lossy() },
+        "modules": [{ "plugin": "prefix", "config": { "from_context": "hypert5.prefix" } }],
+        "context_encoder": { "plugin": "hypert5" }
+    });
+    cfg["training"] = json!({});
+    if let Ok(cfg) = serde_json::from_value::<RunConfig>(cfg) {
+        let registry = Registry::with_static_plugins().unwrap();
+        if let Err(e) = Model::<B>::build(&cfg, &registry, &Default::default(), 0) {
+            assert!(format!("{e:#}").contains("hypert5"), "{e:#}");
+        }
+    }
+}
+
+/// Trains only `hyper` (HyperT5) on a toy task through the ordinary trainer; the loss falls.
+#[test]
+fn hyper_training_on_a_toy_task_lowers_the_loss() {
+    let (mut cfg, model) = both();
+    cfg.training = serde_json::from_value(json!({
+        "steps": 40, "batch_size": 4, "learning_rate": 2e-2, "max_length": 24, "train_groups": ["hyper", "head"]
+    }))
+    .unwrap();
+    let task = toy_task(8);
+    let head = peft_host::heads::Head::resolve(&Default::default(), &task, "head").unwrap();
+    head.create(&mut model.params.borrow_mut(), 32).unwrap();
+    let runs = [peft_host::train::TaskRun { task: &task, head }];
+    let r = peft_host::train::train_tasks(&model, &runs, &cfg, &Default::default(), &Default::default()).unwrap();
+    let mean = |v: &[(usize, f64)]| v.iter().map(|(_, l)| l).sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&r.losses[..5]), mean(&r.losses[r.losses.len() - 5..]));
+    assert!(last < 0.8 * first, "loss should fall: {first} -> {last}");
+    assert!(r.last("toy").unwrap().score.is_finite());
+}
+
+/// MiniLM on a real CrossFit task (option scoring): HyperT5 with 2 copied layers, k = 8.
+#[test]
+fn minilm_hypert5_learns_a_crossfit_task() {
+    require_minilm();
+    let cfg = json!({
+        "backbone": "all-MiniLM-L6-v2",
+        "modules": [{ "plugin": "prefix", "config": { "prefix_length": 4, "from_context": "hypert5.prefix" } }],
+        "context_encoder": { "plugin": "hypert5", "config": {
+            "prefix_length": 4, "encoder_layers": 2, "k": 8, "max_length": 48, "head_hidden": 64
+        }},
+        "task": { "name": "emo", "head": "option_scoring" },
+        "training": { "steps": 16, "batch_size": 4, "learning_rate": 1e-3, "max_length": 64,
+                      "train_groups": ["hyper"], "eval_every": 0 }
+    });
+    let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
+    let registry = Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+    let task = data::load_task(&data::data_dir(None).unwrap(), "emo", 16, 16, 13, 3).unwrap();
+    let head = peft_host::heads::Head::resolve(&cfg.task, &task, "head").unwrap();
+    head.create(&mut model.params.borrow_mut(), 384).unwrap();
+    let runs = [peft_host::train::TaskRun { task: &task, head }];
+    let r = peft_host::train::train_tasks(&model, &runs, &cfg, &Default::default(), &Default::default()).unwrap();
+    let mean = |v: &[(usize, f64)]| v.iter().map(|(_, l)| l).sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&r.losses[..4]), mean(&r.losses[r.losses.len() - 4..]));
+    eprintln!("minilm hypert5: loss {first:.4} -> {last:.4}, {:.3} s/step, {} trainable", r.seconds_per_step, r.trainable_parameters);
+    assert!(last < first, "loss should fall: {first} -> {last}");
+}
+
+/// Save and load the hypermodel; adapt a new task by generation alone and save the generated
+/// LoRA in the format of a trained one (HF peft's), which loads back into a plain LoRA module.
+#[test]
+fn hypermodel_round_trip_and_adapting_a_task_saves_an_ordinary_module() {
+    let modules = json!([
+        { "name": "gen", "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } },
+        { "name": "plain", "plugin": "lora", "config": { "rank": 2 } }
+    ]);
+    let (_, model) = tiny(json!(["lora"]), modules.clone(), 4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Perturb the hypermodel so that a load is visible.
+    {
+        let mut store = model.params.borrow_mut();
+        let name = "hypert5.head.lora.dense2.bias";
+        let v = vals(store.tensor::<1>(name).unwrap()).iter().map(|x| x + 0.25).collect::<Vec<_>>();
+        let t = peft_host::params::from_values::<B>(&[v.len()], v, &Default::default()).unwrap();
+        store.assign(name, t).unwrap();
+    }
+    let n = peft_host::hypermodel::save(&model, &json!({}), dir.path()).unwrap();
+    assert!(n > 10);
+    let (_, fresh) = tiny(json!(["lora"]), modules, 4).unwrap();
+    let task = toy_task(8);
+    let enc = fresh.context_encoder.as_ref().unwrap();
+    let before = enc.generated(&fresh, &task).unwrap();
+    peft_host::hypermodel::load(&fresh, dir.path()).unwrap();
+    let after = enc.generated(&fresh, &task).unwrap();
+    let orig = model.context_encoder.as_ref().unwrap().generated(&model, &task).unwrap();
+    let a = |v: &[(String, Value<B>)]| vals(ft::<B, 4>(float(&v[0].1)));
+    assert_eq!(a(&after), a(&orig), "loaded hypermodel generates what the saved one did");
+    assert_ne!(a(&before), a(&after), "the load changed nothing");
+    // Adapt: generate into `plain`, save it like a trained LoRA, load into another model.
+    enc.hyper_init(&fresh, &task, "plain", "hypert5.lora").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    peft_host::adapters::save(&fresh, "plain", &json!({ "rank": 2 }), None, out.path()).unwrap();
+    assert!(out.path().join("adapter_config.json").exists());
+    let (_, other) = tiny(json!(["lora"]), json!([
+        { "name": "gen", "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } },
+        { "name": "plain", "plugin": "lora", "config": { "rank": 2 } }
+    ]), 4).unwrap();
+    peft_host::adapters::load(&other, "plain", out.path()).unwrap();
+    let name = "plain.encoder.layer.1.attention.self.value.lora_B";
+    let got = vals(other.params.borrow().tensor::<2>(name).unwrap());
+    let want = vals(fresh.params.borrow().tensor::<2>(name).unwrap());
+    assert_eq!(got, want);
+    // The B of layer 1's value projection is generated slot [1, 1] of `hypert5.lora_B`.
+    let gen = vals(ft::<B, 4>(float(&after.iter().find(|(n, _)| n == "hypert5.lora_B").unwrap().1)));
+    let off = (2 + 1) * 32 * 2;
+    assert_eq!(want, gen[off..off + 64].to_vec());
+}
+
+/// Figures for the report (slow, run by hand): a smoke version of stage-2 multi-task
+/// hyper-training of the shipped config (`tests/configs/e2e/hypert5-crossfit-stage2.json`) cut
+/// to 3 tasks and a few steps, then adapting an unseen task by generation vs by 16-shot
+/// prefix fine-tuning.
+/// `cargo test -p peft-tests --test hypert5 -- --ignored stage2_smoke --nocapture`
+#[test]
+#[ignore]
+fn stage2_smoke_and_adaptation_timing() {
+    require_minilm();
+    let steps: usize = std::env::var("HYPERT5_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    let mut cfg = read_json(&root().join("tests/configs/e2e/hypert5-crossfit-stage2.json"));
+    cfg["tasks"] = json!(cfg["tasks"].as_array().unwrap()[..3]);
+    cfg["training"]["steps"] = steps.into();
+    cfg["training"]["warmup_steps"] = 0.into();
+    for t in cfg["tasks"].as_array_mut().unwrap() {
+        t["eval_examples"] = 8.into();
+    }
+    let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
+    let registry = Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+    let data_dir = data::data_dir(None).unwrap();
+    let tasks: Vec<Task> = cfg.task_specs().iter().map(|s| data::load(&data_dir, s, cfg.seed).unwrap()).collect();
+    let mut runs = Vec::new();
+    for (t, s) in tasks.iter().zip(cfg.task_specs()) {
+        let head = peft_host::heads::Head::resolve(&s, t, "head").unwrap();
+        head.create(&mut model.params.borrow_mut(), 384).unwrap();
+        runs.push(peft_host::train::TaskRun { task: t, head });
+    }
+    let r = peft_host::train::train_tasks(&model, &runs, &cfg, &Default::default(), &Default::default()).unwrap();
+    let hyper = model.params.borrow().counts_by_group()["hyper"].0;
+    eprintln!("stage 2 smoke: {steps} steps over {:?}, losses {:?}", r.batches_per_task, r.losses);
+    eprintln!("hypermodel parameters: {hyper}; {:.2} s/step (batch 4, k 8)", r.seconds_per_step);
+    let dir = tempfile::tempdir().unwrap();
+    peft_host::hypermodel::save(&model, &json!({}), dir.path()).unwrap();
+    peft_host::hypermodel::load(&model, dir.path()).unwrap();
+    // Adapting an unseen task: one forward pass of the hypermodel over 16 shots.
+    let unseen = data::load_task(&data_dir, "glue-rte", 16, 8, 13, 42).unwrap();
+    let enc = model.context_encoder.as_ref().unwrap();
+    let t0 = std::time::Instant::now();
+    let gen = enc.generated(&model, &unseen);
+    let generation = t0.elapsed().as_secs_f64();
+    // k = 8 in this config; generation from all 16 shots with k = 16 below.
+    gen.unwrap();
+    // 16-shot prefix fine-tuning on the same task, from random init.
+    let ft_steps = 5;
+    let ft_cfg: RunConfig = serde_json::from_value(json!({
+        "backbone": "all-MiniLM-L6-v2",
+        "modules": [{ "plugin": "prefix", "config": { "prefix_length": 8 } }],
+        "task": { "name": "glue-rte", "head": "option_scoring" },
+        "training": { "steps": ft_steps, "batch_size": 4, "learning_rate": 1e-2, "max_length": 96,
+                      "train_groups": ["adapter"], "eval_every": 0 }
+    })).unwrap();
+    let ft_model = Model::<B>::build(&ft_cfg, &registry, &Default::default(), 0).unwrap();
+    let head = peft_host::heads::Head::resolve(&ft_cfg.task, &unseen, "head").unwrap();
+    head.create(&mut ft_model.params.borrow_mut(), 384).unwrap();
+    let runs = [peft_host::train::TaskRun { task: &unseen, head }];
+    let fr = peft_host::train::train_tasks(&ft_model, &runs, &ft_cfg, &Default::default(), &Default::default()).unwrap();
+    eprintln!(
+        "adapt glue-rte: generation {generation:.2} s (k = {}); prefix fine-tuning {:.2} s/step (batch 4), {:.1} s for {ft_steps} steps incl. none of the evaluation",
+        enc.k, fr.seconds_per_step, fr.train_seconds
+    );
+}

@@ -1,5 +1,5 @@
 pub use peft_api::blocks::Stack;
-use peft_api::{ApiError, Result};
+use peft_api::{sdk::MethodConfig, ApiError, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,7 @@ pub struct LoraConfig {
     #[serde(default)]
     pub b_init_std: f64,
     /// Parameter group of A and B.
-    #[serde(default = "default_group")]
+    #[serde(default = "peft_api::sdk::adapter_group")]
     pub group: String,
 }
 
@@ -60,31 +60,23 @@ pub fn default_targets(architecture: &str) -> Vec<String> {
     };
     t.iter().map(|s| s.to_string()).collect()
 }
-fn default_group() -> String {
-    "adapter".into()
-}
 
-impl Default for LoraConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults")
-    }
-}
+impl MethodConfig for LoraConfig {
+    const NAME: &'static str = "lora";
+    const DESCRIPTION: &'static str =
+        "Low-rank updates (alpha/r) B A on chosen projections, mergeable, HF peft files (Hu et al., 2021)";
+    const GROUPS: &'static [&'static str] = &["adapter"];
 
-/// Parses a config section; `null` means all defaults.
-pub fn parse(v: &serde_json::Value) -> Result<LoraConfig> {
-    if v.is_null() {
-        return Ok(LoraConfig::default());
+    fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(ApiError::config("lora: rank must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ApiError::config(format!(
+                "lora: dropout {} is not in [0, 1)",
+                self.dropout
+            )));
+        }
+        Ok(())
     }
-    let c: LoraConfig =
-        serde_json::from_value(v.clone()).map_err(|e| ApiError::config(format!("lora: {e}")))?;
-    if c.rank == 0 {
-        return Err(ApiError::config("lora: rank must be at least 1"));
-    }
-    if !(0.0..1.0).contains(&c.dropout) {
-        return Err(ApiError::config(format!(
-            "lora: dropout {} is not in [0, 1)",
-            c.dropout
-        )));
-    }
-    Ok(c)
 }

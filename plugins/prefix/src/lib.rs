@@ -11,10 +11,9 @@ mod config;
 
 pub use config::{PrefixConfig, Stack};
 use peft_api::{
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin,
-    PluginKind, Result, SiteCall, SiteKind, Tensor,
+    sdk, ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Module, Result, SiteCall,
+    SiteKind, Tensor,
 };
-use serde_json::Value;
 
 pub struct Prefix {
     config: PrefixConfig,
@@ -128,12 +127,17 @@ impl Module for Prefix {
                 unfreeze: vec![],
             });
         }
-        if plan.attachments.is_empty() {
-            return Err(ApiError::config(format!(
-                "prefix: no attention key/value site matched (roles={:?}, layers={:?}, stack={:?}) on backbone `{}`",
-                c.roles, c.layers, c.stack, backbone.name
-            )));
-        }
+        let selection = format!(
+            "roles={:?}, layers={:?}, stack={:?}",
+            c.roles, c.layers, c.stack
+        );
+        let plan = sdk::nonempty(
+            "prefix",
+            plan,
+            "attention key/value site",
+            selection,
+            backbone,
+        )?;
         if c.reparameterize {
             let (h, hid, out) = (
                 backbone.hidden_size,
@@ -191,28 +195,4 @@ impl Module for Prefix {
     }
 }
 
-pub struct PrefixPlugin;
-
-impl Plugin for PrefixPlugin {
-    fn manifest() -> Manifest {
-        Manifest {
-            name: "prefix".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Module,
-            api_version: String::new(),
-            description:
-                "Learned key/value prefixes prepended in every attention layer, optional MLP re-parameterisation (Li & Liang, 2021)"
-                    .into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(PrefixConfig))
-                .expect("schema"),
-            groups: vec!["adapter".into()],
-        }
-    }
-
-    fn create_module(config: &Value) -> Result<Box<dyn Module>> {
-        let config = config::parse(config)?;
-        Ok(Box::new(Prefix::new(config)))
-    }
-}
-
-peft_api::export_plugin!(prefix, PrefixPlugin);
+peft_api::module_plugin!(prefix, PrefixPlugin, PrefixConfig => Prefix::new);

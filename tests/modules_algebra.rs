@@ -525,6 +525,7 @@ fn t5_like_info() -> (peft_api::BackboneInfo, Vec<String>) {
     let (d, inner, ff, layers) = (16, 16, 32, 2);
     let mut sites = Vec::new();
     let mut weights = Vec::new();
+    let mut norms = std::collections::BTreeMap::new();
     for stack in ["encoder", "decoder"] {
         let attns: &[(&str, &str, &str)] = if stack == "encoder" {
             &[("layer.0.SelfAttention", "self_attention", "attention")]
@@ -560,6 +561,10 @@ fn t5_like_info() -> (peft_api::BackboneInfo, Vec<String>) {
                 site(format!("{p}.{a}.o"), SiteKind::Projection, "o", inner, d);
                 site(format!("{p}.{sub}"), SiteKind::Sublayer, sub, d, d);
                 weights.push(format!("{p}.layer.{i}.layer_norm.weight"));
+                norms.insert(
+                    format!("{p}.{sub}"),
+                    vec![format!("{p}.layer.{i}.layer_norm.weight")],
+                );
             }
             let f = attns.len();
             site(
@@ -578,6 +583,10 @@ fn t5_like_info() -> (peft_api::BackboneInfo, Vec<String>) {
             );
             site(format!("{p}.ffn"), SiteKind::Sublayer, "ffn", d, d);
             weights.push(format!("{p}.layer.{f}.layer_norm.weight"));
+            norms.insert(
+                format!("{p}.ffn"),
+                vec![format!("{p}.layer.{f}.layer_norm.weight")],
+            );
         }
     }
     let info = peft_api::BackboneInfo {
@@ -591,6 +600,7 @@ fn t5_like_info() -> (peft_api::BackboneInfo, Vec<String>) {
         intermediate_size: ff,
         vocab_size: 100,
         sites,
+        norms,
     };
     (info, weights)
 }

@@ -52,6 +52,11 @@ pub struct BackboneInfo {
     pub intermediate_size: usize,
     pub vocab_size: usize,
     pub sites: Vec<SiteInfo>,
+    /// HF keys of the norm parameters that go with each sublayer site, by site name: the
+    /// LayerNorm after it (post-norm: BERT, BART) or the norm of its input (pre-norm: T5). What a
+    /// module adapting the sublayer may train too (AdapterBias). Empty from older hosts.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub norms: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl BackboneInfo {

@@ -9,7 +9,8 @@
 //! See `docs/architecture.md` for the versioning rules and how each method maps onto this API.
 //!
 //! Plugin authors use the safe layer: [`Tensor`], [`Ctx`], the [`Module`] / [`Priming`] /
-//! [`ContextEncoderImpl`] traits and [`export_plugin!`].
+//! [`ContextEncoderImpl`] traits and [`export_plugin!`]; a module method is its config and its
+//! maths with the SDK in [`sdk`] ([`module_plugin!`]).
 
 pub mod abi;
 pub mod blocks;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod info;
 pub mod ops;
 pub mod plugin;
+pub mod sdk;
 pub mod tensor;
 pub mod version;
 

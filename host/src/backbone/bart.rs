@@ -156,6 +156,7 @@ impl BartConfig {
     pub fn info(&self, name: &str) -> BackboneInfo {
         let d = self.d_model;
         let mut sites = Vec::new();
+        let mut norms = std::collections::BTreeMap::new();
         for (stack, layers, _, ffn) in self.stacks() {
             let mut site = |name: String, kind, layer, role: &str, a, b| {
                 sites.push(SiteInfo {
@@ -170,6 +171,16 @@ impl BartConfig {
             };
             for l in 0..layers {
                 let p = format!("{stack}.layers.{l}");
+                // Post-norm: the LayerNorm after each sublayer.
+                let ln = |name: &str| {
+                    ["weight", "bias"]
+                        .map(|w| format!("{p}.{name}.{w}"))
+                        .to_vec()
+                };
+                for (a, _, sub) in Self::attentions(stack) {
+                    norms.insert(format!("{p}.{sub}"), ln(&format!("{a}_layer_norm")));
+                }
+                norms.insert(format!("{p}.ffn"), ln("final_layer_norm"));
                 for (a, kv_role, sub) in Self::attentions(stack) {
                     for m in ["q_proj", "k_proj", "v_proj"] {
                         site(format!("{p}.{a}.{m}"), SiteKind::Projection, l, m, d, d);
@@ -224,6 +235,7 @@ impl BartConfig {
             intermediate_size: self.encoder_ffn_dim,
             vocab_size: self.vocab_size,
             sites,
+            norms,
         }
     }
 }

@@ -173,6 +173,17 @@ impl BertConfig {
                 h,
             ));
         }
+        let mut norms = std::collections::BTreeMap::new();
+        for l in 0..self.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            for (site, ln) in [
+                ("attention", "attention.output.LayerNorm"),
+                ("ffn", "output.LayerNorm"),
+            ] {
+                let keys = ["weight", "bias"].map(|w| format!("{p}.{ln}.{w}"));
+                norms.insert(format!("{p}.{site}"), keys.to_vec());
+            }
+        }
         BackboneInfo {
             name: name.to_string(),
             architecture: "bert".into(),
@@ -184,6 +195,7 @@ impl BertConfig {
             intermediate_size: i,
             vocab_size: self.vocab_size,
             sites,
+            norms,
         }
     }
 }

@@ -7,21 +7,17 @@
 use std::sync::Arc;
 
 use burn::{
-    backend::{
-        autodiff::{
-            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
-            grads::Gradients,
-            ops::{Backward, Ops, OpsKind},
-        },
-        Flex,
-    },
+    backend::Flex,
     tensor::{backend::AutodiffBackend, Tensor},
 };
 use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{ad, flat, into_b, primitive, Buf},
+    autodiff::{
+        ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        OpsKind,
+    },
     dropout::draw_keep,
     gemm::{matmul, Mat, MatMut, Parallelism},
     softmax::softmax_rows,

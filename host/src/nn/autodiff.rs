@@ -11,6 +11,13 @@ use burn::{
 };
 use peft_api::ApiError;
 
+/// What every tracked kernel uses from burn's autodiff, in one place.
+pub(crate) use burn::backend::autodiff::{
+    checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
+    grads::Gradients,
+    ops::{Backward, Ops, OpsKind},
+};
+
 pub(crate) type Ad = Autodiff<Flex>;
 /// The CPU autodiff backend's float primitive (burn-autodiff's `AutodiffTensor<Flex>`).
 pub(crate) type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;

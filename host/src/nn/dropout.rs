@@ -4,21 +4,17 @@
 use std::sync::Arc;
 
 use burn::{
-    backend::{
-        autodiff::{
-            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
-            grads::Gradients,
-            ops::{Backward, Ops, OpsKind},
-        },
-        Flex,
-    },
+    backend::Flex,
     tensor::{backend::AutodiffBackend, Tensor, TensorData},
 };
 use peft_api::ApiError;
 use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use rayon::prelude::*;
 
-use super::autodiff::{ad, flat, into_b, Buf, FlexTensor};
+use super::autodiff::{
+    ad, flat, into_b, Backward, Buf, Checkpointer, FlexTensor, Gradients, NoCheckpointing, Ops,
+    OpsKind,
+};
 
 /// Fills `kept` with "keep" draws of probability `1 - p` from a fast generator seeded by
 /// `(seed, stream)`: the same on every run and thread schedule.

@@ -2,21 +2,17 @@
 //! per element in both directions: a vectorised loop here, and a tracked operation with its
 //! own backward.
 use burn::{
-    backend::{
-        autodiff::{
-            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
-            grads::Gradients,
-            ops::{Backward, Ops, OpsKind},
-        },
-        Flex,
-    },
+    backend::Flex,
     tensor::{backend::AutodiffBackend, Tensor},
 };
 use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{ad, flat, into_b, primitive, Buf},
+    autodiff::{
+        ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        OpsKind,
+    },
     math::{erf, exp, simd_dispatch},
 };
 

@@ -4,14 +4,7 @@
 use std::sync::Arc;
 
 use burn::{
-    backend::{
-        autodiff::{
-            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
-            grads::Gradients,
-            ops::{Backward, Ops, OpsKind},
-        },
-        Flex,
-    },
+    backend::Flex,
     tensor::{
         backend::{AutodiffBackend, Backend},
         Tensor,
@@ -20,7 +13,10 @@ use burn::{
 use peft_api::ApiError;
 use rayon::prelude::*;
 
-use super::autodiff::{ad, flat, into_b, primitive, Buf};
+use super::autodiff::{
+    ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+    OpsKind,
+};
 
 /// Layer norm over the last dim with optional affine weights (`[d]`), as `torch.nn.LayerNorm`.
 pub fn layer_norm<B: Backend, const D: usize>(

@@ -2,20 +2,16 @@
 //! backbones and the `LINEAR` opcode call, and on the CPU autodiff backend one GEMM reading W
 //! transposed in place, tracked with its own backward (dW only when W trains).
 use burn::{
-    backend::{
-        autodiff::{
-            checkpoint::{base::Checkpointer, strategy::NoCheckpointing},
-            grads::Gradients,
-            ops::{Backward, Ops, OpsKind},
-        },
-        Flex,
-    },
+    backend::Flex,
     tensor::{backend::AutodiffBackend, Shape, Tensor, TensorMetadata},
 };
 use peft_api::ApiError;
 
 use super::{
-    autodiff::{ad, flat, into_b, primitive, Buf},
+    autodiff::{
+        ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        OpsKind,
+    },
     gemm::{matmul, Mat, MatMut, Parallelism},
     value::{fp, ft, FloatPrim},
 };

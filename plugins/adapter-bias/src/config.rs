@@ -1,5 +1,5 @@
 pub use peft_api::blocks::Stack;
-use peft_api::Result;
+use peft_api::sdk::MethodConfig;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct AdapterBiasConfig {
     /// Shift after the feed-forward block (the paper's position).
-    #[serde(default = "yes")]
+    #[serde(default = "peft_api::sdk::yes")]
     pub ffn: bool,
     /// Shift after the attention blocks as well.
     #[serde(default)]
@@ -20,10 +20,10 @@ pub struct AdapterBiasConfig {
     #[serde(default = "default_vector_init")]
     pub vector_init: f64,
     /// Make the LayerNorm that follows each adapted block trainable (the paper does).
-    #[serde(default = "yes")]
+    #[serde(default = "peft_api::sdk::yes")]
     pub train_layer_norm: bool,
     /// HF keys of that LayerNorm's weights, as templates with `{stack}` and `{layer}`. When
-    /// absent they are derived from the backbone's architecture (bert, bart, t5).
+    /// absent, the norms the backbone publishes for the site (`BackboneInfo::norms`).
     #[serde(default)]
     pub layer_norm_keys: Option<Vec<String>>,
     /// Layers to adapt (all when absent).
@@ -33,27 +33,17 @@ pub struct AdapterBiasConfig {
     #[serde(default)]
     pub stack: Stack,
     /// Parameter group of `v` and `L_alpha`.
-    #[serde(default = "default_group")]
+    #[serde(default = "peft_api::sdk::adapter_group")]
     pub group: String,
 }
 
 fn default_vector_init() -> f64 {
     1.0
 }
-fn default_group() -> String {
-    "adapter".into()
-}
-fn yes() -> bool {
-    true
-}
 
-impl Default for AdapterBiasConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults")
-    }
-}
-
-/// Parses a config section; `null` means all defaults.
-pub fn parse(v: &serde_json::Value) -> Result<AdapterBiasConfig> {
-    peft_api::blocks::parse_config("adapter-bias", v)
+impl MethodConfig for AdapterBiasConfig {
+    const NAME: &'static str = "adapter-bias";
+    const DESCRIPTION: &'static str =
+        "Token-dependent representation shift alpha(y) * v after the FFN, LayerNorm trainable (Fu et al., 2022)";
+    const GROUPS: &'static [&'static str] = &["adapter"];
 }

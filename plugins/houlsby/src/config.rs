@@ -1,5 +1,5 @@
 pub use peft_api::blocks::{Activation, Stack};
-use peft_api::Result;
+use peft_api::sdk::MethodConfig;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,10 +14,10 @@ pub struct HoulsbyConfig {
     #[serde(default)]
     pub activation: Activation,
     /// Adapter after the attention block.
-    #[serde(default = "yes")]
+    #[serde(default = "peft_api::sdk::yes")]
     pub attention: bool,
     /// Adapter after the feed-forward block.
-    #[serde(default = "yes")]
+    #[serde(default = "peft_api::sdk::yes")]
     pub ffn: bool,
     /// Layers to adapt (all when absent).
     #[serde(default)]
@@ -32,7 +32,7 @@ pub struct HoulsbyConfig {
     #[serde(default)]
     pub up_init_std: f64,
     /// Parameter group of the adapter weights.
-    #[serde(default = "default_group")]
+    #[serde(default = "peft_api::sdk::adapter_group")]
     pub group: String,
 }
 
@@ -42,20 +42,10 @@ fn default_bottleneck() -> usize {
 fn default_init_std() -> f64 {
     1e-2
 }
-fn default_group() -> String {
-    "adapter".into()
-}
-fn yes() -> bool {
-    true
-}
 
-impl Default for HoulsbyConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults")
-    }
-}
-
-/// Parses a config section; `null` means all defaults.
-pub fn parse(v: &serde_json::Value) -> Result<HoulsbyConfig> {
-    peft_api::blocks::parse_config("houlsby", v)
+impl MethodConfig for HoulsbyConfig {
+    const NAME: &'static str = "houlsby";
+    const DESCRIPTION: &'static str =
+        "Serial bottleneck adapters after attention and FFN (Houlsby et al., 2019)";
+    const GROUPS: &'static [&'static str] = &["adapter"];
 }

@@ -7,10 +7,8 @@ mod config;
 pub use config::{Activation, HoulsbyConfig, Stack};
 use peft_api::{
     blocks::{sublayer_sites, Bottleneck},
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Manifest, Module, Plugin, PluginKind,
-    Result, SiteCall, Tensor,
+    sdk, AttachPlan, Attachment, BackboneInfo, Ctx, Module, Result, SiteCall, Tensor,
 };
-use serde_json::Value;
 
 pub struct Houlsby {
     config: HoulsbyConfig,
@@ -54,13 +52,8 @@ impl Module for Houlsby {
                 unfreeze: vec![],
             });
         }
-        if plan.attachments.is_empty() {
-            return Err(ApiError::config(format!(
-                "houlsby: no site matched (attention={}, ffn={}, layers={:?}, stack={:?}) on backbone `{}`",
-                c.attention, c.ffn, c.layers, c.stack, backbone.name
-            )));
-        }
-        Ok(plan)
+        let selection = sdk::sublayers(c.attention, c.ffn, &c.layers, c.stack);
+        sdk::nonempty("houlsby", plan, "site", selection, backbone)
     }
 
     fn apply<'c>(
@@ -69,39 +62,11 @@ impl Module for Houlsby {
         site: &SiteCall<'_>,
         inputs: Vec<Tensor<'c>>,
     ) -> Result<Vec<Tensor<'c>>> {
-        let adapter = self
-            .adapters
-            .get(site.attachment as usize)
-            .ok_or_else(|| ApiError::invalid("houlsby: unknown attachment"))?;
-        let y = inputs
-            .into_iter()
-            .nth(1)
-            .ok_or_else(|| ApiError::invalid("houlsby: a sublayer site passes [x, y]"))?;
+        let adapter = sdk::attachment("houlsby", &self.adapters, site)?;
+        let y = sdk::input("houlsby", inputs, 1, "sublayer site passes [x, y]")?;
         let delta = adapter.forward(ctx, y.clone(), self.config.activation)?;
         Ok(vec![y.add(delta)?])
     }
 }
 
-pub struct HoulsbyPlugin;
-
-impl Plugin for HoulsbyPlugin {
-    fn manifest() -> Manifest {
-        Manifest {
-            name: "houlsby".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Module,
-            api_version: String::new(),
-            description:
-                "Serial bottleneck adapters after attention and FFN (Houlsby et al., 2019)".into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(HoulsbyConfig))
-                .expect("schema"),
-            groups: vec!["adapter".into()],
-        }
-    }
-
-    fn create_module(config: &Value) -> Result<Box<dyn Module>> {
-        Ok(Box::new(Houlsby::new(config::parse(config)?)))
-    }
-}
-
-peft_api::export_plugin!(houlsby, HoulsbyPlugin);
+peft_api::module_plugin!(houlsby, HoulsbyPlugin, HoulsbyConfig => Houlsby::new);

@@ -1,5 +1,5 @@
 pub use peft_api::blocks::Stack;
-use peft_api::{ApiError, Result};
+use peft_api::{sdk::MethodConfig, ApiError, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,7 @@ pub struct LoraConfig {
     #[serde(default)]
     pub b_init_std: f64,
     /// Parameter group of A and B.
-    #[serde(default = "default_group")]
+    #[serde(default = "peft_api::sdk::adapter_group")]
     pub group: String,
     /// Read A and B from the pass-context tensors `<name>_A` `[L, 2, r, in]` and `<name>_B`
     /// `[L, 2, out, r]` (a context encoder's output, e.g. `hypert5.lora`; index 0 of the
@@ -66,33 +66,25 @@ pub fn default_targets(architecture: &str) -> Vec<String> {
     };
     t.iter().map(|s| s.to_string()).collect()
 }
-fn default_group() -> String {
-    "adapter".into()
-}
 
-impl Default for LoraConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults")
-    }
-}
+impl MethodConfig for LoraConfig {
+    const NAME: &'static str = "lora";
+    const DESCRIPTION: &'static str =
+        "Low-rank updates (alpha/r) B A on chosen projections, mergeable, HF peft files (Hu et al., 2021)";
+    const GROUPS: &'static [&'static str] = &["adapter"];
 
-/// Parses a config section; `null` means all defaults.
-pub fn parse(v: &serde_json::Value) -> Result<LoraConfig> {
-    if v.is_null() {
-        return Ok(LoraConfig::default());
+    fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(ApiError::config("lora: rank must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(ApiError::config(format!(
+                "lora: dropout {} is not in [0, 1)",
+                self.dropout
+            )));
+        }
+        Ok(())
     }
-    let c: LoraConfig =
-        serde_json::from_value(v.clone()).map_err(|e| ApiError::config(format!("lora: {e}")))?;
-    if c.rank == 0 {
-        return Err(ApiError::config("lora: rank must be at least 1"));
-    }
-    if !(0.0..1.0).contains(&c.dropout) {
-        return Err(ApiError::config(format!(
-            "lora: dropout {} is not in [0, 1)",
-            c.dropout
-        )));
-    }
-    Ok(c)
 }
 
 /// The module section (`{"plugin": "lora", "config": ...}`) that rebuilds the LoRA module an
@@ -148,6 +140,6 @@ pub fn from_hf_peft(cfg: &serde_json::Value) -> Result<Option<serde_json::Value>
         _ => {}
     }
     // What this plugin would refuse is refused here, with HF peft's field names.
-    parse(&c)?;
+    <LoraConfig as MethodConfig>::parse(&c)?;
     Ok(Some(json!({ "plugin": "lora", "config": c })))
 }

@@ -17,8 +17,8 @@ mod config;
 
 pub use config::{LoraConfig, Stack};
 use peft_api::{
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin,
-    PluginKind, Result, SiteCall, SiteInfo, SiteKind, Tensor,
+    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Module, Result, SiteCall, SiteInfo,
+    SiteKind, Tensor,
 };
 use serde_json::{json, Value};
 
@@ -433,28 +433,4 @@ impl Lora {
     }
 }
 
-pub struct LoraPlugin;
-
-impl Plugin for LoraPlugin {
-    fn manifest() -> Manifest {
-        Manifest {
-            name: "lora".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Module,
-            api_version: String::new(),
-            description:
-                "Low-rank updates (alpha/r) B A on chosen projections, mergeable, HF peft files (Hu et al., 2021)"
-                    .into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(LoraConfig))
-                .expect("schema"),
-            groups: vec!["adapter".into()],
-        }
-    }
-
-    fn create_module(config: &Value) -> Result<Box<dyn Module>> {
-        let config = config::parse(config)?;
-        Ok(Box::new(Lora::new(config)))
-    }
-}
-
-peft_api::export_plugin!(lora, LoraPlugin);
+peft_api::module_plugin!(lora, LoraPlugin, LoraConfig => Lora::new);

@@ -1,5 +1,5 @@
 pub use peft_api::blocks::{Activation, Stack};
-use peft_api::Result;
+use peft_api::sdk::MethodConfig;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -19,10 +19,10 @@ pub struct MetaAdaptersConfig {
     #[serde(default)]
     pub activation: Activation,
     /// Adapters after the attention blocks.
-    #[serde(default = "yes")]
+    #[serde(default = "peft_api::sdk::yes")]
     pub attention: bool,
     /// Adapters after the feed-forward block.
-    #[serde(default = "yes")]
+    #[serde(default = "peft_api::sdk::yes")]
     pub ffn: bool,
     /// Layers to adapt (all when absent).
     #[serde(default)]
@@ -57,17 +57,10 @@ fn default_adapter_group() -> String {
 fn default_meta_group() -> String {
     "meta_adapter".into()
 }
-fn yes() -> bool {
-    true
-}
 
-impl Default for MetaAdaptersConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults")
-    }
-}
-
-/// Parses a config section; `null` means all defaults.
-pub fn parse(v: &serde_json::Value) -> Result<MetaAdaptersConfig> {
-    peft_api::blocks::parse_config("meta-adapters", v)
+impl MethodConfig for MetaAdaptersConfig {
+    const NAME: &'static str = "meta-adapters";
+    const DESCRIPTION: &'static str =
+        "Serial adapters sandwiched by two meta-adapters, M2(A(M1(y))) (Bansal et al., 2022)";
+    const GROUPS: &'static [&'static str] = &["adapter", "meta_adapter"];
 }

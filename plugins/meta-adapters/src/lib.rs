@@ -8,10 +8,8 @@ mod config;
 pub use config::{Activation, MetaAdaptersConfig, Stack};
 use peft_api::{
     blocks::{sublayer_sites, Bottleneck},
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Manifest, Module, Plugin, PluginKind,
-    Result, SiteCall, Tensor,
+    sdk, AttachPlan, Attachment, BackboneInfo, Ctx, Module, Result, SiteCall, Tensor,
 };
-use serde_json::Value;
 
 /// The three adapters at a site, in order, with their parameter name part.
 const PARTS: [&str; 3] = ["meta_in", "adapter", "meta_out"];
@@ -72,13 +70,8 @@ impl Module for MetaAdapters {
                 unfreeze: vec![],
             });
         }
-        if plan.attachments.is_empty() {
-            return Err(ApiError::config(format!(
-                "meta-adapters: no site matched (attention={}, ffn={}, layers={:?}, stack={:?}) on backbone `{}`",
-                c.attention, c.ffn, c.layers, c.stack, backbone.name
-            )));
-        }
-        Ok(plan)
+        let selection = sdk::sublayers(c.attention, c.ffn, &c.layers, c.stack);
+        sdk::nonempty("meta-adapters", plan, "site", selection, backbone)
     }
 
     fn apply<'c>(
@@ -87,14 +80,8 @@ impl Module for MetaAdapters {
         site: &SiteCall<'_>,
         inputs: Vec<Tensor<'c>>,
     ) -> Result<Vec<Tensor<'c>>> {
-        let adapters = self
-            .adapters
-            .get(site.attachment as usize)
-            .ok_or_else(|| ApiError::invalid("meta-adapters: unknown attachment"))?;
-        let mut z = inputs
-            .into_iter()
-            .nth(1)
-            .ok_or_else(|| ApiError::invalid("meta-adapters: a sublayer site passes [x, y]"))?;
+        let adapters = sdk::attachment("meta-adapters", &self.adapters, site)?;
+        let mut z = sdk::input("meta-adapters", inputs, 1, "sublayer site passes [x, y]")?;
         // y' = M2(A(M1(y))), each a serial adapter z + W_up act(W_down z).
         for adapter in adapters {
             let delta = adapter.forward(ctx, z.clone(), self.config.activation)?;
@@ -104,28 +91,4 @@ impl Module for MetaAdapters {
     }
 }
 
-pub struct MetaAdaptersPlugin;
-
-impl Plugin for MetaAdaptersPlugin {
-    fn manifest() -> Manifest {
-        Manifest {
-            name: "meta-adapters".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Module,
-            api_version: String::new(),
-            description:
-                "Serial adapters sandwiched by two meta-adapters, M2(A(M1(y))) (Bansal et al., 2022)"
-                    .into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(MetaAdaptersConfig))
-                .expect("schema"),
-            groups: vec!["adapter".into(), "meta_adapter".into()],
-        }
-    }
-
-    fn create_module(config: &Value) -> Result<Box<dyn Module>> {
-        let config = config::parse(config)?;
-        Ok(Box::new(MetaAdapters::new(config)))
-    }
-}
-
-peft_api::export_plugin!(meta_adapters, MetaAdaptersPlugin);
+peft_api::module_plugin!(meta_adapters, MetaAdaptersPlugin, MetaAdaptersConfig => MetaAdapters::new);

@@ -1,5 +1,5 @@
 pub use peft_api::blocks::{Activation, Stack};
-use peft_api::Result;
+use peft_api::sdk::MethodConfig;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,7 @@ pub struct ParallelAdapterConfig {
     #[serde(default = "default_scale")]
     pub scale: f64,
     /// Adapter beside the feed-forward block (the method's position).
-    #[serde(default = "yes")]
+    #[serde(default = "peft_api::sdk::yes")]
     pub ffn: bool,
     /// Adapter beside the attention blocks as well.
     #[serde(default)]
@@ -40,7 +40,7 @@ pub struct ParallelAdapterConfig {
     #[serde(default)]
     pub dropout: f64,
     /// Parameter group of the adapter weights.
-    #[serde(default = "default_group")]
+    #[serde(default = "peft_api::sdk::adapter_group")]
     pub group: String,
 }
 
@@ -53,20 +53,10 @@ fn default_scale() -> f64 {
 fn default_init_std() -> f64 {
     1e-2
 }
-fn default_group() -> String {
-    "adapter".into()
-}
-fn yes() -> bool {
-    true
-}
 
-impl Default for ParallelAdapterConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults")
-    }
-}
-
-/// Parses a config section; `null` means all defaults.
-pub fn parse(v: &serde_json::Value) -> Result<ParallelAdapterConfig> {
-    peft_api::blocks::parse_config("parallel-adapter", v)
+impl MethodConfig for ParallelAdapterConfig {
+    const NAME: &'static str = "parallel-adapter";
+    const DESCRIPTION: &'static str =
+        "Bottleneck adapters parallel to the FFN block, fed with its input (He et al., 2022)";
+    const GROUPS: &'static [&'static str] = &["adapter"];
 }

@@ -8,10 +8,8 @@ mod config;
 pub use config::{Activation, ParallelAdapterConfig, Stack};
 use peft_api::{
     blocks::{sublayer_sites, Bottleneck},
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Manifest, Module, Plugin, PluginKind,
-    Result, SiteCall, Tensor,
+    sdk, ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Module, Result, SiteCall, Tensor,
 };
-use serde_json::Value;
 
 pub struct ParallelAdapter {
     config: ParallelAdapterConfig,
@@ -55,13 +53,8 @@ impl Module for ParallelAdapter {
                 unfreeze: vec![],
             });
         }
-        if plan.attachments.is_empty() {
-            return Err(ApiError::config(format!(
-                "parallel-adapter: no site matched (ffn={}, attention={}, layers={:?}, stack={:?}) on backbone `{}`",
-                c.ffn, c.attention, c.layers, c.stack, backbone.name
-            )));
-        }
-        Ok(plan)
+        let selection = sdk::sublayers(c.attention, c.ffn, &c.layers, c.stack);
+        sdk::nonempty("parallel-adapter", plan, "site", selection, backbone)
     }
 
     fn apply<'c>(
@@ -70,10 +63,7 @@ impl Module for ParallelAdapter {
         site: &SiteCall<'_>,
         inputs: Vec<Tensor<'c>>,
     ) -> Result<Vec<Tensor<'c>>> {
-        let adapter = self
-            .adapters
-            .get(site.attachment as usize)
-            .ok_or_else(|| ApiError::invalid("parallel-adapter: unknown attachment"))?;
+        let adapter = sdk::attachment("parallel-adapter", &self.adapters, site)?;
         let [x, y]: [Tensor<'c>; 2] = inputs
             .try_into()
             .map_err(|_| ApiError::invalid("parallel-adapter: a sublayer site passes [x, y]"))?;
@@ -90,28 +80,4 @@ impl Module for ParallelAdapter {
     }
 }
 
-pub struct ParallelAdapterPlugin;
-
-impl Plugin for ParallelAdapterPlugin {
-    fn manifest() -> Manifest {
-        Manifest {
-            name: "parallel-adapter".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Module,
-            api_version: String::new(),
-            description:
-                "Bottleneck adapters parallel to the FFN block, fed with its input (He et al., 2022)"
-                    .into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(ParallelAdapterConfig))
-                .expect("schema"),
-            groups: vec!["adapter".into()],
-        }
-    }
-
-    fn create_module(config: &Value) -> Result<Box<dyn Module>> {
-        let config = config::parse(config)?;
-        Ok(Box::new(ParallelAdapter::new(config)))
-    }
-}
-
-peft_api::export_plugin!(parallel_adapter, ParallelAdapterPlugin);
+peft_api::module_plugin!(parallel_adapter, ParallelAdapterPlugin, ParallelAdapterConfig => ParallelAdapter::new);

@@ -1,5 +1,5 @@
 pub use peft_api::blocks::Stack;
-use peft_api::Result;
+use peft_api::sdk::MethodConfig;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +35,7 @@ pub struct PrefixConfig {
     #[serde(default)]
     pub stack: Stack,
     /// Parameter group of the prefixes (and the MLP).
-    #[serde(default = "default_group")]
+    #[serde(default = "peft_api::sdk::adapter_group")]
     pub group: String,
     /// Read the prefixes from this pass-context tensor `[L, 2, P, heads * head_dim]` (a
     /// context encoder's output, e.g. `hypert5.prefix`) instead of own parameters; none are
@@ -53,17 +53,10 @@ fn default_hidden() -> usize {
 fn default_init_std() -> f64 {
     1.0
 }
-fn default_group() -> String {
-    "adapter".into()
-}
 
-impl Default for PrefixConfig {
-    fn default() -> Self {
-        serde_json::from_value(serde_json::json!({})).expect("defaults")
-    }
-}
-
-/// Parses a config section; `null` means all defaults.
-pub fn parse(v: &serde_json::Value) -> Result<PrefixConfig> {
-    peft_api::blocks::parse_config("prefix", v)
+impl MethodConfig for PrefixConfig {
+    const NAME: &'static str = "prefix";
+    const DESCRIPTION: &'static str =
+        "Learned key/value prefixes prepended in every attention layer, optional MLP re-parameterisation (Li & Liang, 2021)";
+    const GROUPS: &'static [&'static str] = &["adapter"];
 }

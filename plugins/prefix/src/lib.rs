@@ -11,10 +11,9 @@ mod config;
 
 pub use config::{PrefixConfig, Stack};
 use peft_api::{
-    ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Manifest, Module, Plugin,
-    PluginKind, Result, SiteCall, SiteKind, Tensor,
+    sdk, ApiError, AttachPlan, Attachment, BackboneInfo, Ctx, Init, Module, Result, SiteCall,
+    SiteKind, Tensor,
 };
-use serde_json::Value;
 
 pub struct Prefix {
     config: PrefixConfig,
@@ -168,12 +167,17 @@ impl Module for Prefix {
                 unfreeze: vec![],
             });
         }
-        if plan.attachments.is_empty() {
-            return Err(ApiError::config(format!(
-                "prefix: no attention key/value site matched (roles={:?}, layers={:?}, stack={:?}) on backbone `{}`",
-                c.roles, c.layers, c.stack, backbone.name
-            )));
-        }
+        let selection = format!(
+            "roles={:?}, layers={:?}, stack={:?}",
+            c.roles, c.layers, c.stack
+        );
+        let plan = sdk::nonempty(
+            "prefix",
+            plan,
+            "attention key/value site",
+            selection,
+            backbone,
+        )?;
         if c.reparameterize && c.from_context.is_some() {
             return Err(ApiError::config(
                 "prefix: `reparameterize` and `from_context` exclude each other (generated prefixes need no MLP)",
@@ -238,7 +242,7 @@ impl Module for Prefix {
     /// `context_inputs`: the context tensors this module reads. `load_generated`
     /// (`{"context": name}`): hyper-init, writes generated prefixes `[L, 2, P, kv_dim]` from the
     /// pass context into this module's own (plain) parameters with `ASSIGN_PARAM`.
-    fn call(&mut self, ctx: &Ctx<'_>, name: &str, args: Value) -> Result<Value> {
+    fn call(&mut self, ctx: &Ctx<'_>, name: &str, args: serde_json::Value) -> Result<serde_json::Value> {
         match name {
             "context_inputs" => Ok(serde_json::json!(self
                 .config
@@ -253,7 +257,7 @@ impl Module for Prefix {
                 }
                 let source = args
                     .get("context")
-                    .and_then(Value::as_str)
+                    .and_then(serde_json::Value::as_str)
                     .ok_or_else(|| ApiError::invalid("prefix: load_generated needs {\"context\": name}"))?;
                 for i in 0..self.sites.len() {
                     let (k, v) = self.generated(ctx, source, i)?;
@@ -268,28 +272,4 @@ impl Module for Prefix {
     }
 }
 
-pub struct PrefixPlugin;
-
-impl Plugin for PrefixPlugin {
-    fn manifest() -> Manifest {
-        Manifest {
-            name: "prefix".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Module,
-            api_version: String::new(),
-            description:
-                "Learned key/value prefixes prepended in every attention layer, optional MLP re-parameterisation (Li & Liang, 2021)"
-                    .into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(PrefixConfig))
-                .expect("schema"),
-            groups: vec!["adapter".into()],
-        }
-    }
-
-    fn create_module(config: &Value) -> Result<Box<dyn Module>> {
-        let config = config::parse(config)?;
-        Ok(Box::new(Prefix::new(config)))
-    }
-}
-
-peft_api::export_plugin!(prefix, PrefixPlugin);
+peft_api::module_plugin!(prefix, PrefixPlugin, PrefixConfig => Prefix::new);

@@ -231,7 +231,11 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
 
     /// The generated values for `task` from its first `k` training examples, computed once
     /// and cached until the next training pass.
-    pub fn generated(&self, model: &Model<B>, task: &Task) -> anyhow::Result<Vec<(String, Value<B>)>> {
+    pub fn generated(
+        &self,
+        model: &Model<B>,
+        task: &Task,
+    ) -> anyhow::Result<Vec<(String, Value<B>)>> {
         if let Some(v) = self.cache.borrow().get(&task.name) {
             return Ok(v.clone());
         }

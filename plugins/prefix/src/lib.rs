@@ -97,7 +97,10 @@ impl Prefix {
             )));
         }
         let layer = g.slice(0, l, l + 1)?;
-        let key = layer.clone().slice(1, 0, 1)?.reshape(&[p as i64, d as i64])?;
+        let key = layer
+            .clone()
+            .slice(1, 0, 1)?
+            .reshape(&[p as i64, d as i64])?;
         let value = layer.slice(1, 1, 2)?.reshape(&[p as i64, d as i64])?;
         Ok((key, value))
     }
@@ -251,10 +254,9 @@ impl Module for Prefix {
                         "prefix: load_generated needs plain prefixes (no reparameterize, no from_context)",
                     ));
                 }
-                let source = args
-                    .get("context")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| ApiError::invalid("prefix: load_generated needs {\"context\": name}"))?;
+                let source = args.get("context").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid("prefix: load_generated needs {\"context\": name}")
+                })?;
                 for i in 0..self.sites.len() {
                     let (k, v) = self.generated(ctx, source, i)?;
                     let s = &self.sites[i];

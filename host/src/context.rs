@@ -28,6 +28,9 @@ use crate::{
     params::ParamStore,
 };
 
+/// What an encoder generated for one task: context name and value.
+pub type Generated<B> = Vec<(String, Value<B>)>;
+
 /// A context encoder attached to a model, with its host-side options and eval cache.
 pub struct ContextEncoder<B: AutodiffBackend> {
     /// Instance name: the namespace of its parameters (the plugin's name).
@@ -41,7 +44,7 @@ pub struct ContextEncoder<B: AutodiffBackend> {
     /// Tokens per example.
     pub max_length: usize,
     rng: RefCell<StdRng>,
-    cache: RefCell<HashMap<String, Vec<(String, Value<B>)>>>,
+    cache: RefCell<HashMap<String, Generated<B>>>,
 }
 
 impl<B: AutodiffBackend> ContextEncoder<B> {
@@ -128,7 +131,7 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
             outputs,
             k,
             max_length,
-            rng: RefCell::new(StdRng::seed_from_u64(seed ^ 0x4879_7065_7254_35)),
+            rng: RefCell::new(StdRng::seed_from_u64(seed ^ 0x0048_7970_6572_5435)),
             cache: RefCell::new(HashMap::new()),
         })
     }
@@ -231,7 +234,11 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
 
     /// The generated values for `task` from its first `k` training examples, computed once
     /// and cached until the next training pass.
-    pub fn generated(&self, model: &Model<B>, task: &Task) -> anyhow::Result<Vec<(String, Value<B>)>> {
+    pub fn generated(
+        &self,
+        model: &Model<B>,
+        task: &Task,
+    ) -> anyhow::Result<Vec<(String, Value<B>)>> {
         if let Some(v) = self.cache.borrow().get(&task.name) {
             return Ok(v.clone());
         }

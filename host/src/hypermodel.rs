@@ -42,8 +42,9 @@ pub fn save<B: AutodiffBackend>(
     let mut listed = Vec::new();
     for p in store.iter().filter(|p| p.owner == enc.name) {
         let local = p.name.strip_prefix(&prefix).unwrap_or(&p.name).to_string();
-        let data = crate::by_rank!(p.shape.len(), |D| Ok(ft::<B, D>(p.value.clone())
-            .into_data()))
+        let data = crate::by_rank!(p.shape.len(), |D| Ok(
+            ft::<B, D>(p.value.clone()).into_data()
+        ))
         .map_err(|e: peft_api::ApiError| anyhow::anyhow!("reading `{}`: {e}", p.name))?;
         let v: Vec<f32> = data
             .convert::<f32>()
@@ -119,11 +120,11 @@ pub fn load<B: AutodiffBackend>(model: &Model<B>, dir: &Path) -> anyhow::Result<
         let value = from_values::<B>(shape, v.clone(), &device)?;
         store.assign(full, value)?;
     }
-    if let Some(extra) = ckpt
-        .tensors
-        .keys()
-        .find(|k| !owned.iter().any(|(f, _)| f.strip_prefix(&prefix) == Some(k)))
-    {
+    if let Some(extra) = ckpt.tensors.keys().find(|k| {
+        !owned
+            .iter()
+            .any(|(f, _)| f.strip_prefix(&prefix) == Some(k))
+    }) {
         bail!("{file}: tensor `{extra}` is not a parameter of the hypermodel");
     }
     drop(store);

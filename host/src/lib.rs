@@ -29,6 +29,7 @@ pub mod train;
 // Built-in plugins: referenced so that the linker keeps their inventory registrations.
 use adapter_bias as _;
 use houlsby as _;
+use hypert5 as _;
 use lora as _;
 use maml as _;
 use meta_adapters as _;
@@ -37,7 +38,6 @@ use parallel_adapter as _;
 use pha as _;
 use prefix as _;
 use reptile as _;
-use hypert5 as _;
 
 /// The registry of built-in plugins plus those in plugin folders; unusable libraries are
 /// reported and skipped.

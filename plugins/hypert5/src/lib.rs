@@ -191,7 +191,10 @@ impl HyperT5 {
             .index_select(0, flat(ids)?)?
             .reshape(&[k as i64, t as i64, h])?
             .add(pos.slice(0, 0, t)?.unsqueeze(0)?)?
-            .add(tt.index_select(0, flat(types)?)?.reshape(&[k as i64, t as i64, h])?)?;
+            .add(
+                tt.index_select(0, flat(types)?)?
+                    .reshape(&[k as i64, t as i64, h])?,
+            )?;
         let mut x = self.ln(ctx, e, "embeddings.LayerNorm")?;
         for l in 0..self.layers {
             x = self.layer(ctx, x, bias, l)?;
@@ -234,7 +237,12 @@ impl ContextEncoderImpl for HyperT5 {
         let std = 0.02;
         self.create(ctx, "queries", &[q, h], Init::Normal { mean: 0.0, std })?;
         for p in ["query", "key", "value", "output"] {
-            self.create(ctx, &format!("pool.{p}.weight"), &[h, h], Init::KaimingUniform)?;
+            self.create(
+                ctx,
+                &format!("pool.{p}.weight"),
+                &[h, h],
+                Init::KaimingUniform,
+            )?;
             self.create(ctx, &format!("pool.{p}.bias"), &[h], Init::Zeros)?;
         }
         self.create(ctx, "pool.LayerNorm.weight", &[h], Init::Ones)?;
@@ -249,7 +257,12 @@ impl ContextEncoderImpl for HyperT5 {
                 &[hid, h],
                 Init::KaimingUniform,
             )?;
-            self.create(ctx, &format!("head.{kind}.dense1.bias"), &[hid], Init::Zeros)?;
+            self.create(
+                ctx,
+                &format!("head.{kind}.dense1.bias"),
+                &[hid],
+                Init::Zeros,
+            )?;
             let std = self.config.out_init_std;
             self.create(
                 ctx,
@@ -257,7 +270,12 @@ impl ContextEncoderImpl for HyperT5 {
                 &[out, hid],
                 Init::Normal { mean: 0.0, std },
             )?;
-            self.create(ctx, &format!("head.{kind}.dense2.bias"), &[out], Init::Zeros)?;
+            self.create(
+                ctx,
+                &format!("head.{kind}.dense2.bias"),
+                &[out],
+                Init::Zeros,
+            )?;
         }
         Ok(AttachPlan::default())
     }

@@ -348,10 +348,9 @@ impl Module for Lora {
                         "lora: load_generated needs own parameters (no from_context)",
                     ));
                 }
-                let source = args
-                    .get("context")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| ApiError::invalid("lora: load_generated needs {\"context\": name}"))?;
+                let source = args.get("context").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid("lora: load_generated needs {\"context\": name}")
+                })?;
                 for t in &self.targets {
                     let (a, b) = self.generated(ctx, source, t)?;
                     ctx.assign_param(&format!("{}.lora_A", t.site), a.detach()?)?;

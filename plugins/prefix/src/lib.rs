@@ -96,7 +96,10 @@ impl Prefix {
             )));
         }
         let layer = g.slice(0, l, l + 1)?;
-        let key = layer.clone().slice(1, 0, 1)?.reshape(&[p as i64, d as i64])?;
+        let key = layer
+            .clone()
+            .slice(1, 0, 1)?
+            .reshape(&[p as i64, d as i64])?;
         let value = layer.slice(1, 1, 2)?.reshape(&[p as i64, d as i64])?;
         Ok((key, value))
     }

@@ -95,9 +95,7 @@ fn extension_call<B: AutodiffBackend>(
     args: &Json,
 ) -> anyhow::Result<Option<Json>> {
     let graph = HostGraph::new(&model.params, false);
-    let out = m
-        .call(&graph, name, &args.to_string())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = m.call(&graph, name, &args.to_string())?;
     out.map(|s| {
         serde_json::from_str(&s)
             .with_context(|| format!("{}: `{name}` answered invalid JSON", m.describe()))
@@ -312,8 +310,8 @@ fn assign<B: AutodiffBackend>(
     if want != shape {
         bail!("`{full}` has shape {want:?}, the file has {shape:?}");
     }
-    let prim = from_values::<B>(shape, v.to_vec(), &device).map_err(|e| anyhow::anyhow!("{e}"))?;
-    store.assign(full, prim).map_err(|e| anyhow::anyhow!("{e}"))
+    let prim = from_values::<B>(shape, v.to_vec(), &device)?;
+    Ok(store.assign(full, prim)?)
 }
 
 /// Loads the adapter in `dir` into module instance `name` of `model` (built with the module

@@ -95,8 +95,7 @@ pub fn op_overhead<B: AutodiffBackend>(
         name: "houlsby".into(),
         config: serde_json::json!({"up_init_std": 0.01}),
     };
-    let comp = Composition::attach(&registry, &[req], &info, &params)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let comp = Composition::attach(&registry, &[req], &info, &params)?;
     params
         .borrow_mut()
         .set_trainable(&["adapter".into()], &[])?;

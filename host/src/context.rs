@@ -92,8 +92,7 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
         let mut reads: Vec<(String, Vec<String>)> = Vec::new();
         for m in &modules.modules {
             let r = m
-                .call(&graph, "context_inputs", "null")
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .call(&graph, "context_inputs", "null")?
                 .map(|s| serde_json::from_str::<Vec<String>>(&s))
                 .transpose()
                 .with_context(|| format!("{}: `context_inputs`", m.describe()))?

@@ -144,8 +144,7 @@ impl<B: AutodiffBackend> Model<B> {
             })
             .collect();
         let modules =
-            Composition::attach(registry, &requests, Backbone::<B>::info(&backbone), &params)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Composition::attach(registry, &requests, Backbone::<B>::info(&backbone), &params)?;
         let context_encoder = match &config.context_encoder {
             Some(spec) => Some(crate::context::ContextEncoder::attach(
                 spec,
@@ -311,7 +310,7 @@ pub fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     tok.with_padding(None);
     tok.with_truncation(None)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{}: turning truncation off: {e}", path.display()))?;
     Ok(tok)
 }
 

@@ -77,8 +77,7 @@ pub fn retrieve<B: AutodiffBackend>(
             &graph,
             "retrieve",
             &serde_json::json!({ "z": rows }).to_string(),
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?
+        )?
         .with_context(|| format!("{} does not answer `retrieve`", m.describe()))?;
     let answer: serde_json::Value = serde_json::from_str(&answer)?;
     let picked = answer["picked"]

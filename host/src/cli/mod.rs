@@ -260,7 +260,7 @@ fn registry(cli_dirs: &[PathBuf]) -> anyhow::Result<peft_registry::Registry> {
 pub fn load_config(path: &Path, registry: &peft_registry::Registry) -> anyhow::Result<RunConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
-    validate(&text, &path.display().to_string(), registry).map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(validate(&text, &path.display().to_string(), registry)?)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

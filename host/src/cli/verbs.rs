@@ -251,8 +251,7 @@ pub fn run(registry: &Registry, device: DeviceSpec, a: RunArgs) -> anyhow::Resul
         (Some(path), true) => load_config(path, registry)?,
         (None, false) => {
             let text = serde_json::to_string(&RunConfig::default_run(&a.plugin))?;
-            validate_text(&text, "the default config", registry)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
+            validate_text(&text, "the default config", registry)?
         }
         (Some(_), false) => bail!("give either a config file or --plugin, not both"),
         (None, true) => bail!("give a config file or --plugin NAME (see `peft-host plugins`)"),

@@ -97,10 +97,7 @@ pub fn merged<B: AutodiffBackend>(loaded: &Loaded<B>, out: &Path) -> anyhow::Res
     let files = resolve_backbone(&loaded.manifest.config.backbone)?;
     for m in &model.modules.modules {
         let graph = HostGraph::new(&model.params, false);
-        if m.call(&graph, "merge", "null")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .is_none()
-        {
+        if m.call(&graph, "merge", "null")?.is_none() {
             bail!(
                 "{} cannot be merged into the backbone (its plugin has no `merge`)",
                 m.describe()

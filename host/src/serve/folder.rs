@@ -425,10 +425,8 @@ pub fn load<B: AutodiffBackend>(
         if found != shape {
             bail!("{file}: tensor `{name}` has shape {found:?}, the model needs {shape:?}");
         }
-        let prim = from_values::<B>(shape, v.clone(), &dev).map_err(|e| anyhow::anyhow!("{e}"))?;
-        store
-            .assign(name, prim)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let prim = from_values::<B>(shape, v.clone(), &dev)?;
+        store.assign(name, prim)?;
     }
     if let Some(extra) = ckpt
         .tensors

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod mixed;
 pub mod optim;
+mod sampling;
 pub mod services;
 
 use std::{collections::BTreeMap, time::Instant};
@@ -10,23 +11,20 @@ use std::{collections::BTreeMap, time::Instant};
 use anyhow::Context;
 use burn::tensor::{backend::AutodiffBackend, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::{
-    distr::{weighted::WeightedIndex, Distribution},
-    rngs::StdRng,
-    seq::SliceRandom,
-    SeedableRng,
-};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     bridge::{value::ft, HostGraph},
     by_rank,
-    config::{RunConfig, TaskSampling},
+    config::RunConfig,
     data::{Example, Task, TaskKind},
     heads::{per_example_loss, target_text, Head, Output},
     model::Model,
 };
 use optim::{InnerPrim, Optim};
+pub use sampling::task_probabilities;
+use sampling::MultiSampler;
+pub(crate) use sampling::Sampler;
 
 /// One task's scores at one evaluation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -310,87 +308,6 @@ pub fn train_with<B: AutodiffBackend>(
     let head = Head::resolve(&cfg.task, task, "head")?;
     head.create(&mut model.params.borrow_mut(), model.info().hidden_size)?;
     train_tasks(model, &[TaskRun { task, head }], cfg, device, opts)
-}
-
-/// Picks the training examples of every micro-batch of one task, in order: a seeded shuffle
-/// per epoch.
-struct Sampler {
-    rng: StdRng,
-    order: Vec<usize>,
-    cursor: usize,
-}
-
-impl Sampler {
-    fn new(n: usize, seed: u64) -> Self {
-        Sampler {
-            rng: StdRng::seed_from_u64(seed),
-            order: (0..n).collect(),
-            cursor: n,
-        }
-    }
-
-    fn next_batch(&mut self, size: usize) -> Vec<usize> {
-        let mut batch = Vec::with_capacity(size);
-        while batch.len() < size.min(self.order.len()) {
-            if self.cursor >= self.order.len() {
-                self.order.shuffle(&mut self.rng);
-                self.cursor = 0;
-            }
-            batch.push(self.order[self.cursor]);
-            self.cursor += 1;
-        }
-        batch
-    }
-}
-
-/// The probability of drawing each task for a batch: proportional to n_i, to n_i^(1/T), or
-/// uniform.
-pub fn task_probabilities(sizes: &[usize], sampling: TaskSampling, temperature: f64) -> Vec<f64> {
-    let w: Vec<f64> = sizes
-        .iter()
-        .map(|&n| match sampling {
-            TaskSampling::Proportional => n as f64,
-            TaskSampling::Temperature => (n as f64).powf(1.0 / temperature),
-            TaskSampling::Uniform => 1.0,
-        })
-        .collect();
-    let total: f64 = w.iter().sum();
-    w.iter().map(|x| x / total).collect()
-}
-
-/// Draws each micro-batch's task, then its examples from that task's sampler.
-struct MultiSampler {
-    rng: StdRng,
-    pick: Option<WeightedIndex<f64>>,
-    tasks: Vec<Sampler>,
-}
-
-impl MultiSampler {
-    fn new(sizes: &[usize], t: &crate::config::TrainingSpec, seed: u64) -> anyhow::Result<Self> {
-        let probs = task_probabilities(sizes, t.task_sampling, t.temperature);
-        Ok(MultiSampler {
-            rng: StdRng::seed_from_u64(seed ^ 0x7A5C_0DE5),
-            // One task: no draw, so single-task runs see the data order they always did.
-            pick: if sizes.len() > 1 {
-                Some(WeightedIndex::new(&probs).context("task sampling weights")?)
-            } else {
-                None
-            },
-            tasks: sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| Sampler::new(n, seed.wrapping_add(i as u64)))
-                .collect(),
-        })
-    }
-
-    fn next_batch(&mut self, size: usize) -> (usize, Vec<usize>) {
-        let task = match &self.pick {
-            Some(w) => w.sample(&mut self.rng),
-            None => 0,
-        };
-        (task, self.tasks[task].next_batch(size))
-    }
 }
 
 /// Trains on several tasks at once (each batch from one task, drawn by

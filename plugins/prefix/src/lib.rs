@@ -245,7 +245,12 @@ impl Module for Prefix {
     /// `context_inputs`: the context tensors this module reads. `load_generated`
     /// (`{"context": name}`): hyper-init, writes generated prefixes `[L, 2, P, kv_dim]` from the
     /// pass context into this module's own (plain) parameters with `ASSIGN_PARAM`.
-    fn call(&mut self, ctx: &Ctx<'_>, name: &str, args: serde_json::Value) -> Result<serde_json::Value> {
+    fn call(
+        &mut self,
+        ctx: &Ctx<'_>,
+        name: &str,
+        args: serde_json::Value,
+    ) -> Result<serde_json::Value> {
         match name {
             "context_inputs" => Ok(serde_json::json!(self
                 .config
@@ -261,7 +266,9 @@ impl Module for Prefix {
                 let source = args
                     .get("context")
                     .and_then(serde_json::Value::as_str)
-                    .ok_or_else(|| ApiError::invalid("prefix: load_generated needs {\"context\": name}"))?;
+                    .ok_or_else(|| {
+                        ApiError::invalid("prefix: load_generated needs {\"context\": name}")
+                    })?;
                 for i in 0..self.sites.len() {
                     let (k, v) = self.generated(ctx, source, i)?;
                     let s = &self.sites[i];

@@ -128,6 +128,8 @@ impl<B: AutodiffBackend> Model<B> {
         num_labels: usize,
     ) -> anyhow::Result<Self> {
         let files = resolve_backbone(&config.backbone)?;
+        crate::config::checks::bounded_size(&files.config)
+            .map_err(|e| anyhow::anyhow!("backbone `{}`: {e}", files.name))?;
         let mut store = ParamStore::<B>::new(device.clone(), config.seed);
         let weights = files.dir.as_ref().map(|d| d.join("model.safetensors"));
         let backbone =

@@ -31,9 +31,52 @@ pub fn backbone_info(
     store: &mut ParamStore<crate::device::Cpu>,
 ) -> Result<BackboneInfo, String> {
     let files = resolve_backbone(&cfg.backbone).map_err(|e| format!("{e:#}"))?;
+    bounded_size(&files.config)?;
     let b = AnyBackbone::build(&files.name, &files.config, None, store)
         .map_err(|e| format!("{e:#}"))?;
     Ok(crate::backbone::Backbone::<crate::device::Cpu>::info(&b).clone())
+}
+
+/// The most parameters a backbone config may describe (16 GiB of f32): building one larger
+/// would exhaust memory, which aborts the process instead of reporting an error.
+const MAX_BACKBONE_PARAMETERS: u128 = 4_000_000_000;
+
+/// Refuses a `config.json` whose sizes describe more parameters than [`MAX_BACKBONE_PARAMETERS`]
+/// (an upper estimate over the BERT, T5 and BART field names), before anything is allocated.
+pub fn bounded_size(config: &serde_json::Value) -> Result<(), String> {
+    let field = |names: &[&str]| -> u128 {
+        names
+            .iter()
+            .filter_map(|n| config.get(*n).and_then(serde_json::Value::as_u64))
+            .max()
+            .unwrap_or(0) as u128
+    };
+    let d = field(&["hidden_size", "d_model"]);
+    let vocab = field(&["vocab_size"]);
+    let positions = field(&["max_position_embeddings", "relative_attention_num_buckets"]);
+    let ffn = field(&[
+        "intermediate_size",
+        "d_ff",
+        "encoder_ffn_dim",
+        "decoder_ffn_dim",
+    ]);
+    let inner = field(&["d_kv"]) * field(&["num_heads", "num_attention_heads"]);
+    let layers = field(&["num_hidden_layers", "num_layers", "encoder_layers"])
+        + field(&["num_decoder_layers", "decoder_layers"]);
+    let width = d.max(inner);
+    // Saturating: the fields are u64, so products can pass u128's range.
+    let per_layer = (8 * width)
+        .saturating_mul(width)
+        .saturating_add((2 * width).saturating_mul(ffn));
+    let estimate = (vocab + positions)
+        .saturating_mul(width)
+        .saturating_add(layers.saturating_mul(per_layer));
+    if estimate > MAX_BACKBONE_PARAMETERS {
+        return Err(format!(
+            "its config.json describes about {estimate} parameters (vocab {vocab}, width {width}, ffn {ffn}, {layers} layers); this host builds at most {MAX_BACKBONE_PARAMETERS}"
+        ));
+    }
+    Ok(())
 }
 
 /// Problems `run` would hit, found without weights. `cfg` passed the schemas.

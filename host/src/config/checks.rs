@@ -170,3 +170,29 @@ pub fn unknown_task(data: &std::path::Path, name: &str) -> Option<String> {
         )
     })
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::bounded_size;
+
+    #[test]
+    fn real_sizes_pass_and_absurd_ones_are_refused_before_allocation() {
+        let minilm = serde_json::json!({
+            "model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
+            "num_hidden_layers": 6, "intermediate_size": 1536, "max_position_embeddings": 512
+        });
+        assert!(bounded_size(&minilm).is_ok());
+        let t5_large = serde_json::json!({
+            "model_type": "t5", "vocab_size": 32128, "d_model": 1024, "d_ff": 2816,
+            "d_kv": 64, "num_heads": 16, "num_layers": 24, "num_decoder_layers": 24
+        });
+        assert!(bounded_size(&t5_large).is_ok());
+        let mut huge = minilm.clone();
+        huge["vocab_size"] = serde_json::json!(u64::MAX);
+        let err = bounded_size(&huge).unwrap_err();
+        assert!(err.contains("parameters"), "{err}");
+        let mut wide = minilm;
+        wide["hidden_size"] = serde_json::json!(1u64 << 40);
+        assert!(bounded_size(&wide).is_err());
+    }
+}

@@ -64,7 +64,10 @@ pub fn layout<'a>(c: &PhaConfig, b: &'a BackboneInfo) -> Result<Layout<'a>> {
     };
     let hidden = |layer: usize| {
         b.sites_of_kind(SiteKind::Hidden)
-            .find(|s| s.stack == "encoder" && s.layer == Some(layer))
+            // The layer's output state, not the FFN's intermediate activation (also `Hidden`).
+            .find(|s| {
+                s.stack == "encoder" && s.layer == Some(layer) && s.role != "ffn_intermediate"
+            })
             .ok_or_else(|| {
                 ApiError::config(format!(
                     "pha: backbone `{}` has no hidden-state site after encoder layer {layer}",

@@ -5,7 +5,6 @@
 //! are in group `head`.
 use anyhow::Context;
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
-use peft_api::Init;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -119,23 +118,11 @@ impl Head {
         let Some((prefix, outputs)) = self.linear() else {
             return Ok(());
         };
-        let (w, b) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
         let features = match self {
             Head::Siamese { .. } => 4 * hidden,
             _ => hidden,
         };
-        let shape = [outputs, features];
-        if let Some(p) = store.get(&w) {
-            anyhow::ensure!(
-                p.shape == shape,
-                "head `{w}` exists with shape {:?}, this task needs {shape:?}",
-                p.shape
-            );
-            return Ok(());
-        }
-        store.create(&w, "head", "head", &shape, &Init::KaimingUniform)?;
-        store.create(&b, "head", "head", &shape[..1], &Init::Zeros)?;
-        Ok(())
+        store.create_head_linear(prefix, outputs, features)
     }
 
     /// Runs the backbone (with its modules) and this head on a batch of `task`'s examples.

@@ -159,11 +159,9 @@ impl<B: AutodiffBackend> Model<B> {
             None => None,
         };
         if num_labels > 0 {
-            crate::heads::Head::Classification {
-                prefix: "head".into(),
-                classes: num_labels,
-            }
-            .create(&mut params.borrow_mut(), hidden)?;
+            params
+                .borrow_mut()
+                .create_head_linear("head", num_labels, hidden)?;
         }
         let tokenizer = match &files.tokenizer {
             Some(path) => Some(load_tokenizer(path)?),

@@ -129,6 +129,30 @@ impl<B: AutodiffBackend> ParamStore<B> {
         Ok(prim)
     }
 
+    /// A task head's projection `<prefix>.weight` `[outputs, features]` (Kaiming uniform) and
+    /// `<prefix>.bias` (zeros) in group `head`; one that already exists with the same shape is
+    /// kept (the shared option head, a head built with the model).
+    pub fn create_head_linear(
+        &mut self,
+        prefix: &str,
+        outputs: usize,
+        features: usize,
+    ) -> anyhow::Result<()> {
+        let (w, b) = (format!("{prefix}.weight"), format!("{prefix}.bias"));
+        let shape = [outputs, features];
+        if let Some(p) = self.get(&w) {
+            anyhow::ensure!(
+                p.shape == shape,
+                "head `{w}` exists with shape {:?}, this task needs {shape:?}",
+                p.shape
+            );
+            return Ok(());
+        }
+        self.create(&w, "head", "head", &shape, &Init::KaimingUniform)?;
+        self.create(&b, "head", "head", &shape[..1], &Init::Zeros)?;
+        Ok(())
+    }
+
     /// Replaces a parameter's value (outside the autodiff graph), keeping its trainability.
     pub fn assign(&mut self, name: &str, value: FloatPrim<B>) -> Result<(), ApiError> {
         use burn::tensor::TensorMetadata;

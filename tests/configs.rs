@@ -107,3 +107,15 @@ fn the_default_run_is_valid_and_multi_task() {
     assert_eq!(names, ["glue-sst2", "glue/rte"]);
     assert_eq!(cfg.modules.len(), 2);
 }
+
+/// `peft-host run --plugin pha` validates as `run` sees it: PHA's task count comes from the
+/// run's tasks, which `validate` fills in before attaching, as `run` does.
+#[test]
+fn the_pha_default_run_is_valid() {
+    let registry = Registry::with_static_plugins().unwrap();
+    let cfg = peft_host::config::RunConfig::default_run(&["pha".into()]);
+    let text = serde_json::to_string(&cfg).unwrap();
+    let cfg = validate(&text, "the default config", &registry).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.task_specs().len(), 6);
+    assert!(cfg.training.mixed_batches);
+}

@@ -83,7 +83,7 @@ pub fn bounded_size(config: &serde_json::Value) -> Result<(), String> {
 pub fn check(cfg: &RunConfig, registry: &Registry) -> Vec<ConfigError> {
     // What `run` fills in from the tasks before attaching (PHA's task count and names).
     let names: Vec<String> = cfg.task_specs().into_iter().map(|t| t.name).collect();
-    let cfg = &crate::train::mixed::fill_num_tasks(cfg, &names);
+    let cfg = &crate::train::mixed::fill_num_tasks(cfg, &names, registry);
     let mut errors = Vec::new();
     // Each plugin's own parser: bounds the schema cannot express.
     let mut parsed = vec![false; cfg.modules.len()];

@@ -254,18 +254,40 @@ fn text_to_text<B: AutodiffBackend>(
     Ok((nll * mask).sum_dim(1).reshape([n]) / count)
 }
 
-/// Sets `num_tasks` and `task_names` of every `pha` module that leaves them out from the run's
-/// tasks.
-pub fn fill_num_tasks(cfg: &RunConfig, tasks: &[String]) -> RunConfig {
+/// Sets `num_tasks` and `task_names` from the run's tasks in every module whose plugin's config
+/// schema declares them (PHA's prototypes, or a third party's per-task method) and that leaves
+/// them out.
+pub fn fill_num_tasks(
+    cfg: &RunConfig,
+    tasks: &[String],
+    registry: &peft_registry::Registry,
+) -> RunConfig {
     let mut cfg = cfg.clone();
-    for m in cfg.modules.iter_mut().filter(|m| m.plugin == "pha") {
+    for m in cfg.modules.iter_mut() {
+        // Any plugin whose config declares the fields gets them, not only PHA.
+        let declares = |field: &str| {
+            registry.get(&m.plugin).is_ok_and(|e| {
+                e.manifest
+                    .config_schema
+                    .pointer(&format!("/properties/{field}"))
+                    .is_some()
+            })
+        };
+        let (count, names) = (declares("num_tasks"), declares("task_names"));
+        if !count && !names {
+            continue;
+        }
         if m.config.is_null() {
             m.config = serde_json::json!({});
         }
         if let Some(obj) = m.config.as_object_mut() {
-            obj.entry("num_tasks")
-                .or_insert(serde_json::json!(tasks.len()));
-            obj.entry("task_names").or_insert(serde_json::json!(tasks));
+            if count {
+                obj.entry("num_tasks")
+                    .or_insert(serde_json::json!(tasks.len()));
+            }
+            if names {
+                obj.entry("task_names").or_insert(serde_json::json!(tasks));
+            }
         }
     }
     cfg

@@ -292,6 +292,46 @@ pub fn markdown(summaries: &[Summary]) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn shards_cover_every_cell_once_and_bad_shards_are_refused() {
+        let parts: Vec<Part> = (0..3)
+            .map(|i| Part::shard(&format!("{i}/3")).unwrap())
+            .collect();
+        for k in 0..20 {
+            assert_eq!(parts.iter().filter(|p| p.has(k)).count(), 1, "cell {k}");
+        }
+        for bad in ["3/3", "1/0", "a/2", "2", "-1/2"] {
+            assert!(Part::shard(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn collect_refuses_while_cells_are_missing_and_runs_nothing() {
+        let registry = peft_registry::Registry::with_static_plugins().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let grid = Grid {
+            base: default_base(),
+            methods: vec!["lora".into()],
+            tasks: vec!["trec".into(), "emo".into()],
+            seeds: vec![13, 21],
+            refuse_stale: false,
+            part: Part::Collect,
+        };
+        let err = run_grid(
+            &grid,
+            &registry,
+            Path::new("/nonexistent"),
+            out.path(),
+            crate::device::DeviceSpec::Cpu,
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("4 of 4 cells are missing"), "{err}");
+        assert!(err.contains("emo lora seed 21: not run yet"), "{err}");
+        assert!(!out.path().join("fewshot.json").exists());
+    }
+
     fn cell(method: &str, task: &str, seed: u64, score: f64) -> Cell {
         Cell {
             method: method.into(),
@@ -415,6 +455,44 @@ pub struct Grid {
     pub seeds: Vec<u64>,
     /// Stop with the reason instead of rerunning a cell whose stored result is stale.
     pub refuse_stale: bool,
+    /// Which cells this process handles.
+    pub part: Part,
+}
+
+/// The cells one process of a grid handles: all of them, one machine's shard (cells written
+/// into a shared `--out`), or none (collect the stored cells into the table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Part {
+    #[default]
+    All,
+    /// Cells whose index (task, method, seed order) modulo `of` is `index`; no table.
+    Shard { index: usize, of: usize },
+    /// Runs nothing: the table from the stored cells, refused while any is missing or stale.
+    Collect,
+}
+
+impl Part {
+    /// `i/n` with 0 <= i < n (Slurm's `$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`).
+    pub fn shard(text: &str) -> Result<Part, String> {
+        let bad = || format!("`{text}` is not a shard: write i/n with 0 <= i < n, e.g. 0/4");
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, of) = (
+            i.trim().parse::<usize>().map_err(|_| bad())?,
+            n.trim().parse::<usize>().map_err(|_| bad())?,
+        );
+        if of == 0 || index >= of {
+            return Err(bad());
+        }
+        Ok(Part::Shard { index, of })
+    }
+
+    /// Whether the `k`-th cell of the grid is this process's.
+    pub fn has(&self, k: usize) -> bool {
+        match *self {
+            Part::Shard { index, of } => k % of == index,
+            Part::All | Part::Collect => true,
+        }
+    }
 }
 
 /// Why the stored `result.json` of a cell cannot stand for `cfg` run by this build: another
@@ -474,7 +552,8 @@ pub fn run_grid(
     quiet: bool,
 ) -> anyhow::Result<String> {
     use crate::run::{run, run_name, with_device, RunFlags};
-    let total = (grid.methods.len() * grid.tasks.len() * grid.seeds.len()) as u64;
+    let all = grid.methods.len() * grid.tasks.len() * grid.seeds.len();
+    let total = (0..all).filter(|&k| grid.part.has(k)).count() as u64;
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -488,9 +567,15 @@ pub fn run_grid(
         .progress_chars("=> "),
     );
     let mut cells = Vec::new();
+    let mut missing = Vec::new();
+    let mut k = 0;
     for task in &grid.tasks {
         for method in &grid.methods {
             for &seed in &grid.seeds {
+                k += 1;
+                if !grid.part.has(k - 1) {
+                    continue;
+                }
                 let cfg = cell_config(&grid.base, method, task, seed);
                 let dir = out.join(run_name(&cfg));
                 let result = dir.join("result.json");
@@ -500,6 +585,11 @@ pub fn run_grid(
                 } else {
                     None
                 };
+                if grid.part == Part::Collect && (stale.is_some() || !result.exists()) {
+                    let why = stale.unwrap_or_else(|| "not run yet".into());
+                    missing.push(format!("{task} {method} seed {seed}: {why}"));
+                    continue;
+                }
                 if let Some(why) = &stale {
                     if grid.refuse_stale {
                         bar.abandon();
@@ -530,6 +620,21 @@ pub fn run_grid(
         }
     }
     bar.finish_and_clear();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "cannot collect {}: {} of {all} cells are missing or stale (run their shards first):\n  {}",
+            out.display(),
+            missing.len(),
+            missing.join("\n  ")
+        );
+    }
+    if let Part::Shard { index, of } = grid.part {
+        return Ok(format!(
+            "shard {index}/{of}: {} cells done in {}; when every shard has finished, `fewshot --collect` with the same arguments writes the table\n",
+            cells.len(),
+            out.display()
+        ));
+    }
     let summaries = summarise(&cells);
     let table = markdown(&summaries);
     let report = serde_json::json!({

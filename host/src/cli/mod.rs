@@ -95,6 +95,13 @@ pub enum Command {
         /// version, instead of rerunning it.
         #[arg(long)]
         refuse_stale: bool,
+        /// Run only cells i, i+n, i+2n, ... (0-based `i/n`) into a shared --out, for one of n
+        /// machines (a Slurm array: `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`).
+        #[arg(long, value_parser = crate::fewshot::Part::shard, conflicts_with = "collect")]
+        shard: Option<crate::fewshot::Part>,
+        /// Run nothing: build the table from the cells the shards stored in --out.
+        #[arg(long)]
+        collect: bool,
     },
     /// List the plugins: built in and from plugin folders.
     Plugins {
@@ -337,6 +344,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             quiet,
             refuse_stale,
+            shard,
+            collect,
         } => verbs::fewshot(
             &registry,
             device,
@@ -351,6 +360,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 out,
                 quiet,
                 refuse_stale,
+                part: match (shard, collect) {
+                    (Some(part), _) => part,
+                    (None, true) => crate::fewshot::Part::Collect,
+                    (None, false) => crate::fewshot::Part::All,
+                },
             },
         ),
         Command::Run {

@@ -186,6 +186,7 @@ pub struct FewshotArgs {
     pub out: PathBuf,
     pub quiet: bool,
     pub refuse_stale: bool,
+    pub part: crate::fewshot::Part,
 }
 
 /// `fewshot`: the k-shot grid (methods x CrossFit tasks x split seeds).
@@ -225,11 +226,14 @@ pub fn fewshot(
         tasks,
         seeds: a.seeds,
         refuse_stale: a.refuse_stale,
+        part: a.part,
     };
     let table = crate::fewshot::run_grid(&grid, registry, &data, &a.out, device, a.quiet);
     finish(table.map(|table| {
         print!("{table}");
-        println!("results: {}", a.out.join("fewshot.json").display());
+        if !matches!(a.part, crate::fewshot::Part::Shard { .. }) {
+            println!("results: {}", a.out.join("fewshot.json").display());
+        }
     }))
 }
 

@@ -21,6 +21,9 @@ pub trait MethodConfig: DeserializeOwned + JsonSchema + Sized {
     const DESCRIPTION: &'static str;
     /// Parameter groups the method creates by default.
     const GROUPS: &'static [&'static str];
+    /// What the plugin provides: a module unless it says otherwise (priming algorithms,
+    /// context encoders).
+    const KIND: PluginKind = PluginKind::Module;
 
     /// Checks what the types cannot say (a rank of at least 1, a probability below 1).
     fn validate(&self) -> Result<()> {
@@ -40,13 +43,13 @@ pub trait MethodConfig: DeserializeOwned + JsonSchema + Sized {
         Self::parse(&serde_json::Value::Null)
     }
 
-    /// The manifest of a module plugin whose config this is: the JSON Schema is derived from
-    /// the type. `version` is the plugin crate's (`env!("CARGO_PKG_VERSION")`).
+    /// The manifest of the plugin whose config this is: the JSON Schema is derived from the
+    /// type. `version` is the plugin crate's (`env!("CARGO_PKG_VERSION")`).
     fn manifest(version: &str) -> Manifest {
         Manifest {
             name: Self::NAME.into(),
             version: version.into(),
-            kind: PluginKind::Module,
+            kind: Self::KIND,
             api_version: String::new(),
             description: Self::DESCRIPTION.into(),
             config_schema: serde_json::to_value(schemars::schema_for!(Self))

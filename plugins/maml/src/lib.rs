@@ -18,6 +18,7 @@
 //! The error of the approximation against an exact second-order gradient is measured in
 //! `tests/priming_numerics.rs` (and tabulated in docs/plugin-authoring.md).
 use peft_api::{
+    sdk::MethodConfig,
     tensor::{Ctx, Tensor},
     ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
 };
@@ -306,20 +307,18 @@ impl Priming for Maml {
     }
 }
 
+impl MethodConfig for MamlConfig {
+    const NAME: &'static str = "maml";
+    const DESCRIPTION: &'static str = "MAML priming: inner SGD on the downstream groups, outer step on the upstream groups; second order by finite-difference Hessian-vector products, or first order (FOMAML)";
+    const GROUPS: &'static [&'static str] = &[];
+    const KIND: PluginKind = PluginKind::Priming;
+}
+
 pub struct MamlPlugin;
 
 impl Plugin for MamlPlugin {
     fn manifest() -> Manifest {
-        Manifest {
-            name: "maml".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Priming,
-            api_version: String::new(),
-            description: "MAML priming: inner SGD on the downstream groups, outer step on the upstream groups; second order by finite-difference Hessian-vector products, or first order (FOMAML)".into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(MamlConfig))
-                .expect("schema"),
-            groups: vec![],
-        }
+        <MamlConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
     }
 
     fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {

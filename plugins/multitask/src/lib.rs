@@ -2,6 +2,7 @@
 //! one batch of each, and takes an optimiser step on the upstream groups (Multi_M_A is this
 //! with upstream group `backbone`). Everything goes through the host's trainer services.
 use peft_api::{
+    sdk::MethodConfig,
     tensor::{Ctx, Tensor},
     ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
 };
@@ -118,20 +119,18 @@ impl Priming for Multitask {
     }
 }
 
+impl MethodConfig for MultitaskConfig {
+    const NAME: &'static str = "multitask";
+    const DESCRIPTION: &'static str = "Multi-task priming: average the losses of K sampled upstream tasks, step the upstream groups";
+    const GROUPS: &'static [&'static str] = &[];
+    const KIND: PluginKind = PluginKind::Priming;
+}
+
 pub struct MultitaskPlugin;
 
 impl Plugin for MultitaskPlugin {
     fn manifest() -> Manifest {
-        Manifest {
-            name: "multitask".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Priming,
-            api_version: String::new(),
-            description: "Multi-task priming: average the losses of K sampled upstream tasks, step the upstream groups".into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(MultitaskConfig))
-                .expect("schema"),
-            groups: vec![],
-        }
+        <MultitaskConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
     }
 
     fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {

@@ -3,6 +3,7 @@
 //! the upstream parameters move towards the adapted ones: `φ ← φ + ε·mean(φ̃ − φ)`, an SGD step
 //! of rate ε on the "gradient" `φ − φ̃`. The downstream-only parameters keep their values.
 use peft_api::{
+    sdk::MethodConfig,
     tensor::{Ctx, Tensor},
     ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
 };
@@ -180,20 +181,19 @@ impl Priming for Reptile {
     }
 }
 
+impl MethodConfig for ReptileConfig {
+    const NAME: &'static str = "reptile";
+    const DESCRIPTION: &'static str =
+        "Reptile priming: inner SGD per task, move the upstream groups towards the adapted weights";
+    const GROUPS: &'static [&'static str] = &[];
+    const KIND: PluginKind = PluginKind::Priming;
+}
+
 pub struct ReptilePlugin;
 
 impl Plugin for ReptilePlugin {
     fn manifest() -> Manifest {
-        Manifest {
-            name: "reptile".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            kind: PluginKind::Priming,
-            api_version: String::new(),
-            description: "Reptile priming: inner SGD per task, move the upstream groups towards the adapted weights".into(),
-            config_schema: serde_json::to_value(schemars::schema_for!(ReptileConfig))
-                .expect("schema"),
-            groups: vec![],
-        }
+        <ReptileConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
     }
 
     fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {

@@ -12,9 +12,12 @@ its mean and std over tasks) with 95% bootstrap intervals over tasks.
     python3 scripts/priming_experiment.py --smoke         # 2 + 1 tasks, 2 steps, 1 seed: checks the pipeline
     python3 scripts/priming_experiment.py --rows FT_A,MAML_M_A --steps 200
 
-Hyperparameters are the thesis' defaults (inner lr 5e-4, outer lr 1e-5 with Adam, one inner step
-on CrossFit); choosing them on the `_dev` files (`--eval-split dev`, then the test files once)
-is left to the person running it.
+Model selection: per row, the downstream learning rate is chosen among `--select-lr` by the
+mean score on the k-shot `_dev` files (split seeds `--select-seeds`); the test files are then
+scored once, with the chosen rate, on every split seed. Stage 1 runs once per row: the host's
+`--resume` reuses a primed state only when its stamp (code version, priming section, seed,
+backbone, modules, batch shape) equals the request. The priming algorithms' own settings are
+the thesis' defaults (one inner step on CrossFit), not searched.
 """
 import argparse
 import json
@@ -46,8 +49,8 @@ ROWS = {
 }
 
 
-def config(row, args, up, down):
-    """One run per row: stage 1 once, stage 2 on every downstream task and split seed."""
+def config(row, args, up, down, split="test", lr=1e-3, seeds=None):
+    """One run of a row: stage 1, then stage 2 on every downstream task and split seed."""
     plugin, pcfg, groups, module = ROWS[row]
     pcfg = dict(pcfg)
     if "tasks_per_step" in pcfg:
@@ -55,16 +58,17 @@ def config(row, args, up, down):
     return {
         "backbone": args.backbone,
         "modules": [{"plugin": module}],
-        "tasks": [{"name": t, "eval_split": args.eval_split, "eval_examples": args.eval_examples}
+        "tasks": [{"name": t, "eval_split": split,
+                   "eval_examples": args.eval_examples if split == "test" else 0}
                   for t in down],
-        "training": {"steps": args.ft_steps, "batch_size": 16, "learning_rate": 1e-3,
+        "training": {"steps": args.ft_steps, "batch_size": 16, "learning_rate": lr,
                      "max_length": args.max_length},
         "priming": {
             "plugin": plugin, "config": pcfg,
             "upstream_tasks": [{"name": t, "train_examples": 0} for t in up],
             "upstream_groups": groups, "downstream_groups": ["adapter"],
             "steps": 0 if row == "FT_A" else args.steps,
-            "checkpoint_every": 50, "split_seeds": args.seeds,
+            "checkpoint_every": 50, "split_seeds": seeds or args.seeds,
         },
     }
 
@@ -88,34 +92,59 @@ def main():
     ap.add_argument("--steps", type=int, default=200, help="upstream steps")
     ap.add_argument("--ft-steps", type=int, default=100, help="downstream steps per split")
     ap.add_argument("--seeds", default="13,21,42,87,100")
-    ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--select-lr", default="1e-3,3e-4", help="downstream rates chosen among on dev")
+    ap.add_argument("--select-seeds", default="13,21,42,87,100", help="split seeds whose dev files choose")
     ap.add_argument("--eval-examples", type=int, default=0)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--smoke", action="store_true", help="2 upstream tasks, 1 downstream, tiny budgets")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.select_seeds = [int(s) for s in args.select_seeds.split(",")]
+    args.select_lr = [float(x) for x in args.select_lr.split(",")]
     up, down = UPSTREAM, DOWNSTREAM
     if args.smoke:
         up, down = UPSTREAM[:2], DOWNSTREAM[:1]
         args.steps, args.ft_steps, args.seeds, args.eval_examples = 2, 2, [13], 32
+        args.select_seeds = [13]
     assert not set(up) & set(down), "upstream and downstream tasks must be disjoint"
     rows = args.rows.split(",")
     out = Path(args.out)
     scores = {}  # row -> task -> [score per seed]
+    chosen = {}  # row -> (lr, {lr: dev mean})
     for row in rows:
-        cfg_path = out / "configs" / f"{row}.json"
-        cfg_path.parent.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(json.dumps(config(row, args, up, down), indent=2))
         run_dir = out / row
-        print(f"[{row}]", file=sys.stderr, flush=True)
-        # `--resume` reuses a finished stage 1 and continues an interrupted one.
-        subprocess.run([args.bin, "run", str(cfg_path), "--out", str(run_dir), "--quiet", "--resume"],
-                       check=True, stdout=subprocess.DEVNULL)
-        result = next(run_dir.glob("*/result.json"))
-        for d in json.loads(result.read_text())["downstream"]:
+
+        def run(split, lr, seeds):
+            cfg_path = out / "configs" / f"{row}-{split}-lr{lr:g}.json"
+            cfg_path.parent.mkdir(parents=True, exist_ok=True)
+            cfg_path.write_text(json.dumps(config(row, args, up, down, split, lr, seeds), indent=2))
+            print(f"[{row}] {split} lr={lr:g} seeds={seeds}", file=sys.stderr, flush=True)
+            # `--resume` reuses the row's stage 1 when its stamp matches, and continues an
+            # interrupted one.
+            subprocess.run([args.bin, "run", str(cfg_path), "--out", str(run_dir), "--quiet",
+                            "--resume"], check=True, stdout=subprocess.DEVNULL)
+            result = next(run_dir.glob("*/result.json"))
+            kept = out / "results" / f"{row}-{split}-lr{lr:g}.json"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(result.read_text())
+            return json.loads(result.read_text())["downstream"]
+
+        dev = {}
+        for lr in args.select_lr:
+            rows_dev = run("dev", lr, args.select_seeds)
+            dev[lr] = statistics.mean(
+                statistics.mean(d["score"] for d in rows_dev if d["task"] == t) for t in down)
+        best = max(args.select_lr, key=lambda lr: dev[lr])
+        chosen[row] = (best, dev)
+        for d in run("test", best, args.seeds):
             scores.setdefault(row, {}).setdefault(d["task"], []).append(d["score"])
     print(f"upstream ({len(up)}): {', '.join(up)}")
     print(f"downstream ({len(down)}): {', '.join(down)}; split seeds {args.seeds}\n")
+    print("| row | downstream lr chosen on dev | dev mean per candidate |\n|---|---:|---|")
+    for r in rows:
+        lr, dev = chosen[r]
+        print(f"| {r} | {lr:g} | " + ", ".join(f"{k:g}: {v:.3f}" for k, v in dev.items()) + " |")
+    print()
     print("| task | " + " | ".join(rows) + " |")
     print("|---|" + "---:|" * len(rows))
     for task in down:

@@ -617,3 +617,64 @@ fn interrupted_and_resumed_priming_gives_the_same_primed_weights() {
         "{err:#}"
     );
 }
+
+/// `--resume` reuses a primed state for another downstream setting (learning rate, split
+/// seeds), and refuses one that another priming config made, naming what differs.
+#[test]
+fn resume_reuses_stage_one_only_for_the_same_priming() {
+    let _g = serial();
+    let registry = Registry::with_static_plugins().unwrap();
+    let dir = data::data_dir(None).unwrap();
+    let mut cfg = priming_cfg(
+        "multitask",
+        json!({ "tasks_per_step": 2, "batch_size": 4, "learning_rate": 1e-3 }),
+        json!(["backbone"]),
+        json!(["adapter"]),
+    );
+    cfg.priming.as_mut().unwrap().steps = 1;
+    cfg.priming.as_mut().unwrap().split_seeds = vec![13];
+    let out = tempfile::tempdir().unwrap();
+    let flags = |resume| peft_host::run::RunFlags {
+        progress: false,
+        resume,
+    };
+    let run = |cfg: &RunConfig, resume| {
+        peft_host::run::priming::run_two_stage::<B>(
+            cfg,
+            &registry,
+            &dir,
+            out.path(),
+            flags(resume),
+            &Default::default(),
+        )
+    };
+    run(&cfg, false).unwrap();
+    let result = |out: &std::path::Path| -> Json {
+        let path = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| e.unwrap().path().join("result.json"))
+            .find(|p| p.exists())
+            .unwrap();
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    assert!(result(out.path())["stage1"].is_object(), "stage 1 ran");
+    // Another downstream learning rate and split seed: stage 1 is reused.
+    let mut down = cfg.clone();
+    down.training.learning_rate = 3e-3;
+    down.priming.as_mut().unwrap().split_seeds = vec![21];
+    run(&down, true).unwrap();
+    let r = result(out.path());
+    assert!(r["stage1"].is_null(), "stage 1 was reused: {}", r["stage1"]);
+    assert_eq!(r["downstream"][0]["split_seed"], 21);
+    // Another priming: refused with what differs.
+    let mut other = cfg.clone();
+    other.priming.as_mut().unwrap().steps = 2;
+    let err = format!("{:#}", run(&other, true).unwrap_err());
+    assert!(
+        err.contains("primed.json") && err.contains("priming"),
+        "{err}"
+    );
+    // Without --resume it primes again.
+    run(&other, false).unwrap();
+    assert!(result(out.path())["stage1"].is_object());
+}

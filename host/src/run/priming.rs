@@ -337,6 +337,11 @@ pub fn run_two_stage<B: AutodiffBackend>(
     );
     let dir = out.join(&name);
     let primed = dir.join("primed.safetensors");
+    let stamp = dir.join("primed.json");
+    let identity = stage1_identity(cfg)?;
+    if flags.resume && primed.exists() {
+        check_stage1_identity(&stamp, &identity)?;
+    }
     let stage1 = if flags.resume && primed.exists() {
         tracing::info!("stage 1 already complete: {}", primed.display());
         None
@@ -362,6 +367,7 @@ pub fn run_two_stage<B: AutodiffBackend>(
                 r.seconds_per_step
             );
         }
+        crate::files::write_atomic(&stamp, serde_json::to_string_pretty(&identity)?.as_bytes())?;
         Some(r)
     };
     let rows = fine_tune::<B>(cfg, registry, data, Some(&primed), flags.progress, device)?;
@@ -387,6 +393,61 @@ pub fn run_two_stage<B: AutodiffBackend>(
     }
     println!("result: {}", path.display());
     Ok(())
+}
+
+/// What stage 1's result depends on: the code, the seed, the backbone and modules, the priming
+/// section (but the downstream split seeds) and the training fields the trainer services read
+/// (batch size, length, label smoothing, mixed batches). Stage 2's own settings (learning rate,
+/// steps, tasks, evaluation split) are left out, so `--resume` reuses a primed state for another
+/// downstream setting, and only then.
+pub fn stage1_identity(cfg: &RunConfig) -> anyhow::Result<serde_json::Value> {
+    let mut priming = serde_json::to_value(spec_of(cfg)?)?;
+    if let Some(p) = priming.as_object_mut() {
+        p.remove("split_seeds");
+    }
+    let t = &cfg.training;
+    Ok(serde_json::json!({
+        "code_version": crate::serve::code_version(),
+        "seed": cfg.seed,
+        "backbone": cfg.backbone,
+        "modules": cfg.modules,
+        "priming": priming,
+        "training": {
+            "batch_size": t.batch_size,
+            "max_length": t.max_length,
+            "label_smoothing": t.label_smoothing,
+            "mixed_batches": t.mixed_batches,
+        },
+    }))
+}
+
+/// Refuses to reuse a primed state that another config or build wrote (or one without a stamp).
+fn check_stage1_identity(stamp: &Path, identity: &serde_json::Value) -> anyhow::Result<()> {
+    let stored: serde_json::Value = match std::fs::read(stamp) {
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("{}: not a stage-1 stamp", stamp.display()))?,
+        Err(e) => bail!(
+            "{}: {e}; the primed state beside it cannot be matched to this config \
+             (run without --resume to prime again)",
+            stamp.display()
+        ),
+    };
+    if &stored == identity {
+        return Ok(());
+    }
+    let differs: Vec<String> = identity
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| stored.get(k.as_str()) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    bail!(
+        "{}: the primed state was made by another {} (run without --resume, or with another --out, \
+         to prime again)",
+        stamp.display(),
+        differs.join(", ")
+    )
 }
 
 /// The priming part of `plan`: upstream and downstream tasks and groups with their counts.

@@ -551,3 +551,88 @@ fn stage2_smoke_and_adaptation_timing() {
         enc.k, fr.seconds_per_step, fr.train_seconds
     );
 }
+
+/// `adapt`: a hypermodel run's adapter folder generates an unseen task's prefix and LoRA into
+/// ordinary modules saved as an adapter folder; that folder, loaded back, scores the task's
+/// options exactly as the hypermodel run does with the generated values in its pass context.
+#[test]
+fn adapt_saves_generated_modules_that_score_as_the_hypermodel_does() {
+    use peft_host::{heads::Head, serve};
+    let (mut cfg, model) = both();
+    let task = toy_task(8);
+    Head::OptionScoring
+        .create(&mut model.params.borrow_mut(), 32)
+        .unwrap();
+    cfg.task = peft_host::config::TaskSpec {
+        name: task.name.clone(),
+        head: peft_host::config::HeadKind::OptionScoring,
+        ..Default::default()
+    };
+    let registry = Registry::with_static_plugins().unwrap();
+    let hyper_dir = tempfile::tempdir().unwrap();
+    serve::folder::save(
+        &model,
+        &cfg,
+        &[(&task, &Head::OptionScoring)],
+        hyper_dir.path(),
+    )
+    .unwrap();
+    let hyper = serve::folder::load::<B>(hyper_dir.path(), &registry, &Default::default()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report =
+        serve::adapt::adapt(&hyper, &task, &registry, out.path(), &Default::default()).unwrap();
+    assert_eq!(report.examples_read, 4);
+    assert_eq!(report.modules, ["prefix", "lora"]);
+    let adapted = serve::folder::load::<B>(out.path(), &registry, &Default::default()).unwrap();
+    assert!(adapted.model.context_encoder.is_none());
+    assert!(adapted
+        .manifest
+        .config
+        .modules
+        .iter()
+        .all(|m| m.config.get("from_context").is_none()));
+    let batch: Vec<&Example> = task.eval.iter().collect();
+    let scores = |m: &Model<B>| -> Vec<f32> {
+        let graph = HostGraph::inference(&m.params);
+        peft_host::context::before_eval_pass(m, &graph, &task).unwrap();
+        match Head::OptionScoring
+            .forward(m, &graph, &task, &batch, 24, &Default::default())
+            .unwrap()
+        {
+            peft_host::heads::Output::Scores { logits, .. } => vals(logits),
+            _ => panic!("option scores expected"),
+        }
+    };
+    let (a, b) = (scores(&hyper.model), scores(&adapted.model));
+    let d = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-5, "adapted scores differ by {d}: {a:?} vs {b:?}");
+    // The modules moved away from their plain initialisation (LoRA's B starts at zero).
+    let fresh =
+        Model::<B>::build(&adapted.manifest.config, &registry, &Default::default(), 0).unwrap();
+    Head::OptionScoring
+        .create(&mut fresh.params.borrow_mut(), 32)
+        .unwrap();
+    let c = scores(&fresh);
+    assert!(
+        a.iter().zip(&c).any(|(x, y)| (x - y).abs() > 1e-4),
+        "generation changed nothing"
+    );
+    // Bad input: a folder without a hypermodel, a task with fewer examples than k.
+    let err = format!(
+        "{:#}",
+        serve::adapt::adapt(&adapted, &task, &registry, out.path(), &Default::default())
+            .unwrap_err()
+    );
+    assert!(err.contains("not trained with a context encoder"), "{err}");
+    let small = toy_task(2);
+    let err = format!(
+        "{:#}",
+        serve::adapt::adapt(&hyper, &small, &registry, out.path(), &Default::default())
+            .unwrap_err()
+    );
+    assert!(err.contains("k = 4"), "{err}");
+}

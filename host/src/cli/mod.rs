@@ -1,5 +1,6 @@
 //! The `peft-host` command line: arguments, and one function per verb in [`verbs`]. The work
 //! itself lives in the library (`run`, `fewshot`, `bench`, `config`), so the CLI stays thin.
+mod adapt;
 mod eval;
 mod export;
 mod predict;
@@ -172,6 +173,26 @@ pub enum Command {
         #[arg(long)]
         base_model: Option<String>,
     },
+    /// Adapt a new task without gradient steps: a hypermodel run's adapter folder (trained
+    /// with a `context_encoder`, e.g. HyperT5) reads the task's few-shot examples and the
+    /// generated modules are saved as an ordinary adapter folder (use it with predict/eval).
+    Adapt {
+        /// The adapter folder of the hypermodel run (`<run>/adapter`).
+        hypermodel: PathBuf,
+        /// The new task, from the data folder (its k-shot `_train` file of --split-seed).
+        #[arg(long, required_unless_present = "examples")]
+        task: Option<String>,
+        #[arg(long, default_value_t = 13)]
+        split_seed: u64,
+        /// Or a CrossFit-format JSONL file of examples (`input`, `output`, `options`).
+        #[arg(long, conflicts_with = "task")]
+        examples: Option<PathBuf>,
+        /// The new adapter folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, env = "PEFT_DATA")]
+        data: Option<PathBuf>,
+    },
     /// Dump a saved adapter's outputs (token ids, last hidden states, pooled states, logits)
     /// on some inputs as JSON, for cross-checks with other implementations.
     Dump {
@@ -322,6 +343,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             merge,
             base_model,
         } => export::export(&registry, device, adapter, out, merge, base_model),
+        Command::Adapt {
+            hypermodel,
+            task,
+            split_seed,
+            examples,
+            out,
+            data,
+        } => adapt::adapt(
+            &registry,
+            device,
+            adapt::AdaptArgs {
+                hypermodel,
+                task,
+                split_seed,
+                examples,
+                out,
+                data,
+            },
+        ),
         Command::Dump {
             adapter,
             input,

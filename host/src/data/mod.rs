@@ -7,6 +7,16 @@ mod superglue;
 mod tasks;
 
 pub use crossfit::read_crossfit;
+
+/// A task's kind from its examples: multiple choice when any brings its own options.
+pub fn kind_of_examples(examples: &[Example]) -> TaskKind {
+    crossfit::kind_of(&[examples])
+}
+
+/// The headline metric of task `name` by its benchmark's convention.
+pub fn headline_metric(name: &str, kind: TaskKind) -> &'static str {
+    tasks::metric(name, kind)
+}
 pub use glue::{read_cola, read_glue_pairs, read_ppft, read_ppft_scores, read_sst2};
 use std::path::{Path, PathBuf};
 pub use superglue::{read_multirc, read_superglue};

@@ -131,7 +131,7 @@ const SUPERGLUE_TASKS: &[(&str, &str, &[&str])] = &[
 
 /// The headline metric by the benchmark's convention: Pearson for regression, Matthews for
 /// CoLA, macro-F1 on CrossFit classification (MetaICL's rule), accuracy otherwise.
-fn metric(name: &str, kind: TaskKind) -> &'static str {
+pub(super) fn metric(name: &str, kind: TaskKind) -> &'static str {
     let crossfit =
         !(name.starts_with("glue/") || name.starts_with("superglue/") || name == "glue-sst2");
     match kind {

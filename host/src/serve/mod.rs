@@ -1,6 +1,7 @@
 //! Using what a run trained: the adapter folder every run saves ([`folder`]), predictions on
 //! new text ([`predict`]), scoring a saved adapter on a task ([`eval`]), dumping outputs for
 //! cross-checks and HF formats out ([`export`]). The CLI verbs only call in here.
+pub mod adapt;
 pub mod eval;
 pub mod export;
 pub mod folder;

@@ -19,13 +19,17 @@ fn main() {
     if let Some(index) = git(&["rev-parse", "--git-path", "index"]) {
         println!("cargo:rerun-if-changed={index}");
     }
-    if let Some(commit) = git(&["rev-parse", "HEAD"]) {
-        println!("cargo:rustc-env=PEFT_HOST_GIT_COMMIT={commit}");
-        let dirty =
-            git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-        println!(
-            "cargo:rustc-env=PEFT_HOST_GIT_DIRTY={}",
-            if dirty { "1" } else { "0" }
-        );
-    }
+    let version = match git(&["rev-parse", "HEAD"]) {
+        Some(commit) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            format!("{commit}{}", if dirty { "-dirty" } else { "" })
+        }
+        None => format!(
+            "peft-host {}",
+            std::env::var("CARGO_PKG_VERSION").unwrap_or_default()
+        ),
+    };
+    // One string, known at compile time: `--version` prints it, results record it.
+    println!("cargo:rustc-env=PEFT_HOST_CODE_VERSION={version}");
 }

@@ -17,7 +17,9 @@ mean score on the k-shot `_dev` files (split seeds `--select-seeds`); the test f
 scored once, with the chosen rate, on every split seed. Stage 1 runs once per row: the host's
 `--resume` reuses a primed state only when its stamp (code version, priming section, seed,
 backbone, modules, batch shape) equals the request. The priming algorithms' own settings are
-the thesis' defaults (one inner step on CrossFit), not searched.
+the thesis' defaults (one inner step on CrossFit), not searched. Interrupted? Run the same
+command again: each finished (row, split, rate) result is reused when its request and the
+build that made it (`peft-host --version`) equal the current ones.
 """
 import argparse
 import json
@@ -109,25 +111,37 @@ def main():
     assert not set(up) & set(down), "upstream and downstream tasks must be disjoint"
     rows = args.rows.split(",")
     out = Path(args.out)
+    # A stored result is reused only when its request and the build that made it match.
+    version = subprocess.run([args.bin, "--version"], check=True, capture_output=True,
+                             text=True).stdout.split()[-1]
     scores = {}  # row -> task -> [score per seed]
     chosen = {}  # row -> (lr, {lr: dev mean})
     for row in rows:
         run_dir = out / row
 
         def run(split, lr, seeds):
+            cfg = config(row, args, up, down, split, lr, seeds)
+            kept = out / "results" / f"{row}-{split}-lr{lr:g}.json"
+            if kept.exists():
+                stored = json.loads(kept.read_text())
+                if stored.get("requested") == cfg and stored.get("code_version") == version:
+                    print(f"[{row}] {split} lr={lr:g}: reusing {kept}", file=sys.stderr, flush=True)
+                    return stored["downstream"]
             cfg_path = out / "configs" / f"{row}-{split}-lr{lr:g}.json"
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
-            cfg_path.write_text(json.dumps(config(row, args, up, down, split, lr, seeds), indent=2))
+            cfg_path.write_text(json.dumps(cfg, indent=2))
             print(f"[{row}] {split} lr={lr:g} seeds={seeds}", file=sys.stderr, flush=True)
             # `--resume` reuses the row's stage 1 when its stamp matches, and continues an
             # interrupted one.
             subprocess.run([args.bin, "run", str(cfg_path), "--out", str(run_dir), "--quiet",
                             "--resume"], check=True, stdout=subprocess.DEVNULL)
-            result = next(run_dir.glob("*/result.json"))
-            kept = out / "results" / f"{row}-{split}-lr{lr:g}.json"
+            result = json.loads(next(run_dir.glob("*/result.json")).read_text())
+            result["requested"] = cfg
             kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_text(result.read_text())
-            return json.loads(result.read_text())["downstream"]
+            tmp = kept.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=1))
+            tmp.replace(kept)
+            return result["downstream"]
 
         dev = {}
         for lr in args.select_lr:

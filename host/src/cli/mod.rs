@@ -21,7 +21,7 @@ use crate::{
 
 /// Parameter-efficient fine-tuning of pretrained transformers, with methods as plugins.
 #[derive(Parser, Debug)]
-#[command(name = "peft-host", version, about, long_about = None, propagate_version = true)]
+#[command(name = "peft-host", version = crate::serve::CODE_VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Extra folder of plugin libraries (repeatable; PEFT_PLUGIN_PATH adds more).
     #[arg(long = "plugin-dir", global = true, value_name = "DIR")]

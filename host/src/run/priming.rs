@@ -374,6 +374,7 @@ pub fn run_two_stage<B: AutodiffBackend>(
     let summary = summarise(&rows);
     let result = serde_json::json!({
         "config": cfg,
+        "code_version": crate::serve::code_version(),
         "combination": spec.combination(),
         "stage1": stage1,
         "downstream": rows,

@@ -15,19 +15,11 @@ use safetensors::{tensor::TensorView, Dtype};
 /// uncommitted changes), or the crate version when built outside a git checkout. Grids reuse a
 /// stored result only when this equals the running build's.
 pub fn code_version() -> String {
-    match option_env!("PEFT_HOST_GIT_COMMIT") {
-        Some(c) if !c.is_empty() => format!(
-            "{}{}",
-            c,
-            if option_env!("PEFT_HOST_GIT_DIRTY") == Some("1") {
-                "-dirty"
-            } else {
-                ""
-            }
-        ),
-        _ => format!("peft-host {}", env!("CARGO_PKG_VERSION")),
-    }
+    CODE_VERSION.to_string()
 }
+
+/// [`code_version`] as a constant (`peft-host --version` prints it).
+pub const CODE_VERSION: &str = env!("PEFT_HOST_CODE_VERSION");
 
 /// Named f32 tensors: name, shape, values.
 pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;

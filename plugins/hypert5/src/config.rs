@@ -22,6 +22,9 @@ pub struct HyperT5Config {
     /// Backbone layers copied into the hypermodel's encoder (all when absent).
     #[serde(default)]
     pub encoder_layers: Option<usize>,
+    /// Decoder layers copied into the hypermodel's decoder (T5; all when absent).
+    #[serde(default)]
+    pub decoder_layers: Option<usize>,
     /// Hidden size of the MLP heads.
     #[serde(default = "default_head_hidden")]
     #[schemars(range(min = 1))]

@@ -1,9 +1,11 @@
-//! HyperT5 / hypertuning (Phang et al., 2022) on encoder-only backbones: a context encoder
+//! HyperT5 / hypertuning (Phang et al., 2022): a context encoder
 //! whose hypermodel reads a task's few-shot examples and generates per-layer prefixes and/or
 //! LoRA A and B for query and value, stored in the pass context for the `prefix` and `lora`
 //! modules configured with `from_context`.
 //!
-//! Hypermodel (group `hyper`): a trainable copy of the backbone's encoder layers and embedding
+//! On T5 the hypermodel is an encoder copy over the examples and a decoder copy fed learned
+//! queries, generating prefixes for all three attention kinds (`t5.rs`). On BERT-family
+//! encoders — the rest of this file — it is (group `hyper`): a trainable copy of the backbone's encoder layers and embedding
 //! LayerNorm, initialised from the backbone weights (`PARAM("backbone:…")`, `TO_DATA`,
 //! `Init::Data`; the word, position and type embeddings are read from the frozen backbone),
 //! then one single-head attention block whose learned queries (one per layer and generated
@@ -18,6 +20,7 @@
 //! Extension calls: `outputs` (the context names it sets), `host_options` (`k`,
 //! `max_length`, `consumers`), `parameter_count`.
 mod config;
+mod t5;
 
 pub use config::{Generated, HyperT5Config};
 use peft_api::{
@@ -54,6 +57,10 @@ pub struct HyperT5 {
     info: BackboneInfo,
     /// Encoder layers copied into the hypermodel.
     layers: usize,
+    /// Decoder layers copied (T5).
+    decoder_layers: usize,
+    /// T5 v1.1's gated FFN (`wi_0`, `wi_1`) rather than v1.0's `wi`.
+    gated: bool,
     params: usize,
 }
 
@@ -63,6 +70,8 @@ impl HyperT5 {
             config,
             info: BackboneInfo::default(),
             layers: 0,
+            decoder_layers: 0,
+            gated: false,
             params: 0,
         }
     }
@@ -205,18 +214,25 @@ impl HyperT5 {
 
 impl ContextEncoderImpl for HyperT5 {
     fn attach(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<AttachPlan> {
-        if backbone.architecture != "bert" {
-            return Err(ApiError::config(format!(
-                "hypert5: backbone `{}` is `{}`; this version builds the hypermodel for encoder-only BERT-family backbones only (the T5 layout is not implemented yet)",
-                backbone.name, backbone.architecture
-            )));
-        }
         if self.config.generate.is_empty() {
             return Err(ApiError::config(
                 "hypert5: `generate` is empty; ask for `prefix`, `lora` or both",
             ));
         }
         self.info = backbone.clone();
+        match backbone.architecture.as_str() {
+            "bert" => {}
+            "t5" => {
+                self.attach_t5(ctx, backbone)?;
+                return Ok(AttachPlan::default());
+            }
+            other => {
+                return Err(ApiError::config(format!(
+                    "hypert5: backbone `{}` is `{other}`; the hypermodel is built for BERT-family encoders and for T5",
+                    backbone.name
+                )))
+            }
+        }
         let n = backbone.num_layers;
         self.layers = self.config.encoder_layers.unwrap_or(n);
         if self.layers > n {
@@ -293,8 +309,11 @@ impl ContextEncoderImpl for HyperT5 {
                 "hypert5: attention_mask and token_type_ids must have input_ids' shape",
             ));
         }
-        // Additive mask: 0 on tokens, -10000 on padding (BERT's convention).
         let m: Vec<f32> = mask.to_ints()?.iter().map(|&v| v as f32).collect();
+        if self.info.architecture == "t5" {
+            return self.encode_t5(ctx, ids, m);
+        }
+        // Additive mask: 0 on tokens, -10000 on padding (BERT's convention).
         let neg: Vec<f32> = m.iter().map(|v| (1.0 - v) * -10000.0).collect();
         let bias = ctx.from_data(&[k, 1, 1, t], neg.clone())?;
         let x = self.encode_examples(ctx, ids, types, &bias)?;
@@ -348,6 +367,10 @@ impl ContextEncoderImpl for HyperT5 {
 
     fn call(&mut self, _ctx: &Ctx<'_>, name: &str, _args: Value) -> Result<Value> {
         match name {
+            "outputs" if self.info.architecture == "t5" => Ok(json!(t5::KINDS
+                .iter()
+                .map(|(kind, _)| self.name(kind))
+                .collect::<Vec<_>>())),
             "outputs" => {
                 let mut v = Vec::new();
                 for g in self.kinds() {

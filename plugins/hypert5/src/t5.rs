@@ -1,0 +1,314 @@
+//! The T5 layout of the hypermodel (HyperT5 as Phang et al. build it): a trainable copy of the
+//! backbone's encoder reads the `k` examples, a trainable copy of its decoder is fed learned
+//! query tokens — one per generated layer and attention kind, attending to each other without a
+//! causal mask and across to every token of every example — and an MLP head per attention kind
+//! turns each query's output into that layer's prefix keys and values.
+//!
+//! Outputs: `<name>.prefix_encoder` `[L_enc, 2, P, inner]` (encoder self-attention),
+//! `<name>.prefix_decoder` and `<name>.prefix_cross` `[L_dec, 2, P, inner]` (decoder self- and
+//! cross-attention), for three `prefix` modules with `stack` / `roles` and `from_context`;
+//! `<name>.summary` (the decoder's outputs) and `<name>.examples` (the examples' encoder states)
+//! for tests. Relative positions use T5's maximum distance of 128 (every released checkpoint's).
+use peft_api::{ApiError, BackboneInfo, Ctx, Init, Result, Tensor};
+
+use crate::HyperT5;
+
+/// T5's RMS norm epsilon (HF default).
+const EPS: f64 = 1e-6;
+/// Additive mask on padding (T5 uses the dtype's minimum; this is as good under a softmax).
+const MASKED: f32 = -1e9;
+
+/// The three prefix kinds: context suffix, stack, attention sub-layer.
+pub(crate) const KINDS: [(&str, &str); 3] = [
+    ("prefix_encoder", "encoder"),
+    ("prefix_decoder", "decoder"),
+    ("prefix_cross", "decoder"),
+];
+
+/// T5's bucket of a relative position (`j - i`), as `T5Attention._relative_position_bucket`.
+pub(crate) fn bucket(rel: i64, bidirectional: bool, buckets: usize, max_distance: usize) -> i64 {
+    let mut nb = buckets as i64;
+    let mut out = 0;
+    let mut n = rel;
+    if bidirectional {
+        nb /= 2;
+        if n > 0 {
+            out += nb;
+        }
+        n = n.abs();
+    } else {
+        n = -n.min(0);
+    }
+    let exact = nb / 2;
+    if n < exact {
+        return out + n;
+    }
+    let ratio = ((max_distance as f64) / (exact as f64)).ln() as f32;
+    let large = (n as f32 / exact as f32).ln() / ratio * (nb - exact) as f32;
+    out + (exact + large as i64).min(nb - 1)
+}
+
+impl HyperT5 {
+    /// Layers of each stack in the hypermodel and whether the FFN is gated (T5 v1.1).
+    pub(crate) fn attach_t5(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<()> {
+        if self.kinds() != [crate::Generated::Prefix] {
+            return Err(ApiError::config(
+                "hypert5: on T5 this version generates prefixes only (`generate: [\"prefix\"]`); LoRA generation is implemented for BERT-family backbones",
+            ));
+        }
+        let (le, ld) = (backbone.num_layers, backbone.num_decoder_layers);
+        self.layers = self.config.encoder_layers.unwrap_or(le);
+        self.decoder_layers = self.config.decoder_layers.unwrap_or(ld);
+        if self.layers > le || self.decoder_layers > ld {
+            return Err(ApiError::config(format!(
+                "hypert5: encoder_layers = {} / decoder_layers = {} but backbone `{}` has {le} / {ld}",
+                self.layers, self.decoder_layers, backbone.name
+            )));
+        }
+        self.gated = ctx
+            .param("backbone:encoder.block.0.layer.1.DenseReluDense.wi_0.weight")
+            .is_ok();
+        let ffn: &[&str] = if self.gated {
+            &["wi_0", "wi_1", "wo"]
+        } else {
+            &["wi", "wo"]
+        };
+        for (stack, n, attns) in [
+            ("encoder", self.layers, &["SelfAttention"][..]),
+            (
+                "decoder",
+                self.decoder_layers,
+                &["SelfAttention", "EncDecAttention"][..],
+            ),
+        ] {
+            self.copy(
+                ctx,
+                &format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+            )?;
+            for l in 0..n {
+                let p = format!("{stack}.block.{l}");
+                for (i, a) in attns.iter().enumerate() {
+                    for m in ["q", "k", "v", "o"] {
+                        self.copy(ctx, &format!("{p}.layer.{i}.{a}.{m}.weight"))?;
+                    }
+                    self.copy(ctx, &format!("{p}.layer.{i}.layer_norm.weight"))?;
+                }
+                let f = attns.len();
+                for w in ffn {
+                    self.copy(ctx, &format!("{p}.layer.{f}.DenseReluDense.{w}.weight"))?;
+                }
+                self.copy(ctx, &format!("{p}.layer.{f}.layer_norm.weight"))?;
+            }
+            self.copy(ctx, &format!("{stack}.final_layer_norm.weight"))?;
+        }
+        let h = backbone.hidden_size;
+        let inner = backbone.num_heads * backbone.head_dim;
+        let queries = le + 2 * ld;
+        // T5's embeddings are of unit scale (unlike BERT's 0.02).
+        let std = 1.0;
+        self.create(
+            ctx,
+            "queries",
+            &[queries, h],
+            Init::Normal { mean: 0.0, std },
+        )?;
+        let hid = self.config.head_hidden;
+        let out = 2 * self.config.prefix_length * inner;
+        for (kind, _) in KINDS {
+            self.create(
+                ctx,
+                &format!("head.{kind}.dense1.weight"),
+                &[hid, h],
+                Init::KaimingUniform,
+            )?;
+            self.create(
+                ctx,
+                &format!("head.{kind}.dense1.bias"),
+                &[hid],
+                Init::Zeros,
+            )?;
+            let std = self.config.out_init_std;
+            self.create(
+                ctx,
+                &format!("head.{kind}.dense2.weight"),
+                &[out, hid],
+                Init::Normal { mean: 0.0, std },
+            )?;
+            self.create(
+                ctx,
+                &format!("head.{kind}.dense2.bias"),
+                &[out],
+                Init::Zeros,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The relative position bias `[1, heads, s, t]` of `stack` for `s` queries and `t` keys.
+    fn position_bias<'c>(
+        &self,
+        ctx: &'c Ctx<'_>,
+        stack: &str,
+        s: usize,
+        t: usize,
+    ) -> Result<Tensor<'c>> {
+        let table = ctx.param(&format!(
+            "{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        ))?;
+        let buckets = table.shape()?[0];
+        let bidirectional = stack == "encoder";
+        let idx: Vec<i64> = (0..s)
+            .flat_map(|i| {
+                (0..t).map(move |j| bucket(j as i64 - i as i64, bidirectional, buckets, 128))
+            })
+            .collect();
+        let heads = self.info.num_heads as i64;
+        table
+            .index_select(0, ctx.from_ints(&[s * t], idx)?)?
+            .reshape(&[1, s as i64, t as i64, heads])?
+            .permute(&[0, 3, 1, 2])
+    }
+
+    /// T5 attention (no biases, no score scaling) of `x [b, s, H]` over `kv [b, t, H]` with the
+    /// additive `bias` (broadcast to `[b, heads, s, t]`).
+    fn t5_attention<'c>(
+        &self,
+        ctx: &'c Ctx<'_>,
+        x: Tensor<'c>,
+        kv: Tensor<'c>,
+        bias: Tensor<'c>,
+        p: &str,
+    ) -> Result<Tensor<'c>> {
+        let (nh, dh) = (self.info.num_heads as i64, self.info.head_dim as i64);
+        let w = |m: &str| ctx.param(&format!("{p}.{m}.weight"));
+        let split = |y: Tensor<'c>| -> Result<Tensor<'c>> {
+            let [b, n, _]: [usize; 3] = y
+                .shape()?
+                .try_into()
+                .map_err(|_| ApiError::shape("hypert5: states must be [b, n, H]"))?;
+            y.reshape(&[b as i64, n as i64, nh, dh])?
+                .permute(&[0, 2, 1, 3])
+        };
+        let [b, s, _]: [usize; 3] = x
+            .shape()?
+            .try_into()
+            .map_err(|_| ApiError::shape("hypert5: states must be [b, n, H]"))?;
+        let q = split(x.linear(w("q")?, None)?)?;
+        let k = split(kv.clone().linear(w("k")?, None)?)?;
+        let v = split(kv.linear(w("v")?, None)?)?;
+        let c = q
+            .matmul(k.transpose(2, 3)?)?
+            .add(bias)?
+            .softmax(-1)?
+            .matmul(v)?
+            .permute(&[0, 2, 1, 3])?
+            .reshape(&[b as i64, s as i64, nh * dh])?;
+        c.linear(w("o")?, None)
+    }
+
+    fn t5_ffn<'c>(&self, ctx: &'c Ctx<'_>, x: Tensor<'c>, p: &str) -> Result<Tensor<'c>> {
+        let w = |m: &str| ctx.param(&format!("{p}.DenseReluDense.{m}.weight"));
+        let h = if self.gated {
+            x.clone()
+                .linear(w("wi_0")?, None)?
+                .gelu_tanh()?
+                .mul(x.linear(w("wi_1")?, None)?)?
+        } else {
+            x.linear(w("wi")?, None)?.activation("relu")?
+        };
+        h.linear(w("wo")?, None)
+    }
+
+    fn norm<'c>(&self, ctx: &'c Ctx<'_>, x: Tensor<'c>, key: &str) -> Result<Tensor<'c>> {
+        x.rms_norm(Some(ctx.param(key)?), EPS)
+    }
+
+    /// `encode` on T5: examples `[k, T]` through the encoder copy, queries through the decoder
+    /// copy, one prefix tensor per attention kind into the pass context.
+    pub(crate) fn encode_t5<'c>(
+        &self,
+        ctx: &'c Ctx<'_>,
+        ids: Tensor<'c>,
+        mask: Vec<f32>,
+    ) -> Result<()> {
+        let [k, t]: [usize; 2] = ids
+            .shape()?
+            .try_into()
+            .map_err(|_| ApiError::shape("hypert5: input_ids must be [k, T]"))?;
+        let h = self.info.hidden_size as i64;
+        let words = ctx.param("backbone:shared.weight")?;
+        let mut x = words
+            .index_select(0, ids.reshape(&[(k * t) as i64])?)?
+            .reshape(&[k as i64, t as i64, h])?;
+        let pad: Vec<f32> = mask.iter().map(|m| (1.0 - m) * MASKED).collect();
+        let enc_bias = self
+            .position_bias(ctx, "encoder", t, t)?
+            .add(ctx.from_data(&[k, 1, 1, t], pad.clone())?)?;
+        for l in 0..self.layers {
+            let p = format!("encoder.block.{l}.layer");
+            let n = self.norm(ctx, x.clone(), &format!("{p}.0.layer_norm.weight"))?;
+            let a = self.t5_attention(
+                ctx,
+                n.clone(),
+                n,
+                enc_bias.clone(),
+                &format!("{p}.0.SelfAttention"),
+            )?;
+            x = x.add(a)?;
+            let n = self.norm(ctx, x.clone(), &format!("{p}.1.layer_norm.weight"))?;
+            x = x.add(self.t5_ffn(ctx, n, &format!("{p}.1"))?)?;
+        }
+        let states = self.norm(ctx, x, "encoder.final_layer_norm.weight")?;
+        // The examples' encoder states `[k, T, H]`, for tests (the copy starts as the backbone).
+        ctx.set_context(&self.name("examples"), states.clone())?;
+        let memory = states.reshape(&[1, (k * t) as i64, h])?;
+        let cross_bias = ctx.from_data(&[1, 1, 1, k * t], pad)?;
+        let queries = ctx.param("queries")?;
+        let nq = queries.shape()?[0];
+        let mut y = queries.unsqueeze(0)?;
+        // Non-causal: every query sees every other, through the decoder's own position bias.
+        let self_bias = self.position_bias(ctx, "decoder", nq, nq)?;
+        for l in 0..self.decoder_layers {
+            let p = format!("decoder.block.{l}.layer");
+            let n = self.norm(ctx, y.clone(), &format!("{p}.0.layer_norm.weight"))?;
+            let a = self.t5_attention(
+                ctx,
+                n.clone(),
+                n,
+                self_bias.clone(),
+                &format!("{p}.0.SelfAttention"),
+            )?;
+            y = y.add(a)?;
+            let n = self.norm(ctx, y.clone(), &format!("{p}.1.layer_norm.weight"))?;
+            let a = self.t5_attention(
+                ctx,
+                n,
+                memory.clone(),
+                cross_bias.clone(),
+                &format!("{p}.1.EncDecAttention"),
+            )?;
+            y = y.add(a)?;
+            let n = self.norm(ctx, y.clone(), &format!("{p}.2.layer_norm.weight"))?;
+            y = y.add(self.t5_ffn(ctx, n, &format!("{p}.2"))?)?;
+        }
+        let out = self
+            .norm(ctx, y, "decoder.final_layer_norm.weight")?
+            .reshape(&[nq as i64, h])?;
+        ctx.set_context(&self.name("summary"), out.clone())?;
+        let (le, ld) = (self.info.num_layers, self.info.num_decoder_layers);
+        let (p, inner) = (
+            self.config.prefix_length as i64,
+            (self.info.num_heads * self.info.head_dim) as i64,
+        );
+        let mut start = 0;
+        for (kind, stack) in KINDS {
+            let n = if stack == "encoder" { le } else { ld };
+            let z = out.clone().slice(0, start, start + n)?;
+            start += n;
+            let z = self.lin(ctx, z, &format!("head.{kind}.dense1"))?.gelu()?;
+            let g = self.lin(ctx, z, &format!("head.{kind}.dense2"))?;
+            ctx.set_context(&self.name(kind), g.reshape(&[n as i64, 2, p, inner])?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! HyperT5's T5 layout on the tiny T5 v1.1 fixture: the hypermodel (encoder copy over the
+//! examples, decoder copy fed learned queries) generates prefixes for encoder self-, decoder
+//! self- and decoder cross-attention; shapes, gradients reaching every hypermodel parameter,
+//! and a text-to-text task whose loss falls with only the hypermodel training.
+use peft_host::{
+    bridge::HostGraph,
+    config::RunConfig,
+    data::{self, Example},
+    heads::{Head, Output},
+    model::Model,
+    train::{self, TaskRun},
+};
+use peft_registry::Registry;
+use peft_tests::*;
+use serde_json::json;
+
+fn vals<BK: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<BK, D>,
+) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+/// A word-level tokenizer over `texts` (as tests/pha_mixed.rs builds it for the tiny T5).
+fn word_tokenizer(dir: &std::path::Path, texts: &[String]) -> std::path::PathBuf {
+    let specials = ["<pad>", "</s>", "<unk>"];
+    let mut vocab = serde_json::Map::new();
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), i.into());
+    }
+    for t in texts {
+        for w in t
+            .to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+        {
+            let n = vocab.len();
+            vocab.entry(w.to_string()).or_insert(n.into());
+        }
+    }
+    assert!(vocab.len() <= 256, "{} words", vocab.len());
+    let template = json!([{ "Sequence": { "id": "A", "type_id": 0 } },
+                          { "SpecialToken": { "id": "</s>", "type_id": 0 } }]);
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": specials.iter().enumerate().map(|(i, s)| json!({ "id": i, "content": s,
+            "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true }))
+            .collect::<Vec<_>>(),
+        "normalizer": { "type": "Lowercase" },
+        "pre_tokenizer": { "type": "Whitespace" },
+        "post_processor": { "type": "TemplateProcessing", "single": template, "pair": template,
+            "special_tokens": { "</s>": { "id": "</s>", "ids": [1], "tokens": ["</s>"] } } },
+        "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
+    });
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, tok.to_string()).unwrap();
+    path
+}
+
+fn setup(dir: &std::path::Path, steps: usize) -> (RunConfig, data::Task) {
+    let data_dir = data::data_dir(None).unwrap();
+    let mut sst = data::load_task(&data_dir, "glue-sst2", 8, 0, 13, 5).unwrap();
+    sst.eval = sst.train[..4].to_vec();
+    let mut texts: Vec<String> = sst.train.iter().map(|e| e.text_a.clone()).collect();
+    texts.extend(sst.labels.iter().cloned());
+    texts.push("sep".into());
+    let tok = word_tokenizer(dir, &texts);
+    let prefix = |name: &str, stack: &str, role: Option<&str>, ctx: &str| {
+        let mut c = json!({ "prefix_length": 2, "stack": stack, "from_context": ctx });
+        if let Some(r) = role {
+            c["roles"] = json!([r]);
+        }
+        json!({ "name": name, "plugin": "prefix", "config": c })
+    };
+    let cfg: RunConfig = serde_json::from_value(json!({
+        "backbone": { "path": fixture("t5-v1_1-tiny"), "tokenizer": tok },
+        "modules": [
+            prefix("pe", "encoder", None, "hypert5.prefix_encoder"),
+            prefix("pd", "decoder", Some("self_attention"), "hypert5.prefix_decoder"),
+            prefix("pc", "decoder", Some("cross_attention"), "hypert5.prefix_cross"),
+        ],
+        "context_encoder": { "plugin": "hypert5", "config": {
+            "generate": ["prefix"], "prefix_length": 2, "head_hidden": 16, "k": 4,
+            "max_length": 32, "out_init_std": 0.05, "consumers": ["pe", "pd", "pc"] } },
+        "task": { "head": "text_to_text", "max_new_tokens": 4 },
+        "training": { "steps": steps, "batch_size": 4, "learning_rate": 3e-3, "max_length": 48,
+                      "train_groups": ["hyper"] }
+    }))
+    .unwrap();
+    (cfg, sst)
+}
+
+#[test]
+fn t5_hypermodel_generates_three_prefix_kinds_and_every_parameter_gets_a_gradient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, task) = setup(tmp.path(), 1);
+    let registry = Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+    let enc = model.context_encoder.as_ref().unwrap();
+    assert_eq!(
+        enc.outputs,
+        [
+            "hypert5.prefix_encoder",
+            "hypert5.prefix_decoder",
+            "hypert5.prefix_cross"
+        ]
+    );
+    model.set_trainable(&["hyper".into()]).unwrap();
+    let graph = HostGraph::new(&model.params, true);
+    let batch: Vec<&Example> = task.train.iter().take(3).collect();
+    // The hypermodel reads these examples (a training pass would draw k others of the task).
+    enc.encode(&model, &graph, &task, &batch).unwrap();
+    {
+        // [layers, key/value, P, heads * d_kv]: 2 layers per stack, 4 heads of 16.
+        let ctx = graph.context.borrow();
+        for n in &enc.outputs {
+            let v = match &ctx[n] {
+                peft_host::bridge::Value::Float(f) => f.clone(),
+                _ => panic!("{n}: not a float tensor"),
+            };
+            assert_eq!(
+                peft_host::bridge::value::ft::<B, 4>(v).dims(),
+                [2, 2, 2, 64],
+                "{n}"
+            );
+        }
+    }
+    // At initialisation the hypermodel's encoder is the backbone's: same states on the
+    // examples as `input answer` pairs.
+    {
+        let ctx = graph.context.borrow();
+        let got = match &ctx["hypert5.examples"] {
+            peft_host::bridge::Value::Float(f) => {
+                vals(peft_host::bridge::value::ft::<B, 3>(f.clone()))
+            }
+            _ => panic!("examples: not a float tensor"),
+        };
+        let mut plain_cfg = cfg.clone();
+        plain_cfg.modules.clear();
+        plain_cfg.context_encoder = None;
+        let plain = Model::<B>::build(&plain_cfg, &registry, &Default::default(), 0).unwrap();
+        let texts: Vec<_> = batch
+            .iter()
+            .map(|e| (e.text_a.clone(), Some(task.labels[e.label].clone())))
+            .collect();
+        let tb = plain.tokenize(&texts, 32, &Default::default()).unwrap();
+        let g = HostGraph::inference(&plain.params);
+        let want = vals(plain.encode(&g, &tb).unwrap());
+        assert_eq!(got.len(), want.len());
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d < 1e-4,
+            "hypermodel encoder differs from the backbone's by {d}"
+        );
+    }
+    let head = Head::resolve(&cfg.task, &task, "head").unwrap();
+    let loss = match head
+        .forward(&model, &graph, &task, &batch, 48, &Default::default())
+        .unwrap()
+    {
+        Output::Loss(l) => l.mean(),
+        _ => panic!("text-to-text answers with its loss"),
+    };
+    let grads = loss.backward();
+    let store = model.params.borrow();
+    let mut n = 0;
+    for p in store.trainable() {
+        assert_eq!(p.group, "hyper", "{}", p.name);
+        let g = match p.shape.len() {
+            1 => vals(store.tensor::<1>(&p.name).unwrap().grad(&grads).unwrap()),
+            _ => vals(store.tensor::<2>(&p.name).unwrap().grad(&grads).unwrap()),
+        };
+        assert!(
+            g.iter().any(|&x| x != 0.0),
+            "no gradient reaches {}",
+            p.name
+        );
+        assert!(g.iter().all(|x| x.is_finite()), "{}", p.name);
+        n += 1;
+    }
+    // Encoder: 2 position tables + 2 × (4 attention + norm + 3 FFN + norm) + final norm per
+    // stack (decoder blocks add cross-attention and its norm), queries, 3 heads × 4.
+    assert_eq!(n, 2 + 2 * 9 + 1 + 2 * 14 + 1 + 1 + 12);
+}
+
+#[test]
+fn t5_hypermodel_alone_learns_a_small_text_to_text_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, task) = setup(tmp.path(), 40);
+    let registry = Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+    let runs = [TaskRun {
+        task: &task,
+        head: Head::resolve(&cfg.task, &task, "head").unwrap(),
+    }];
+    let r = train::train_tasks(
+        &model,
+        &runs,
+        &cfg,
+        &Default::default(),
+        &Default::default(),
+    )
+    .unwrap();
+    let mean = |s: &[(usize, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&r.losses[..5]), mean(&r.losses[35..]));
+    eprintln!("T5 hypermodel, hyper only: loss {first:.3} -> {last:.3}");
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+}

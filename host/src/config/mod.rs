@@ -41,6 +41,13 @@ pub struct RunConfig {
     /// Seed of parameter initialisation, sampling and dropout.
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// Start from a saved adapter folder (`<run>/adapter`, or what `peft-host adapt` wrote):
+    /// every tensor of it whose name matches a parameter of this run is loaded before training
+    /// (same shape required) — to continue training, or to fine-tune from generated parameters
+    /// (hyper-init) or from a multi-task module (shared init). The folder's backbone must be
+    /// this run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 fn default_seed() -> u64 {

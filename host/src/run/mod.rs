@@ -168,6 +168,14 @@ pub fn run_generic<B: AutodiffBackend>(
         head.create(&mut model.params.borrow_mut(), model.info().hidden_size)?;
         runs.push(crate::train::TaskRun { task, head });
     }
+    let init = match &cfg.init_from {
+        Some(dir) => {
+            let r = crate::serve::init::init_from(&model, cfg, dir).context("/init_from")?;
+            tracing::info!(folder = %r.folder, tensors = r.tensors, elements = r.elements, unused = ?r.unused, "initialised from an adapter folder");
+            Some(r)
+        }
+        None => None,
+    };
     let plan = Plan::of(&model, &cfg.training.train_groups)?;
     if progress {
         eprint!("{}", plan.render());
@@ -191,7 +199,7 @@ pub fn run_generic<B: AutodiffBackend>(
         .map(|r| serde_json::json!({ "task": r.task.name, "head": r.head }))
         .collect();
     let result = serde_json::json!({
-        "config": cfg, "plan": plan, "heads": heads, "report": report,
+        "config": cfg, "plan": plan, "heads": heads, "report": report, "init_from": init,
         "code_version": crate::serve::code_version(),
     });
     let path = out.join(&name).join("result.json");

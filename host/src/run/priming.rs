@@ -329,6 +329,10 @@ pub fn run_two_stage<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     let spec = spec_of(cfg)?;
+    anyhow::ensure!(
+        cfg.init_from.is_none(),
+        "/init_from: a run with a `priming` section starts stage 2 from its primed state; init_from is for single-stage runs"
+    );
     let name = format!(
         "{}-{}-{}",
         super::run_name(cfg),

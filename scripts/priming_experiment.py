@@ -23,11 +23,12 @@ build that made it (`peft-host --version`) equal the current ones.
 """
 import argparse
 import json
-import random
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from expkit import arg_rgstd, std
 
 UPSTREAM = [
     "ade_corpus_v2-classification", "ag_news", "anli", "art", "boolq", "circa", "emo",
@@ -75,16 +76,6 @@ def config(row, args, up, down, split="test", lr=1e-3, seeds=None):
     }
 
 
-def bootstrap(values, stat, n=1000, seed=0):
-    rng = random.Random(seed)
-    draws = sorted(stat([rng.choice(values) for _ in values]) for _ in range(n))
-    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
-
-
-def std(v):
-    return statistics.stdev(v) if len(v) > 1 else 0.0
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="target/release/peft-host")
@@ -99,6 +90,8 @@ def main():
     ap.add_argument("--eval-examples", type=int, default=0)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--smoke", action="store_true", help="2 upstream tasks, 1 downstream, tiny budgets")
+    ap.add_argument("--table-only", action="store_true",
+                    help="run nothing: the table of the rows whose results are all stored")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.select_seeds = [int(s) for s in args.select_seeds.split(",")]
@@ -116,6 +109,20 @@ def main():
                              text=True).stdout.split()[-1]
     scores = {}  # row -> task -> [score per seed]
     chosen = {}  # row -> (lr, {lr: dev mean})
+
+    def select_and_test(run):
+        """The rate with the best dev mean (over tasks of the mean over seeds), then test."""
+        dev = {}
+        for lr in args.select_lr:
+            rows_dev = run("dev", lr, args.select_seeds)
+            dev[lr] = statistics.mean(
+                statistics.mean(d["score"] for d in rows_dev if d["task"] == t) for t in down)
+        best = max(args.select_lr, key=lambda lr: dev[lr])
+        by_task = {}
+        for d in run("test", best, args.seeds):
+            by_task.setdefault(d["task"], []).append(d["score"])
+        return (best, dev), by_task
+
     for row in rows:
         run_dir = out / row
 
@@ -127,6 +134,8 @@ def main():
                 if stored.get("requested") == cfg and stored.get("code_version") == version:
                     print(f"[{row}] {split} lr={lr:g}: reusing {kept}", file=sys.stderr, flush=True)
                     return stored["downstream"]
+            if args.table_only:
+                raise LookupError(f"{row}: {split} lr={lr:g} not stored")
             cfg_path = out / "configs" / f"{row}-{split}-lr{lr:g}.json"
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
             cfg_path.write_text(json.dumps(cfg, indent=2))
@@ -143,15 +152,12 @@ def main():
             tmp.replace(kept)
             return result["downstream"]
 
-        dev = {}
-        for lr in args.select_lr:
-            rows_dev = run("dev", lr, args.select_seeds)
-            dev[lr] = statistics.mean(
-                statistics.mean(d["score"] for d in rows_dev if d["task"] == t) for t in down)
-        best = max(args.select_lr, key=lambda lr: dev[lr])
-        chosen[row] = (best, dev)
-        for d in run("test", best, args.seeds):
-            scores.setdefault(row, {}).setdefault(d["task"], []).append(d["score"])
+        try:
+            chosen[row], scores[row] = select_and_test(run)
+        except LookupError as e:
+            print(f"[{row}] skipped: {e}", file=sys.stderr)
+    rows = [r for r in rows if r in scores]
+
     print(f"upstream ({len(up)}): {', '.join(up)}")
     print(f"downstream ({len(down)}): {', '.join(down)}; split seeds {args.seeds}\n")
     print("| row | downstream lr chosen on dev | dev mean per candidate |\n|---|---:|---|")
@@ -165,16 +171,8 @@ def main():
         cells = [f"{statistics.mean(scores[r][task]):.3f} ± {std(scores[r][task]):.3f}" for r in rows]
         print(f"| {task} | " + " | ".join(cells) + " |")
     if "FT_A" in scores:
-        base = {t: statistics.mean(v) for t, v in scores["FT_A"].items()}
-        kept = [t for t in down if abs(base[t]) > 1e-3]  # the thesis drops tasks with a ~0 baseline
-        print("\n| row | ARG [95% CI] | RGSTD [95% CI] |\n|---|---|---|")
-        for r in rows:
-            rg = [(statistics.mean(scores[r][t]) - base[t]) / abs(base[t]) for t in kept]
-            lo, hi = bootstrap(rg, statistics.mean)
-            slo, shi = bootstrap(rg, std)
-            print(f"| {r} | {statistics.mean(rg):+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                  f"{std(rg):.3f} [{slo:.3f}, {shi:.3f}] |")
-
+        print()
+        print(arg_rgstd(scores, "FT_A", rows, down))
 
 if __name__ == "__main__":
     main()

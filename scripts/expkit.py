@@ -1,0 +1,87 @@
+"""Shared pieces of the experiment scripts: cached runs of the peft-host binary, ARG/RGSTD with
+bootstrap intervals. A stored result is reused only when the request (config or command) and
+the build that made it (`peft-host --version`) equal the current ones."""
+import hashlib
+import json
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+
+def std(v):
+    return statistics.stdev(v) if len(v) > 1 else 0.0
+
+
+def bootstrap(values, stat, n=1000, seed=0):
+    """95% percentile interval of `stat` over `n` resamples of `values` (tasks)."""
+    rng = random.Random(seed)
+    draws = sorted(stat([rng.choice(values) for _ in values]) for _ in range(n))
+    return draws[int(0.025 * n)], draws[int(0.975 * n) - 1]
+
+
+def arg_rgstd(scores, base_row, rows, tasks):
+    """Markdown rows of ARG / RGSTD against `base_row` (relative gain per task of the mean
+    over seeds; tasks with a ~0 baseline are left out, as the thesis does)."""
+    base = {t: statistics.mean(scores[base_row][t]) for t in tasks}
+    kept = [t for t in tasks if abs(base[t]) > 1e-3]
+    out = ["| row | ARG [95% CI] | RGSTD [95% CI] |", "|---|---|---|"]
+    for r in rows:
+        rg = [(statistics.mean(scores[r][t]) - base[t]) / abs(base[t]) for t in kept]
+        lo, hi = bootstrap(rg, statistics.mean)
+        slo, shi = bootstrap(rg, std)
+        out.append(f"| {r} | {statistics.mean(rg):+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                   f"{std(rg):.3f} [{slo:.3f}, {shi:.3f}] |")
+    return "\n".join(out)
+
+
+class Runner:
+    """Runs `peft-host` commands under `out`, each result stored by the hash of its request."""
+
+    def __init__(self, binary, out):
+        self.bin = binary
+        self.out = Path(out)
+        self.version = subprocess.run([binary, "--version"], check=True, capture_output=True,
+                                      text=True).stdout.split()[-1]
+
+    def _cached(self, request, make):
+        key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+        path = self.out / "results" / f"{key}.json"
+        if path.exists():
+            stored = json.loads(path.read_text())
+            if stored.get("request") == request and stored.get("code_version") == self.version:
+                return stored["result"]
+        result = make(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"request": request, "code_version": self.version,
+                                   "result": result}, indent=1))
+        tmp.replace(path)
+        return result
+
+    def run(self, cfg, label):
+        """`peft-host run` of a config: its result.json, and the adapter folder's path."""
+        def make(key):
+            cfg_path = self.out / "configs" / f"{label}-{key}.json"
+            cfg_path.parent.mkdir(parents=True, exist_ok=True)
+            cfg_path.write_text(json.dumps(cfg, indent=2))
+            run_dir = self.out / "runs" / f"{label}-{key}"
+            print(f"[run] {label}", file=sys.stderr, flush=True)
+            subprocess.run([self.bin, "run", str(cfg_path), "--out", str(run_dir), "--quiet"],
+                           check=True, stdout=subprocess.DEVNULL)
+            result_path = next(run_dir.glob("*/result.json"))
+            result = json.loads(result_path.read_text())
+            result["adapter_folder"] = str(result_path.parent / "adapter")
+            return result
+        return self._cached({"run": cfg}, make)
+
+    def command(self, args, label, output):
+        """Another verb (`adapt`, `eval`): `output(key)` names the JSON it writes."""
+        def make(key):
+            print(f"[{args[0]}] {label}", file=sys.stderr, flush=True)
+            out_path = output(key)
+            subprocess.run([self.bin, *[a.replace("{key}", key) for a in args]], check=True,
+                           stdout=subprocess.DEVNULL)
+            return json.loads(Path(str(out_path)).read_text())
+        return self._cached({"command": args}, make)

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""HyperT5 on unseen CrossFit tasks (issue 12), as one command.
+
+Stage 2 (once): the hypermodel (HyperT5, group `hyper` + the shared option head) trained across
+TRAIN (30 CrossFit tasks, option scoring), and, for the shared-init baseline, a plain prefix
+module trained multi-task on the same tasks, same budget. Then, on each of UNSEEN (10 tasks
+disjoint from TRAIN) and split seed (13, 21, 42, 87, 100), scored on the test files:
+
+  generated  `peft-host adapt`: the prefix generated from the 16 shots, no gradient step
+  untuned    the backbone with the hypermodel run's option head, no module
+  random     prefix tuned on the 16 shots from random init
+  shared     prefix tuned from the multi-task prefix (`init_from`)
+  hyper      prefix tuned from the generated prefix (`init_from` the adapted folder)
+
+The three tuned rows choose their learning rate among `--select-lr` by the mean score on the
+k-shot `_dev` files of `--select-seeds` (every unseen task), then score the test files once with
+it. ARG / RGSTD against `random` with 95% bootstrap intervals over tasks. Every run is cached in
+`--out` by its request and the build (`peft-host --version`): run the command again after an
+interruption and finished runs are reused.
+
+    python3 scripts/hypert5_experiment.py                   # the full grid (many hours on a CPU)
+    python3 scripts/hypert5_experiment.py --smoke           # tiny budgets: checks the pipeline
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from expkit import Runner, arg_rgstd, std
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGE2 = ROOT / "tests/configs/e2e/hypert5-crossfit-stage2.json"
+UNSEEN = ["glue-rte", "superglue-cb", "superglue-copa", "emo", "tweet_eval-hate", "sms_spam",
+          "quarel", "wino_grande", "piqa", "glue-mrpc"]
+ROWS = ["generated", "untuned", "random", "shared", "hyper"]
+TUNED = ["random", "shared", "hyper"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=str(ROOT / "target/release/peft-host"))
+    ap.add_argument("--out", default="runs/hypert5-experiment")
+    ap.add_argument("--steps", type=int, default=3000, help="stage-2 steps (both stage-2 runs)")
+    ap.add_argument("--ft-steps", type=int, default=100, help="16-shot fine-tuning steps")
+    ap.add_argument("--select-lr", default="1e-2,3e-3,1e-3")
+    ap.add_argument("--seeds", default="13,21,42,87,100")
+    ap.add_argument("--select-seeds", default="13,21")
+    ap.add_argument("--eval-examples", type=int, default=0, help="test subsample (0: all)")
+    ap.add_argument("--tasks", default=",".join(UNSEEN))
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    select_seeds = [int(s) for s in args.select_seeds.split(",")]
+    lrs = [float(x) for x in args.select_lr.split(",")]
+    unseen = args.tasks.split(",")
+    stage2 = json.loads(STAGE2.read_text())
+    train = [t["name"] for t in stage2["tasks"]]
+    if args.smoke:
+        stage2["tasks"] = stage2["tasks"][:3]
+        train = train[:3]
+        unseen, seeds, select_seeds, lrs = unseen[:1], [13], [13], lrs[:2]
+        args.steps, args.ft_steps, args.eval_examples = 2, 2, 16
+    assert not set(train) & set(unseen), "training and unseen tasks must be disjoint"
+    r = Runner(args.bin, args.out)
+
+    # Stage 2: the hypermodel (with the shared option head), and the multi-task prefix.
+    hyper_cfg = json.loads(json.dumps(stage2))
+    hyper_cfg["training"].update(steps=args.steps, train_groups=["hyper", "head"])
+    hyper = r.run(hyper_cfg, "stage2-hyper")
+    prefix_len = stage2["context_encoder"]["config"]["prefix_length"]
+    plain = {"name": "gen", "plugin": "prefix", "config": {"prefix_length": prefix_len}}
+    shared_cfg = json.loads(json.dumps(stage2))
+    shared_cfg.pop("context_encoder")
+    shared_cfg["modules"] = [plain]
+    shared_cfg["training"].update(steps=args.steps, learning_rate=1e-3,
+                                  train_groups=["adapter", "head"])
+    shared = r.run(shared_cfg, "stage2-shared")
+
+    def task(name, seed, split):
+        t = {"name": name, "split_seed": seed, "head": "option_scoring", "eval_split": split}
+        if split == "test" and args.eval_examples:
+            t["eval_examples"] = args.eval_examples
+        return t
+
+    def adapted(name, seed):
+        folder = str(Path(args.out) / "adapted" / f"{name}-{seed}-{{key}}")
+        return r.command(["adapt", hyper["adapter_folder"], "--task", name, "--split-seed",
+                          str(seed), "--out", folder], f"{name} seed {seed}",
+                         lambda key: Path(folder.replace("{key}", key)) / "adapt.json")
+
+    def tuned(row, name, seed, split, lr):
+        cfg = {"backbone": stage2["backbone"], "modules": [plain], "task": task(name, seed, split),
+               "seed": seed,
+               "training": {"steps": args.ft_steps, "batch_size": 8, "learning_rate": lr,
+                            "warmup_steps": 0, "max_length": stage2["training"]["max_length"],
+                            "train_groups": ["adapter", "head"], "eval_every": 0}}
+        if row == "shared":
+            cfg["init_from"] = shared["adapter_folder"]
+        if row == "hyper":
+            cfg["init_from"] = str(Path(adapted(name, seed)["out"]))
+        res = r.run(cfg, f"{row}-{name}-{seed}-{split}-lr{lr:g}")
+        last = [e for e in res["report"]["evaluations"] if e["step"] == res["report"]["steps"]]
+        return last[0]["score"], res["report"].get("train_seconds", 0.0)
+
+    # Learning rates chosen on dev.
+    chosen = {}
+    for row in TUNED:
+        dev = {lr: statistics.mean(tuned(row, t, s, "dev", lr)[0]
+                                   for t in unseen for s in select_seeds) for lr in lrs}
+        chosen[row] = (max(lrs, key=lambda lr: dev[lr]), dev)
+
+    scores = {row: {t: [] for t in unseen} for row in ROWS}
+    gen_seconds, ft_seconds = [], []
+    for t in unseen:
+        for s in seeds:
+            a = adapted(t, s)
+            gen_seconds.append(a["generation_seconds"])
+            ev = str(Path(args.out) / "evals" / f"{t}-{s}-{{key}}.json")
+            e = r.command(["eval", a["out"], "--out", ev]
+                          + (["--eval-examples", str(args.eval_examples)] if args.eval_examples else []),
+                          f"generated {t} seed {s}", lambda key: ev.replace("{key}", key))
+            scores["generated"][t].append(e["evaluation"]["score"])
+            untuned = {"backbone": stage2["backbone"], "modules": [], "task": task(t, s, "test"),
+                       "init_from": a["out"], "training": {"steps": 0}}
+            u = r.run(untuned, f"untuned-{t}-{s}")
+            scores["untuned"][t].append(u["report"]["evaluations"][-1]["score"])
+            for row in TUNED:
+                score, secs = tuned(row, t, s, "test", chosen[row][0])
+                scores[row][t].append(score)
+                ft_seconds.append(secs)
+
+    print(f"training tasks ({len(train)}): {', '.join(train)}")
+    print(f"unseen tasks ({len(unseen)}): {', '.join(unseen)}; split seeds {seeds}; "
+          f"{args.steps} stage-2 steps, {args.ft_steps} fine-tuning steps\n")
+    print("| row | learning rate chosen on dev | dev mean per candidate |\n|---|---:|---|")
+    for row in TUNED:
+        lr, dev = chosen[row]
+        print(f"| {row} | {lr:g} | " + ", ".join(f"{k:g}: {v:.3f}" for k, v in dev.items()) + " |")
+    print("\n| task | " + " | ".join(ROWS) + " |\n|---|" + "---:|" * len(ROWS))
+    for t in unseen:
+        cells = [f"{statistics.mean(scores[r_][t]):.3f} ± {std(scores[r_][t]):.3f}" for r_ in ROWS]
+        print(f"| {t} | " + " | ".join(cells) + " |")
+    print()
+    print(arg_rgstd(scores, "random", ROWS, unseen))
+    print(f"\nadapting one task: generation {statistics.median(gen_seconds):.2f} s (median), "
+          f"16-shot fine-tuning {statistics.median(ft_seconds):.1f} s of training (median)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

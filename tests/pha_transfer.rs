@@ -130,3 +130,109 @@ fn the_heat_map_has_a_cell_per_task_and_prototype() {
         "the picked cells are outlined"
     );
 }
+
+/// The run pipeline's transfer path: a PHA run's adapter folder, then a new task's run with
+/// `init_from` that folder and `prototype` — retrieve (the prototype the task's examples pick,
+/// as `retrieval::retrieve` finds it), random (a valid index drawn with the seed), an index,
+/// or one out of range (refused).
+#[test]
+fn a_run_starts_a_new_task_from_the_retrieved_or_a_random_prototype() {
+    let registry = Registry::with_static_plugins().unwrap();
+    let data_dir = data::data_dir(None).unwrap();
+    let pha = serde_json::json!({
+        "z_dim": 8, "retriever_hidden": 16, "layer_embedding_dim": 6, "projector_dim": 10,
+        "hyper_hidden": 14, "bottleneck": 4, "shared_bottleneck": 5
+    });
+    let mut cfg = tiny_bert_config(serde_json::json!([{ "plugin": "pha", "config": pha }]));
+    cfg["tasks"] = serde_json::json!([
+        { "name": "glue-sst2", "train_examples": 32, "eval_examples": 16 },
+        { "name": "glue/stsb", "train_examples": 32, "eval_examples": 16 }
+    ]);
+    cfg["training"] = serde_json::json!({
+        "steps": 20, "batch_size": 16, "learning_rate": 1e-2, "max_length": 32,
+        "mixed_batches": true, "task_sampling": "uniform",
+        "train_groups": ["adapter", "retriever", "prototype", "hyper", "head"]
+    });
+    let out = tempfile::tempdir().unwrap();
+    let flags = || peft_host::run::RunFlags {
+        progress: false,
+        resume: false,
+    };
+    let first: RunConfig = serde_json::from_value(cfg.clone()).unwrap();
+    peft_host::run::run_generic::<B>(
+        &first,
+        &registry,
+        &data_dir,
+        out.path(),
+        flags(),
+        &Default::default(),
+    )
+    .unwrap();
+    let trained = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("adapter").exists())
+        .unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(trained.join("result.json")).unwrap()).unwrap();
+    // The new task's run: the module's config as trained (with its two prototypes).
+    let mut next = cfg.clone();
+    next["modules"] = saved["config"]["modules"].clone();
+    next.as_object_mut().unwrap().remove("tasks");
+    next["task"] =
+        serde_json::json!({ "name": "glue/cola", "train_examples": 16, "eval_examples": 16 });
+    next["init_from"] = trained.join("adapter").display().to_string().into();
+    next["training"] = serde_json::json!({ "steps": 3, "batch_size": 8, "learning_rate": 1e-2,
+        "max_length": 32, "weight_decay": 0.0, "train_groups": ["prototype", "hyper", "head"] });
+    let picked = |pick: serde_json::Value| -> anyhow::Result<serde_json::Value> {
+        let mut c = next.clone();
+        c["prototype"] = serde_json::json!({ "pick": pick });
+        let c: RunConfig = serde_json::from_value(c).unwrap();
+        let o = tempfile::tempdir().unwrap();
+        peft_host::run::run_generic::<B>(
+            &c,
+            &registry,
+            &data_dir,
+            o.path(),
+            flags(),
+            &Default::default(),
+        )?;
+        let dir = std::fs::read_dir(o.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("result.json")).unwrap()).unwrap();
+        assert!(r["init_from"]["tensors"].as_u64().unwrap() > 0);
+        Ok(r["prototypes"][0].clone())
+    };
+    // Retrieve: the same pick as the library call on the loaded model.
+    let r = picked("retrieve".into()).unwrap();
+    let c: RunConfig = serde_json::from_value(next.clone()).unwrap();
+    let model = Model::<B>::build(&c, &registry, &Default::default(), 0).unwrap();
+    peft_host::serve::init::init_from(&model, &c, &trained.join("adapter")).unwrap();
+    let cola = data::load(&data_dir, &c.task, c.seed).unwrap();
+    let shots: Vec<&Example> = cola.train.iter().collect();
+    let want = retrieval::retrieve(
+        &model,
+        "pha",
+        &cola.name,
+        &shots,
+        32,
+        false,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(r["picked"].as_u64().unwrap() as usize, want.picked, "{r}");
+    assert_eq!(r["cosines"].as_array().unwrap().len(), 2);
+    // Random and an index: valid picks; out of range: refused naming the count.
+    assert!(picked("random".into()).unwrap()["picked"].as_u64().unwrap() < 2);
+    assert_eq!(picked(1.into()).unwrap()["picked"], 1);
+    let err = format!("{:#}", picked(5.into()).unwrap_err());
+    assert!(
+        err.contains("index 5") && err.contains("2 prototypes"),
+        "{err}"
+    );
+}

@@ -48,6 +48,40 @@ pub struct RunConfig {
     /// this run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<std::path::PathBuf>,
+    /// Few-shot transfer with a prototype-based module (PHA) started from a trained one
+    /// (`init_from`): which training task's prototype each task of this run uses and fine-tunes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prototype: Option<PrototypeSpec>,
+}
+
+/// Which prototype a new task starts from (see `RunConfig::prototype`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrototypeSpec {
+    /// The module instance that holds the prototypes and answers `retrieve`.
+    #[serde(default = "default_prototype_module")]
+    pub module: String,
+    /// `retrieve` (nearest prototype to the mean retrieval vector of the task's training
+    /// examples), `random` (one drawn with the run's seed: the ablation), or a prototype index.
+    pub pick: PrototypePick,
+}
+
+fn default_prototype_module() -> String {
+    "pha".into()
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum PrototypePick {
+    Rule(PickRule),
+    Index(usize),
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PickRule {
+    Retrieve,
+    Random,
 }
 
 fn default_seed() -> u64 {

@@ -2,6 +2,7 @@
 //! trained and evaluated; result.json, curves.svg and a table out. The CLI only parses
 //! arguments and calls in here, so tests and other front ends run exactly what `run` runs.
 pub mod priming;
+pub mod transfer;
 
 use std::path::Path;
 
@@ -176,6 +177,17 @@ pub fn run_generic<B: AutodiffBackend>(
         }
         None => None,
     };
+    let prototypes = match &cfg.prototype {
+        Some(spec) => Some(transfer::pick_prototypes(
+            &model,
+            spec,
+            &runs,
+            cfg.training.max_length,
+            cfg.seed,
+            device,
+        )?),
+        None => None,
+    };
     let plan = Plan::of(&model, &cfg.training.train_groups)?;
     if progress {
         eprint!("{}", plan.render());
@@ -200,6 +212,7 @@ pub fn run_generic<B: AutodiffBackend>(
         .collect();
     let result = serde_json::json!({
         "config": cfg, "plan": plan, "heads": heads, "report": report, "init_from": init,
+        "prototypes": prototypes,
         "code_version": crate::serve::code_version(),
     });
     let path = out.join(&name).join("result.json");

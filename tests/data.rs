@@ -226,3 +226,31 @@ fn evaluation_split_named_in_the_config() {
         "{err}"
     );
 }
+
+/// `holdout`: the same training examples held out for every run seed, disjoint from what the
+/// run trains on, reported as the `train-holdout` split; with `eval_split` it is refused.
+#[test]
+fn holdout_evaluates_on_training_examples_no_run_trains_on() {
+    let spec = |seed_examples: usize| peft_host::config::TaskSpec {
+        name: "glue/rte".into(),
+        holdout: 200,
+        train_examples: seed_examples,
+        ..Default::default()
+    };
+    let a = peft_host::data::load(&data(), &spec(0), 1).unwrap();
+    let b = peft_host::data::load(&data(), &spec(100), 2).unwrap();
+    assert_eq!(a.eval_split, "train-holdout");
+    assert_eq!((a.train.len(), a.eval.len()), (2_240 - 200, 200));
+    assert_eq!(
+        a.eval, b.eval,
+        "the held-out examples do not depend on the run"
+    );
+    assert_eq!(b.train.len(), 100);
+    for e in &b.train {
+        assert!(!a.eval.contains(e), "a held-out example is trained on");
+    }
+    let mut bad = spec(0);
+    bad.eval_split = Some("dev".into());
+    let err = format!("{:#}", peft_host::data::load(&data(), &bad, 1).unwrap_err());
+    assert!(err.contains("drop `eval_split`"), "{err}");
+}

@@ -165,6 +165,12 @@ pub struct TaskSpec {
     /// task has one); GLUE and SuperGLUE have their one labelled evaluation split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_split: Option<String>,
+    /// Hold this many training examples out (one fixed seeded draw, before `train_examples`
+    /// and `shots_per_class`) and evaluate on them instead of the evaluation split: for
+    /// choosing hyperparameters where the only labelled evaluation split (GLUE's dev) serves as
+    /// the test set. The split is reported as `train-holdout`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub holdout: usize,
     /// How the model answers: `auto` picks `classification` for a fixed label set,
     /// `option_scoring` for multiple choice and `regression` for a real-valued target.
     #[serde(default)]
@@ -173,6 +179,10 @@ pub struct TaskSpec {
     #[serde(default = "default_max_new_tokens")]
     #[schemars(range(min = 1))]
     pub max_new_tokens: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_max_new_tokens() -> usize {

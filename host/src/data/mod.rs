@@ -105,6 +105,8 @@ pub fn data_dir(cli: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Seeds the evaluation subsample (`eval_examples`), independent of the run's seed.
 pub const EVAL_SUBSAMPLE_SEED: u64 = 0x5EED;
+/// The draw of `holdout` examples, the same for every run.
+pub const HOLDOUT_SEED: u64 = 0x401D;
 
 fn subsample(mut v: Vec<Example>, n: usize, seed: u64) -> Vec<Example> {
     if n > 0 && v.len() > n {
@@ -145,6 +147,25 @@ pub fn load(data: &Path, spec: &crate::config::TaskSpec, seed: u64) -> anyhow::R
         spec.eval_split.as_deref(),
         spec.split_seed,
     )?;
+    if spec.holdout > 0 {
+        anyhow::ensure!(
+            spec.eval_split.is_none(),
+            "task `{}`: `holdout` evaluates on held-out training examples; drop `eval_split`",
+            spec.name
+        );
+        anyhow::ensure!(
+            task.train.len() > spec.holdout,
+            "task `{}`: holdout = {} but the training file has {} examples",
+            spec.name,
+            spec.holdout,
+            task.train.len()
+        );
+        let mut train = std::mem::take(&mut task.train);
+        train.shuffle(&mut StdRng::seed_from_u64(HOLDOUT_SEED));
+        task.eval = train.split_off(train.len() - spec.holdout);
+        task.train = train;
+        task.eval_split = "train-holdout".into();
+    }
     if spec.shots_per_class > 0 {
         anyhow::ensure!(
             task.kind == TaskKind::Classification,

@@ -454,7 +454,7 @@ fn priming_cfg(plugin: &str, config: Json, upstream: Json, downstream: Json) -> 
     });
     let text = cfg.to_string();
     let registry = Registry::with_static_plugins().unwrap();
-    peft_host::config::validate::validate(&text, "test", &registry).unwrap()
+    peft_host::validate::validate(&text, "test", &registry).unwrap()
 }
 
 fn weights(model_cfg: &RunConfig, primed: &std::path::Path, name: &str) -> Vec<f32> {

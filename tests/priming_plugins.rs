@@ -4,9 +4,10 @@
 //! does not link the third-party crate (and, for the first-party test, uses a registry holding
 //! only the libraries of the folder).
 use peft_host::{
-    config::{validate::validate, RunConfig},
+    config::RunConfig,
     data,
     run::priming::{fine_tune, prime, PrimeOptions},
+    validate::validate,
 };
 use peft_registry::{Origin, Registry};
 use peft_tests::*;

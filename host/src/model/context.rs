@@ -21,8 +21,8 @@ use serde_json::json;
 use crate::{
     bridge::{HostGraph, Value},
     config::PluginSpec,
+    data::target_text,
     data::{Example, Task},
-    heads::target_text,
     model::Model,
     modules::Composition,
     params::ParamStore,

@@ -39,16 +39,8 @@ use self::{
     args::*,
     optims::{export_optims, import_optims},
 };
-use super::{
-    checkpoint,
-    optim::Optim,
-    TaskRun,
-};
-use crate::{
-    bridge::HostGraph,
-    config::RunConfig,
-    model::Model,
-};
+use super::{checkpoint, optim::Optim, TaskRun};
+use crate::{bridge::HostGraph, config::RunConfig, model::Model};
 
 /// Batches kept alive at once; older ids expire (they also expire at every `next_step`).
 const MAX_BATCHES: usize = 1024;

@@ -271,7 +271,8 @@ impl Head {
                 let ids: Vec<u32> = r.iter().skip(1).map(|&i| i as u32).collect();
                 tok.decode(&ids, true)
                     .map(|s| s.trim().to_string())
-                    .map_err(|e| anyhow::anyhow!("decoding {ids:?}: {e}"))
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .with_context(|| format!("decoding {ids:?}"))
             })
             .collect()
     }

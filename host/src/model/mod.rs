@@ -312,10 +312,12 @@ pub fn mean_pool<B: AutodiffBackend>(h: Tensor<B, 3>, mask: &Tensor<B, 2, Int>) 
 /// each batch to its longest sequence and passes the attention mask.
 pub fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
     let mut tok = tokenizers::Tokenizer::from_file(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| path.display().to_string())?;
     tok.with_padding(None);
     tok.with_truncation(None)
-        .map_err(|e| anyhow::anyhow!("{}: turning truncation off: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| format!("{}: turning truncation off", path.display()))?;
     Ok(tok)
 }
 
@@ -333,7 +335,8 @@ pub fn tokenize<B: AutodiffBackend>(
     for (a, b) in texts {
         let enc = |s: &str| {
             tok.encode(s, false)
-                .map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("tokenizing {s:?}"))
         };
         let (first, second) = (enc(a)?, b.as_deref().map(enc).transpose()?);
         // HF's truncation (strategy `longest_first`): trim the longer segment first, leaving
@@ -347,10 +350,12 @@ pub fn tokenize<B: AutodiffBackend>(
             ..Default::default()
         };
         let (first, second) = truncate_encodings(first, second, &params)
-            .map_err(|e| anyhow::anyhow!("truncating {a:?}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("truncating {a:?}"))?;
         let enc = tok
             .post_process(first, second, true)
-            .map_err(|e| anyhow::anyhow!("tokenizing {a:?}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("tokenizing {a:?}"))?;
         let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
         let types: Vec<i64> = enc.get_type_ids().iter().map(|&i| i as i64).collect();
         rows.push((ids, types));

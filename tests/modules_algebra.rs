@@ -54,10 +54,6 @@ fn row(b: &TextBatch<B>, i: usize, len: usize) -> TextBatch<B> {
     }
 }
 
-fn vals(t: Tensor<B, 3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
 /// Last hidden state with the model's modules.
 fn encode(model: &Model<B>, batch: &TextBatch<B>) -> Vec<f32> {
     let graph = HostGraph::new(&model.params, false);
@@ -68,16 +64,7 @@ fn encode(model: &Model<B>, batch: &TextBatch<B>) -> Vec<f32> {
 fn encode_bare(model: &Model<B>, batch: &TextBatch<B>) -> Vec<f32> {
     let graph = HostGraph::new(&model.params, false);
     let hooks = Hooks::new(&graph, &NoModules);
-    vals(
-        model
-            .backbone
-            .as_bert()
-            .unwrap()
-            .encode_all(&hooks, batch)
-            .unwrap()
-            .pop()
-            .unwrap(),
-    )
+    vals(bert_last_hidden(model, &hooks, batch))
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {

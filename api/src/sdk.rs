@@ -6,6 +6,10 @@
 //! of the ABI, so it grows freely (compare HF peft's `tuners/<method>/{config,layer,model}.py`).
 use std::fmt::Display;
 
+mod services;
+
+pub use services::{batch_size, Services, Vector};
+
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 

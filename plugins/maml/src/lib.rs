@@ -21,7 +21,7 @@ pub use peft_api::sdk::{Services, Vector};
 use peft_api::{
     sdk::{batch_size, MethodConfig},
     tensor::{Ctx, Tensor},
-    ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
+    ApiError, PluginKind, Priming, Result, Trainer,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -248,31 +248,22 @@ impl MethodConfig for MamlConfig {
     const DESCRIPTION: &'static str = "MAML priming: inner SGD on the downstream groups, outer step on the upstream groups; second order by finite-difference Hessian-vector products, or first order (FOMAML)";
     const GROUPS: &'static [&'static str] = &[];
     const KIND: PluginKind = PluginKind::Priming;
-}
 
-pub struct MamlPlugin;
-
-impl Plugin for MamlPlugin {
-    fn manifest() -> Manifest {
-        <MamlConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
-    }
-
-    fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {
-        let cfg: MamlConfig = peft_api::blocks::parse_config("maml", config)?;
-        if !(cfg.fd_epsilon > 0.0 && cfg.fd_epsilon.is_finite()) {
+    fn validate(&self) -> Result<()> {
+        if !(self.fd_epsilon > 0.0 && self.fd_epsilon.is_finite()) {
             return Err(ApiError::config(format!(
                 "maml: fd_epsilon = {} must be positive",
-                cfg.fd_epsilon
+                self.fd_epsilon
             )));
         }
-        if !matches!(cfg.outer_optimizer.as_str(), "adam" | "sgd") {
+        if !matches!(self.outer_optimizer.as_str(), "adam" | "sgd") {
             return Err(ApiError::config(format!(
                 "maml: outer_optimizer `{}` is not adam or sgd",
-                cfg.outer_optimizer
+                self.outer_optimizer
             )));
         }
-        Ok(Box::new(Maml { cfg }))
+        Ok(())
     }
 }
 
-peft_api::export_plugin!(maml, MamlPlugin);
+peft_api::priming_plugin!(maml, MamlPlugin, MamlConfig => |cfg| Maml { cfg });

@@ -4,7 +4,7 @@
 use peft_api::{
     sdk::{batch_size, MethodConfig, Services},
     tensor::{Ctx, Tensor},
-    ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
+    ApiError, PluginKind, Priming, Result, Trainer,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -80,25 +80,16 @@ impl MethodConfig for MultitaskConfig {
     const DESCRIPTION: &'static str = "Multi-task priming: average the losses of K sampled upstream tasks, step the upstream groups";
     const GROUPS: &'static [&'static str] = &[];
     const KIND: PluginKind = PluginKind::Priming;
-}
 
-pub struct MultitaskPlugin;
-
-impl Plugin for MultitaskPlugin {
-    fn manifest() -> Manifest {
-        <MultitaskConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
-    }
-
-    fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {
-        let cfg: MultitaskConfig = peft_api::blocks::parse_config("multitask", config)?;
-        if !matches!(cfg.optimizer.as_str(), "adam" | "sgd") {
+    fn validate(&self) -> Result<()> {
+        if !matches!(self.optimizer.as_str(), "adam" | "sgd") {
             return Err(ApiError::config(format!(
                 "multitask: optimizer `{}` is not adam or sgd",
-                cfg.optimizer
+                self.optimizer
             )));
         }
-        Ok(Box::new(Multitask { cfg }))
+        Ok(())
     }
 }
 
-peft_api::export_plugin!(multitask, MultitaskPlugin);
+peft_api::priming_plugin!(multitask, MultitaskPlugin, MultitaskConfig => |cfg| Multitask { cfg });

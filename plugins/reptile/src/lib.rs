@@ -5,7 +5,7 @@
 use peft_api::{
     sdk::{batch_size, MethodConfig, Services, Vector},
     tensor::Ctx,
-    ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
+    ApiError, PluginKind, Priming, Result, Trainer,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -129,18 +129,4 @@ impl MethodConfig for ReptileConfig {
     const KIND: PluginKind = PluginKind::Priming;
 }
 
-pub struct ReptilePlugin;
-
-impl Plugin for ReptilePlugin {
-    fn manifest() -> Manifest {
-        <ReptileConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
-    }
-
-    fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {
-        Ok(Box::new(Reptile {
-            cfg: peft_api::blocks::parse_config("reptile", config)?,
-        }))
-    }
-}
-
-peft_api::export_plugin!(reptile, ReptilePlugin);
+peft_api::priming_plugin!(reptile, ReptilePlugin, ReptileConfig => |cfg| Reptile { cfg });

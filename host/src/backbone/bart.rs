@@ -4,8 +4,6 @@
 //! Learned positions with HF's offset of 2, `layernorm_embedding`, post-LayerNorm layers,
 //! scores scaled by `head_dim^-0.5`, LM head tied to `shared.weight` (unless
 //! `tie_word_embeddings` is false) plus `final_logits_bias`.
-use std::path::Path;
-
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor};
 use peft_api::{ApiError, BackboneInfo};
 
@@ -14,13 +12,12 @@ mod config;
 pub use super::seq2seq::{KvCache, Seq2Seq};
 use super::{
     additive_mask,
-    arch::{self, Architecture},
+    arch::Architecture,
     layers::{activation_fn, causal_mask, check_activation, dropout, prefix_len, split_heads},
     seq2seq::LayerCache,
     Backbone, Hooks, TextBatch,
 };
 use crate::nn::value::{fp, ft};
-use crate::params::ParamStore;
 pub use config::BartConfig;
 use config::{LN_EPS, POSITION_OFFSET};
 
@@ -42,11 +39,6 @@ impl Bart {
         check_activation(&config.activation_function)?;
         let info = config.info(name);
         Ok(Bart { config, info })
-    }
-
-    /// Reads `config.json` from `dir` and loads `model.safetensors` into `store`.
-    pub fn load<B: AutodiffBackend>(dir: &Path, store: &mut ParamStore<B>) -> anyhow::Result<Self> {
-        arch::load(dir, store)
     }
 
     fn lin<B: AutodiffBackend>(

@@ -15,14 +15,6 @@ use peft_tests::*;
 
 const TOL: f32 = 1e-6;
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// The Houlsby adapter written directly in burn, reading the plugin's parameters.
 struct NativeHoulsby;
 

@@ -179,17 +179,9 @@ fn generator_head_gradients_match_native_burn() {
         ),
         &Default::default(),
     );
-    let grads_of =
-        |grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| -> Vec<Vec<f32>> {
-            let store = model.params.borrow();
-            names
-                .iter()
-                .map(|n| match store.get(n).unwrap().shape.len() {
-                    1 => vals(store.tensor::<1>(n).unwrap().grad(grads).unwrap()),
-                    _ => vals(store.tensor::<2>(n).unwrap().grad(grads).unwrap()),
-                })
-                .collect()
-        };
+    let grads_of = |grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| {
+        param_grads(&model, &names, grads)
+    };
     // Through the plugin.
     let graph = HostGraph::new(&model.params, true);
     peft_host::context::before_train_pass(&model, &graph, &task, &[]).unwrap();

@@ -67,14 +67,6 @@ fn encode_bare(model: &Model<B>, batch: &TextBatch<B>) -> Vec<f32> {
     vals(bert_last_hidden(model, &hooks, batch))
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn trainable(model: &Model<B>, groups: &[&str]) -> usize {
     let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
     model.set_trainable(&groups).unwrap();

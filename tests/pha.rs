@@ -34,14 +34,6 @@ fn model(pha: serde_json::Value) -> (RunConfig, Model<B>) {
     (cfg, m)
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn set_ids(graph: &HostGraph<'_, B>, ids: &[i64]) {
     let t = Tensor::<B, 1, Int>::from_data(
         TensorData::new(ids.to_vec(), [ids.len()]),

@@ -17,6 +17,15 @@ pub fn vals<BK: Backend, const D: usize>(t: Tensor<BK, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().unwrap()
 }
 
+/// The largest absolute difference between two equally long slices.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 /// The last hidden state of a BERT backbone's encoder under `hooks`.
 pub fn bert_last_hidden(
     model: &Model<B>,
@@ -71,6 +80,23 @@ pub fn randomise(model: &Model<B>, prefix: &str) {
         };
         store.assign(&name, value).unwrap();
     }
+}
+
+/// `prime` on the default device with default options.
+pub fn prime_default(
+    cfg: &RunConfig,
+    registry: &peft_registry::Registry,
+    data: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<peft_host::run::priming::PrimeReport> {
+    peft_host::run::priming::prime::<B>(
+        cfg,
+        registry,
+        data,
+        out,
+        &Default::default(),
+        &Default::default(),
+    )
 }
 
 /// `train_tasks` on the default device with default options.

@@ -1,5 +1,5 @@
 //! Config compositions pinned by snapshots: `plan` of valid configs, `validate` of broken ones.
-use peft_host::{config::validate::validate, run::plan_generic};
+use peft_host::{run::plan_generic, validate::validate};
 use peft_registry::Registry;
 use peft_tests::*;
 

@@ -7,9 +7,9 @@
 //!     PROPTEST_CASES=100000 nice cargo test --release -p peft-tests --test fuzz
 use peft_host::{
     backbone::weights::Checkpoint,
-    config::validate::validate,
     data,
     serve::{folder, predict},
+    validate::validate,
 };
 use peft_registry::Registry;
 use peft_tests::*;

@@ -15,18 +15,6 @@ use peft_tests::*;
 
 const TOL: f32 = 1e-6;
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn vals<BK: burn::tensor::backend::Backend, const D: usize>(t: Tensor<BK, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
 /// The Houlsby adapter written directly in burn, reading the plugin's parameters.
 struct NativeHoulsby;
 
@@ -87,25 +75,10 @@ fn houlsby_through_the_op_api_matches_native_burn() {
     let run = |modules: &dyn SiteModules<B>| -> (Vec<f32>, Vec<Vec<f32>>) {
         let graph = HostGraph::new(&model.params, false);
         let hooks = Hooks::new(&graph, modules);
-        let h = model
-            .backbone
-            .as_bert()
-            .unwrap()
-            .encode_all(&hooks, &batch)
-            .unwrap()
-            .pop()
-            .unwrap();
+        let h = bert_last_hidden(&model, &hooks, &batch);
         let loss = (h.clone() * h.clone()).sum() + h.clone().tanh().sum();
         let grads = loss.backward();
-        let store = model.params.borrow();
-        let gs = names
-            .iter()
-            .map(|n| match store.get(n).unwrap().shape.len() {
-                1 => vals(store.tensor::<1>(n).unwrap().grad(&grads).unwrap()),
-                _ => vals(store.tensor::<2>(n).unwrap().grad(&grads).unwrap()),
-            })
-            .collect();
-        (vals(h), gs)
+        (vals(h), param_grads(&model, &names, &grads))
     };
     let (h_api, g_api) = run(&model.modules);
     let (h_native, g_native) = run(&NativeHoulsby);

@@ -11,10 +11,6 @@ use peft_registry::Registry;
 use peft_tests::*;
 use serde_json::json;
 
-fn vals<BK: burn::tensor::backend::Backend, const D: usize>(t: Tensor<BK, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
 fn float(v: &Value<B>) -> burn::tensor::ops::FloatTensor<B> {
     match v {
         Value::Float(f) => f.clone(),
@@ -183,17 +179,9 @@ fn generator_head_gradients_match_native_burn() {
         ),
         &Default::default(),
     );
-    let grads_of =
-        |grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| -> Vec<Vec<f32>> {
-            let store = model.params.borrow();
-            names
-                .iter()
-                .map(|n| match store.get(n).unwrap().shape.len() {
-                    1 => vals(store.tensor::<1>(n).unwrap().grad(grads).unwrap()),
-                    _ => vals(store.tensor::<2>(n).unwrap().grad(grads).unwrap()),
-                })
-                .collect()
-        };
+    let grads_of = |grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients| {
+        param_grads(&model, &names, grads)
+    };
     // Through the plugin.
     let graph = HostGraph::new(&model.params, true);
     peft_host::context::before_train_pass(&model, &graph, &task, &[]).unwrap();
@@ -341,14 +329,7 @@ fn hyper_training_on_a_toy_task_lowers_the_loss() {
     let head = peft_host::heads::Head::resolve(&Default::default(), &task, "head").unwrap();
     head.create(&mut model.params.borrow_mut(), 32).unwrap();
     let runs = [peft_host::train::TaskRun { task: &task, head }];
-    let r = peft_host::train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = train_runs(&model, &runs, &cfg);
     let mean = |v: &[(usize, f64)]| v.iter().map(|(_, l)| l).sum::<f64>() / v.len() as f64;
     let (first, last) = (mean(&r.losses[..5]), mean(&r.losses[r.losses.len() - 5..]));
     assert!(last < 0.8 * first, "loss should fall: {first} -> {last}");
@@ -376,14 +357,7 @@ fn minilm_hypert5_learns_a_crossfit_task() {
     let head = peft_host::heads::Head::resolve(&cfg.task, &task, "head").unwrap();
     head.create(&mut model.params.borrow_mut(), 384).unwrap();
     let runs = [peft_host::train::TaskRun { task: &task, head }];
-    let r = peft_host::train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = train_runs(&model, &runs, &cfg);
     let mean = |v: &[(usize, f64)]| v.iter().map(|(_, l)| l).sum::<f64>() / v.len() as f64;
     let (first, last) = (mean(&r.losses[..4]), mean(&r.losses[r.losses.len() - 4..]));
     eprintln!(
@@ -493,14 +467,7 @@ fn stage2_smoke_and_adaptation_timing() {
         head.create(&mut model.params.borrow_mut(), 384).unwrap();
         runs.push(peft_host::train::TaskRun { task: t, head });
     }
-    let r = peft_host::train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = train_runs(&model, &runs, &cfg);
     let hyper = model.params.borrow().counts_by_group()["hyper"].0;
     eprintln!(
         "stage 2 smoke: {steps} steps over {:?}, losses {:?}",
@@ -538,14 +505,7 @@ fn stage2_smoke_and_adaptation_timing() {
         task: &unseen,
         head,
     }];
-    let fr = peft_host::train::train_tasks(
-        &ft_model,
-        &runs,
-        &ft_cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let fr = train_runs(&ft_model, &runs, &ft_cfg);
     eprintln!(
         "adapt glue-rte: generation {generation:.2} s (k = {}); prefix fine-tuning {:.2} s/step (batch 4), {:.1} s for {ft_steps} steps incl. none of the evaluation",
         enc.k, fr.seconds_per_step, fr.train_seconds

@@ -61,10 +61,6 @@ fn flat(v: &Value) -> Vec<f64> {
     out
 }
 
-fn vals(t: Tensor<B, 3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
 fn encode(model: &Model<B>, batch: &TextBatch<B>) -> Vec<f32> {
     let graph = HostGraph::new(&model.params, false);
     vals(model.encode(&graph, batch).unwrap())
@@ -104,16 +100,7 @@ fn hf_peft_adapter_reproduces_transformers_output() {
 
     let graph = HostGraph::new(&model.params, false);
     let hooks = Hooks::new(&graph, &NoModules);
-    let base = vals(
-        model
-            .backbone
-            .as_bert()
-            .unwrap()
-            .encode_all(&hooks, &batch)
-            .unwrap()
-            .pop()
-            .unwrap(),
-    );
+    let base = vals(bert_last_hidden(&model, &hooks, &batch));
     let (base_real, base_all) = diffs(&base, &flat(&fx["base_last_hidden_state"]), &mask, h);
     eprintln!("base: max abs diff {base_real:e} (real tokens), {base_all:e} (all)");
     assert!(base_real < TOL, "base model differs by {base_real}");

@@ -54,10 +54,6 @@ fn row(b: &TextBatch<B>, i: usize, len: usize) -> TextBatch<B> {
     }
 }
 
-fn vals(t: Tensor<B, 3>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
 /// Last hidden state with the model's modules.
 fn encode(model: &Model<B>, batch: &TextBatch<B>) -> Vec<f32> {
     let graph = HostGraph::new(&model.params, false);
@@ -68,24 +64,7 @@ fn encode(model: &Model<B>, batch: &TextBatch<B>) -> Vec<f32> {
 fn encode_bare(model: &Model<B>, batch: &TextBatch<B>) -> Vec<f32> {
     let graph = HostGraph::new(&model.params, false);
     let hooks = Hooks::new(&graph, &NoModules);
-    vals(
-        model
-            .backbone
-            .as_bert()
-            .unwrap()
-            .encode_all(&hooks, batch)
-            .unwrap()
-            .pop()
-            .unwrap(),
-    )
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    vals(bert_last_hidden(model, &hooks, batch))
 }
 
 fn trainable(model: &Model<B>, groups: &[&str]) -> usize {

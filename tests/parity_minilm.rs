@@ -108,14 +108,7 @@ fn padded_batch_matches_unpadded() {
     };
     let graph = HostGraph::inference(&model.params);
     let hooks = Hooks::new(&graph, &NoModules);
-    let h = model
-        .backbone
-        .as_bert()
-        .unwrap()
-        .encode_all(&hooks, &batch)
-        .unwrap()
-        .pop()
-        .unwrap();
+    let h = bert_last_hidden(&model, &hooks, &batch);
     let pooled = to_vec(mean_pool(h, &batch.attention_mask));
     for (i, s) in fx["sentences"].as_array().unwrap().iter().enumerate() {
         let want = floats(&s["mean_pooled"]);

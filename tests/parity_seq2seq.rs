@@ -11,6 +11,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use peft_api::{ApiError, SiteKind};
 use peft_host::{
     backbone::{
+        arch::Architecture,
         bart::Bart,
         t5::{relative_position_bucket, Seq2Seq, T5},
         weights::Checkpoint,

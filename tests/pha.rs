@@ -34,42 +34,6 @@ fn model(pha: serde_json::Value) -> (RunConfig, Model<B>) {
     (cfg, m)
 }
 
-/// Gives every PHA parameter a deterministic non-zero value (the up sides start at zero,
-/// which would hide most gradients and make every adapter a no-op).
-fn randomise(model: &Model<B>) {
-    let mut store = model.params.borrow_mut();
-    let names: Vec<(String, Vec<usize>)> = store
-        .iter()
-        .filter(|p| p.name.starts_with("pha."))
-        .map(|p| (p.name.clone(), p.shape.clone()))
-        .collect();
-    for (k, (name, shape)) in names.into_iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| (((i * 7919 + k * 104729) % 1000) as f32 / 1000.0 - 0.5) * 0.4)
-            .collect();
-        let t = Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &Default::default());
-        let value = match shape.as_slice() {
-            [_] => fp(t),
-            [a, b] => fp(t.reshape([*a, *b])),
-            other => panic!("unexpected shape {other:?}"),
-        };
-        store.assign(&name, value).unwrap();
-    }
-}
-
-fn vals<BK: burn::tensor::backend::Backend, const D: usize>(t: Tensor<BK, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn set_ids(graph: &HostGraph<'_, B>, ids: &[i64]) {
     let t = Tensor::<B, 1, Int>::from_data(
         TensorData::new(ids.to_vec(), [ids.len()]),
@@ -253,7 +217,7 @@ impl SiteModules<B> for NativePha {
 #[test]
 fn gradients_through_the_op_api_match_native_burn() {
     let (_, m) = model(small());
-    randomise(&m);
+    randomise(&m, "pha.");
     m.set_trainable(&[
         "adapter".into(),
         "retriever".into(),
@@ -292,14 +256,7 @@ fn gradients_through_the_op_api_match_native_burn() {
             Value::Int(batch.attention_mask.clone().into_primitive()),
         );
         let hooks = Hooks::new(&graph, modules);
-        let h = m
-            .backbone
-            .as_bert()
-            .unwrap()
-            .encode_all(&hooks, &batch)
-            .unwrap()
-            .pop()
-            .unwrap();
+        let h = bert_last_hidden(&m, &hooks, &batch);
         let mut loss = (h.clone() * h.clone()).sum() * 0.01 + h.clone().tanh().sum();
         let aux: Vec<_> = graph.aux_losses.borrow_mut().drain(..).collect();
         assert_eq!(aux.len(), 2, "L_IR and L_Pro");
@@ -307,15 +264,7 @@ fn gradients_through_the_op_api_match_native_burn() {
             loss = loss + ft::<B, 1>(l) * w;
         }
         let grads = loss.backward();
-        let store = m.params.borrow();
-        let gs = names
-            .iter()
-            .map(|n| match store.get(n).unwrap().shape.len() {
-                1 => vals(store.tensor::<1>(n).unwrap().grad(&grads).unwrap()),
-                _ => vals(store.tensor::<2>(n).unwrap().grad(&grads).unwrap()),
-            })
-            .collect();
-        (vals(h), gs)
+        (vals(h), param_grads(&m, &names, &grads))
     };
     let (h_api, g_api) = run(&m.modules);
     let native = NativePha {
@@ -344,7 +293,7 @@ fn gradients_through_the_op_api_match_native_burn() {
 #[test]
 fn per_example_generated_adapters_equal_each_example_alone() {
     let (_, m) = model(small());
-    randomise(&m);
+    randomise(&m, "pha.");
     let texts: Vec<(String, Option<String>)> = [
         "one short",
         "a rather longer sentence here",
@@ -379,7 +328,7 @@ fn per_example_generated_adapters_equal_each_example_alone() {
 #[test]
 fn retrieval_picks_the_nearest_prototype_and_is_used() {
     let (_, m) = model(small());
-    randomise(&m);
+    randomise(&m, "pha.");
     let texts: Vec<(String, Option<String>)> = ["a few shots", "of a new task"]
         .iter()
         .map(|s| (s.to_string(), None))

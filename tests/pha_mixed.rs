@@ -3,9 +3,9 @@
 //! the decoder) on the tiny T5 fixture.
 use std::collections::BTreeMap;
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use peft_host::{
-    bridge::{value::fp, HostGraph},
+    bridge::HostGraph,
     config::RunConfig,
     data::{self, Example},
     heads::{per_example_loss, Head},
@@ -20,29 +20,6 @@ fn small(tasks: usize) -> serde_json::Value {
         "num_tasks": tasks, "z_dim": 8, "retriever_hidden": 12, "layer_embedding_dim": 6,
         "projector_dim": 10, "hyper_hidden": 14, "bottleneck": 4, "shared_bottleneck": 5
     })
-}
-
-/// Every PHA parameter set to a deterministic non-zero value (up sides start at zero).
-fn randomise(model: &Model<B>) {
-    let mut store = model.params.borrow_mut();
-    let names: Vec<(String, Vec<usize>)> = store
-        .iter()
-        .filter(|p| p.name.starts_with("pha."))
-        .map(|p| (p.name.clone(), p.shape.clone()))
-        .collect();
-    for (k, (name, shape)) in names.into_iter().enumerate() {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| (((i * 7919 + k * 104729) % 1000) as f32 / 1000.0 - 0.5) * 0.4)
-            .collect();
-        let t = Tensor::<B, 1>::from_data(TensorData::new(v, [n]), &Default::default());
-        let value = match shape.as_slice() {
-            [_] => fp(t),
-            [a, b] => fp(t.reshape([*a, *b])),
-            other => panic!("unexpected shape {other:?}"),
-        };
-        store.assign(&name, value).unwrap();
-    }
 }
 
 fn scalar(t: Tensor<B, 1>) -> f64 {
@@ -63,7 +40,7 @@ fn a_mixed_batch_answers_each_example_with_its_task_head() {
     let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
     let registry = Registry::with_static_plugins().unwrap();
     let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
-    randomise(&model);
+    randomise(&model, "pha.");
     let mut runs = Vec::new();
     for (task, prefix) in [(&sst, "head.sst"), (&stsb, "head.stsb")] {
         let head = Head::resolve(&cfg.task, task, prefix).unwrap();
@@ -149,14 +126,7 @@ fn mixed_batch_training_learns_and_counts_examples() {
         head.create(&mut model.params.borrow_mut(), 32).unwrap();
         runs.push(TaskRun { task, head });
     }
-    let r = train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = train_runs(&model, &runs, &cfg);
     let counted: usize = r.batches_per_task.values().sum();
     assert_eq!(
         counted,
@@ -209,69 +179,6 @@ fn mixed_batches_refuse_option_scoring_heads() {
         msg.contains("mixed batches are answered by classification"),
         "{msg}"
     );
-}
-
-/// (As in tests/training.rs.) A word-level `tokenizer.json` (lower-cased, whitespace and punctuation split) over the words
-/// of `texts`, with the special tokens first and `template` around every sequence: what a tiny
-/// encoder-decoder of 256 tokens can read.
-fn word_tokenizer(
-    dir: &std::path::Path,
-    specials: &[&str],
-    template: &[&str],
-    texts: &[String],
-) -> std::path::PathBuf {
-    let mut vocab = serde_json::Map::new();
-    for (i, s) in specials.iter().enumerate() {
-        vocab.insert(s.to_string(), i.into());
-    }
-    for t in texts {
-        for w in t
-            .to_lowercase()
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
-            let n = vocab.len();
-            vocab.entry(w.to_string()).or_insert(n.into());
-        }
-    }
-    assert!(vocab.len() <= 256, "{} words", vocab.len());
-    let piece = |p: &str| match p {
-        "$A" => serde_json::json!({ "Sequence": { "id": "A", "type_id": 0 } }),
-        s => serde_json::json!({ "SpecialToken": { "id": s, "type_id": 0 } }),
-    };
-    let special_tokens: serde_json::Map<String, serde_json::Value> = template
-        .iter()
-        .filter(|p| **p != "$A")
-        .map(|s| {
-            let id = specials.iter().position(|x| x == s).unwrap();
-            (
-                s.to_string(),
-                serde_json::json!({ "id": s, "ids": [id], "tokens": [s] }),
-            )
-        })
-        .collect();
-    let added: Vec<_> = specials
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            serde_json::json!({ "id": i, "content": s, "single_word": false, "lstrip": false,
-                                          "rstrip": false, "normalized": false, "special": true })
-        })
-        .collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": { "type": "Lowercase" },
-        "pre_tokenizer": { "type": "Whitespace" },
-        "post_processor": { "type": "TemplateProcessing",
-            "single": template.iter().map(|p| piece(p)).collect::<Vec<_>>(),
-            "pair": template.iter().map(|p| piece(p)).collect::<Vec<_>>(),
-            "special_tokens": special_tokens },
-        "decoder": null,
-        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": specials[specials.len() - 1] }
-    });
-    let path = dir.join("tokenizer.json");
-    std::fs::write(&path, tok.to_string()).unwrap();
-    path
 }
 
 /// PHA on T5 (the tiny v1.1 fixture): shared adapters in the encoder, the retriever on the last
@@ -336,7 +243,7 @@ fn pha_on_t5_shares_the_encoder_and_generates_the_decoder() {
     {
         let probe = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
         mixed::register_tasks(&probe, &runs);
-        randomise(&probe);
+        randomise(&probe, "pha.");
         probe.set_trainable(&cfg.training.train_groups).unwrap();
         let items = [(0, 0), (1, 1), (0, 2), (1, 3)];
         let graph = HostGraph::new(&probe.params, true);
@@ -384,14 +291,7 @@ fn pha_on_t5_shares_the_encoder_and_generates_the_decoder() {
         assert_eq!(groups, ["adapter", "hyper", "prototype", "retriever"]);
     }
 
-    let r = train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = train_runs(&model, &runs, &cfg);
     let mean = |s: &[(usize, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
     let (first, last) = (mean(&r.losses[..5]), mean(&r.losses[55..]));
     assert!(last < 0.5 * first, "loss {first} -> {last}");

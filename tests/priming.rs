@@ -454,7 +454,7 @@ fn priming_cfg(plugin: &str, config: Json, upstream: Json, downstream: Json) -> 
     });
     let text = cfg.to_string();
     let registry = Registry::with_static_plugins().unwrap();
-    peft_host::config::validate::validate(&text, "test", &registry).unwrap()
+    peft_host::validate::validate(&text, "test", &registry).unwrap()
 }
 
 fn weights(model_cfg: &RunConfig, primed: &std::path::Path, name: &str) -> Vec<f32> {
@@ -491,15 +491,8 @@ fn every_builtin_algorithm_primes_and_fine_tunes() {
     ] {
         let cfg = priming_cfg(plugin, config, json!(["backbone"]), json!(["adapter"]));
         let out = tempfile::tempdir().unwrap();
-        let r = prime::<B>(
-            &cfg,
-            &registry,
-            &dir,
-            out.path(),
-            &PrimeOptions::default(),
-            &Default::default(),
-        )
-        .unwrap_or_else(|e| panic!("{plugin}: {e:#}"));
+        let r = prime_default(&cfg, &registry, &dir, out.path())
+            .unwrap_or_else(|e| panic!("{plugin}: {e:#}"));
         assert_eq!(r.steps, 4);
         assert_eq!(r.combination, "M_A");
         assert_eq!(r.losses.len(), 4, "{plugin}: one loss per step");
@@ -547,15 +540,7 @@ fn interrupted_and_resumed_priming_gives_the_same_primed_weights() {
         json!(["adapter"]),
     );
     let full = tempfile::tempdir().unwrap();
-    let whole = prime::<B>(
-        &cfg,
-        &registry,
-        &dir,
-        full.path(),
-        &PrimeOptions::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let whole = prime_default(&cfg, &registry, &dir, full.path()).unwrap();
     let part = tempfile::tempdir().unwrap();
     let err = prime::<B>(
         &cfg,

@@ -3,11 +3,7 @@
 //! library, loaded from a plugin folder, and run in a two-stage run by this test binary, which
 //! does not link the third-party crate (and, for the first-party test, uses a registry holding
 //! only the libraries of the folder).
-use peft_host::{
-    config::{validate::validate, RunConfig},
-    data,
-    run::priming::{fine_tune, prime, PrimeOptions},
-};
+use peft_host::{config::RunConfig, data, run::priming::fine_tune, validate::validate};
 use peft_registry::{Origin, Registry};
 use peft_tests::*;
 use serde_json::json;
@@ -65,15 +61,7 @@ fn first_party_priming_plugin_runs_from_a_plugin_folder() {
     let cfg = config("multitask", &dynamic, plugin_cfg);
     let dir = data::data_dir(None).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let r = prime::<B>(
-        &cfg,
-        &dynamic,
-        &dir,
-        out.path(),
-        &PrimeOptions::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = prime_default(&cfg, &dynamic, &dir, out.path()).unwrap();
     assert_eq!(r.steps, 3);
     let primed = out.path().join("primed.safetensors");
     let rows = fine_tune::<B>(
@@ -90,15 +78,7 @@ fn first_party_priming_plugin_runs_from_a_plugin_folder() {
     // The built-in copy of the same plugin primes to the same weights.
     let builtin = Registry::with_static_plugins().unwrap();
     let out2 = tempfile::tempdir().unwrap();
-    prime::<B>(
-        &cfg,
-        &builtin,
-        &dir,
-        out2.path(),
-        &PrimeOptions::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    prime_default(&cfg, &builtin, &dir, out2.path()).unwrap();
     // (To 1e-6: the CPU kernels are not bit-reproducible under load; see tests/priming.rs.)
     let d = max_tensor_diff(&primed, &out2.path().join("primed.safetensors"));
     assert!(
@@ -138,15 +118,7 @@ fn third_party_priming_algorithm_runs_from_a_plugin_folder() {
     );
     let dir = data::data_dir(None).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let r = prime::<B>(
-        &cfg,
-        &registry,
-        &dir,
-        out.path(),
-        &PrimeOptions::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = prime_default(&cfg, &registry, &dir, out.path()).unwrap();
     assert_eq!(r.plugin_report["algorithm"], "focal");
     assert_eq!(r.losses.len(), 3);
     let rows = fine_tune::<B>(

@@ -223,8 +223,7 @@ fn fit_with_auto_head(
         task,
         head: head.clone(),
     }];
-    let r =
-        train::train_tasks(model, &runs, cfg, &Default::default(), &Default::default()).unwrap();
+    let r = train_runs(model, &runs, cfg);
     (head, r)
 }
 
@@ -392,14 +391,7 @@ fn multi_task_training_mixes_tasks_with_their_own_heads() {
         head.create(&mut model.params.borrow_mut(), 32).unwrap();
         runs.push(train::TaskRun { task: t, head });
     }
-    let r = train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
+    let r = train_runs(&model, &runs, &cfg);
     assert_eq!(r.task, "glue-sst2+crossfit/superglue-cb");
     let counts: Vec<usize> = r.batches_per_task.values().copied().collect();
     assert_eq!(counts.iter().sum::<usize>(), 24);
@@ -429,69 +421,6 @@ fn multi_task_training_mixes_tasks_with_their_own_heads() {
             .unwrap();
         assert!(b.iter().any(|x| x.abs() > 1e-6), "{name} did not train");
     }
-}
-
-/// A word-level `tokenizer.json` (lower-cased, whitespace and punctuation split) over the words
-/// of `texts`, with the special tokens first and `template` around every sequence: what a tiny
-/// encoder-decoder of 256 tokens can read.
-fn word_tokenizer(
-    dir: &std::path::Path,
-    specials: &[&str],
-    template: &[&str],
-    texts: &[String],
-) -> std::path::PathBuf {
-    let mut vocab = serde_json::Map::new();
-    for (i, s) in specials.iter().enumerate() {
-        vocab.insert(s.to_string(), i.into());
-    }
-    for t in texts {
-        for w in t
-            .to_lowercase()
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
-            let n = vocab.len();
-            vocab.entry(w.to_string()).or_insert(n.into());
-        }
-    }
-    assert!(vocab.len() <= 256, "{} words", vocab.len());
-    let piece = |p: &str| match p {
-        "$A" => serde_json::json!({ "Sequence": { "id": "A", "type_id": 0 } }),
-        s => serde_json::json!({ "SpecialToken": { "id": s, "type_id": 0 } }),
-    };
-    let special_tokens: serde_json::Map<String, serde_json::Value> = template
-        .iter()
-        .filter(|p| **p != "$A")
-        .map(|s| {
-            let id = specials.iter().position(|x| x == s).unwrap();
-            (
-                s.to_string(),
-                serde_json::json!({ "id": s, "ids": [id], "tokens": [s] }),
-            )
-        })
-        .collect();
-    let added: Vec<_> = specials
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            serde_json::json!({ "id": i, "content": s, "single_word": false, "lstrip": false,
-                                          "rstrip": false, "normalized": false, "special": true })
-        })
-        .collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": { "type": "Lowercase" },
-        "pre_tokenizer": { "type": "Whitespace" },
-        "post_processor": { "type": "TemplateProcessing",
-            "single": template.iter().map(|p| piece(p)).collect::<Vec<_>>(),
-            "pair": template.iter().map(|p| piece(p)).collect::<Vec<_>>(),
-            "special_tokens": special_tokens },
-        "decoder": null,
-        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": specials[specials.len() - 1] }
-    });
-    let path = dir.join("tokenizer.json");
-    std::fs::write(&path, tok.to_string()).unwrap();
-    path
 }
 
 /// Text-to-text on T5 and BART: teacher forcing on the LM head fits eight SST-2 sentences

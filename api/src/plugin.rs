@@ -407,6 +407,9 @@ macro_rules! export_plugin {
             }
 
             #[export_name = concat!("peft_plugin_root__", stringify!($name))]
+            // SAFETY: `erased_root` loads exactly the `PluginRoot_Ref` named as the type
+            // argument (abi_stable's contract for `from_constructor`), and its layout is checked
+            // against the host's when the registry opens the header.
             pub static HEADER: LibHeader = unsafe {
                 LibHeader::from_constructor::<PluginRoot_Ref>(erased_root, CheckTypeLayout::Yes)
             };

@@ -6,6 +6,10 @@
 //! of the ABI, so it grows freely (compare HF peft's `tuners/<method>/{config,layer,model}.py`).
 use std::fmt::Display;
 
+mod services;
+
+pub use services::{batch_size, Services, Vector};
+
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
@@ -134,6 +138,35 @@ macro_rules! module_plugin {
             fn create_module(
                 config: &$crate::__private::serde_json::Value,
             ) -> $crate::Result<Box<dyn $crate::Module>> {
+                let config = <$config as $crate::sdk::MethodConfig>::parse(config)?;
+                Ok(Box::new(($new)(config)))
+            }
+        }
+
+        $crate::export_plugin!($name, $plugin);
+    };
+}
+
+/// Declares a priming plugin from its config type (its `KIND` is `Priming`) and a
+/// constructor, and exports it:
+///
+/// ```ignore
+/// peft_api::priming_plugin!(reptile, ReptilePlugin, ReptileConfig => |cfg| Reptile { cfg });
+/// ```
+#[macro_export]
+macro_rules! priming_plugin {
+    ($name:ident, $plugin:ident, $config:ty => $new:expr) => {
+        /// The plugin: manifest from the config type, one algorithm per config section.
+        pub struct $plugin;
+
+        impl $crate::Plugin for $plugin {
+            fn manifest() -> $crate::Manifest {
+                <$config as $crate::sdk::MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
+            }
+
+            fn create_priming(
+                config: &$crate::__private::serde_json::Value,
+            ) -> $crate::Result<Box<dyn $crate::Priming>> {
                 let config = <$config as $crate::sdk::MethodConfig>::parse(config)?;
                 Ok(Box::new(($new)(config)))
             }

@@ -75,6 +75,9 @@ fn raw_gemm() {
         ("W^T view (W [n,k])", k as isize, 1isize),
         ("W' contiguous [k,n]", 1, n as isize),
     ] {
+        // SAFETY: every view stays inside its buffer: y is m x n row-major (strides 1, n) in
+        // m*n floats, x is m x k (1, k) in m*k, and w read as k x n with strides (k, 1) or
+        // (1, n) spans exactly its n*k floats; y aliases neither input.
         time(&format!("gemm x @ {name}"), || unsafe {
             gemm::gemm(
                 m,

@@ -7,6 +7,7 @@ use anyhow::Context;
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+pub use crate::data::target_text;
 use crate::{
     bridge::HostGraph,
     config::{HeadKind, TaskSpec},
@@ -135,7 +136,7 @@ impl Head {
         max_len: usize,
         device: &B::Device,
     ) -> anyhow::Result<Output<B>> {
-        crate::train::mixed::mark_task(model, graph, &task.name);
+        crate::model::mark_task(model, graph, &task.name);
         let project = |texts: &[(String, Option<String>)]| -> anyhow::Result<Tensor<B, 2>> {
             let (prefix, _) = self.linear().context("this head has no projection")?;
             let tb = model.tokenize(texts, max_len, device)?;
@@ -270,7 +271,8 @@ impl Head {
                 let ids: Vec<u32> = r.iter().skip(1).map(|&i| i as u32).collect();
                 tok.decode(&ids, true)
                     .map(|s| s.trim().to_string())
-                    .map_err(|e| anyhow::anyhow!("decoding {ids:?}: {e}"))
+                    .map_err(|e| anyhow::anyhow!(e))
+                    .with_context(|| format!("decoding {ids:?}"))
             })
             .collect()
     }
@@ -281,19 +283,6 @@ fn joined_input(e: &Example) -> String {
     match &e.text_b {
         Some(b) => format!("{} [SEP] {b}", e.text_a),
         None => e.text_a.clone(),
-    }
-}
-
-/// The answer a text-to-text model learns to write: the label or option, or the score with
-/// one decimal.
-pub fn target_text(e: &Example, task: &Task) -> String {
-    if task.kind == TaskKind::Regression {
-        format!("{:.1}", e.value)
-    } else {
-        e.candidates(&task.labels)
-            .get(e.label)
-            .cloned()
-            .unwrap_or_default()
     }
 }
 

@@ -1,7 +1,7 @@
 //! Saving and loading a context encoder's trained parameters (the HyperT5 hypermodel):
 //! `hypermodel.safetensors` (f32, local names) plus `hypermodel.json` (plugin, version, config,
 //! parameter list), written atomically. Adapting a new task then needs no gradient step:
-//! load the hypermodel, [`ContextEncoder::hyper_init`](crate::context::ContextEncoder::hyper_init)
+//! load the hypermodel, [`ContextEncoder::hyper_init`](crate::model::context::ContextEncoder::hyper_init)
 //! an ordinary module from the task's examples, and save that module with
 //! [`adapters::save`](crate::adapters::save), in the format of a trained one.
 use std::path::Path;
@@ -22,7 +22,7 @@ const FORMAT: &str = "peft-host-hypermodel";
 
 fn encoder<B: AutodiffBackend>(
     model: &Model<B>,
-) -> anyhow::Result<&crate::context::ContextEncoder<B>> {
+) -> anyhow::Result<&crate::model::context::ContextEncoder<B>> {
     model
         .context_encoder
         .as_ref()

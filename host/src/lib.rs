@@ -1,30 +1,29 @@
 //! peft-host: the host of the plugin API. Owns every tensor (the burn bridge in [`bridge`]),
-//! the backbones, the parameter store, the trainer and the CLI.
+//! the backbones, the parameter store, the trainer and the CLI. The burn-free parts (config,
+//! data, metrics, report plots, files, paths) are the `peft-core` crate, re-exported here under
+//! their old paths.
+pub use model::context;
+pub use peft_core::{config, data, files, metrics, paths, report};
+
 pub mod adapters;
 pub mod backbone;
 pub mod bench;
 pub mod bridge;
 pub mod cli;
-pub mod config;
-pub mod context;
-pub mod data;
 pub mod device;
 pub mod fewshot;
-pub mod files;
 pub mod heads;
 pub mod hypermodel;
-pub mod metrics;
 pub mod model;
 pub mod modules;
 pub mod nn;
 pub mod params;
-pub mod paths;
 pub mod plan;
-pub mod report;
 pub mod retrieval;
 pub mod run;
 pub mod serve;
 pub mod train;
+pub mod validate;
 
 // Built-in plugins: referenced so that the linker keeps their inventory registrations.
 use adapter_bias as _;

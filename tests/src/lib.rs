@@ -1,6 +1,9 @@
 //! Shared helpers of the workspace integration tests.
 use std::path::{Path, PathBuf};
 
+mod setup;
+pub use setup::*;
+
 pub type B = peft_host::device::Cpu;
 
 /// The workspace root.

@@ -38,6 +38,11 @@ pub trait Architecture: Sized {
     fn init(&self, name: &str) -> Init {
         default_init(name)
     }
+
+    /// Reads `config.json` from `dir` and loads `model.safetensors` into `store`.
+    fn load<B: AutodiffBackend>(dir: &Path, store: &mut ParamStore<B>) -> anyhow::Result<Self> {
+        load(dir, store)
+    }
 }
 
 /// Norms 1, biases 0, everything else N(0, 0.02): HF's `_init_weights` for these families.

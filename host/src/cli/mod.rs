@@ -14,10 +14,7 @@ use std::{
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{
-    config::{validate::validate, RunConfig},
-    device::DeviceSpec,
-};
+use crate::{config::RunConfig, device::DeviceSpec, validate::validate};
 
 /// Parameter-efficient fine-tuning of pretrained transformers, with methods as plugins.
 #[derive(Parser, Debug)]

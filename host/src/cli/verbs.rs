@@ -5,9 +5,10 @@ use anyhow::{bail, Context};
 
 use super::{finish, load_config, on_sigint, BenchCommand};
 use crate::{
-    config::{validate::validate as validate_text, write_schemas, RunConfig},
+    config::{write_schemas, RunConfig},
     device::DeviceSpec,
     run::{plan_for, run as run_on, with_device, RunFlags},
+    validate::validate as validate_text,
 };
 
 type Registry = peft_registry::Registry;

@@ -11,6 +11,8 @@ macro_rules! simd_dispatch {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                // Safety contract: call only on a CPU with every feature enabled here; the
+                // body itself is safe code.
                 #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
                 unsafe fn wide($($arg: $ty),*) {
                     body($($arg),*)

@@ -122,7 +122,7 @@ pub fn plan_generic<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<Plan> {
     let names: Vec<String> = cfg.task_specs().into_iter().map(|t| t.name).collect();
-    let cfg = &crate::train::mixed::fill_num_tasks(cfg, &names, registry);
+    let cfg = &crate::config::fill_num_tasks(cfg, &names, registry);
     let model = Model::<B>::build(cfg, registry, device, 2)?;
     let mut plan = Plan::of(&model, &cfg.training.train_groups)?;
     plan.priming = priming::plan_of(cfg, &model);
@@ -155,7 +155,7 @@ pub fn run_generic<B: AutodiffBackend>(
         tasks.push(task);
     }
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
-    let cfg = &crate::train::mixed::fill_num_tasks(cfg, &names, registry);
+    let cfg = &crate::config::fill_num_tasks(cfg, &names, registry);
     let model = Model::<B>::build(cfg, registry, device, 0)?;
     let mut runs = Vec::with_capacity(tasks.len());
     for (task, spec) in tasks.iter().zip(&specs) {

@@ -187,7 +187,6 @@ pub fn save_primed<B: AutodiffBackend>(
     groups: &[String],
     path: &Path,
 ) -> anyhow::Result<usize> {
-    use safetensors::tensor::{Dtype, TensorView};
     let store = model.params.borrow();
     let mut tensors = Vec::new();
     for p in store.iter().filter(|p| groups.contains(&p.group)) {
@@ -200,16 +199,8 @@ pub fn save_primed<B: AutodiffBackend>(
         tensors.push((p.name.clone(), p.shape.clone(), v));
     }
     let count = tensors.iter().map(|t| t.2.len()).sum();
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    crate::files::write_atomic(path, &safetensors::serialize(views, None)?)?;
+    let bytes = crate::backbone::weights::serialize_f32(&tensors)?;
+    crate::files::write_atomic(path, &bytes)?;
     Ok(count)
 }
 

@@ -58,17 +58,7 @@ fn vec_to_inner<B: AutodiffBackend>(
 }
 
 fn write_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> anyhow::Result<()> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let out = safetensors::serialize(views, None)?;
+    let out = crate::backbone::weights::serialize_f32(tensors)?;
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }
 

@@ -17,19 +17,16 @@ use rand::{
     SeedableRng,
 };
 
+pub use crate::model::{mark_task, publish_task_ids, TASK_ID, TASK_IDS};
+
 use super::{task_probabilities, Sampler, TaskRun};
 use crate::{
     bridge::{value::ft, HostGraph, Value},
-    config::{RunConfig, TrainingSpec},
+    config::TrainingSpec,
     data::Example,
     heads::{per_example_loss, target_text, Head, Output},
     model::Model,
 };
-
-/// Context name of a single-task pass's task id ([1], int).
-pub const TASK_ID: &str = "task_id";
-/// Context name of the examples' task ids ([n], int), what modules read.
-pub const TASK_IDS: &str = "task_ids";
 
 /// Gives the run's tasks ids by position, when several train together and the model has no
 /// task map yet (a new task adapted alone gets its id from retrieval instead).
@@ -40,30 +37,6 @@ pub fn register_tasks<B: AutodiffBackend>(model: &Model<B>, runs: &[TaskRun<'_>]
             map.insert(r.task.name.clone(), i as i64);
         }
     }
-}
-
-/// Marks a pass over one task's examples with the task's id, when the model knows the task.
-pub fn mark_task<B: AutodiffBackend>(model: &Model<B>, graph: &HostGraph<'_, B>, task: &str) {
-    if let Some(&id) = model.task_index.borrow().get(task) {
-        let t = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![id], [1]), &graph.device());
-        graph
-            .context
-            .borrow_mut()
-            .insert(TASK_ID.into(), Value::Int(t.into_primitive()));
-    }
-}
-
-/// Publishes `task_ids` for `n` rows from a pass's task mark; leaves ids a mixed batch set.
-pub fn publish_task_ids<B: AutodiffBackend>(graph: &HostGraph<'_, B>, n: usize) {
-    let mut ctx = graph.context.borrow_mut();
-    let Some(Value::Int(id)) = ctx.get(TASK_ID).cloned() else {
-        return;
-    };
-    let id = Tensor::<B, 1, Int>::from_primitive(id);
-    ctx.insert(
-        TASK_IDS.into(),
-        Value::Int(id.repeat_dim(0, n).into_primitive()),
-    );
 }
 
 /// Draws each example's task (by `task_sampling`), then the example from that task's
@@ -252,67 +225,6 @@ fn text_to_text<B: AutodiffBackend>(
     let mask = answers.attention_mask.float();
     let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
     Ok((nll * mask).sum_dim(1).reshape([n]) / count)
-}
-
-/// Sets `num_tasks` and `task_names` from the run's tasks in every module whose plugin's config
-/// schema declares them (PHA's prototypes, or a third party's per-task method) and that leaves
-/// them out.
-pub fn fill_num_tasks(
-    cfg: &RunConfig,
-    tasks: &[String],
-    registry: &peft_registry::Registry,
-) -> RunConfig {
-    let mut cfg = cfg.clone();
-    for m in cfg.modules.iter_mut() {
-        // Any plugin whose config declares the fields gets them, not only PHA.
-        let declares = |field: &str| {
-            registry.get(&m.plugin).is_ok_and(|e| {
-                e.manifest
-                    .config_schema
-                    .pointer(&format!("/properties/{field}"))
-                    .is_some()
-            })
-        };
-        let (count, names) = (declares("num_tasks"), declares("task_names"));
-        if !count && !names {
-            continue;
-        }
-        if m.config.is_null() {
-            m.config = serde_json::json!({});
-        }
-        if let Some(obj) = m.config.as_object_mut() {
-            if count {
-                obj.entry("num_tasks")
-                    .or_insert(serde_json::json!(tasks.len()));
-            }
-            if names {
-                obj.entry("task_names").or_insert(serde_json::json!(tasks));
-            }
-        }
-    }
-    cfg
-}
-
-/// `run --plugin pha`: PHA multi-task on six GLUE tasks with all-MiniLM-L6-v2, mixed batches
-/// (the contrastive losses need several tasks per batch), sized to finish in minutes on two
-/// CPU cores.
-pub fn pha_default_run() -> RunConfig {
-    let task = |name: &str, n: usize| serde_json::json!({ "name": name, "train_examples": n, "eval_examples": 400 });
-    serde_json::from_value(serde_json::json!({
-        "backbone": "all-MiniLM-L6-v2",
-        "modules": [{ "plugin": "pha" }],
-        "tasks": [
-            task("glue-sst2", 2000), task("glue/mrpc", 2000), task("glue/rte", 0),
-            task("glue/qnli", 2000), task("glue/cola", 2000), task("glue/stsb", 2000)
-        ],
-        "training": {
-            "steps": 300, "batch_size": 32, "learning_rate": 1e-3, "warmup_steps": 30,
-            "max_length": 96, "task_sampling": "temperature", "temperature": 10.0,
-            "eval_every": 100, "mixed_batches": true,
-            "train_groups": ["adapter", "retriever", "prototype", "hyper", "head"]
-        }
-    }))
-    .expect("the PHA default run config")
 }
 
 /// Adds one micro-batch's gradients to the running sums, per trainable parameter (what the

@@ -92,7 +92,7 @@ fn loss<B: AutodiffBackend>(
     t: &crate::config::TrainingSpec,
     device: &B::Device,
 ) -> anyhow::Result<Tensor<B, 1>> {
-    crate::context::before_train_pass(model, graph, run.task, batch)?;
+    crate::model::context::before_train_pass(model, graph, run.task, batch)?;
     let out = run
         .head
         .forward(model, graph, run.task, batch, t.max_length, device)?;
@@ -126,7 +126,7 @@ pub fn evaluate<B: AutodiffBackend>(
     for chunk in examples.chunks(cfg.training.batch_size.max(1)) {
         let batch: Vec<&Example> = chunk.iter().collect();
         let graph = HostGraph::inference(&model.params);
-        crate::context::before_eval_pass(model, &graph, run.task)?;
+        crate::model::context::before_eval_pass(model, &graph, run.task)?;
         let out = run.head.forward(
             model,
             &graph,
@@ -167,7 +167,7 @@ pub fn evaluate<B: AutodiffBackend>(
                 // greedy decoding writes, matched against the candidates (or read as a number).
                 total_loss += floats(l.detach())?.iter().map(|&x| x as f64).sum::<f64>();
                 let graph = HostGraph::inference(&model.params);
-                crate::context::before_eval_pass(model, &graph, run.task)?;
+                crate::model::context::before_eval_pass(model, &graph, run.task)?;
                 let texts =
                     run.head
                         .generate(model, &graph, &batch, cfg.training.max_length, device)?;

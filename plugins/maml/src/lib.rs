@@ -17,10 +17,11 @@
 //! A parameter in both the upstream and the downstream groups gets `v_0` (FOMAML: `v_K`).
 //! The error of the approximation against an exact second-order gradient is measured in
 //! `tests/priming_numerics.rs` (and tabulated in docs/plugin-authoring.md).
+pub use peft_api::sdk::{Services, Vector};
 use peft_api::{
-    sdk::MethodConfig,
+    sdk::{batch_size, MethodConfig},
     tensor::{Ctx, Tensor},
-    ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
+    ApiError, PluginKind, Priming, Result, Trainer,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -74,61 +75,6 @@ fn default_optimizer() -> String {
 }
 fn default_eps() -> f64 {
     1e-2
-}
-
-/// A list of tensors treated as one vector.
-type Vector<'c> = Vec<Tensor<'c>>;
-
-/// Thin client of the trainer services.
-pub struct Services<'t, 'u, 'c, 'g> {
-    pub ctx: &'c Ctx<'g>,
-    pub trainer: &'t Trainer<'u>,
-}
-
-impl<'c> Services<'_, '_, 'c, '_> {
-    pub fn call(&self, name: &str, args: Value, inputs: Vector<'c>) -> Result<(Vector<'c>, Value)> {
-        self.trainer.service(self.ctx, name, &args, inputs)
-    }
-
-    pub fn json(&self, name: &str, args: Value) -> Result<Value> {
-        Ok(self.call(name, args, vec![])?.1)
-    }
-
-    /// Parameter names of groups.
-    pub fn params(&self, groups: &Value) -> Result<Vec<String>> {
-        let v = self.json("params", json!({ "groups": groups }))?;
-        serde_json::from_value(v["names"].clone()).map_err(|e| ApiError::internal(e.to_string()))
-    }
-
-    /// The stored values of parameters (tracked, when they train).
-    pub fn values(&self, names: &[String]) -> Result<Vector<'c>> {
-        names.iter().map(|n| self.ctx.param(n)).collect()
-    }
-
-    /// A batch's loss with `names` substituted by `values` (cloned, the caller keeps them).
-    pub fn loss(&self, batch: u64, names: &[String], values: &[Tensor<'c>]) -> Result<Tensor<'c>> {
-        let inputs = values.to_vec();
-        let (mut t, _) = self.call(
-            "loss",
-            json!({ "batch": batch, "overrides": names }),
-            inputs,
-        )?;
-        t.pop()
-            .ok_or_else(|| ApiError::internal("`loss` returned no tensor"))
-    }
-
-    pub fn next_step(&self, loss: Option<f64>) -> Result<Option<usize>> {
-        let args = match loss {
-            Some(l) if l.is_finite() => json!({ "loss": l }),
-            _ => json!({}),
-        };
-        let v = self.json("next_step", args)?;
-        Ok(if v["done"].as_bool() == Some(true) {
-            None
-        } else {
-            v["step"].as_u64().map(|s| s as usize)
-        })
-    }
 }
 
 /// Scalar value of a one-element tensor.
@@ -250,7 +196,7 @@ pub struct Maml {
 impl Priming for Maml {
     fn run(&mut self, ctx: &Ctx<'_>, trainer: &Trainer<'_>) -> Result<Value> {
         let s = Services { ctx, trainer };
-        let info = s.json("info", json!({}))?;
+        let info = s.info()?;
         let up = s.params(&info["upstream_groups"])?;
         let down = s.params(&info["downstream_groups"])?;
         if up.is_empty() || down.is_empty() {
@@ -258,28 +204,18 @@ impl Priming for Maml {
                 "maml needs parameters in both the upstream and the downstream groups",
             ));
         }
-        let bs = info["batch_size"].as_u64().unwrap_or(16) as usize;
-        let or_bs = |n: usize| if n == 0 { bs } else { n };
-        let sizes = [or_bs(self.cfg.support_size), or_bs(self.cfg.query_size)];
+        let sizes = [
+            batch_size(&info, self.cfg.support_size),
+            batch_size(&info, self.cfg.query_size),
+        ];
         let mut last = None;
         let mut steps = 0;
         while let Some(_step) = s.next_step(last)? {
-            let tasks = s.json("sample_task", json!({ "k": self.cfg.tasks_per_step }))?;
-            let tasks: Vec<String> = serde_json::from_value(tasks["tasks"].clone())
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let tasks = s.sample_tasks(self.cfg.tasks_per_step)?;
             let mut sum: Option<Vector<'_>> = None;
             let mut loss = 0.0;
             for t in &tasks {
-                let v = s.json("batch", json!({ "task": t, "sizes": sizes }))?;
-                let ids: Vec<u64> = v["batches"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_u64)
-                    .collect();
-                if ids.len() != 2 {
-                    return Err(ApiError::internal("`batch` did not return two batches"));
-                }
+                let ids = s.batches(t, &sizes)?;
                 let g = meta_gradient(&s, &self.cfg, &up, &down, ids[0], ids[1])?;
                 loss += g.query_loss;
                 sum = Some(match sum {
@@ -289,7 +225,7 @@ impl Priming for Maml {
             }
             let k = tasks.len() as f64;
             let grads: Vector<'_> = sum
-                .expect("at least one task")
+                .ok_or_else(|| ApiError::internal("no task sampled"))?
                 .into_iter()
                 .map(|t| t.mul_scalar(1.0 / k))
                 .collect::<Result<_>>()?;
@@ -312,31 +248,22 @@ impl MethodConfig for MamlConfig {
     const DESCRIPTION: &'static str = "MAML priming: inner SGD on the downstream groups, outer step on the upstream groups; second order by finite-difference Hessian-vector products, or first order (FOMAML)";
     const GROUPS: &'static [&'static str] = &[];
     const KIND: PluginKind = PluginKind::Priming;
-}
 
-pub struct MamlPlugin;
-
-impl Plugin for MamlPlugin {
-    fn manifest() -> Manifest {
-        <MamlConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
-    }
-
-    fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {
-        let cfg: MamlConfig = peft_api::blocks::parse_config("maml", config)?;
-        if !(cfg.fd_epsilon > 0.0 && cfg.fd_epsilon.is_finite()) {
+    fn validate(&self) -> Result<()> {
+        if !(self.fd_epsilon > 0.0 && self.fd_epsilon.is_finite()) {
             return Err(ApiError::config(format!(
                 "maml: fd_epsilon = {} must be positive",
-                cfg.fd_epsilon
+                self.fd_epsilon
             )));
         }
-        if !matches!(cfg.outer_optimizer.as_str(), "adam" | "sgd") {
+        if !matches!(self.outer_optimizer.as_str(), "adam" | "sgd") {
             return Err(ApiError::config(format!(
                 "maml: outer_optimizer `{}` is not adam or sgd",
-                cfg.outer_optimizer
+                self.outer_optimizer
             )));
         }
-        Ok(Box::new(Maml { cfg }))
+        Ok(())
     }
 }
 
-peft_api::export_plugin!(maml, MamlPlugin);
+peft_api::priming_plugin!(maml, MamlPlugin, MamlConfig => |cfg| Maml { cfg });

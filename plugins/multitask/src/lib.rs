@@ -2,9 +2,9 @@
 //! one batch of each, and takes an optimiser step on the upstream groups (Multi_M_A is this
 //! with upstream group `backbone`). Everything goes through the host's trainer services.
 use peft_api::{
-    sdk::MethodConfig,
+    sdk::{batch_size, MethodConfig, Services},
     tensor::{Ctx, Tensor},
-    ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
+    ApiError, PluginKind, Priming, Result, Trainer,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -42,61 +42,19 @@ pub struct Multitask {
     pub cfg: MultitaskConfig,
 }
 
-fn call<'c>(
-    ctx: &'c Ctx<'_>,
-    trainer: &Trainer<'_>,
-    name: &str,
-    args: Value,
-    inputs: Vec<Tensor<'c>>,
-) -> Result<(Vec<Tensor<'c>>, Value)> {
-    trainer.service(ctx, name, &args, inputs)
-}
-
 impl Priming for Multitask {
     fn run(&mut self, ctx: &Ctx<'_>, trainer: &Trainer<'_>) -> Result<Value> {
-        let info = call(ctx, trainer, "info", json!({}), vec![])?.1;
-        let bs = match self.cfg.batch_size {
-            0 => info["batch_size"].as_u64().unwrap_or(16) as usize,
-            n => n,
-        };
+        let s = Services { ctx, trainer };
+        let info = s.info()?;
+        let bs = batch_size(&info, self.cfg.batch_size);
         let mut last: Option<f64> = None;
         let mut steps = 0;
-        loop {
-            let args = match last {
-                Some(l) if l.is_finite() => json!({ "loss": l }),
-                _ => json!({}),
-            };
-            let next = call(ctx, trainer, "next_step", args, vec![])?.1;
-            if next["done"].as_bool() != Some(false) {
-                break;
-            }
-            let tasks = call(
-                ctx,
-                trainer,
-                "sample_task",
-                json!({ "k": self.cfg.tasks_per_step }),
-                vec![],
-            )?
-            .1;
-            let tasks: Vec<String> = serde_json::from_value(tasks["tasks"].clone())
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+        while s.next_step(last)?.is_some() {
+            let tasks = s.sample_tasks(self.cfg.tasks_per_step)?;
             let mut total: Option<Tensor<'_>> = None;
             for t in &tasks {
-                let b = call(
-                    ctx,
-                    trainer,
-                    "batch",
-                    json!({ "task": t, "size": bs }),
-                    vec![],
-                )?
-                .1;
-                let id = b["batches"][0]
-                    .as_u64()
-                    .ok_or_else(|| ApiError::internal("`batch` returned no id"))?;
-                let (mut l, _) = call(ctx, trainer, "loss", json!({ "batch": id }), vec![])?;
-                let l = l
-                    .pop()
-                    .ok_or_else(|| ApiError::internal("`loss` returned no tensor"))?;
+                let id = s.batches(t, &[bs])?[0];
+                let l = s.loss(id, &[], &[])?;
                 total = Some(match total {
                     None => l,
                     Some(acc) => acc.add(l)?,
@@ -106,9 +64,7 @@ impl Priming for Multitask {
                 .ok_or_else(|| ApiError::internal("no task sampled"))?
                 .mul_scalar(1.0 / tasks.len() as f64)?;
             last = Some(mean.to_vec()?[0] as f64);
-            call(
-                ctx,
-                trainer,
+            s.call(
                 "step",
                 json!({ "groups": info["upstream_groups"], "from_loss": true, "lr": self.cfg.learning_rate, "optimizer": self.cfg.optimizer }),
                 vec![mean],
@@ -124,25 +80,16 @@ impl MethodConfig for MultitaskConfig {
     const DESCRIPTION: &'static str = "Multi-task priming: average the losses of K sampled upstream tasks, step the upstream groups";
     const GROUPS: &'static [&'static str] = &[];
     const KIND: PluginKind = PluginKind::Priming;
-}
 
-pub struct MultitaskPlugin;
-
-impl Plugin for MultitaskPlugin {
-    fn manifest() -> Manifest {
-        <MultitaskConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
-    }
-
-    fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {
-        let cfg: MultitaskConfig = peft_api::blocks::parse_config("multitask", config)?;
-        if !matches!(cfg.optimizer.as_str(), "adam" | "sgd") {
+    fn validate(&self) -> Result<()> {
+        if !matches!(self.optimizer.as_str(), "adam" | "sgd") {
             return Err(ApiError::config(format!(
                 "multitask: optimizer `{}` is not adam or sgd",
-                cfg.optimizer
+                self.optimizer
             )));
         }
-        Ok(Box::new(Multitask { cfg }))
+        Ok(())
     }
 }
 
-peft_api::export_plugin!(multitask, MultitaskPlugin);
+peft_api::priming_plugin!(multitask, MultitaskPlugin, MultitaskConfig => |cfg| Multitask { cfg });

@@ -3,9 +3,9 @@
 //! the upstream parameters move towards the adapted ones: `φ ← φ + ε·mean(φ̃ − φ)`, an SGD step
 //! of rate ε on the "gradient" `φ − φ̃`. The downstream-only parameters keep their values.
 use peft_api::{
-    sdk::MethodConfig,
-    tensor::{Ctx, Tensor},
-    ApiError, Manifest, Plugin, PluginKind, Priming, Result, Trainer,
+    sdk::{batch_size, MethodConfig, Services, Vector},
+    tensor::Ctx,
+    ApiError, PluginKind, Priming, Result, Trainer,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -48,76 +48,27 @@ pub struct Reptile {
     pub cfg: ReptileConfig,
 }
 
-type Vector<'c> = Vec<Tensor<'c>>;
-
-fn call<'c>(
-    ctx: &'c Ctx<'_>,
-    trainer: &Trainer<'_>,
-    name: &str,
-    args: Value,
-    inputs: Vector<'c>,
-) -> Result<(Vector<'c>, Value)> {
-    trainer.service(ctx, name, &args, inputs)
-}
-
-fn names(ctx: &Ctx<'_>, trainer: &Trainer<'_>, groups: &Value) -> Result<Vec<String>> {
-    let v = call(ctx, trainer, "params", json!({ "groups": groups }), vec![])?.1;
-    serde_json::from_value(v["names"].clone()).map_err(|e| ApiError::internal(e.to_string()))
-}
-
 impl Priming for Reptile {
     fn run(&mut self, ctx: &Ctx<'_>, trainer: &Trainer<'_>) -> Result<Value> {
-        let info = call(ctx, trainer, "info", json!({}), vec![])?.1;
-        let up = names(ctx, trainer, &info["upstream_groups"])?;
+        let s = Services { ctx, trainer };
+        let info = s.info()?;
+        let up = s.params(&info["upstream_groups"])?;
         let mut all = up.clone();
-        for n in names(ctx, trainer, &info["downstream_groups"])? {
+        for n in s.params(&info["downstream_groups"])? {
             if !all.contains(&n) {
                 all.push(n);
             }
         }
-        let bs = match self.cfg.batch_size {
-            0 => info["batch_size"].as_u64().unwrap_or(16) as usize,
-            n => n,
-        };
+        let bs = batch_size(&info, self.cfg.batch_size);
         let (alpha, k_inner) = (self.cfg.inner_lr, self.cfg.inner_steps);
         let mut last: Option<f64> = None;
         let mut steps = 0;
-        loop {
-            let args = match last {
-                Some(l) if l.is_finite() => json!({ "loss": l }),
-                _ => json!({}),
-            };
-            let next = call(ctx, trainer, "next_step", args, vec![])?.1;
-            if next["done"].as_bool() != Some(false) {
-                break;
-            }
-            let tasks = call(
-                ctx,
-                trainer,
-                "sample_task",
-                json!({ "k": self.cfg.tasks_per_step }),
-                vec![],
-            )?
-            .1;
-            let tasks: Vec<String> = serde_json::from_value(tasks["tasks"].clone())
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+        while s.next_step(last)?.is_some() {
+            let tasks = s.sample_tasks(self.cfg.tasks_per_step)?;
             let mut delta: Option<Vector<'_>> = None;
             let mut loss_sum = 0.0;
             for t in &tasks {
-                let b = call(
-                    ctx,
-                    trainer,
-                    "batch",
-                    json!({ "task": t, "sizes": vec![bs; k_inner] }),
-                    vec![],
-                )?
-                .1;
-                let ids: Vec<u64> = b["batches"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_u64)
-                    .collect();
+                let ids = s.batches(t, &vec![bs; k_inner])?;
                 let start: Vector<'_> = all
                     .iter()
                     .map(|n| ctx.param(n)?.detach())
@@ -127,16 +78,7 @@ impl Priming for Reptile {
                     .map(|t| t.clone().require_grad())
                     .collect::<Result<_>>()?;
                 for id in &ids {
-                    let (mut l, _) = call(
-                        ctx,
-                        trainer,
-                        "loss",
-                        json!({ "batch": id, "overrides": all }),
-                        theta.clone(),
-                    )?;
-                    let l = l
-                        .pop()
-                        .ok_or_else(|| ApiError::internal("`loss` returned no tensor"))?;
+                    let l = s.loss(*id, &all, &theta)?;
                     loss_sum += l.to_vec()?[0] as f64 / ids.len() as f64;
                     let g = ctx.grad(l, theta.clone())?;
                     theta = theta
@@ -167,9 +109,7 @@ impl Priming for Reptile {
                 .into_iter()
                 .map(|t| t.mul_scalar(1.0 / k))
                 .collect::<Result<_>>()?;
-            call(
-                ctx,
-                trainer,
+            s.call(
                 "step",
                 json!({ "groups": info["upstream_groups"], "names": up, "lr": self.cfg.outer_lr, "optimizer": "sgd" }),
                 grads,
@@ -189,18 +129,4 @@ impl MethodConfig for ReptileConfig {
     const KIND: PluginKind = PluginKind::Priming;
 }
 
-pub struct ReptilePlugin;
-
-impl Plugin for ReptilePlugin {
-    fn manifest() -> Manifest {
-        <ReptileConfig as MethodConfig>::manifest(env!("CARGO_PKG_VERSION"))
-    }
-
-    fn create_priming(config: &Value) -> Result<Box<dyn Priming>> {
-        Ok(Box::new(Reptile {
-            cfg: peft_api::blocks::parse_config("reptile", config)?,
-        }))
-    }
-}
-
-peft_api::export_plugin!(reptile, ReptilePlugin);
+peft_api::priming_plugin!(reptile, ReptilePlugin, ReptileConfig => |cfg| Reptile { cfg });

@@ -6,8 +6,6 @@
 //! `1/sqrt(d)` scaling of attention scores. The LM head is tied to `shared.weight` when
 //! `tie_word_embeddings`; the decoder output is scaled by `d_model^-0.5` before it when
 //! `scale_decoder_outputs` (transformers 5; defaults to `tie_word_embeddings` as in 4.x).
-use std::path::Path;
-
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
 use peft_api::{ApiError, BackboneInfo};
 
@@ -15,13 +13,12 @@ use peft_api::{ApiError, BackboneInfo};
 pub use super::seq2seq::{KvCache, Seq2Seq};
 use super::{
     additive_mask,
-    arch::{self, Architecture},
+    arch::Architecture,
     layers::{activation_fn, causal_mask, check_activation, dropout, prefix_len, split_heads},
     seq2seq::LayerCache,
     Backbone, Hooks, TextBatch,
 };
 use crate::nn::value::{fp, ft};
-use crate::params::ParamStore;
 
 mod config;
 
@@ -103,11 +100,6 @@ impl T5 {
         check_activation(&c.activation())?;
         let info = config.info(name);
         Ok(T5 { config, info })
-    }
-
-    /// Reads `config.json` from `dir` and loads `model.safetensors` into `store`.
-    pub fn load<B: AutodiffBackend>(dir: &Path, store: &mut ParamStore<B>) -> anyhow::Result<Self> {
-        arch::load(dir, store)
     }
 
     fn lin<B: AutodiffBackend>(

@@ -24,6 +24,36 @@ pub(super) fn int<B: AutodiffBackend>(v: Value<B>, what: &str) -> R<crate::bridg
     }
 }
 
+/// The last input (inputs are taken from the back), named `what` in the error when the plugin
+/// passed too few; the arity check before it makes that an internal error, never a panic.
+pub(super) fn pop<B: AutodiffBackend>(
+    inputs: &mut Vec<Value<B>>,
+    op: OpCode,
+    what: &str,
+) -> R<Value<B>> {
+    inputs
+        .pop()
+        .ok_or_else(|| ApiError::invalid(format!("{op:?}: missing input `{what}`")))
+}
+
+/// [`pop`], which must be a float tensor.
+pub(super) fn pop_float<B: AutodiffBackend>(
+    inputs: &mut Vec<Value<B>>,
+    op: OpCode,
+    what: &str,
+) -> R<FloatPrim<B>> {
+    float(pop(inputs, op, what)?, what)
+}
+
+/// [`pop`], which must be an int tensor.
+pub(super) fn pop_int<B: AutodiffBackend>(
+    inputs: &mut Vec<Value<B>>,
+    op: OpCode,
+    what: &str,
+) -> R<crate::bridge::IntPrim<B>> {
+    int(pop(inputs, op, what)?, what)
+}
+
 pub(super) fn arity<B: AutodiffBackend>(
     op: OpCode,
     inputs: &[Value<B>],

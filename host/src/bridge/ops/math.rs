@@ -25,7 +25,11 @@ pub(super) fn binary<B: AutodiffBackend>(
             OpCode::SUB => a - b,
             OpCode::MUL => a * b,
             OpCode::DIV => a / b,
-            _ => unreachable!(),
+            other => {
+                return Err(ApiError::internal(format!(
+                    "{other:?} reached the wrong kernel"
+                )))
+            }
         }))
     })
 }
@@ -64,7 +68,11 @@ pub(super) fn unary<B: AutodiffBackend>(
                 float_arg(values, 0, op, "min")?,
                 float_arg(values, 1, op, "max")?,
             ),
-            _ => unreachable!(),
+            other => {
+                return Err(ApiError::internal(format!(
+                    "{other:?} reached the wrong kernel"
+                )))
+            }
         }))
     })
 }
@@ -90,7 +98,11 @@ pub(super) fn along_dim<B: AutodiffBackend>(
             OpCode::SUM => x.sum_dim(d),
             OpCode::MEAN => x.mean_dim(d),
             OpCode::MAX => x.max_dim(d),
-            _ => unreachable!(),
+            other => {
+                return Err(ApiError::internal(format!(
+                    "{other:?} reached the wrong kernel"
+                )))
+            }
         }))
     })
 }

@@ -26,7 +26,8 @@ pub fn exec_borrowing<B: AutodiffBackend>(
     _values: &Values,
 ) -> R<OpOutput> {
     arity(op, &inputs, 1, 1)?;
-    let v = inputs.into_iter().next().unwrap();
+    let mut inputs = inputs;
+    let v = pop(&mut inputs, op, "x")?;
     let shape: RVec<i64> = v.shape().iter().map(|&d| d as i64).collect();
     let mut out = OpOutput::default();
     match op {
@@ -58,7 +59,11 @@ pub fn exec_borrowing<B: AutodiffBackend>(
                 }
             }
         }
-        _ => unreachable!(),
+        other => {
+            return Err(ApiError::internal(format!(
+                "{other:?} reached the wrong kernel"
+            )))
+        }
     }
     Ok(out)
 }
@@ -76,8 +81,8 @@ pub fn exec<B: AutodiffBackend>(
     match op {
         OpCode::ADD | OpCode::SUB | OpCode::MUL | OpCode::DIV => {
             arity(op, &inputs, 2, 2)?;
-            let b = float(inputs.pop().unwrap(), "b")?;
-            let a = float(inputs.pop().unwrap(), "a")?;
+            let b = pop_float(&mut inputs, op, "b")?;
+            let a = pop_float(&mut inputs, op, "a")?;
             one(binary::<B>(op, a, b)?)
         }
         OpCode::NEG
@@ -97,13 +102,13 @@ pub fn exec<B: AutodiffBackend>(
         | OpCode::POW_SCALAR
         | OpCode::CLAMP => {
             arity(op, &inputs, 1, 1)?;
-            one(unary::<B>(op, float(inputs.pop().unwrap(), "x")?, values)?)
+            one(unary::<B>(op, pop_float(&mut inputs, op, "x")?, values)?)
         }
         OpCode::SOFTMAX | OpCode::LOG_SOFTMAX | OpCode::SUM | OpCode::MEAN | OpCode::MAX => {
             arity(op, &inputs, 1, 1)?;
             one(along_dim::<B>(
                 op,
-                float(inputs.pop().unwrap(), "x")?,
+                pop_float(&mut inputs, op, "x")?,
                 values,
             )?)
         }
@@ -117,21 +122,22 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::MATMUL => {
             arity(op, &inputs, 2, 2)?;
-            let b = float(inputs.pop().unwrap(), "b")?;
-            let a = float(inputs.pop().unwrap(), "a")?;
+            let b = pop_float(&mut inputs, op, "b")?;
+            let a = pop_float(&mut inputs, op, "a")?;
             one(matmul::<B>(a, b)?)
         }
         OpCode::LINEAR => {
             arity(op, &inputs, 2, 3)?;
-            let mut it = inputs.into_iter();
-            let x = float(it.next().unwrap(), "x")?;
-            let w = float(it.next().unwrap(), "weight")?;
-            let b = it.next().map(|v| float(v, "bias")).transpose()?;
+            let b = (inputs.len() == 3)
+                .then(|| pop_float(&mut inputs, op, "bias"))
+                .transpose()?;
+            let w = pop_float(&mut inputs, op, "weight")?;
+            let x = pop_float(&mut inputs, op, "x")?;
             one(linear::<B>(x, w, b)?)
         }
         OpCode::RESHAPE => {
             arity(op, &inputs, 1, 1)?;
-            match inputs.pop().unwrap() {
+            match pop(&mut inputs, op, "x")? {
                 Value::Float(p) => {
                     let n = p.shape().num_elements();
                     let s = shape_arg(values, n, op)?;
@@ -158,7 +164,7 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::PERMUTE => {
             arity(op, &inputs, 1, 1)?;
-            let p = float(inputs.pop().unwrap(), "x")?;
+            let p = pop_float(&mut inputs, op, "x")?;
             let r = shape_of::<B>(&p).len();
             let axes = values
                 .ints
@@ -177,7 +183,7 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::SLICE => {
             arity(op, &inputs, 1, 1)?;
-            let p = float(inputs.pop().unwrap(), "x")?;
+            let p = pop_float(&mut inputs, op, "x")?;
             let s = shape_of::<B>(&p);
             let d = dim(int_arg(values, 0, op, "dim")?, s.len())?;
             let (start, end) = (
@@ -225,8 +231,8 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::GATHER => {
             arity(op, &inputs, 2, 2)?;
-            let idx = int(inputs.pop().unwrap(), "index")?;
-            let p = float(inputs.pop().unwrap(), "x")?;
+            let idx = pop_int(&mut inputs, op, "index")?;
+            let p = pop_float(&mut inputs, op, "x")?;
             let s = shape_of::<B>(&p);
             let si = idx.shape().to_vec();
             if si.len() != s.len() {
@@ -243,8 +249,8 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::INDEX_SELECT => {
             arity(op, &inputs, 2, 2)?;
-            let idx = int(inputs.pop().unwrap(), "index")?;
-            let p = float(inputs.pop().unwrap(), "x")?;
+            let idx = pop_int(&mut inputs, op, "index")?;
+            let p = pop_float(&mut inputs, op, "x")?;
             let s = shape_of::<B>(&p);
             if idx.shape().num_dims() != 1 {
                 return Err(ApiError::shape("INDEX_SELECT: the index must have rank 1"));
@@ -256,7 +262,7 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::EXPAND => {
             arity(op, &inputs, 1, 1)?;
-            let p = float(inputs.pop().unwrap(), "x")?;
+            let p = pop_float(&mut inputs, op, "x")?;
             let target: Vec<usize> = values.ints.iter().map(|&d| d.max(0) as usize).collect();
             let s = shape_of::<B>(&p);
             check_broadcast(op, &s, &target)?;
@@ -271,24 +277,24 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::CROSS_ENTROPY => {
             arity(op, &inputs, 2, 2)?;
-            let y = int(inputs.pop().unwrap(), "labels")?;
-            let x = float(inputs.pop().unwrap(), "logits")?;
+            let y = pop_int(&mut inputs, op, "labels")?;
+            let x = pop_float(&mut inputs, op, "logits")?;
             one(cross_entropy::<B>(x, y, values)?)
         }
         OpCode::DROPOUT => {
             arity(op, &inputs, 1, 1)?;
-            one(dropout(g, float(inputs.pop().unwrap(), "x")?, values)?)
+            one(dropout(g, pop_float(&mut inputs, op, "x")?, values)?)
         }
         OpCode::COSINE_SIMILARITY => {
             arity(op, &inputs, 2, 2)?;
-            let b = float(inputs.pop().unwrap(), "b")?;
-            let a = float(inputs.pop().unwrap(), "a")?;
+            let b = pop_float(&mut inputs, op, "b")?;
+            let a = pop_float(&mut inputs, op, "a")?;
             one(cosine::<B>(a, b, values)?)
         }
         OpCode::MSE => {
             arity(op, &inputs, 2, 2)?;
-            let b = float(inputs.pop().unwrap(), "b")?;
-            let a = float(inputs.pop().unwrap(), "a")?;
+            let b = pop_float(&mut inputs, op, "b")?;
+            let a = pop_float(&mut inputs, op, "a")?;
             let d = binary::<B>(OpCode::SUB, a, b)?;
             let n = shape_of::<B>(&d).iter().product::<usize>();
             let flat = ft::<B, 1>(reshape::<B>(d, vec![n]));
@@ -351,7 +357,7 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::ASSIGN_PARAM => {
             arity(op, &inputs, 1, 1)?;
-            let v = float(inputs.pop().unwrap(), "value")?;
+            let v = pop_float(&mut inputs, op, "value")?;
             g.params.borrow_mut().assign(&g.qualify(&values.text), v)?;
             none()
         }
@@ -378,13 +384,13 @@ pub fn exec<B: AutodiffBackend>(
             arity(op, &inputs, 1, 1)?;
             g.context
                 .borrow_mut()
-                .insert(values.text.to_string(), inputs.pop().unwrap());
+                .insert(values.text.to_string(), pop(&mut inputs, op, "value")?);
             none()
         }
         OpCode::ADD_LOSS => {
             arity(op, &inputs, 1, 1)?;
             let w = values.floats.first().copied().unwrap_or(1.0);
-            let p = float(inputs.pop().unwrap(), "loss")?;
+            let p = pop_float(&mut inputs, op, "loss")?;
             let n = shape_of::<B>(&p).iter().product::<usize>();
             if n != 1 {
                 return Err(ApiError::shape(format!(
@@ -408,7 +414,11 @@ pub fn exec<B: AutodiffBackend>(
                 return Err(ApiError::invalid("GRAD needs (loss, tensors...)"));
             }
             let mut it = inputs.into_iter();
-            let loss = float(it.next().unwrap(), "loss")?;
+            let loss = float(
+                it.next()
+                    .ok_or_else(|| ApiError::invalid("GRAD needs (loss, tensors...)"))?,
+                "loss",
+            )?;
             let wrt = it.map(|v| float(v, "x")).collect::<R<Vec<_>>>()?;
             Ok((grad::<B>(loss, wrt)?, Values::default()))
         }

@@ -37,16 +37,13 @@ pub(super) fn import_optims<B: AutodiffBackend>(
             Optim::AdamW(AdamW::new(0.0, 0.0))
         };
         let prefix = format!("{key}|");
-        let mine: HashMap<String, InnerPrim<B>> = tensors
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect::<Vec<_>>()
+        let (mine, rest): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut tensors)
             .into_iter()
-            .map(|k| {
-                let v = tensors.remove(&k).expect("listed");
-                (k[prefix.len()..].to_string(), v)
-            })
+            .partition(|(k, _)| k.starts_with(&prefix));
+        tensors = rest;
+        let mine: HashMap<String, InnerPrim<B>> = mine
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_string(), v))
             .collect();
         let counts: Vec<(String, usize)> = steps
             .iter()

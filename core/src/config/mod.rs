@@ -2,9 +2,11 @@
 //! sections are validated against the host's JSON Schema (schemars), each plugin section
 //! against the schema in that plugin's manifest; errors name the JSON pointer.
 pub mod checks;
+mod defaults;
 pub mod priming;
 pub mod validate;
 
+pub use defaults::{fill_num_tasks, pha_default_run};
 pub use priming::PrimingSpec;
 
 use schemars::JsonSchema;
@@ -352,44 +354,6 @@ impl Default for TrainingSpec {
 }
 
 impl RunConfig {
-    /// The default run of `peft-host run --plugin NAME`.
-    pub fn for_plugin(plugin: &str) -> Self {
-        serde_json::from_value(serde_json::json!({
-            "backbone": "all-MiniLM-L6-v2",
-            "modules": [{ "plugin": plugin }],
-        }))
-        .expect("default run config")
-    }
-}
-
-impl RunConfig {
-    /// The main job, `peft-host run --plugin NAME` (repeat to compose): MiniLM trained on a
-    /// default set of real tasks at once — GLUE SST-2 (2,000 training sentences, a classifier)
-    /// and GLUE RTE (all 2,240 pairs, the siamese head), drawn uniformly — 300 steps of 32, both
-    /// evaluated on their official dev sets every 100 steps.
-    pub fn default_run(plugins: &[String]) -> Self {
-        if plugins == ["pha"] {
-            return crate::train::mixed::pha_default_run();
-        }
-        let modules: Vec<_> = plugins
-            .iter()
-            .map(|p| serde_json::json!({ "plugin": p }))
-            .collect();
-        serde_json::from_value(serde_json::json!({
-            "backbone": "all-MiniLM-L6-v2",
-            "modules": modules,
-            "tasks": [
-                { "name": "glue-sst2", "train_examples": 2000 },
-                { "name": "glue/rte", "train_examples": 0, "head": "siamese" }
-            ],
-            "training": {
-                "steps": 300, "batch_size": 32, "learning_rate": 2e-3, "warmup_steps": 30,
-                "max_length": 96, "task_sampling": "uniform", "eval_every": 100
-            }
-        }))
-        .expect("default run config")
-    }
-
     /// The tasks this run trains on: `tasks`, or the single `task`.
     pub fn task_specs(&self) -> Vec<TaskSpec> {
         if self.tasks.is_empty() {

@@ -180,8 +180,11 @@ fn collect(
     }
 }
 
-/// Parses and validates a config text. `source` names it in messages (a file path).
-pub fn validate(text: &str, source: &str, registry: &Registry) -> Result<RunConfig, ConfigErrors> {
+/// Parses a config text and validates what needs no backbone: the host's schema, each plugin's
+/// schema, names and the priming section. `source` names it in messages (a file path). The
+/// checks that build a backbone (plugin parsers, attachment, task folders) come after, in
+/// `peft_host::validate`; a config is only known good once both passed.
+pub fn parse(text: &str, source: &str, registry: &Registry) -> Result<RunConfig, ConfigErrors> {
     let fail = |errors| ConfigErrors {
         source: source.to_string(),
         errors,
@@ -271,17 +274,11 @@ pub fn validate(text: &str, source: &str, registry: &Registry) -> Result<RunConf
     if !errors.is_empty() {
         return Err(fail(errors));
     }
-    let cfg = serde_json::from_value::<RunConfig>(doc).map_err(|e| {
+    serde_json::from_value::<RunConfig>(doc).map_err(|e| {
         fail(vec![ConfigError {
             pointer: String::new(),
             message: e.to_string(),
             owner: "host".into(),
         }])
-    })?;
-    // What the schemas cannot say: plugin parsers, attachment on the backbone, task names.
-    let errors = super::checks::check(&cfg, registry);
-    if !errors.is_empty() {
-        return Err(fail(errors));
-    }
-    Ok(cfg)
+    })
 }

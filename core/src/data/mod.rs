@@ -116,6 +116,19 @@ fn subsample(mut v: Vec<Example>, n: usize, seed: u64) -> Vec<Example> {
     v
 }
 
+/// The answer a text-to-text model learns to write: the label or option, or the score with
+/// one decimal.
+pub fn target_text(e: &Example, task: &Task) -> String {
+    if task.kind == TaskKind::Regression {
+        format!("{:.1}", e.value)
+    } else {
+        e.candidates(&task.labels)
+            .get(e.label)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
 /// Loads a task by name: `glue-sst2` (or `glue/sst2`), `glue/<task>` and `superglue/<task>`
 /// from the full GLUE and SuperGLUE files, `crossfit/<task>` (or any other bare name) from
 /// CrossFit's k-shot splits (train on `_train`, evaluate on `_test`, or `_dev` where a task

@@ -14,12 +14,17 @@ use crate::{
     bridge::{
         ops::linear,
         value::{fp, ft},
-        HostGraph,
+        HostGraph, Value,
     },
     config::{BackboneDetail, BackboneSpec, RunConfig},
     modules::{Composition, ModuleRequest},
     params::ParamStore,
 };
+
+pub mod context;
+mod task_ids;
+
+pub use task_ids::{mark_task, publish_task_ids, TASK_ID, TASK_IDS};
 
 /// Where a model's files are.
 pub struct ModelFiles {
@@ -112,10 +117,10 @@ pub struct Model<B: AutodiffBackend> {
     pub modules: Composition,
     pub tokenizer: Option<tokenizers::Tokenizer>,
     pub num_labels: usize,
-    /// Task name -> the id published as `task_ids` in its passes (`train::mixed`).
+    /// Task name -> the id published as `task_ids` in its passes (see [`TASK_IDS`]).
     pub task_index: RefCell<std::collections::BTreeMap<String, i64>>,
     /// The `context_encoder` section's plugin (HyperT5), run at the start of each pass.
-    pub context_encoder: Option<crate::context::ContextEncoder<B>>,
+    pub context_encoder: Option<context::ContextEncoder<B>>,
 }
 
 impl<B: AutodiffBackend> Model<B> {
@@ -148,7 +153,7 @@ impl<B: AutodiffBackend> Model<B> {
         let modules =
             Composition::attach(registry, &requests, Backbone::<B>::info(&backbone), &params)?;
         let context_encoder = match &config.context_encoder {
-            Some(spec) => Some(crate::context::ContextEncoder::attach(
+            Some(spec) => Some(context::ContextEncoder::attach(
                 spec,
                 registry,
                 Backbone::<B>::info(&backbone),
@@ -198,9 +203,9 @@ impl<B: AutodiffBackend> Model<B> {
         graph.sites.set(None);
         graph.context.borrow_mut().insert(
             "attention_mask".into(),
-            crate::bridge::Value::Int(batch.attention_mask.clone().into_primitive()),
+            Value::Int(batch.attention_mask.clone().into_primitive()),
         );
-        crate::train::mixed::publish_task_ids(graph, batch.attention_mask.dims()[0]);
+        publish_task_ids(graph, batch.attention_mask.dims()[0]);
         Hooks::new(graph, &self.modules)
     }
 
@@ -307,10 +312,12 @@ pub fn mean_pool<B: AutodiffBackend>(h: Tensor<B, 3>, mask: &Tensor<B, 2, Int>) 
 /// each batch to its longest sequence and passes the attention mask.
 pub fn load_tokenizer(path: &Path) -> anyhow::Result<tokenizers::Tokenizer> {
     let mut tok = tokenizers::Tokenizer::from_file(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| path.display().to_string())?;
     tok.with_padding(None);
     tok.with_truncation(None)
-        .map_err(|e| anyhow::anyhow!("{}: turning truncation off: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!(e))
+        .with_context(|| format!("{}: turning truncation off", path.display()))?;
     Ok(tok)
 }
 
@@ -328,7 +335,8 @@ pub fn tokenize<B: AutodiffBackend>(
     for (a, b) in texts {
         let enc = |s: &str| {
             tok.encode(s, false)
-                .map_err(|e| anyhow::anyhow!("tokenizing {s:?}: {e}"))
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("tokenizing {s:?}"))
         };
         let (first, second) = (enc(a)?, b.as_deref().map(enc).transpose()?);
         // HF's truncation (strategy `longest_first`): trim the longer segment first, leaving
@@ -342,10 +350,12 @@ pub fn tokenize<B: AutodiffBackend>(
             ..Default::default()
         };
         let (first, second) = truncate_encodings(first, second, &params)
-            .map_err(|e| anyhow::anyhow!("truncating {a:?}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("truncating {a:?}"))?;
         let enc = tok
             .post_process(first, second, true)
-            .map_err(|e| anyhow::anyhow!("tokenizing {a:?}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("tokenizing {a:?}"))?;
         let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
         let types: Vec<i64> = enc.get_type_ids().iter().map(|&i| i as i64).collect();
         rows.push((ids, types));

@@ -21,8 +21,8 @@ use serde_json::json;
 use crate::{
     bridge::{HostGraph, Value},
     config::PluginSpec,
+    data::target_text,
     data::{Example, Task},
-    heads::target_text,
     model::Model,
     modules::Composition,
     params::ParamStore,
@@ -72,7 +72,7 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
                     obj.call(graph.as_abi(), RStr::from(what), RStr::from("null"))
                         .into_result()
                 })
-                .map_err(|e| anyhow::anyhow!("{here}: call `{what}`: {e}"))?;
+                .with_context(|| format!("{here}: call `{what}`"))?;
             Ok(serde_json::from_str(&out)?)
         };
         graph
@@ -80,7 +80,7 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
                 obj.attach(graph.as_abi(), RStr::from(info_json.as_str()))
                     .into_result()
             })
-            .map_err(|e| anyhow::anyhow!("{here} {} attaching: {e}", entry.manifest.version))?;
+            .with_context(|| format!("{here} {} attaching", entry.manifest.version))?;
         let outputs: Vec<String> = serde_json::from_value(call(&mut obj, "outputs")?)
             .with_context(|| format!("{here}: `outputs` is not a list of names"))?;
         let opts = call(&mut obj, "host_options")?;
@@ -294,7 +294,7 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
         self.before_eval_pass(model, &graph, task)?;
         let args = json!({ "context": context }).to_string();
         m.call(&graph, "load_generated", &args)
-            .map_err(|e| anyhow::anyhow!("hyper-init of `{module}`: {e}"))?
+            .with_context(|| format!("hyper-init of `{module}`"))?
             .with_context(|| format!("hyper-init: {} has no `load_generated`", m.describe()))?;
         Ok(())
     }

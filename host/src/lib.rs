@@ -9,6 +9,7 @@ pub mod config;
 pub mod context;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod fewshot;
 pub mod files;
 pub mod heads;

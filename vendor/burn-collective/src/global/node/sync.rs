@@ -66,22 +66,33 @@ impl<P: Protocol> SyncService<P> {
                 .expect("Peer closed connection unexpectedly");
         }
         loop {
+            // Register for the next notification *before* looking at the list: a sync request
+            // handled between the check and the wait would otherwise wake nobody (notify_waiters
+            // stores no permit) and this node would wait forever.
+            let notified = self.sync_notif.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             {
                 // compare currently synced peers with list of all nodes
-                let mut syncing_peers = self.syncing_peers.lock().unwrap().to_vec();
-                syncing_peers.sort();
-
+                let mut syncing_peers = self.syncing_peers.lock().unwrap();
                 let mut all_node_ids = node_state.nodes.keys().cloned().collect::<Vec<_>>();
                 all_node_ids.sort();
 
-                if syncing_peers == all_node_ids {
-                    // all nodes have synced
-                    syncing_peers.clear();
+                if all_node_ids.iter().all(|id| syncing_peers.contains(id)) {
+                    // All nodes have synced: consume one request of each from the *shared* list
+                    // (upstream cleared a `.to_vec()` copy, so the next sync never matched and
+                    // the second global all-reduce hung). Removing one of each, rather than
+                    // clearing, keeps a request that already belongs to the next sync.
+                    for id in &all_node_ids {
+                        if let Some(i) = syncing_peers.iter().position(|p| p == id) {
+                            syncing_peers.remove(i);
+                        }
+                    }
                     return;
                 }
             }
             // Wait for the next sync to come in
-            self.sync_notif.notified().await
+            notified.await
         }
     }
 

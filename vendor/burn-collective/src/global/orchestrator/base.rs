@@ -130,8 +130,18 @@ impl GlobalOrchestrator {
 
 /// Start a global orchestrator with WebSocket on the given port
 pub async fn start_global_orchestrator(port: u16) {
+    start_global_orchestrator_until(port, os_shutdown_signal()).await
+}
+
+/// Like [`start_global_orchestrator`], but stops when `shutdown` completes instead of on
+/// SIGINT/SIGTERM (added for peft-host: a process that handles SIGINT itself, to checkpoint,
+/// must keep the orchestrator alive meanwhile).
+pub async fn start_global_orchestrator_until<F>(port: u16, shutdown: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let server = WsServer::new(port);
-    let res = GlobalOrchestrator::start(os_shutdown_signal(), server).await;
+    let res = GlobalOrchestrator::start(shutdown, server).await;
     if let Err(err) = res {
         log::error!("Global Collective Orchestrator error: {err:?}");
     }

@@ -163,7 +163,7 @@ impl Dist {
         }
         let t = &cfg.training;
         anyhow::ensure!(
-            t.batch_size % self.world == 0,
+            t.batch_size.is_multiple_of(self.world),
             "/training/batch_size: {} does not split over {} ranks: each rank takes batch_size / \
              world_size rows of every batch, so the batch size must be a multiple of the world size",
             t.batch_size,

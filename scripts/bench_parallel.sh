@@ -16,8 +16,13 @@ STEPS=${2:-20}
 BATCH=${3:-32}
 CORES=$(nproc)
 PER_RANK=$(( CORES / RANKS > 0 ? CORES / RANKS : 1 ))
-cargo build --release -q -p peft-host
-BIN=$PWD/target/release/peft-host
+# PEFT_HOST_BIN: an already built binary (default: build the release one).
+if [ -n "${PEFT_HOST_BIN:-}" ]; then
+  BIN=$(realpath "$PEFT_HOST_BIN")
+else
+  cargo build --release -q -p peft-host
+  BIN=$PWD/target/release/peft-host
+fi
 DATA=${PEFT_DATA:-$PWD/../shared/data}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT

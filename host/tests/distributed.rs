@@ -474,3 +474,96 @@ fn a_rank_without_peers_gives_up_with_a_clear_error() {
     );
     assert!(t.elapsed() < Duration::from_secs(60));
 }
+
+/// SIGINT to one rank only: its stop request travels with the gradients, so both ranks stop
+/// after the same step (exit 130) and rank 0 writes the checkpoint; `--resume` on both then
+/// finishes with the losses of an uninterrupted two-rank run.
+#[test]
+fn sigint_on_one_rank_stops_both_and_resume_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = tiny_bert_config(serde_json::json!([{ "plugin": "houlsby" }]));
+    c["task"] =
+        serde_json::json!({ "name": "glue-sst2", "train_examples": 64, "eval_examples": 8 });
+    c["training"] = serde_json::json!({ "steps": 3000, "batch_size": 4, "max_length": 16,
+                                        "checkpoint_every": 0 });
+    let cfg = tmp.path().join("run.json");
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    let (cut, full) = (tmp.path().join("cut"), tmp.path().join("full"));
+    let bin = env!("CARGO_BIN_EXE_peft-host");
+    let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let ports = free_ports(3);
+    let cmd = |rank: usize, extra: &[&str]| {
+        let mut a = rank_args(&cfg, &cut, rank, &ports, 60);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        std::iter::once(q(bin))
+            .chain(a.iter().map(|s| q(s)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let log = |name: &str| q(tmp.path().join(name).to_str().unwrap());
+    let mut script = String::new();
+    if have_netns() {
+        script.push_str("ip link set lo up\n");
+    }
+    script.push_str(&format!(
+        "{} > {} 2>&1 & p0=$!\n{} > {} 2>&1 & p1=$!\n",
+        cmd(0, &[]),
+        log("cut0.log"),
+        cmd(1, &[]),
+        log("cut1.log")
+    ));
+    // Once training runs (rank 0 logged the start check), interrupt rank 1 only.
+    script.push_str(&format!(
+        "i=0; until grep -q 'ranks agree' {} || [ $i -gt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+         sleep 0.5; kill -INT $p1\nwait $p0; echo $? > {}\nwait $p1; echo $? > {}\n",
+        log("cut0.log"),
+        log("cut0.rc"),
+        log("cut1.rc")
+    ));
+    let status = if have_netns() {
+        Command::new("unshare")
+            .args(["-rn", "sh", "-c", &script])
+            .status()
+    } else {
+        Command::new("sh").args(["-c", &script]).status()
+    }
+    .unwrap();
+    assert!(status.success());
+    let read = |f: &str| std::fs::read_to_string(tmp.path().join(f)).unwrap_or_default();
+    for r in 0..2 {
+        assert_eq!(
+            read(&format!("cut{r}.rc")).trim(),
+            "130",
+            "rank {r} exits 130 after the stop:\n{}",
+            read(&format!("cut{r}.log"))
+        );
+    }
+    let progress = read_json(&run_dir(&cut).join("checkpoint/progress.json"));
+    let step = progress["step"].as_u64().unwrap();
+    assert!(step > 0 && step < 3000, "stopped mid-run at step {step}");
+
+    let ports = free_ports(3);
+    let resume: Vec<Vec<String>> = (0..2)
+        .map(|r| {
+            let mut a = rank_args(&cfg, &cut, r, &ports, 60);
+            a.push("--resume".into());
+            a
+        })
+        .collect();
+    let ranks = run_ranks(&resume, tmp.path());
+    for (i, r) in ranks.iter().enumerate() {
+        assert_eq!(r.code, Some(0), "resumed rank {i}:\n{}", r.output);
+    }
+    let ports = free_ports(3);
+    let ranks = run_ranks(
+        &[
+            rank_args(&cfg, &full, 0, &ports, 60),
+            rank_args(&cfg, &full, 1, &ports, 60),
+        ],
+        tmp.path(),
+    );
+    assert!(ranks.iter().all(|r| r.code == Some(0)));
+    let (a, b) = (losses(&cut), losses(&full));
+    assert_eq!(a.len(), 3000);
+    assert!(max_loss_diff(&a, &b) <= TOL, "resumed run differs");
+}

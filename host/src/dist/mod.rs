@@ -245,8 +245,15 @@ impl Dist {
         }
         buf.push(loss);
         buf.push(if stop { 1.0 } else { 0.0 });
+        let t = std::time::Instant::now();
         self.all_reduce_mean(&mut buf)
             .with_context(|| format!("rank {}: averaging the gradients", self.rank))?;
+        tracing::debug!(
+            rank = self.rank,
+            floats = buf.len(),
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "all-reduce"
+        );
         let device = params.device.clone();
         let mut offset = 0;
         for (k, &i) in order.iter().enumerate() {

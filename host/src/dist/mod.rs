@@ -130,6 +130,15 @@ impl Dist {
             .collect()
     }
 
+    /// The rows of a batch that the other ranks take (the complement of [`Dist::shard`]).
+    pub fn others<'a, T>(&self, rows: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
+        let (rank, world) = (self.rank, self.world);
+        rows.iter()
+            .enumerate()
+            .filter(move |(k, _)| world > 1 && k % world != rank)
+            .map(|(_, r)| r)
+    }
+
     /// Added to the per-step dropout seed: ranks draw different masks for their rows (rank 0
     /// draws what a single process does).
     pub fn seed_offset(&self) -> u64 {
@@ -345,6 +354,10 @@ mod tests {
         );
         seen.sort();
         assert_eq!(seen, rows);
+        let d = Dist::new(1, 3, Box::new(Single));
+        let others: Vec<usize> = d.others(&rows).copied().collect();
+        assert_eq!(others, [0, 2, 3, 5, 6, 8, 9, 11]);
+        assert_eq!(Dist::single().others(&rows).count(), 0);
         assert_eq!(Dist::single().shard(rows.clone()), rows);
     }
 

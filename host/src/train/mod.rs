@@ -424,7 +424,14 @@ pub fn train_tasks<B: AutodiffBackend>(
         let mut lv = 0.0f32;
         for micro in 0..accumulation {
             if let Some(m) = mixed.as_mut() {
-                let items = dist.shard(m.next_batch(t.batch_size));
+                let all = m.next_batch(t.batch_size);
+                // The other ranks' rows count as drawn too, as they would in one process.
+                for (i, _) in dist.others(&all) {
+                    *batches_per_task
+                        .entry(runs[*i].task.name.clone())
+                        .or_default() += 1;
+                }
+                let items = dist.shard(all);
                 let graph = HostGraph::new(&model.params, true);
                 let l = mixed::loss(
                     model,

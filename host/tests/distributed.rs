@@ -109,6 +109,52 @@ fn max_loss_diff(a: &[(usize, f64)], b: &[(usize, f64)]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Runs `run` in one process and as two ranks (threads), asserts equal losses, weights and
+/// rank 0's evaluations, and returns the ranks' results.
+fn compare_on_two_threads<F>(what: &str, run: &F) -> Vec<(train::TrainReport, Weights)>
+where
+    F: Fn(Dist) -> (train::TrainReport, Weights) + Sync,
+{
+    let (single, w1) = run(Dist::single());
+    let ranks: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|rank| {
+                s.spawn(move || {
+                    let engine = Collective::local(rank, 2, Duration::from_secs(120)).unwrap();
+                    let dist = Dist::new(rank, 2, Box::new(engine));
+                    let r = run(dist.clone());
+                    dist.finish().unwrap();
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (report, w)) in ranks.iter().enumerate() {
+        let dl = max_loss_diff(&single.losses, &report.losses);
+        let dw = max_weight_diff(&w1, w);
+        println!(
+            "{what}: rank {rank}: max |loss - single| {dl:.2e}, max |weight - single| {dw:.2e}"
+        );
+        assert!(dl <= TOL, "{what}: rank {rank}: losses differ by {dl}");
+        assert!(dw <= TOL, "{what}: rank {rank}: weights differ by {dw}");
+        assert_eq!(report.batches_per_task, single.batches_per_task);
+    }
+    let (e0, e1) = (&ranks[0].0.evaluations, &single.evaluations);
+    assert!(!e1.is_empty() && e0.len() == e1.len());
+    for (a, b) in e0.iter().zip(e1) {
+        assert_eq!(
+            (a.step, a.score),
+            (b.step, b.score),
+            "{what}: rank 0 evaluates as one process"
+        );
+        assert!((a.loss - b.loss).abs() <= TOL, "{} vs {}", a.loss, b.loss);
+    }
+    ranks
+}
+
+type Weights = BTreeMap<String, Vec<f32>>;
+
 #[test]
 fn two_threads_equal_one_process_on_the_combined_batch() {
     let mut cfg = tiny_bert_config(serde_json::json!([{ "plugin": "houlsby" }]));
@@ -128,43 +174,46 @@ fn two_threads_equal_one_process_on_the_combined_batch() {
         let report = train::train_with(&model, &task, &cfg, &Default::default(), &opts).unwrap();
         (report, trainable(&model))
     };
-    let (single, w1) = run(Dist::single());
-    let ranks: Vec<_> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..2)
-            .map(|rank| {
-                let run = &run;
-                s.spawn(move || {
-                    let engine = Collective::local(rank, 2, Duration::from_secs(120)).unwrap();
-                    let dist = Dist::new(rank, 2, Box::new(engine));
-                    let r = run(dist.clone());
-                    dist.finish().unwrap();
-                    r
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for (rank, (report, w)) in ranks.iter().enumerate() {
-        let dl = max_loss_diff(&single.losses, &report.losses);
-        let dw = max_weight_diff(&w1, w);
-        println!("rank {rank}: max |loss - single| {dl:.2e}, max |weight - single| {dw:.2e}");
-        assert!(dl <= TOL, "rank {rank}: losses differ by {dl}");
-        assert!(dw <= TOL, "rank {rank}: weights differ by {dw}");
-    }
-    let (e0, e1) = (&ranks[0].0.evaluations, &single.evaluations);
-    assert!(!e1.is_empty() && e0.len() == e1.len());
-    for (a, b) in e0.iter().zip(e1) {
-        assert_eq!(
-            (a.step, a.score),
-            (b.step, b.score),
-            "rank 0 evaluates as one process"
-        );
-        assert!((a.loss - b.loss).abs() <= TOL, "{} vs {}", a.loss, b.loss);
-    }
+    let ranks = compare_on_two_threads("one task, accumulation, clipping", &run);
     assert!(
         ranks[1].0.evaluations.is_empty(),
         "rank 1 does not evaluate"
     );
+
+    // Two tasks in mixed batches: a rank's half of a batch may lack a task, whose head then
+    // gets its gradient from the other rank only (the presence flags).
+    let mut mixed = tiny_bert_config(serde_json::json!([{ "plugin": "houlsby" }]));
+    mixed["tasks"] = serde_json::json!([{ "name": "glue-sst2" }, { "name": "glue/rte" }]);
+    mixed["training"] = serde_json::json!({ "steps": 6, "batch_size": 4, "learning_rate": 1e-2,
+        "max_length": 24, "mixed_batches": true });
+    let mixed: RunConfig = serde_json::from_value(mixed).unwrap();
+    let tasks: Vec<_> = ["glue-sst2", "glue/rte"]
+        .iter()
+        .map(|n| data::load_task(&data_dir, n, 32, 8, 13, 5).unwrap())
+        .collect();
+    let run_mixed = |dist: Dist| {
+        let registry = Registry::with_static_plugins().unwrap();
+        let model = Model::<B>::build(&mixed, &registry, &Default::default(), 0).unwrap();
+        let runs: Vec<_> = tasks
+            .iter()
+            .zip(mixed.task_specs())
+            .map(|(task, spec)| {
+                let prefix = format!("head.{}", task.name.replace(['/', '.'], "-"));
+                let head = peft_host::heads::Head::resolve(&spec, task, &prefix).unwrap();
+                head.create(&mut model.params.borrow_mut(), model.info().hidden_size)
+                    .unwrap();
+                train::TaskRun { task, head }
+            })
+            .collect();
+        let opts = train::TrainOptions {
+            dist,
+            ..Default::default()
+        };
+        let report = train::train_tasks(&model, &runs, &mixed, &Default::default(), &opts).unwrap();
+        (report, trainable(&model))
+    };
+    let ranks = compare_on_two_threads("two tasks, mixed batches", &run_mixed);
+    assert_eq!(ranks[0].0.batches_per_task.values().sum::<usize>(), 6 * 4);
 
     // Ranks whose models differ (another seed) under the same config refuse to start.
     let errors: Vec<String> = std::thread::scope(|s| {

@@ -8,6 +8,8 @@
 //!
 //! Dropout is off: with it, N ranks draw other masks than one process (equal in distribution,
 //! not in value).
+#![cfg(feature = "distributed")]
+
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},

@@ -127,6 +127,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
             checkpoint_dir: Some(dir.to_path_buf()),
             resume,
             stop_after,
+            ..Default::default()
         };
     let full = train::train_with(
         &build(),

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bridge;
 pub mod cli;
 pub mod device;
+pub mod dist;
 pub mod fewshot;
 pub mod heads;
 pub mod hypermodel;

@@ -61,6 +61,23 @@ pub enum Command {
         /// Continue an interrupted run from its checkpoint in the output folder.
         #[arg(long)]
         resume: bool,
+        /// Data-parallel training over this many processes (default: WORLD_SIZE, else 1); see
+        /// docs/engine.md.
+        #[arg(long, help_heading = "Data-parallel")]
+        world_size: Option<usize>,
+        /// This process's rank, 0..world-size (default: RANK); rank 0 writes the results.
+        #[arg(long, help_heading = "Data-parallel")]
+        rank: Option<usize>,
+        /// HOST:PORT where rank 0 starts the coordinator (default: MASTER_ADDR:MASTER_PORT).
+        #[arg(long, help_heading = "Data-parallel")]
+        coordinator: Option<String>,
+        /// HOST[:PORT] the other ranks reach this one at (default: this machine's address
+        /// towards the coordinator, port coordinator + 1 + rank).
+        #[arg(long, help_heading = "Data-parallel")]
+        node_address: Option<String>,
+        /// Seconds to wait for the other ranks (joining, each step) before giving up.
+        #[arg(long, default_value_t = 600, help_heading = "Data-parallel")]
+        dist_timeout: u64,
     },
     /// The few-shot grid: each method on each CrossFit task's k-shot splits (16 examples)
     /// for every split seed; mean and std per task and method (runs done are reused).
@@ -413,6 +430,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             quiet,
             resume,
+            world_size,
+            rank,
+            coordinator,
+            node_address,
+            dist_timeout,
         } => verbs::run(
             &registry,
             device,
@@ -425,6 +447,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 out,
                 quiet,
                 resume,
+                launch: crate::dist::launch::LaunchArgs {
+                    world_size,
+                    rank,
+                    coordinator,
+                    node_address,
+                    timeout_s: dist_timeout,
+                },
             },
         ),
     }

@@ -248,6 +248,8 @@ pub struct RunArgs {
     pub out: PathBuf,
     pub quiet: bool,
     pub resume: bool,
+    /// Data-parallel launch flags (`--world-size`, ...).
+    pub launch: crate::dist::launch::LaunchArgs,
 }
 
 /// `run`: train and evaluate a config file, or the default run of `--plugin` modules.
@@ -270,11 +272,23 @@ pub fn run(registry: &Registry, device: DeviceSpec, a: RunArgs) -> anyhow::Resul
     }
     let data = crate::paths::data_dir(a.data.as_deref())?;
     on_sigint("writing a checkpoint after this step (press again to quit now)");
+    let dist = match a.launch.resolve(|k| std::env::var(k).ok())? {
+        Some(launch) => {
+            let dist = launch.connect()?;
+            crate::dist::install(dist.clone())?;
+            Some(dist)
+        }
+        None => None,
+    };
     let flags = RunFlags {
         progress: !a.quiet,
         resume: a.resume,
     };
-    finish(with_device(device, |dev| {
+    let result = with_device(device, |dev| {
         run_on(&cfg, registry, &data, &a.out, flags, dev)
-    }))
+    });
+    if let Some(d) = dist {
+        d.finish()?;
+    }
+    finish(result)
 }

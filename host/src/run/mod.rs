@@ -138,7 +138,12 @@ pub fn run_generic<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     let progress = flags.progress;
+    let dist = crate::dist::current();
     if cfg.priming.is_some() {
+        anyhow::ensure!(
+            dist.is_single(),
+            "data-parallel training (--world-size) runs plain runs, not two-stage priming runs"
+        );
         return priming::run_two_stage::<B>(cfg, registry, data, out, flags, device);
     }
     let specs = cfg.task_specs();
@@ -189,7 +194,7 @@ pub fn run_generic<B: AutodiffBackend>(
         None => None,
     };
     let plan = Plan::of(&model, &cfg.training.train_groups)?;
-    if progress {
+    if progress && dist.is_main() {
         eprint!("{}", plan.render());
     }
     let modules = cfg
@@ -204,8 +209,19 @@ pub fn run_generic<B: AutodiffBackend>(
         checkpoint_dir: Some(out.join(&name)),
         resume: flags.resume,
         stop_after: None,
+        dist: dist.clone(),
     };
     let report = crate::train::train_tasks(&model, &runs, cfg, device, &opts)?;
+    if !dist.is_main() {
+        // Rank 0 evaluates and writes the run; the other ranks only lent their gradients.
+        println!(
+            "rank {} of {}: trained {} steps (rank 0 writes the results)",
+            dist.rank(),
+            dist.world_size(),
+            report.steps
+        );
+        return Ok(());
+    }
     let heads: Vec<_> = runs
         .iter()
         .map(|r| serde_json::json!({ "task": r.task.name, "head": r.head }))

@@ -264,6 +264,9 @@ pub struct TrainOptions {
     /// Stop (after writing a checkpoint) once this many steps are done: what SIGINT does, for
     /// tests.
     pub stop_after: Option<usize>,
+    /// The data-parallel group (single process by default): each rank trains on its share of
+    /// every batch, gradients are averaged; only rank 0 evaluates and checkpoints.
+    pub dist: crate::dist::Dist,
 }
 
 /// Set by the CLI's SIGINT handler: the trainer writes a checkpoint and stops at the next step.
@@ -336,7 +339,11 @@ pub fn train_tasks<B: AutodiffBackend>(
         "no parameter is trainable: train_groups {:?} matched nothing",
         t.train_groups
     );
+    let dist = &opts.dist;
     let evaluate_all = |step: usize| -> anyhow::Result<Vec<Evaluation>> {
+        if !dist.is_main() {
+            return Ok(Vec::new());
+        }
         runs.iter()
             .map(|r| evaluate(model, r, cfg, step, device))
             .collect()
@@ -384,8 +391,9 @@ pub fn train_tasks<B: AutodiffBackend>(
         seconds_before = done.train_seconds;
         tracing::info!(step = done.step, "resumed from checkpoint");
     }
+    dist.check_start(cfg, &model.params.borrow())?;
     let names: Vec<&str> = runs.iter().map(|r| r.task.name.as_str()).collect();
-    let bar = if progress {
+    let bar = if progress && dist.is_main() {
         ProgressBar::new(t.steps as u64)
     } else {
         ProgressBar::hidden()
@@ -407,7 +415,8 @@ pub fn train_tasks<B: AutodiffBackend>(
             device,
             cfg.seed
                 .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(step as u64),
+                .wrapping_add(step as u64)
+                .wrapping_add(dist.seed_offset()),
         );
         // Gradients of `gradient_accumulation` micro-batches, averaged, per trainable parameter.
         let n_trainable = model.params.borrow().trainable().count();
@@ -415,7 +424,14 @@ pub fn train_tasks<B: AutodiffBackend>(
         let mut lv = 0.0f32;
         for micro in 0..accumulation {
             if let Some(m) = mixed.as_mut() {
-                let items = m.next_batch(t.batch_size);
+                let all = m.next_batch(t.batch_size);
+                // The other ranks' rows count as drawn too, as they would in one process.
+                for (i, _) in dist.others(&all) {
+                    *batches_per_task
+                        .entry(runs[*i].task.name.clone())
+                        .or_default() += 1;
+                }
+                let items = dist.shard(all);
                 let graph = HostGraph::new(&model.params, true);
                 let l = mixed::loss(
                     model,
@@ -436,7 +452,11 @@ pub fn train_tasks<B: AutodiffBackend>(
             let (ti, idx) = sampler.next_batch(t.batch_size);
             let run = &runs[ti];
             *batches_per_task.entry(run.task.name.clone()).or_default() += 1;
-            let batch: Vec<&Example> = idx.into_iter().map(|i| &run.task.train[i]).collect();
+            let batch: Vec<&Example> = dist
+                .shard(idx)
+                .into_iter()
+                .map(|i| &run.task.train[i])
+                .collect();
             let graph = HostGraph::new(&model.params, true);
             let l = loss(model, &graph, run, &batch, t, device).with_context(|| {
                 format!("step {step}, micro-batch {micro} (task {})", run.task.name)
@@ -458,6 +478,10 @@ pub fn train_tasks<B: AutodiffBackend>(
                 }
             }
         }
+        let asked_stop =
+            opts.stop_after == Some(step) || INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
+        // Data-parallel: the mean over ranks of gradients, loss and stop requests.
+        let (lv, any_stop) = dist.average(&model.params.borrow(), &mut summed, lv, asked_stop)?;
         if let Some(max_norm) = t.max_grad_norm {
             clip_global_norm::<B>(&mut summed, max_norm)?;
         }
@@ -476,10 +500,10 @@ pub fn train_tasks<B: AutodiffBackend>(
         if t.eval_every > 0 && step % t.eval_every == 0 && step != t.steps {
             evaluations.extend(evaluate_all(step)?);
         }
-        let stop =
-            opts.stop_after == Some(step) || INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
+        let stop = any_stop;
         let periodic = t.checkpoint_every > 0 && step % t.checkpoint_every == 0 && step != t.steps;
-        if let Some(dir) = opts.checkpoint_dir.as_deref().filter(|_| stop || periodic) {
+        let writes = dist.is_main() && (stop || periodic);
+        if let Some(dir) = opts.checkpoint_dir.as_deref().filter(|_| writes) {
             let done = checkpoint::Progress {
                 step,
                 losses: losses.clone(),

@@ -317,6 +317,17 @@ fn assign<B: AutodiffBackend>(
 /// Loads the adapter in `dir` into module instance `name` of `model` (built with the module
 /// that [`module_spec`] describes). Every parameter must be present with its shape.
 pub fn load<B: AutodiffBackend>(model: &Model<B>, name: &str, dir: &Path) -> anyhow::Result<()> {
+    load_except(model, name, dir, &[])
+}
+
+/// [`load`], where the tensors named in `others` (file keys: an HF peft file's task head,
+/// which the caller reads) are not counted as extra.
+pub fn load_except<B: AutodiffBackend>(
+    model: &Model<B>,
+    name: &str,
+    dir: &Path,
+    others: &[String],
+) -> anyhow::Result<()> {
     let m = instance(model, name)?;
     let cfg = read_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
@@ -369,7 +380,11 @@ pub fn load<B: AutodiffBackend>(model: &Model<B>, name: &str, dir: &Path) -> any
             assign(model, &format!("{name}.{}", k.param), shape, v)?;
             used.insert(orig.clone());
         }
-        let extra: Vec<&String> = ckpt.tensors.keys().filter(|k| !used.contains(*k)).collect();
+        let extra: Vec<&String> = ckpt
+            .tensors
+            .keys()
+            .filter(|k| !used.contains(*k) && !others.contains(k))
+            .collect();
         if !extra.is_empty() {
             bail!(
                 "{file}: {} tensors do not belong to module `{name}`'s targets, e.g. `{}`",

@@ -29,7 +29,24 @@ pub fn predict(
     // Inputs are read and checked whole before the model is built or anything is written.
     let examples = p::read_inputs(&a.input, a.format)?;
     let loaded = folder::load::<crate::device::Cpu>(&a.adapter, registry, &dev)?;
-    let task = loaded.task(a.task.as_deref())?.clone();
+    let task = match (
+        crate::serve::foreign::unnamed_task(&loaded),
+        a.task.as_deref(),
+    ) {
+        // An HF peft head answers LABEL_i until a task names its labels.
+        (Some(head), Some(name)) => {
+            let data = crate::paths::data_dir(None)?;
+            let spec = crate::config::TaskSpec {
+                name: name.to_string(),
+                ..Default::default()
+            };
+            let t = crate::data::load(&data, &spec, 0)
+                .with_context(|| format!("loading task `{name}` for its labels"))?;
+            crate::serve::foreign::bind_task(head, &t, &a.adapter)?
+        }
+        (Some(head), None) => head.clone(),
+        (None, name) => loaded.task(name)?.clone(),
+    };
     let batch = a
         .batch
         .unwrap_or(loaded.manifest.config.training.batch_size);

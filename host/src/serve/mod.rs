@@ -4,6 +4,7 @@
 pub mod eval;
 pub mod export;
 pub mod folder;
+pub mod foreign;
 pub mod predict;
 
 use std::collections::BTreeMap;

@@ -248,3 +248,140 @@ fn unmappable_hf_adapters_are_refused_naming_file_and_key() {
     let e = load_err(d.path());
     assert!(e.contains("attention.self.key.lora_A"), "{e}");
 }
+
+/// A tensor of a safetensors file as f64 (f32 or i64 stored).
+fn st_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let v = match t.dtype() {
+        safetensors::Dtype::F32 => t
+            .data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        safetensors::Dtype::I64 => t
+            .data()
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        other => panic!("{name}: {other:?}"),
+    };
+    (t.shape().to_vec(), v)
+}
+
+/// Max |a - b| over real tokens (`mask` 1), rows of width `h`.
+fn masked_diff(a: &[f64], b: &[f64], mask: &[f64], h: usize) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .filter(|(i, _)| mask[i / h] == 1.0)
+        .map(|(_, (x, y))| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// A Houlsby adapter saved by AdapterHub's `adapters` library (`double_seq_bn`, trained briefly)
+/// loads into the houlsby plugin and reproduces the library's last hidden states; the base
+/// model alone does not (so the check can fail).
+#[test]
+fn an_adapterhub_houlsby_adapter_reproduces_its_hidden_states() {
+    require_minilm();
+    let dir = local_fixture("adapterhub-houlsby");
+    let want_path = dir.join("expected.safetensors");
+    let loaded = folder::load::<B>(&dir, &registry(), &Default::default()).unwrap();
+    assert_eq!(loaded.manifest.plugins[0].plugin, "houlsby");
+    let spec = &loaded.manifest.config.modules[0];
+    let c = serde_json::to_value(spec).unwrap();
+    assert_eq!(
+        c["config"]["bottleneck"], 24,
+        "384 / reduction_factor 16: {c}"
+    );
+    assert_eq!(c["config"]["activation"], "swish");
+    assert_eq!(
+        c["config"]["layers"],
+        serde_json::json!([4, 5]),
+        "leave_out 0-3"
+    );
+    let texts: Vec<_> = std::fs::read_to_string(dir.join("texts.txt"))
+        .unwrap()
+        .lines()
+        .map(|s| (s.to_string(), None))
+        .collect();
+    let d = predict::dump(&loaded, None, &texts, &Default::default()).unwrap();
+    let (_, ids) = st_tensor(&want_path, "input_ids");
+    let (_, mask) = st_tensor(&want_path, "attention_mask");
+    let (shape, want) = st_tensor(&want_path, "last_hidden_state");
+    assert_eq!(nested(&d["input_ids"]), ids, "tokens");
+    let h = shape[2];
+    let diff = masked_diff(&nested(&d["last_hidden_state"]), &want, &mask, h);
+    // The backbone without the adapter.
+    let plain: peft_host::config::RunConfig =
+        serde_json::from_value(serde_json::json!({ "backbone": "all-MiniLM-L6-v2" })).unwrap();
+    let base =
+        peft_host::model::Model::<B>::build(&plain, &registry(), &Default::default(), 0).unwrap();
+    let g = peft_host::bridge::HostGraph::inference(&base.params);
+    let tb = base.tokenize(&texts, 64, &Default::default()).unwrap();
+    let hb: Vec<f64> = base
+        .encode(&g, &tb)
+        .unwrap()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let moved = masked_diff(&hb, &want, &mask, h);
+    eprintln!("AdapterHub double_seq_bn: max abs diff {diff:e} (base model without it: {moved:e})");
+    assert!(diff < 1e-4, "{diff}");
+    assert!(moved > 1e-2, "the adapter changed nothing: {moved}");
+    let e = format!("{:#}", loaded.task(None).unwrap_err());
+    assert!(e.contains("no task head"), "{e}");
+}
+
+/// AdapterHub configs that compute something else than Houlsby's adapter are refused, naming
+/// the field; a torch-pickled adapter is refused with the way to get safetensors.
+#[test]
+fn unmappable_adapterhub_adapters_are_refused_naming_the_field() {
+    require_minilm();
+    let src = local_fixture("adapterhub-houlsby");
+    for (field, value, expect) in [
+        (
+            "original_ln_before",
+            serde_json::json!(true),
+            "original_ln_before",
+        ),
+        ("ln_after", serde_json::json!(true), "ln_after"),
+        ("use_gating", serde_json::json!(true), "use_gating"),
+        ("scaling", serde_json::json!(2.0), "scaling"),
+        ("non_linearity", serde_json::json!("tanh"), "non_linearity"),
+        ("is_parallel", serde_json::json!(true), "parallel"),
+        ("leave_out", serde_json::json!([4]), "leaves out layer 4"),
+        ("reduction_factor", serde_json::json!(8), "shape"),
+    ] {
+        let d = copy_of(&src);
+        edit_config(d.path(), |v| v["config"][field] = value.clone());
+        let e = load_err(d.path());
+        assert!(
+            e.contains("adapter_config.json") || e.contains("adapter.safetensors"),
+            "{field}: {e}"
+        );
+        assert!(e.contains(expect), "{field}: {e}");
+    }
+    let d = copy_of(&src);
+    edit_config(d.path(), |v| v["model_type"] = "roberta".into());
+    assert!(load_err(d.path()).contains("roberta"));
+
+    let d = copy_of(&src);
+    std::fs::rename(
+        d.path().join("adapter.safetensors"),
+        d.path().join("pytorch_adapter.bin"),
+    )
+    .unwrap();
+    let e = load_err(d.path());
+    assert!(
+        e.contains("pytorch_adapter.bin") && e.contains("use_safetensors=True"),
+        "{e}"
+    );
+}

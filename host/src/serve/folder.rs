@@ -443,13 +443,12 @@ pub fn load<B: AutodiffBackend>(
     })
 }
 
-/// An adapter saved by another library (HF peft's `adapter_config.json` +
-/// `adapter_model.safetensors`), with its task head where the file has one (see
-/// [`super::foreign`]).
+/// An adapter saved by another library (HF peft's or AdapterHub's `adapter_config.json` and
+/// weights), with its task head where the file has one (see [`super::foreign`]).
 pub fn load_foreign<B: AutodiffBackend>(
     dir: &Path,
     registry: &peft_registry::Registry,
     device: &B::Device,
 ) -> anyhow::Result<Loaded<B>> {
-    super::foreign::load_hf_peft(dir, registry, device)
+    super::foreign::load(dir, registry, device)
 }

@@ -8,7 +8,9 @@
 //!   reproduce HF's logits. Without a task type (or `FEATURE_EXTRACTION`) there is no head:
 //!   `dump` and `export` work, `predict`/`eval` say so. Anything else is refused, naming the
 //!   file and the key.
-//! - **AdapterHub** (`adapters` library) bottleneck adapters: see [`crate::adapters::hub`].
+//! - **AdapterHub** (`adapters` library) bottleneck adapters (`adapter_config.json` with `config` +
+//!   `version`, weights in `adapter.safetensors`): the houlsby plugin maps serial ones such as
+//!   `double_seq_bn` (`adapterhub_module_spec` / `adapterhub_import`); no head.
 //!
 //! HF's config does not store label names: the head answers `LABEL_0`, `LABEL_1`, ... (as
 //! transformers does without `id2label`) until a task is named (`--task`), whose labels, in
@@ -225,6 +227,18 @@ pub fn load_hf_peft<B: AutodiffBackend>(
     } else {
         crate::adapters::load(&model, &instance, dir)?;
     }
+    finish(model, config, tasks, &at, dir)
+}
+
+/// The [`Loaded`] of a foreign folder: a manifest that records the one module, the backbone
+/// and the tasks found.
+fn finish<B: AutodiffBackend>(
+    model: Model<B>,
+    config: RunConfig,
+    tasks: Vec<TaskRecord>,
+    at: &str,
+    dir: &Path,
+) -> anyhow::Result<Loaded<B>> {
     let m = &model.modules.modules[0];
     let manifest = Manifest {
         format: FORMAT.into(),
@@ -257,6 +271,64 @@ pub fn load_hf_peft<B: AutodiffBackend>(
         manifest,
         dir: dir.to_path_buf(),
     })
+}
+
+/// A foreign adapter folder (no `adapter.json`, an `adapter_config.json`): HF peft's or
+/// AdapterHub's, told apart by the config.
+pub fn load<B: AutodiffBackend>(
+    dir: &Path,
+    registry: &peft_registry::Registry,
+    device: &B::Device,
+) -> anyhow::Result<Loaded<B>> {
+    let cfg_path = dir.join(crate::adapters::CONFIG_FILE);
+    let at = cfg_path.display().to_string();
+    let cfg: Json = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {at}"))?,
+    )
+    .with_context(|| format!("{at}: not valid JSON"))?;
+    if cfg.get("peft_type").is_some() {
+        load_hf_peft(dir, registry, device)
+    } else if crate::adapters::is_adapterhub(&cfg) {
+        load_adapterhub(dir, &cfg, registry, device)
+    } else {
+        bail!(
+            "{at}: neither HF peft's (no `peft_type`) nor AdapterHub's (no `config` + `version`: \"adapters...\") adapter config"
+        )
+    }
+}
+
+/// An AdapterHub (`adapters` library) adapter: the plugin that recognises its config rebuilds
+/// the module (the houlsby plugin: serial bottleneck adapters such as `double_seq_bn`), the
+/// backbone is the last component of `model_name`. AdapterHub saves prediction heads apart
+/// (`head_config.json`), which this host does not read: the folder has no task head.
+fn load_adapterhub<B: AutodiffBackend>(
+    dir: &Path,
+    cfg: &Json,
+    registry: &peft_registry::Registry,
+    device: &B::Device,
+) -> anyhow::Result<Loaded<B>> {
+    let at = dir.join(crate::adapters::CONFIG_FILE).display().to_string();
+    let spec = crate::adapters::module_spec_in(dir, registry)?;
+    let base = cfg
+        .get("model_name")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.trim_end_matches('/').rsplit('/').next())
+        .filter(|s| !s.is_empty())
+        .with_context(|| format!("{at}: no model_name to find the backbone by"))?;
+    let config: RunConfig =
+        serde_json::from_value(serde_json::json!({ "backbone": base, "modules": [spec] }))
+            .with_context(|| format!("{at}: rebuilding the run config"))?;
+    let model = Model::<B>::build(&config, registry, device, 0)
+        .with_context(|| format!("{at}: building the module it describes on backbone `{base}`"))?;
+    let hidden = cfg.get("hidden_size").and_then(|v| v.as_u64());
+    anyhow::ensure!(
+        hidden == Some(model.info().hidden_size as u64),
+        "{at}: hidden_size {hidden:?}, backbone `{base}` has {}",
+        model.info().hidden_size
+    );
+    let instance = config.modules[0].instance_name();
+    crate::adapters::load(&model, &instance, dir)?;
+    finish(model, config, Vec::new(), &at, dir)
 }
 
 /// The head of a foreign adapter whose labels are positional, if `loaded` is one.

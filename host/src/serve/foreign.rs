@@ -71,7 +71,10 @@ fn classifier(ckpt: &Checkpoint, file: &str) -> anyhow::Result<(Found, Found)> {
 }
 
 /// BERT's pooler (`pooler.dense`) from the backbone's own weights file.
-fn pooler(dir: &Path) -> anyhow::Result<(Vec<usize>, Vec<f32>, Vec<usize>, Vec<f32>)> {
+/// A tensor's shape and values.
+type Values = (Vec<usize>, Vec<f32>);
+
+fn pooler(dir: &Path) -> anyhow::Result<(Values, Values)> {
     let path = dir.join("model.safetensors");
     let ckpt = Checkpoint::read(&path)?;
     let get = |suffix: &str| {
@@ -86,9 +89,7 @@ fn pooler(dir: &Path) -> anyhow::Result<(Vec<usize>, Vec<f32>, Vec<usize>, Vec<f
                 )
             })
     };
-    let (ws, w) = get("weight")?;
-    let (bs, b) = get("bias")?;
-    Ok((ws, w, bs, b))
+    Ok((get("weight")?, get("bias")?))
 }
 
 fn assign<B: AutodiffBackend>(
@@ -191,7 +192,7 @@ pub fn load_hf_peft<B: AutodiffBackend>(
             .dir
             .as_deref()
             .context("a SEQ_CLS head needs the backbone's weights file (pooler)")?;
-        let (pws, pw, pbs, pb) = pooler(bdir)?;
+        let ((pws, pw), (pbs, pb)) = pooler(bdir)?;
         let p = format!("{HEAD_PREFIX}.pooler");
         assign(
             &model,

@@ -19,16 +19,34 @@ pub struct PredictArgs {
     pub quiet: bool,
 }
 
+/// `predict` on the backend `device` names: the CPU, or CUDA in a build with the `cuda` feature.
 pub fn predict(
     registry: &peft_registry::Registry,
     device: DeviceSpec,
     a: PredictArgs,
 ) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(device == DeviceSpec::Cpu, "predict runs on the CPU backend");
-    let dev = Default::default();
+    match device {
+        DeviceSpec::Cpu => predict_on::<crate::device::Cpu>(registry, a, &Default::default()),
+        DeviceSpec::Cuda(i) => {
+            crate::device::check_cuda(i)?;
+            #[cfg(feature = "cuda")]
+            return predict_on::<crate::device::Cuda>(registry, a, &burn_cuda::CudaDevice::new(i));
+            #[allow(unreachable_code)]
+            {
+                anyhow::bail!("CUDA support is not compiled in")
+            }
+        }
+    }
+}
+
+fn predict_on<B: burn::tensor::backend::AutodiffBackend>(
+    registry: &peft_registry::Registry,
+    a: PredictArgs,
+    dev: &B::Device,
+) -> anyhow::Result<ExitCode> {
     // Inputs are read and checked whole before the model is built or anything is written.
     let examples = p::read_inputs(&a.input, a.format)?;
-    let loaded = folder::load::<crate::device::Cpu>(&a.adapter, registry, &dev)?;
+    let loaded = folder::load::<B>(&a.adapter, registry, dev)?;
     let task = match (
         crate::serve::foreign::unnamed_task(&loaded),
         a.task.as_deref(),
@@ -53,7 +71,7 @@ pub fn predict(
     let stats = match &a.out {
         Some(path) => {
             let mut buf = Vec::new();
-            let s = p::predict(&loaded, &task, &examples, batch, !a.quiet, &mut buf, &dev)?;
+            let s = p::predict(&loaded, &task, &examples, batch, !a.quiet, &mut buf, dev)?;
             crate::files::write_atomic(path, &buf)
                 .with_context(|| format!("writing {}", path.display()))?;
             s
@@ -61,7 +79,7 @@ pub fn predict(
         None => {
             let stdout = std::io::stdout();
             let mut lock = stdout.lock();
-            p::predict(&loaded, &task, &examples, batch, !a.quiet, &mut lock, &dev)?
+            p::predict(&loaded, &task, &examples, batch, !a.quiet, &mut lock, dev)?
         }
     };
     if !a.quiet {

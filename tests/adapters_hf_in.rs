@@ -78,6 +78,14 @@ fn an_hf_peft_seq_cls_lora_reproduces_hf_logits() {
         .expect("a SEQ_CLS head")
         .clone();
     assert_eq!(head.labels, ["LABEL_0", "LABEL_1"]);
+    // What HF trained: LoRA on query and value, and the classifier (the pooler is frozen).
+    let trained: usize = loaded
+        .manifest
+        .tensors
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>())
+        .sum();
+    assert_eq!(trained, 74_498, "HF's print_trainable_parameters");
     let texts: Vec<_> = fx["texts"]
         .as_array()
         .unwrap()

@@ -257,7 +257,10 @@ fn finish<B: AutodiffBackend>(
             .params
             .borrow()
             .iter()
-            .filter(|p| p.owner != "backbone")
+            // BERT's pooler is the checkpoint's, frozen in HF too: not part of what was trained.
+            .filter(|p| {
+                p.owner != "backbone" && !p.name.starts_with(&format!("{HEAD_PREFIX}.pooler."))
+            })
             .map(|p| TensorRecord {
                 name: p.name.clone(),
                 shape: p.shape.clone(),

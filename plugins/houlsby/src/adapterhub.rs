@@ -283,3 +283,66 @@ impl Houlsby {
         Ok(json!({ "tensors": out }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Value, keys: &[&str]) -> Value {
+        json!({
+            "adapter_config": {
+                "config": config, "hidden_size": 384, "model_type": "bert",
+                "name": "a", "version": "adapters.1.3.0"
+            },
+            "keys": keys,
+        })
+    }
+
+    const KEYS: [&str; 2] = [
+        "bert.encoder.layer.1.attention.output.adapters.a.adapter_up.bias",
+        "encoder.layer.3.output.adapters.a.adapter_up.bias",
+    ];
+
+    #[test]
+    fn double_seq_bn_maps_to_houlsby() {
+        let c = json!({
+            "mh_adapter": true, "output_adapter": true, "reduction_factor": 16,
+            "non_linearity": "swish", "original_ln_before": false, "original_ln_after": true,
+            "residual_before_ln": true, "scaling": 1.0, "leave_out": [0]
+        });
+        let spec = module_spec(&args(c, &KEYS)).unwrap().unwrap();
+        let h: HoulsbyConfig = serde_json::from_value(spec["config"].clone()).unwrap();
+        assert_eq!((h.bottleneck, h.activation), (24, Activation::Swish));
+        assert_eq!(h.layers, Some(vec![1, 3]));
+        assert!(h.attention && h.ffn);
+        assert_eq!(spec["name"], "a");
+    }
+
+    #[test]
+    fn reduction_factors_per_layer_must_agree() {
+        let per = |m: Value| {
+            let c = json!({ "mh_adapter": true, "reduction_factor": m });
+            module_spec(&args(c, &KEYS))
+        };
+        let h = per(json!({ "1": 32, "default": 32 })).unwrap().unwrap();
+        assert_eq!(h["config"]["bottleneck"], 12);
+        let e = per(json!({ "1": 8, "default": 16 }))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("different bottleneck sizes"), "{e}");
+        // A factor above the width still leaves one unit, as AdapterHub does.
+        assert_eq!(
+            per(json!(1000)).unwrap().unwrap()["config"]["bottleneck"],
+            1
+        );
+    }
+
+    #[test]
+    fn other_libraries_and_methods_are_not_claimed() {
+        assert!(module_spec(&json!({ "peft_type": "LORA" }))
+            .unwrap()
+            .is_none());
+        let c = json!({ "architecture": "prefix_tuning" });
+        assert!(module_spec(&args(c, &KEYS)).unwrap().is_none());
+    }
+}

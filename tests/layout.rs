@@ -12,7 +12,7 @@ const MAX_LINES: usize = 600;
 
 /// Files over the limit that another branch splits; each must still be over it (a stale entry
 /// fails), so the list empties when those branches are merged.
-const PENDING_SPLIT: &[&str] = &["host/src/fewshot.rs"];
+const PENDING_SPLIT: &[&str] = &[];
 
 /// Every `.rs` file below `dir`, as (path relative to `dir`, text).
 fn sources(dir: &Path) -> Vec<(PathBuf, String)> {

@@ -237,61 +237,115 @@ pub fn module_spec(dir: &Path) -> anyhow::Result<Json> {
     module_spec_in(dir, &peft_registry::Registry::with_static_plugins()?)
 }
 
-/// [`module_spec`] with `registry`'s plugins: an HF peft config is offered to each module plugin
-/// (`hf_peft_module_spec` on a fresh instance); the first that recognises it rebuilds it, so
-/// each plugin reads its own foreign formats.
+/// [`module_spec`] with `registry`'s plugins: a foreign config (HF peft's, AdapterHub's) is
+/// offered to each module plugin (`hf_peft_module_spec` / `adapterhub_module_spec` on a fresh
+/// instance); the first that recognises it rebuilds it, so each plugin reads its own foreign
+/// formats.
 pub fn module_spec_in(dir: &Path, registry: &peft_registry::Registry) -> anyhow::Result<Json> {
     let cfg = read_config(dir)?;
+    let file = dir.join(CONFIG_FILE);
     if let Some(t) = cfg.get("peft_type") {
-        let file = dir.join(CONFIG_FILE);
-        let store = std::cell::RefCell::new(crate::params::ParamStore::<crate::device::Cpu>::new(
-            Default::default(),
-            0,
-        ));
-        let graph = HostGraph::new(&store, false);
-        let args = cfg.to_string();
-        for e in registry
-            .entries()
-            .filter(|e| e.manifest.kind == peft_api::PluginKind::Module)
-        {
-            let Ok(mut obj) = registry.create_module(&e.manifest.name, &Json::Null) else {
-                continue;
-            };
-            let answer = obj
-                .call(
-                    graph.as_abi(),
-                    abi_stable::std_types::RStr::from("hf_peft_module_spec"),
-                    abi_stable::std_types::RStr::from(args.as_str()),
-                )
-                .into_result();
-            match answer {
-                Ok(s) => {
-                    let spec: Json = serde_json::from_str(s.as_str()).with_context(|| {
-                        format!(
-                            "plugin `{}`: unreadable hf_peft_module_spec",
-                            e.manifest.name
-                        )
-                    })?;
-                    if !spec.is_null() {
-                        return Ok(spec);
-                    }
-                }
-                Err(err) if err.is_unsupported() => {}
-                Err(err) => bail!("{}: {err}", file.display()),
-            }
-        }
-        bail!(
-            "{}: no installed plugin reads HF peft adapters of peft_type {t}",
-            file.display()
-        );
+        return offer(registry, "hf_peft_module_spec", &cfg, &file)?.with_context(|| {
+            format!(
+                "{}: no installed plugin reads HF peft adapters of peft_type {t}",
+                file.display()
+            )
+        });
+    }
+    if is_adapterhub(&cfg) {
+        let weights = hub_weights(dir)?;
+        let keys: Vec<String> = Checkpoint::read(&weights)?.tensors.into_keys().collect();
+        let args = json!({ "adapter_config": cfg, "keys": keys });
+        return offer(registry, "adapterhub_module_spec", &args, &file)?.with_context(|| {
+            format!(
+                "{}: no installed plugin reads AdapterHub adapters of architecture {} (the houlsby plugin reads serial bottleneck adapters such as double_seq_bn)",
+                file.display(),
+                cfg["config"].get("architecture").unwrap_or(&json!("bottleneck"))
+            )
+        });
     }
     let f: AdapterFileConfig = serde_json::from_value(cfg).with_context(|| {
         format!(
-            "{}/{CONFIG_FILE} is neither HF peft's nor peft-host's",
+            "{}/{CONFIG_FILE} is neither HF peft's, AdapterHub's nor peft-host's",
             dir.display()
         )
     })?;
     Ok(json!({ "plugin": f.plugin, "name": f.instance, "config": f.config }))
+}
+
+/// Offers `args` to each module plugin's extension `call`; the first non-null answer.
+fn offer(
+    registry: &peft_registry::Registry,
+    call: &str,
+    args: &Json,
+    file: &Path,
+) -> anyhow::Result<Option<Json>> {
+    let store = std::cell::RefCell::new(crate::params::ParamStore::<crate::device::Cpu>::new(
+        Default::default(),
+        0,
+    ));
+    let graph = HostGraph::new(&store, false);
+    let args = args.to_string();
+    for e in registry
+        .entries()
+        .filter(|e| e.manifest.kind == peft_api::PluginKind::Module)
+    {
+        let Ok(mut obj) = registry.create_module(&e.manifest.name, &Json::Null) else {
+            continue;
+        };
+        let answer = obj
+            .call(
+                graph.as_abi(),
+                abi_stable::std_types::RStr::from(call),
+                abi_stable::std_types::RStr::from(args.as_str()),
+            )
+            .into_result();
+        match answer {
+            Ok(s) => {
+                let spec: Json = serde_json::from_str(s.as_str())
+                    .with_context(|| format!("plugin `{}`: unreadable {call}", e.manifest.name))?;
+                if !spec.is_null() {
+                    return Ok(Some(spec));
+                }
+            }
+            Err(err) if err.is_unsupported() => {}
+            Err(err) => bail!("{}: {err}", file.display()),
+        }
+    }
+    Ok(None)
+}
+
+/// AdapterHub's weights file when saved with `use_safetensors=True`.
+pub const HUB_WEIGHTS_FILE: &str = "adapter.safetensors";
+/// What AdapterHub writes otherwise (a torch pickle, which this host does not read).
+pub const HUB_PICKLE_FILE: &str = "pytorch_adapter.bin";
+
+/// Whether `cfg` is an `adapter_config.json` written by AdapterHub's `adapters` library (or
+/// the older `adapter-transformers`).
+pub fn is_adapterhub(cfg: &Json) -> bool {
+    cfg.get("config").is_some()
+        && cfg
+            .get("version")
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| v.starts_with("adapters") || v.starts_with("adapter-transformers"))
+}
+
+/// The safetensors file of an AdapterHub adapter folder, or an error saying how to get one.
+pub fn hub_weights(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(HUB_WEIGHTS_FILE);
+    if path.exists() {
+        return Ok(path);
+    }
+    if dir.join(HUB_PICKLE_FILE).exists() {
+        bail!(
+            "{}: a torch pickle, which this host does not read; save the adapter with `model.save_adapter(dir, name, use_safetensors=True)` to get {HUB_WEIGHTS_FILE}",
+            dir.join(HUB_PICKLE_FILE).display()
+        );
+    }
+    bail!(
+        "{}: missing (an AdapterHub adapter folder needs its weights)",
+        path.display()
+    )
 }
 
 fn assign<B: AutodiffBackend>(
@@ -317,8 +371,22 @@ fn assign<B: AutodiffBackend>(
 /// Loads the adapter in `dir` into module instance `name` of `model` (built with the module
 /// that [`module_spec`] describes). Every parameter must be present with its shape.
 pub fn load<B: AutodiffBackend>(model: &Model<B>, name: &str, dir: &Path) -> anyhow::Result<()> {
+    load_except(model, name, dir, &[])
+}
+
+/// [`load`], where the tensors named in `others` (file keys: an HF peft file's task head,
+/// which the caller reads) are not counted as extra.
+pub fn load_except<B: AutodiffBackend>(
+    model: &Model<B>,
+    name: &str,
+    dir: &Path,
+    others: &[String],
+) -> anyhow::Result<()> {
     let m = instance(model, name)?;
     let cfg = read_config(dir)?;
+    if is_adapterhub(&cfg) {
+        return load_adapterhub(model, m, dir, &cfg);
+    }
     let path = dir.join(WEIGHTS_FILE);
     let ckpt = Checkpoint::read(&path)?;
     let file = path.display().to_string();
@@ -369,7 +437,11 @@ pub fn load<B: AutodiffBackend>(model: &Model<B>, name: &str, dir: &Path) -> any
             assign(model, &format!("{name}.{}", k.param), shape, v)?;
             used.insert(orig.clone());
         }
-        let extra: Vec<&String> = ckpt.tensors.keys().filter(|k| !used.contains(*k)).collect();
+        let extra: Vec<&String> = ckpt
+            .tensors
+            .keys()
+            .filter(|k| !used.contains(*k) && !others.contains(k))
+            .collect();
         if !extra.is_empty() {
             bail!(
                 "{file}: {} tensors do not belong to module `{name}`'s targets, e.g. `{}`",
@@ -408,6 +480,63 @@ pub fn load<B: AutodiffBackend>(model: &Model<B>, name: &str, dir: &Path) -> any
     }
     if let Some(extra) = ckpt.tensors.keys().find(|k| !owned.contains(k)) {
         bail!("{file}: tensor `{extra}` is not a parameter of module `{name}`");
+    }
+    Ok(())
+}
+
+/// An AdapterHub adapter's tensors into module `m`: the plugin maps its keys (without the
+/// model prefix, e.g. `bert.`, which a file key may carry); every mapped tensor must be there
+/// with its shape, and nothing else may be.
+fn load_adapterhub<B: AutodiffBackend>(
+    model: &Model<B>,
+    m: &ModuleInstance,
+    dir: &Path,
+    cfg: &Json,
+) -> anyhow::Result<()> {
+    let path = hub_weights(dir)?;
+    let file = path.display().to_string();
+    let ckpt = Checkpoint::read(&path)?;
+    let Some(import) = extension_call(model, m, "adapterhub_import", cfg)? else {
+        bail!(
+            "{}: cannot read AdapterHub adapters ({} does not answer `adapterhub_import`)",
+            dir.join(CONFIG_FILE).display(),
+            m.describe()
+        );
+    };
+    let maps: Vec<KeyMap> = serde_json::from_value(import["tensors"].clone())
+        .with_context(|| format!("{}: unreadable adapterhub_import key map", m.describe()))?;
+    let mut used = std::collections::BTreeSet::new();
+    for k in &maps {
+        let suffix = format!(".{}", k.key);
+        let found: Vec<&String> = ckpt
+            .tensors
+            .keys()
+            .filter(|f| **f == k.key || f.ends_with(&suffix))
+            .collect();
+        let orig = match found.as_slice() {
+            [one] => *one,
+            [] => bail!(
+                "{file}: tensor `{}` is missing ({file} has {} tensors)",
+                k.key,
+                ckpt.tensors.len()
+            ),
+            many => bail!("{file}: several tensors end in `{}`: {many:?}", k.key),
+        };
+        let (shape, v) = &ckpt.tensors[orig];
+        if *shape != k.shape {
+            bail!(
+                "{file}: `{orig}` has shape {shape:?}, expected {:?}",
+                k.shape
+            );
+        }
+        assign(model, &format!("{}.{}", m.name, k.param), shape, v)?;
+        used.insert(orig.clone());
+    }
+    if let Some(extra) = ckpt.tensors.keys().find(|k| !used.contains(*k)) {
+        bail!(
+            "{file}: tensor `{extra}` is not a parameter of module `{}` as its adapter_config.json describes it",
+            m.name
+        );
     }
     Ok(())
 }

@@ -34,6 +34,11 @@ pub enum Head {
     /// Sentence pairs encoded one sentence at a time, classified from `[u, v, |u − v|, u ∗ v]`
     /// (Sentence-BERT's NLI head): `{prefix}.weight [classes, 4 · hidden]`.
     Siamese { prefix: String, classes: usize },
+    /// BERT's sequence classifier as transformers' `BertForSequenceClassification` computes it:
+    /// `{prefix}.weight [classes, hidden]` over `tanh({prefix}.pooler · h_[CLS])`, the pooler
+    /// `{prefix}.pooler.weight [hidden, hidden]` taken from the checkpoint. Made when an HF peft
+    /// `SEQ_CLS` adapter is read (`serve::foreign`); runs do not train it.
+    ClsPooler { prefix: String, classes: usize },
 }
 
 /// What a head computes for a batch.
@@ -100,9 +105,9 @@ impl Head {
     /// The parameter prefix and output width of a head of its own; none for text-to-text.
     fn linear(&self) -> Option<(&str, usize)> {
         match self {
-            Head::Classification { prefix, classes } | Head::Siamese { prefix, classes } => {
-                Some((prefix, *classes))
-            }
+            Head::Classification { prefix, classes }
+            | Head::Siamese { prefix, classes }
+            | Head::ClsPooler { prefix, classes } => Some((prefix, *classes)),
             Head::Regression { prefix } => Some((prefix, 1)),
             Head::OptionScoring => Some((OPTION_HEAD, 1)),
             Head::TextToText { .. } => None,
@@ -123,6 +128,9 @@ impl Head {
             Head::Siamese { .. } => 4 * hidden,
             _ => hidden,
         };
+        if let Head::ClsPooler { .. } = self {
+            store.create_head_linear(&format!("{prefix}.pooler"), hidden, hidden)?;
+        }
         store.create_head_linear(prefix, outputs, features)
     }
 
@@ -153,6 +161,14 @@ impl Head {
                 }
             }
             Head::Regression { .. } => Output::Values(project(&pairs(batch))?.reshape([n])),
+            Head::ClsPooler { prefix, classes } => {
+                let tb = model.tokenize(&pairs(batch), max_len, device)?;
+                let h = model.encode(graph, &tb)?;
+                Output::Scores {
+                    logits: cls_pooler_logits(model, graph, h, prefix)?,
+                    valid: Tensor::ones([n, *classes], device),
+                }
+            }
             Head::Siamese { prefix, classes } => {
                 let mut sides = [Vec::with_capacity(n), Vec::with_capacity(n)];
                 for e in batch {
@@ -279,6 +295,21 @@ impl Head {
 }
 
 /// The input text: a pair joined with CrossFit's ` [SEP] `.
+/// [`Head::ClsPooler`]'s logits from the last hidden state `[batch, time, hidden]`.
+pub fn cls_pooler_logits<B: AutodiffBackend>(
+    model: &Model<B>,
+    graph: &HostGraph<'_, B>,
+    h: Tensor<B, 3>,
+    prefix: &str,
+) -> anyhow::Result<Tensor<B, 2>> {
+    let [n, _, d] = h.dims();
+    let cls = h.slice([0..n, 0..1]).reshape([n, d]);
+    let pooled = model
+        .head_linear(graph, cls, &format!("{prefix}.pooler"))?
+        .tanh();
+    Ok(model.head_linear(graph, pooled, prefix)?)
+}
+
 fn joined_input(e: &Example) -> String {
     match &e.text_b {
         Some(b) => format!("{} [SEP] {b}", e.text_a),

@@ -3,6 +3,10 @@
 //! saving all select by group.
 use std::collections::BTreeMap;
 
+/// A tensor of the inner (non-autodiff) backend: gradients and optimiser state.
+pub type InnerPrim<B> =
+    burn::tensor::ops::FloatTensor<<B as burn::tensor::backend::AutodiffBackend>::InnerBackend>;
+
 use burn::tensor::{backend::AutodiffBackend, Tensor, TensorData};
 use peft_api::{ApiError, Init};
 use rand::{rngs::StdRng, Rng, SeedableRng};

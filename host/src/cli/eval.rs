@@ -15,16 +15,34 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `eval` on the backend `device` names: the CPU, or CUDA in a build with the `cuda` feature.
 pub fn eval(
     registry: &peft_registry::Registry,
     device: DeviceSpec,
     a: EvalArgs,
 ) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(device == DeviceSpec::Cpu, "eval runs on the CPU backend");
-    let dev = Default::default();
+    match device {
+        DeviceSpec::Cpu => eval_on::<crate::device::Cpu>(registry, a, &Default::default()),
+        DeviceSpec::Cuda(i) => {
+            crate::device::check_cuda(i)?;
+            #[cfg(feature = "cuda")]
+            return eval_on::<crate::device::Cuda>(registry, a, &burn_cuda::CudaDevice::new(i));
+            #[allow(unreachable_code)]
+            {
+                anyhow::bail!("CUDA support is not compiled in")
+            }
+        }
+    }
+}
+
+fn eval_on<B: burn::tensor::backend::AutodiffBackend>(
+    registry: &peft_registry::Registry,
+    a: EvalArgs,
+    dev: &B::Device,
+) -> anyhow::Result<ExitCode> {
     let data = crate::paths::data_dir(a.data.as_deref())?;
-    let loaded = folder::load::<crate::device::Cpu>(&a.adapter, registry, &dev)?;
-    let r = e::eval(&loaded, a.task.as_deref(), a.eval_examples, &data, &dev)?;
+    let loaded = folder::load::<B>(&a.adapter, registry, dev)?;
+    let r = e::eval(&loaded, a.task.as_deref(), a.eval_examples, &data, dev)?;
     let modules: Vec<&str> = loaded
         .manifest
         .plugins

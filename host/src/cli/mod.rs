@@ -117,6 +117,13 @@ pub enum Command {
         /// Run nothing: build the table from the cells the shards stored in --out.
         #[arg(long)]
         collect: bool,
+        /// Learning rates to choose from (comma-separated) on each split's k-shot `_dev`
+        /// file; the chosen setting alone is scored on the test file.
+        #[arg(long, value_delimiter = ',')]
+        select_lr: Vec<f64>,
+        /// Step counts to choose from (comma-separated), crossed with --select-lr.
+        #[arg(long, value_delimiter = ',')]
+        select_steps: Vec<usize>,
     },
     /// List the plugins: built in and from plugin folders.
     Plugins {
@@ -400,6 +407,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             refuse_stale,
             shard,
             collect,
+            select_lr,
+            select_steps,
         } => verbs::fewshot(
             &registry,
             device,
@@ -419,6 +428,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     (None, true) => crate::fewshot::Part::Collect,
                     (None, false) => crate::fewshot::Part::All,
                 },
+                select_lr,
+                select_steps,
             },
         ),
         Command::Run {

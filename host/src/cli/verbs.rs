@@ -188,6 +188,9 @@ pub struct FewshotArgs {
     pub quiet: bool,
     pub refuse_stale: bool,
     pub part: crate::fewshot::Part,
+    /// Learning rates and step counts to choose from on each split's `_dev` file.
+    pub select_lr: Vec<f64>,
+    pub select_steps: Vec<usize>,
 }
 
 /// `fewshot`: the k-shot grid (methods x CrossFit tasks x split seeds).
@@ -222,12 +225,13 @@ pub fn fewshot(
     let data = crate::paths::data_dir(a.data.as_deref())?;
     on_sigint("checkpointing this cell; rerun the same command to continue");
     let grid = crate::fewshot::Grid {
-        base,
         methods,
         tasks,
         seeds: a.seeds,
         refuse_stale: a.refuse_stale,
         part: a.part,
+        candidates: crate::fewshot::selection::candidates(&base, &a.select_lr, &a.select_steps),
+        base,
     };
     let table = crate::fewshot::run_grid(&grid, registry, &data, &a.out, device, a.quiet);
     finish(table.map(|table| {

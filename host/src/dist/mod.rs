@@ -19,7 +19,11 @@ use anyhow::Context;
 use burn::tensor::{backend::AutodiffBackend, Tensor, TensorData, TensorPrimitive};
 use sha2::{Digest, Sha256};
 
-use crate::{by_rank, config::RunConfig, params::ParamStore, train::optim::InnerPrim};
+use crate::{
+    by_rank,
+    config::RunConfig,
+    params::{InnerPrim, ParamStore},
+};
 
 /// Averages what every rank computed: the one operation data-parallel training needs.
 pub trait GradientSync: Send {

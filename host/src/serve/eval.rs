@@ -6,7 +6,7 @@ use anyhow::Context;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
-use super::folder::Loaded;
+use super::folder::{Loaded, TaskRecord};
 use crate::{
     config::TaskSpec,
     train::{evaluate, Evaluation, TaskRun},
@@ -31,7 +31,18 @@ pub fn eval<B: AutodiffBackend>(
     data: &Path,
     device: &B::Device,
 ) -> anyhow::Result<EvalResult> {
-    let record = loaded.task(task)?;
+    let unnamed = super::foreign::unnamed_task(loaded);
+    let record = match (unnamed, task) {
+        (Some(_), None) => anyhow::bail!(
+            "{}: this adapter (saved by HF peft) does not say its task: name it with --task; its labels, in order, answer the classifier's classes",
+            loaded.dir.display()
+        ),
+        (Some(head), Some(n)) => TaskRecord {
+            name: n.to_string(),
+            ..head.clone()
+        },
+        (None, _) => loaded.task(task)?.clone(),
+    };
     let cfg = &loaded.manifest.config;
     let mut spec: TaskSpec = cfg
         .task_specs()
@@ -48,6 +59,10 @@ pub fn eval<B: AutodiffBackend>(
     }
     let data_task = crate::data::load(data, &spec, cfg.seed)
         .with_context(|| format!("loading task `{}`", spec.name))?;
+    let record = match unnamed {
+        Some(head) => super::foreign::bind_task(head, &data_task, &loaded.dir)?,
+        None => record,
+    };
     anyhow::ensure!(
         data_task.labels == record.labels,
         "task `{}`: the data's labels {:?} differ from the adapter's {:?}",

@@ -443,71 +443,12 @@ pub fn load<B: AutodiffBackend>(
     })
 }
 
-/// An adapter saved by another library (HF peft's `adapter_config.json` +
-/// `adapter_model.safetensors`): the plugin that recognises the config rebuilds the module (see
-/// [`crate::adapters::module_spec_in`]), the backbone is the last component of
-/// `base_model_name_or_path` from the model folders. It has no task heads: `dump` and `export`
-/// use it; `predict` and `eval` say that a head is missing.
+/// An adapter saved by another library (HF peft's or AdapterHub's `adapter_config.json` and
+/// weights), with its task head where the file has one (see [`super::foreign`]).
 pub fn load_foreign<B: AutodiffBackend>(
     dir: &Path,
     registry: &peft_registry::Registry,
     device: &B::Device,
 ) -> anyhow::Result<Loaded<B>> {
-    let cfg_path = dir.join(crate::adapters::CONFIG_FILE);
-    let spec = crate::adapters::module_spec_in(dir, registry)?;
-    let hf: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?,
-    )
-    .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
-    let base = hf
-        .get("base_model_name_or_path")
-        .and_then(|v| v.as_str())
-        .and_then(|s| s.trim_end_matches('/').rsplit('/').next())
-        .filter(|s| !s.is_empty())
-        .with_context(|| {
-            format!(
-                "{}: no base_model_name_or_path to find the backbone by",
-                cfg_path.display()
-            )
-        })?;
-    let config: RunConfig =
-        serde_json::from_value(serde_json::json!({ "backbone": base, "modules": [spec] }))
-            .with_context(|| format!("{}: rebuilding the run config", cfg_path.display()))?;
-    let model = Model::<B>::build(&config, registry, device, 0)
-        .with_context(|| format!("{}: building the model", dir.display()))?;
-    let instance = config.modules[0].instance_name();
-    crate::adapters::load(&model, &instance, dir)?;
-    let m = &model.modules.modules[0];
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        format_version: FORMAT_VERSION,
-        code_version: format!("foreign: {}", cfg_path.display()),
-        backbone: backbone_record(&config, model.info().hidden_size)?,
-        plugins: vec![PluginRecord {
-            instance: m.name.clone(),
-            plugin: m.plugin.clone(),
-            version: m.plugin_version.clone(),
-            api_version: m.api_version.to_string(),
-        }],
-        tasks: Vec::new(),
-        tensors: model
-            .params
-            .borrow()
-            .iter()
-            .filter(|p| p.owner != "backbone")
-            .map(|p| TensorRecord {
-                name: p.name.clone(),
-                shape: p.shape.clone(),
-                group: p.group.clone(),
-                owner: p.owner.clone(),
-            })
-            .collect(),
-        config,
-    };
-    Ok(Loaded {
-        model,
-        manifest,
-        dir: dir.to_path_buf(),
-    })
+    super::foreign::load(dir, registry, device)
 }

@@ -5,6 +5,7 @@ pub mod adapt;
 pub mod eval;
 pub mod export;
 pub mod folder;
+pub mod foreign;
 pub mod init;
 pub mod predict;
 

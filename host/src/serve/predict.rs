@@ -269,7 +269,7 @@ pub fn dump<B: AutodiffBackend>(
     let hv = super::floats(h.clone())?;
     let rows = |v: &[i64]| -> Json { json!(v.chunks(t).collect::<Vec<_>>()) };
     let hidden: Vec<Vec<&[f32]>> = hv.chunks(t * d).map(|s| s.chunks(d).collect()).collect();
-    let pooled = crate::model::mean_pool(h, &tb.attention_mask);
+    let pooled = crate::model::mean_pool(h.clone(), &tb.attention_mask);
     let pv = super::floats(pooled.clone())?;
     let mut out = json!({
         "texts": texts,
@@ -282,14 +282,21 @@ pub fn dump<B: AutodiffBackend>(
     if let Some(t) = &types {
         out["token_type_ids"] = rows(t);
     }
-    if let Some(TaskRecord {
-        head: Head::Classification { prefix, classes },
-        name,
-        labels,
-        ..
-    }) = task
+    let logits = match task.map(|t| &t.head) {
+        Some(Head::Classification { prefix, classes }) => Some((
+            model.head_linear(&graph, pooled, prefix)?.detach(),
+            prefix,
+            classes,
+        )),
+        Some(Head::ClsPooler { prefix, classes }) => Some((
+            crate::heads::cls_pooler_logits(model, &graph, h, prefix)?.detach(),
+            prefix,
+            classes,
+        )),
+        _ => None,
+    };
+    if let (Some((logits, prefix, classes)), Some(TaskRecord { name, labels, .. })) = (logits, task)
     {
-        let logits = model.head_linear(&graph, pooled, prefix)?.detach();
         let lv = super::floats(logits)?;
         out["task"] = json!(name);
         out["labels"] = json!(labels);

@@ -6,7 +6,7 @@ use peft_api::ApiError;
 
 use crate::{bridge::value::ft, by_rank, params::Param};
 
-pub type InnerPrim<B> = burn::tensor::ops::FloatTensor<<B as AutodiffBackend>::InnerBackend>;
+pub use crate::params::InnerPrim;
 
 /// An optimiser's state for a checkpoint: named tensors and per-parameter step counts.
 pub type OptimState<B> = (Vec<(String, InnerPrim<B>)>, Vec<(String, usize)>);

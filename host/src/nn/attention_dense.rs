@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::{
     attention::Dims,
     gemm::{matmul, Mat, MatMut, Parallelism},
+    math::dot,
     softmax::softmax_rows,
 };
 
@@ -120,7 +121,7 @@ pub(crate) fn backward(
                             *x *= zj;
                         }
                     }
-                    let dot: f32 = row.iter().zip(pr).map(|(a, b)| a * b).sum();
+                    let dot = dot(row, pr);
                     for (x, &pj) in row.iter_mut().zip(pr) {
                         *x = pj * (*x - dot);
                     }

@@ -8,11 +8,11 @@
 //! backward redraws exactly the forward's mask block by block.
 use super::{
     gemm::{matmul, Mat, MatMut, Parallelism},
-    math::{exp, simd_dispatch},
+    math::{dot, exp, max_plus, simd_dispatch, sum},
 };
 
 /// Query rows per block.
-pub(crate) const BR: usize = 64;
+pub(crate) const BR: usize = 128;
 /// Keys per block: a `BR × BC` score block (64 KiB) stays in L2 with its operands.
 pub(crate) const BC: usize = 256;
 
@@ -85,20 +85,13 @@ simd_dispatch! {
     /// `kf` 1 and 0; the block has at least one kept key, so every new maximum is finite.
     fn online_block(x: &mut [f32], cols: usize, bias: &[f32], kf: &[f32], m: &mut [f32], l: &mut [f32], alpha: &mut [f32]) {
         for (r, row) in x.chunks_exact_mut(cols).enumerate() {
-            let mut mx = f32::NEG_INFINITY;
-            for (x, b) in row.iter().zip(bias) {
-                mx = mx.max(x + b);
-            }
-            let m_new = m[r].max(mx);
+            let m_new = m[r].max(max_plus(row, bias));
             let a = exp(m[r] - m_new);
-            let mut sum = 0.0f32;
             for (x, k) in row.iter_mut().zip(kf) {
-                let e = exp(*x - m_new) * k;
-                *x = e;
-                sum += e;
+                *x = exp(*x - m_new) * k;
             }
             alpha[r] = a;
-            l[r] = l[r] * a + sum;
+            l[r] = l[r] * a + sum(row);
             m[r] = m_new;
         }
     }
@@ -283,7 +276,7 @@ impl Head<'_> {
         sc.ensure(t);
         // D_i = Σ_j P_ij dP_ij = dO_i · O_i (dropout included: O is the dropped output).
         for i in 0..t {
-            sc.d[i] = g.row(i).iter().zip(o.row(i)).map(|(a, b)| a * b).sum();
+            sc.d[i] = dot(g.row(i), o.row(i));
         }
         for j0 in (0..s).step_by(BC) {
             let bc = BC.min(s - j0);

@@ -20,7 +20,7 @@ pub mod softmax;
 pub mod value;
 
 pub use attention::{attention, attention_in, KvLayout};
-pub use cpu::{draw_seed, enabled, from_vec, keep_mask, to_vec};
+pub use cpu::{draw_seed, enabled, from_vec, generic_ops, keep_mask, to_vec};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, layer_norm_in, rms_norm};
 pub use linear::linear;

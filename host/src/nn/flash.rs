@@ -160,14 +160,23 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
-    fn ensure(&mut self, t: usize) {
+    /// Grows the buffers to what `t` queries and `s` keys use (short sequences use less than
+    /// a whole block: rayon makes one `Scratch` per piece of work it splits off).
+    fn ensure(&mut self, t: usize, s: usize) {
+        let (br, bc) = (BR.min(t), BC.min(s));
         for b in [&mut self.s, &mut self.p, &mut self.z] {
-            b.resize(BR * BC, 0.0);
+            if b.len() < br * bc {
+                b.resize(br * bc, 0.0);
+            }
         }
         for b in [&mut self.m, &mut self.l, &mut self.alpha] {
-            b.resize(BR, 0.0);
+            if b.len() < br {
+                b.resize(br, 0.0);
+            }
         }
-        self.d.resize(t, 0.0);
+        if self.d.len() < t {
+            self.d.resize(t, 0.0);
+        }
     }
 }
 
@@ -204,12 +213,13 @@ impl Head<'_> {
         sc: &mut Scratch,
     ) {
         let (t, s) = (self.t(), self.s());
-        sc.ensure(t);
+        sc.ensure(t, s);
         for i0 in (0..t).step_by(BR) {
             let br = BR.min(t - i0);
             sc.m[..br].fill(f32::NEG_INFINITY);
             sc.l[..br].fill(0.0);
             let mut acc = out.sub_rows(i0, br);
+            let mut first = true;
             for j0 in (0..s).step_by(BC) {
                 let bc = BC.min(s - j0);
                 if !self.live(j0, bc) {
@@ -234,12 +244,17 @@ impl Head<'_> {
                         *x *= z;
                     }
                 }
-                let alpha = &sc.alpha;
-                acc.for_each_row(|r, row| row.iter_mut().for_each(|y| *y *= alpha[r]));
+                // The first live block writes the accumulator; later ones rescale it first.
+                if !first {
+                    let alpha = &sc.alpha;
+                    acc.for_each_row(|r, row| row.iter_mut().for_each(|y| *y *= alpha[r]));
+                }
                 let pm = Mat::rows(x, 0, br, bc, bc);
+                let keep = if first { 0.0 } else { 1.0 };
+                first = false;
                 matmul(
                     &mut acc,
-                    1.0,
+                    keep,
                     pm,
                     self.v.sub_rows(j0, bc),
                     1.0,
@@ -273,7 +288,7 @@ impl Head<'_> {
         sc: &mut Scratch,
     ) {
         let (t, s) = (self.t(), self.s());
-        sc.ensure(t);
+        sc.ensure(t, s);
         // D_i = Σ_j P_ij dP_ij = dO_i · O_i (dropout included: O is the dropped output).
         for i in 0..t {
             sc.d[i] = dot(g.row(i), o.row(i));

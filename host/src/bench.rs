@@ -350,7 +350,7 @@ pub fn attention_bench(
     let mut out = Vec::new();
     for &seq in seqs {
         anyhow::ensure!(
-            seq > 0 && tokens % seq == 0,
+            seq > 0 && tokens.is_multiple_of(seq),
             "{tokens} tokens are not a whole number of sequences of {seq}"
         );
         let b = tokens / seq;

@@ -207,7 +207,8 @@ impl MatMut<'_> {
             self.rows
         );
         MatMut {
-            // In bounds: r0 ≤ rows, so this is an element of the view or one past its end.
+            // Row r0 of the view (checked: r0 + n ≤ rows); with n = 0 nothing is ever read
+            // or written through it, hence `wrapping_add`.
             ptr: self.ptr.wrapping_add(r0 * self.rs),
             rows: n,
             cols: self.cols,

@@ -82,6 +82,7 @@ fn reference(
 }
 
 /// One comparison of the tracked kernel with burn's ops: output and gradients of q, k, v.
+#[allow(clippy::too_many_arguments)]
 fn compare(
     b: usize,
     t: usize,
@@ -154,15 +155,13 @@ fn blocked_attention_matches_burn_across_blocks_and_masks() {
     let (heads, h) = (2, 8);
     let (t, s) = (BR + 7, 2 * BC + 9);
     let mut keep = vec![true; 3 * s];
-    for j in BC..s {
-        keep[j] = false; // batch 0: only the first key block
-    }
-    for j in (0..s).step_by(5) {
-        keep[s + j] = false; // batch 1: scattered
-    }
-    for j in 0..s {
-        keep[2 * s + j] = false; // batch 2: nothing kept
-    }
+    // Batch 0: only the first key block; batch 1: scattered; batch 2: nothing kept.
+    keep[BC..s].fill(false);
+    keep[s..2 * s]
+        .iter_mut()
+        .step_by(5)
+        .for_each(|k| *k = false);
+    keep[2 * s..].fill(false);
     for split in [false, true] {
         compare(3, t, s, heads, h, &keep, split, 1e-5);
     }

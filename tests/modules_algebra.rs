@@ -440,6 +440,24 @@ fn prefix_on_the_attention_kernel_equals_the_generic_path() {
         fast[1].iter().any(|g| g.abs() > 1e-6),
         "no gradient reached the prefix"
     );
+    // The no-grad pass (the untracked kernel) gives the same output.
+    let infer = || {
+        vals(
+            model
+                .encode(&HostGraph::inference(&model.params), &batch)
+                .unwrap(),
+        )
+    };
+    let (a, b) = (infer(), peft_host::nn::generic_ops(infer));
+    let d = max_diff(&a, &b);
+    assert!(
+        d < 1e-5,
+        "no-grad pass: kernel and generic path differ by {d}"
+    );
+    assert!(
+        max_diff(&a, &fast[0]) < 1e-5,
+        "no-grad and tracked passes differ"
+    );
 }
 
 fn lora_merge_roundtrip(cfg: Value) {

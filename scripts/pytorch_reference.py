@@ -1,7 +1,8 @@
 """PyTorch reference timings for `peft-host bench model`, on the same shapes.
 
-Not a project dependency: scripts/bench.sh installs torch, transformers and peft into a
-throwaway venv and runs this. Prints one JSON object.
+Not a project dependency: run it with the python of a throwaway venv holding torch,
+transformers and peft (docs/performance.md says how to make one; scripts/bench_compare.sh
+runs it interleaved with peft-host). Prints one JSON object.
 """
 import argparse, json, statistics, time
 
@@ -26,6 +27,7 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-train", action="store_true", help="inference only (no LoRA step)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -39,7 +41,11 @@ def main():
             model(input_ids=ids, attention_mask=mask).last_hidden_state.sum().item()
 
     out = {"torch": torch.__version__, "threads": a.threads, "batch": a.batch, "seq": a.seq,
-           "inference_ms": median_ms(infer, a.runs)}
+           "inference_ms": median_ms(infer, a.runs),
+           "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+    if a.no_train:
+        print(json.dumps(out))
+        return
 
     from peft import LoraConfig, get_peft_model
     lora = get_peft_model(AutoModel.from_pretrained(a.model), LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"]))

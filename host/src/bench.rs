@@ -181,6 +181,16 @@ pub struct ModelBench {
     pub tokens_per_second: f64,
     pub train_step: Option<Timing>,
     pub trainable_parameters: usize,
+    /// FLOPs of one forward (see [`encoder_flops`]), in GFLOP.
+    pub forward_gflop: f64,
+    /// The forward's rate, and the train step's counting its useful work (the forward, the
+    /// input gradient of every product: twice the projections and three times attention's
+    /// products; not the blocked backward's recomputed scores), in GFLOP/s.
+    pub forward_gflops_per_s: f64,
+    pub train_step_gflops_per_s: Option<f64>,
+    /// `[batch·seq, hidden] × [hidden, intermediate]` through the kernels' GEMM, GFLOP/s:
+    /// the rate the whole forward is held against.
+    pub gemm_gflops_per_s: f64,
 }
 
 /// MiniLM-shaped inference and (with modules) a full training step — forward, backward,
@@ -271,6 +281,14 @@ pub fn model_bench<B: AutodiffBackend>(
         None
     };
     let tokens_per_second = (batch * seq) as f64 / (inference.median_ms / 1e3);
+    let info = model.info();
+    let (l, h, i) = (info.num_layers, info.hidden_size, info.intermediate_size);
+    let forward = encoder_flops(l, h, i, batch, seq);
+    // Attention's two products per layer: 2 · 2 · tokens · seq · hidden.
+    let attn = 4.0 * (l * batch * seq * seq * h) as f64;
+    let step = 2.0 * (forward - attn) + 3.0 * attn;
+    let gemm = gemm_rate(batch * seq, h, i, 5);
+    let forward_gflops_per_s = forward / 1e9 / (inference.median_ms / 1e3);
     Ok(ModelBench {
         backbone: model.info().name.clone(),
         modules: cfg.modules.iter().map(|m| m.instance_name()).collect(),
@@ -279,6 +297,12 @@ pub fn model_bench<B: AutodiffBackend>(
         threads: rayon_threads(),
         inference,
         tokens_per_second,
+        forward_gflop: forward / 1e9,
+        forward_gflops_per_s,
+        train_step_gflops_per_s: train_step
+            .as_ref()
+            .map(|t| step / 1e9 / (t.median_ms / 1e3)),
+        gemm_gflops_per_s: gemm,
         train_step,
         trainable_parameters,
     })
@@ -293,4 +317,160 @@ fn rayon_threads() -> usize {
                 .map(|n| n.get())
                 .unwrap_or(1)
         })
+}
+
+#[derive(Serialize, Debug)]
+pub struct AttentionPoint {
+    pub batch: usize,
+    pub seq: usize,
+    /// No-grad forward, the dense kernel (whole `[t, s]` scores) and the blocked one.
+    pub dense_forward: Timing,
+    pub blocked_forward: Timing,
+    /// Forward keeping what the backward needs, then the backward (dropout 0.1).
+    pub dense_train: Timing,
+    pub blocked_train: Timing,
+    /// Blocked median / dense median.
+    pub forward_ratio: f64,
+    pub train_ratio: f64,
+}
+
+/// The blocked attention kernel against the dense one it replaced, on MiniLM's attention
+/// shapes (12 heads, width 384) at `tokens` per batch for each sequence length, interleaved
+/// in one process (alternating which runs first), `runs` times each.
+pub fn attention_bench(
+    tokens: usize,
+    seqs: &[usize],
+    runs: usize,
+) -> anyhow::Result<Vec<AttentionPoint>> {
+    use crate::nn::{
+        attention::{flash_backward, flash_forward, Dims, Masks},
+        attention_dense,
+    };
+    let (heads, h) = (12, 384);
+    let mut out = Vec::new();
+    for &seq in seqs {
+        anyhow::ensure!(
+            seq > 0 && tokens.is_multiple_of(seq),
+            "{tokens} tokens are not a whole number of sequences of {seq}"
+        );
+        let b = tokens / seq;
+        let n = b * seq * h;
+        let val = |m: f32| -> Vec<f32> { (0..n).map(|i| ((i as f32) * 0.618 + m).sin()).collect() };
+        let (q, k, v, g) = (val(0.1), val(0.7), val(1.9), val(2.3));
+        let keep = vec![true; b * seq];
+        let scale = 1.0 / ((h / heads) as f32).sqrt();
+        let d0 = Dims::check(n, n, n, b * seq, [b, seq, seq], heads, h, scale)?;
+        let masks = Masks::new(&keep, &d0);
+        let mut dt = d0;
+        dt.drop = crate::nn::flash::Dropout::new(0.1, 7);
+        let time = |f: &mut dyn FnMut()| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        };
+        let mut dense_f = || {
+            std::hint::black_box(attention_dense::forward(&q, &k, &v, &keep, d0, None));
+        };
+        let mut blocked_f = || {
+            std::hint::black_box(flash_forward(&q, &k, &v, &masks, d0, None));
+        };
+        let mut dense_t = || {
+            let mut probs = vec![0f32; b * heads * seq * seq];
+            let _ = attention_dense::forward(&q, &k, &v, &keep, dt, Some(&mut probs));
+            std::hint::black_box(attention_dense::backward(&q, &k, &v, &probs, &g, dt));
+        };
+        let mut blocked_t = || {
+            let mut lse = vec![0f32; b * heads * seq];
+            let o = flash_forward(&q, &k, &v, &masks, dt, Some(&mut lse));
+            std::hint::black_box(flash_backward(&q, &k, &v, &o, &lse, &g, &masks, dt));
+        };
+        // Warm-up, then alternate which of each pair runs first.
+        for f in [
+            &mut dense_f as &mut dyn FnMut(),
+            &mut blocked_f,
+            &mut dense_t,
+            &mut blocked_t,
+        ] {
+            f();
+        }
+        let mut ms: [Vec<f64>; 4] = Default::default();
+        for i in 0..runs {
+            let order: [usize; 4] = if i % 2 == 0 {
+                [0, 1, 2, 3]
+            } else {
+                [1, 0, 3, 2]
+            };
+            for j in order {
+                let f: &mut dyn FnMut() = match j {
+                    0 => &mut dense_f,
+                    1 => &mut blocked_f,
+                    2 => &mut dense_t,
+                    _ => &mut blocked_t,
+                };
+                ms[j].push(time(f));
+            }
+        }
+        let [a, b2, c, d] = ms;
+        let (dense_forward, blocked_forward) = (
+            summarise("dense forward", a),
+            summarise("blocked forward", b2),
+        );
+        let (dense_train, blocked_train) = (
+            summarise("dense forward+backward", c),
+            summarise("blocked forward+backward", d),
+        );
+        out.push(AttentionPoint {
+            batch: b,
+            seq,
+            forward_ratio: blocked_forward.median_ms / dense_forward.median_ms,
+            train_ratio: blocked_train.median_ms / dense_train.median_ms,
+            dense_forward,
+            blocked_forward,
+            dense_train,
+            blocked_train,
+        });
+    }
+    Ok(out)
+}
+
+/// Floating-point operations of one forward of a BERT-style encoder over `batch × seq`
+/// tokens (multiply-adds count two; element-wise work left out): the four projections, the
+/// feed-forward pair and attention's two products per layer.
+pub fn encoder_flops(
+    layers: usize,
+    hidden: usize,
+    intermediate: usize,
+    batch: usize,
+    seq: usize,
+) -> f64 {
+    let n = (batch * seq) as f64;
+    let (h, i) = (hidden as f64, intermediate as f64);
+    let per_layer = 2.0 * n * h * h * 4.0 + 2.0 * n * h * i * 2.0 + 2.0 * 2.0 * n * seq as f64 * h;
+    layers as f64 * per_layer
+}
+
+/// The GEMM rate the kernels reach on this machine: `[m, k] × [k, n]` through the one GEMM
+/// wrapper with all threads, median of `runs`, in GFLOP/s.
+pub fn gemm_rate(m: usize, k: usize, n: usize, runs: usize) -> f64 {
+    use crate::nn::gemm::{matmul, Mat, MatMut, Parallelism};
+    let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.61).cos()).collect();
+    let mut c = vec![0f32; m * n];
+    let threads = rayon::current_num_threads();
+    let mut one = || {
+        let start = Instant::now();
+        let mut cm = MatMut::dense(&mut c, m, n);
+        matmul(
+            &mut cm,
+            0.0,
+            Mat::rows(&a, 0, m, k, k),
+            Mat::rows(&b, 0, k, n, n),
+            1.0,
+            Parallelism::Rayon(threads),
+        );
+        start.elapsed().as_secs_f64()
+    };
+    one();
+    let t = summarise("gemm", (0..runs.max(1)).map(|_| one() * 1e3).collect());
+    2.0 * (m * n * k) as f64 / (t.median_ms / 1e3) / 1e9
 }

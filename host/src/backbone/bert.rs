@@ -288,26 +288,47 @@ impl Bert {
         let kv_site = format!("{p}.attention.self.kv");
         let scale = 1.0 / (dh as f32).sqrt();
         let fused = !hooks.attached(&kv_site);
-        let ctx = if fused && hooks.graph.no_grad && nn::enabled::<B>() {
-            // No gradient, no prefix: the fused kernel reads the heads where they lie.
-            let keep = nn::keep_mask(mask)?;
-            let (q, k, v) = (nn::to_vec(q)?, nn::to_vec(k)?, nn::to_vec(v)?);
-            let out = nn::attention(&q, &k, &v, &keep, [b, t, t], heads, scale)?;
-            nn::from_vec(out, [b, t, h], &x.device())
-        } else if fused && nn::tracked::enabled::<B>() {
-            // Training: the same kernel as one autodiff operation with its own backward.
+        let kernels = if hooks.graph.no_grad {
+            nn::enabled::<B>()
+        } else {
+            nn::tracked::enabled::<B>()
+        };
+        let ctx = if kernels {
+            // The blocked kernel reads the heads where they lie: the projections `[b, t, h]`,
+            // or what a key/value site (prefix tuning) returns, `[b, heads, s, dh]`.
             let p = if hooks.training() {
                 c.attention_probs_dropout_prob
             } else {
                 0.0
             };
-            let seed = if p > 0.0 {
+            let seed = if p > 0.0 && !hooks.graph.no_grad {
                 nn::draw_seed::<B>(&x.device())
             } else {
                 0
             };
-            let keep = nn::keep_mask(mask)?;
-            nn::tracked::attention(q, k, v, &keep, heads, scale, p, seed)?
+            let mut keep = nn::keep_mask(mask)?;
+            if fused {
+                if hooks.graph.no_grad {
+                    let (q, k, v) = (nn::to_vec(q)?, nn::to_vec(k)?, nn::to_vec(v)?);
+                    let out = nn::attention(&q, &k, &v, &keep, [b, t, t], heads, scale)?;
+                    nn::from_vec(out, [b, t, h], &x.device())
+                } else {
+                    nn::tracked::attention(q, k, v, &keep, heads, scale, p, seed)?
+                }
+            } else {
+                let (k, v) = hooks.kv(&kv_site, split(k), split(v))?;
+                let s = k.dims()[2];
+                // Positions a site prepends (prefix tuning) are visible to every query.
+                keep = prefixed_keep(&keep, b, t, s);
+                if hooks.graph.no_grad {
+                    let (q, k, v) = (nn::to_vec(q)?, nn::to_vec(k)?, nn::to_vec(v)?);
+                    let layout = nn::KvLayout::Heads;
+                    let out = nn::attention_in(&q, &k, &v, &keep, [b, t, s], heads, scale, layout)?;
+                    nn::from_vec(out, [b, t, h], &x.device())
+                } else {
+                    nn::tracked::attention_split(q, k, v, &keep, scale, p, seed)?
+                }
+            }
         } else {
             let (k, v) = hooks.kv(&kv_site, split(k), split(v))?;
             let prefix = k.dims()[2] - t;
@@ -391,6 +412,18 @@ impl Bert {
         }
         Ok(all)
     }
+}
+
+/// The key mask `[b, t]` extended to `s ≥ t` keys by visible positions in front (what a
+/// key/value site prepends), as [`additive_mask`] extends it.
+fn prefixed_keep(keep: &[bool], b: usize, t: usize, s: usize) -> Vec<bool> {
+    let pre = s.saturating_sub(t);
+    let mut out = Vec::with_capacity(b * s);
+    for row in keep.chunks(t.max(1)).take(b) {
+        out.extend(std::iter::repeat_n(true, pre));
+        out.extend_from_slice(row);
+    }
+    out
 }
 
 pub fn act<B: burn::tensor::backend::Backend, const D: usize>(

@@ -252,6 +252,19 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The blocked attention kernel against the dense one it replaced, interleaved, at a fixed
+    /// number of tokens per batch for each sequence length (MiniLM's 12 heads, width 384).
+    Attention {
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        /// Sequence lengths, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 256, 512])]
+        seq: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// MiniLM inference and training-step time on batch x seq tokens.
     Model {
         /// Module plugins to train (none: inference only).

@@ -127,6 +127,34 @@ pub fn bench(
                 println!("  overhead of the plugin path: {:+.2}%", 100.0 * r.overhead);
             }
         }
+        BenchCommand::Attention {
+            tokens,
+            seq,
+            runs,
+            json,
+        } => {
+            let r = crate::bench::attention_bench(tokens, &seq, runs)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("attention, 12 heads, width 384, {tokens} tokens per batch, median of {runs} runs, interleaved (ms)");
+                println!("| seq | batch | dense fwd | blocked fwd | ratio | dense fwd+bwd | blocked fwd+bwd | ratio |");
+                println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+                for p in &r {
+                    println!(
+                        "| {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.2} |",
+                        p.seq,
+                        p.batch,
+                        p.dense_forward.median_ms,
+                        p.blocked_forward.median_ms,
+                        p.forward_ratio,
+                        p.dense_train.median_ms,
+                        p.blocked_train.median_ms,
+                        p.train_ratio
+                    );
+                }
+            }
+        }
         BenchCommand::Model {
             plugin,
             backbone,
@@ -168,6 +196,16 @@ pub fn bench(
                         r.modules.join("+"),
                         crate::plan::thousands(r.trainable_parameters)
                     );
+                }
+                println!(
+                    "  forward {:.1} GFLOP at {:.0} GFLOP/s, {:.0}% of the GEMM's {:.0} GFLOP/s",
+                    r.forward_gflop,
+                    r.forward_gflops_per_s,
+                    100.0 * r.forward_gflops_per_s / r.gemm_gflops_per_s,
+                    r.gemm_gflops_per_s
+                );
+                if let Some(g) = r.train_step_gflops_per_s {
+                    println!("  train step {g:.0} GFLOP/s (useful work)");
                 }
             }
         }

@@ -1,9 +1,11 @@
-//! Scaled dot-product attention of every (batch, head), reading `q` `[b, t, h]` and `k`, `v`
-//! `[b, s, h]` where they lie (head `i` is columns `i·dh..(i+1)·dh`) and writing the context
-//! `[b, t, h]` the same way, so no head is ever copied out: burn's generic path copies every
-//! activation to split and merge heads and runs the batched `q kᵀ` as many small products.
-//! One forward serves both the no-grad pass ([`attention`]) and the tracked operation
-//! ([`tracked`]), which keeps the probabilities for its own backward.
+//! Scaled dot-product attention of every (batch, head), reading `q` `[b, t, h]` where it lies
+//! (head `i` is columns `i·dh..(i+1)·dh`) and `k`, `v` either the same way (`[b, s, h]`, the
+//! projections) or split by head (`[b, heads, s, dh]`, what a key/value site such as prefix
+//! tuning returns), and writing the context `[b, t, h]` back in place, so no head is copied
+//! out. Each (batch, head) runs the blocked kernel of [`super::flash`]: the `[t, s]` scores
+//! never exist whole, in the no-grad pass ([`attention`]) and in the tracked operation
+//! ([`tracked`], [`tracked_split`]), whose backward recomputes them block by block from the
+//! saved row log-sum-exp.
 use std::sync::Arc;
 
 use burn::{
@@ -15,13 +17,21 @@ use rayon::prelude::*;
 
 use super::{
     autodiff::{
-        ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-        OpsKind,
+        ad, flat, into_b, primitive, AdTensor, Backward, Buf, Checkpointer, Gradients,
+        NoCheckpointing, Ops, OpsKind,
     },
-    dropout::draw_keep,
-    gemm::{matmul, Mat, MatMut, Parallelism},
-    softmax::softmax_rows,
+    flash::{Dropout, Head, Scratch},
+    gemm::{Mat, MatMut},
 };
+
+/// Where head `i` of the keys and values lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvLayout {
+    /// `[b, s, h]`: columns `i·dh..(i+1)·dh` of each row (the projections).
+    Time,
+    /// `[b, heads, s, dh]`: one `[s, dh]` block per (batch, head).
+    Heads,
+}
 
 /// The sizes every buffer of one attention call is checked against.
 #[derive(Clone, Copy, Debug)]
@@ -32,8 +42,9 @@ pub struct Dims {
     pub heads: usize,
     pub h: usize,
     pub scale: f32,
-    /// 1 / (1 - dropout probability).
-    inv_keep: f32,
+    pub layout: KvLayout,
+    /// Dropout on the probabilities (training only).
+    pub(crate) drop: Option<Dropout>,
 }
 
 impl Dims {
@@ -73,29 +84,190 @@ impl Dims {
             heads,
             h,
             scale,
-            inv_keep: 1.0,
+            layout: KvLayout::Time,
+            drop: None,
         })
     }
 
-    fn dh(&self) -> usize {
+    pub(crate) fn dh(&self) -> usize {
         self.h / self.heads
     }
 
     /// Offsets of (batch, head) `bh`'s first element in `q` and in `k`/`v`.
-    fn offsets(&self, bh: usize) -> (usize, usize) {
+    pub(crate) fn offsets(&self, bh: usize) -> (usize, usize) {
         let (bi, hi) = (bh / self.heads, bh % self.heads);
         let dh = self.dh();
-        (
-            bi * self.t * self.h + hi * dh,
-            bi * self.s * self.h + hi * dh,
-        )
+        let kv = match self.layout {
+            KvLayout::Time => bi * self.s * self.h + hi * dh,
+            KvLayout::Heads => bh * self.s * dh,
+        };
+        (bi * self.t * self.h + hi * dh, kv)
+    }
+
+    /// The distance between a head's consecutive key rows.
+    pub(crate) fn kv_stride(&self) -> usize {
+        match self.layout {
+            KvLayout::Time => self.h,
+            KvLayout::Heads => self.dh(),
+        }
+    }
+
+    /// A `[b·s·h]` key/value buffer as each (batch, head)'s `[s, dh]` block, in `bh` order.
+    pub(crate) fn kv_blocks<'a>(&self, buf: &'a mut [f32]) -> Vec<MatMut<'a>> {
+        match self.layout {
+            KvLayout::Time => MatMut::blocks(buf, self.b * self.s, self.h, self.s, self.dh()),
+            KvLayout::Heads => MatMut::blocks(
+                buf,
+                self.b * self.heads * self.s,
+                self.dh(),
+                self.s,
+                self.dh(),
+            ),
+        }
     }
 }
 
-/// `softmax(q kᵀ · scale) v` over the keys `keep` marks, without gradients. A dropped key gets
-/// probability exactly 0, as HF's additive `finfo.min` mask gives after `exp`.
+/// The key mask per batch as the blocked kernel reads it: `bias` 0 / −∞ and `kf` 1 / 0 per
+/// key, and whether no key of the batch is kept (then every key counts, uniformly).
+#[derive(Debug)]
+pub(crate) struct Masks {
+    bias: Vec<f32>,
+    kf: Vec<f32>,
+    uniform: Vec<bool>,
+}
+
+impl Masks {
+    pub(crate) fn new(keep: &[bool], d: &Dims) -> Self {
+        let mut m = Masks {
+            bias: Vec::with_capacity(keep.len()),
+            kf: Vec::with_capacity(keep.len()),
+            uniform: Vec::with_capacity(d.b),
+        };
+        for row in keep.chunks(d.s.max(1)) {
+            let none = !row.iter().any(|&k| k);
+            m.uniform.push(none);
+            for &k in row {
+                let k = k || none;
+                m.bias.push(if k { 0.0 } else { f32::NEG_INFINITY });
+                m.kf.push(if k { 1.0 } else { 0.0 });
+            }
+        }
+        m
+    }
+}
+
+/// (Batch, head) `bh`'s operands for the blocked kernel.
+fn head<'a>(
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    m: &'a Masks,
+    d: &Dims,
+    bh: usize,
+) -> Head<'a> {
+    let (qo, ko) = d.offsets(bh);
+    let (dh, bi) = (d.dh(), bh / d.heads);
+    let keys = bi * d.s..(bi + 1) * d.s;
+    Head {
+        q: Mat::rows(q, qo, d.t, dh, d.h),
+        k: Mat::rows(k, ko, d.s, dh, d.kv_stride()),
+        v: Mat::rows(v, ko, d.s, dh, d.kv_stride()),
+        bias: &m.bias[keys.clone()],
+        kf: &m.kf[keys],
+        uniform: m.uniform[bi],
+        scale: d.scale,
+        drop: d.drop.map(|dr| (dr, dr.stream(bh))),
+    }
+}
+
+/// The blocked forward of every (batch, head) in parallel; `lse` (when given, `b·heads`
+/// blocks of `t`) keeps each row's log-sum-exp for [`flash_backward`]. The buffers' lengths
+/// were checked into `d` by the caller.
+pub(crate) fn flash_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    m: &Masks,
+    d: Dims,
+    lse: Option<&mut [f32]>,
+) -> Vec<f32> {
+    let mut out = vec![0f32; d.b * d.t * d.h];
+    if out.is_empty() {
+        return out;
+    }
+    let tasks = d.b * d.heads;
+    let heads_out = MatMut::blocks(&mut out, d.b * d.t, d.h, d.t, d.dh());
+    let lse: Vec<Option<&mut [f32]>> = match lse {
+        Some(l) => l.chunks_mut(d.t).map(Some).collect(),
+        None => (0..tasks).map(|_| None).collect(),
+    };
+    heads_out
+        .into_par_iter()
+        .zip(lse)
+        .enumerate()
+        .for_each_init(Scratch::default, |sc, (bh, (mut out, lse))| {
+            head(q, k, v, m, &d, bh).forward(&mut out, lse, sc);
+        });
+    out
+}
+
+/// Gradients of `q`, `k`, `v` (in their own layouts) from the output `o`, its gradient
+/// `grad` and the forward's `lse`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn flash_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    o: &[f32],
+    lse: &[f32],
+    grad: &[f32],
+    m: &Masks,
+    d: Dims,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut dq = vec![0f32; d.b * d.t * d.h];
+    let mut dk = vec![0f32; d.b * d.s * d.h];
+    let mut dv = vec![0f32; d.b * d.s * d.h];
+    if dq.is_empty() {
+        return (dq, dk, dv);
+    }
+    let dh = d.dh();
+    let dq_heads = MatMut::blocks(&mut dq, d.b * d.t, d.h, d.t, dh);
+    let dk_heads = d.kv_blocks(&mut dk);
+    let dv_heads = d.kv_blocks(&mut dv);
+    dq_heads
+        .into_par_iter()
+        .zip(dk_heads)
+        .zip(dv_heads)
+        .enumerate()
+        .for_each_init(Scratch::default, |sc, (bh, ((mut dq, mut dk), mut dv))| {
+            let (qo, _) = d.offsets(bh);
+            let om = Mat::rows(o, qo, d.t, dh, d.h);
+            let g = Mat::rows(grad, qo, d.t, dh, d.h);
+            let lse = &lse[bh * d.t..(bh + 1) * d.t];
+            head(q, k, v, m, &d, bh).backward(om, g, lse, &mut dq, &mut dk, &mut dv, sc);
+        });
+    (dq, dk, dv)
+}
+
+/// `softmax(q kᵀ · scale) v` over the keys `keep` marks, without gradients, `k`, `v`
+/// `[b, s, h]`. A dropped key gets probability exactly 0, as HF's additive `finfo.min` mask
+/// gives after `exp`; a batch with no kept key attends uniformly, as that mask gives too.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keep: &[bool],
+    bts: [usize; 3],
+    heads: usize,
+    scale: f32,
+) -> Result<Vec<f32>, ApiError> {
+    attention_in(q, k, v, keep, bts, heads, scale, KvLayout::Time)
+}
+
+/// [`attention`] with the keys and values in `layout`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_in(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -103,12 +275,13 @@ pub fn attention(
     [b, t, s]: [usize; 3],
     heads: usize,
     scale: f32,
+    layout: KvLayout,
 ) -> Result<Vec<f32>, ApiError> {
     if b * t == 0 {
         return Ok(Vec::new());
     }
     let h = q.len() / (b * t);
-    let d = Dims::check(
+    let mut d = Dims::check(
         q.len(),
         k.len(),
         v.len(),
@@ -118,81 +291,20 @@ pub fn attention(
         h,
         scale,
     )?;
-    Ok(forward(q, k, v, keep, d, None, None))
+    d.layout = layout;
+    Ok(flash_forward(q, k, v, &Masks::new(keep, &d), d, None))
 }
 
-/// The forward of every (batch, head) in parallel: `probs` (when given, `b·heads` blocks of
-/// `t·s`) keeps the softmax probabilities, `dropout` (when given, the same blocks, with its
-/// probability and seed) draws the kept entries and applies them to what multiplies `v`.
-/// The buffers' lengths were checked into `d` by the caller.
-fn forward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    keep: &[bool],
-    d: Dims,
-    probs: Option<&mut [f32]>,
-    dropout: Option<(&mut [bool], f64, u64)>,
-) -> Vec<f32> {
-    let (dh, n, tasks) = (d.dh(), d.t * d.s, d.b * d.heads);
-    let mut out = vec![0f32; d.b * d.t * d.h];
-    if out.is_empty() {
-        return out;
-    }
-    let heads_out = MatMut::blocks(&mut out, d.b * d.t, d.h, d.t, dh);
-    let probs: Vec<Option<&mut [f32]>> = match probs {
-        Some(p) => p.chunks_mut(n.max(1)).map(Some).collect(),
-        None => (0..tasks).map(|_| None).collect(),
-    };
-    let (kept, p_drop, seed): (Vec<Option<&mut [bool]>>, f64, u64) = match dropout {
-        Some((m, p, seed)) => (m.chunks_mut(n.max(1)).map(Some).collect(), p, seed),
-        None => ((0..tasks).map(|_| None).collect(), 0.0, 0),
-    };
-    heads_out
-        .into_par_iter()
-        .zip(probs)
-        .zip(kept)
-        .enumerate()
-        .for_each_init(
-            || (vec![0f32; n], vec![0f32; n]),
-            |(scratch, dropped), (bh, ((mut out, p), kept))| {
-                let (qo, ko) = d.offsets(bh);
-                let bi = bh / d.heads;
-                let keep = &keep[bi * d.s..(bi + 1) * d.s];
-                let p: &mut [f32] = p.unwrap_or(scratch.as_mut_slice());
-                // scores[i, j] = scale · Σ_d q[i, d] k[j, d]: kᵀ is k read column-wise.
-                let qm = Mat::rows(q, qo, d.t, dh, d.h);
-                let km = Mat::rows(k, ko, d.s, dh, d.h);
-                let mut scores = MatMut::dense(p, d.t, d.s);
-                matmul(&mut scores, 0.0, qm, km.t(), d.scale, Parallelism::None);
-                softmax_rows(p, d.s, keep);
-                let used: &[f32] = match kept {
-                    Some(kept) => {
-                        draw_keep(kept, p_drop, seed, bh as u64);
-                        for ((x, m), y) in p.iter().zip(kept.iter()).zip(dropped.iter_mut()) {
-                            *y = if *m { x * d.inv_keep } else { 0.0 };
-                        }
-                        dropped
-                    }
-                    None => p,
-                };
-                let vm = Mat::rows(v, ko, d.s, dh, d.h);
-                let pm = Mat::rows(used, 0, d.t, d.s, d.s);
-                matmul(&mut out, 0.0, pm, vm, 1.0, Parallelism::None);
-            },
-        );
-    out
-}
-
-/// What the backward needs: the inputs, the softmax probabilities before dropout and the
-/// dropout mask (kept elements).
+/// What the backward needs: the inputs, the output, each row's log-sum-exp and the masks
+/// (the dropout mask is redrawn from its seed, in `dims`).
 #[derive(Clone, Debug)]
 struct State {
     q: Buf,
     k: Buf,
     v: Buf,
-    probs: Arc<Vec<f32>>,
-    kept: Option<Arc<Vec<bool>>>,
+    o: Buf,
+    lse: Arc<Vec<f32>>,
+    masks: Arc<Masks>,
     dims: Dims,
 }
 
@@ -206,11 +318,18 @@ impl Backward<Flex, 3> for AttentionBackward {
         let grad = flat(grads.consume::<Flex>(&ops.node));
         let st = ops.state;
         let d = st.dims;
-        let (dq, dk, dv) = backward(&st, &grad);
-        let shapes = [[d.b, d.t, d.h], [d.b, d.s, d.h], [d.b, d.s, d.h]];
-        for ((parent, g), shape) in ops.parents.iter().zip([dq, dk, dv]).zip(shapes) {
+        let (dq, dk, dv) = flash_backward(&st.q, &st.k, &st.v, &st.o, &st.lse, &grad, &st.masks, d);
+        let [p0, p1, p2] = &ops.parents;
+        if let Some(node) = p0 {
+            grads.register::<Flex>(node.id, primitive(dq, [d.b, d.t, d.h]));
+        }
+        for (parent, g) in [(p1, dk), (p2, dv)] {
             if let Some(node) = parent {
-                grads.register::<Flex>(node.id, primitive(g, shape));
+                let g = match d.layout {
+                    KvLayout::Time => primitive(g, [d.b, d.s, d.h]),
+                    KvLayout::Heads => primitive(g, [d.b, d.heads, d.s, d.dh()]),
+                };
+                grads.register::<Flex>(node.id, g);
             }
         }
     }
@@ -241,12 +360,55 @@ pub fn tracked<B: AutodiffBackend>(
             v.dims()
         )));
     }
+    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
+    let spec = ([b, t, s], heads, h, KvLayout::Time);
+    tracked_ad(qa, ka, va, keep, spec, scale, dropout, seed)
+}
+
+/// [`tracked`] with the keys and values split by head, `[b, heads, s, dh]`, as a key/value
+/// site returns them (prefix tuning's prepended positions included): read in place, their
+/// gradients returned in the same layout.
+#[allow(clippy::too_many_arguments)]
+pub fn tracked_split<B: AutodiffBackend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    keep: &[bool],
+    scale: f32,
+    dropout: f64,
+    seed: u64,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let [b, t, h] = q.dims();
+    let [bk, heads, s, dh] = k.dims();
+    if bk != b || heads * dh != h || v.dims() != k.dims() {
+        return Err(ApiError::shape(format!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit [b, t, h], [b, heads, s, h / heads] twice",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
+    let spec = ([b, t, s], heads, h, KvLayout::Heads);
+    tracked_ad(qa, ka, va, keep, spec, scale, dropout, seed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tracked_ad<B: AutodiffBackend>(
+    qa: AdTensor,
+    ka: AdTensor,
+    va: AdTensor,
+    keep: &[bool],
+    ([b, t, s], heads, h, layout): ([usize; 3], usize, usize, KvLayout),
+    scale: f32,
+    dropout: f64,
+    seed: u64,
+) -> Result<Tensor<B, 3>, ApiError> {
     if !(0.0..1.0).contains(&dropout) {
         return Err(ApiError::invalid(format!(
             "attention: dropout {dropout} is not in [0, 1)"
         )));
     }
-    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
     let (qb, kb, vb) = (
         Buf::new(qa.primitive.clone()),
         Buf::new(ka.primitive.clone()),
@@ -262,28 +424,21 @@ pub fn tracked<B: AutodiffBackend>(
         h,
         scale,
     )?;
-    d.inv_keep = 1.0 / (1.0 - dropout as f32);
-    let n = b * heads * t * s;
-    let mut probs = vec![0f32; n];
-    let mut kept = (dropout > 0.0).then(|| vec![true; n]);
-    let out = forward(
-        &qb,
-        &kb,
-        &vb,
-        keep,
-        d,
-        Some(&mut probs),
-        kept.as_deref_mut().map(|m| (m, dropout, seed)),
-    );
+    d.layout = layout;
+    d.drop = Dropout::new(dropout, seed);
+    let masks = Masks::new(keep, &d);
+    let mut lse = vec![0f32; b * heads * t];
+    let out = flash_forward(&qb, &kb, &vb, &masks, d, Some(&mut lse));
+    let out = primitive(out, [b, t, h]);
     let st = State {
         q: qb,
         k: kb,
         v: vb,
-        probs: Arc::new(probs),
-        kept: kept.map(Arc::new),
+        o: Buf::new(out.clone()),
+        lse: Arc::new(lse),
+        masks: Arc::new(masks),
         dims: d,
     };
-    let out = primitive(out, [b, t, h]);
     let nodes = [qa.node.clone(), ka.node.clone(), va.node.clone()];
     let result = match AttentionBackward
         .prepare::<NoCheckpointing>(nodes)
@@ -294,73 +449,6 @@ pub fn tracked<B: AutodiffBackend>(
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     into_b(result)
-}
-
-/// Gradients of `q`, `k`, `v` from the gradient of the output.
-fn backward(st: &State, grad: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let d = st.dims;
-    let (dh, n) = (d.dh(), d.t * d.s);
-    let mut dq = vec![0f32; d.b * d.t * d.h];
-    let mut dk = vec![0f32; d.b * d.s * d.h];
-    let mut dv = vec![0f32; d.b * d.s * d.h];
-    if dq.is_empty() {
-        return (dq, dk, dv);
-    }
-    let dq_heads = MatMut::blocks(&mut dq, d.b * d.t, d.h, d.t, dh);
-    let dk_heads = MatMut::blocks(&mut dk, d.b * d.s, d.h, d.s, dh);
-    let dv_heads = MatMut::blocks(&mut dv, d.b * d.s, d.h, d.s, dh);
-    dq_heads
-        .into_par_iter()
-        .zip(dk_heads)
-        .zip(dv_heads)
-        .enumerate()
-        .for_each_init(
-            || (vec![0f32; n], vec![0f32; n]),
-            |(used, dp), (bh, ((mut dq, mut dk), mut dv))| {
-                let p = &st.probs[bh * n..(bh + 1) * n];
-                let kept = st.kept.as_ref().map(|m| &m[bh * n..(bh + 1) * n]);
-                for j in 0..n {
-                    used[j] = match kept {
-                        Some(m) if !m[j] => 0.0,
-                        Some(_) => p[j] * d.inv_keep,
-                        None => p[j],
-                    };
-                }
-                let (qo, ko) = d.offsets(bh);
-                let g = Mat::rows(grad, qo, d.t, dh, d.h);
-                let (q, k, v) = (
-                    Mat::rows(&st.q, qo, d.t, dh, d.h),
-                    Mat::rows(&st.k, ko, d.s, dh, d.h),
-                    Mat::rows(&st.v, ko, d.s, dh, d.h),
-                );
-                // dv = usedᵀ · grad
-                let u = Mat::rows(used.as_slice(), 0, d.t, d.s, d.s);
-                matmul(&mut dv, 0.0, u.t(), g, 1.0, Parallelism::None);
-                // d(used) = grad · vᵀ
-                let mut dpm = MatMut::dense(dp.as_mut_slice(), d.t, d.s);
-                matmul(&mut dpm, 0.0, g, v.t(), 1.0, Parallelism::None);
-                // Through dropout, then the softmax: dS = P ∘ (dP − Σ_j P dP).
-                for (i, row) in dp.chunks_exact_mut(d.s).enumerate() {
-                    let pr = &p[i * d.s..(i + 1) * d.s];
-                    if let Some(m) = kept {
-                        let mr = &m[i * d.s..(i + 1) * d.s];
-                        for (x, &k) in row.iter_mut().zip(mr) {
-                            *x = if k { *x * d.inv_keep } else { 0.0 };
-                        }
-                    }
-                    let dot: f32 = row.iter().zip(pr).map(|(a, b)| a * b).sum();
-                    for (x, &pj) in row.iter_mut().zip(pr) {
-                        *x = pj * (*x - dot);
-                    }
-                }
-                let ds = Mat::rows(dp.as_slice(), 0, d.t, d.s, d.s);
-                // dq = scale · dS · k
-                matmul(&mut dq, 0.0, ds, k, d.scale, Parallelism::None);
-                // dk = scale · dSᵀ · q
-                matmul(&mut dk, 0.0, ds.t(), q, d.scale, Parallelism::None);
-            },
-        );
-    (dq, dk, dv)
 }
 
 #[cfg(test)]

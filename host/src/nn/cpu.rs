@@ -10,7 +10,20 @@ use peft_api::ApiError;
 pub fn enabled<B: AutodiffBackend>() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("PEFT_CPU_KERNELS").is_ok_and(|v| v == "0"));
-    !off && TypeId::of::<B::InnerBackend>() == TypeId::of::<burn::backend::Flex>()
+    !off && !GENERIC.get() && TypeId::of::<B::InnerBackend>() == TypeId::of::<burn::backend::Flex>()
+}
+
+thread_local! {
+    static GENERIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the kernels off on this thread (burn's generic ops, as with
+/// `PEFT_CPU_KERNELS=0`): what tests compare the kernel paths against end to end.
+pub fn generic_ops<R>(f: impl FnOnce() -> R) -> R {
+    let before = GENERIC.replace(true);
+    let out = f();
+    GENERIC.set(before);
+    out
 }
 
 /// A tensor's values, row-major.

@@ -71,6 +71,38 @@ impl<'a> Mat<'a> {
             ..self
         }
     }
+    /// Rows `r0..r0 + n`, reading the same elements; panics past the last row.
+    pub fn sub_rows(self, r0: usize, n: usize) -> Self {
+        assert!(
+            r0 + n <= self.rows,
+            "rows {r0}..{} of {}",
+            r0 + n,
+            self.rows
+        );
+        Mat {
+            offset: self.offset + r0 * self.rs,
+            rows: n,
+            ..self
+        }
+    }
+
+    /// The number of rows.
+    pub fn nrows(&self) -> usize {
+        self.rows
+    }
+
+    /// Row `i` as a slice (columns adjacent: `cs == 1`, asserted).
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        assert!(
+            i < self.rows && self.cs == 1,
+            "row {i} of a {}x{} view (cs {})",
+            self.rows,
+            self.cols,
+            self.cs
+        );
+        let start = self.offset + i * self.rs;
+        &self.data[start..start + self.cols]
+    }
 }
 
 /// A writable `rows × cols` matrix: a unique borrow of exactly its elements, which lie inside
@@ -162,6 +194,47 @@ impl<'a> MatMut<'a> {
             }
         }
         out
+    }
+}
+
+impl MatMut<'_> {
+    /// Rows `r0..r0 + n` of this matrix, reborrowed from it; panics past the last row.
+    pub fn sub_rows(&mut self, r0: usize, n: usize) -> MatMut<'_> {
+        assert!(
+            r0 + n <= self.rows,
+            "rows {r0}..{} of {}",
+            r0 + n,
+            self.rows
+        );
+        MatMut {
+            // Row r0 of the view (checked: r0 + n ≤ rows); with n = 0 nothing is ever read
+            // or written through it, hence `wrapping_add`.
+            ptr: self.ptr.wrapping_add(r0 * self.rs),
+            rows: n,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Calls `f(i, row)` with each row as a mutable slice (columns adjacent: `cs == 1`,
+    /// asserted): what the blocked attention rescales its accumulator rows with.
+    pub fn for_each_row(&mut self, mut f: impl FnMut(usize, &mut [f32])) {
+        assert_eq!(self.cs, 1, "rows of a view whose columns are not adjacent");
+        if self.cols == 0 {
+            return;
+        }
+        for i in 0..self.rows {
+            // SAFETY: the view uniquely borrows its elements, all inside the buffer it was
+            // made from (checked by `new`/`blocks`, kept by `sub_rows`); with `cs == 1` row
+            // `i` is the `cols` adjacent elements from `ptr + i·rs`, all the view's own. Only
+            // one row's slice lives at a time (it ends when `f` returns) and `&mut self`
+            // keeps every other borrow of the view out meanwhile.
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.rs), self.cols) };
+            f(i, row);
+        }
     }
 }
 

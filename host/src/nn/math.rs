@@ -43,14 +43,20 @@ pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5·2^23: adding it rounds to the nearest integer and leaves that integer in the low
+    // mantissa bits, so neither `round` nor the saturating `as i32` (which do not vectorise)
+    // is needed; |x·log2 e| < 128 keeps it exact.
+    const SHIFTER: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E).round();
+    let t = x * LOG2E + SHIFTER;
+    let n = t - SHIFTER;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let ni = t.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32;
+    p * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
 /// erf by Abramowitz & Stegun 7.1.26 (1.5e-7 in exact arithmetic, below 5e-7 in f32: GELU's
@@ -69,4 +75,60 @@ pub(crate) fn erf(x: f32) -> f32 {
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
     let y = 1.0 - poly * exp(-a * a);
     y.copysign(x)
+}
+
+/// Lanes of the reductions below: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// `max_j (x[j] + bias[j])`, in 16 independent lanes so that it vectorises (a float
+/// reduction in one accumulator is sequential: LLVM may not reorder it).
+#[inline(always)]
+pub(crate) fn max_plus(x: &[f32], bias: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let (xc, bc) = (x.chunks_exact(LANES), bias.chunks_exact(LANES));
+    let (xr, br) = (xc.remainder(), bc.remainder());
+    for (xs, bs) in xc.zip(bc) {
+        for i in 0..LANES {
+            let v = xs[i] + bs[i];
+            acc[i] = if v > acc[i] { v } else { acc[i] };
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for (x, b) in xr.iter().zip(br) {
+        m = m.max(x + b);
+    }
+    acc.iter().fold(m, |a, &b| a.max(b))
+}
+
+/// `Σ x`, in 16 independent lanes (see [`max_plus`]).
+#[inline(always)]
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let xc = x.chunks_exact(LANES);
+    let r: f32 = xc.remainder().iter().sum();
+    for xs in xc {
+        for i in 0..LANES {
+            acc[i] += xs[i];
+        }
+    }
+    acc.iter().sum::<f32>() + r
+}
+
+/// `Σ x[j] y[j]`, in 16 independent lanes (see [`max_plus`]).
+#[inline(always)]
+pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let r: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (xs, ys) in xc.zip(yc) {
+        for i in 0..LANES {
+            acc[i] += xs[i] * ys[i];
+        }
+    }
+    acc.iter().sum::<f32>() + r
 }

@@ -6,9 +6,11 @@
 //! in [`gemm`]. Each is tested against burn's generic path (values and gradients) in
 //! `nn/tests/`, and end to end by the parity tests.
 pub mod attention;
+pub(crate) mod attention_dense;
 mod autodiff;
 pub mod cpu;
 pub mod dropout;
+pub(crate) mod flash;
 pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
@@ -17,8 +19,8 @@ mod math;
 pub mod softmax;
 pub mod value;
 
-pub use attention::attention;
-pub use cpu::{draw_seed, enabled, from_vec, keep_mask, to_vec};
+pub use attention::{attention, attention_in, KvLayout};
+pub use cpu::{draw_seed, enabled, from_vec, generic_ops, keep_mask, to_vec};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, layer_norm_in, rms_norm};
 pub use linear::linear;
@@ -28,6 +30,7 @@ pub use softmax::softmax;
 /// backward; an error on another backend (check [`tracked::enabled`] first).
 pub mod tracked {
     pub use super::attention::tracked as attention;
+    pub use super::attention::tracked_split as attention_split;
     pub use super::autodiff::enabled;
     pub use super::dropout::tracked as dropout;
     pub use super::gelu::tracked as gelu;

@@ -2,7 +2,7 @@
 //! softmax over raw scores.
 use burn::tensor::{activation, backend::AutodiffBackend, Tensor};
 
-use super::math::{exp, simd_dispatch};
+use super::math::{exp, max_plus, simd_dispatch, sum};
 
 /// Softmax along `dim`; when `no_grad`, on the inner backend, whose fused kernel burn's
 /// autodiff wrapper does not use (it records five ops even when nothing is tracked).
@@ -23,18 +23,17 @@ simd_dispatch! {
     /// A row with no kept column is uniform, as a row of equal `finfo.min` scores is in HF.
     pub(crate) fn softmax_rows(x: &mut [f32], s: usize, keep: &[bool]) {
         let any = keep.iter().any(|&k| k);
+        let bias: Vec<f32> = keep
+            .iter()
+            .map(|&k| if k || !any { 0.0 } else { f32::NEG_INFINITY })
+            .collect();
         for row in x.chunks_exact_mut(s) {
-            let mut max = f32::NEG_INFINITY;
-            for (x, &k) in row.iter().zip(keep) {
-                max = max.max(if k || !any { *x } else { f32::NEG_INFINITY });
-            }
-            let mut sum = 0.0f32;
+            let max = max_plus(row, &bias);
             for (x, &k) in row.iter_mut().zip(keep) {
                 let e = exp(*x - max);
                 *x = if k || !any { e } else { 0.0 };
-                sum += *x;
             }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / sum(row);
             for x in row.iter_mut() {
                 *x *= inv;
             }

@@ -1,7 +1,13 @@
 use burn::tensor::{Tensor, TensorData};
 
-use super::{attention, tracked};
-use crate::nn::test_support::{assert_close, leaf, vals, A};
+use super::{
+    attention, flash_backward, flash_forward, tracked, tracked_split, Dims, KvLayout, Masks,
+};
+use crate::nn::{
+    attention_dense,
+    flash::{Dropout, BC, BR},
+    test_support::{assert_close, leaf, vals, A},
+};
 
 /// The kernel against a plain loop over the definition, with a padded key.
 #[test]
@@ -75,41 +81,154 @@ fn reference(
         .reshape([b, t, h])
 }
 
+/// One comparison of the tracked kernel with burn's ops: output and gradients of q, k, v.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    b: usize,
+    t: usize,
+    s: usize,
+    heads: usize,
+    h: usize,
+    keep: &[bool],
+    split: bool,
+    tol: f32,
+) {
+    let w = leaf(3.0, [b, t, h]).detach();
+    let run = |fused: bool| {
+        let (q, k, v) = (
+            leaf(0.1, [b, t, h]),
+            leaf(0.7, [b, s, h]),
+            leaf(1.9, [b, s, h]),
+        );
+        let scale = 1.0 / ((h / heads) as f32).sqrt();
+        let out = if !fused {
+            reference(q.clone(), k.clone(), v.clone(), keep, heads)
+        } else if split {
+            // The layout a key/value site returns: [b, heads, s, dh].
+            let dh = h / heads;
+            let sp = |x: Tensor<A, 3>| x.reshape([b, s, heads, dh]).swap_dims(1, 2);
+            tracked_split(q.clone(), sp(k.clone()), sp(v.clone()), keep, scale, 0.0, 0).unwrap()
+        } else {
+            tracked(q.clone(), k.clone(), v.clone(), keep, heads, scale, 0.0, 0).unwrap()
+        };
+        let g = (out.clone() * w.clone()).sum().backward();
+        let grad = |x: &Tensor<A, 3>| vals(x.grad(&g).unwrap());
+        (vals(out), grad(&q), grad(&k), grad(&v))
+    };
+    let (a, b2) = (run(true), run(false));
+    // Relative to the largest reference value: long sums (dk, dv over many queries) grow.
+    for (name, x, y) in [
+        ("out", &a.0, &b2.0),
+        ("dq", &a.1, &b2.1),
+        ("dk", &a.2, &b2.2),
+        ("dv", &a.3, &b2.3),
+    ] {
+        let big = y.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            d < tol * big,
+            "{name}: max abs diff {d} (largest value {big})"
+        );
+    }
+}
+
 /// The tracked kernel's output and its gradients of q, k and v equal burn's, with a padded
-/// key, for keys as long as the queries and for longer keys (cross-attention, a prefix).
+/// key, for keys as long as the queries and for longer keys (cross-attention, a prefix), with
+/// the keys in either layout.
 #[test]
 fn tracked_attention_matches_burn_values_and_gradients() {
     let (b, t, heads, h) = (2, 5, 2, 8);
     for s in [5, 7] {
         let mut keep = vec![true; b * s];
         keep[4] = false;
-        let w = leaf(3.0, [b, t, h]).detach();
-        let run = |fused: bool| {
-            let (q, k, v) = (
-                leaf(0.1, [b, t, h]),
-                leaf(0.7, [b, s, h]),
-                leaf(1.9, [b, s, h]),
-            );
-            let scale = 1.0 / ((h / heads) as f32).sqrt();
-            let out = if fused {
-                tracked(q.clone(), k.clone(), v.clone(), &keep, heads, scale, 0.0, 0).unwrap()
-            } else {
-                reference(q.clone(), k.clone(), v.clone(), &keep, heads)
-            };
-            let g = (out.clone() * w.clone()).sum().backward();
-            let grad = |x: &Tensor<A, 3>| vals(x.grad(&g).unwrap());
-            (vals(out), grad(&q), grad(&k), grad(&v))
-        };
-        let (a, b2) = (run(true), run(false));
+        for split in [false, true] {
+            compare(b, t, s, heads, h, &keep, split, 1e-5);
+        }
+    }
+}
+
+/// Several query and key blocks (online softmax across blocks), `s != t`, a whole key block
+/// dropped in one batch (skipped), scattered padding in the other, and a batch with no key
+/// kept at all (uniform, as HF's all-`finfo.min` mask gives), in both layouts.
+#[test]
+fn blocked_attention_matches_burn_across_blocks_and_masks() {
+    let (heads, h) = (2, 8);
+    let (t, s) = (BR + 7, 2 * BC + 9);
+    let mut keep = vec![true; 3 * s];
+    // Batch 0: only the first key block; batch 1: scattered; batch 2: nothing kept.
+    keep[BC..s].fill(false);
+    keep[s..2 * s]
+        .iter_mut()
+        .step_by(5)
+        .for_each(|k| *k = false);
+    keep[2 * s..].fill(false);
+    for split in [false, true] {
+        compare(3, t, s, heads, h, &keep, split, 1e-5);
+    }
+    // Queries longer than keys, one short key block.
+    compare(
+        1,
+        2 * BR + 3,
+        3,
+        heads,
+        h,
+        &[true, false, true],
+        false,
+        1e-5,
+    );
+}
+
+/// The blocked kernel against the dense one it replaced (whole `[t, s]` probabilities), with
+/// dropout on (the same hashed mask), forward and backward, over several blocks.
+#[test]
+fn blocked_attention_equals_the_dense_kernel_with_dropout() {
+    let (b, heads, h) = (2, 3, 12);
+    let (t, s) = (BR + 5, BC + 20);
+    let val =
+        |n: usize, m: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * 0.37 + m).sin()).collect() };
+    let (q, k, v, g) = (
+        val(b * t * h, 0.1),
+        val(b * s * h, 0.7),
+        val(b * s * h, 1.9),
+        val(b * t * h, 2.3),
+    );
+    let mut keep = vec![true; b * s];
+    keep[3] = false;
+    keep[s + BC + 1] = false;
+    for layout in [KvLayout::Time, KvLayout::Heads] {
+        let mut d = Dims::check(
+            q.len(),
+            k.len(),
+            v.len(),
+            keep.len(),
+            [b, t, s],
+            heads,
+            h,
+            0.4,
+        )
+        .unwrap();
+        d.layout = layout;
+        d.drop = Dropout::new(0.2, 77);
+        let masks = Masks::new(&keep, &d);
+        let mut lse = vec![0f32; b * heads * t];
+        let o = flash_forward(&q, &k, &v, &masks, d, Some(&mut lse));
+        let mut probs = vec![0f32; b * heads * t * s];
+        let o_ref = attention_dense::forward(&q, &k, &v, &keep, d, Some(&mut probs));
+        let (dq, dk, dv) = flash_backward(&q, &k, &v, &o, &lse, &g, &masks, d);
+        let (rq, rk, rv) = attention_dense::backward(&q, &k, &v, &probs, &g, d);
         assert_close(
             &[
-                ("out", &a.0, &b2.0),
-                ("dq", &a.1, &b2.1),
-                ("dk", &a.2, &b2.2),
-                ("dv", &a.3, &b2.3),
+                ("out", &o, &o_ref),
+                ("dq", &dq, &rq),
+                ("dk", &dk, &rk),
+                ("dv", &dv, &rv),
             ],
             1e-5,
         );
+        // Dropout did act.
+        d.drop = None;
+        let plain = flash_forward(&q, &k, &v, &masks, d, None);
+        assert!(plain.iter().zip(&o).any(|(a, b)| (a - b).abs() > 1e-3));
     }
 }
 

@@ -1,0 +1,349 @@
+//! Blocked (flash-style) attention for one (batch, head): queries in blocks of [`BR`] rows,
+//! keys in blocks of [`BC`], an online softmax (running row maximum and sum, the accumulated
+//! context rescaled when the maximum grows), so no more than a `BR × BC` block of scores ever
+//! exists and the work per token stays in cache however long the sequence. The backward
+//! recomputes each block's probabilities from the saved row log-sum-exp, as FlashAttention
+//! does, instead of keeping the `[t, s]` probabilities. Dropout on the probabilities draws
+//! each element's keep decision from a counter-based hash of (seed, head, row, key), so the
+//! backward redraws exactly the forward's mask block by block.
+use super::{
+    gemm::{matmul, Mat, MatMut, Parallelism},
+    math::{dot, exp, max_plus, simd_dispatch, sum},
+};
+
+/// Query rows per block.
+pub(crate) const BR: usize = 128;
+/// Keys per block: a `BR × BC` score block (64 KiB) stays in L2 with its operands.
+pub(crate) const BC: usize = 256;
+
+/// Dropout on the probabilities: keep with probability `1 - p`, scale kept by `1 / (1 - p)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dropout {
+    /// A keep draw is a uniform `u32` at or above this.
+    threshold: u32,
+    pub(crate) inv_keep: f32,
+    seed: u64,
+}
+
+impl Dropout {
+    /// `None` for `p == 0`.
+    pub(crate) fn new(p: f64, seed: u64) -> Option<Self> {
+        (p > 0.0).then(|| Dropout {
+            threshold: (p * 4_294_967_296.0).min(4_294_967_295.0) as u32,
+            inv_keep: 1.0 / (1.0 - p as f32),
+            seed,
+        })
+    }
+
+    /// The stream of (batch, head) `bh`.
+    pub(crate) fn stream(&self, bh: usize) -> u64 {
+        mix(self.seed ^ (bh as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03))
+    }
+
+    /// Each element of the `rows × cols` block at (`i0`, `j0`) of a `[t, s]` matrix: `inv_keep`
+    /// where kept, else 0 (row-major into `z`).
+    pub(crate) fn factors(
+        &self,
+        stream: u64,
+        z: &mut [f32],
+        cols: usize,
+        s: usize,
+        i0: usize,
+        j0: usize,
+    ) {
+        fill_factors(z, cols, s, i0 * s + j0, stream, *self);
+    }
+}
+
+/// SplitMix64's finaliser: a bijective mix of 64 bits.
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+simd_dispatch! {
+    /// Dropout factors of a block: element (r, c) is (row `i0 + r`, key `j0 + c`) of `[t, s]`.
+    /// `first` is the index of element (0, 0) in `[t, s]`.
+    fn fill_factors(z: &mut [f32], cols: usize, s: usize, first: usize, stream: u64, d: Dropout) {
+        for (r, row) in z.chunks_exact_mut(cols).enumerate() {
+            let base = (first + r * s) as u64;
+            for (c, x) in row.iter_mut().enumerate() {
+                let h = mix(stream.wrapping_add((base + c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+                *x = if (h >> 32) as u32 >= d.threshold { d.inv_keep } else { 0.0 };
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// One key block of the online softmax: `x` holds scores (rows of `cols`); after the call it
+    /// holds `exp(score - m_new)` on kept keys (0 on dropped ones), `m` the new row maxima,
+    /// `l` the running sums rescaled by `alpha = exp(m_old - m_new)`, which the caller also
+    /// applies to its accumulated context. `bias` is 0 on kept keys and −∞ on dropped ones,
+    /// `kf` 1 and 0; the block has at least one kept key, so every new maximum is finite.
+    fn online_block(x: &mut [f32], cols: usize, bias: &[f32], kf: &[f32], m: &mut [f32], l: &mut [f32], alpha: &mut [f32]) {
+        for (r, row) in x.chunks_exact_mut(cols).enumerate() {
+            let m_new = m[r].max(max_plus(row, bias));
+            let a = exp(m[r] - m_new);
+            for (x, k) in row.iter_mut().zip(kf) {
+                *x = exp(*x - m_new) * k;
+            }
+            alpha[r] = a;
+            l[r] = l[r] * a + sum(row);
+            m[r] = m_new;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// The probabilities of a block again from its scores and the rows' log-sum-exp.
+    fn recompute(x: &mut [f32], cols: usize, lse: &[f32], kf: &[f32]) {
+        for (row, &m) in x.chunks_exact_mut(cols).zip(lse) {
+            for (x, k) in row.iter_mut().zip(kf) {
+                *x = exp(*x - m) * k;
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `dp ← p ∘ (dp ∘ z − D)` row by row (`z` empty: no dropout): the softmax's backward.
+    fn softmax_grad(dp: &mut [f32], p: &[f32], z: &[f32], cols: usize, dvec: &[f32]) {
+        for (r, (row, pr)) in dp.chunks_exact_mut(cols).zip(p.chunks_exact(cols)).enumerate() {
+            let d = dvec[r];
+            if z.is_empty() {
+                for (x, &pj) in row.iter_mut().zip(pr) {
+                    *x = pj * (*x - d);
+                }
+            } else {
+                let zr = &z[r * cols..(r + 1) * cols];
+                for ((x, &pj), &zj) in row.iter_mut().zip(pr).zip(zr) {
+                    *x = pj * (*x * zj - d);
+                }
+            }
+        }
+    }
+}
+
+fn mul_into(u: &mut [f32], p: &[f32], z: &[f32]) {
+    for ((u, p), z) in u.iter_mut().zip(p).zip(z) {
+        *u = p * z;
+    }
+}
+
+/// One (batch, head)'s operands, row-major views: `q` `[t, dh]`, `k`, `v` `[s, dh]`; the
+/// batch's key mask as `bias` (0 / −∞) and `kf` (1 / 0), both all-kept when `uniform` (no key
+/// of the batch is kept: every probability is `1 / s`, as an all-`finfo.min` mask gives).
+pub(crate) struct Head<'a> {
+    pub q: Mat<'a>,
+    pub k: Mat<'a>,
+    pub v: Mat<'a>,
+    pub bias: &'a [f32],
+    pub kf: &'a [f32],
+    pub uniform: bool,
+    pub scale: f32,
+    pub drop: Option<(Dropout, u64)>,
+}
+
+/// Per-thread buffers, reused across heads.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    s: Vec<f32>,
+    p: Vec<f32>,
+    z: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    alpha: Vec<f32>,
+    d: Vec<f32>,
+}
+
+impl Scratch {
+    /// Grows the buffers to what `t` queries and `s` keys use (short sequences use less than
+    /// a whole block: rayon makes one `Scratch` per piece of work it splits off).
+    fn ensure(&mut self, t: usize, s: usize) {
+        let (br, bc) = (BR.min(t), BC.min(s));
+        for b in [&mut self.s, &mut self.p, &mut self.z] {
+            if b.len() < br * bc {
+                b.resize(br * bc, 0.0);
+            }
+        }
+        for b in [&mut self.m, &mut self.l, &mut self.alpha] {
+            if b.len() < br {
+                b.resize(br, 0.0);
+            }
+        }
+        if self.d.len() < t {
+            self.d.resize(t, 0.0);
+        }
+    }
+}
+
+impl Head<'_> {
+    fn t(&self) -> usize {
+        self.q.nrows()
+    }
+    fn s(&self) -> usize {
+        self.k.nrows()
+    }
+
+    /// Whether key block `j0..j0 + bc` has a kept key (else it adds nothing).
+    fn live(&self, j0: usize, bc: usize) -> bool {
+        self.uniform || self.kf[j0..j0 + bc].iter().any(|&k| k != 0.0)
+    }
+
+    /// `scale · q[i0..] k[j0..]ᵀ` into `x` (`br × bc`), or zeros when the batch is uniform.
+    fn scores(&self, x: &mut [f32], i0: usize, br: usize, j0: usize, bc: usize) {
+        if self.uniform {
+            x.fill(0.0);
+            return;
+        }
+        let mut sm = MatMut::dense(x, br, bc);
+        let (q, k) = (self.q.sub_rows(i0, br), self.k.sub_rows(j0, bc));
+        matmul(&mut sm, 0.0, q, k.t(), self.scale, Parallelism::None);
+    }
+
+    /// The context into `out` (`[t, dh]`, zeroed by the caller) and, when given, each row's
+    /// log-sum-exp into `lse` (`[t]`) for the backward.
+    pub(crate) fn forward(
+        &self,
+        out: &mut MatMut<'_>,
+        mut lse: Option<&mut [f32]>,
+        sc: &mut Scratch,
+    ) {
+        let (t, s) = (self.t(), self.s());
+        sc.ensure(t, s);
+        for i0 in (0..t).step_by(BR) {
+            let br = BR.min(t - i0);
+            sc.m[..br].fill(f32::NEG_INFINITY);
+            sc.l[..br].fill(0.0);
+            let mut acc = out.sub_rows(i0, br);
+            let mut first = true;
+            for j0 in (0..s).step_by(BC) {
+                let bc = BC.min(s - j0);
+                if !self.live(j0, bc) {
+                    continue;
+                }
+                let x = &mut sc.s[..br * bc];
+                self.scores(x, i0, br, j0, bc);
+                let (bias, kf) = (&self.bias[j0..j0 + bc], &self.kf[j0..j0 + bc]);
+                online_block(
+                    x,
+                    bc,
+                    bias,
+                    kf,
+                    &mut sc.m[..br],
+                    &mut sc.l[..br],
+                    &mut sc.alpha[..br],
+                );
+                if let Some((d, stream)) = &self.drop {
+                    let z = &mut sc.z[..br * bc];
+                    d.factors(*stream, z, bc, s, i0, j0);
+                    for (x, z) in x.iter_mut().zip(z.iter()) {
+                        *x *= z;
+                    }
+                }
+                // The first live block writes the accumulator; later ones rescale it first.
+                if !first {
+                    let alpha = &sc.alpha;
+                    acc.for_each_row(|r, row| row.iter_mut().for_each(|y| *y *= alpha[r]));
+                }
+                let pm = Mat::rows(x, 0, br, bc, bc);
+                let keep = if first { 0.0 } else { 1.0 };
+                first = false;
+                matmul(
+                    &mut acc,
+                    keep,
+                    pm,
+                    self.v.sub_rows(j0, bc),
+                    1.0,
+                    Parallelism::None,
+                );
+            }
+            let l = &sc.l;
+            acc.for_each_row(|r, row| {
+                let inv = 1.0 / l[r];
+                row.iter_mut().for_each(|y| *y *= inv);
+            });
+            if let Some(lse) = lse.as_deref_mut() {
+                for r in 0..br {
+                    lse[i0 + r] = sc.m[r] + sc.l[r].ln();
+                }
+            }
+        }
+    }
+
+    /// Accumulates the gradients of `q`, `k`, `v` (`dq` `[t, dh]`, `dk`, `dv` `[s, dh]`, zeroed
+    /// by the caller) from the output `o`, its gradient `g` (both `[t, dh]`) and `lse`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward(
+        &self,
+        o: Mat<'_>,
+        g: Mat<'_>,
+        lse: &[f32],
+        dq: &mut MatMut<'_>,
+        dk: &mut MatMut<'_>,
+        dv: &mut MatMut<'_>,
+        sc: &mut Scratch,
+    ) {
+        let (t, s) = (self.t(), self.s());
+        sc.ensure(t, s);
+        // D_i = Σ_j P_ij dP_ij = dO_i · O_i (dropout included: O is the dropped output).
+        for i in 0..t {
+            sc.d[i] = dot(g.row(i), o.row(i));
+        }
+        for j0 in (0..s).step_by(BC) {
+            let bc = BC.min(s - j0);
+            if !self.live(j0, bc) {
+                continue;
+            }
+            let kf = &self.kf[j0..j0 + bc];
+            let (kb, vb) = (self.k.sub_rows(j0, bc), self.v.sub_rows(j0, bc));
+            let mut dkb = dk.sub_rows(j0, bc);
+            let mut dvb = dv.sub_rows(j0, bc);
+            for i0 in (0..t).step_by(BR) {
+                let br = BR.min(t - i0);
+                let (qb, gb) = (self.q.sub_rows(i0, br), g.sub_rows(i0, br));
+                let p = &mut sc.p[..br * bc];
+                self.scores(p, i0, br, j0, bc);
+                recompute(p, bc, &lse[i0..i0 + br], kf);
+                let z: &[f32] = match &self.drop {
+                    Some((d, stream)) => {
+                        let z = &mut sc.z[..br * bc];
+                        d.factors(*stream, z, bc, s, i0, j0);
+                        z
+                    }
+                    None => &[],
+                };
+                // dv += Uᵀ dO with U = P ∘ z (the dropped probabilities).
+                let u: &[f32] = if z.is_empty() {
+                    p
+                } else {
+                    let u = &mut sc.s[..br * bc];
+                    mul_into(u, p, z);
+                    u
+                };
+                matmul(
+                    &mut dvb,
+                    1.0,
+                    Mat::rows(u, 0, br, bc, bc).t(),
+                    gb,
+                    1.0,
+                    Parallelism::None,
+                );
+                // dU = dO vᵀ, then dS = P ∘ (dU ∘ z − D).
+                let dp = &mut sc.s[..br * bc];
+                let mut dpm = MatMut::dense(dp, br, bc);
+                matmul(&mut dpm, 0.0, gb, vb.t(), 1.0, Parallelism::None);
+                softmax_grad(dp, &sc.p[..br * bc], z, bc, &sc.d[i0..i0 + br]);
+                // A uniform batch's scores still pass their gradient on, as HF's additive
+                // `finfo.min` mask does (the softmax's backward sees uniform probabilities).
+                let ds = Mat::rows(dp, 0, br, bc, bc);
+                let mut dqb = dq.sub_rows(i0, br);
+                matmul(&mut dqb, 1.0, ds, kb, self.scale, Parallelism::None);
+                matmul(&mut dkb, 1.0, ds.t(), qb, self.scale, Parallelism::None);
+            }
+        }
+    }
+}

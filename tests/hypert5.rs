@@ -300,11 +300,11 @@ fn bad_input_gets_clear_errors() {
     let enc = model.context_encoder.as_ref().unwrap();
     let shots: Vec<&Example> = long.train.iter().take(4).collect();
     enc.encode(&model, &graph, &long, &shots).unwrap();
-    // On a T5 backbone the plugin says what it does not support yet.
+    // On a T5 backbone the plugin says what it does not support yet: LoRA generation.
     let cfg = json!({
         "backbone": { "path": fixture("t5-v1_1-tiny").to_string_lossy() },
-        "modules": [{ "plugin": "prefix", "config": { "from_context": "hypert5.prefix" } }],
-        "context_encoder": { "plugin": "hypert5" }
+        "modules": [{ "plugin": "lora", "config": { "from_context": "hypert5.lora" } }],
+        "context_encoder": { "plugin": "hypert5", "config": { "generate": ["lora"] } }
     });
     let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
     let registry = Registry::with_static_plugins().unwrap();
@@ -312,7 +312,7 @@ fn bad_input_gets_clear_errors() {
         .err()
         .unwrap();
     assert!(
-        format!("{e:#}").contains("the T5 layout is not implemented yet"),
+        format!("{e:#}").contains("on T5 this version generates prefixes only"),
         "{e:#}"
     );
 }

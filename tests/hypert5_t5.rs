@@ -14,49 +14,6 @@ use peft_registry::Registry;
 use peft_tests::*;
 use serde_json::json;
 
-fn vals<BK: burn::tensor::backend::Backend, const D: usize>(
-    t: burn::tensor::Tensor<BK, D>,
-) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
-/// A word-level tokenizer over `texts` (as tests/pha_mixed.rs builds it for the tiny T5).
-fn word_tokenizer(dir: &std::path::Path, texts: &[String]) -> std::path::PathBuf {
-    let specials = ["<pad>", "</s>", "<unk>"];
-    let mut vocab = serde_json::Map::new();
-    for (i, s) in specials.iter().enumerate() {
-        vocab.insert(s.to_string(), i.into());
-    }
-    for t in texts {
-        for w in t
-            .to_lowercase()
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
-            let n = vocab.len();
-            vocab.entry(w.to_string()).or_insert(n.into());
-        }
-    }
-    assert!(vocab.len() <= 256, "{} words", vocab.len());
-    let template = json!([{ "Sequence": { "id": "A", "type_id": 0 } },
-                          { "SpecialToken": { "id": "</s>", "type_id": 0 } }]);
-    let tok = json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": specials.iter().enumerate().map(|(i, s)| json!({ "id": i, "content": s,
-            "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true }))
-            .collect::<Vec<_>>(),
-        "normalizer": { "type": "Lowercase" },
-        "pre_tokenizer": { "type": "Whitespace" },
-        "post_processor": { "type": "TemplateProcessing", "single": template, "pair": template,
-            "special_tokens": { "</s>": { "id": "</s>", "ids": [1], "tokens": ["</s>"] } } },
-        "decoder": null,
-        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
-    });
-    let path = dir.join("tokenizer.json");
-    std::fs::write(&path, tok.to_string()).unwrap();
-    path
-}
-
 fn setup(dir: &std::path::Path, steps: usize) -> (RunConfig, data::Task) {
     let data_dir = data::data_dir(None).unwrap();
     let mut sst = data::load_task(&data_dir, "glue-sst2", 8, 0, 13, 5).unwrap();
@@ -64,7 +21,7 @@ fn setup(dir: &std::path::Path, steps: usize) -> (RunConfig, data::Task) {
     let mut texts: Vec<String> = sst.train.iter().map(|e| e.text_a.clone()).collect();
     texts.extend(sst.labels.iter().cloned());
     texts.push("sep".into());
-    let tok = word_tokenizer(dir, &texts);
+    let tok = word_tokenizer(dir, &["<pad>", "</s>", "<unk>"], &["$A", "</s>"], &texts);
     let prefix = |name: &str, stack: &str, role: Option<&str>, ctx: &str| {
         let mut c = json!({ "prefix_length": 2, "stack": stack, "from_context": ctx });
         if let Some(r) = role {

@@ -162,6 +162,14 @@ impl Checkpoint {
 /// A safetensors file of f32 tensors `(name, shape, values)`, in memory (checkpoints and
 /// primed parameters write it).
 pub fn serialize_f32(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> anyhow::Result<Vec<u8>> {
+    serialize_f32_with(tensors, None)
+}
+
+/// [`serialize_f32`] with the file's `__metadata__` (adapter folders name their format in it).
+pub fn serialize_f32_with(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> anyhow::Result<Vec<u8>> {
     use safetensors::tensor::TensorView;
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
@@ -172,5 +180,5 @@ pub fn serialize_f32(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> anyhow::Resu
         .zip(&bytes)
         .map(|((n, s, _), b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    Ok(safetensors::serialize(views, None)?)
+    Ok(safetensors::serialize(views, metadata)?)
 }

@@ -11,8 +11,6 @@ pub mod predict;
 
 use std::collections::BTreeMap;
 
-use safetensors::{tensor::TensorView, Dtype};
-
 /// The peft-host build: the git commit it was compiled from (with `-dirty` when the tree had
 /// uncommitted changes), or the crate version when built outside a git checkout. Grids reuse a
 /// stored result only when this equals the running build's.
@@ -31,17 +29,7 @@ pub fn safetensors_bytes(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     metadata: BTreeMap<String, String>,
 ) -> anyhow::Result<Vec<u8>> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((k, s, _), b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
-    let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
-    Ok(safetensors::serialize(views, Some(meta))?)
+    crate::backbone::weights::serialize_f32_with(tensors, Some(metadata.into_iter().collect()))
 }
 
 /// A tensor's values as f32.

@@ -113,6 +113,24 @@ impl HyperT5 {
         self.create(ctx, key, &shape, Init::Data { values })
     }
 
+    /// The MLP head `dense1 [hid, h] -> GELU -> dense2 [out, hid]` of one generated kind;
+    /// `dense2` starts small (`out_init_std`).
+    fn create_head(&mut self, ctx: &Ctx<'_>, kind: &str, h: usize, out: usize) -> Result<()> {
+        let hid = self.config.head_hidden;
+        let std = self.config.out_init_std;
+        let p = format!("head.{kind}");
+        self.create(
+            ctx,
+            &format!("{p}.dense1.weight"),
+            &[hid, h],
+            Init::KaimingUniform,
+        )?;
+        self.create(ctx, &format!("{p}.dense1.bias"), &[hid], Init::Zeros)?;
+        let normal = Init::Normal { mean: 0.0, std };
+        self.create(ctx, &format!("{p}.dense2.weight"), &[out, hid], normal)?;
+        self.create(ctx, &format!("{p}.dense2.bias"), &[out], Init::Zeros)
+    }
+
     fn name(&self, what: &str) -> String {
         format!("{}.{what}", self.config.context_name)
     }
@@ -263,35 +281,9 @@ impl ContextEncoderImpl for HyperT5 {
         }
         self.create(ctx, "pool.LayerNorm.weight", &[h], Init::Ones)?;
         self.create(ctx, "pool.LayerNorm.bias", &[h], Init::Zeros)?;
-        let hid = self.config.head_hidden;
         for g in self.kinds() {
-            let kind = kind_name(g);
             let out = self.out_width(g);
-            self.create(
-                ctx,
-                &format!("head.{kind}.dense1.weight"),
-                &[hid, h],
-                Init::KaimingUniform,
-            )?;
-            self.create(
-                ctx,
-                &format!("head.{kind}.dense1.bias"),
-                &[hid],
-                Init::Zeros,
-            )?;
-            let std = self.config.out_init_std;
-            self.create(
-                ctx,
-                &format!("head.{kind}.dense2.weight"),
-                &[out, hid],
-                Init::Normal { mean: 0.0, std },
-            )?;
-            self.create(
-                ctx,
-                &format!("head.{kind}.dense2.bias"),
-                &[out],
-                Init::Zeros,
-            )?;
+            self.create_head(ctx, kind_name(g), h, out)?;
         }
         Ok(AttachPlan::default())
     }

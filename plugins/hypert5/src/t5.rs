@@ -9,7 +9,9 @@
 //! cross-attention), for three `prefix` modules with `stack` / `roles` and `from_context`;
 //! `<name>.summary` (the decoder's outputs) and `<name>.examples` (the examples' encoder states)
 //! for tests. Relative positions use T5's maximum distance of 128 (every released checkpoint's).
-use peft_api::{ApiError, BackboneInfo, Ctx, Init, Result, Tensor};
+use peft_api::{
+    blocks::t5_relative_position_bucket, ApiError, BackboneInfo, Ctx, Init, Result, Tensor,
+};
 
 use crate::HyperT5;
 
@@ -24,29 +26,6 @@ pub(crate) const KINDS: [(&str, &str); 3] = [
     ("prefix_decoder", "decoder"),
     ("prefix_cross", "decoder"),
 ];
-
-/// T5's bucket of a relative position (`j - i`), as `T5Attention._relative_position_bucket`.
-pub(crate) fn bucket(rel: i64, bidirectional: bool, buckets: usize, max_distance: usize) -> i64 {
-    let mut nb = buckets as i64;
-    let mut out = 0;
-    let mut n = rel;
-    if bidirectional {
-        nb /= 2;
-        if n > 0 {
-            out += nb;
-        }
-        n = n.abs();
-    } else {
-        n = -n.min(0);
-    }
-    let exact = nb / 2;
-    if n < exact {
-        return out + n;
-    }
-    let ratio = ((max_distance as f64) / (exact as f64)).ln() as f32;
-    let large = (n as f32 / exact as f32).ln() / ratio * (nb - exact) as f32;
-    out + (exact + large as i64).min(nb - 1)
-}
 
 impl HyperT5 {
     /// Layers of each stack in the hypermodel and whether the FFN is gated (T5 v1.1).
@@ -112,34 +91,9 @@ impl HyperT5 {
             &[queries, h],
             Init::Normal { mean: 0.0, std },
         )?;
-        let hid = self.config.head_hidden;
         let out = 2 * self.config.prefix_length * inner;
         for (kind, _) in KINDS {
-            self.create(
-                ctx,
-                &format!("head.{kind}.dense1.weight"),
-                &[hid, h],
-                Init::KaimingUniform,
-            )?;
-            self.create(
-                ctx,
-                &format!("head.{kind}.dense1.bias"),
-                &[hid],
-                Init::Zeros,
-            )?;
-            let std = self.config.out_init_std;
-            self.create(
-                ctx,
-                &format!("head.{kind}.dense2.weight"),
-                &[out, hid],
-                Init::Normal { mean: 0.0, std },
-            )?;
-            self.create(
-                ctx,
-                &format!("head.{kind}.dense2.bias"),
-                &[out],
-                Init::Zeros,
-            )?;
+            self.create_head(ctx, kind, h, out)?;
         }
         Ok(())
     }
@@ -159,7 +113,10 @@ impl HyperT5 {
         let bidirectional = stack == "encoder";
         let idx: Vec<i64> = (0..s)
             .flat_map(|i| {
-                (0..t).map(move |j| bucket(j as i64 - i as i64, bidirectional, buckets, 128))
+                (0..t).map(move |j| {
+                    t5_relative_position_bucket(j as i64 - i as i64, bidirectional, buckets, 128)
+                        as i64
+                })
             })
             .collect();
         let heads = self.info.num_heads as i64;

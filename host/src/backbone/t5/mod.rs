@@ -24,35 +24,9 @@ mod config;
 
 pub use config::T5Config;
 
-/// HF's `T5Attention._relative_position_bucket` for `relative_position = key - query`,
-/// with its float32 arithmetic.
-pub fn relative_position_bucket(
-    relative_position: i64,
-    bidirectional: bool,
-    num_buckets: usize,
-    max_distance: usize,
-) -> usize {
-    let mut nb = num_buckets as i64;
-    let mut bucket = 0i64;
-    let mut n = relative_position;
-    if bidirectional {
-        nb /= 2;
-        if n > 0 {
-            bucket += nb;
-        }
-        n = n.abs();
-    } else {
-        n = -n.min(0);
-    }
-    let max_exact = nb / 2;
-    if n < max_exact {
-        return (bucket + n) as usize;
-    }
-    let log_ratio = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
-    let large = (n as f32 / max_exact as f32).ln() / log_ratio * (nb - max_exact) as f32;
-    let large = (max_exact + large as i64).min(nb - 1);
-    (bucket + large) as usize
-}
+/// HF's `T5Attention._relative_position_bucket` (shared with plugins through the SDK's blocks,
+/// so HyperT5's T5 hypermodel buckets positions exactly as the backbone does).
+pub use peft_api::blocks::t5_relative_position_bucket as relative_position_bucket;
 
 pub struct T5 {
     pub config: T5Config,

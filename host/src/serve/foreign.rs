@@ -120,15 +120,12 @@ fn assign<B: AutodiffBackend>(
 /// the task head.
 pub fn load_hf_peft<B: AutodiffBackend>(
     dir: &Path,
+    hf: &Json,
     registry: &peft_registry::Registry,
     device: &B::Device,
 ) -> anyhow::Result<Loaded<B>> {
     let cfg_path = dir.join(crate::adapters::CONFIG_FILE);
     let at = cfg_path.display().to_string();
-    let hf: Json = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {at}"))?,
-    )
-    .with_context(|| format!("{at}: not valid JSON"))?;
     let task_type = match hf.get("task_type") {
         None | Some(Json::Null) => None,
         Some(Json::String(s)) => Some(s.as_str()),
@@ -291,7 +288,7 @@ pub fn load<B: AutodiffBackend>(
     )
     .with_context(|| format!("{at}: not valid JSON"))?;
     if cfg.get("peft_type").is_some() {
-        load_hf_peft(dir, registry, device)
+        load_hf_peft(dir, &cfg, registry, device)
     } else if crate::adapters::is_adapterhub(&cfg) {
         load_adapterhub(dir, &cfg, registry, device)
     } else {

@@ -524,10 +524,10 @@ fn every_builtin_algorithm_primes_and_fine_tunes() {
 }
 
 /// Stopped after 2 of 4 upstream steps (what SIGINT does), then resumed: the primed weights
-/// equal those of an uninterrupted run, for second-order MAML with Adam state. "Equal" is to
-/// 1e-6: two *uninterrupted* runs already differ by ~1e-9 on a loaded machine (the CPU
-/// kernels' parallel reductions are not bit-reproducible, and Adam turns a rounding-level
-/// gradient into a step of size up to lr), so a bitwise comparison would be flaky, not stricter.
+/// equal those of an uninterrupted run bit for bit, for second-order MAML with Adam state.
+/// Bitwise, because nothing less would do: the CPU kernels' reductions run in a fixed order
+/// whatever the thread count, and Adam turns any rounding-level difference in a near-zero
+/// gradient into a step of up to lr, so a tolerance would either be loose or flaky.
 #[test]
 fn interrupted_and_resumed_priming_gives_the_same_primed_weights() {
     let _g = serial();
@@ -576,13 +576,13 @@ fn interrupted_and_resumed_priming_gives_the_same_primed_weights() {
     assert_eq!(r.losses.len(), 4);
     for ((s1, a), (s2, b)) in r.losses.iter().zip(&whole.losses) {
         assert_eq!(s1, s2);
-        assert!((a - b).abs() < 1e-6, "step {s1}: query loss {a} vs {b}");
+        assert_eq!(a.to_bits(), b.to_bits(), "step {s1}: query loss {a} vs {b}");
     }
     let d = max_tensor_diff(
         &full.path().join("primed.safetensors"),
         &part.path().join("primed.safetensors"),
     );
-    assert!(d < 1e-6, "primed weights differ by {d} after resuming");
+    assert_eq!(d, 0.0, "primed weights differ by {d} after resuming");
     // Without the checkpoint, resuming says so.
     let none = tempfile::tempdir().unwrap();
     let err = prime::<B>(

@@ -66,6 +66,10 @@ pub fn rms_norm<B: Backend, const D: usize>(
     y
 }
 
+/// Rows per block of the backward's weight/bias sums: a constant, so their rounding does not
+/// depend on the thread count or on scheduling.
+const LN_BLOCK_ROWS: usize = 64;
+
 #[derive(Debug)]
 struct LayerNormBackward;
 
@@ -82,14 +86,24 @@ impl Backward<Flex, 3> for LayerNormBackward {
         let d = shape[2];
         let mut dx = vec![0f32; dy.len()];
         // dx = (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, row by row; dw, db summed.
-        let (dw, db) = dx
-            .par_chunks_mut(d)
-            .zip(dy.par_chunks(d))
-            .zip(xhat.par_chunks(d))
-            .zip(rstd.par_iter())
-            .fold(
-                || (vec![0f32; d], vec![0f32; d]),
-                |(mut dw, mut db), (((dx, dy), xh), &r)| {
+        // The sums run over fixed blocks of rows, added in block order: rayon's adaptive
+        // fold/reduce would split by work stealing, and the rounding of dw/db would then
+        // change from run to run (it did: resumed priming differed from an uninterrupted run).
+        let rows = rstd.len();
+        let block = LN_BLOCK_ROWS.min(rows.max(1));
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+            .par_chunks_mut(d * block)
+            .zip(dy.par_chunks(d * block))
+            .zip(xhat.par_chunks(d * block))
+            .zip(rstd.par_chunks(block))
+            .map(|(((dx, dy), xh), rs)| {
+                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+                for (((dx, dy), xh), &r) in dx
+                    .chunks_mut(d)
+                    .zip(dy.chunks(d))
+                    .zip(xh.chunks(d))
+                    .zip(rs)
+                {
                     let (mut mg, mut mgx) = (0f32, 0f32);
                     for j in 0..d {
                         let g = dy[j] * w[j];
@@ -102,17 +116,15 @@ impl Backward<Flex, 3> for LayerNormBackward {
                     for j in 0..d {
                         dx[j] = r * (dy[j] * w[j] - mg - xh[j] * mgx);
                     }
-                    (dw, db)
-                },
-            )
-            .reduce(
-                || (vec![0f32; d], vec![0f32; d]),
-                |(mut a, mut b), (c, e)| {
-                    a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
-                    b.iter_mut().zip(e).for_each(|(x, y)| *x += y);
-                    (a, b)
-                },
-            );
+                }
+                (dw, db)
+            })
+            .collect();
+        let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
+        for (pw, pb) in partials {
+            dw.iter_mut().zip(pw).for_each(|(x, y)| *x += y);
+            db.iter_mut().zip(pb).for_each(|(x, y)| *x += y);
+        }
         let [px, pw, pb] = &ops.parents;
         if let Some(node) = px {
             grads.register::<Flex>(node.id, primitive(dx, shape));

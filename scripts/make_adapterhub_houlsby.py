@@ -19,8 +19,6 @@ and a classification head, `train_adapter` for a few AdamW steps on SST-2 train,
 
 peft-host's houlsby plugin must reproduce `last_hidden_state` (tests/adapters_hf_in.rs).
 """
-import argparse
-import csv
 import json
 import pathlib
 
@@ -30,49 +28,21 @@ from adapters import BertAdapterModel, DoubleSeqBnConfig
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-root = pathlib.Path(__file__).resolve().parent.parent
-ap = argparse.ArgumentParser()
-ap.add_argument("out")
-ap.add_argument("--steps", type=int, default=20)
-ap.add_argument("--lr", type=float, default=1e-3)
-ap.add_argument("--batch", type=int, default=16)
-ap.add_argument("--max-length", type=int, default=64)
-ap.add_argument("--seed", type=int, default=7)
-ap.add_argument("--base", default=str(root / ".cache/models/all-MiniLM-L6-v2"))
-ap.add_argument("--data", default=str(root / "../shared/data/glue/sst2"))
-a = ap.parse_args()
+from hf_sst2 import parse_args, read_tsv, train
+
+a = parse_args(steps=20, lr=1e-3)
 torch.manual_seed(a.seed)
 out = pathlib.Path(a.out)
 name = "sst2_houlsby"
 
-
-def read_tsv(path):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [(r[0], int(r[1])) for r in rows[1:]]
-
-
-train = read_tsv(pathlib.Path(a.data) / "train.tsv")
+train_rows = read_tsv(pathlib.Path(a.data) / "train.tsv")
 dev = read_tsv(pathlib.Path(a.data) / "dev.tsv")
 tok = AutoTokenizer.from_pretrained(a.base)
 model = BertAdapterModel.from_pretrained(a.base)
 model.add_adapter(name, config=DoubleSeqBnConfig(leave_out=[0, 1, 2, 3]))
 model.add_classification_head(name, num_labels=2)
 model.train_adapter(name)
-opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr)
-g = torch.Generator().manual_seed(a.seed)
-model.train()
-for step in range(a.steps):
-    idx = torch.randint(len(train), (a.batch,), generator=g).tolist()
-    enc = tok([train[i][0] for i in idx], padding=True, truncation=True,
-              max_length=a.max_length, return_tensors="pt")
-    labels = torch.tensor([train[i][1] for i in idx])
-    loss = model(**enc, labels=labels).loss
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    if step % 10 == 0 or step == a.steps - 1:
-        print(f"step {step} loss {loss.item():.4f}", flush=True)
+train(model, tok, train_rows, a)
 model.save_adapter(str(out), name, with_head=False, use_safetensors=True)
 
 # Reload into a fresh model, as a user would, and record what the library computes.

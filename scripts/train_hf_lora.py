@@ -18,8 +18,6 @@ puts the classifier in `modules_to_save`; AdamW on SST-2 train (../shared/data/g
 
 peft-host's `predict`/`eval` on OUT must reproduce these (tests/adapters_hf_in.rs).
 """
-import argparse
-import csv
 import json
 import pathlib
 
@@ -27,28 +25,13 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-root = pathlib.Path(__file__).resolve().parent.parent
-ap = argparse.ArgumentParser()
-ap.add_argument("out")
-ap.add_argument("--steps", type=int, default=30)
-ap.add_argument("--lr", type=float, default=5e-3)
-ap.add_argument("--batch", type=int, default=16)
-ap.add_argument("--max-length", type=int, default=64)
-ap.add_argument("--seed", type=int, default=7)
-ap.add_argument("--base", default=str(root / ".cache/models/all-MiniLM-L6-v2"))
-ap.add_argument("--data", default=str(root / "../shared/data/glue/sst2"))
-a = ap.parse_args()
+from hf_sst2 import parse_args, read_tsv, train
+
+a = parse_args(steps=30, lr=5e-3)
 torch.manual_seed(a.seed)
 out = pathlib.Path(a.out)
 
-
-def read_tsv(path):
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [(r[0], int(r[1])) for r in rows[1:]]
-
-
-train = read_tsv(pathlib.Path(a.data) / "train.tsv")
+train_rows = read_tsv(pathlib.Path(a.data) / "train.tsv")
 dev = read_tsv(pathlib.Path(a.data) / "dev.tsv")
 tok = AutoTokenizer.from_pretrained(a.base)
 model = AutoModelForSequenceClassification.from_pretrained(a.base, num_labels=2)
@@ -56,20 +39,7 @@ cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.
                  target_modules=["query", "value"])
 model = get_peft_model(model, cfg)
 model.print_trainable_parameters()
-opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr)
-g = torch.Generator().manual_seed(a.seed)
-model.train()
-for step in range(a.steps):
-    idx = torch.randint(len(train), (a.batch,), generator=g).tolist()
-    enc = tok([train[i][0] for i in idx], padding=True, truncation=True,
-              max_length=a.max_length, return_tensors="pt")
-    labels = torch.tensor([train[i][1] for i in idx])
-    loss = model(**enc, labels=labels).loss
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    if step % 10 == 0 or step == a.steps - 1:
-        print(f"step {step} loss {loss.item():.4f}", flush=True)
+train(model, tok, train_rows, a)
 model.save_pretrained(out)
 
 # Reload as a user would, and record what HF computes.

@@ -98,11 +98,8 @@ impl Backward<Flex, 3> for LayerNormBackward {
             .zip(rstd.par_chunks(block))
             .map(|(((dx, dy), xh), rs)| {
                 let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-                for (((dx, dy), xh), &r) in dx
-                    .chunks_mut(d)
-                    .zip(dy.chunks(d))
-                    .zip(xh.chunks(d))
-                    .zip(rs)
+                for (((dx, dy), xh), &r) in
+                    dx.chunks_mut(d).zip(dy.chunks(d)).zip(xh.chunks(d)).zip(rs)
                 {
                     let (mut mg, mut mgx) = (0f32, 0f32);
                     for j in 0..d {

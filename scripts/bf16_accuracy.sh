@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Accuracy cost of holding the frozen backbone in bf16: Houlsby on GLUE SST-2 and RTE with the
+# e2e configs (tests/configs/e2e/houlsby-glue-{sst2,rte}.json, unchanged but for the seed and
+# `backbone.dtype`), seeds 1 2 3, f32 and bf16 alternated, then a table of mean ± std and the
+# paired difference. Resumable: a run whose result.json exists is skipped.
+#   bash scripts/bf16_accuracy.sh [BIN] [OUT]      (defaults: target/release/peft-host, runs/bf16)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN=${1:-target/release/peft-host}
+OUT=${2:-runs/bf16}
+SEEDS=${SEEDS:-1 2 3}
+mkdir -p "$OUT/configs"
+for task in sst2 rte; do
+  for seed in $SEEDS; do
+    for dtype in f32 bf16; do
+      name="$task-$dtype-s$seed"
+      if compgen -G "$OUT/$name/*/result.json" > /dev/null; then continue; fi
+      cfg="$OUT/configs/$name.json"
+      python3 - "tests/configs/e2e/houlsby-glue-$task.json" "$cfg" "$seed" "$dtype" <<'PY'
+import json, sys
+src, dst, seed, dtype = sys.argv[1:]
+c = json.load(open(src))
+c["backbone"] = {"name": c["backbone"], "dtype": dtype}
+c["seed"] = int(seed)
+json.dump(c, open(dst, "w"), indent=2)
+PY
+      echo "== $name $(date -u +%H:%M:%S)" >&2
+      "$BIN" run "$cfg" --out "$OUT/$name" --quiet > "$OUT/$name.log" 2>&1
+    done
+  done
+done
+python3 scripts/bf16_table.py "$OUT"

@@ -136,7 +136,7 @@ fn module_gradients_through_bf16_layers_equal_rounded_f32() {
     for m in [&bf, &f] {
         m.params
             .borrow_mut()
-            .set_trainable(&groups, &[extra.clone()])
+            .set_trainable(&groups, std::slice::from_ref(&extra))
             .unwrap();
     }
     assert_eq!(

@@ -189,3 +189,36 @@ fn adapter_manifest_records_the_backbone_dtype() {
     let back: peft_host::serve::folder::BackboneRecord = serde_json::from_value(json).unwrap();
     assert_eq!(back.dtype, "f32");
 }
+
+/// T5 (v1.0 and v1.1) and BART hold their projections in bf16 too: teacher-forced logits and
+/// greedy decoding (the KV-cache path) equal the f32 model with the rounded weights.
+#[test]
+fn seq2seq_backbones_in_bf16_equal_rounded_f32() {
+    use burn::tensor::{Int, Tensor, TensorData};
+    for name in ["t5-v1_0-tiny", "t5-v1_1-tiny", "bart-tiny"] {
+        let cfg = serde_json::json!({ "backbone": { "name": name, "path": fixture(name) } });
+        let (bf, f, keys) = pair(cfg);
+        assert!(!keys.is_empty(), "{name}: nothing held in bf16");
+        let dev = Default::default();
+        let ids = |v: Vec<i64>, t: usize| {
+            Tensor::<B, 2, Int>::from_data(TensorData::new(v, [2, t]), &dev)
+        };
+        let batch = peft_host::backbone::TextBatch {
+            input_ids: ids(vec![5, 9, 13, 17, 21, 2, 6, 10, 14, 2, 0, 0], 6),
+            attention_mask: ids(vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0], 6),
+            token_type_ids: None,
+        };
+        let dec = ids(vec![0, 7, 11, 0, 8, 12], 3);
+        let run = |m: &Model<B>| {
+            let s2s = m.backbone.as_seq2seq::<B>().unwrap();
+            let g = HostGraph::inference(&m.params);
+            let hooks = Hooks::new(&g, &m.modules);
+            let logits = vals(s2s.logits(&hooks, &batch, &dec).unwrap());
+            (logits, s2s.greedy_generate(&hooks, &batch, 4).unwrap())
+        };
+        let ((lb, gb), (lf, gf)) = (run(&bf), run(&f));
+        let d = max_diff(&lb, &lf);
+        assert!(d <= 1e-4, "{name}: logits differ by {d}");
+        assert_eq!(gb, gf, "{name}: greedy decoding");
+    }
+}

@@ -6,13 +6,15 @@
 #   bash scripts/bf16_accuracy.sh [BIN] [OUT]      (defaults: target/release/peft-host, runs/bf16)
 # SMALL=1 shrinks each run (80 steps, smaller batches and lengths, 400 SST-2 dev sentences) to
 # fit a loaded 2-core machine; without it the e2e configs run as they are (docs/results.md).
+# SEEDS="1 2 3" and TASKS="sst2 rte" choose the cells.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${1:-target/release/peft-host}
 OUT=${2:-runs/bf16}
 SEEDS=${SEEDS:-1 2 3}
+TASKS=${TASKS:-sst2 rte}
 mkdir -p "$OUT/configs"
-for task in sst2 rte; do
+for task in $TASKS; do
   for seed in $SEEDS; do
     for dtype in f32 bf16; do
       name="$task-$dtype-s$seed"

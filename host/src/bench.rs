@@ -173,6 +173,9 @@ pub fn op_overhead<B: AutodiffBackend>(
 #[derive(Serialize, Debug)]
 pub struct ModelBench {
     pub backbone: String,
+    /// How the frozen weight matrices are held (`f32`, `bf16`), and the backbone weights' size.
+    pub backbone_dtype: String,
+    pub backbone_weights_mib: f64,
     pub modules: Vec<String>,
     pub batch: usize,
     pub seq: usize,
@@ -289,8 +292,21 @@ pub fn model_bench<B: AutodiffBackend>(
     let step = 2.0 * (forward - attn) + 3.0 * attn;
     let gemm = gemm_rate(batch * seq, h, i, 5);
     let forward_gflops_per_s = forward / 1e9 / (inference.median_ms / 1e3);
+    let backbone_weights_mib = model
+        .params
+        .borrow()
+        .iter()
+        .filter(|p| p.owner == "backbone")
+        .map(|p| {
+            let bf16 = burn::tensor::TensorMetadata::dtype(&p.value) == burn::tensor::DType::BF16;
+            (p.numel() * if bf16 { 2 } else { 4 }) as f64
+        })
+        .sum::<f64>()
+        / (1u64 << 20) as f64;
     Ok(ModelBench {
         backbone: model.info().name.clone(),
+        backbone_dtype: cfg.backbone.dtype().as_str().into(),
+        backbone_weights_mib,
         modules: cfg.modules.iter().map(|m| m.instance_name()).collect(),
         batch,
         seq,

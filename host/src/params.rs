@@ -226,7 +226,12 @@ fn mark<B: AutodiffBackend>(
     let rank = value.shape().num_dims();
     by_rank!(rank, |D| {
         let t = ft::<B, D>(value).detach();
-        Ok(fp(if trainable { t.require_grad() } else { t }))
+        // What trains is f32: a weight held in bf16 (a bf16 backbone's) is widened first.
+        Ok(fp(if trainable {
+            crate::nn::bf16::to_f32(t).require_grad()
+        } else {
+            t
+        }))
     })
 }
 

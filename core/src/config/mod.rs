@@ -118,6 +118,43 @@ pub struct BackboneDetail {
     /// model: instead of the cached MiniLM one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<String>,
+    /// How the frozen weight matrices are held: `f32` (the default) or `bf16` (half their
+    /// memory; products still accumulate in f32, and activations, gradients, optimiser state and
+    /// every trained parameter stay f32). See docs/performance.md for its measured cost.
+    #[serde(default, skip_serializing_if = "BackboneDtype::is_f32")]
+    pub dtype: BackboneDtype,
+}
+
+/// The storage type of the frozen backbone's weight matrices.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackboneDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl BackboneDtype {
+    pub fn is_f32(&self) -> bool {
+        *self == BackboneDtype::F32
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackboneDtype::F32 => "f32",
+            BackboneDtype::Bf16 => "bf16",
+        }
+    }
+}
+
+impl BackboneSpec {
+    /// The storage type the spec asks for (a bare name means f32).
+    pub fn dtype(&self) -> BackboneDtype {
+        match self {
+            BackboneSpec::Name(_) => BackboneDtype::F32,
+            BackboneSpec::Detailed(d) => d.dtype,
+        }
+    }
 }
 
 /// One PEFT module.

@@ -387,13 +387,14 @@ impl Bert {
         let types = hooks.weight::<2>("embeddings.token_type_embeddings.weight")?;
         let h = c.hidden_size;
         let ids = batch.input_ids.clone().reshape([b * t]);
-        let mut e = words.select(0, ids).reshape([b, t, h]);
-        e = e + pos.narrow(0, 0, t).unsqueeze_dim::<3>(0);
+        // A bf16 backbone holds the tables in bf16: only the gathered rows are widened.
+        let mut e = nn::bf16::to_f32(words.select(0, ids)).reshape([b, t, h]);
+        e = e + nn::bf16::to_f32(pos.narrow(0, 0, t)).unsqueeze_dim::<3>(0);
         let tt = match &batch.token_type_ids {
             Some(tt) => tt.clone(),
             None => Tensor::<B, 2, Int>::zeros([b, t], &device),
         };
-        e = e + types.select(0, tt.reshape([b * t])).reshape([b, t, h]);
+        e = e + nn::bf16::to_f32(types.select(0, tt.reshape([b * t]))).reshape([b, t, h]);
         let e = self.ln(hooks, e, "embeddings.LayerNorm")?;
         self.dropout(hooks, e, c.hidden_dropout_prob)
     }

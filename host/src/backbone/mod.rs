@@ -10,6 +10,7 @@ pub mod arch;
 pub mod bart;
 pub mod bert;
 pub mod layers;
+pub mod precision;
 pub mod seq2seq;
 pub mod t5;
 pub mod weights;

@@ -280,6 +280,9 @@ pub enum BenchCommand {
         runs: usize,
         #[arg(long)]
         json: bool,
+        /// How the frozen backbone's weight matrices are held (the config's `backbone.dtype`).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+        backbone_dtype: String,
     },
 }
 

@@ -162,9 +162,14 @@ pub fn bench(
             seq,
             runs,
             json,
+            backbone_dtype,
         } => {
             let mut cfg = RunConfig::for_plugin("none");
-            cfg.backbone = crate::config::BackboneSpec::Name(backbone);
+            cfg.backbone = crate::config::BackboneSpec::Detailed(crate::config::BackboneDetail {
+                name: Some(backbone),
+                dtype: serde_json::from_value(serde_json::json!(backbone_dtype))?,
+                ..Default::default()
+            });
             cfg.modules = plugin
                 .iter()
                 .map(|p| RunConfig::for_plugin(p).modules.remove(0))
@@ -182,8 +187,14 @@ pub fn bench(
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "{} batch {} x seq {}, {} threads, {} runs",
-                    r.backbone, r.batch, r.seq, r.threads, r.inference.runs
+                    "{} batch {} x seq {}, {} threads, {} runs; backbone weights {} ({:.1} MiB)",
+                    r.backbone,
+                    r.batch,
+                    r.seq,
+                    r.threads,
+                    r.inference.runs,
+                    r.backbone_dtype,
+                    r.backbone_weights_mib
                 );
                 println!(
                     "  inference   median {:>8.1} ms  ({:.0} tokens/s)",

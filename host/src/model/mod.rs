@@ -139,6 +139,11 @@ impl<B: AutodiffBackend> Model<B> {
         let weights = files.dir.as_ref().map(|d| d.join("model.safetensors"));
         let backbone =
             AnyBackbone::build(&files.name, &files.config, weights.as_deref(), &mut store)?;
+        crate::backbone::precision::hold(
+            Backbone::<B>::info(&backbone),
+            &mut store,
+            config.backbone.dtype(),
+        )?;
         let hidden = Backbone::<B>::info(&backbone).hidden_size;
         let params = RefCell::new(store);
         let requests: Vec<ModuleRequest> = config

@@ -12,6 +12,7 @@ use super::{
         ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
         OpsKind,
     },
+    bf16::WeightBuf,
     gemm::{matmul, Mat, MatMut, Parallelism},
     value::{fp, ft, FloatPrim},
 };
@@ -41,7 +42,9 @@ pub fn linear<B: AutodiffBackend>(
     let y = if super::autodiff::enabled::<B>() {
         tracked(x2, ft::<B, 2>(w), b.map(ft::<B, 1>))?
     } else {
-        let y = x2.matmul(ft::<B, 2>(w).transpose());
+        // burn's matmul wants one dtype: a bf16 weight is widened first.
+        let w = super::bf16::to_f32(ft::<B, 2>(w));
+        let y = x2.matmul(w.transpose());
         match b {
             Some(b) => y + ft::<B, 1>(b).unsqueeze::<2>(),
             None => y,
@@ -57,8 +60,9 @@ pub fn linear<B: AutodiffBackend>(
 #[derive(Debug)]
 struct LinearBackward;
 
-/// The input (kept only when the weight needs its gradient), the weight, and `[n, in, out]`.
-type LinearState = (Option<Buf>, Buf, [usize; 3]);
+/// The input (kept only when the weight needs its gradient), the weight (bf16 stays bf16),
+/// and `[n, in, out]`.
+type LinearState = (Option<Buf>, WeightBuf, [usize; 3]);
 
 impl Backward<Flex, 3> for LinearBackward {
     type State = LinearState;
@@ -71,6 +75,7 @@ impl Backward<Flex, 3> for LinearBackward {
         if let Some(node) = px {
             // dx = dy · W
             let mut dx = vec![0f32; n * i];
+            let w = w.f32();
             let w = Mat::rows(&w, 0, o, i, i);
             matmul(
                 &mut MatMut::dense(&mut dx, n, i),
@@ -128,7 +133,7 @@ pub fn tracked<B: AutodiffBackend>(
     let (xa, wa, ba) = (ad(x)?, ad(w)?, ad(b)?);
     let (xv, wv, bv) = (
         Buf::new(xa.primitive.clone()),
-        Buf::new(wa.primitive.clone()),
+        WeightBuf::new(wa.primitive.clone()),
         Buf::new(ba.primitive.clone()),
     );
     let mut y: Vec<f32> = Vec::with_capacity(n * o);
@@ -136,7 +141,8 @@ pub fn tracked<B: AutodiffBackend>(
         y.extend_from_slice(&bv);
     }
     // y = 1·y + x·Wᵀ: the bias rows plus the product.
-    let (xm, wm) = (Mat::rows(&xv, 0, n, i, i), Mat::rows(&wv, 0, o, i, i));
+    let wf = wv.f32();
+    let (xm, wm) = (Mat::rows(&xv, 0, n, i, i), Mat::rows(&wf, 0, o, i, i));
     matmul(
         &mut MatMut::dense(&mut y, n, o),
         1.0,
@@ -145,6 +151,7 @@ pub fn tracked<B: AutodiffBackend>(
         1.0,
         Parallelism::Rayon(0),
     );
+    drop(wf);
     let out = primitive(y, [n, o]);
     let keep_x = !wa.node.requirement.is_none();
     let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];

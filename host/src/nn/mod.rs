@@ -8,6 +8,7 @@
 pub mod attention;
 pub(crate) mod attention_dense;
 mod autodiff;
+pub mod bf16;
 pub mod cpu;
 pub mod dropout;
 pub(crate) mod flash;

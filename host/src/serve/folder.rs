@@ -49,6 +49,17 @@ pub struct BackboneRecord {
     pub hidden_size: usize,
     /// sha256 of `model.safetensors`; none for a randomly initialised backbone.
     pub weights_sha256: Option<String>,
+    /// How the frozen weight matrices were held in training (`f32`, `bf16`; absent: f32).
+    #[serde(default = "f32_name", skip_serializing_if = "is_f32_name")]
+    pub dtype: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
+}
+
+fn is_f32_name(s: &str) -> bool {
+    s == "f32"
 }
 
 /// A task the adapter answers, with what a prediction needs.
@@ -161,6 +172,7 @@ pub fn backbone_record(cfg: &RunConfig, hidden_size: usize) -> anyhow::Result<Ba
         name: files.name,
         hidden_size,
         weights_sha256,
+        dtype: cfg.backbone.dtype().as_str().into(),
     })
 }
 

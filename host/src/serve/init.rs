@@ -42,6 +42,16 @@ pub fn init_from<B: AutodiffBackend>(
             here.weights_sha256.as_deref().unwrap_or("none")
         );
     }
+    if here.dtype != manifest.backbone.dtype {
+        // Not an error: the saved parameters are f32 either way and the frozen weights differ
+        // only by bf16 rounding (about 0.4 % per weight), so the start is close, not equal.
+        tracing::warn!(
+            "{}: the folder was trained on a {} backbone, this run holds it in {}: the modules start from the same values, but the frozen weights differ by bf16 rounding",
+            dir.display(),
+            manifest.backbone.dtype,
+            here.dtype
+        );
+    }
     let path = dir.join(TENSORS_FILE);
     let ckpt = Checkpoint::read(&path)?;
     let mut store = model.params.borrow_mut();

@@ -353,7 +353,12 @@ pub fn exec<B: AutodiffBackend>(
         }
         OpCode::PARAM => {
             arity(op, &inputs, 0, 0)?;
-            one(g.param_value(&g.qualify(&values.text))?)
+            // Plugins compute in f32: a weight held in bf16 reaches them widened.
+            let v = g.param_value(&g.qualify(&values.text))?;
+            let v = by_rank!(v.shape().num_dims(), |D| Ok(fp(crate::nn::bf16::to_f32(
+                ft::<B, D>(v)
+            ))))?;
+            one(v)
         }
         OpCode::ASSIGN_PARAM => {
             arity(op, &inputs, 1, 1)?;

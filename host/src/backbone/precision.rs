@@ -1,0 +1,93 @@
+//! Holding the frozen backbone in bf16 (`"backbone": {"dtype": "bf16"}`): which weights are
+//! stored that way and the conversion, done once right after loading.
+//!
+//! Held in bf16: every projection's weight matrix (each `Projection` site's `<site>.weight`,
+//! which only [`crate::nn::linear`] reads, widening it to f32 for the product) and, for the
+//! BERT family, the three embedding tables (the forward widens the gathered rows). Everything
+//! else stays f32: biases and norms (a few KB, and added elementwise), T5/BART's shared
+//! embedding (it is also the tied output projection and is read by decoding code paths that
+//! were not changed), relative position tables. A weight a module makes trainable is widened
+//! back to f32 when it is marked trainable ([`crate::params::ParamStore::set_trainable`]), so
+//! gradients and optimiser state are always f32.
+use burn::tensor::{backend::AutodiffBackend, DType, TensorMetadata};
+use peft_api::{BackboneInfo, SiteKind};
+
+use crate::{config::BackboneDtype, nn, params::ParamStore};
+
+/// The weights a bf16 backbone holds in bf16, among those present in the store.
+pub fn bf16_keys<B: AutodiffBackend>(info: &BackboneInfo, store: &ParamStore<B>) -> Vec<String> {
+    let mut keys: Vec<String> = info
+        .sites
+        .iter()
+        .filter(|s| s.kind == SiteKind::Projection)
+        .map(|s| format!("{}.weight", s.name))
+        .collect();
+    if info.architecture == "bert" {
+        keys.extend(
+            ["word", "position", "token_type"].map(|e| format!("embeddings.{e}_embeddings.weight")),
+        );
+    }
+    keys.retain(|k| store.get(k).is_some_and(|p| p.shape.len() == 2));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// What [`hold`] did: how many tensors it converted and the bytes of backbone weights before
+/// and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub tensors: usize,
+    pub bytes_before: usize,
+    pub bytes_after: usize,
+}
+
+/// Stores the backbone's frozen weights in `dtype` (a no-op for f32), one tensor at a time
+/// (the f32 copy of each is freed as its bf16 one replaces it).
+pub fn hold<B: AutodiffBackend>(
+    info: &BackboneInfo,
+    store: &mut ParamStore<B>,
+    dtype: BackboneDtype,
+) -> anyhow::Result<Held> {
+    let backbone_bytes = |store: &ParamStore<B>| -> usize {
+        store
+            .iter()
+            .filter(|p| p.owner == "backbone")
+            .map(|p| p.numel() * if p.value.dtype() == DType::BF16 { 2 } else { 4 })
+            .sum()
+    };
+    let before = backbone_bytes(store);
+    let keys = match dtype {
+        BackboneDtype::F32 => Vec::new(),
+        BackboneDtype::Bf16 => bf16_keys(info, store),
+    };
+    for key in &keys {
+        let p = store
+            .get(key)
+            .ok_or_else(|| anyhow::anyhow!("backbone weight `{key}` vanished"))?;
+        let shape: [usize; 2] = p
+            .shape
+            .clone()
+            .try_into()
+            .map_err(|s| anyhow::anyhow!("backbone weight `{key}`: shape {s:?} is not 2-D"))?;
+        let values = nn::to_vec(nn::value::ft::<B, 2>(p.value.clone()))?;
+        let t = nn::bf16::tensor::<B, 2>(&values, shape, &store.device);
+        drop(values);
+        store.assign(key, nn::value::fp(t))?;
+    }
+    let after = backbone_bytes(store);
+    if !keys.is_empty() {
+        tracing::info!(
+            tensors = keys.len(),
+            before_mib = before as f64 / (1 << 20) as f64,
+            after_mib = after as f64 / (1 << 20) as f64,
+            "backbone weights held in {}",
+            dtype.as_str()
+        );
+    }
+    Ok(Held {
+        tensors: keys.len(),
+        bytes_before: before,
+        bytes_after: after,
+    })
+}

@@ -1,0 +1,108 @@
+//! bf16 storage for frozen weights: rounding f32 to bf16 once when the backbone is loaded, and
+//! widening back to f32 right before a product, so that every GEMM still multiplies and
+//! accumulates in f32 (the activations are never rounded; only the weights are).
+//!
+//! Why widen instead of multiplying in bf16 (`vdpbf16ps`, AVX512-BF16): that instruction takes
+//! both operands in bf16, so the activations would be rounded to 8 significant bits too, a
+//! second, larger error on every layer, and the f32 GEMM (the `gemm` crate's AVX-512 kernels)
+//! would have to be replaced by a new packed microkernel. Widening a weight costs `out · in`
+//! shifts per product against `n · out · in` multiply-adds (n = 4,096 tokens in the benchmark),
+//! so the product runs at the f32 GEMM's rate and the weights take half the memory.
+use std::borrow::Cow;
+
+use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
+use half::bf16;
+
+use super::autodiff::FlexTensor;
+
+/// `x` rounded to the nearest bf16 (ties to even; NaN stays NaN, infinities stay infinite).
+pub fn round(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// Writes `src` widened to f32 into `dst` (exact: a bf16 is the top half of an f32).
+///
+/// Panics when the lengths differ. A plain shift per element, which the compiler vectorises
+/// (16 lanes with AVX-512); no CPU feature check is needed.
+pub fn widen_into(src: &[bf16], dst: &mut [f32]) {
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "widen: {} into {}",
+        src.len(),
+        dst.len()
+    );
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = f32::from_bits(u32::from(s.to_bits()) << 16);
+    }
+}
+
+/// `src` widened to f32.
+pub fn widen(src: &[bf16]) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    widen_into(src, &mut out);
+    out
+}
+
+/// The values a bf16-held weight would have: `x` rounded to bf16 and widened back (what the
+/// tests compare a bf16 backbone against, to separate the rounding from the kernel).
+pub fn rounded(x: &[f32]) -> Vec<f32> {
+    widen(&round(x))
+}
+
+/// A tensor of `B` holding `values` rounded to bf16 (a frozen weight in bf16 storage).
+pub fn tensor<B: Backend, const D: usize>(
+    values: &[f32],
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(round(values), shape), (device, DType::BF16))
+}
+
+/// `t` as f32: itself when it already is, else cast (a bf16 weight read by code that computes
+/// in f32 elementwise: embedding rows, a plugin's `PARAM`).
+pub fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(FloatDType::F32)
+    }
+}
+
+/// A weight's storage as the kernels read it: f32 in place, or bf16 kept as is and widened
+/// only for the product that needs it (the backward keeps this, not an f32 copy, so a bf16
+/// backbone holds no f32 copy of its weights between the forward and the backward).
+#[derive(Clone, Debug)]
+pub(crate) enum WeightBuf {
+    F32(super::autodiff::Buf),
+    Bf16(FlexTensor),
+}
+
+impl WeightBuf {
+    pub(crate) fn new(p: FlexTensor) -> Self {
+        if p.dtype() != DType::BF16 {
+            return WeightBuf::F32(super::autodiff::Buf::new(p));
+        }
+        if p.as_slice::<bf16>().is_some() {
+            WeightBuf::Bf16(p)
+        } else {
+            WeightBuf::Bf16(p.to_contiguous())
+        }
+    }
+
+    /// The values as f32: borrowed when stored so, widened into a fresh buffer when bf16.
+    pub(crate) fn f32(&self) -> Cow<'_, [f32]> {
+        match self {
+            WeightBuf::F32(b) => Cow::Borrowed(b),
+            WeightBuf::Bf16(p) => {
+                // `new` kept bf16 storage only in a contiguous layout, which has a slice.
+                let s = p.as_slice::<bf16>().expect("contiguous bf16 storage");
+                Cow::Owned(widen(s))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/bf16.rs"]
+mod tests;

@@ -6,7 +6,7 @@
 //! groups in `training.train_groups` (the hypermodel's `hyper`) train. The trainer's own
 //! evaluation would greedy-decode every window; instead the LM loss on C of the held-out
 //! windows is measured before and after training, and with each window's hypermodel fed
-//! another window's A and D (does the hypermodel use its context?). The run folder is the
+//! another document's A and D (does the hypermodel use its context?). The run folder is the
 //! ordinary one (`result.json`, `curves.svg`, `adapter/`); `adapter/` holds the hypermodel and
 //! starts stage 2 through `init_from`.
 use std::path::Path;
@@ -36,9 +36,10 @@ pub struct CaclmReport {
     /// window's own A and D: before training, after training.
     pub eval_loss_before: f64,
     pub eval_loss_after: f64,
-    /// After training, with each held-out window's hypermodel fed the next window's A and D
-    /// (null with fewer than two held-out windows). Higher than `eval_loss_after` when the
-    /// hypermodel passes on what it read.
+    /// After training, with each held-out window's hypermodel fed another window's A and D,
+    /// from another document where there is one ([`other_window`]; null with fewer than two
+    /// held-out windows). Higher than `eval_loss_after` when the hypermodel passes on what it
+    /// read.
     pub eval_loss_other_context: Option<f64>,
     /// The longest segment of the first windows in tokens (A, B, C, D): beyond
     /// `training.max_length` (B, C) or the encoder's `max_length` (A, D) they are truncated.
@@ -61,6 +62,16 @@ fn window_task(name: String, w: &Window) -> Task {
         eval_split: "caclm".into(),
         metric: "accuracy".into(),
     }
+}
+
+/// The window whose context held-out window `i` gets in the other-context measurement: the
+/// next one (cyclically) from another document, else simply the next one.
+pub fn other_window(windows: &[Window], i: usize) -> usize {
+    let n = windows.len();
+    (1..n)
+        .map(|k| (i + k) % n)
+        .find(|&j| windows[j].doc != windows[i].doc)
+        .unwrap_or((i + 1) % n)
 }
 
 /// Mean per-token NLL of each task's window (its C given B), the context encoder reading the
@@ -199,7 +210,7 @@ pub fn run<B: AutodiffBackend>(
     let eval_loss_after = lm_loss(&model, &held_out, &head, t.max_length, device)?;
     let eval_loss_other_context = if eval.len() > 1 {
         for (i, task) in held_out.iter().enumerate() {
-            let o = &eval[(i + 1) % eval.len()];
+            let o = &eval[other_window(&eval, i)];
             enc.set_fixed_context(&task.name, vec![o.a.clone(), o.d.clone()]);
         }
         enc.clear_cache();
@@ -238,7 +249,7 @@ pub fn run<B: AutodiffBackend>(
         eval_loss_before,
         eval_loss_after,
         eval_loss_other_context
-            .map(|l| format!(" ({l:.4} with another window's A and D)"))
+            .map(|l| format!(" ({l:.4} with another document's A and D)"))
             .unwrap_or_default()
     );
     println!("result: {}", path.display());

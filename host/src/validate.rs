@@ -114,6 +114,16 @@ pub fn check(cfg: &RunConfig, registry: &Registry) -> Vec<ConfigError> {
             }
         }
     }
+    // A CACLM run reads its corpus, not tasks.
+    if let Some(c) = &cfg.caclm {
+        if !c.corpus.is_file() {
+            errors.push(host(
+                "/caclm/corpus",
+                format!("{}: no such file", c.corpus.display()),
+            ));
+        }
+        return errors;
+    }
     // Task names against the data folder, when one is found (run needs it anyway).
     if let Ok(data) = crate::paths::data_dir(None) {
         let specs = cfg.task_specs();

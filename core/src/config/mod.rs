@@ -1,11 +1,13 @@
 //! The run config: one JSON file composing backbone, modules, tasks and training. Host
 //! sections are validated against the host's JSON Schema (schemars), each plugin section
 //! against the schema in that plugin's manifest; errors name the JSON pointer.
+pub mod caclm;
 pub mod checks;
 mod defaults;
 pub mod priming;
 pub mod validate;
 
+pub use caclm::CaclmSpec;
 pub use defaults::{fill_num_tasks, pha_default_run};
 pub use priming::PrimingSpec;
 
@@ -54,6 +56,11 @@ pub struct RunConfig {
     /// (`init_from`): which training task's prototype each task of this run uses and fine-tunes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prototype: Option<PrototypeSpec>,
+    /// HyperT5 stage-1 hyper-pretraining (CACLM) on an unlabeled corpus instead of tasks: the
+    /// context encoder reads segments A and D of each window, the downstream model B, and the
+    /// LM loss on C trains the hypermodel (see [`CaclmSpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caclm: Option<CaclmSpec>,
 }
 
 /// Which prototype a new task starts from (see `RunConfig::prototype`).

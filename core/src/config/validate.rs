@@ -271,6 +271,7 @@ pub fn parse(text: &str, source: &str, registry: &Registry) -> Result<RunConfig,
         }
     }
     super::priming::check(&doc, registry, &mut errors);
+    super::caclm::check(&doc, &mut errors);
     if !errors.is_empty() {
         return Err(fail(errors));
     }

@@ -1,6 +1,7 @@
 //! Task data read from the real files as they are: GLUE TSV and JSON re-splits, SuperGLUE
 //! JSONL, CrossFit/MetaICL JSONL. One file per benchmark's readers; [`tasks`] maps a task name
 //! to its files, labels and metric.
+pub mod caclm;
 mod crossfit;
 mod glue;
 mod superglue;

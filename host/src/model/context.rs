@@ -45,6 +45,9 @@ pub struct ContextEncoder<B: AutodiffBackend> {
     pub max_length: usize,
     rng: RefCell<StdRng>,
     cache: RefCell<HashMap<String, Generated<B>>>,
+    /// Tasks whose context is fixed texts rather than `k` of their examples (CACLM: a
+    /// window's segments A and D), by task name.
+    fixed: RefCell<HashMap<String, Vec<String>>>,
 }
 
 impl<B: AutodiffBackend> ContextEncoder<B> {
@@ -132,6 +135,7 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
             max_length,
             rng: RefCell::new(StdRng::seed_from_u64(seed ^ 0x0048_7970_6572_5435)),
             cache: RefCell::new(HashMap::new()),
+            fixed: RefCell::new(HashMap::new()),
         })
     }
 
@@ -153,6 +157,38 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
                 (input, Some(target_text(e, task)))
             })
             .collect();
+        self.encode_texts(model, graph, task, texts)
+    }
+
+    /// Makes the encoder read `texts` (each a single sequence, in this order) for task `task`
+    /// instead of `k` of its examples, in training and evaluation: CACLM's segments A and D.
+    pub fn set_fixed_context(&self, task: &str, texts: Vec<String>) {
+        self.fixed.borrow_mut().insert(task.to_string(), texts);
+    }
+
+    /// Runs the encoder over `task`'s fixed context, if it has one; `Ok(false)` if not.
+    fn encode_fixed(
+        &self,
+        model: &Model<B>,
+        graph: &HostGraph<'_, B>,
+        task: &Task,
+    ) -> anyhow::Result<bool> {
+        let Some(texts) = self.fixed.borrow().get(&task.name).cloned() else {
+            return Ok(false);
+        };
+        let texts = texts.into_iter().map(|t| (t, None)).collect();
+        self.encode_texts(model, graph, task, texts)?;
+        Ok(true)
+    }
+
+    /// Runs the encoder over tokenised `(text, pair)` sequences of `task`.
+    fn encode_texts(
+        &self,
+        model: &Model<B>,
+        graph: &HostGraph<'_, B>,
+        task: &Task,
+        texts: Vec<(String, Option<String>)>,
+    ) -> anyhow::Result<()> {
         let device = graph.device();
         let batch = model.tokenize(&texts, self.max_length, &device)?;
         let types = batch
@@ -163,7 +199,7 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
             .into_iter()
             .map(|t| graph.insert(Value::Int(t.into_primitive())))
             .collect();
-        let spec = json!({ "task": task.name, "k": examples.len() }).to_string();
+        let spec = json!({ "task": task.name, "k": texts.len() }).to_string();
         graph
             .with_namespace(&self.name, || {
                 self.obj
@@ -214,8 +250,11 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
         task: &Task,
         batch: &[&Example],
     ) -> anyhow::Result<()> {
-        self.check_shots(task)?;
         self.cache.borrow_mut().clear();
+        if self.encode_fixed(model, graph, task)? {
+            return Ok(());
+        }
+        self.check_shots(task)?;
         let outside: Vec<&Example> = task
             .train
             .iter()
@@ -241,10 +280,12 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
         if let Some(v) = self.cache.borrow().get(&task.name) {
             return Ok(v.clone());
         }
-        self.check_shots(task)?;
-        let shots: Vec<&Example> = task.train.iter().take(self.k).collect();
         let graph = HostGraph::inference(&model.params);
-        self.encode(model, &graph, task, &shots)?;
+        if !self.encode_fixed(model, &graph, task)? {
+            self.check_shots(task)?;
+            let shots: Vec<&Example> = task.train.iter().take(self.k).collect();
+            self.encode(model, &graph, task, &shots)?;
+        }
         let ctx = graph.context.borrow();
         let values: Vec<(String, Value<B>)> = self
             .outputs

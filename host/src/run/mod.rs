@@ -1,6 +1,7 @@
 //! The run pipeline the library owns: a validated config in; tasks loaded, the model built,
 //! trained and evaluated; result.json, curves.svg and a table out. The CLI only parses
 //! arguments and calls in here, so tests and other front ends run exactly what `run` runs.
+pub mod caclm;
 pub mod priming;
 pub mod transfer;
 
@@ -145,6 +146,9 @@ pub fn run_generic<B: AutodiffBackend>(
             "data-parallel training (--world-size) runs plain runs, not two-stage priming runs"
         );
         return priming::run_two_stage::<B>(cfg, registry, data, out, flags, device);
+    }
+    if cfg.caclm.is_some() {
+        return caclm::run::<B>(cfg, registry, out, flags, device);
     }
     let specs = cfg.task_specs();
     let mut tasks = Vec::with_capacity(specs.len());

@@ -4,7 +4,7 @@
 //! modules configured with `from_context`.
 //!
 //! On T5 the hypermodel is an encoder copy over the examples and a decoder copy fed learned
-//! queries, generating prefixes for all three attention kinds (`t5.rs`). On BERT-family
+//! queries, generating prefixes and/or LoRA A and B for all three attention kinds (`t5.rs`). On BERT-family
 //! encoders — the rest of this file — it is (group `hyper`): a trainable copy of the backbone's encoder layers and embedding
 //! LayerNorm, initialised from the backbone weights (`PARAM("backbone:…")`, `TO_DATA`,
 //! `Init::Data`; the word, position and type embeddings are read from the frozen backbone),
@@ -359,10 +359,7 @@ impl ContextEncoderImpl for HyperT5 {
 
     fn call(&mut self, _ctx: &Ctx<'_>, name: &str, _args: Value) -> Result<Value> {
         match name {
-            "outputs" if self.info.architecture == "t5" => Ok(json!(t5::KINDS
-                .iter()
-                .map(|(kind, _)| self.name(kind))
-                .collect::<Vec<_>>())),
+            "outputs" if self.info.architecture == "t5" => Ok(json!(self.t5_outputs())),
             "outputs" => {
                 let mut v = Vec::new();
                 for g in self.kinds() {

@@ -2,39 +2,78 @@
 //! backbone's encoder reads the `k` examples, a trainable copy of its decoder is fed learned
 //! query tokens — one per generated layer and attention kind, attending to each other without a
 //! causal mask and across to every token of every example — and an MLP head per attention kind
-//! turns each query's output into that layer's prefix keys and values.
+//! turns each query's output into that layer's parameters: prefix keys and values, and/or LoRA
+//! A and B for the query and value projections.
 //!
-//! Outputs: `<name>.prefix_encoder` `[L_enc, 2, P, inner]` (encoder self-attention),
-//! `<name>.prefix_decoder` and `<name>.prefix_cross` `[L_dec, 2, P, inner]` (decoder self- and
-//! cross-attention), for three `prefix` modules with `stack` / `roles` and `from_context`;
-//! `<name>.summary` (the decoder's outputs) and `<name>.examples` (the examples' encoder states)
-//! for tests. Relative positions use T5's maximum distance of 128 (every released checkpoint's).
+//! Outputs, per attention kind `<att>` = `encoder` (encoder self-attention), `decoder` (decoder
+//! self-attention), `cross` (decoder cross-attention), with `L` the layers of that stack:
+//! - `generate: ["prefix"]`: `<name>.prefix_<att>` `[L, 2, P, inner]` (key, value), for three
+//!   `prefix` modules selected by `stack` / `roles`, with `from_context`;
+//! - `generate: ["lora"]`: `<name>.lora_<att>_A` `[L, 2, r, d_model]` and `<name>.lora_<att>_B`
+//!   `[L, 2, inner, r]` (slot 0 the query projection `q`, 1 the value projection `v`), for three
+//!   `lora` modules selected by `stack` / `targets` with `from_context: "<name>.lora_<att>"`;
+//! - both: all six, the prefix queries first.
+//!
+//! Also `<name>.summary` (the decoder's outputs) and `<name>.examples` (the examples' encoder
+//! states) for tests. Relative positions use T5's maximum distance of 128 (every released
+//! checkpoint's).
 use peft_api::{
     blocks::t5_relative_position_bucket, ApiError, BackboneInfo, Ctx, Init, Result, Tensor,
 };
 
-use crate::HyperT5;
+use crate::{Generated, HyperT5};
 
 /// T5's RMS norm epsilon (HF default).
 const EPS: f64 = 1e-6;
 /// Additive mask on padding (T5 uses the dtype's minimum; this is as good under a softmax).
 const MASKED: f32 = -1e9;
 
-/// The three prefix kinds: context suffix, stack, attention sub-layer.
-pub(crate) const KINDS: [(&str, &str); 3] = [
-    ("prefix_encoder", "encoder"),
-    ("prefix_decoder", "decoder"),
-    ("prefix_cross", "decoder"),
+/// The three attention kinds of T5: context-name part and stack.
+pub(crate) const ATTENTIONS: [(&str, &str); 3] = [
+    ("encoder", "encoder"),
+    ("decoder", "decoder"),
+    ("cross", "decoder"),
 ];
 
+/// The head (and context-name stem) of one generated kind on one attention kind:
+/// `prefix_encoder`, `lora_cross`, ...
+fn stem(g: Generated, att: &str) -> String {
+    format!("{}_{att}", crate::kind_name(g))
+}
+
 impl HyperT5 {
+    /// The context names this hypermodel sets on T5, in the order of its queries.
+    pub(crate) fn t5_outputs(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for g in self.kinds() {
+            for (att, _) in ATTENTIONS {
+                match g {
+                    Generated::Prefix => v.push(self.name(&stem(g, att))),
+                    Generated::Lora => {
+                        v.push(self.name(&format!("{}_A", stem(g, att))));
+                        v.push(self.name(&format!("{}_B", stem(g, att))));
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Output width per layer of one generated kind's heads: `2 P inner` (prefix keys and
+    /// values), `2 r (d_model + inner)` (A `[r, d_model]` and B `[inner, r]` of `q` and `v`).
+    fn t5_width(&self, g: Generated) -> usize {
+        let (d, inner) = (
+            self.info.hidden_size,
+            self.info.num_heads * self.info.head_dim,
+        );
+        match g {
+            Generated::Prefix => 2 * self.config.prefix_length * inner,
+            Generated::Lora => 2 * self.config.lora_rank * (d + inner),
+        }
+    }
+
     /// Layers of each stack in the hypermodel and whether the FFN is gated (T5 v1.1).
     pub(crate) fn attach_t5(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<()> {
-        if self.kinds() != [crate::Generated::Prefix] {
-            return Err(ApiError::config(
-                "hypert5: on T5 this version generates prefixes only (`generate: [\"prefix\"]`); LoRA generation is implemented for BERT-family backbones",
-            ));
-        }
         let (le, ld) = (backbone.num_layers, backbone.num_decoder_layers);
         self.layers = self.config.encoder_layers.unwrap_or(le);
         self.decoder_layers = self.config.decoder_layers.unwrap_or(ld);
@@ -81,8 +120,8 @@ impl HyperT5 {
             self.copy(ctx, &format!("{stack}.final_layer_norm.weight"))?;
         }
         let h = backbone.hidden_size;
-        let inner = backbone.num_heads * backbone.head_dim;
-        let queries = le + 2 * ld;
+        // One query per generated kind, attention kind and layer.
+        let queries = self.kinds().len() * (le + 2 * ld);
         // T5's embeddings are of unit scale (unlike BERT's 0.02).
         let std = 1.0;
         self.create(
@@ -91,9 +130,11 @@ impl HyperT5 {
             &[queries, h],
             Init::Normal { mean: 0.0, std },
         )?;
-        let out = 2 * self.config.prefix_length * inner;
-        for (kind, _) in KINDS {
-            self.create_head(ctx, kind, h, out)?;
+        for g in self.kinds() {
+            let out = self.t5_width(g);
+            for (att, _) in ATTENTIONS {
+                self.create_head(ctx, &stem(g, att), h, out)?;
+            }
         }
         Ok(())
     }
@@ -181,7 +222,7 @@ impl HyperT5 {
     }
 
     /// `encode` on T5: examples `[k, T]` through the encoder copy, queries through the decoder
-    /// copy, one prefix tensor per attention kind into the pass context.
+    /// copy, each generated kind's tensors per attention kind into the pass context.
     pub(crate) fn encode_t5<'c>(
         &self,
         ctx: &'c Ctx<'_>,
@@ -253,18 +294,36 @@ impl HyperT5 {
             .reshape(&[nq as i64, h])?;
         ctx.set_context(&self.name("summary"), out.clone())?;
         let (le, ld) = (self.info.num_layers, self.info.num_decoder_layers);
-        let (p, inner) = (
+        let (p, r) = (
             self.config.prefix_length as i64,
-            (self.info.num_heads * self.info.head_dim) as i64,
+            self.config.lora_rank as i64,
         );
+        let (d, inner) = (h, (self.info.num_heads * self.info.head_dim) as i64);
         let mut start = 0;
-        for (kind, stack) in KINDS {
-            let n = if stack == "encoder" { le } else { ld };
-            let z = out.clone().slice(0, start, start + n)?;
-            start += n;
-            let z = self.lin(ctx, z, &format!("head.{kind}.dense1"))?.gelu()?;
-            let g = self.lin(ctx, z, &format!("head.{kind}.dense2"))?;
-            ctx.set_context(&self.name(kind), g.reshape(&[n as i64, 2, p, inner])?)?;
+        for g in self.kinds() {
+            for (att, stack) in ATTENTIONS {
+                let n = if stack == "encoder" { le } else { ld };
+                let z = out.clone().slice(0, start, start + n)?;
+                start += n;
+                let kind = stem(g, att);
+                let z = self.lin(ctx, z, &format!("head.{kind}.dense1"))?.gelu()?;
+                let y = self.lin(ctx, z, &format!("head.{kind}.dense2"))?;
+                let nl = n as i64;
+                match g {
+                    Generated::Prefix => {
+                        ctx.set_context(&self.name(&kind), y.reshape(&[nl, 2, p, inner])?)?;
+                    }
+                    Generated::Lora => {
+                        // Per layer and slot (q, v): A `[r, d]` then B `[inner, r]`.
+                        let (na, nb) = ((r * d) as usize, (inner * r) as usize);
+                        let y = y.reshape(&[nl, 2, (na + nb) as i64])?;
+                        let a = y.clone().slice(2, 0, na)?.reshape(&[nl, 2, r, d])?;
+                        let b = y.slice(2, na, na + nb)?.reshape(&[nl, 2, inner, r])?;
+                        ctx.set_context(&self.name(&format!("{kind}_A")), a)?;
+                        ctx.set_context(&self.name(&format!("{kind}_B")), b)?;
+                    }
+                }
+            }
         }
         Ok(())
     }

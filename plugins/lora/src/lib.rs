@@ -223,6 +223,20 @@ impl Module for Lora {
                     site.role
                 )));
             }
+            // A generated tensor has one slot per layer and projection: two sites reading the
+            // same one (encoder and decoder, or self- and cross-attention of a T5 decoder)
+            // would silently share it.
+            if let Some(o) = self.targets.iter().find(|t| {
+                c.from_context.is_some() && t.layer == site.layer.unwrap_or(0) && t.slot == slot
+            }) {
+                return Err(ApiError::config(format!(
+                    "lora: from_context `{}`: `{}` and `{p}` would read the same generated slot (layer {}, {}); restrict `stack` or `targets` (e.g. `SelfAttention.q`) so that one module covers one attention kind",
+                    c.from_context.as_deref().unwrap_or_default(),
+                    o.site,
+                    o.layer,
+                    site.role
+                )));
+            }
             self.targets.push(Target {
                 site: p.clone(),
                 layer: site.layer.unwrap_or(0),

@@ -259,8 +259,9 @@ def main():
     def transfer():
         if "pha" not in ups or "houlsby" not in ups:
             return
-        for task in a.transfer_tasks:
-            for k in a.shots:
+        # Shots outer: the first of `--shots` on every task before the next.
+        for k in a.shots:
+            for task in a.transfer_tasks:
                 if not task.startswith("superglue/") and k > 16:
                     continue  # CrossFit files hold 16 training examples
                 for row in TRANSFER_ROWS:
@@ -323,7 +324,7 @@ def tables(res, a):
         L.append("| method | trainable (with heads) | lr chosen on train-holdout | dev mean per candidate |")
         L.append("|---|---:|---:|---|")
         for m, v in methods.items():
-            devs = ", ".join(f"{k}: {x:.3f}" for k, x in v["dev"].items())
+            devs = ", ".join(f"{k}: {x:.4f}" for k, x in v["dev"].items())
             L.append(f"| {m} | {v.get('trainable', '-'):,} | {v.get('lr', '-')} | {devs} |"
                      if "trainable" in v else f"| {m} | - | {v.get('lr', '-')} | {devs} |")
         if not done:
@@ -378,7 +379,7 @@ def tables(res, a):
         L.append("| task | shots | " + " | ".join(TRANSFER_ROWS) + " | prototypes retrieved |")
         L.append("|---|---:|" + "---:|" * len(TRANSFER_ROWS) + "---|")
         for task, ks in res["transfer"].items():
-            for k, rows in ks.items():
+            for k, rows in sorted(ks.items(), key=lambda kv: int(kv[0])):
                 cells = [cell(rows[r]["scores"]) if r in rows else "-" for r in TRANSFER_ROWS]
                 picks = rows.get("pha retrieved", {}).get("picked", [])
                 counts = {p: picks.count(p) for p in picks}

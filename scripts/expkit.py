@@ -14,6 +14,20 @@ def std(v):
     return statistics.stdev(v) if len(v) > 1 else 0.0
 
 
+# Two-sided 97.5% quantiles of Student's t by degrees of freedom (1..10; normal beyond).
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]
+
+
+def mean_ci(v):
+    """Mean and 95% Student-t interval of the mean of `v` (seeds): (mean, lo, hi)."""
+    m = statistics.mean(v)
+    if len(v) < 2:
+        return m, m, m
+    t = _T975[len(v) - 2] if len(v) - 1 <= len(_T975) else 1.96
+    half = t * statistics.stdev(v) / len(v) ** 0.5
+    return m, m - half, m + half
+
+
 def bootstrap(values, stat, n=1000, seed=0):
     """95% percentile interval of `stat` over `n` resamples of `values` (tasks)."""
     rng = random.Random(seed)
@@ -39,9 +53,11 @@ def arg_rgstd(scores, base_row, rows, tasks):
 class Runner:
     """Runs `peft-host` commands under `out`, each result stored by the hash of its request."""
 
-    def __init__(self, binary, out):
+    def __init__(self, binary, out, offline=False):
         self.bin = binary
         self.out = Path(out)
+        # Offline (a `--table-only` mode): a request not stored raises LookupError, nothing runs.
+        self.offline = offline
         self.version = subprocess.run([binary, "--version"], check=True, capture_output=True,
                                       text=True).stdout.split()[-1]
 
@@ -52,6 +68,8 @@ class Runner:
             stored = json.loads(path.read_text())
             if stored.get("request") == request and stored.get("code_version") == self.version:
                 return stored["result"]
+        if self.offline:
+            raise LookupError(f"not stored: {path.name}")
         result = make(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -73,6 +91,7 @@ class Runner:
             result_path = next(run_dir.glob("*/result.json"))
             result = json.loads(result_path.read_text())
             result["adapter_folder"] = str(result_path.parent / "adapter")
+            result["run_folder"] = str(result_path.parent)
             return result
         return self._cached({"run": cfg}, make)
 

@@ -200,22 +200,7 @@ fn a_caclm_pass_reads_a_and_d_and_reaches_every_hypermodel_parameter() {
         panic!("text-to-text answers with its loss")
     };
     let grads = l.mean().backward();
-    let store = model.params.borrow();
-    let mut n = 0;
-    for p in store.trainable() {
-        assert_eq!(p.group, "hyper", "{}", p.name);
-        let g = match p.shape.len() {
-            1 => vals(store.tensor::<1>(&p.name).unwrap().grad(&grads).unwrap()),
-            _ => vals(store.tensor::<2>(&p.name).unwrap().grad(&grads).unwrap()),
-        };
-        assert!(
-            g.iter().any(|&x| x != 0.0),
-            "no gradient reaches {}",
-            p.name
-        );
-        assert!(g.iter().all(|x| x.is_finite()), "{}", p.name);
-        n += 1;
-    }
+    let n = assert_gradient_reaches_every_trainable(&model, "hyper", &grads);
     assert_eq!(n, 63 + 12);
 }
 

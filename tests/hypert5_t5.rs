@@ -123,22 +123,7 @@ fn t5_hypermodel_generates_three_prefix_kinds_and_every_parameter_gets_a_gradien
         _ => panic!("text-to-text answers with its loss"),
     };
     let grads = loss.backward();
-    let store = model.params.borrow();
-    let mut n = 0;
-    for p in store.trainable() {
-        assert_eq!(p.group, "hyper", "{}", p.name);
-        let g = match p.shape.len() {
-            1 => vals(store.tensor::<1>(&p.name).unwrap().grad(&grads).unwrap()),
-            _ => vals(store.tensor::<2>(&p.name).unwrap().grad(&grads).unwrap()),
-        };
-        assert!(
-            g.iter().any(|&x| x != 0.0),
-            "no gradient reaches {}",
-            p.name
-        );
-        assert!(g.iter().all(|x| x.is_finite()), "{}", p.name);
-        n += 1;
-    }
+    let n = assert_gradient_reaches_every_trainable(&model, "hyper", &grads);
     // Encoder: 2 position tables + 2 × (4 attention + norm + 3 FFN + norm) + final norm per
     // stack (decoder blocks add cross-attention and its norm), queries, 3 heads × 4.
     assert_eq!(n, 2 + 2 * 9 + 1 + 2 * 14 + 1 + 1 + 12);

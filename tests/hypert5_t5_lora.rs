@@ -160,25 +160,12 @@ fn t5_hypermodel_generates_prefix_and_lora_and_every_parameter_gets_a_gradient()
         _ => panic!("text-to-text answers with its loss"),
     };
     let grads = loss.backward();
-    let store = model.params.borrow();
-    let mut n = 0;
-    for p in store.trainable() {
-        assert_eq!(p.group, "hyper", "{}", p.name);
-        let g = match p.shape.len() {
-            1 => vals(store.tensor::<1>(&p.name).unwrap().grad(&grads).unwrap()),
-            _ => vals(store.tensor::<2>(&p.name).unwrap().grad(&grads).unwrap()),
-        };
-        assert!(
-            g.iter().any(|&x| x != 0.0),
-            "no gradient reaches {}",
-            p.name
-        );
-        assert!(g.iter().all(|x| x.is_finite()), "{}", p.name);
-        n += 1;
-    }
+    let n = assert_gradient_reaches_every_trainable(&model, "hyper", &grads);
     // The prefix-only hypermodel's 63 tensors (see hypert5_t5.rs), and 3 LoRA heads × 4.
     assert_eq!(n, 63 + 12);
-    let lora_heads = store
+    let lora_heads = model
+        .params
+        .borrow()
         .trainable()
         .filter(|p| p.name.starts_with("hypert5.head.lora_"))
         .count();

@@ -58,6 +58,30 @@ pub fn param_grads(
         .collect()
 }
 
+/// Checks that every trainable parameter is in `group` and gets a finite, not all-zero
+/// gradient; returns how many there are (so a test can pin the count).
+pub fn assert_gradient_reaches_every_trainable(
+    model: &Model<B>,
+    group: &str,
+    grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients,
+) -> usize {
+    let names: Vec<String> = {
+        let store = model.params.borrow();
+        store
+            .trainable()
+            .map(|p| {
+                assert_eq!(p.group, group, "{}", p.name);
+                p.name.clone()
+            })
+            .collect()
+    };
+    for (name, g) in names.iter().zip(param_grads(model, &names, grads)) {
+        assert!(g.iter().any(|&x| x != 0.0), "no gradient reaches {name}");
+        assert!(g.iter().all(|x| x.is_finite()), "{name}");
+    }
+    names.len()
+}
+
 /// Gives every parameter under `prefix` a deterministic non-zero value (up sides start at
 /// zero, which would hide most gradients and make every adapter a no-op).
 pub fn randomise(model: &Model<B>, prefix: &str) {

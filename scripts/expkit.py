@@ -1,6 +1,13 @@
 """Shared pieces of the experiment scripts: cached runs of the peft-host binary, ARG/RGSTD with
 bootstrap intervals. A stored result is reused only when the request (config or command) and
-the build that made it (`peft-host --version`) equal the current ones."""
+the build that made it (`peft-host --version`) equal the current ones.
+
+Across machines (`--shard i/n` in the grid scripts): every host runs the same command on a shared
+`--out` folder; a run that is not stored yet is made only by the shard its request hashes to,
+and the others treat it as missing (what depends on it waits for the next pass). Each pass of
+all shards therefore runs one level of the grid in parallel (dev runs, then the test runs the
+dev scores chose, then what starts from those); repeat the passes until a script reports
+nothing missing, then `--table-only` anywhere builds the table."""
 import hashlib
 import json
 import random
@@ -50,14 +57,34 @@ def arg_rgstd(scores, base_row, rows, tasks):
     return "\n".join(out)
 
 
+def parse_shard(spec):
+    """`"i/n"` (0-based, as `peft-host fewshot --shard`) -> (i, n); None -> None."""
+    if spec is None:
+        return None
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise SystemExit(f"--shard {spec!r}: expected i/n, e.g. 0/4")
+    if not 0 <= i < n:
+        raise SystemExit(f"--shard {spec!r}: i must be between 0 and n - 1 (0-based)")
+    return (i, n)
+
+
+def owns(shard, key):
+    """Whether this shard makes the run named by the hex `key` (every run when unsharded)."""
+    return shard is None or int(key, 16) % shard[1] == shard[0]
+
+
 class Runner:
     """Runs `peft-host` commands under `out`, each result stored by the hash of its request."""
 
-    def __init__(self, binary, out, offline=False):
+    def __init__(self, binary, out, offline=False, shard=None):
         self.bin = binary
         self.out = Path(out)
         # Offline (a `--table-only` mode): a request not stored raises LookupError, nothing runs.
         self.offline = offline
+        # (i, n): only requests hashing to shard i are run here; others not stored are missing.
+        self.shard = shard
         self.version = subprocess.run([binary, "--version"], check=True, capture_output=True,
                                       text=True).stdout.split()[-1]
 
@@ -70,6 +97,8 @@ class Runner:
                 return stored["result"]
         if self.offline:
             raise LookupError(f"not stored: {path.name}")
+        if not owns(self.shard, key):
+            raise LookupError(f"another shard's run, not stored yet: {path.name}")
         result = make(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

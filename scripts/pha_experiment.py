@@ -28,6 +28,8 @@
 Writes under `--out`: results/ (one JSON per run, keyed by request and `peft-host --version`),
 results.json, results.md, low-data.svg, heatmap-n<N>.svg. Interrupted? Run the same command
 again: finished runs are reused. `--table-only` runs nothing and tabulates what is stored.
+Across machines: the same command with `--shard i/n` on each of n hosts sharing `--out`, repeated
+until no shard reports runs not stored (scripts/expkit.py; docs/engine.md), then `--table-only`.
 
     python3 scripts/pha_experiment.py --smoke          # minutes: checks the pipeline
     python3 scripts/pha_experiment.py                  # the full grid (a day on a 2-core CPU)
@@ -41,7 +43,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from expkit import Runner, bootstrap, mean_ci, std
+from expkit import Runner, bootstrap, mean_ci, parse_shard, std
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ["glue-sst2", "glue/mrpc", "glue/rte", "glue/qnli", "glue/cola", "glue/stsb"]
@@ -74,7 +76,7 @@ def label_n(n):
 class Experiment:
     def __init__(self, args):
         self.a = args
-        self.r = Runner(args.bin, args.out, offline=args.table_only)
+        self.r = Runner(args.bin, args.out, offline=args.table_only, shard=parse_shard(args.shard))
         self.missing = []
 
     def try_run(self, cfg, label):
@@ -183,6 +185,7 @@ def main():
     ap.add_argument("--ft-lr", type=float, default=1e-3)
     ap.add_argument("--smoke", action="store_true", help="2 tasks, tiny budgets, its own --out")
     ap.add_argument("--table-only", action="store_true", help="run nothing: tabulate what is stored")
+    ap.add_argument("--shard", help="i/n: make only this shard's runs (hosts sharing --out)")
     a = ap.parse_args()
     os.chdir(ROOT)
     a.ns, a.seeds, a.select_seeds = ints(a.n), ints(a.seeds), ints(a.select_seeds)
@@ -299,7 +302,9 @@ def main():
         (out / "low-data.svg").write_text(svg)
     print(md)
     if ex.missing:
-        print(f"\n{len(ex.missing)} runs not stored (e.g. {ex.missing[0]})", file=sys.stderr)
+        print(f"\n{len(ex.missing)} runs not stored (e.g. {ex.missing[0]})"
+              + (": run this shard again once the others have finished their pass" if a.shard else ""),
+              file=sys.stderr)
 
 
 def cell(v):

@@ -17,9 +17,10 @@ mean score on the k-shot `_dev` files (split seeds `--select-seeds`); the test f
 scored once, with the chosen rate, on every split seed. Stage 1 runs once per row: the host's
 `--resume` reuses a primed state only when its stamp (code version, priming section, seed,
 backbone, modules, batch shape) equals the request. The priming algorithms' own settings are
-the thesis' defaults (one inner step on CrossFit), not searched. Interrupted? Run the same
-command again: each finished (row, split, rate) result is reused when its request and the
-build that made it (`peft-host --version`) equal the current ones.
+the thesis' defaults (one inner step on CrossFit), not searched. Across machines: `--shard i/n` on
+each of n hosts sharing `--out` runs every n-th row there; `--table-only` then builds the table.
+Interrupted? Run the same command again: each finished (row, split, rate) result is reused when
+its request and the build that made it (`peft-host --version`) equal the current ones.
 """
 import argparse
 import json
@@ -28,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from expkit import arg_rgstd, std
+from expkit import arg_rgstd, parse_shard, std
 
 UPSTREAM = [
     "ade_corpus_v2-classification", "ag_news", "anli", "art", "boolq", "circa", "emo",
@@ -92,7 +93,10 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="2 upstream tasks, 1 downstream, tiny budgets")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: the table of the rows whose results are all stored")
+    ap.add_argument("--shard", help="i/n: run only this shard's rows (hosts sharing --out); "
+                    "then --table-only anywhere builds the table")
     args = ap.parse_args()
+    shard = parse_shard(args.shard)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.select_seeds = [int(s) for s in args.select_seeds.split(",")]
     args.select_lr = [float(x) for x in args.select_lr.split(",")]
@@ -125,6 +129,9 @@ def main():
 
     for row in rows:
         run_dir = out / row
+        # A row is one shard's whole (stage 1 is shared by its dev and test runs, in run_dir);
+        # rows go round-robin in the fixed ROWS order, so every host agrees and loads balance.
+        mine = shard is None or list(ROWS).index(row) % shard[1] == shard[0]
 
         def run(split, lr, seeds):
             cfg = config(row, args, up, down, split, lr, seeds)
@@ -134,8 +141,9 @@ def main():
                 if stored.get("requested") == cfg and stored.get("code_version") == version:
                     print(f"[{row}] {split} lr={lr:g}: reusing {kept}", file=sys.stderr, flush=True)
                     return stored["downstream"]
-            if args.table_only:
-                raise LookupError(f"{row}: {split} lr={lr:g} not stored")
+            if args.table_only or not mine:
+                raise LookupError(f"{row}: {split} lr={lr:g} not stored"
+                                  + ("" if mine else " (another shard's row)"))
             cfg_path = out / "configs" / f"{row}-{split}-lr{lr:g}.json"
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
             cfg_path.write_text(json.dumps(cfg, indent=2))

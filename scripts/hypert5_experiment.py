@@ -20,6 +20,11 @@ interruption and finished runs are reused.
 
     python3 scripts/hypert5_experiment.py                   # the full grid (many hours on a CPU)
     python3 scripts/hypert5_experiment.py --smoke           # tiny budgets: checks the pipeline
+
+Across machines: `--shard i/n` on each of n hosts sharing `--out` (scripts/expkit.py): each
+pass runs the cells whose inputs are stored (stage 2 and the random-init dev runs first, then
+what starts from them), so repeat the passes until no shard reports cells not stored, then
+`--table-only` prints the table.
 """
 import argparse
 import json
@@ -27,7 +32,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from expkit import Runner, arg_rgstd, std
+from expkit import Runner, arg_rgstd, parse_shard, std
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGE2 = ROOT / "tests/configs/e2e/hypert5-crossfit-stage2.json"
@@ -50,6 +55,8 @@ def main():
     ap.add_argument("--eval-examples", type=int, default=0, help="test subsample (0: all)")
     ap.add_argument("--tasks", default=",".join(UNSEEN))
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="run nothing: tabulate what is stored")
+    ap.add_argument("--shard", help="i/n: make only this shard's runs (hosts sharing --out)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     select_seeds = [int(s) for s in args.select_seeds.split(",")]
@@ -63,12 +70,22 @@ def main():
         unseen, seeds, select_seeds, lrs = unseen[:1], [13], [13], lrs[:2]
         args.steps, args.ft_steps, args.eval_examples = 2, 2, 16
     assert not set(train) & set(unseen), "training and unseen tasks must be disjoint"
-    r = Runner(args.bin, args.out)
+    r = Runner(args.bin, args.out, offline=args.table_only, shard=parse_shard(args.shard))
+    missing = []
+
+    def get(make, label):
+        """A cell's result, or None when it is not stored and not this process's to make
+        (another shard's, `--table-only`) or when an input it needs is such a cell."""
+        try:
+            return make()
+        except LookupError as e:
+            missing.append(f"{label}: {e}")
+            return None
 
     # Stage 2: the hypermodel (with the shared option head), and the multi-task prefix.
     hyper_cfg = json.loads(json.dumps(stage2))
     hyper_cfg["training"].update(steps=args.steps, train_groups=["hyper", "head"])
-    hyper = r.run(hyper_cfg, "stage2-hyper")
+    hyper = get(lambda: r.run(hyper_cfg, "stage2-hyper"), "stage2-hyper")
     prefix_len = stage2["context_encoder"]["config"]["prefix_length"]
     plain = {"name": "gen", "plugin": "prefix", "config": {"prefix_length": prefix_len}}
     shared_cfg = json.loads(json.dumps(stage2))
@@ -76,7 +93,7 @@ def main():
     shared_cfg["modules"] = [plain]
     shared_cfg["training"].update(steps=args.steps, learning_rate=1e-3,
                                   train_groups=["adapter", "head"])
-    shared = r.run(shared_cfg, "stage2-shared")
+    shared = get(lambda: r.run(shared_cfg, "stage2-shared"), "stage2-shared")
 
     def task(name, seed, split):
         t = {"name": name, "split_seed": seed, "head": "option_scoring", "eval_split": split}
@@ -85,6 +102,8 @@ def main():
         return t
 
     def adapted(name, seed):
+        if hyper is None:
+            raise LookupError("stage2-hyper not stored")
         folder = str(Path(args.out) / "adapted" / f"{name}-{seed}-{{key}}")
         return r.command(["adapt", hyper["adapter_folder"], "--task", name, "--split-seed",
                           str(seed), "--out", folder], f"{name} seed {seed}",
@@ -97,6 +116,8 @@ def main():
                             "warmup_steps": 0, "max_length": stage2["training"]["max_length"],
                             "train_groups": ["adapter", "head"], "eval_every": 0}}
         if row == "shared":
+            if shared is None:
+                raise LookupError("stage2-shared not stored")
             cfg["init_from"] = shared["adapter_folder"]
         if row == "hyper":
             cfg["init_from"] = str(Path(adapted(name, seed)["out"]))
@@ -104,33 +125,54 @@ def main():
         last = [e for e in res["report"]["evaluations"] if e["step"] == res["report"]["steps"]]
         return last[0]["score"], res["report"].get("train_seconds", 0.0)
 
-    # Learning rates chosen on dev.
+    # Learning rates chosen on dev (a row's choice waits for all of its dev cells).
     chosen = {}
     for row in TUNED:
-        dev = {lr: statistics.mean(tuned(row, t, s, "dev", lr)[0]
-                                   for t in unseen for s in select_seeds) for lr in lrs}
-        chosen[row] = (max(lrs, key=lambda lr: dev[lr]), dev)
+        dev = {}
+        for lr in lrs:
+            cells = [get(lambda: tuned(row, t, s, "dev", lr)[0], f"{row} dev {t} {s} lr{lr:g}")
+                     for t in unseen for s in select_seeds]
+            if None not in cells:
+                dev[lr] = statistics.mean(cells)
+        if len(dev) == len(lrs):
+            chosen[row] = (max(lrs, key=lambda lr: dev[lr]), dev)
 
     scores = {row: {t: [] for t in unseen} for row in ROWS}
     gen_seconds, ft_seconds = [], []
     for t in unseen:
         for s in seeds:
-            a = adapted(t, s)
-            gen_seconds.append(a["generation_seconds"])
-            ev = str(Path(args.out) / "evals" / f"{t}-{s}-{{key}}.json")
-            e = r.command(["eval", a["out"], "--out", ev]
-                          + (["--eval-examples", str(args.eval_examples)] if args.eval_examples else []),
-                          f"generated {t} seed {s}", lambda key: ev.replace("{key}", key))
-            scores["generated"][t].append(e["evaluation"]["score"])
-            untuned = {"backbone": stage2["backbone"], "modules": [], "task": task(t, s, "test"),
-                       "init_from": a["out"], "training": {"steps": 0}}
-            u = r.run(untuned, f"untuned-{t}-{s}")
-            scores["untuned"][t].append(u["report"]["evaluations"][-1]["score"])
+            a = get(lambda: adapted(t, s), f"adapt {t} {s}")
+            if a is not None:
+                gen_seconds.append(a["generation_seconds"])
+                ev = str(Path(args.out) / "evals" / f"{t}-{s}-{{key}}.json")
+                e = get(lambda: r.command(
+                    ["eval", a["out"], "--out", ev]
+                    + (["--eval-examples", str(args.eval_examples)] if args.eval_examples else []),
+                    f"generated {t} seed {s}", lambda key: ev.replace("{key}", key)),
+                    f"eval generated {t} {s}")
+                if e is not None:
+                    scores["generated"][t].append(e["evaluation"]["score"])
+                untuned = {"backbone": stage2["backbone"], "modules": [],
+                           "task": task(t, s, "test"), "init_from": a["out"],
+                           "training": {"steps": 0}}
+                u = get(lambda: r.run(untuned, f"untuned-{t}-{s}"), f"untuned {t} {s}")
+                if u is not None:
+                    scores["untuned"][t].append(u["report"]["evaluations"][-1]["score"])
             for row in TUNED:
-                score, secs = tuned(row, t, s, "test", chosen[row][0])
-                scores[row][t].append(score)
-                ft_seconds.append(secs)
+                if row not in chosen:
+                    continue
+                got = get(lambda: tuned(row, t, s, "test", chosen[row][0]), f"{row} test {t} {s}")
+                if got is not None:
+                    scores[row][t].append(got[0])
+                    ft_seconds.append(got[1])
 
+    if missing:
+        print(f"{len(missing)} cells not stored (e.g. {missing[0]})"
+              + (": run this shard again once the others have finished their pass"
+                 if args.shard else ""), file=sys.stderr)
+        if len(chosen) < len(TUNED) or any(len(v) < len(seeds) for row in scores.values()
+                                           for v in row.values()):
+            return 0
     print(f"training tasks ({len(train)}): {', '.join(train)}")
     print(f"unseen tasks ({len(unseen)}): {', '.join(unseen)}; split seeds {seeds}; "
           f"{args.steps} stage-2 steps, {args.ft_steps} fine-tuning steps\n")

@@ -8,7 +8,6 @@ use peft_host::{
     data::{self, Example},
     heads::{Head, Output},
     model::Model,
-    train::{self, TaskRun},
 };
 use peft_registry::Registry;
 use peft_tests::*;
@@ -133,22 +132,7 @@ fn t5_hypermodel_generates_three_prefix_kinds_and_every_parameter_gets_a_gradien
 fn t5_hypermodel_alone_learns_a_small_text_to_text_task() {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, task) = setup(tmp.path(), 40);
-    let registry = Registry::with_static_plugins().unwrap();
-    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
-    let runs = [TaskRun {
-        task: &task,
-        head: Head::resolve(&cfg.task, &task, "head").unwrap(),
-    }];
-    let r = train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
-    let mean = |s: &[(usize, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
-    let (first, last) = (mean(&r.losses[..5]), mean(&r.losses[35..]));
+    let (_, first, last) = train_one_task(&cfg, &task, 5);
     eprintln!("T5 hypermodel, hyper only: loss {first:.3} -> {last:.3}");
     assert!(last < 0.7 * first, "loss {first} -> {last}");
 }

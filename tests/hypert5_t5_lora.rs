@@ -11,7 +11,6 @@ use peft_host::{
     data::{self, Example},
     heads::{Head, Output},
     model::Model,
-    train::{self, TaskRun},
 };
 use peft_registry::Registry;
 use peft_tests::*;
@@ -256,22 +255,7 @@ fn generated_lora_equals_a_lora_module_holding_the_same_a_and_b() {
 fn t5_lora_hypermodel_alone_learns_a_small_text_to_text_task() {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, task) = setup(tmp.path(), json!(["lora"]), lora_modules(), 0.05, 40);
-    let registry = Registry::with_static_plugins().unwrap();
-    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
-    let runs = [TaskRun {
-        task: &task,
-        head: Head::resolve(&cfg.task, &task, "head").unwrap(),
-    }];
-    let r = train::train_tasks(
-        &model,
-        &runs,
-        &cfg,
-        &Default::default(),
-        &Default::default(),
-    )
-    .unwrap();
-    let mean = |s: &[(usize, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
-    let (first, last) = (mean(&r.losses[..5]), mean(&r.losses[35..]));
+    let (r, first, last) = train_one_task(&cfg, &task, 5);
     eprintln!(
         "T5 LoRA hypermodel, hyper only ({} parameters): loss {first:.3} -> {last:.3}, {:.2} s/step",
         r.trainable_parameters, r.seconds_per_step

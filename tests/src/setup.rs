@@ -129,6 +129,22 @@ pub fn train_runs(model: &Model<B>, runs: &[TaskRun<'_>], cfg: &RunConfig) -> Tr
         .unwrap()
 }
 
+/// Builds `cfg`'s model with the built-in plugins and trains it on `task` with `cfg.task`'s
+/// head; also returns the mean loss of the first and of the last `k` steps.
+pub fn train_one_task(
+    cfg: &RunConfig,
+    task: &peft_host::data::Task,
+    k: usize,
+) -> (TrainReport, f64, f64) {
+    let registry = peft_registry::Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(cfg, &registry, &Default::default(), 0).unwrap();
+    let head = peft_host::heads::Head::resolve(&cfg.task, task, "head").unwrap();
+    let r = train_runs(&model, &[TaskRun { task, head }], cfg);
+    let mean = |s: &[(usize, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&r.losses[..k]), mean(&r.losses[r.losses.len() - k..]));
+    (r, first, last)
+}
+
 /// A word-level `tokenizer.json` (lower-cased, whitespace and punctuation split) over the words
 /// of `texts`, with the special tokens first and `template` around every sequence: what a tiny
 /// encoder-decoder of 256 tokens can read.

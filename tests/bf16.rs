@@ -144,25 +144,14 @@ fn module_gradients_through_bf16_layers_equal_rounded_f32() {
         DType::F32,
         "a trainable backbone weight is widened to f32"
     );
-    let names: Vec<String> = bf
-        .params
-        .borrow()
-        .trainable()
-        .map(|p| p.name.clone())
-        .collect();
+    let names = trainable_names(&bf);
     assert!(
         names.iter().any(|n| n.starts_with("houlsby."))
             && names.iter().any(|n| n.starts_with("lora."))
     );
     let run = |m: &Model<B>| {
         let batch = m.tokenize(&sentences(), 32, &Default::default()).unwrap();
-        // Without dropout: its masks come from the backend's global generator.
-        let g = HostGraph::new(&m.params, false);
-        let hooks = Hooks::new(&g, &m.modules);
-        let h = bert_last_hidden(m, &hooks, &batch);
-        let loss = (h.clone() * h.clone()).sum() + h.clone().tanh().sum();
-        let grads = loss.backward();
-        (vals(h), param_grads(m, &names, &grads))
+        bert_probe(m, &m.modules, &batch, &names)
     };
     let (hb, gb) = run(&bf);
     let (hf, gf) = run(&f);

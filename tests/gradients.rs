@@ -2,7 +2,7 @@
 use burn::tensor::{activation, Tensor, TensorData};
 use peft_api::Ctx;
 use peft_host::{
-    backbone::{Hooks, SiteModules},
+    backbone::SiteModules,
     bridge::{
         value::{fp, ft},
         HostGraph, Value,
@@ -64,22 +64,10 @@ fn houlsby_through_the_op_api_matches_native_burn() {
             &Default::default(),
         )
         .unwrap();
-    let names: Vec<String> = model
-        .params
-        .borrow()
-        .trainable()
-        .map(|p| p.name.clone())
-        .collect();
+    let names = trainable_names(&model);
     assert_eq!(names.len(), 2 * 2 * 4, "2 layers x 2 positions x 4 tensors");
 
-    let run = |modules: &dyn SiteModules<B>| -> (Vec<f32>, Vec<Vec<f32>>) {
-        let graph = HostGraph::new(&model.params, false);
-        let hooks = Hooks::new(&graph, modules);
-        let h = bert_last_hidden(&model, &hooks, &batch);
-        let loss = (h.clone() * h.clone()).sum() + h.clone().tanh().sum();
-        let grads = loss.backward();
-        (vals(h), param_grads(&model, &names, &grads))
-    };
+    let run = |modules: &dyn SiteModules<B>| bert_probe(&model, modules, &batch, &names);
     let (h_api, g_api) = run(&model.modules);
     let (h_native, g_native) = run(&NativeHoulsby);
     assert!(

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use peft_host::{
-    bridge::{value::ft, HostGraph, Value},
+    bridge::{value::ft, HostGraph},
     config::RunConfig,
     data::caclm::Window,
-    heads::{Head, Output},
+    heads::Head,
     model::Model,
     run::{run_generic, RunFlags},
 };
@@ -111,13 +111,6 @@ fn caclm_config(dir: &Path, docs: usize, steps: usize) -> serde_json::Value {
     })
 }
 
-fn float(v: &Value<B>) -> burn::tensor::ops::FloatTensor<B> {
-    match v {
-        Value::Float(f) => f.clone(),
-        Value::Int(_) => panic!("expected a float context tensor"),
-    }
-}
-
 #[test]
 fn a_caclm_pass_reads_a_and_d_and_reaches_every_hypermodel_parameter() {
     let tmp = tempfile::tempdir().unwrap();
@@ -126,13 +119,7 @@ fn a_caclm_pass_reads_a_and_d_and_reaches_every_hypermodel_parameter() {
     raw["context_encoder"]["config"]["generate"] = json!(["prefix", "lora"]);
     raw["context_encoder"]["config"]["lora_rank"] = json!(2);
     raw["context_encoder"]["config"]["consumers"] = json!(["pe", "pd", "pc", "le", "ld", "lc"]);
-    let lora = |name: &str, stack: &str, t: Option<[&str; 2]>, ctx: &str| {
-        let mut c = json!({ "rank": 2, "stack": stack, "from_context": ctx });
-        if let Some(t) = t {
-            c["targets"] = json!(t);
-        }
-        json!({ "name": name, "plugin": "lora", "config": c })
-    };
+    let lora = |name, stack, t, ctx| generated_lora(name, stack, t, ctx, 2);
     let m = raw["modules"].as_array_mut().unwrap();
     m.push(lora("le", "encoder", None, "hypert5.lora_encoder"));
     m.push(lora(
@@ -181,25 +168,19 @@ fn a_caclm_pass_reads_a_and_d_and_reaches_every_hypermodel_parameter() {
     {
         let ctx = graph.context.borrow();
         // The hypermodel read two sequences, A and D: 12 words and `</s>` each.
-        let ex = ft::<B, 3>(float(&ctx["hypert5.examples"])).dims();
+        let ex = ft::<B, 3>(float_value(&ctx["hypert5.examples"])).dims();
         assert_eq!(ex, [2, 13, 64]);
         assert_eq!(
-            ft::<B, 4>(float(&ctx["hypert5.prefix_cross"])).dims(),
+            ft::<B, 4>(float_value(&ctx["hypert5.prefix_cross"])).dims(),
             [2, 2, 2, 64]
         );
         assert_eq!(
-            ft::<B, 4>(float(&ctx["hypert5.lora_encoder_B"])).dims(),
+            ft::<B, 4>(float_value(&ctx["hypert5.lora_encoder_B"])).dims(),
             [2, 2, 64, 2]
         );
     }
     let head = Head::TextToText { max_new_tokens: 4 };
-    let Output::Loss(l) = head
-        .forward(&model, &graph, &task, &batch, 48, &Default::default())
-        .unwrap()
-    else {
-        panic!("text-to-text answers with its loss")
-    };
-    let grads = l.mean().backward();
+    let grads = text_to_text_loss(&head, &model, &graph, &task, &batch, 48).backward();
     let n = assert_gradient_reaches_every_trainable(&model, "hyper", &grads);
     assert_eq!(n, 63 + 12);
 }

@@ -6,7 +6,7 @@ use peft_host::{
     bridge::HostGraph,
     config::RunConfig,
     data::{self, Example},
-    heads::{Head, Output},
+    heads::Head,
     model::Model,
 };
 use peft_registry::Registry;
@@ -85,12 +85,9 @@ fn t5_hypermodel_generates_three_prefix_kinds_and_every_parameter_gets_a_gradien
     // examples as `input answer` pairs.
     {
         let ctx = graph.context.borrow();
-        let got = match &ctx["hypert5.examples"] {
-            peft_host::bridge::Value::Float(f) => {
-                vals(peft_host::bridge::value::ft::<B, 3>(f.clone()))
-            }
-            _ => panic!("examples: not a float tensor"),
-        };
+        let got = vals(peft_host::bridge::value::ft::<B, 3>(float_value(
+            &ctx["hypert5.examples"],
+        )));
         let mut plain_cfg = cfg.clone();
         plain_cfg.modules.clear();
         plain_cfg.context_encoder = None;
@@ -102,26 +99,14 @@ fn t5_hypermodel_generates_three_prefix_kinds_and_every_parameter_gets_a_gradien
         let tb = plain.tokenize(&texts, 32, &Default::default()).unwrap();
         let g = HostGraph::inference(&plain.params);
         let want = vals(plain.encode(&g, &tb).unwrap());
-        assert_eq!(got.len(), want.len());
-        let d = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = max_diff(&got, &want);
         assert!(
             d < 1e-4,
             "hypermodel encoder differs from the backbone's by {d}"
         );
     }
     let head = Head::resolve(&cfg.task, &task, "head").unwrap();
-    let loss = match head
-        .forward(&model, &graph, &task, &batch, 48, &Default::default())
-        .unwrap()
-    {
-        Output::Loss(l) => l.mean(),
-        _ => panic!("text-to-text answers with its loss"),
-    };
-    let grads = loss.backward();
+    let grads = text_to_text_loss(&head, &model, &graph, &task, &batch, 48).backward();
     let n = assert_gradient_reaches_every_trainable(&model, "hyper", &grads);
     // Encoder: 2 position tables + 2 × (4 attention + norm + 3 FFN + norm) + final norm per
     // stack (decoder blocks add cross-attention and its norm), queries, 3 heads × 4.

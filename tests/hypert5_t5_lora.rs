@@ -6,10 +6,10 @@
 //! a small text-to-text task learnt with only the hypermodel training, and the config errors.
 use burn::tensor::Tensor;
 use peft_host::{
-    bridge::{value::ft, HostGraph, Value},
+    bridge::{value::ft, HostGraph},
     config::RunConfig,
     data::{self, Example},
-    heads::{Head, Output},
+    heads::Head,
     model::Model,
 };
 use peft_registry::Registry;
@@ -19,11 +19,7 @@ use serde_json::json;
 const RANK: usize = 2;
 
 fn lora(name: &str, stack: &str, targets: Option<[&str; 2]>, ctx: &str) -> serde_json::Value {
-    let mut c = json!({ "rank": RANK, "stack": stack, "from_context": ctx });
-    if let Some(t) = targets {
-        c["targets"] = json!(t);
-    }
-    json!({ "name": name, "plugin": "lora", "config": c })
+    generated_lora(name, stack, targets, ctx, RANK)
 }
 
 /// The three LoRA consumers: encoder q/v, decoder self-attention q/v, cross-attention q/v.
@@ -103,13 +99,6 @@ fn setup(
     (cfg, sst)
 }
 
-fn float(v: &Value<B>) -> burn::tensor::ops::FloatTensor<B> {
-    match v {
-        Value::Float(f) => f.clone(),
-        Value::Int(_) => panic!("expected a float context tensor"),
-    }
-}
-
 #[test]
 fn t5_hypermodel_generates_prefix_and_lora_and_every_parameter_gets_a_gradient() {
     let tmp = tempfile::tempdir().unwrap();
@@ -136,7 +125,7 @@ fn t5_hypermodel_generates_prefix_and_lora_and_every_parameter_gets_a_gradient()
         // 2 layers per stack, d_model 64, 4 heads of 16 (inner 64), rank 2.
         let ctx = graph.context.borrow();
         for n in &enc.outputs {
-            let dims = ft::<B, 4>(float(&ctx[n])).dims();
+            let dims = ft::<B, 4>(float_value(&ctx[n])).dims();
             let want = if n.contains("prefix") {
                 [2, 2, 2, 64]
             } else if n.ends_with("_A") {
@@ -147,26 +136,17 @@ fn t5_hypermodel_generates_prefix_and_lora_and_every_parameter_gets_a_gradient()
             assert_eq!(dims, want, "{n}");
         }
         // One query per generated kind, attention kind and layer.
-        let summary = ft::<B, 2>(float(&ctx["hypert5.summary"])).dims();
+        let summary = ft::<B, 2>(float_value(&ctx["hypert5.summary"])).dims();
         assert_eq!(summary, [2 * (2 + 2 + 2), 64]);
     }
     let head = Head::resolve(&cfg.task, &task, "head").unwrap();
-    let loss = match head
-        .forward(&model, &graph, &task, &batch, 48, &Default::default())
-        .unwrap()
-    {
-        Output::Loss(l) => l.mean(),
-        _ => panic!("text-to-text answers with its loss"),
-    };
-    let grads = loss.backward();
+    let grads = text_to_text_loss(&head, &model, &graph, &task, &batch, 48).backward();
     let n = assert_gradient_reaches_every_trainable(&model, "hyper", &grads);
     // The prefix-only hypermodel's 63 tensors (see hypert5_t5.rs), and 3 LoRA heads × 4.
     assert_eq!(n, 63 + 12);
-    let lora_heads = model
-        .params
-        .borrow()
-        .trainable()
-        .filter(|p| p.name.starts_with("hypert5.head.lora_"))
+    let lora_heads = trainable_names(&model)
+        .iter()
+        .filter(|n| n.starts_with("hypert5.head.lora_"))
         .count();
     assert_eq!(lora_heads, 12);
 }
@@ -238,7 +218,7 @@ fn generated_lora_equals_a_lora_module_holding_the_same_a_and_b() {
     // The value B of decoder cross-attention layer 1 is slot [1, 1] of `lora_cross_B`.
     let gen_b = {
         let v = enc.generated(&gen, &task).unwrap();
-        vals(ft::<B, 4>(float(
+        vals(ft::<B, 4>(float_value(
             &v.iter()
                 .find(|(n, _)| n == "hypert5.lora_cross_B")
                 .unwrap()
@@ -282,15 +262,7 @@ fn lora_consumers_that_would_share_a_generated_slot_are_refused() {
         "{msg}"
     );
     // Every T5 output must be read: without the cross-attention consumer the run is refused.
-    let modules = vec![
-        lora("le", "encoder", None, "hypert5.lora_encoder"),
-        lora(
-            "ld",
-            "decoder",
-            Some(["SelfAttention.q", "SelfAttention.v"]),
-            "hypert5.lora_decoder",
-        ),
-    ];
+    let modules = lora_modules()[..2].to_vec();
     let (cfg, _) = setup(tmp.path(), json!(["lora"]), modules, 0.05, 1);
     let err = Model::<B>::build(&cfg, &registry, &Default::default(), 0)
         .err()

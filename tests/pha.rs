@@ -237,12 +237,7 @@ fn gradients_through_the_op_api_match_native_burn() {
     .collect();
     let batch = m.tokenize(&texts, 16, &Default::default()).unwrap();
     let ids = vec![0i64, 1, 0, 2, 1];
-    let names: Vec<String> = m
-        .params
-        .borrow()
-        .trainable()
-        .map(|p| p.name.clone())
-        .collect();
+    let names = trainable_names(&m);
     assert_eq!(
         names.len(),
         2 * 4 + 4 + 1 + 1 + 2 + 6,

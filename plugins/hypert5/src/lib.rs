@@ -86,15 +86,17 @@ impl HyperT5 {
         v
     }
 
-    /// Output width of one kind's head, per layer.
-    fn out_width(&self, g: Generated) -> usize {
-        let (h, kv) = (
+    /// Output width per layer of one generated kind's heads: `2 P inner` (prefix keys and
+    /// values), `2 r (d_model + inner)` (A `[r, d_model]` and B `[inner, r]` of `q` and `v`).
+    /// BERT-family backbones have inner = d_model; T5's may differ.
+    pub(crate) fn out_width(&self, g: Generated) -> usize {
+        let (d, inner) = (
             self.info.hidden_size,
             self.info.num_heads * self.info.head_dim,
         );
         match g {
-            Generated::Prefix => 2 * self.config.prefix_length * kv,
-            Generated::Lora => 2 * 2 * self.config.lora_rank * h,
+            Generated::Prefix => 2 * self.config.prefix_length * inner,
+            Generated::Lora => 2 * self.config.lora_rank * (d + inner),
         }
     }
 

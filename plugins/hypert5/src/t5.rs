@@ -59,19 +59,6 @@ impl HyperT5 {
         v
     }
 
-    /// Output width per layer of one generated kind's heads: `2 P inner` (prefix keys and
-    /// values), `2 r (d_model + inner)` (A `[r, d_model]` and B `[inner, r]` of `q` and `v`).
-    fn t5_width(&self, g: Generated) -> usize {
-        let (d, inner) = (
-            self.info.hidden_size,
-            self.info.num_heads * self.info.head_dim,
-        );
-        match g {
-            Generated::Prefix => 2 * self.config.prefix_length * inner,
-            Generated::Lora => 2 * self.config.lora_rank * (d + inner),
-        }
-    }
-
     /// Layers of each stack in the hypermodel and whether the FFN is gated (T5 v1.1).
     pub(crate) fn attach_t5(&mut self, ctx: &Ctx<'_>, backbone: &BackboneInfo) -> Result<()> {
         let (le, ld) = (backbone.num_layers, backbone.num_decoder_layers);
@@ -131,7 +118,7 @@ impl HyperT5 {
             Init::Normal { mean: 0.0, std },
         )?;
         for g in self.kinds() {
-            let out = self.t5_width(g);
+            let out = self.out_width(g);
             for (att, _) in ATTENTIONS {
                 self.create_head(ctx, &stem(g, att), h, out)?;
             }

@@ -93,6 +93,7 @@ class Runner:
         self.offline = offline
         # (i, n): only requests hashing to shard i are run here; others not stored are missing.
         self.shard = shard
+        self.missing = []  # "label: reason" of each cell `attempt` could not get
         self.version = subprocess.run([binary, "--version"], check=True, capture_output=True,
                                       text=True).stdout.split()[-1]
 
@@ -114,6 +115,15 @@ class Runner:
                                    "result": result}, indent=1))
         tmp.replace(path)
         return result
+
+    def attempt(self, make, label):
+        """`make()`, or None when a run it needs is not stored and not this process's to make
+        (`--table-only`, another shard's); the cell is then recorded in `missing`."""
+        try:
+            return make()
+        except LookupError as e:
+            self.missing.append(f"{label}: {e}")
+            return None
 
     def run(self, cfg, label):
         """`peft-host run` of a config: its result.json, and the adapter folder's path."""

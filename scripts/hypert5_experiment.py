@@ -71,16 +71,7 @@ def main():
         args.steps, args.ft_steps, args.eval_examples = 2, 2, 16
     assert not set(train) & set(unseen), "training and unseen tasks must be disjoint"
     r = Runner(args.bin, args.out, offline=args.table_only, shard=parse_shard(args.shard))
-    missing = []
-
-    def get(make, label):
-        """A cell's result, or None when it is not stored and not this process's to make
-        (another shard's, `--table-only`) or when an input it needs is such a cell."""
-        try:
-            return make()
-        except LookupError as e:
-            missing.append(f"{label}: {e}")
-            return None
+    get, missing = r.attempt, r.missing
 
     # Stage 2: the hypermodel (with the shared option head), and the multi-task prefix.
     hyper_cfg = json.loads(json.dumps(stage2))

@@ -77,14 +77,9 @@ class Experiment:
     def __init__(self, args):
         self.a = args
         self.r = Runner(args.bin, args.out, offline=args.table_only, shard=parse_shard(args.shard))
-        self.missing = []
 
     def try_run(self, cfg, label):
-        try:
-            return self.r.run(cfg, label)
-        except LookupError:
-            self.missing.append(label)
-            return None
+        return self.r.attempt(lambda: self.r.run(cfg, label), label)
 
     def glue_cfg(self, module, groups, n, seed, lr, dev):
         a = self.a
@@ -292,7 +287,7 @@ def main():
     if 1 in a.experiments:
         for n in a.ns[1:]:
             glue(n)
-    res["missing"] = ex.missing
+    res["missing"] = ex.r.missing
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     md = tables(res, a)
@@ -301,8 +296,8 @@ def main():
     if svg:
         (out / "low-data.svg").write_text(svg)
     print(md)
-    if ex.missing:
-        print(f"\n{len(ex.missing)} runs not stored (e.g. {ex.missing[0]})"
+    if ex.r.missing:
+        print(f"\n{len(ex.r.missing)} runs not stored (e.g. {ex.r.missing[0]})"
               + (": run this shard again once the others have finished their pass" if a.shard else ""),
               file=sys.stderr)
 

@@ -69,38 +69,13 @@ fn corpus(dir: &Path, docs: usize, words: usize) -> (PathBuf, Vec<String>) {
     corpus_with(dir, docs, words, None)
 }
 
-fn prefix_modules() -> serde_json::Value {
-    let prefix = |name: &str, stack: &str, role: Option<&str>, ctx: &str| {
-        let mut c = json!({ "prefix_length": 2, "stack": stack, "from_context": ctx });
-        if let Some(r) = role {
-            c["roles"] = json!([r]);
-        }
-        json!({ "name": name, "plugin": "prefix", "config": c })
-    };
-    json!([
-        prefix("pe", "encoder", None, "hypert5.prefix_encoder"),
-        prefix(
-            "pd",
-            "decoder",
-            Some("self_attention"),
-            "hypert5.prefix_decoder"
-        ),
-        prefix(
-            "pc",
-            "decoder",
-            Some("cross_attention"),
-            "hypert5.prefix_cross"
-        ),
-    ])
-}
-
 /// A CACLM config on the tiny T5: windows of 12 + 4 + 8 + 12 words.
 fn caclm_config(dir: &Path, docs: usize, steps: usize) -> serde_json::Value {
     let (path, vocab) = corpus(dir, docs, 72);
     let tok = word_tokenizer(dir, &["<pad>", "</s>", "<unk>"], &["$A", "</s>"], &vocab);
     json!({
         "backbone": { "path": fixture("t5-v1_1-tiny"), "tokenizer": tok },
-        "modules": prefix_modules(),
+        "modules": t5_prefix_consumers(),
         "context_encoder": { "plugin": "hypert5", "config": {
             "generate": ["prefix"], "prefix_length": 2, "head_hidden": 16, "k": 2,
             "max_length": 32, "out_init_std": 0.05, "consumers": ["pe", "pd", "pc"] } },
@@ -119,21 +94,10 @@ fn a_caclm_pass_reads_a_and_d_and_reaches_every_hypermodel_parameter() {
     raw["context_encoder"]["config"]["generate"] = json!(["prefix", "lora"]);
     raw["context_encoder"]["config"]["lora_rank"] = json!(2);
     raw["context_encoder"]["config"]["consumers"] = json!(["pe", "pd", "pc", "le", "ld", "lc"]);
-    let lora = |name, stack, t, ctx| generated_lora(name, stack, t, ctx, 2);
-    let m = raw["modules"].as_array_mut().unwrap();
-    m.push(lora("le", "encoder", None, "hypert5.lora_encoder"));
-    m.push(lora(
-        "ld",
-        "decoder",
-        Some(["SelfAttention.q", "SelfAttention.v"]),
-        "hypert5.lora_decoder",
-    ));
-    m.push(lora(
-        "lc",
-        "decoder",
-        Some(["EncDecAttention.q", "EncDecAttention.v"]),
-        "hypert5.lora_cross",
-    ));
+    raw["modules"]
+        .as_array_mut()
+        .unwrap()
+        .extend(t5_lora_consumers(2));
     let cfg: RunConfig = serde_json::from_value(raw).unwrap();
     let spec = cfg.caclm.clone().unwrap();
     let (train, eval) = peft_host::data::caclm::load(&spec).unwrap();

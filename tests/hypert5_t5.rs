@@ -14,36 +14,16 @@ use peft_tests::*;
 use serde_json::json;
 
 fn setup(dir: &std::path::Path, steps: usize) -> (RunConfig, data::Task) {
-    let data_dir = data::data_dir(None).unwrap();
-    let mut sst = data::load_task(&data_dir, "glue-sst2", 8, 0, 13, 5).unwrap();
-    sst.eval = sst.train[..4].to_vec();
-    let mut texts: Vec<String> = sst.train.iter().map(|e| e.text_a.clone()).collect();
-    texts.extend(sst.labels.iter().cloned());
-    texts.push("sep".into());
-    let tok = word_tokenizer(dir, &["<pad>", "</s>", "<unk>"], &["$A", "</s>"], &texts);
-    let prefix = |name: &str, stack: &str, role: Option<&str>, ctx: &str| {
-        let mut c = json!({ "prefix_length": 2, "stack": stack, "from_context": ctx });
-        if let Some(r) = role {
-            c["roles"] = json!([r]);
-        }
-        json!({ "name": name, "plugin": "prefix", "config": c })
-    };
-    let cfg: RunConfig = serde_json::from_value(json!({
-        "backbone": { "path": fixture("t5-v1_1-tiny"), "tokenizer": tok },
-        "modules": [
-            prefix("pe", "encoder", None, "hypert5.prefix_encoder"),
-            prefix("pd", "decoder", Some("self_attention"), "hypert5.prefix_decoder"),
-            prefix("pc", "decoder", Some("cross_attention"), "hypert5.prefix_cross"),
-        ],
-        "context_encoder": { "plugin": "hypert5", "config": {
-            "generate": ["prefix"], "prefix_length": 2, "head_hidden": 16, "k": 4,
-            "max_length": 32, "out_init_std": 0.05, "consumers": ["pe", "pd", "pc"] } },
-        "task": { "head": "text_to_text", "max_new_tokens": 4 },
-        "training": { "steps": steps, "batch_size": 4, "learning_rate": 3e-3, "max_length": 48,
-                      "train_groups": ["hyper"] }
-    }))
-    .unwrap();
-    (cfg, sst)
+    t5_hyper_setup(
+        dir,
+        T5Hyper {
+            generate: json!(["prefix"]),
+            modules: t5_prefix_consumers(),
+            encoder: json!({ "prefix_length": 2, "head_hidden": 16, "out_init_std": 0.05 }),
+            steps,
+            extra_words: &["sep"],
+        },
+    )
 }
 
 #[test]

@@ -18,56 +18,11 @@ use serde_json::json;
 
 const RANK: usize = 2;
 
-fn lora(name: &str, stack: &str, targets: Option<[&str; 2]>, ctx: &str) -> serde_json::Value {
-    generated_lora(name, stack, targets, ctx, RANK)
-}
-
-/// The three LoRA consumers: encoder q/v, decoder self-attention q/v, cross-attention q/v.
 fn lora_modules() -> Vec<serde_json::Value> {
-    vec![
-        lora("le", "encoder", None, "hypert5.lora_encoder"),
-        lora(
-            "ld",
-            "decoder",
-            Some(["SelfAttention.q", "SelfAttention.v"]),
-            "hypert5.lora_decoder",
-        ),
-        lora(
-            "lc",
-            "decoder",
-            Some(["EncDecAttention.q", "EncDecAttention.v"]),
-            "hypert5.lora_cross",
-        ),
-    ]
+    t5_lora_consumers(RANK)
 }
 
-fn prefix_modules() -> Vec<serde_json::Value> {
-    let prefix = |name: &str, stack: &str, role: Option<&str>, ctx: &str| {
-        let mut c = json!({ "prefix_length": 2, "stack": stack, "from_context": ctx });
-        if let Some(r) = role {
-            c["roles"] = json!([r]);
-        }
-        json!({ "name": name, "plugin": "prefix", "config": c })
-    };
-    vec![
-        prefix("pe", "encoder", None, "hypert5.prefix_encoder"),
-        prefix(
-            "pd",
-            "decoder",
-            Some("self_attention"),
-            "hypert5.prefix_decoder",
-        ),
-        prefix(
-            "pc",
-            "decoder",
-            Some("cross_attention"),
-            "hypert5.prefix_cross",
-        ),
-    ]
-}
-
-/// Eight SST-2 sentences as a text-to-text task on the tiny T5 with a word tokenizer, and a
-/// run config generating `generate` for `modules`.
+/// The shared tiny-T5 set-up generating `generate` for `modules`, LoRA at rank `RANK`.
 fn setup(
     dir: &std::path::Path,
     generate: serde_json::Value,
@@ -75,34 +30,24 @@ fn setup(
     out_std: f64,
     steps: usize,
 ) -> (RunConfig, data::Task) {
-    let data_dir = data::data_dir(None).unwrap();
-    let mut sst = data::load_task(&data_dir, "glue-sst2", 8, 0, 13, 5).unwrap();
-    sst.eval = sst.train[..4].to_vec();
-    let mut texts: Vec<String> = sst.train.iter().map(|e| e.text_a.clone()).collect();
-    texts.extend(sst.labels.iter().cloned());
-    let tok = word_tokenizer(dir, &["<pad>", "</s>", "<unk>"], &["$A", "</s>"], &texts);
-    let consumers: Vec<String> = modules
-        .iter()
-        .map(|m| m["name"].as_str().unwrap().to_string())
-        .collect();
-    let cfg: RunConfig = serde_json::from_value(json!({
-        "backbone": { "path": fixture("t5-v1_1-tiny"), "tokenizer": tok },
-        "modules": modules,
-        "context_encoder": { "plugin": "hypert5", "config": {
-            "generate": generate, "prefix_length": 2, "lora_rank": RANK, "head_hidden": 16,
-            "k": 4, "max_length": 32, "out_init_std": out_std, "consumers": consumers } },
-        "task": { "head": "text_to_text", "max_new_tokens": 4 },
-        "training": { "steps": steps, "batch_size": 4, "learning_rate": 3e-3, "max_length": 48,
-                      "train_groups": ["hyper"] }
-    }))
-    .unwrap();
-    (cfg, sst)
+    let encoder = json!({ "prefix_length": 2, "lora_rank": RANK, "head_hidden": 16,
+                          "out_init_std": out_std });
+    t5_hyper_setup(
+        dir,
+        T5Hyper {
+            generate,
+            modules,
+            encoder,
+            steps,
+            extra_words: &[],
+        },
+    )
 }
 
 #[test]
 fn t5_hypermodel_generates_prefix_and_lora_and_every_parameter_gets_a_gradient() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut modules = prefix_modules();
+    let mut modules = t5_prefix_consumers();
     modules.extend(lora_modules());
     let (cfg, task) = setup(tmp.path(), json!(["prefix", "lora"]), modules, 0.05, 1);
     let registry = Registry::with_static_plugins().unwrap();
@@ -249,8 +194,8 @@ fn lora_consumers_that_would_share_a_generated_slot_are_refused() {
     let registry = Registry::with_static_plugins().unwrap();
     // Decoder q/v of self- and cross-attention in one module: both are layer l's query.
     let modules = vec![
-        lora("le", "encoder", None, "hypert5.lora_encoder"),
-        lora("ld", "decoder", None, "hypert5.lora_decoder"),
+        generated_lora("le", "encoder", None, "hypert5.lora_encoder", RANK),
+        generated_lora("ld", "decoder", None, "hypert5.lora_decoder", RANK),
     ];
     let (cfg, _) = setup(tmp.path(), json!(["lora"]), modules, 0.05, 1);
     let err = Model::<B>::build(&cfg, &registry, &Default::default(), 0)

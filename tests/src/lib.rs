@@ -1,7 +1,9 @@
 //! Shared helpers of the workspace integration tests.
 use std::path::{Path, PathBuf};
 
+mod hypert5;
 mod setup;
+pub use hypert5::*;
 pub use setup::*;
 
 pub type B = peft_host::device::Cpu;

@@ -50,12 +50,8 @@ fn t5_hypermodel_generates_three_prefix_kinds_and_every_parameter_gets_a_gradien
         // [layers, key/value, P, heads * d_kv]: 2 layers per stack, 4 heads of 16.
         let ctx = graph.context.borrow();
         for n in &enc.outputs {
-            let v = match &ctx[n] {
-                peft_host::bridge::Value::Float(f) => f.clone(),
-                _ => panic!("{n}: not a float tensor"),
-            };
             assert_eq!(
-                peft_host::bridge::value::ft::<B, 4>(v).dims(),
+                peft_host::bridge::value::ft::<B, 4>(float_value(&ctx[n])).dims(),
                 [2, 2, 2, 64],
                 "{n}"
             );

@@ -294,5 +294,48 @@ pub fn run_name(cfg: &RunConfig) -> String {
         .map(|t| t.name.replace('/', "-"))
         .collect();
     let modules: Vec<String> = cfg.modules.iter().map(|m| m.instance_name()).collect();
-    format!("{}-{}-seed{}", tasks.join("+"), modules.join("+"), cfg.seed)
+    format!(
+        "{}-{}-seed{}",
+        short_list(&tasks),
+        short_list(&modules),
+        cfg.seed
+    )
+}
+
+/// The most bytes a list may take in a run's folder name: file systems refuse names over 255
+/// bytes, and a stage-2 run over 30 CrossFit tasks joins to ~400.
+const MAX_LIST_BYTES: usize = 96;
+
+/// `a+b+c`, or, when that is longer than [`MAX_LIST_BYTES`], the first name, the count of the
+/// others and a hash of the whole list (`a+29more-1f2e3d4c`), so that different lists still get
+/// different folders.
+fn short_list(names: &[String]) -> String {
+    let joined = names.join("+");
+    if joined.len() <= MAX_LIST_BYTES || names.len() < 2 {
+        return joined;
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = joined.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let first: String = names[0].chars().take(48).collect();
+    format!("{first}+{}more-{:08x}", names.len() - 1, hash as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_list;
+
+    #[test]
+    fn long_task_lists_get_a_short_distinct_folder_name() {
+        let few: Vec<String> = ["glue-sst2", "glue-rte"].map(String::from).to_vec();
+        assert_eq!(short_list(&few), "glue-sst2+glue-rte");
+        let many: Vec<String> = (0..30).map(|i| format!("crossfit-task-{i}")).collect();
+        let name = short_list(&many);
+        assert!(name.starts_with("crossfit-task-0+29more-"), "{name}");
+        assert!(name.len() <= 96, "{name}");
+        let mut other = many.clone();
+        other[29] = "another-task".into();
+        assert_ne!(short_list(&other), name);
+    }
 }

@@ -18,10 +18,13 @@
    13/21/42/87/100 by seed, scored on the test file; 32 shots do not exist there) at `--shots`,
    `--transfer-seeds`: PHA from the retrieved prototype, PHA from a random prototype (both fine-tune
    prototype + hypernetwork + head), and the multi-task Houlsby fine-tuned (`init_from`; adapter +
-   head). A fixed rate `--ft-lr` for all rows (not chosen on dev).
-3. Ablations at the first N with PHA's chosen rate: `retrieval_loss: false` (without L_IR) and
-   `prototype_loss: false` (without prototypes: the k_i become plain task embeddings learned
-   through the task loss only, what hyperformer-style methods do).
+   head). The fine-tuning rate: `--ft-lr` for every row, or, with `--ft-select-lr`, per row and
+   k the candidate with the best mean dev score over the transfer tasks (FewGLUE's `dev32` file
+   for CB and BoolQ, the split's 16-example `_dev` file for SciTail; first transfer seed).
+3. Ablations at the first N, each variant choosing its rate on train-holdout as the methods do:
+   `retrieval_loss: false` (without L_IR) and `prototype_loss: false` (without prototypes: the
+   k_i become plain task embeddings learned through the task loss only, what hyperformer-style
+   methods do).
 4. The task x prototype cosine heat map after training: every PHA run writes retrieval.json /
    retrieval.svg; copied here with the mean over seeds as a table.
 
@@ -77,9 +80,14 @@ class Experiment:
     def __init__(self, args):
         self.a = args
         self.r = Runner(args.bin, args.out, offline=args.table_only, shard=parse_shard(args.shard))
+        # Experiment 2 may run on another build (`--transfer-bin`): it only reads experiment 1's
+        # adapter folders, so those are not remade.
+        self.rt = (Runner(args.transfer_bin, args.out, offline=args.table_only,
+                          shard=parse_shard(args.shard)) if args.transfer_bin else self.r)
 
-    def try_run(self, cfg, label):
-        return self.r.attempt(lambda: self.r.run(cfg, label), label)
+    def try_run(self, cfg, label, transfer=False):
+        r = self.rt if transfer else self.r
+        return r.attempt(lambda: r.run(cfg, label), label)
 
     def glue_cfg(self, module, groups, n, seed, lr, dev):
         a = self.a
@@ -137,15 +145,17 @@ class Experiment:
                 scores[t].append(v)
         return scores, runs
 
-    def transfer_cfg(self, row, up, task, k, i, seed):
+    def transfer_cfg(self, row, up, task, k, i, seed, lr=None, dev=False):
         a = self.a
         spec = {"name": task, "train_examples": k, "eval_examples": a.transfer_eval}
         if not task.startswith("superglue/"):
             spec["split_seed"] = CROSSFIT_SPLITS[i % len(CROSSFIT_SPLITS)]
+        if dev:
+            spec["eval_split"] = "dev32" if task.startswith("superglue/") else "dev"
         cfg = {
             "backbone": a.backbone, "seed": seed, "modules": up["config"]["modules"],
             "task": spec, "init_from": up["adapter_folder"],
-            "training": {"steps": a.ft_steps, "batch_size": min(8, k), "learning_rate": a.ft_lr,
+            "training": {"steps": a.ft_steps, "batch_size": min(8, k), "learning_rate": lr or a.ft_lr,
                          "warmup_steps": 0, "weight_decay": 0.0, "max_length": a.max_length,
                          "eval_every": 0, "checkpoint_every": 0,
                          "train_groups": ["adapter", "head"]},
@@ -178,6 +188,9 @@ def main():
     ap.add_argument("--transfer-eval", type=int, default=400, help="transfer test subsample (0: all)")
     ap.add_argument("--ft-steps", type=int, default=50)
     ap.add_argument("--ft-lr", type=float, default=1e-3)
+    ap.add_argument("--transfer-bin", help="the build experiment 2 runs on (default: --bin)")
+    ap.add_argument("--ft-select-lr", default="",
+                    help="fine-tuning rates to choose from on dev, per transfer row and k")
     ap.add_argument("--smoke", action="store_true", help="2 tasks, tiny budgets, its own --out")
     ap.add_argument("--table-only", action="store_true", help="run nothing: tabulate what is stored")
     ap.add_argument("--shard", help="i/n: make only this shard's runs (hosts sharing --out)")
@@ -185,6 +198,7 @@ def main():
     os.chdir(ROOT)
     a.ns, a.seeds, a.select_seeds = ints(a.n), ints(a.seeds), ints(a.select_seeds)
     a.select_lr = [float(x) for x in a.select_lr.split(",")]
+    a.ft_select_lr = [float(x) for x in a.ft_select_lr.split(",") if x]
     a.shots, a.transfer_seeds = ints(a.shots), ints(a.transfer_seeds)
     a.tasks, a.transfer_tasks = TASKS, a.transfer_tasks.split(",")
     a.experiments = set(ints(a.experiments))
@@ -198,7 +212,7 @@ def main():
     ex = Experiment(a)
     out = Path(a.out)
     res = {"setup": {k: v for k, v in vars(a).items() if k != "experiments"},
-           "code_version": ex.r.version, "argv": sys.argv[1:],
+           "code_version": ex.r.version, "transfer_code_version": ex.rt.version, "argv": sys.argv[1:],
            "glue": {}, "ablations": {}, "transfer": {}, "cosines": {}}
     res["setup"]["experiments"] = sorted(a.experiments)
     n0 = a.ns[0]
@@ -249,25 +263,54 @@ def main():
             return
         for name, switch in ABLATIONS.items():
             module = {"plugin": "pha", "config": {**PHA_SMALL, **switch}}
-            scores, _ = ex.test(name.replace(" ", "_").replace("/", ""), module, PHA_GROUPS,
-                                n0, pha["lr"])
+            label = name.replace(" ", "_").replace("/", "")
+            # Each variant chooses its own rate on train-holdout, as the methods do.
+            lr, dev = ex.select(label, module, PHA_GROUPS, n0)
+            if lr is None:
+                continue
+            scores, _ = ex.test(label, module, PHA_GROUPS, n0, lr)
             if scores is not None:
-                res["ablations"][name] = {"lr": pha["lr"], "scores": scores, "switch": switch}
+                res["ablations"][name] = {"lr": lr, "dev": {f"{k:g}": v for k, v in dev.items()},
+                                          "scores": scores, "switch": switch}
 
     def transfer():
         if "pha" not in ups or "houlsby" not in ups:
             return
+        def tasks_at(k):  # CrossFit files hold 16 training examples
+            return [t for t in a.transfer_tasks if t.startswith("superglue/") or k <= 16]
+
+        def rate(row, k):
+            """The fine-tuning rate of a row at k shots: fixed, or chosen on the dev splits."""
+            if not a.ft_select_lr:
+                return a.ft_lr, {}
+            up = ups["houlsby" if row.startswith("houlsby") else "pha"]
+            dev = {}
+            for lr in a.ft_select_lr:
+                vals = []
+                for task in tasks_at(k):
+                    r = ex.try_run(ex.transfer_cfg(row, up, task, k, 0, a.transfer_seeds[0], lr, True),
+                                   f"transfer-dev-{row.replace(' ', '_')}-{task.replace('/', '-')}-k{k}-lr{lr:g}",
+                                   transfer=True)
+                    if r is None:
+                        return None, dev
+                    vals.append(ex.final(r)[task])
+                dev[lr] = statistics.mean(vals)
+            return max(a.ft_select_lr, key=lambda lr: dev[lr]), dev
+
         # Shots outer: the first of `--shots` on every task before the next.
         for k in a.shots:
-            for task in a.transfer_tasks:
-                if not task.startswith("superglue/") and k > 16:
-                    continue  # CrossFit files hold 16 training examples
+            lrs = {row: rate(row, k) for row in TRANSFER_ROWS}
+            for task in tasks_at(k):
                 for row in TRANSFER_ROWS:
                     up = ups["houlsby" if row.startswith("houlsby") else "pha"]
+                    lr, dev = lrs[row]
+                    if lr is None:
+                        continue
                     vals, picks = [], []
                     for i, s in enumerate(a.transfer_seeds):
-                        r = ex.try_run(ex.transfer_cfg(row, up, task, k, i, s),
-                                       f"transfer-{row.replace(' ', '_')}-{task.replace('/', '-')}-k{k}-s{s}")
+                        r = ex.try_run(ex.transfer_cfg(row, up, task, k, i, s, lr),
+                                       f"transfer-{row.replace(' ', '_')}-{task.replace('/', '-')}-k{k}-s{s}",
+                                       transfer=True)
                         if r is None:
                             break
                         vals.append(ex.final(r)[task])
@@ -275,7 +318,8 @@ def main():
                             picks.append(r["prototypes"][0].get("picked_task"))
                     if len(vals) == len(a.transfer_seeds):
                         res["transfer"].setdefault(task, {}).setdefault(str(k), {})[row] = {
-                            "scores": vals, "picked": picks}
+                            "scores": vals, "picked": picks, "lr": lr,
+                            "dev": {f"{x:g}": v for x, v in dev.items()}}
 
     # Priority: experiment 1 (and 4) at the first N (every other experiment starts from its
     # runs), 3 there, 2, then the other N.
@@ -287,7 +331,7 @@ def main():
     if 1 in a.experiments:
         for n in a.ns[1:]:
             glue(n)
-    res["missing"] = ex.r.missing
+    res["missing"] = ex.r.missing + (ex.rt.missing if ex.rt is not ex.r else [])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))
     md = tables(res, a)
@@ -296,8 +340,8 @@ def main():
     if svg:
         (out / "low-data.svg").write_text(svg)
     print(md)
-    if ex.r.missing:
-        print(f"\n{len(ex.r.missing)} runs not stored (e.g. {ex.r.missing[0]})"
+    if res["missing"]:
+        print(f"\n{len(res['missing'])} runs not stored (e.g. {res['missing'][0]})"
               + (": run this shard again once the others have finished their pass" if a.shard else ""),
               file=sys.stderr)
 
@@ -313,7 +357,11 @@ def task_avg(scores, tasks, i):
 def tables(res, a):
     L = []
     s = res["setup"]
-    L.append(f"Build `{res['code_version']}`; {s['steps']} steps of batch {s['batch_size']}, "
+    L.append(f"Build `{res['code_version']}`"
+             + (f" (experiment 2: `{res['transfer_code_version']}`)"
+                if res.get("transfer_code_version", res["code_version"]) != res["code_version"] else "")
+             + "; "
+             f"{s['steps']} steps of batch {s['batch_size']}, "
              f"max_length {s['max_length']}, mixed batches (temperature-10 sampling), "
              f"{s['eval_examples']} test examples per task, dev = {s['holdout']} train-holdout "
              f"examples per task, rates {s['select_lr']} chosen with seeds {s['select_seeds']}, "
@@ -358,8 +406,10 @@ def tables(res, a):
         n0 = label_n(a.ns[0])
         pha = res["glue"][n0]["pha"]
         rows = {"pha (full)": pha["scores"], **{k: v["scores"] for k, v in res["ablations"].items()}}
-        L.append(f"### Ablations, N = {n0}, PHA's chosen rate {pha['lr']:g}\n")
+        L.append(f"### Ablations, N = {n0}, each variant's rate chosen on train-holdout\n")
         L.append("| task | " + " | ".join(rows) + " |\n|---|" + "---:|" * len(rows))
+        lrs = [pha["lr"]] + [v["lr"] for v in res["ablations"].values()]
+        L.append("| *lr chosen* | " + " | ".join(f"{x:g}" for x in lrs) + " |")
         for t in a.tasks:
             L.append(f"| {t} | " + " | ".join(cell(v[t]) for v in rows.values()) + " |")
         avg = {k: [task_avg(v, a.tasks, i) for i in range(len(v[a.tasks[0]]))] for k, v in rows.items()}
@@ -374,13 +424,17 @@ def tables(res, a):
                      + f" | {row['own_picked']}/{row['seeds']} |")
         L.append("")
     if res["transfer"]:
+        how = (f"lr chosen per row and k among {s['ft_select_lr']} on dev (dev32 / _dev)"
+               if s.get("ft_select_lr") else f"lr {s['ft_lr']:g}")
         L.append(f"### Few-shot transfer (from N = {label_n(a.ns[0])}, seed {a.seeds[0]}; "
-                 f"{s['ft_steps']} steps, lr {s['ft_lr']:g}; mean ± std over seeds {s['transfer_seeds']})\n")
+                 f"{s['ft_steps']} steps, {how}; mean ± std over seeds {s['transfer_seeds']})\n")
         L.append("| task | shots | " + " | ".join(TRANSFER_ROWS) + " | prototypes retrieved |")
         L.append("|---|---:|" + "---:|" * len(TRANSFER_ROWS) + "---|")
         for task, ks in res["transfer"].items():
             for k, rows in sorted(ks.items(), key=lambda kv: int(kv[0])):
-                cells = [cell(rows[r]["scores"]) if r in rows else "-" for r in TRANSFER_ROWS]
+                cells = [(cell(rows[r]["scores"])
+                          + (f" (lr {rows[r]['lr']:g})" if s.get("ft_select_lr") else ""))
+                         if r in rows else "-" for r in TRANSFER_ROWS]
                 picks = rows.get("pha retrieved", {}).get("picked", [])
                 counts = {p: picks.count(p) for p in picks}
                 L.append(f"| {task} | {k} | " + " | ".join(cells) + " | "

@@ -225,6 +225,14 @@ fn evaluation_split_named_in_the_config() {
         err.to_string().contains("is evaluated on its `dev` split"),
         "{err}"
     );
+    // SuperGLUE: FewGLUE's 32-example dev file for model selection, the validation set by default.
+    let dev32 = peft_host::data::load(&data(), &spec("superglue/cb", "dev32"), 1).unwrap();
+    assert_eq!((dev32.eval_split.as_str(), dev32.eval.len()), ("dev32", 32));
+    let val = peft_host::data::load(&data(), &spec("superglue/cb", "val"), 1).unwrap();
+    assert_eq!((val.eval_split.as_str(), val.eval.len()), ("val", 56));
+    assert_ne!(dev32.eval, val.eval);
+    let err = peft_host::data::load(&data(), &spec("superglue/cb", "test"), 1).unwrap_err();
+    assert!(err.to_string().contains("`val` split"), "{err}");
 }
 
 /// `holdout`: the same training examples held out for every run seed, disjoint from what the

@@ -208,7 +208,8 @@ pub struct TaskSpec {
     #[serde(default)]
     pub shots_per_class: usize,
     /// The split to evaluate on: `dev` or `test` for CrossFit tasks (default: `test` where the
-    /// task has one); GLUE and SuperGLUE have their one labelled evaluation split.
+    /// task has one); `val` (default) or FewGLUE's 32-example `dev32` for SuperGLUE; GLUE has
+    /// its one labelled evaluation split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_split: Option<String>,
     /// Hold this many training examples out (one fixed seeded draw, before `train_examples`

@@ -200,13 +200,24 @@ pub(super) fn read_named(
                 read_superglue(&path, key, labels)
             }
         };
-        let (train, eval) = (read("fewglue_train.jsonl")?, read("fewglue_val.jsonl")?);
+        // FewGLUE's 32-example `dev32` file is the few-shot dev split (model selection); the
+        // official validation set (`val`) is the default evaluation.
+        let split = match eval_split {
+            Some("dev32") => "dev32",
+            _ => "val",
+        };
+        let eval_file = if split == "dev32" {
+            "fewglue_dev32.jsonl"
+        } else {
+            "fewglue_val.jsonl"
+        };
+        let (train, eval) = (read("fewglue_train.jsonl")?, read(eval_file)?);
         return task(
             kind_of(&[&train, &eval]),
             strings(labels),
             train,
             eval,
-            "val",
+            split,
         );
     }
     read_crossfit_task(data, name, eval_split, split_seed, task)

@@ -513,14 +513,18 @@ fn stage2_smoke_and_adaptation_timing() {
     );
 }
 
-/// `adapt`: a hypermodel run's adapter folder generates an unseen task's prefix and LoRA into
-/// ordinary modules saved as an adapter folder; that folder, loaded back, scores the task's
-/// options exactly as the hypermodel run does with the generated values in its pass context.
-#[test]
-fn adapt_saves_generated_modules_that_score_as_the_hypermodel_does() {
+type Loaded = peft_host::serve::folder::Loaded<B>;
+
+/// Saves `model` (trained with option scoring on `task`) as a hypermodel folder, adapts `task`
+/// from it, and checks that the adapted folder scores the task's options as the hypermodel run
+/// does with the generated values in its pass context. Returns both loaded folders.
+fn adapt_and_compare(
+    mut cfg: RunConfig,
+    model: Model<B>,
+    task: &Task,
+    out: &std::path::Path,
+) -> (Loaded, Loaded, peft_host::serve::adapt::AdaptReport) {
     use peft_host::{heads::Head, serve};
-    let (mut cfg, model) = both();
-    let task = toy_task(8);
     Head::OptionScoring
         .create(&mut model.params.borrow_mut(), 32)
         .unwrap();
@@ -534,17 +538,13 @@ fn adapt_saves_generated_modules_that_score_as_the_hypermodel_does() {
     serve::folder::save(
         &model,
         &cfg,
-        &[(&task, &Head::OptionScoring)],
+        &[(task, &Head::OptionScoring)],
         hyper_dir.path(),
     )
     .unwrap();
     let hyper = serve::folder::load::<B>(hyper_dir.path(), &registry, &Default::default()).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let report =
-        serve::adapt::adapt(&hyper, &task, &registry, out.path(), &Default::default()).unwrap();
-    assert_eq!(report.examples_read, 4);
-    assert_eq!(report.modules, ["prefix", "lora"]);
-    let adapted = serve::folder::load::<B>(out.path(), &registry, &Default::default()).unwrap();
+    let report = serve::adapt::adapt(&hyper, task, &registry, out, &Default::default()).unwrap();
+    let adapted = serve::folder::load::<B>(out, &registry, &Default::default()).unwrap();
     assert!(adapted.model.context_encoder.is_none());
     assert!(adapted
         .manifest
@@ -552,32 +552,55 @@ fn adapt_saves_generated_modules_that_score_as_the_hypermodel_does() {
         .modules
         .iter()
         .all(|m| m.config.get("from_context").is_none()));
-    let batch: Vec<&Example> = task.eval.iter().collect();
-    let scores = |m: &Model<B>| -> Vec<f32> {
-        let graph = HostGraph::inference(&m.params);
-        peft_host::context::before_eval_pass(m, &graph, &task).unwrap();
-        match Head::OptionScoring
-            .forward(m, &graph, &task, &batch, 24, &Default::default())
-            .unwrap()
-        {
-            peft_host::heads::Output::Scores { logits, .. } => vals(logits),
-            _ => panic!("option scores expected"),
-        }
-    };
-    let (a, b) = (scores(&hyper.model), scores(&adapted.model));
+    let (a, b) = (
+        option_scores(&hyper.model, task),
+        option_scores(&adapted.model, task),
+    );
     let d = a
         .iter()
         .zip(&b)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
     assert!(d < 1e-5, "adapted scores differ by {d}: {a:?} vs {b:?}");
+    (hyper, adapted, report)
+}
+
+/// The option scores of `task`'s evaluation examples (the context encoder, if any, run first).
+fn option_scores(m: &Model<B>, task: &Task) -> Vec<f32> {
+    use peft_host::heads::Head;
+    let batch: Vec<&Example> = task.eval.iter().collect();
+    let graph = HostGraph::inference(&m.params);
+    peft_host::context::before_eval_pass(m, &graph, task).unwrap();
+    match Head::OptionScoring
+        .forward(m, &graph, task, &batch, 24, &Default::default())
+        .unwrap()
+    {
+        peft_host::heads::Output::Scores { logits, .. } => vals(logits),
+        _ => panic!("option scores expected"),
+    }
+}
+
+/// `adapt`: a hypermodel run's adapter folder generates an unseen task's prefix and LoRA into
+/// ordinary modules saved as an adapter folder; that folder, loaded back, scores the task's
+/// options exactly as the hypermodel run does with the generated values in its pass context.
+#[test]
+fn adapt_saves_generated_modules_that_score_as_the_hypermodel_does() {
+    use peft_host::{heads::Head, serve};
+    let (cfg, model) = both();
+    let task = toy_task(8);
+    let registry = Registry::with_static_plugins().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (hyper, adapted, report) = adapt_and_compare(cfg, model, &task, out.path());
+    assert_eq!(report.examples_read, 4);
+    assert_eq!(report.modules, ["prefix", "lora"]);
+    let a = option_scores(&hyper.model, &task);
     // The modules moved away from their plain initialisation (LoRA's B starts at zero).
     let fresh =
         Model::<B>::build(&adapted.manifest.config, &registry, &Default::default(), 0).unwrap();
     Head::OptionScoring
         .create(&mut fresh.params.borrow_mut(), 32)
         .unwrap();
-    let c = scores(&fresh);
+    let c = option_scores(&fresh, &task);
     assert!(
         a.iter().zip(&c).any(|(x, y)| (x - y).abs() > 1e-4),
         "generation changed nothing"
@@ -596,4 +619,59 @@ fn adapt_saves_generated_modules_that_score_as_the_hypermodel_does() {
             .unwrap_err()
     );
     assert!(err.contains("k = 4"), "{err}");
+}
+
+/// HyperT5+ (`hyper` + a downstream module trained with it): `adapt` keeps the downstream
+/// module with its trained values beside the generated ones, so the adapted folder still scores
+/// as the hypermodel run does.
+#[test]
+fn adapt_keeps_a_downstream_module_trained_with_the_hypermodel() {
+    let (cfg, model) = tiny(
+        json!(["prefix"]),
+        json!([
+            { "plugin": "prefix", "config": { "prefix_length": 3, "from_context": "hypert5.prefix" } },
+            { "name": "down", "plugin": "houlsby", "config": { "bottleneck": 4 } }
+        ]),
+        4,
+    )
+    .unwrap();
+    // Stand-in for stage-2 training: the downstream adapter far from its near-identity start.
+    let trained: Vec<(String, Vec<f32>)> = {
+        let mut store = model.params.borrow_mut();
+        let down: Vec<(String, Vec<usize>)> = store
+            .iter()
+            .filter(|p| p.owner == "down")
+            .map(|p| (p.name.clone(), p.shape.clone()))
+            .collect();
+        assert!(!down.is_empty());
+        down.into_iter()
+            .enumerate()
+            .map(|(k, (name, shape))| {
+                let n: usize = shape.iter().product();
+                let v: Vec<f32> = (0..n)
+                    .map(|i| ((i * 7919 + k * 104729) % 1000) as f32 / 2000.0 - 0.25)
+                    .collect();
+                let t = peft_host::params::from_values::<B>(&shape, v.clone(), &Default::default())
+                    .unwrap();
+                store.assign(&name, t).unwrap();
+                (name, v)
+            })
+            .collect()
+    };
+    let task = toy_task(8);
+    let out = tempfile::tempdir().unwrap();
+    let (_, adapted, report) = adapt_and_compare(cfg, model, &task, out.path());
+    assert_eq!(report.modules, ["prefix"], "only the consumer is generated");
+    let names: Vec<String> = adapted
+        .manifest
+        .config
+        .modules
+        .iter()
+        .map(|m| m.instance_name())
+        .collect();
+    assert_eq!(names, ["prefix", "down"]);
+    for (name, v) in trained {
+        let got = peft_host::run::priming::param_values(&adapted.model, &name).unwrap();
+        assert_eq!(got, v, "{name}: the trained downstream value");
+    }
 }

@@ -75,18 +75,18 @@ pub fn load_examples(data: &Path, ex: &Examples) -> anyhow::Result<Task> {
 }
 
 /// The run config of the adapted model: the hypermodel run's backbone and seed, each consumer
-/// module without `from_context` (same plugin, instance name and shape settings), and the task
-/// with the shared option-scoring head.
+/// module without `from_context` (same plugin, instance name and shape settings), every other
+/// module as it was (HyperT5+: a downstream module trained with the hypermodel keeps its trained
+/// values), and the task with the shared option-scoring head.
 fn adapted_config(cfg: &RunConfig, consumers: &[String], task: &Task) -> anyhow::Result<RunConfig> {
     let mut modules = Vec::new();
     for m in &cfg.modules {
         let name = m.instance_name();
-        if !consumers.contains(&name) {
-            continue;
-        }
         let mut config = m.config.clone();
-        if let Some(o) = config.as_object_mut() {
-            o.remove("from_context");
+        if consumers.contains(&name) {
+            if let Some(o) = config.as_object_mut() {
+                o.remove("from_context");
+            }
         }
         modules.push(ModuleSpec {
             plugin: m.plugin.clone(),
@@ -137,13 +137,16 @@ pub fn adapt<B: AutodiffBackend>(
         .with_context(|| format!("{dir}: building the adapted model"))?;
     let head = Head::resolve(&new_cfg.task, task, "head")?;
     head.create(&mut model.params.borrow_mut(), model.info().hidden_size)?;
-    // The shared option head, as trained with the hypermodel.
+    // The shared option head and the modules that are not generated (HyperT5+'s downstream
+    // module), as trained with the hypermodel.
     {
         let src = hyper.model.params.borrow();
         let mut dst = model.params.borrow_mut();
         let names: Vec<String> = dst
             .iter()
-            .filter(|p| p.group == "head")
+            .filter(|p| {
+                p.group == "head" || (p.owner != "backbone" && !consumers.contains(&p.owner))
+            })
             .map(|p| p.name.clone())
             .collect();
         for n in names {
@@ -162,7 +165,12 @@ pub fn adapt<B: AutodiffBackend>(
     for (n, v) in generated {
         graph.context.borrow_mut().insert(n, v);
     }
-    for m in &model.modules.modules {
+    for m in model
+        .modules
+        .modules
+        .iter()
+        .filter(|m| consumers.contains(&m.name))
+    {
         let source = cfg
             .modules
             .iter()

@@ -7,10 +7,15 @@ module trained multi-task on the same tasks, same budget. Then, on each of UNSEE
 disjoint from TRAIN) and split seed (13, 21, 42, 87, 100), scored on the test files:
 
   generated  `peft-host adapt`: the prefix generated from the 16 shots, no gradient step
+  generated+ (with `--plus`) the same from HyperT5+: a hypermodel trained together with a
+             downstream LoRA (rank 8), which the adapted folder keeps
   untuned    the backbone with the hypermodel run's option head, no module
   random     prefix tuned on the 16 shots from random init
   shared     prefix tuned from the multi-task prefix (`init_from`)
   hyper      prefix tuned from the generated prefix (`init_from` the adapted folder)
+
+`--generator lora` does the same with generated / tuned LoRA (rank 4, query and value) in
+place of the prefix (another stage 2, other cells; the prefix cells stay as they are).
 
 The three tuned rows choose their learning rate among `--select-lr` by the mean score on the
 k-shot `_dev` files of `--select-seeds` (every unseen task), then score the test files once with
@@ -54,6 +59,10 @@ def main():
     ap.add_argument("--select-seeds", default="13,21")
     ap.add_argument("--eval-examples", type=int, default=0, help="test subsample (0: all)")
     ap.add_argument("--tasks", default=",".join(UNSEEN))
+    ap.add_argument("--generator", choices=["prefix", "lora"], default="prefix",
+                    help="what the hypermodel generates and the tuned rows train")
+    ap.add_argument("--plus", action="store_true",
+                    help="also HyperT5+ (hyper + a downstream LoRA in stage 2): row generated+")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="run nothing: tabulate what is stored")
     ap.add_argument("--shard", help="i/n: make only this shard's runs (hosts sharing --out)")
@@ -73,12 +82,29 @@ def main():
     r = Runner(args.bin, args.out, offline=args.table_only, shard=parse_shard(args.shard))
     get, missing = r.attempt, r.missing
 
-    # Stage 2: the hypermodel (with the shared option head), and the multi-task prefix.
+    rows = ["generated"] + (["generated+"] if args.plus else []) + ROWS[1:]
+    if args.generator == "lora":
+        rank = 4
+        stage2["modules"] = [{"name": "gen", "plugin": "lora",
+                              "config": {"rank": rank, "from_context": "hypert5.lora"}}]
+        enc = stage2["context_encoder"]["config"]
+        enc.pop("prefix_length")
+        enc.update(generate=["lora"], lora_rank=rank)
+        plain = {"name": "gen", "plugin": "lora", "config": {"rank": rank}}
+    else:
+        prefix_len = stage2["context_encoder"]["config"]["prefix_length"]
+        plain = {"name": "gen", "plugin": "prefix", "config": {"prefix_length": prefix_len}}
+
+    # Stage 2: the hypermodel (with the shared option head), and the multi-task module.
     hyper_cfg = json.loads(json.dumps(stage2))
     hyper_cfg["training"].update(steps=args.steps, train_groups=["hyper", "head"])
     hyper = get(lambda: r.run(hyper_cfg, "stage2-hyper"), "stage2-hyper")
-    prefix_len = stage2["context_encoder"]["config"]["prefix_length"]
-    plain = {"name": "gen", "plugin": "prefix", "config": {"prefix_length": prefix_len}}
+    plus = None
+    if args.plus:  # HyperT5+: the downstream LoRA trains with the hypermodel
+        plus_cfg = json.loads(json.dumps(hyper_cfg))
+        plus_cfg["modules"].append({"name": "down", "plugin": "lora", "config": {"rank": 8}})
+        plus_cfg["training"]["train_groups"] = ["hyper", "adapter", "head"]
+        plus = get(lambda: r.run(plus_cfg, "stage2-hyper-plus"), "stage2-hyper-plus")
     shared_cfg = json.loads(json.dumps(stage2))
     shared_cfg.pop("context_encoder")
     shared_cfg["modules"] = [plain]
@@ -92,11 +118,13 @@ def main():
             t["eval_examples"] = args.eval_examples
         return t
 
-    def adapted(name, seed):
-        if hyper is None:
-            raise LookupError("stage2-hyper not stored")
-        folder = str(Path(args.out) / "adapted" / f"{name}-{seed}-{{key}}")
-        return r.command(["adapt", hyper["adapter_folder"], "--task", name, "--split-seed",
+    def adapted(name, seed, source="hyper"):
+        run = hyper if source == "hyper" else plus
+        if run is None:
+            raise LookupError(f"stage2-{source} not stored")
+        sub = "adapted" if source == "hyper" else "adapted-plus"
+        folder = str(Path(args.out) / sub / f"{name}-{seed}-{{key}}")
+        return r.command(["adapt", run["adapter_folder"], "--task", name, "--split-seed",
                           str(seed), "--out", folder], f"{name} seed {seed}",
                          lambda key: Path(folder.replace("{key}", key)) / "adapt.json")
 
@@ -128,21 +156,32 @@ def main():
         if len(dev) == len(lrs):
             chosen[row] = (max(lrs, key=lambda lr: dev[lr]), dev)
 
-    scores = {row: {t: [] for t in unseen} for row in ROWS}
+    def eval_adapted(a, t, s, tag):
+        """The test score of an adapted folder (no gradient step)."""
+        ev = str(Path(args.out) / "evals" / f"{t}-{s}-{{key}}.json")
+        e = get(lambda: r.command(
+            ["eval", a["out"], "--out", ev]
+            + (["--eval-examples", str(args.eval_examples)] if args.eval_examples else []),
+            f"{tag} {t} seed {s}", lambda key: ev.replace("{key}", key)),
+            f"eval {tag} {t} {s}")
+        return None if e is None else e["evaluation"]["score"]
+
+    scores = {row: {t: [] for t in unseen} for row in rows}
     gen_seconds, ft_seconds = [], []
     for t in unseen:
         for s in seeds:
             a = get(lambda: adapted(t, s), f"adapt {t} {s}")
+            if args.plus:
+                ap_ = get(lambda: adapted(t, s, "plus"), f"adapt+ {t} {s}")
+                if ap_ is not None:
+                    e = eval_adapted(ap_, t, s, "generated+")
+                    if e is not None:
+                        scores["generated+"][t].append(e)
             if a is not None:
                 gen_seconds.append(a["generation_seconds"])
-                ev = str(Path(args.out) / "evals" / f"{t}-{s}-{{key}}.json")
-                e = get(lambda: r.command(
-                    ["eval", a["out"], "--out", ev]
-                    + (["--eval-examples", str(args.eval_examples)] if args.eval_examples else []),
-                    f"generated {t} seed {s}", lambda key: ev.replace("{key}", key)),
-                    f"eval generated {t} {s}")
+                e = eval_adapted(a, t, s, "generated")
                 if e is not None:
-                    scores["generated"][t].append(e["evaluation"]["score"])
+                    scores["generated"][t].append(e)
                 untuned = {"backbone": stage2["backbone"], "modules": [],
                            "task": task(t, s, "test"), "init_from": a["out"],
                            "training": {"steps": 0}}
@@ -165,18 +204,19 @@ def main():
                                            for v in row.values()):
             return 0
     print(f"training tasks ({len(train)}): {', '.join(train)}")
+    print(f"generator: {args.generator}" + (" (and HyperT5+)" if args.plus else ""))
     print(f"unseen tasks ({len(unseen)}): {', '.join(unseen)}; split seeds {seeds}; "
           f"{args.steps} stage-2 steps, {args.ft_steps} fine-tuning steps\n")
     print("| row | learning rate chosen on dev | dev mean per candidate |\n|---|---:|---|")
     for row in TUNED:
         lr, dev = chosen[row]
         print(f"| {row} | {lr:g} | " + ", ".join(f"{k:g}: {v:.3f}" for k, v in dev.items()) + " |")
-    print("\n| task | " + " | ".join(ROWS) + " |\n|---|" + "---:|" * len(ROWS))
+    print("\n| task | " + " | ".join(rows) + " |\n|---|" + "---:|" * len(rows))
     for t in unseen:
-        cells = [f"{statistics.mean(scores[r_][t]):.3f} ± {std(scores[r_][t]):.3f}" for r_ in ROWS]
+        cells = [f"{statistics.mean(scores[r_][t]):.3f} ± {std(scores[r_][t]):.3f}" for r_ in rows]
         print(f"| {t} | " + " | ".join(cells) + " |")
     print()
-    print(arg_rgstd(scores, "random", ROWS, unseen))
+    print(arg_rgstd(scores, "random", rows, unseen))
     print(f"\nadapting one task: generation {statistics.median(gen_seconds):.2f} s (median), "
           f"16-shot fine-tuning {statistics.median(ft_seconds):.1f} s of training (median)")
 

@@ -232,7 +232,10 @@ fn evaluation_split_named_in_the_config() {
     assert_eq!((val.eval_split.as_str(), val.eval.len()), ("val", 56));
     assert_ne!(dev32.eval, val.eval);
     let err = peft_host::data::load(&data(), &spec("superglue/cb", "test"), 1).unwrap_err();
-    assert!(err.to_string().contains("`val` split"), "{err}");
+    assert!(
+        err.to_string().contains("`eval_split` `test` is neither"),
+        "{err}"
+    );
 }
 
 /// `holdout`: the same training examples held out for every run seed, disjoint from what the

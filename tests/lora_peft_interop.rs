@@ -334,3 +334,97 @@ fn own_format_round_trips_bit_exactly() {
         );
     }
 }
+
+/// Prefix tuning in HF peft's format (plain prefixes at every layer of a BERT backbone): one
+/// `prompt_embeddings` `[P, L * 2 * hidden]` tensor holding layer 0's key then value prefixes,
+/// then layer 1's, ...; read back bit for bit, and through `module_spec` as HF folders are.
+#[test]
+fn prefix_in_hf_peft_format_round_trips_bit_exactly() {
+    let module = json!({ "plugin": "prefix", "config": { "prefix_length": 3 } });
+    let cfg = |seed: u64| {
+        let mut c = tiny_bert_config(json!([module.clone()]));
+        c["seed"] = json!(seed);
+        c
+    };
+    let a = build(cfg(0));
+    let out = tempfile::tempdir().unwrap();
+    let format = adapters::save(
+        &a,
+        "prefix",
+        &module["config"],
+        Some("tiny-bert"),
+        out.path(),
+    )
+    .unwrap();
+    assert_eq!(format, SavedFormat::HfPeft);
+    let hf: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hf["peft_type"], "PREFIX_TUNING");
+    assert_eq!(hf["prefix_projection"], false);
+    assert_eq!(
+        (
+            &hf["num_virtual_tokens"],
+            &hf["num_layers"],
+            &hf["token_dim"]
+        ),
+        (&json!(3), &json!(2), &json!(32))
+    );
+    let bytes = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
+    let header = safetensors_header(&bytes);
+    assert_eq!(header["prompt_embeddings"]["shape"], json!([3, 2 * 2 * 32]));
+    // Row 1 of the file: layer 0 key, layer 0 value, layer 1 key, layer 1 value.
+    let params = module_params(&a, "prefix");
+    let row = |name: &str| -> Vec<f32> {
+        let (_, _, v) = params.iter().find(|(n, _, _)| n.ends_with(name)).unwrap();
+        v[32..64].to_vec()
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let file: Vec<f32> = st
+        .tensor("prompt_embeddings")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let want: Vec<f32> = [
+        "layer.0.attention.self.kv.prefix_key",
+        "layer.0.attention.self.kv.prefix_value",
+        "layer.1.attention.self.kv.prefix_key",
+        "layer.1.attention.self.kv.prefix_value",
+    ]
+    .iter()
+    .flat_map(|n| row(n))
+    .collect();
+    assert_eq!(file[128..256], want[..]);
+    // HF's config rebuilds the module; the values read back bit for bit.
+    let spec = adapters::module_spec(out.path()).unwrap();
+    assert_eq!(
+        spec,
+        json!({ "plugin": "prefix", "config": { "prefix_length": 3 } })
+    );
+    let b = build(cfg(1));
+    assert_ne!(bits(&module_params(&b, "prefix")), bits(&params));
+    adapters::load(&b, "prefix", out.path()).unwrap();
+    assert_eq!(bits(&module_params(&b, "prefix")), bits(&params));
+    // A prefix on some layers only has no HF form: saved in peft-host's own.
+    let some = json!({ "plugin": "prefix", "config": { "prefix_length": 3, "layers": [1] } });
+    let c = build(tiny_bert_config(json!([some.clone()])));
+    let out2 = tempfile::tempdir().unwrap();
+    let format = adapters::save(&c, "prefix", &some["config"], None, out2.path()).unwrap();
+    assert_eq!(format, SavedFormat::PeftHost);
+    // A config HF's layout does not match is refused naming the field.
+    let mut bad = hf.clone();
+    bad["num_virtual_tokens"] = json!(4);
+    std::fs::write(out.path().join("adapter_config.json"), bad.to_string()).unwrap();
+    let err = format!(
+        "{:#}",
+        adapters::load(&a, "prefix", out.path()).unwrap_err()
+    );
+    assert!(err.contains("num_virtual_tokens"), "{err}");
+    bad["prefix_projection"] = json!(true);
+    std::fs::write(out.path().join("adapter_config.json"), bad.to_string()).unwrap();
+    let err = format!("{:#}", adapters::module_spec(out.path()).unwrap_err());
+    assert!(err.contains("prefix_projection"), "{err}");
+}

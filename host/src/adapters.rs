@@ -53,12 +53,107 @@ pub struct AdapterFileConfig {
     pub parameters: Vec<SavedParam>,
 }
 
-/// One entry of a plugin's HF peft key mapping.
+/// One entry of a plugin's key mapping to a foreign format: file tensor `key` of `shape` is the
+/// module's parameter `param`, or, with `concat`, the listed parameters side by side along the
+/// last axis (each `[rows, cols_i]`, in order; HF peft's prefix tuning stores every layer's key
+/// and value prefixes as one `prompt_embeddings` tensor).
 #[derive(Deserialize, Clone, Debug)]
 struct KeyMap {
     key: String,
+    #[serde(default)]
     param: String,
     shape: Vec<usize>,
+    #[serde(default)]
+    concat: Vec<String>,
+}
+
+impl KeyMap {
+    /// The file tensor's values, read from module instance `name`'s parameters.
+    fn gather<B: AutodiffBackend>(&self, model: &Model<B>, name: &str) -> anyhow::Result<Vec<f32>> {
+        if self.concat.is_empty() {
+            let (shape, v) = values(model, &format!("{name}.{}", self.param))?;
+            if shape != self.shape {
+                bail!(
+                    "parameter `{name}.{}` has shape {shape:?}, the plugin maps it as {:?}",
+                    self.param,
+                    self.shape
+                );
+            }
+            return Ok(v);
+        }
+        let parts = self
+            .concat
+            .iter()
+            .map(|p| values(model, &format!("{name}.{p}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let rows = self.shape.first().copied().unwrap_or(0);
+        let cols: usize = parts
+            .iter()
+            .map(|(s, _)| s.last().copied().unwrap_or(0))
+            .sum();
+        if self.shape != [rows, cols] || parts.iter().any(|(s, _)| s.len() != 2 || s[0] != rows) {
+            let shapes: Vec<&Vec<usize>> = parts.iter().map(|(s, _)| s).collect();
+            bail!(
+                "`{}`: parameters of shapes {shapes:?} do not sit side by side as {:?}",
+                self.key,
+                self.shape
+            );
+        }
+        let mut out = Vec::with_capacity(rows * cols);
+        for r in 0..rows {
+            for (s, v) in &parts {
+                out.extend_from_slice(&v[r * s[1]..(r + 1) * s[1]]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the file tensor's values `v` (of shape `self.shape`, checked by the caller) into
+    /// module instance `name`'s parameters.
+    fn scatter<B: AutodiffBackend>(
+        &self,
+        model: &Model<B>,
+        name: &str,
+        v: &[f32],
+    ) -> anyhow::Result<()> {
+        if self.concat.is_empty() {
+            return assign(model, &format!("{name}.{}", self.param), &self.shape, v);
+        }
+        let rows = self.shape.first().copied().unwrap_or(0);
+        let widths = self
+            .concat
+            .iter()
+            .map(|p| {
+                let full = format!("{name}.{p}");
+                let store = model.params.borrow();
+                let shape = &store
+                    .get(&full)
+                    .with_context(|| format!("the model has no parameter `{full}`"))?
+                    .shape;
+                match shape.as_slice() {
+                    [r, c] if *r == rows => Ok(*c),
+                    _ => bail!("`{full}` has shape {shape:?}, not [{rows}, _]"),
+                }
+            })
+            .collect::<anyhow::Result<Vec<usize>>>()?;
+        let cols: usize = widths.iter().sum();
+        if self.shape != [rows, cols] || v.len() != rows * cols {
+            bail!(
+                "`{}`: {:?} does not split into parameters of widths {widths:?}",
+                self.key,
+                self.shape
+            );
+        }
+        let mut start = 0;
+        for (p, w) in self.concat.iter().zip(&widths) {
+            let part: Vec<f32> = (0..rows)
+                .flat_map(|r| v[r * cols + start..r * cols + start + w].iter().copied())
+                .collect();
+            assign(model, &format!("{name}.{p}"), &[rows, *w], &part)?;
+            start += w;
+        }
+        Ok(())
+    }
 }
 
 /// What [`save`] wrote.
@@ -168,15 +263,7 @@ pub fn save<B: AutodiffBackend>(
             .with_context(|| format!("{}: unreadable hf_peft_export key map", m.describe()))?;
         let mut tensors = Vec::new();
         for k in &maps {
-            let (shape, v) = values(model, &format!("{name}.{}", k.param))?;
-            if shape != k.shape {
-                bail!(
-                    "parameter `{name}.{}` has shape {shape:?}, the plugin maps it as {:?}",
-                    k.param,
-                    k.shape
-                );
-            }
-            tensors.push((k.key.clone(), shape, v));
+            tensors.push((k.key.clone(), k.shape.clone(), k.gather(model, name)?));
         }
         let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         let bytes = serialize(&tensors, meta)?;
@@ -434,7 +521,7 @@ pub fn load_except<B: AutodiffBackend>(
                     k.shape
                 );
             }
-            assign(model, &format!("{name}.{}", k.param), shape, v)?;
+            k.scatter(model, name, v)?;
             used.insert(orig.clone());
         }
         let extra: Vec<&String> = ckpt
@@ -529,7 +616,7 @@ fn load_adapterhub<B: AutodiffBackend>(
                 k.shape
             );
         }
-        assign(model, &format!("{}.{}", m.name, k.param), shape, v)?;
+        k.scatter(model, &m.name, v)?;
         used.insert(orig.clone());
     }
     if let Some(extra) = ckpt.tensors.keys().find(|k| !used.contains(*k)) {

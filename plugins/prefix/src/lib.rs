@@ -7,7 +7,12 @@
 //! `2 P heads head_dim` parameters. Re-parameterised: one embedding `[P, d]`, then
 //! `Linear(d, hidden) -> tanh -> Linear(hidden, sites * 2 * heads * head_dim)`, of which each
 //! site reads its own rows of the output layer (keys, then values, as HF peft lays them out).
+//!
+//! Extension calls: `hf_peft_export` / `hf_peft_import` / `hf_peft_module_spec` (HF peft's
+//! prefix tuning format where the layouts match, see `hf.rs`), `context_inputs`,
+//! `load_generated` (hyper-init).
 mod config;
+mod hf;
 
 pub use config::{PrefixConfig, Stack};
 use peft_api::{
@@ -23,6 +28,8 @@ pub struct Prefix {
     kv_dim: usize,
     /// Layer index per attachment (where generated prefixes are read from).
     layers: Vec<usize>,
+    /// The backbone's shape, for HF peft's format.
+    layout: hf::Layout,
 }
 
 impl Prefix {
@@ -32,6 +39,7 @@ impl Prefix {
             sites: Vec::new(),
             kv_dim: 0,
             layers: Vec::new(),
+            layout: hf::Layout::default(),
         }
     }
 
@@ -132,6 +140,12 @@ impl Module for Prefix {
         let c = self.config.clone();
         let mut plan = AttachPlan::default();
         self.kv_dim = backbone.num_heads * backbone.head_dim;
+        self.layout = hf::Layout {
+            architecture: backbone.architecture.clone(),
+            num_layers: backbone.num_layers,
+            hidden_size: backbone.hidden_size,
+            num_heads: backbone.num_heads,
+        };
         let (p, d) = (c.prefix_length, self.kv_dim);
         let std = c.init_std;
         for site in backbone.sites_of_kind(SiteKind::AttentionKv) {
@@ -277,6 +291,36 @@ impl Module for Prefix {
                 }
                 Ok(serde_json::json!(self.sites.len()))
             }
+            "hf_peft_export" | "hf_peft_import" => {
+                let c = &self.config;
+                if let Some(why) = hf::mismatch(
+                    &self.layout,
+                    &self.layers,
+                    c.reparameterize,
+                    c.from_context.is_some(),
+                    self.kv_dim,
+                ) {
+                    // Unsupported, not an error: the host then saves the module in its own format.
+                    return Err(ApiError::unsupported(format!(
+                        "prefix: no HF peft form: {why}"
+                    )));
+                }
+                let tensors = hf::key_map(&self.sites, c.prefix_length, self.kv_dim);
+                if name == "hf_peft_import" {
+                    hf::check(&args, &self.layout, c.prefix_length)?;
+                    return Ok(serde_json::json!({ "tensors": tensors }));
+                }
+                let base = args
+                    .get("base_model_name_or_path")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                Ok(serde_json::json!({
+                    "adapter_config": hf::peft_config(&self.layout, c.prefix_length, base),
+                    "tensors": tensors,
+                }))
+            }
+            // Needs no attached module: asked of a fresh instance before the model is built.
+            "hf_peft_module_spec" => Ok(hf::module_spec(&args)?.unwrap_or(serde_json::Value::Null)),
             other => Err(ApiError::unsupported(other)),
         }
     }

@@ -27,11 +27,19 @@ fn registry() -> Registry {
 /// A tiny model with LoRA (B drawn non-zero, so the module changes the output) and Houlsby,
 /// and a classification head for SST-2's two labels, saved into `dir`.
 fn saved_model(dir: &Path) -> (Model<B>, RunConfig, data::Task) {
+    saved_model_with(
+        dir,
+        json!([
+            { "plugin": "lora", "config": { "rank": 2, "b_init_std": 0.5 } },
+            { "plugin": "houlsby" }
+        ]),
+    )
+}
+
+/// A tiny-BERT adapter folder with `modules` and an SST-2 classification head.
+fn saved_model_with(dir: &Path, modules: serde_json::Value) -> (Model<B>, RunConfig, data::Task) {
     let _ = shared();
-    let mut cfg = tiny_bert_config(json!([
-        { "plugin": "lora", "config": { "rank": 2, "b_init_std": 0.5 } },
-        { "plugin": "houlsby" }
-    ]));
+    let mut cfg = tiny_bert_config(modules);
     cfg["training"] = json!({ "max_length": 32, "batch_size": 4 });
     let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
     let task = data::load_task(&data::data_dir(None).unwrap(), "glue-sst2", 4, 8, 13, 1).unwrap();
@@ -512,6 +520,21 @@ fn exports_reproduce_the_adapters_outputs() {
     );
     assert!(
         e.contains("houlsby") && e.contains("no HF peft format"),
+        "{e}"
+    );
+    // A plugin with an HF format, but not for this configuration, says why.
+    let pdir = tempfile::tempdir().unwrap();
+    saved_model_with(
+        pdir.path(),
+        json!([{ "plugin": "prefix", "config": { "prefix_length": 2, "layers": [1] } }]),
+    );
+    let l = folder::load::<B>(pdir.path(), &registry(), &dev).unwrap();
+    let e = format!(
+        "{:#}",
+        peft_host::serve::export::hf_peft(&l, None, &pdir.path().join("x")).unwrap_err()
+    );
+    assert!(
+        e.contains("prefix") && e.contains("every layer") && e.contains("covers [1]"),
         "{e}"
     );
 }

@@ -52,6 +52,28 @@ impl ModuleInstance {
             Err(e) => Err(e.context(self.describe())),
         }
     }
+
+    /// Why the plugin answered `name` with UNSUPPORTED, when it said more than the call's name
+    /// (a plugin that knows the call but not for this configuration says why).
+    pub fn unsupported_reason<B: AutodiffBackend>(
+        &self,
+        graph: &HostGraph<'_, B>,
+        name: &str,
+        json: &str,
+    ) -> Option<String> {
+        let r = graph.with_namespace(&self.name, || {
+            self.obj
+                .borrow_mut()
+                .call(graph.as_abi(), RStr::from(name), RStr::from(json))
+                .into_result()
+        });
+        match r {
+            Err(e) if e.is_unsupported() && e.message.as_str() != name => {
+                Some(e.message.to_string())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What to create: plugin name, instance name, plugin config.

@@ -79,10 +79,14 @@ pub fn hf_peft<B: AutodiffBackend>(
             // looking like an HF export.
             let _ = std::fs::remove_file(dir.join(adapters::WEIGHTS_FILE));
             let _ = std::fs::remove_file(dir.join(adapters::CONFIG_FILE));
-            bail!(
-                "{} has no HF peft format (only plugins answering `hf_peft_export`, e.g. lora, do)",
-                m.describe()
-            );
+            let graph = HostGraph::new(&loaded.model.params, false);
+            match m.unsupported_reason(&graph, "hf_peft_export", "{}") {
+                Some(why) => bail!("{} has no HF peft format here: {why}", m.describe()),
+                None => bail!(
+                    "{} has no HF peft format (only plugins answering `hf_peft_export`, e.g. lora and prefix, do)",
+                    m.describe()
+                ),
+            }
         }
         written.push(dir);
     }

@@ -40,14 +40,8 @@ impl ModuleInstance {
         name: &str,
         json: &str,
     ) -> Result<Option<String>, ApiError> {
-        let r = graph.with_namespace(&self.name, || {
-            self.obj
-                .borrow_mut()
-                .call(graph.as_abi(), RStr::from(name), RStr::from(json))
-                .into_result()
-        });
-        match r {
-            Ok(s) => Ok(Some(s.into_string())),
+        match self.raw_call(graph, name, json) {
+            Ok(s) => Ok(Some(s)),
             Err(e) if e.is_unsupported() => Ok(None),
             Err(e) => Err(e.context(self.describe())),
         }
@@ -61,18 +55,28 @@ impl ModuleInstance {
         name: &str,
         json: &str,
     ) -> Option<String> {
-        let r = graph.with_namespace(&self.name, || {
-            self.obj
-                .borrow_mut()
-                .call(graph.as_abi(), RStr::from(name), RStr::from(json))
-                .into_result()
-        });
-        match r {
+        match self.raw_call(graph, name, json) {
             Err(e) if e.is_unsupported() && e.message.as_str() != name => {
                 Some(e.message.to_string())
             }
             _ => None,
         }
+    }
+
+    fn raw_call<B: AutodiffBackend>(
+        &self,
+        graph: &HostGraph<'_, B>,
+        name: &str,
+        json: &str,
+    ) -> Result<String, ApiError> {
+        graph
+            .with_namespace(&self.name, || {
+                self.obj
+                    .borrow_mut()
+                    .call(graph.as_abi(), RStr::from(name), RStr::from(json))
+                    .into_result()
+            })
+            .map(|s| s.into_string())
     }
 }
 

@@ -279,11 +279,14 @@ def main():
         def tasks_at(k):  # CrossFit files hold 16 training examples
             return [t for t in a.transfer_tasks if t.startswith("superglue/") or k <= 16]
 
+        def upstream(row):  # experiment 1's run a transfer row starts from
+            return ups["houlsby" if row.startswith("houlsby") else "pha"]
+
         def rate(row, k):
             """The fine-tuning rate of a row at k shots: fixed, or chosen on the dev splits."""
             if not a.ft_select_lr:
                 return a.ft_lr, {}
-            up = ups["houlsby" if row.startswith("houlsby") else "pha"]
+            up = upstream(row)
             dev = {}
             for lr in a.ft_select_lr:
                 vals = []
@@ -302,7 +305,7 @@ def main():
             lrs = {row: rate(row, k) for row in TRANSFER_ROWS}
             for task in tasks_at(k):
                 for row in TRANSFER_ROWS:
-                    up = ups["houlsby" if row.startswith("houlsby") else "pha"]
+                    up = upstream(row)
                     lr, dev = lrs[row]
                     if lr is None:
                         continue

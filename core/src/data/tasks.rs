@@ -202,17 +202,12 @@ pub(super) fn read_named(
         };
         // FewGLUE's 32-example `dev32` file is the few-shot dev split (model selection); the
         // official validation set (`val`) is the default evaluation.
-        let split = match eval_split {
-            None | Some("val") => "val",
-            Some("dev32") => "dev32",
+        let (split, eval_file) = match eval_split {
+            None | Some("val") => ("val", "fewglue_val.jsonl"),
+            Some("dev32") => ("dev32", "fewglue_dev32.jsonl"),
             Some(other) => bail!(
                 "task `{name}`: SuperGLUE's evaluation splits are `val` (the default) and FewGLUE's `dev32`; `eval_split` `{other}` is neither"
             ),
-        };
-        let eval_file = if split == "dev32" {
-            "fewglue_dev32.jsonl"
-        } else {
-            "fewglue_val.jsonl"
         };
         let (train, eval) = (read("fewglue_train.jsonl")?, read(eval_file)?);
         return task(

@@ -314,12 +314,14 @@ fn short_list(names: &[String]) -> String {
     if joined.len() <= MAX_LIST_BYTES || names.len() < 2 {
         return joined;
     }
-    // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let hash = joined.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    // A digest, not std's hasher: folder names must not change between builds.
+    use sha2::{Digest, Sha256};
+    let hash: String = Sha256::digest(joined.as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let first: String = names[0].chars().take(48).collect();
-    format!("{first}+{}more-{:08x}", names.len() - 1, hash as u32)
+    format!("{first}+{}more-{hash}", names.len() - 1)
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ mod config;
 
 pub use super::seq2seq::{KvCache, Seq2Seq};
 use super::{
-    additive_mask,
     arch::Architecture,
-    layers::{activation_fn, causal_mask, check_activation, dropout, prefix_len, split_heads},
+    attend::{attend, Spec, Visible},
+    layers::{activation_fn, check_activation, dropout, prefix_len, split_heads},
     seq2seq::LayerCache,
     Backbone, Hooks, TextBatch,
 };
@@ -102,9 +102,8 @@ impl Bart {
         cache: Option<&mut LayerCache<B>>,
     ) -> Result<Tensor<B, 3>, ApiError> {
         let c = &self.config;
-        let [b, tq, d] = x.dims();
-        let scaling = ((d / heads) as f64).powf(-0.5);
-        let q = split_heads(self.lin(hooks, x, &format!("{key}.q_proj"))?, heads);
+        let d = x.dims()[2];
+        let q = self.lin(hooks, x, &format!("{key}.q_proj"))?;
         let kv_site = format!("{key}.kv");
         let cached = match (&kind, cache.as_deref()) {
             (Attn::Cross(..), Some(lc)) => lc.cross_kv.clone(),
@@ -140,17 +139,19 @@ impl Bart {
             }
         };
         let prefix = prefix_len(&kv_site, k.dims()[2], n)?;
-        let mask = match kind {
-            Attn::Padded(m) | Attn::Cross(_, m) => additive_mask(m, prefix),
-            Attn::Causal { q_start } => causal_mask(q_start, tq, n, prefix, &x.device()),
+        let visible = match kind {
+            Attn::Padded(m) | Attn::Cross(_, m) => Visible::Padding(m),
+            Attn::Causal { q_start } => Visible::Causal { q_start },
         };
-        let scores = q.matmul(k.swap_dims(2, 3)) * scaling + mask;
-        let probs = dropout(
-            hooks,
-            crate::nn::softmax(hooks.graph.no_grad, scores, 3),
-            c.attention_dropout,
-        );
-        let ctx = probs.matmul(v).swap_dims(1, 2).reshape([b, tq, d]);
+        let spec = Spec {
+            heads,
+            scale: ((d / heads) as f32).powf(-0.5),
+            dropout: c.attention_dropout,
+            bias: None,
+            visible,
+            prefix,
+        };
+        let ctx = attend(hooks, q, k, v, spec)?;
         self.lin(hooks, &ctx, &format!("{key}.out_proj"))
     }
 }

@@ -1,6 +1,6 @@
 //! Building blocks the architectures share: dropout, masks, head splitting, activations by HF
 //! name, and the checks around them.
-use burn::tensor::{activation, backend::AutodiffBackend, Tensor, TensorData};
+use burn::tensor::{activation, backend::AutodiffBackend, Tensor};
 use peft_api::ApiError;
 
 use super::Hooks;
@@ -20,27 +20,6 @@ pub(crate) fn dropout<B: AutodiffBackend, const D: usize>(
         &x.device(),
     );
     x * mask / (1.0 - p)
-}
-
-/// Additive causal mask `[1, 1, tq, prefix + keys]`: query `i` (position `q_start + i`) sees
-/// the `prefix` added keys and keys `0..=q_start + i`.
-pub(crate) fn causal_mask<B: AutodiffBackend>(
-    q_start: usize,
-    tq: usize,
-    keys: usize,
-    prefix: usize,
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let n = prefix + keys;
-    let mut v = vec![0f32; tq * n];
-    for i in 0..tq {
-        for j in 0..keys {
-            if j > q_start + i {
-                v[i * n + prefix + j] = f32::MIN;
-            }
-        }
-    }
-    Tensor::<B, 2>::from_data(TensorData::new(v, [tq, n]), device).reshape([1, 1, tq, n])
 }
 
 /// Splits `[batch, time, heads * dh]` into `[batch, heads, time, dh]`.

@@ -7,6 +7,7 @@
 //! shared layers are in [`layers`], encoder-decoder decoding in [`seq2seq`]. A new one is
 //! that file plus its line in [`AnyBackbone`]'s list below.
 pub mod arch;
+pub(crate) mod attend;
 pub mod bart;
 pub mod bert;
 pub mod layers;

@@ -127,21 +127,54 @@ impl Dims {
     }
 }
 
+/// What shapes the scores besides the key mask (the encoder-decoders' attention).
+#[derive(Clone, Debug, Default)]
+pub struct ScoreTerms {
+    /// Added to the scaled scores of every batch: `[heads, t, s]` row-major (T5's relative
+    /// position bias, zeros on positions a key/value site prepends). A constant: no gradient.
+    pub pos: Option<Vec<f32>>,
+    /// Query `i` sees key `j` only when `j <= i + off` (a decoder: `off` = the prepended
+    /// positions plus the first query's position).
+    pub causal: Option<usize>,
+}
+
 /// The key mask per batch as the blocked kernel reads it: `bias` 0 / −∞ and `kf` 1 / 0 per
-/// key, and whether no key of the batch is kept (then every key counts, uniformly).
+/// key, and whether no key of the batch is kept (then every key counts, uniformly); and the
+/// [`ScoreTerms`].
 #[derive(Debug)]
 pub(crate) struct Masks {
     bias: Vec<f32>,
     kf: Vec<f32>,
     uniform: Vec<bool>,
+    terms: ScoreTerms,
 }
 
 impl Masks {
+    /// [`Masks::new`] with score terms, whose bias must have `heads · t · s` values.
+    pub(crate) fn with(keep: &[bool], d: &Dims, terms: ScoreTerms) -> Result<Self, ApiError> {
+        if let Some(pos) = &terms.pos {
+            let want = d.heads * d.t * d.s;
+            if pos.len() != want {
+                return Err(ApiError::shape(format!(
+                    "attention: the score bias has {} values, [heads={}, t={}, s={}] needs {want}",
+                    pos.len(),
+                    d.heads,
+                    d.t,
+                    d.s
+                )));
+            }
+        }
+        let mut m = Masks::new(keep, d);
+        m.terms = terms;
+        Ok(m)
+    }
+
     pub(crate) fn new(keep: &[bool], d: &Dims) -> Self {
         let mut m = Masks {
             bias: Vec::with_capacity(keep.len()),
             kf: Vec::with_capacity(keep.len()),
             uniform: Vec::with_capacity(d.b),
+            terms: ScoreTerms::default(),
         };
         for row in keep.chunks(d.s.max(1)) {
             let none = !row.iter().any(|&k| k);
@@ -166,9 +199,16 @@ fn head<'a>(
     bh: usize,
 ) -> Head<'a> {
     let (qo, ko) = d.offsets(bh);
-    let (dh, bi) = (d.dh(), bh / d.heads);
+    let (dh, bi, hi) = (d.dh(), bh / d.heads, bh % d.heads);
     let keys = bi * d.s..(bi + 1) * d.s;
+    let ts = d.t * d.s;
     Head {
+        pos: m
+            .terms
+            .pos
+            .as_ref()
+            .map(|p| Mat::rows(p, hi * ts, d.t, d.s, d.s)),
+        causal: m.terms.causal,
         q: Mat::rows(q, qo, d.t, dh, d.h),
         k: Mat::rows(k, ko, d.s, dh, d.kv_stride()),
         v: Mat::rows(v, ko, d.s, dh, d.kv_stride()),
@@ -272,10 +312,36 @@ pub fn attention_in(
     k: &[f32],
     v: &[f32],
     keep: &[bool],
+    bts: [usize; 3],
+    heads: usize,
+    scale: f32,
+    layout: KvLayout,
+) -> Result<Vec<f32>, ApiError> {
+    attention_with(
+        q,
+        k,
+        v,
+        keep,
+        bts,
+        heads,
+        scale,
+        layout,
+        ScoreTerms::default(),
+    )
+}
+
+/// [`attention_in`] with a score bias and a causal mask.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    keep: &[bool],
     [b, t, s]: [usize; 3],
     heads: usize,
     scale: f32,
     layout: KvLayout,
+    terms: ScoreTerms,
 ) -> Result<Vec<f32>, ApiError> {
     if b * t == 0 {
         return Ok(Vec::new());
@@ -292,7 +358,14 @@ pub fn attention_in(
         scale,
     )?;
     d.layout = layout;
-    Ok(flash_forward(q, k, v, &Masks::new(keep, &d), d, None))
+    Ok(flash_forward(
+        q,
+        k,
+        v,
+        &Masks::with(keep, &d, terms)?,
+        d,
+        None,
+    ))
 }
 
 /// What the backward needs: the inputs, the output, each row's log-sum-exp and the masks
@@ -362,7 +435,17 @@ pub fn tracked<B: AutodiffBackend>(
     }
     let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
     let spec = ([b, t, s], heads, h, KvLayout::Time);
-    tracked_ad(qa, ka, va, keep, spec, scale, dropout, seed)
+    tracked_ad(
+        qa,
+        ka,
+        va,
+        keep,
+        spec,
+        scale,
+        dropout,
+        seed,
+        ScoreTerms::default(),
+    )
 }
 
 /// [`tracked`] with the keys and values split by head, `[b, heads, s, dh]`, as a key/value
@@ -378,6 +461,21 @@ pub fn tracked_split<B: AutodiffBackend>(
     dropout: f64,
     seed: u64,
 ) -> Result<Tensor<B, 3>, ApiError> {
+    tracked_split_with(q, k, v, keep, scale, dropout, seed, ScoreTerms::default())
+}
+
+/// [`tracked_split`] with a score bias (a constant) and a causal mask.
+#[allow(clippy::too_many_arguments)]
+pub fn tracked_split_with<B: AutodiffBackend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    keep: &[bool],
+    scale: f32,
+    dropout: f64,
+    seed: u64,
+    terms: ScoreTerms,
+) -> Result<Tensor<B, 3>, ApiError> {
     let [b, t, h] = q.dims();
     let [bk, heads, s, dh] = k.dims();
     if bk != b || heads * dh != h || v.dims() != k.dims() {
@@ -390,7 +488,7 @@ pub fn tracked_split<B: AutodiffBackend>(
     }
     let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
     let spec = ([b, t, s], heads, h, KvLayout::Heads);
-    tracked_ad(qa, ka, va, keep, spec, scale, dropout, seed)
+    tracked_ad(qa, ka, va, keep, spec, scale, dropout, seed, terms)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -403,6 +501,7 @@ fn tracked_ad<B: AutodiffBackend>(
     scale: f32,
     dropout: f64,
     seed: u64,
+    terms: ScoreTerms,
 ) -> Result<Tensor<B, 3>, ApiError> {
     if !(0.0..1.0).contains(&dropout) {
         return Err(ApiError::invalid(format!(
@@ -426,7 +525,7 @@ fn tracked_ad<B: AutodiffBackend>(
     )?;
     d.layout = layout;
     d.drop = Dropout::new(dropout, seed);
-    let masks = Masks::new(keep, &d);
+    let masks = Masks::with(keep, &d, terms)?;
     let mut lse = vec![0f32; b * heads * t];
     let out = flash_forward(&qb, &kb, &vb, &masks, d, Some(&mut lse));
     let out = primitive(out, [b, t, h]);

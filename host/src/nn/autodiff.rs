@@ -28,6 +28,12 @@ pub fn enabled<B: AutodiffBackend>() -> bool {
     super::cpu::enabled::<B>() && TypeId::of::<B>() == TypeId::of::<Ad>()
 }
 
+/// Whether a gradient flows into `x` (a trainable parameter or anything computed from one);
+/// false on another backend.
+pub fn tracks_grad<B: AutodiffBackend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    ad(x.clone()).is_ok_and(|a| !a.node.requirement.is_none())
+}
+
 /// A tensor of `B` as the CPU autodiff backend's primitive; an error on another backend.
 pub(crate) fn ad<B: AutodiffBackend, const D: usize>(
     x: Tensor<B, D>,

@@ -136,6 +136,10 @@ fn mul_into(u: &mut [f32], p: &[f32], z: &[f32]) {
 /// One (batch, head)'s operands, row-major views: `q` `[t, dh]`, `k`, `v` `[s, dh]`; the
 /// batch's key mask as `bias` (0 / −∞) and `kf` (1 / 0), both all-kept when `uniform` (no key
 /// of the batch is kept: every probability is `1 / s`, as an all-`finfo.min` mask gives).
+/// `pos` `[t, s]` is added to the scaled scores (T5's relative position bias); with `causal`
+/// = `Some(off)` query `i` sees key `j` only when `j <= i + off` (the others get `f32::MIN`,
+/// HF's additive causal mask, so they get probability 0), and key blocks no query of a row
+/// block sees are skipped.
 pub(crate) struct Head<'a> {
     pub q: Mat<'a>,
     pub k: Mat<'a>,
@@ -145,6 +149,8 @@ pub(crate) struct Head<'a> {
     pub uniform: bool,
     pub scale: f32,
     pub drop: Option<(Dropout, u64)>,
+    pub pos: Option<Mat<'a>>,
+    pub causal: Option<usize>,
 }
 
 /// Per-thread buffers, reused across heads.
@@ -193,15 +199,35 @@ impl Head<'_> {
         self.uniform || self.kf[j0..j0 + bc].iter().any(|&k| k != 0.0)
     }
 
-    /// `scale · q[i0..] k[j0..]ᵀ` into `x` (`br × bc`), or zeros when the batch is uniform.
+    /// Whether some query of rows `i0..i0 + br` may see key `j0` or later (always without
+    /// a causal mask).
+    fn reaches(&self, i0: usize, br: usize, j0: usize) -> bool {
+        self.causal.is_none_or(|off| j0 <= i0 + br - 1 + off)
+    }
+
+    /// `scale · q[i0..] k[j0..]ᵀ + pos` into `x` (`br × bc`), or zeros when the batch is
+    /// uniform; causally hidden keys get `f32::MIN`.
     fn scores(&self, x: &mut [f32], i0: usize, br: usize, j0: usize, bc: usize) {
         if self.uniform {
             x.fill(0.0);
-            return;
+        } else {
+            let mut sm = MatMut::dense(x, br, bc);
+            let (q, k) = (self.q.sub_rows(i0, br), self.k.sub_rows(j0, bc));
+            matmul(&mut sm, 0.0, q, k.t(), self.scale, Parallelism::None);
+            if let Some(pos) = &self.pos {
+                for (r, row) in x.chunks_exact_mut(bc).enumerate() {
+                    let p = &pos.row(i0 + r)[j0..j0 + bc];
+                    row.iter_mut().zip(p).for_each(|(x, p)| *x += p);
+                }
+            }
         }
-        let mut sm = MatMut::dense(x, br, bc);
-        let (q, k) = (self.q.sub_rows(i0, br), self.k.sub_rows(j0, bc));
-        matmul(&mut sm, 0.0, q, k.t(), self.scale, Parallelism::None);
+        if let Some(off) = self.causal {
+            for (r, row) in x.chunks_exact_mut(bc).enumerate() {
+                // Keys `j0 + c` with `c >= first` lie after what query `i0 + r` may see.
+                let first = (i0 + r + off + 1).saturating_sub(j0).min(bc);
+                row[first..].fill(f32::MIN);
+            }
+        }
     }
 
     /// The context into `out` (`[t, dh]`, zeroed by the caller) and, when given, each row's
@@ -222,7 +248,7 @@ impl Head<'_> {
             let mut first = true;
             for j0 in (0..s).step_by(BC) {
                 let bc = BC.min(s - j0);
-                if !self.live(j0, bc) {
+                if !self.live(j0, bc) || !self.reaches(i0, br, j0) {
                     continue;
                 }
                 let x = &mut sc.s[..br * bc];
@@ -304,6 +330,9 @@ impl Head<'_> {
             let mut dvb = dv.sub_rows(j0, bc);
             for i0 in (0..t).step_by(BR) {
                 let br = BR.min(t - i0);
+                if !self.reaches(i0, br, j0) {
+                    continue;
+                }
                 let (qb, gb) = (self.q.sub_rows(i0, br), g.sub_rows(i0, br));
                 let p = &mut sc.p[..br * bc];
                 self.scores(p, i0, br, j0, bc);

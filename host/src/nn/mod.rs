@@ -20,7 +20,7 @@ mod math;
 pub mod softmax;
 pub mod value;
 
-pub use attention::{attention, attention_in, KvLayout};
+pub use attention::{attention, attention_in, attention_with, KvLayout, ScoreTerms};
 pub use cpu::{draw_seed, enabled, from_vec, generic_ops, keep_mask, to_vec};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, layer_norm_in, rms_norm};
@@ -32,7 +32,9 @@ pub use softmax::softmax;
 pub mod tracked {
     pub use super::attention::tracked as attention;
     pub use super::attention::tracked_split as attention_split;
+    pub use super::attention::tracked_split_with as attention_split_with;
     pub use super::autodiff::enabled;
+    pub use super::autodiff::tracks_grad;
     pub use super::dropout::tracked as dropout;
     pub use super::gelu::tracked as gelu;
     pub use super::layer_norm::tracked as layer_norm;

@@ -12,9 +12,9 @@ use peft_api::{ApiError, BackboneInfo};
 // The encoder-decoder interface, re-exported where it first lived.
 pub use super::seq2seq::{KvCache, Seq2Seq};
 use super::{
-    additive_mask,
     arch::Architecture,
-    layers::{activation_fn, causal_mask, check_activation, dropout, prefix_len, split_heads},
+    attend::{attend, Spec, Visible},
+    layers::{activation_fn, check_activation, dropout, prefix_len, split_heads},
     seq2seq::LayerCache,
     Backbone, Hooks, TextBatch,
 };
@@ -31,23 +31,6 @@ pub use peft_api::blocks::t5_relative_position_bucket as relative_position_bucke
 pub struct T5 {
     pub config: T5Config,
     info: BackboneInfo,
-}
-
-/// Which keys a query may see.
-enum Visible<'a, B: AutodiffBackend> {
-    /// Unpadded keys of the `[batch, keys]` 0/1 mask.
-    Padding(&'a Tensor<B, 2, Int>),
-    /// Keys up to the query's position; queries start at `q_start`.
-    Causal { q_start: usize },
-}
-
-impl<B: AutodiffBackend> Visible<'_, B> {
-    fn mask(&self, tq: usize, keys: usize, prefix: usize, device: &B::Device) -> Tensor<B, 4> {
-        match self {
-            Visible::Padding(m) => additive_mask(m, prefix),
-            Visible::Causal { q_start } => causal_mask(*q_start, tq, keys, prefix, device),
-        }
-    }
 }
 
 impl T5 {
@@ -201,34 +184,22 @@ impl T5 {
         cache: Option<&mut LayerCache<B>>,
     ) -> Result<Tensor<B, 3>, ApiError> {
         let c = &self.config;
-        let [b, tq, _] = x.dims();
-        let q = split_heads(self.lin(hooks, x, &format!("{key}.q"))?, c.num_heads);
+        let q = self.lin(hooks, x, &format!("{key}.q"))?;
         let (k, v, n) = match kv_source {
             None => self.self_kv(hooks, key, x, cache)?,
             Some(enc) => self.cross_kv(hooks, key, enc, cache)?,
         };
         let prefix = prefix_len(&format!("{key}.kv"), k.dims()[2], n)?;
-        let device = x.device();
-        let mut scores = q.matmul(k.swap_dims(2, 3));
-        if let Some(bias) = bias {
-            let bias = if prefix > 0 {
-                let zeros = Tensor::<B, 4>::zeros([1, c.num_heads, tq, prefix], &device);
-                Tensor::cat(vec![zeros, bias.clone()], 3)
-            } else {
-                bias.clone()
-            };
-            scores = scores + bias;
-        }
-        scores = scores + visible.mask(tq, n, prefix, &device);
-        let probs = dropout(
-            hooks,
-            crate::nn::softmax(hooks.graph.no_grad, scores, 3),
-            c.dropout_rate,
-        );
-        let ctx = probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([b, tq, c.inner_dim()]);
+        let spec = Spec {
+            heads: c.num_heads,
+            // T5 does not scale the scores (its initialisation absorbs `1/sqrt(d_kv)`).
+            scale: 1.0,
+            dropout: c.dropout_rate,
+            bias,
+            visible,
+            prefix,
+        };
+        let ctx = attend(hooks, q, k, v, spec)?;
         self.lin(hooks, &ctx, &format!("{key}.o"))
     }
 

@@ -1,7 +1,8 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::{
-    attention, flash_backward, flash_forward, tracked, tracked_split, Dims, KvLayout, Masks,
+    attention, attention_with, flash_backward, flash_forward, tracked, tracked_split,
+    tracked_split_with, Dims, KvLayout, Masks, ScoreTerms,
 };
 use crate::nn::{
     attention_dense,
@@ -176,6 +177,142 @@ fn blocked_attention_matches_burn_across_blocks_and_masks() {
         false,
         1e-5,
     );
+}
+
+/// The encoder-decoders' terms: a per-head score bias `[heads, t, s]` (T5's relative
+/// positions) and a causal mask whose offset counts prepended and cached keys, across several
+/// query and key blocks (whole blocks skipped above the diagonal), with a padded key — the
+/// tracked kernel's output and q, k, v gradients and the no-grad kernel's output against
+/// burn's ops with the same terms added to the scores.
+#[test]
+fn score_bias_and_causal_mask_match_burn_across_blocks() {
+    let (b, heads, dh) = (2, 2, 4);
+    let h = heads * dh;
+    for (t, s, causal, with_pos) in [
+        (BR + 9, 3 + 2 + BR + 9, Some(3 + 2), true), // prefix 3, 2 cached positions
+        (2 * BR + 3, 2 * BR + 3, Some(0), false),    // plain decoder self-attention
+        (BR + 1, BC + 40, None, true),               // T5's encoder: bias, no causal mask
+        (1, 2 * BC + 5, Some(2 * BC + 4), true),     // one decoding step, long cache
+    ] {
+        let val = |n: usize, m: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.37 + m).sin() * 0.7).collect()
+        };
+        let pos = with_pos.then(|| val(heads * t * s, 4.1));
+        let mut keep = vec![true; b * s];
+        if causal.is_none() {
+            keep[s + 7] = false;
+        }
+        let scale = 0.6;
+        let terms = ScoreTerms {
+            pos: pos.clone(),
+            causal,
+        };
+        // burn's ops with the terms written out as an additive `[1 or b, heads, t, s]` tensor.
+        let mut add = vec![0f32; b * heads * t * s];
+        for bi in 0..b {
+            for hi in 0..heads {
+                for i in 0..t {
+                    for j in 0..s {
+                        let e = ((bi * heads + hi) * t + i) * s + j;
+                        if let Some(p) = &pos {
+                            add[e] += p[(hi * t + i) * s + j];
+                        }
+                        let hidden = causal.is_some_and(|off| j > i + off);
+                        if hidden || !keep[bi * s + j] {
+                            add[e] = f32::MIN;
+                        }
+                    }
+                }
+            }
+        }
+        let add =
+            Tensor::<A, 4>::from_data(TensorData::new(add, [b, heads, t, s]), &Default::default());
+        let w = leaf(3.0, [b, t, h]).detach();
+        let sp = |x: Tensor<A, 3>| x.reshape([b, s, heads, dh]).swap_dims(1, 2);
+        let run = |fused: bool| {
+            let (q, k, v) = (
+                leaf(0.1, [b, t, h]),
+                leaf(0.7, [b, s, h]),
+                leaf(1.9, [b, s, h]),
+            );
+            let out = if fused {
+                tracked_split_with(
+                    q.clone(),
+                    sp(k.clone()),
+                    sp(v.clone()),
+                    &keep,
+                    scale,
+                    0.0,
+                    0,
+                    terms.clone(),
+                )
+                .unwrap()
+            } else {
+                let qs = q.clone().reshape([b, t, heads, dh]).swap_dims(1, 2);
+                let scores = qs.matmul(sp(k.clone()).swap_dims(2, 3)) * scale as f64 + add.clone();
+                burn::tensor::activation::softmax(scores, 3)
+                    .matmul(sp(v.clone()))
+                    .swap_dims(1, 2)
+                    .reshape([b, t, h])
+            };
+            let g = (out.clone() * w.clone()).sum().backward();
+            let grad = |x: &Tensor<A, 3>| vals(x.grad(&g).unwrap());
+            (vals(out), grad(&q), grad(&k), grad(&v))
+        };
+        let (a, r) = (run(true), run(false));
+        let big = |v: &Vec<f32>| v.iter().fold(1f32, |m, x| m.max(x.abs()));
+        for (name, x, y) in [
+            ("out", &a.0, &r.0),
+            ("dq", &a.1, &r.1),
+            ("dk", &a.2, &r.2),
+            ("dv", &a.3, &r.3),
+        ] {
+            let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(d < 1e-5 * big(y), "t={t} s={s} {name}: max abs diff {d}");
+        }
+        // The no-grad kernel (keys split by head, as the tracked one read them).
+        let kv = |seed| vals(sp(leaf(seed, [b, s, h])));
+        let q = vals(leaf(0.1, [b, t, h]));
+        let out = attention_with(
+            &q,
+            &kv(0.7),
+            &kv(1.9),
+            &keep,
+            [b, t, s],
+            heads,
+            scale,
+            KvLayout::Heads,
+            terms,
+        )
+        .unwrap();
+        let d = out
+            .iter()
+            .zip(&r.0)
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            d < 1e-5 * big(&r.0),
+            "t={t} s={s} no-grad: max abs diff {d}"
+        );
+    }
+    // A bias of the wrong size is an error naming the shape it needs.
+    let q = vec![0f32; 2 * 3 * 4];
+    let terms = ScoreTerms {
+        pos: Some(vec![0.0; 5]),
+        causal: None,
+    };
+    let err = attention_with(
+        &q,
+        &q,
+        &q,
+        &[true; 6],
+        [2, 3, 3],
+        2,
+        1.0,
+        KvLayout::Time,
+        terms,
+    )
+    .unwrap_err();
+    assert!(err.message.contains("score bias"), "{}", err.message);
 }
 
 /// The blocked kernel against the dense one it replaced (whole `[t, s]` probabilities), with

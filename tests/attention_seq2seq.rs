@@ -27,12 +27,19 @@ fn lengths(name: &str) -> (usize, usize) {
 }
 
 fn model(name: &str) -> Model<B> {
-    let cfg: RunConfig = serde_json::from_value(json!({
-        "backbone": { "name": name, "path": fixture(name) },
-        "modules": [
+    with_modules(
+        name,
+        json!([
             { "name": "pre", "plugin": "prefix", "config": { "prefix_length": 3, "init_std": 0.5 } },
             { "name": "lo", "plugin": "lora", "config": { "rank": 2, "b_init_std": 0.05 } }
-        ]
+        ]),
+    )
+}
+
+fn with_modules(name: &str, modules: serde_json::Value) -> Model<B> {
+    let cfg: RunConfig = serde_json::from_value(json!({
+        "backbone": { "name": name, "path": fixture(name) },
+        "modules": modules
     }))
     .unwrap();
     let registry = Registry::with_static_plugins().unwrap();
@@ -138,6 +145,47 @@ fn t5_and_bart_attention_on_the_kernel_equal_burns_ops() {
         let gen = || {
             model
                 .generate(&HostGraph::inference(&model.params), &tb, 6)
+                .unwrap()
+        };
+        assert_eq!(
+            gen(),
+            peft_host::nn::generic_ops(gen),
+            "{name}: greedy tokens"
+        );
+    }
+}
+
+/// Without a key/value site the no-grad kernel reads the keys and values where the
+/// projections wrote them (the head split read as `[b, s, h]`, no copy per decoding step):
+/// the same logits as burn's ops and as the tracked pass, the same greedy tokens.
+#[test]
+fn bare_encoder_decoders_read_keys_in_place_and_agree() {
+    for name in ["t5-v1_0-tiny", "t5-v1_1-tiny", "bart-tiny"] {
+        let model = with_modules(name, json!([]));
+        let (tb, dec) = batch(model.info().vocab_size, lengths(name));
+        let infer = || {
+            vals(
+                model
+                    .seq2seq_logits(&HostGraph::inference(&model.params), &tb, &dec)
+                    .unwrap(),
+            )
+        };
+        let tracked = vals(
+            model
+                .seq2seq_logits(&HostGraph::new(&model.params, false), &tb, &dec)
+                .unwrap(),
+        );
+        let fast = infer();
+        check(
+            name,
+            "bare no-grad vs generic",
+            &fast,
+            &peft_host::nn::generic_ops(infer),
+        );
+        check(name, "bare no-grad vs tracked", &fast, &tracked);
+        let gen = || {
+            model
+                .generate(&HostGraph::inference(&model.params), &tb, 8)
                 .unwrap()
         };
         assert_eq!(

@@ -64,7 +64,7 @@ fn kernel<B: AutodiffBackend>(
     v: Tensor<B, 4>,
     spec: Spec<'_, B>,
 ) -> Result<Tensor<B, 3>, ApiError> {
-    let [b, t, h] = q.dims();
+    let [b, t, _] = q.dims();
     let s = k.dims()[2];
     let p = spec.prefix;
     let n = s.checked_sub(p).ok_or_else(|| {
@@ -110,21 +110,7 @@ fn kernel<B: AutodiffBackend>(
     };
     let terms = nn::ScoreTerms { pos, causal };
     if hooks.graph.no_grad {
-        let device = q.device();
-        let (q, k, v) = (nn::to_vec(q)?, nn::to_vec(k)?, nn::to_vec(v)?);
-        let layout = nn::KvLayout::Heads;
-        let out = nn::attention_with(
-            &q,
-            &k,
-            &v,
-            &keep,
-            [b, t, s],
-            spec.heads,
-            spec.scale,
-            layout,
-            terms,
-        )?;
-        Ok(nn::from_vec(out, [b, t, h], &device))
+        nn::nograd_split(q, k, v, &keep, spec.scale, terms)
     } else {
         let p = if hooks.training() { spec.dropout } else { 0.0 };
         let seed = if p > 0.0 {
@@ -172,7 +158,7 @@ fn generic<B: AutodiffBackend>(
         hooks,
         nn::softmax(hooks.graph.no_grad, scores, 3),
         spec.dropout,
-    );
+    )?;
     Ok(probs.matmul(v).swap_dims(1, 2).reshape([b, t, h]))
 }
 

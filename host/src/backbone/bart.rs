@@ -56,7 +56,7 @@ impl Bart {
         x: Tensor<B, 3>,
         key: &str,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        hooks.layer_norm(key, x, LN_EPS, false)
+        hooks.layer_norm(key, x, LN_EPS, true)
     }
 
     /// Token embeddings (scaled when `scale_embedding`) + learned positions from `start`,
@@ -88,7 +88,7 @@ impl Bart {
         let pos = pos.narrow(0, start + POSITION_OFFSET, t);
         let e = e + pos.unsqueeze_dim::<3>(0);
         let e = self.ln(hooks, e, &format!("{stack}.layernorm_embedding"))?;
-        Ok(dropout(hooks, e, c.dropout))
+        dropout(hooks, e, c.dropout)
     }
 
     /// One attention layer: output of `out_proj` (before dropout).
@@ -176,7 +176,7 @@ impl Bart {
         site: &str,
         f: impl FnOnce(&Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError>,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        let y = dropout(hooks, f(&x)?, self.config.dropout);
+        let y = dropout(hooks, f(&x)?, self.config.dropout)?;
         let y = hooks.pair(site, &x, y)?;
         self.ln(hooks, x + y, norm_key)
     }
@@ -189,10 +189,11 @@ impl Bart {
     ) -> Result<Tensor<B, 3>, ApiError> {
         let c = &self.config;
         let h = activation_fn(
+            hooks,
             &c.activation_function,
             self.lin(hooks, x, &format!("{p}.fc1"))?,
         );
-        let h = dropout(hooks, h, c.activation_dropout);
+        let h = dropout(hooks, h, c.activation_dropout)?;
         // The activation as the output projection reads it: where (IA)³ scales.
         let h = hooks.hidden(&format!("{p}.intermediate"), h)?;
         self.lin(hooks, &h, &format!("{p}.fc2"))

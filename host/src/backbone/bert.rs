@@ -236,19 +236,7 @@ impl Bert {
         x: Tensor<B, D>,
         p: f64,
     ) -> Result<Tensor<B, D>, ApiError> {
-        if !hooks.training() || p == 0.0 {
-            return Ok(x);
-        }
-        if nn::tracked::enabled::<B>() {
-            let seed = nn::draw_seed::<B>(&x.device());
-            return nn::tracked::dropout(x, p, seed);
-        }
-        let mask = Tensor::<B, D>::random(
-            x.shape(),
-            burn::tensor::Distribution::Bernoulli(1.0 - p),
-            &x.device(),
-        );
-        Ok(x * mask / (1.0 - p))
+        super::layers::dropout(hooks, x, p)
     }
 
     fn lin<B: AutodiffBackend>(

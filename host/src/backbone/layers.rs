@@ -4,22 +4,31 @@ use burn::tensor::{activation, backend::AutodiffBackend, Tensor};
 use peft_api::ApiError;
 
 use super::Hooks;
+use crate::nn;
 
-/// Inverted dropout, in training mode only.
+/// Inverted dropout, in training mode only: the CPU kernel (one tracked operation, its mask
+/// drawn from the backend's seeded generator) where it applies, else burn's Bernoulli mask.
 pub(crate) fn dropout<B: AutodiffBackend, const D: usize>(
     hooks: &Hooks<'_, '_, B>,
     x: Tensor<B, D>,
     p: f64,
-) -> Tensor<B, D> {
+) -> Result<Tensor<B, D>, ApiError> {
     if !hooks.training() || p == 0.0 {
-        return x;
+        return Ok(x);
+    }
+    if nn::tracked::enabled::<B>() {
+        let seed = nn::draw_seed::<B>(&x.device());
+        return nn::tracked::dropout(x, p, seed);
+    }
+    if !(0.0..1.0).contains(&p) {
+        return Err(ApiError::config(format!("dropout {p} is not in [0, 1)")));
     }
     let mask = Tensor::<B, D>::random(
         x.shape(),
         burn::tensor::Distribution::Bernoulli(1.0 - p),
         &x.device(),
     );
-    x * mask / (1.0 - p)
+    Ok(x * mask / (1.0 - p))
 }
 
 /// Splits `[batch, time, heads * dh]` into `[batch, heads, time, dh]`.
@@ -28,11 +37,26 @@ pub(crate) fn split_heads<B: AutodiffBackend>(y: Tensor<B, 3>, heads: usize) -> 
     y.reshape([b, t, heads, hd / heads]).swap_dims(1, 2)
 }
 
-/// Activations by HF name (`ACT2FN`).
-pub(crate) fn activation_fn<B: AutodiffBackend, const D: usize>(
+/// Activations by HF name (`ACT2FN`); exact GELU on the CPU kernel where it applies (burn's
+/// evaluates `erf` per element through several recorded ops).
+pub(crate) fn activation_fn<B: AutodiffBackend>(
+    hooks: &Hooks<'_, '_, B>,
     name: &str,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    if name == "gelu" {
+        if hooks.graph.no_grad && nn::enabled::<B>() {
+            let (shape, device) = (x.dims(), x.device());
+            if let Ok(mut v) = nn::to_vec(x.clone()) {
+                nn::gelu(&mut v);
+                return nn::from_vec(v, shape, &device);
+            }
+        } else if !hooks.graph.no_grad && nn::tracked::enabled::<B>() {
+            if let Ok(y) = nn::tracked::gelu(x.clone()) {
+                return y;
+            }
+        }
+    }
     match name {
         "relu" => activation::relu(x),
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => activation::gelu_approximate(x),

@@ -284,6 +284,29 @@ pub enum BenchCommand {
         #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
         backbone_dtype: String,
     },
+    /// An encoder-decoder's (T5, BART) teacher-forced inference, greedy decoding and training
+    /// step, on the shapes of scripts/pytorch_seq2seq_reference.py.
+    Seq2seq {
+        /// Module plugins to train (none: no training step).
+        #[arg(long)]
+        plugin: Vec<String>,
+        /// A model name (see `peft-host models`) or a folder with config.json and
+        /// model.safetensors.
+        #[arg(long)]
+        backbone: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        src: usize,
+        #[arg(long, default_value_t = 32)]
+        tgt: usize,
+        #[arg(long, default_value_t = 32)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {

@@ -155,6 +155,63 @@ pub fn bench(
                 }
             }
         }
+        BenchCommand::Seq2seq {
+            plugin,
+            backbone,
+            batch,
+            src,
+            tgt,
+            new_tokens,
+            runs,
+            json,
+        } => {
+            let mut cfg = RunConfig::for_plugin("none");
+            let dir = std::path::Path::new(&backbone);
+            cfg.backbone = crate::config::BackboneSpec::Detailed(crate::config::BackboneDetail {
+                name: Some(backbone.clone()),
+                path: dir.is_dir().then(|| backbone.clone()),
+                ..Default::default()
+            });
+            cfg.modules = plugin
+                .iter()
+                .map(|p| RunConfig::for_plugin(p).modules.remove(0))
+                .collect();
+            let r = crate::bench::seq2seq::seq2seq_bench::<crate::device::Cpu>(
+                &cfg,
+                registry,
+                [batch, src, tgt, new_tokens],
+                runs,
+                !plugin.is_empty(),
+                &Default::default(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} ({}) batch {} x source {} / target {}, {} new tokens, {} threads, {} runs",
+                    r.backbone,
+                    r.model_type,
+                    r.batch,
+                    r.src,
+                    r.tgt,
+                    r.new_tokens,
+                    r.threads,
+                    r.inference.runs
+                );
+                for t in [Some(&r.inference), Some(&r.generate), r.train_step.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    println!(
+                        "  {:<12} median {:>8.1} ms  (min {:.1}, max {:.1})",
+                        t.name, t.median_ms, t.min_ms, t.max_ms
+                    );
+                }
+                if r.train_step.is_some() {
+                    println!("  trainable parameters {}", r.trainable_parameters);
+                }
+            }
+        }
         BenchCommand::Model {
             plugin,
             backbone,

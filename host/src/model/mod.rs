@@ -200,7 +200,7 @@ impl<B: AutodiffBackend> Model<B> {
 
     /// The hooks of one pass over `batch`, with the batch's padding mask in the context
     /// (modules that pool, like PHA's retriever, need it).
-    fn hooks<'a, 'p>(
+    pub(crate) fn hooks<'a, 'p>(
         &'a self,
         graph: &'a HostGraph<'p, B>,
         batch: &TextBatch<B>,

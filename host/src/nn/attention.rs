@@ -368,6 +368,44 @@ pub fn attention_with(
     ))
 }
 
+/// [`attention_with`] without gradients on tensors of the CPU autodiff backend, reading them
+/// where they lie: `q` `[b, t, h]`, `k`, `v` `[b, heads, s, dh]` either contiguous or as the
+/// head split of a `[b, s, h]` projection (read in the `Time` layout), so a decoding step does
+/// not copy the cached cross-attention keys and values. Another backend is an error.
+pub fn nograd_split<B: AutodiffBackend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    keep: &[bool],
+    scale: f32,
+    terms: ScoreTerms,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let [b, t, h] = q.dims();
+    let [bk, heads, s, dh] = k.dims();
+    if bk != b || heads * dh != h || v.dims() != k.dims() {
+        return Err(ApiError::shape(format!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit [b, t, h], [b, heads, s, h / heads] twice",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    let device = q.device();
+    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
+    let time = Buf::split_heads_source(&ka.primitive).zip(Buf::split_heads_source(&va.primitive));
+    let (kb, vb, layout) = match time {
+        Some((kb, vb)) => (kb, vb, KvLayout::Time),
+        None => (
+            Buf::new(ka.primitive),
+            Buf::new(va.primitive),
+            KvLayout::Heads,
+        ),
+    };
+    let qb = Buf::new(qa.primitive);
+    let out = attention_with(&qb, &kb, &vb, keep, [b, t, s], heads, scale, layout, terms)?;
+    Ok(super::cpu::from_vec(out, [b, t, h], &device))
+}
+
 /// What the backward needs: the inputs, the output, each row's log-sum-exp and the masks
 /// (the dropout mask is redrawn from its seed, in `dims`).
 #[derive(Clone, Debug)]

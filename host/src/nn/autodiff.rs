@@ -63,9 +63,9 @@ fn cast<T: 'static, U: 'static>(t: T) -> Result<U, ApiError> {
 }
 
 /// A float tensor's storage, borrowed where it lies (copied only when strided or not f32):
-/// the inputs the kernels read and the backward keeps.
+/// the inputs the kernels read and the backward keeps. Derefs to its `len` elements.
 #[derive(Clone, Debug)]
-pub(crate) struct Buf(FlexTensor);
+pub(crate) struct Buf(FlexTensor, usize);
 
 impl Buf {
     pub(crate) fn new(p: FlexTensor) -> Self {
@@ -75,15 +75,34 @@ impl Buf {
         } else {
             FlexTensor::from_data(p.into_data().convert::<f32>())
         };
-        Buf(p)
+        let n = p.layout().num_elements();
+        Buf(p, n)
+    }
+
+    /// `[b, heads, s, dh]` keys or values that are the head split (a `swap_dims` view) of a
+    /// `[b, s, heads·dh]` projection: that projection's buffer, read as `[b, s, h]` without a
+    /// copy. `None` for any other layout.
+    pub(crate) fn split_heads_source(p: &FlexTensor) -> Option<Self> {
+        let l = p.layout();
+        let &[b, heads, s, dh] = l.shape().as_slice() else {
+            return None;
+        };
+        let h = heads * dh;
+        let want = [(s * h) as isize, dh as isize, h as isize, 1];
+        let fits = p.dtype() == burn::tensor::DType::F32
+            && l.start_offset() == 0
+            && l.strides() == want
+            && p.storage::<f32>().len() == b * s * h;
+        fits.then(|| Buf(p.clone(), b * s * h))
     }
 }
 
 impl std::ops::Deref for Buf {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        // `new` made the storage contiguous f32.
-        self.0.as_slice::<f32>().expect("a contiguous f32 tensor")
+        // `new` made the storage contiguous f32 from offset 0; `split_heads_source` checked
+        // that the storage is exactly the `[b, s, h]` buffer.
+        &self.0.storage::<f32>()[..self.1]
     }
 }
 

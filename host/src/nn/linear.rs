@@ -14,8 +14,10 @@ use super::{
     },
     bf16::WeightBuf,
     gemm::{matmul, Mat, MatMut, Parallelism},
+    math::{dot, simd_dispatch},
     value::{fp, ft, FloatPrim},
 };
+use rayon::prelude::*;
 
 /// `x @ w^T + b` with `w: [out, in]`, flattening leading dims into one matmul.
 pub fn linear<B: AutodiffBackend>(
@@ -55,6 +57,47 @@ pub fn linear<B: AutodiffBackend>(
         *last = sw[0];
     }
     Ok(B::float_reshape(fp(y), Shape::from(out)))
+}
+
+/// Up to this many input rows (a decoding step's batch), [`skinny`] replaces the GEMM.
+pub(crate) const SKINNY_ROWS: usize = 16;
+/// Output features per parallel task of [`skinny`].
+const SKINNY_CHUNK: usize = 256;
+
+/// `y += x Wᵀ` for few rows `x` `[n, in]` (`n ≤` [`SKINNY_ROWS`]), `W` `[out, in]`, `y`
+/// `[n, out]`: each weight row is read once and dotted with every row of `x`, which stays in
+/// L1. A decoding step's products have this shape (a handful of rows against a
+/// vocabulary-sized W): the packed GEMM would copy the whole of W on every call, and copying
+/// dominated greedy decoding's profile.
+pub(crate) fn skinny(y: &mut [f32], x: &[f32], w: &[f32], [n, i, o]: [usize; 3]) {
+    if n == 0 || o == 0 {
+        return;
+    }
+    // Output features as `[out, n]` so that each task owns a contiguous piece.
+    let mut yt = vec![0f32; o * n];
+    yt.par_chunks_mut(SKINNY_CHUNK * n)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let j0 = c * SKINNY_CHUNK;
+            let rows = out.len() / n;
+            skinny_rows(out, x, &w[j0 * i..(j0 + rows) * i], n, i);
+        });
+    for (r, yr) in y.chunks_exact_mut(o).enumerate() {
+        for (j, v) in yr.iter_mut().enumerate() {
+            *v += yt[j * n + r];
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `out[j·n + r] = x_r · w_j` for the weight rows `w` (each `i` long).
+    fn skinny_rows(out: &mut [f32], x: &[f32], w: &[f32], n: usize, i: usize) {
+        for (o, wr) in out.chunks_exact_mut(n).zip(w.chunks_exact(i)) {
+            for (r, v) in o.iter_mut().enumerate() {
+                *v = dot(&x[r * i..(r + 1) * i], wr);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -142,15 +185,19 @@ pub fn tracked<B: AutodiffBackend>(
     }
     // y = 1·y + x·Wᵀ: the bias rows plus the product.
     let wf = wv.f32();
-    let (xm, wm) = (Mat::rows(&xv, 0, n, i, i), Mat::rows(&wf, 0, o, i, i));
-    matmul(
-        &mut MatMut::dense(&mut y, n, o),
-        1.0,
-        xm,
-        wm.t(),
-        1.0,
-        Parallelism::Rayon(0),
-    );
+    if n <= SKINNY_ROWS {
+        skinny(&mut y, &xv, &wf, [n, i, o]);
+    } else {
+        let (xm, wm) = (Mat::rows(&xv, 0, n, i, i), Mat::rows(&wf, 0, o, i, i));
+        matmul(
+            &mut MatMut::dense(&mut y, n, o),
+            1.0,
+            xm,
+            wm.t(),
+            1.0,
+            Parallelism::Rayon(0),
+        );
+    }
     drop(wf);
     let out = primitive(y, [n, o]);
     let keep_x = !wa.node.requirement.is_none();

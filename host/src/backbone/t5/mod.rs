@@ -87,7 +87,7 @@ impl T5 {
         let e = shared
             .select(0, ids.clone().reshape([b * t]))
             .reshape([b, t, self.config.d_model]);
-        Ok(dropout(hooks, e, self.config.dropout_rate))
+        dropout(hooks, e, self.config.dropout_rate)
     }
 
     /// Relative position bias `[1, heads, tq, keys]` of `stack`'s block 0 for queries at
@@ -212,12 +212,12 @@ impl T5 {
         let c = &self.config;
         let act = c.activation();
         let h = if c.is_gated() {
-            let g = activation_fn(&act, self.lin(hooks, x, &format!("{key}.wi_0"))?);
+            let g = activation_fn(hooks, &act, self.lin(hooks, x, &format!("{key}.wi_0"))?);
             g * self.lin(hooks, x, &format!("{key}.wi_1"))?
         } else {
-            activation_fn(&act, self.lin(hooks, x, &format!("{key}.wi"))?)
+            activation_fn(hooks, &act, self.lin(hooks, x, &format!("{key}.wi"))?)
         };
-        let h = dropout(hooks, h, c.dropout_rate);
+        let h = dropout(hooks, h, c.dropout_rate)?;
         // The activation as the output projection reads it: where (IA)³ scales.
         let h = hooks.hidden(&format!("{key}.intermediate"), h)?;
         self.lin(hooks, &h, &format!("{key}.wo"))
@@ -233,7 +233,7 @@ impl T5 {
         f: impl FnOnce(&Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError>,
     ) -> Result<Tensor<B, 3>, ApiError> {
         let normed = self.norm(hooks, x.clone(), norm_key)?;
-        let y = dropout(hooks, f(&normed)?, self.config.dropout_rate);
+        let y = dropout(hooks, f(&normed)?, self.config.dropout_rate)?;
         let y = hooks.pair(site, &normed, y)?;
         Ok(x + y)
     }
@@ -343,7 +343,7 @@ impl T5 {
             x = self.encoder_block(hooks, l, x, &batch.attention_mask, &bias)?;
         }
         let x = self.norm(hooks, x, "encoder.final_layer_norm")?;
-        Ok(dropout(hooks, x, self.config.dropout_rate))
+        dropout(hooks, x, self.config.dropout_rate)
     }
 }
 
@@ -428,7 +428,7 @@ impl<B: AutodiffBackend> Seq2Seq<B> for T5 {
             c.len += t;
         }
         let x = self.norm(hooks, x, "decoder.final_layer_norm")?;
-        Ok(dropout(hooks, x, self.config.dropout_rate))
+        dropout(hooks, x, self.config.dropout_rate)
     }
 
     fn lm_logits(

@@ -48,3 +48,39 @@ fn tracked_linear_refuses_a_weight_that_does_not_fit() {
     let w = leaf(1.2, [1, 3, 6]).reshape([3, 6]);
     assert!(tracked(x, w, None).is_err());
 }
+
+/// The few-rows product (decoding steps) equals the GEMM it replaces, across several output
+/// chunks with a partial last one, for 1 to `SKINNY_ROWS` rows; and the tracked op switches
+/// paths at that size without changing its values.
+#[test]
+fn skinny_product_equals_the_gemm() {
+    use super::{skinny, SKINNY_ROWS};
+    use crate::nn::gemm::{matmul, Mat, MatMut, Parallelism};
+    let (i, o) = (37, 600);
+    let val =
+        |n: usize, m: f32| -> Vec<f32> { (0..n).map(|k| (k as f32 * 0.37 + m).sin()).collect() };
+    let w = val(o * i, 0.3);
+    for n in [1, 3, SKINNY_ROWS] {
+        let x = val(n * i, 1.1);
+        let mut a = val(n * o, 2.0);
+        let mut b = a.clone();
+        skinny(&mut a, &x, &w, [n, i, o]);
+        matmul(
+            &mut MatMut::dense(&mut b, n, o),
+            1.0,
+            Mat::rows(&x, 0, n, i, i),
+            Mat::rows(&w, 0, o, i, i).t(),
+            1.0,
+            Parallelism::None,
+        );
+        assert_close(&[("y", &a, &b)], 1e-5);
+    }
+    // Through the tracked op on either side of the switch.
+    for n in [SKINNY_ROWS, SKINNY_ROWS + 1] {
+        let x = leaf(0.2, [1, n, 5]).reshape([n, 5]);
+        let w = leaf(1.2, [1, 300, 5]).reshape([300, 5]);
+        let y = vals(tracked(x.clone(), w.clone(), None).unwrap());
+        let want = vals(x.matmul(w.transpose()));
+        assert_close(&[("y", &y, &want)], 1e-5);
+    }
+}

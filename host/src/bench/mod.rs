@@ -7,6 +7,8 @@ use peft_api::{BackboneInfo, SiteInfo, SiteKind};
 use peft_registry::Registry;
 use serde::Serialize;
 
+pub mod seq2seq;
+
 use crate::{
     backbone::SiteModules,
     bridge::{

@@ -417,6 +417,9 @@ struct State {
     lse: Arc<Vec<f32>>,
     masks: Arc<Masks>,
     dims: Dims,
+    /// k and v came split by head (`[b, heads, s, dh]`) but were read in the projection's
+    /// `[b, s, h]` buffer (`dims.layout` is `Time`): their gradients go back split.
+    split_view: bool,
 }
 
 #[derive(Debug)]
@@ -437,6 +440,9 @@ impl Backward<Flex, 3> for AttentionBackward {
         for (parent, g) in [(p1, dk), (p2, dv)] {
             if let Some(node) = parent {
                 let g = match d.layout {
+                    KvLayout::Time if st.split_view => {
+                        primitive(g, [d.b, d.s, d.heads, d.dh()]).transpose(1, 2)
+                    }
                     KvLayout::Time => primitive(g, [d.b, d.s, d.h]),
                     KvLayout::Heads => primitive(g, [d.b, d.heads, d.s, d.dh()]),
                 };
@@ -546,11 +552,22 @@ fn tracked_ad<B: AutodiffBackend>(
             "attention: dropout {dropout} is not in [0, 1)"
         )));
     }
-    let (qb, kb, vb) = (
-        Buf::new(qa.primitive.clone()),
-        Buf::new(ka.primitive.clone()),
-        Buf::new(va.primitive.clone()),
-    );
+    // Keys and values split by head that are a view of the projections are read in place.
+    let in_place = match layout {
+        KvLayout::Heads => {
+            Buf::split_heads_source(&ka.primitive).zip(Buf::split_heads_source(&va.primitive))
+        }
+        KvLayout::Time => None,
+    };
+    let split_view = in_place.is_some();
+    let layout = if split_view { KvLayout::Time } else { layout };
+    let (kb, vb) = in_place.unwrap_or_else(|| {
+        (
+            Buf::new(ka.primitive.clone()),
+            Buf::new(va.primitive.clone()),
+        )
+    });
+    let qb = Buf::new(qa.primitive.clone());
     let mut d = Dims::check(
         qb.len(),
         kb.len(),
@@ -575,6 +592,7 @@ fn tracked_ad<B: AutodiffBackend>(
         lse: Arc::new(lse),
         masks: Arc::new(masks),
         dims: d,
+        split_view,
     };
     let nodes = [qa.node.clone(), ka.node.clone(), va.node.clone()];
     let result = match AttentionBackward

@@ -154,6 +154,15 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
     /// T5's RMS LayerNorm with HF weight `<key>.weight`.
     pub fn rms_norm(&self, key: &str, x: Tensor<B, 3>, eps: f64) -> Result<Tensor<B, 3>, ApiError> {
         let w = self.weight::<1>(&format!("{key}.weight"))?;
+        if self.graph.no_grad && nn::enabled::<B>() {
+            let (shape, device) = (x.dims(), x.device());
+            let (mut v, w) = (nn::to_vec(x)?, nn::to_vec(w)?);
+            nn::rms_norm::rms_norm_rows(&mut v, &w, eps);
+            return Ok(nn::from_vec(v, shape, &device));
+        }
+        if !self.graph.no_grad && nn::tracked::enabled::<B>() {
+            return nn::tracked::rms_norm(x, w, eps);
+        }
         Ok(nn::rms_norm(x, Some(w), eps))
     }
 

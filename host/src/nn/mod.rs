@@ -17,6 +17,7 @@ pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
 mod math;
+pub mod rms_norm;
 pub mod softmax;
 pub mod value;
 
@@ -39,6 +40,7 @@ pub mod tracked {
     pub use super::gelu::tracked as gelu;
     pub use super::layer_norm::tracked as layer_norm;
     pub use super::linear::tracked as linear;
+    pub use super::rms_norm::tracked as rms_norm;
 }
 
 #[cfg(test)]

@@ -67,11 +67,69 @@ fn cast<T: 'static, U: 'static>(t: T) -> Result<U, ApiError> {
 #[derive(Clone, Debug)]
 pub(crate) struct Buf(FlexTensor, usize);
 
+/// `p` with a contiguous layout: itself when it already is one; an f32 view whose last dim
+/// is adjacent (head splits, broadcast batches, narrowed blocks) copied a whole last-dim run
+/// at a time, where burn-flex walks layouts of more than two dims that do not collapse
+/// element by element; anything else through burn-flex.
+pub(crate) fn contiguous(p: FlexTensor) -> FlexTensor {
+    let l = p.layout();
+    if l.is_contiguous() && l.start_offset() == 0 {
+        return p;
+    }
+    let (shape, strides) = (l.shape().to_vec(), l.strides().to_vec());
+    let rank = shape.len();
+    let runs = p.dtype() == burn::tensor::DType::F32
+        && rank >= 2
+        && strides[rank - 1] == 1
+        && strides.iter().all(|&s| s >= 0);
+    if !runs {
+        return p.to_contiguous();
+    }
+    let src: &[f32] = p.storage();
+    let inner = shape[rank - 1];
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    if n > 0 {
+        let mut idx = vec![0usize; rank - 1];
+        let mut off = l.start_offset();
+        for _ in 0..n / inner {
+            // In bounds: the layout addresses only elements of its storage (slicing panics
+            // rather than read past it).
+            out.extend_from_slice(&src[off..off + inner]);
+            // The next outer index, last dim fastest; `off` follows it.
+            for d in (0..rank - 1).rev() {
+                idx[d] += 1;
+                off += strides[d] as usize;
+                if idx[d] < shape[d] {
+                    break;
+                }
+                off -= strides[d] as usize * shape[d];
+                idx[d] = 0;
+            }
+        }
+    }
+    FlexTensor::from_data(TensorData::new(out, shape))
+}
+
+/// `x` with its CPU storage made [`contiguous`] (same values, same place in the autodiff
+/// graph: only the primitive's layout changes), so that burn's ops after it copy whole runs
+/// instead of walking a strided view; unchanged on another backend.
+pub fn contiguous_tensor<B: AutodiffBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if !enabled::<B>() {
+        return x;
+    }
+    let Ok(mut a) = ad(x.clone()) else {
+        return x;
+    };
+    a.primitive = contiguous(a.primitive);
+    into_b(a).unwrap_or(x)
+}
+
 impl Buf {
     pub(crate) fn new(p: FlexTensor) -> Self {
         let f32 = p.dtype() == burn::tensor::DType::F32;
-        let p = if f32 && p.is_contiguous() && p.layout().start_offset() == 0 {
-            p
+        let p = if f32 {
+            contiguous(p)
         } else {
             FlexTensor::from_data(p.into_data().convert::<f32>())
         };
@@ -121,3 +179,7 @@ pub(crate) fn primitive<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> FlexT
         .into_primitive()
         .tensor()
 }
+
+#[cfg(test)]
+#[path = "tests/contiguous.rs"]
+mod tests;

@@ -35,7 +35,7 @@ pub mod tracked {
     pub use super::attention::tracked_split as attention_split;
     pub use super::attention::tracked_split_with as attention_split_with;
     pub use super::autodiff::enabled;
-    pub use super::autodiff::tracks_grad;
+    pub use super::autodiff::{contiguous_tensor as contiguous, tracks_grad};
     pub use super::dropout::tracked as dropout;
     pub use super::gelu::tracked as gelu;
     pub use super::layer_norm::tracked as layer_norm;

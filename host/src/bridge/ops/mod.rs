@@ -224,8 +224,12 @@ pub fn exec<B: AutodiffBackend>(
                     )));
                 }
             }
+            // Strided inputs (a head split, a broadcast prefix) copied by whole rows first:
+            // burn-flex's cat would walk them element by element.
             by_rank!(s0.len(), |D| one(fp(Tensor::cat(
-                ps.into_iter().map(ft::<B, D>).collect(),
+                ps.into_iter()
+                    .map(|p| crate::nn::tracked::contiguous(ft::<B, D>(p)))
+                    .collect(),
                 d
             ))))
         }

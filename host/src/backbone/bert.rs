@@ -297,9 +297,7 @@ impl Bert {
             let mut keep = nn::keep_mask(mask)?;
             if fused {
                 if hooks.graph.no_grad {
-                    let (q, k, v) = (nn::to_vec(q)?, nn::to_vec(k)?, nn::to_vec(v)?);
-                    let out = nn::attention(&q, &k, &v, &keep, [b, t, t], heads, scale)?;
-                    nn::from_vec(out, [b, t, h], &x.device())
+                    nn::nograd(q, k, v, &keep, heads, scale)?
                 } else {
                     nn::tracked::attention(q, k, v, &keep, heads, scale, p, seed)?
                 }
@@ -309,10 +307,7 @@ impl Bert {
                 // Positions a site prepends (prefix tuning) are visible to every query.
                 keep = prefixed_keep(&keep, b, t, s);
                 if hooks.graph.no_grad {
-                    let (q, k, v) = (nn::to_vec(q)?, nn::to_vec(k)?, nn::to_vec(v)?);
-                    let layout = nn::KvLayout::Heads;
-                    let out = nn::attention_in(&q, &k, &v, &keep, [b, t, s], heads, scale, layout)?;
-                    nn::from_vec(out, [b, t, h], &x.device())
+                    nn::nograd_split(q, k, v, &keep, scale, nn::ScoreTerms::default())?
                 } else {
                     nn::tracked::attention_split(q, k, v, &keep, scale, p, seed)?
                 }

@@ -368,6 +368,29 @@ pub fn attention_with(
     ))
 }
 
+/// [`attention`] without gradients on tensors of the CPU autodiff backend, read in place
+/// (`q` `[b, t, h]`, `k`, `v` `[b, s, h]`, the projections): no copy of the inputs.
+pub fn nograd<B: AutodiffBackend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    keep: &[bool],
+    heads: usize,
+    scale: f32,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let [b, t, h] = q.dims();
+    let s = k.dims()[1];
+    let device = q.device();
+    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
+    let (qb, kb, vb) = (
+        Buf::new(qa.primitive),
+        Buf::new(ka.primitive),
+        Buf::new(va.primitive),
+    );
+    let out = attention(&qb, &kb, &vb, keep, [b, t, s], heads, scale)?;
+    Ok(super::cpu::from_vec(out, [b, t, h], &device))
+}
+
 /// [`attention_with`] without gradients on tensors of the CPU autodiff backend, reading them
 /// where they lie: `q` `[b, t, h]`, `k`, `v` `[b, heads, s, dh]` either contiguous or as the
 /// head split of a `[b, s, h]` projection (read in the `Time` layout), so a decoding step does

@@ -7,6 +7,7 @@
 //! `nn/tests/`, and end to end by the parity tests.
 pub mod attention;
 pub(crate) mod attention_dense;
+mod attention_tracked;
 mod autodiff;
 pub mod bf16;
 pub mod cpu;
@@ -33,9 +34,9 @@ pub use softmax::softmax;
 /// The kernels as tracked operations of burn's CPU autodiff backend, each with its own
 /// backward; an error on another backend (check [`tracked::enabled`] first).
 pub mod tracked {
-    pub use super::attention::tracked as attention;
-    pub use super::attention::tracked_split as attention_split;
-    pub use super::attention::tracked_split_with as attention_split_with;
+    pub use super::attention_tracked::tracked as attention;
+    pub use super::attention_tracked::tracked_split as attention_split;
+    pub use super::attention_tracked::tracked_split_with as attention_split_with;
     pub use super::autodiff::enabled;
     pub use super::autodiff::{contiguous_tensor as contiguous, tracks_grad};
     pub use super::dropout::tracked as dropout;

@@ -1,9 +1,9 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::{
-    attention, attention_with, flash_backward, flash_forward, tracked, tracked_split,
-    tracked_split_with, Dims, KvLayout, Masks, ScoreTerms,
+    attention, attention_with, flash_backward, flash_forward, Dims, KvLayout, Masks, ScoreTerms,
 };
+use crate::nn::attention_tracked::{tracked, tracked_split, tracked_split_with};
 use crate::nn::{
     attention_dense,
     flash::{Dropout, BC, BR},

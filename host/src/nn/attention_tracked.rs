@@ -1,0 +1,219 @@
+//! Attention as one tracked operation of the CPU autodiff backend ([`tracked`],
+//! [`tracked_split`]): the blocked forward of [`super::attention`], and a backward that
+//! recomputes each block's probabilities from the saved row log-sum-exp.
+use std::sync::Arc;
+
+use burn::{
+    backend::Flex,
+    tensor::{backend::AutodiffBackend, Tensor},
+};
+use peft_api::ApiError;
+
+use super::{
+    attention::{flash_backward, flash_forward, Dims, KvLayout, Masks, ScoreTerms},
+    autodiff::{
+        ad, flat, into_b, primitive, AdTensor, Backward, Buf, Checkpointer, Gradients,
+        NoCheckpointing, Ops, OpsKind,
+    },
+    flash::Dropout,
+};
+
+/// What the backward needs: the inputs, the output, each row's log-sum-exp and the masks
+/// (the dropout mask is redrawn from its seed, in `dims`).
+#[derive(Clone, Debug)]
+struct State {
+    q: Buf,
+    k: Buf,
+    v: Buf,
+    o: Buf,
+    lse: Arc<Vec<f32>>,
+    masks: Arc<Masks>,
+    dims: Dims,
+    /// k and v came split by head (`[b, heads, s, dh]`) but were read in the projection's
+    /// `[b, s, h]` buffer (`dims.layout` is `Time`): their gradients go back split.
+    split_view: bool,
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 3> for AttentionBackward {
+    type State = State;
+
+    fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = flat(grads.consume::<Flex>(&ops.node));
+        let st = ops.state;
+        let d = st.dims;
+        let (dq, dk, dv) = flash_backward(&st.q, &st.k, &st.v, &st.o, &st.lse, &grad, &st.masks, d);
+        let [p0, p1, p2] = &ops.parents;
+        if let Some(node) = p0 {
+            grads.register::<Flex>(node.id, primitive(dq, [d.b, d.t, d.h]));
+        }
+        for (parent, g) in [(p1, dk), (p2, dv)] {
+            if let Some(node) = parent {
+                let g = match d.layout {
+                    KvLayout::Time if st.split_view => {
+                        primitive(g, [d.b, d.s, d.heads, d.dh()]).transpose(1, 2)
+                    }
+                    KvLayout::Time => primitive(g, [d.b, d.s, d.h]),
+                    KvLayout::Heads => primitive(g, [d.b, d.heads, d.s, d.dh()]),
+                };
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+/// `softmax(q kᵀ · scale + mask) v` with dropout `p` on the probabilities (drawn from `seed`)
+/// as one tracked operation of the CPU autodiff backend, with its own backward; `q`
+/// `[b, t, h]`, `k`, `v` `[b, s, h]` (`s` may differ from `t`), `keep` `[b, s]`. Shapes that
+/// do not fit, or another backend, are an error.
+#[allow(clippy::too_many_arguments)]
+pub fn tracked<B: AutodiffBackend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    keep: &[bool],
+    heads: usize,
+    scale: f32,
+    dropout: f64,
+    seed: u64,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let [b, t, h] = q.dims();
+    let [bk, s, hk] = k.dims();
+    if bk != b || hk != h || v.dims() != k.dims() {
+        return Err(ApiError::shape(format!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit [b, t, h], [b, s, h], [b, s, h]",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
+    let spec = ([b, t, s], heads, h, KvLayout::Time);
+    tracked_ad(
+        qa,
+        ka,
+        va,
+        keep,
+        spec,
+        scale,
+        dropout,
+        seed,
+        ScoreTerms::default(),
+    )
+}
+
+/// [`tracked`] with the keys and values split by head, `[b, heads, s, dh]`, as a key/value
+/// site returns them (prefix tuning's prepended positions included): read in place, their
+/// gradients returned in the same layout.
+#[allow(clippy::too_many_arguments)]
+pub fn tracked_split<B: AutodiffBackend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    keep: &[bool],
+    scale: f32,
+    dropout: f64,
+    seed: u64,
+) -> Result<Tensor<B, 3>, ApiError> {
+    tracked_split_with(q, k, v, keep, scale, dropout, seed, ScoreTerms::default())
+}
+
+/// [`tracked_split`] with a score bias (a constant) and a causal mask.
+#[allow(clippy::too_many_arguments)]
+pub fn tracked_split_with<B: AutodiffBackend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    keep: &[bool],
+    scale: f32,
+    dropout: f64,
+    seed: u64,
+    terms: ScoreTerms,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let [b, t, h] = q.dims();
+    let [bk, heads, s, dh] = k.dims();
+    if bk != b || heads * dh != h || v.dims() != k.dims() {
+        return Err(ApiError::shape(format!(
+            "attention: q {:?}, k {:?}, v {:?} do not fit [b, t, h], [b, heads, s, h / heads] twice",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )));
+    }
+    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
+    let spec = ([b, t, s], heads, h, KvLayout::Heads);
+    tracked_ad(qa, ka, va, keep, spec, scale, dropout, seed, terms)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tracked_ad<B: AutodiffBackend>(
+    qa: AdTensor,
+    ka: AdTensor,
+    va: AdTensor,
+    keep: &[bool],
+    ([b, t, s], heads, h, layout): ([usize; 3], usize, usize, KvLayout),
+    scale: f32,
+    dropout: f64,
+    seed: u64,
+    terms: ScoreTerms,
+) -> Result<Tensor<B, 3>, ApiError> {
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(ApiError::invalid(format!(
+            "attention: dropout {dropout} is not in [0, 1)"
+        )));
+    }
+    // Keys and values split by head that are a view of the projections are read in place.
+    let in_place = match layout {
+        KvLayout::Heads => {
+            Buf::split_heads_source(&ka.primitive).zip(Buf::split_heads_source(&va.primitive))
+        }
+        KvLayout::Time => None,
+    };
+    let split_view = in_place.is_some();
+    let layout = if split_view { KvLayout::Time } else { layout };
+    let (kb, vb) = in_place.unwrap_or_else(|| {
+        (
+            Buf::new(ka.primitive.clone()),
+            Buf::new(va.primitive.clone()),
+        )
+    });
+    let qb = Buf::new(qa.primitive.clone());
+    let mut d = Dims::check(
+        qb.len(),
+        kb.len(),
+        vb.len(),
+        keep.len(),
+        [b, t, s],
+        heads,
+        h,
+        scale,
+    )?;
+    d.layout = layout;
+    d.drop = Dropout::new(dropout, seed);
+    let masks = Masks::with(keep, &d, terms)?;
+    let mut lse = vec![0f32; b * heads * t];
+    let out = flash_forward(&qb, &kb, &vb, &masks, d, Some(&mut lse));
+    let out = primitive(out, [b, t, h]);
+    let st = State {
+        q: qb,
+        k: kb,
+        v: vb,
+        o: Buf::new(out.clone()),
+        lse: Arc::new(lse),
+        masks: Arc::new(masks),
+        dims: d,
+        split_view,
+    };
+    let nodes = [qa.node.clone(), ka.node.clone(), va.node.clone()];
+    let result = match AttentionBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(st, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    into_b(result)
+}

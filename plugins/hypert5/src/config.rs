@@ -33,6 +33,10 @@ pub struct HyperT5Config {
     /// unchanged backbone and generated prefixes near neutral keys.
     #[serde(default = "default_out_std")]
     pub out_init_std: f64,
+    /// Normal std of the learned pooling queries (BERT-family hypermodel; BERT's 0.02 by
+    /// default). Small queries make the pooling attention near uniform at the start.
+    #[serde(default = "default_query_std")]
+    pub query_init_std: f64,
     /// Number of few-shot examples handed to the hypermodel per pass (host side).
     #[serde(default = "default_k")]
     #[schemars(range(min = 1, max = 64))]
@@ -75,6 +79,9 @@ fn default_head_hidden() -> usize {
 }
 fn default_out_std() -> f64 {
     0.01
+}
+fn default_query_std() -> f64 {
+    0.02
 }
 fn default_k() -> usize {
     16

@@ -270,7 +270,7 @@ impl ContextEncoderImpl for HyperT5 {
         }
         let h = backbone.hidden_size;
         let q = n * self.kinds().len();
-        let std = 0.02;
+        let std = self.config.query_init_std;
         self.create(ctx, "queries", &[q, h], Init::Normal { mean: 0.0, std })?;
         for p in ["query", "key", "value", "output"] {
             self.create(

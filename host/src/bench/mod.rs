@@ -263,16 +263,7 @@ pub fn model_bench<B: AutodiffBackend>(
                 .mean();
             let grads = loss.backward();
             drop(g);
-            let mut store = model.params.borrow_mut();
-            for p in store.trainable_mut() {
-                let rank = p.shape.len();
-                let grad = crate::by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
-                    .grad(&grads)
-                    .map(|g| g.into_primitive().tensor())))?;
-                if let Some(grad) = grad {
-                    opt.step(p, grad)?;
-                }
-            }
+            adamw_step(&model, &grads, &mut opt)?;
             Ok(start.elapsed().as_secs_f64() * 1e3)
         };
         step()?;
@@ -324,6 +315,29 @@ pub fn model_bench<B: AutodiffBackend>(
         train_step,
         trainable_parameters,
     })
+}
+
+/// One AdamW step on every trainable parameter that received a gradient; returns how many
+/// elements did (what a benchmark's "trainable" counts: parameters off the loss's path are
+/// left out).
+fn adamw_step<B: AutodiffBackend>(
+    model: &crate::model::Model<B>,
+    grads: &<B as AutodiffBackend>::Gradients,
+    opt: &mut crate::train::optim::AdamW<B>,
+) -> anyhow::Result<usize> {
+    let mut store = model.params.borrow_mut();
+    let mut reached = 0;
+    for p in store.trainable_mut() {
+        let rank = p.shape.len();
+        let grad = crate::by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
+            .grad(grads)
+            .map(|g| g.into_primitive().tensor())))?;
+        if let Some(grad) = grad {
+            reached += p.numel();
+            opt.step(p, grad)?;
+        }
+    }
+    Ok(reached)
 }
 
 fn rayon_threads() -> usize {

@@ -10,12 +10,8 @@ use burn::tensor::{
 use peft_registry::Registry;
 use serde::Serialize;
 
-use super::{rayon_threads, summarise, Timing};
-use crate::{
-    backbone::TextBatch,
-    bridge::{value::ft, HostGraph},
-    train::optim::AdamW,
-};
+use super::{adamw_step, rayon_threads, summarise, Timing};
+use crate::{backbone::TextBatch, bridge::HostGraph, train::optim::AdamW};
 
 #[derive(Serialize, Debug)]
 pub struct Seq2SeqBench {
@@ -125,20 +121,9 @@ pub fn seq2seq_bench<B: AutodiffBackend>(
             }
             let grads = loss.backward();
             drop(g);
-            let mut store = model.params.borrow_mut();
             // Counted as what receives a gradient: the classifier head `build` adds is
             // trainable but not on the LM loss's path.
-            let mut reached = 0;
-            for p in store.trainable_mut() {
-                let rank = p.shape.len();
-                let grad = crate::by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
-                    .grad(&grads)
-                    .map(|g| g.into_primitive().tensor())))?;
-                if let Some(grad) = grad {
-                    reached += p.numel();
-                    opt.step(p, grad)?;
-                }
-            }
+            let reached = adamw_step(&model, &grads, &mut opt)?;
             trainable_parameters = reached;
             Ok(())
         })?;

@@ -92,6 +92,17 @@ pub fn plan(
 }
 
 /// `bench overhead` and `bench model`.
+/// The run config a benchmark builds: `backbone` and each plugin with its defaults.
+fn bench_config(backbone: crate::config::BackboneDetail, plugins: &[String]) -> RunConfig {
+    let mut cfg = RunConfig::for_plugin("none");
+    cfg.backbone = crate::config::BackboneSpec::Detailed(backbone);
+    cfg.modules = plugins
+        .iter()
+        .map(|p| RunConfig::for_plugin(p).modules.remove(0))
+        .collect();
+    cfg
+}
+
 pub fn bench(
     registry: &Registry,
     device: DeviceSpec,
@@ -165,17 +176,15 @@ pub fn bench(
             runs,
             json,
         } => {
-            let mut cfg = RunConfig::for_plugin("none");
             let dir = std::path::Path::new(&backbone);
-            cfg.backbone = crate::config::BackboneSpec::Detailed(crate::config::BackboneDetail {
-                name: Some(backbone.clone()),
-                path: dir.is_dir().then(|| backbone.clone()),
-                ..Default::default()
-            });
-            cfg.modules = plugin
-                .iter()
-                .map(|p| RunConfig::for_plugin(p).modules.remove(0))
-                .collect();
+            let cfg = bench_config(
+                crate::config::BackboneDetail {
+                    name: Some(backbone.clone()),
+                    path: dir.is_dir().then(|| backbone.clone()),
+                    ..Default::default()
+                },
+                &plugin,
+            );
             let r = crate::bench::seq2seq::seq2seq_bench::<crate::device::Cpu>(
                 &cfg,
                 registry,
@@ -221,16 +230,14 @@ pub fn bench(
             json,
             backbone_dtype,
         } => {
-            let mut cfg = RunConfig::for_plugin("none");
-            cfg.backbone = crate::config::BackboneSpec::Detailed(crate::config::BackboneDetail {
-                name: Some(backbone),
-                dtype: serde_json::from_value(serde_json::json!(backbone_dtype))?,
-                ..Default::default()
-            });
-            cfg.modules = plugin
-                .iter()
-                .map(|p| RunConfig::for_plugin(p).modules.remove(0))
-                .collect();
+            let cfg = bench_config(
+                crate::config::BackboneDetail {
+                    name: Some(backbone),
+                    dtype: serde_json::from_value(serde_json::json!(backbone_dtype))?,
+                    ..Default::default()
+                },
+                &plugin,
+            );
             let r = crate::bench::model_bench::<crate::device::Cpu>(
                 &cfg,
                 registry,

@@ -11,7 +11,7 @@ use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{ad, Buf},
+    autodiff::{ad, Buf, FlexTensor},
     flash::{Dropout, Head, Scratch},
     gemm::{Mat, MatMut},
 };
@@ -383,6 +383,33 @@ pub fn nograd<B: AutodiffBackend>(
     Ok(super::cpu::from_vec(out, [b, t, h], &device))
 }
 
+/// Checks `q` `[b, t, h]` against keys and values split by head, `[b, heads, s, dh]` with
+/// `heads · dh = h`: `[b, t, s]`, `heads` and `h`.
+pub(crate) fn split_dims(
+    q: [usize; 3],
+    k: [usize; 4],
+    v: [usize; 4],
+) -> Result<([usize; 3], usize, usize), ApiError> {
+    let [b, t, h] = q;
+    let [bk, heads, s, dh] = k;
+    if bk != b || heads * dh != h || v != k {
+        return Err(ApiError::shape(format!(
+            "attention: q {q:?}, k {k:?}, v {v:?} do not fit [b, t, h], [b, heads, s, h / heads] twice"
+        )));
+    }
+    Ok(([b, t, s], heads, h))
+}
+
+/// Keys and values split by head as the kernel reads them: in the projection's `[b, s, h]`
+/// buffer (`Time`) when both are its head split (a view, no copy), else contiguous `[b, heads,
+/// s, dh]` (`Heads`, copied only when strided).
+pub(crate) fn kv_buffers(k: FlexTensor, v: FlexTensor) -> (Buf, Buf, KvLayout) {
+    match Buf::split_heads_source(&k).zip(Buf::split_heads_source(&v)) {
+        Some((kb, vb)) => (kb, vb, KvLayout::Time),
+        None => (Buf::new(k), Buf::new(v), KvLayout::Heads),
+    }
+}
+
 /// [`attention_with`] without gradients on tensors of the CPU autodiff backend, reading them
 /// where they lie: `q` `[b, t, h]`, `k`, `v` `[b, heads, s, dh]` either contiguous or as the
 /// head split of a `[b, s, h]` projection (read in the `Time` layout), so a decoding step does
@@ -395,27 +422,10 @@ pub fn nograd_split<B: AutodiffBackend>(
     scale: f32,
     terms: ScoreTerms,
 ) -> Result<Tensor<B, 3>, ApiError> {
-    let [b, t, h] = q.dims();
-    let [bk, heads, s, dh] = k.dims();
-    if bk != b || heads * dh != h || v.dims() != k.dims() {
-        return Err(ApiError::shape(format!(
-            "attention: q {:?}, k {:?}, v {:?} do not fit [b, t, h], [b, heads, s, h / heads] twice",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        )));
-    }
+    let ([b, t, s], heads, h) = split_dims(q.dims(), k.dims(), v.dims())?;
     let device = q.device();
     let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
-    let time = Buf::split_heads_source(&ka.primitive).zip(Buf::split_heads_source(&va.primitive));
-    let (kb, vb, layout) = match time {
-        Some((kb, vb)) => (kb, vb, KvLayout::Time),
-        None => (
-            Buf::new(ka.primitive),
-            Buf::new(va.primitive),
-            KvLayout::Heads,
-        ),
-    };
+    let (kb, vb, layout) = kv_buffers(ka.primitive, va.primitive);
     let qb = Buf::new(qa.primitive);
     let out = attention_with(&qb, &kb, &vb, keep, [b, t, s], heads, scale, layout, terms)?;
     Ok(super::cpu::from_vec(out, [b, t, h], &device))

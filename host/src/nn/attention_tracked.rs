@@ -10,7 +10,9 @@ use burn::{
 use peft_api::ApiError;
 
 use super::{
-    attention::{flash_backward, flash_forward, Dims, KvLayout, Masks, ScoreTerms},
+    attention::{
+        flash_backward, flash_forward, kv_buffers, split_dims, Dims, KvLayout, Masks, ScoreTerms,
+    },
     autodiff::{
         ad, flat, into_b, primitive, AdTensor, Backward, Buf, Checkpointer, Gradients,
         NoCheckpointing, Ops, OpsKind,
@@ -132,18 +134,9 @@ pub fn tracked_split_with<B: AutodiffBackend>(
     seed: u64,
     terms: ScoreTerms,
 ) -> Result<Tensor<B, 3>, ApiError> {
-    let [b, t, h] = q.dims();
-    let [bk, heads, s, dh] = k.dims();
-    if bk != b || heads * dh != h || v.dims() != k.dims() {
-        return Err(ApiError::shape(format!(
-            "attention: q {:?}, k {:?}, v {:?} do not fit [b, t, h], [b, heads, s, h / heads] twice",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        )));
-    }
+    let (bts, heads, h) = split_dims(q.dims(), k.dims(), v.dims())?;
     let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
-    let spec = ([b, t, s], heads, h, KvLayout::Heads);
+    let spec = (bts, heads, h, KvLayout::Heads);
     tracked_ad(qa, ka, va, keep, spec, scale, dropout, seed, terms)
 }
 
@@ -165,20 +158,16 @@ fn tracked_ad<B: AutodiffBackend>(
         )));
     }
     // Keys and values split by head that are a view of the projections are read in place.
-    let in_place = match layout {
-        KvLayout::Heads => {
-            Buf::split_heads_source(&ka.primitive).zip(Buf::split_heads_source(&va.primitive))
-        }
-        KvLayout::Time => None,
-    };
-    let split_view = in_place.is_some();
-    let layout = if split_view { KvLayout::Time } else { layout };
-    let (kb, vb) = in_place.unwrap_or_else(|| {
-        (
+    let (kb, vb, read) = match layout {
+        KvLayout::Heads => kv_buffers(ka.primitive.clone(), va.primitive.clone()),
+        KvLayout::Time => (
             Buf::new(ka.primitive.clone()),
             Buf::new(va.primitive.clone()),
-        )
-    });
+            KvLayout::Time,
+        ),
+    };
+    let split_view = layout == KvLayout::Heads && read == KvLayout::Time;
+    let layout = read;
     let qb = Buf::new(qa.primitive.clone());
     let mut d = Dims::check(
         qb.len(),

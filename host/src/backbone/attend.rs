@@ -8,7 +8,11 @@
 use burn::tensor::{backend::AutodiffBackend, Int, Tensor, TensorData};
 use peft_api::ApiError;
 
-use super::{additive_mask, layers::dropout, Hooks};
+use super::{
+    additive_mask,
+    layers::{dropout, prefixed_keep},
+    Hooks,
+};
 use crate::nn;
 
 /// Which keys a query may see.
@@ -71,15 +75,7 @@ fn kernel<B: AutodiffBackend>(
         ApiError::shape(format!("attention: {p} prepended keys but only {s} keys"))
     })?;
     let keep = match &spec.visible {
-        Visible::Padding(m) => {
-            let raw = nn::keep_mask(m)?;
-            let mut keep = Vec::with_capacity(b * s);
-            for row in raw.chunks(n.max(1)).take(b) {
-                keep.extend(std::iter::repeat_n(true, p));
-                keep.extend_from_slice(row);
-            }
-            keep
-        }
+        Visible::Padding(m) => prefixed_keep(&nn::keep_mask(m)?, b, n, s),
         Visible::Causal { .. } => vec![true; b * s],
     };
     let causal = match spec.visible {

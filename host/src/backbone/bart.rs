@@ -192,7 +192,7 @@ impl Bart {
             hooks,
             &c.activation_function,
             self.lin(hooks, x, &format!("{p}.fc1"))?,
-        );
+        )?;
         let h = dropout(hooks, h, c.activation_dropout)?;
         // The activation as the output projection reads it: where (IA)³ scales.
         let h = hooks.hidden(&format!("{p}.intermediate"), h)?;

@@ -4,7 +4,11 @@ use peft_api::{ApiError, BackboneInfo, SiteInfo, SiteKind};
 use serde::{Deserialize, Serialize};
 
 use super::arch::Architecture;
-use super::{additive_mask, Backbone, Hooks, TextBatch};
+use super::{
+    additive_mask,
+    layers::{gelu_kernel, prefixed_keep},
+    Backbone, Hooks, TextBatch,
+};
 use crate::nn::{self, softmax};
 
 /// The fields of an HF `config.json` that BertModel uses.
@@ -297,7 +301,9 @@ impl Bert {
             let mut keep = nn::keep_mask(mask)?;
             if fused {
                 if hooks.graph.no_grad {
-                    nn::nograd(q, k, v, &keep, heads, scale)?
+                    // The head split of the projections is read in place.
+                    let terms = nn::ScoreTerms::default();
+                    nn::nograd_split(q, split(k), split(v), &keep, scale, terms)?
                 } else {
                     nn::tracked::attention(q, k, v, &keep, heads, scale, p, seed)?
                 }
@@ -329,17 +335,14 @@ impl Bert {
         let attn = hooks.pair(&format!("{p}.attention"), &x, attn)?;
         let h1 = self.ln(hooks, attn + x, &format!("{p}.attention.output.LayerNorm"))?;
         let inter = self.lin(hooks, &h1, &format!("{p}.intermediate.dense"))?;
-        let inter = if hooks.graph.no_grad && nn::enabled::<B>() && c.hidden_act == "gelu" {
-            let (shape, device) = (inter.dims(), inter.device());
-            let mut v = nn::to_vec(inter)?;
-            nn::gelu(&mut v);
-            nn::from_vec(v, shape, &device)
-        } else if hooks.graph.no_grad {
-            Tensor::from_inner(act(&c.hidden_act, inter.inner()))
-        } else if nn::tracked::enabled::<B>() && c.hidden_act == "gelu" {
-            nn::tracked::gelu(inter)?
-        } else {
-            act(&c.hidden_act, inter)
+        let kernel = match c.hidden_act.as_str() {
+            "gelu" => gelu_kernel(hooks, &inter)?,
+            _ => None,
+        };
+        let inter = match kernel {
+            Some(y) => y,
+            None if hooks.graph.no_grad => Tensor::from_inner(act(&c.hidden_act, inter.inner())),
+            None => act(&c.hidden_act, inter),
         };
         // HF's `BertIntermediate` output (after the activation): where (IA)³ scales.
         let inter = hooks.hidden(&format!("{p}.intermediate"), inter)?;
@@ -396,18 +399,6 @@ impl Bert {
         }
         Ok(all)
     }
-}
-
-/// The key mask `[b, t]` extended to `s ≥ t` keys by visible positions in front (what a
-/// key/value site prepends), as [`additive_mask`] extends it.
-fn prefixed_keep(keep: &[bool], b: usize, t: usize, s: usize) -> Vec<bool> {
-    let pre = s.saturating_sub(t);
-    let mut out = Vec::with_capacity(b * s);
-    for row in keep.chunks(t.max(1)).take(b) {
-        out.extend(std::iter::repeat_n(true, pre));
-        out.extend_from_slice(row);
-    }
-    out
 }
 
 pub fn act<B: burn::tensor::backend::Backend, const D: usize>(

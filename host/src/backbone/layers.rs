@@ -31,39 +31,61 @@ pub(crate) fn dropout<B: AutodiffBackend, const D: usize>(
     Ok(x * mask / (1.0 - p))
 }
 
+/// The key mask `[b, t]` extended to `s ≥ t` keys by visible positions in front (what a
+/// key/value site prepends), as [`super::additive_mask`] extends it.
+pub(crate) fn prefixed_keep(keep: &[bool], b: usize, t: usize, s: usize) -> Vec<bool> {
+    let pre = s.saturating_sub(t);
+    let mut out = Vec::with_capacity(b * s);
+    for row in keep.chunks(t.max(1)).take(b) {
+        out.extend(std::iter::repeat_n(true, pre));
+        out.extend_from_slice(row);
+    }
+    out
+}
+
 /// Splits `[batch, time, heads * dh]` into `[batch, heads, time, dh]`.
 pub(crate) fn split_heads<B: AutodiffBackend>(y: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     let [b, t, hd] = y.dims();
     y.reshape([b, t, heads, hd / heads]).swap_dims(1, 2)
 }
 
-/// Activations by HF name (`ACT2FN`); exact GELU on the CPU kernel where it applies (burn's
-/// evaluates `erf` per element through several recorded ops).
+/// Exact GELU on the CPU kernels where they apply — one pass without gradients, one tracked
+/// op with them (burn's evaluates `erf` per element through several recorded ops); `None`
+/// elsewhere.
+pub(crate) fn gelu_kernel<B: AutodiffBackend>(
+    hooks: &Hooks<'_, '_, B>,
+    x: &Tensor<B, 3>,
+) -> Result<Option<Tensor<B, 3>>, ApiError> {
+    if hooks.graph.no_grad && nn::enabled::<B>() {
+        let (shape, device) = (x.dims(), x.device());
+        let mut v = nn::to_vec(x.clone())?;
+        nn::gelu(&mut v);
+        return Ok(Some(nn::from_vec(v, shape, &device)));
+    }
+    if !hooks.graph.no_grad && nn::tracked::enabled::<B>() {
+        return nn::tracked::gelu(x.clone()).map(Some);
+    }
+    Ok(None)
+}
+
+/// Activations by HF name (`ACT2FN`); exact GELU on the CPU kernel where it applies.
 pub(crate) fn activation_fn<B: AutodiffBackend>(
     hooks: &Hooks<'_, '_, B>,
     name: &str,
     x: Tensor<B, 3>,
-) -> Tensor<B, 3> {
+) -> Result<Tensor<B, 3>, ApiError> {
     if name == "gelu" {
-        if hooks.graph.no_grad && nn::enabled::<B>() {
-            let (shape, device) = (x.dims(), x.device());
-            if let Ok(mut v) = nn::to_vec(x.clone()) {
-                nn::gelu(&mut v);
-                return nn::from_vec(v, shape, &device);
-            }
-        } else if !hooks.graph.no_grad && nn::tracked::enabled::<B>() {
-            if let Ok(y) = nn::tracked::gelu(x.clone()) {
-                return y;
-            }
+        if let Some(y) = gelu_kernel(hooks, &x)? {
+            return Ok(y);
         }
     }
-    match name {
+    Ok(match name {
         "relu" => activation::relu(x),
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => activation::gelu_approximate(x),
         "silu" | "swish" => activation::silu(x),
         "tanh" => x.tanh(),
         _ => activation::gelu(x),
-    }
+    })
 }
 
 pub(crate) fn check_activation(name: &str) -> Result<(), ApiError> {

@@ -294,35 +294,11 @@ pub fn attention(
     heads: usize,
     scale: f32,
 ) -> Result<Vec<f32>, ApiError> {
-    attention_in(q, k, v, keep, bts, heads, scale, KvLayout::Time)
+    let (layout, terms) = (KvLayout::Time, ScoreTerms::default());
+    attention_with(q, k, v, keep, bts, heads, scale, layout, terms)
 }
 
-/// [`attention`] with the keys and values in `layout`.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_in(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    keep: &[bool],
-    bts: [usize; 3],
-    heads: usize,
-    scale: f32,
-    layout: KvLayout,
-) -> Result<Vec<f32>, ApiError> {
-    attention_with(
-        q,
-        k,
-        v,
-        keep,
-        bts,
-        heads,
-        scale,
-        layout,
-        ScoreTerms::default(),
-    )
-}
-
-/// [`attention_in`] with a score bias and a causal mask.
+/// [`attention`] with the keys and values in `layout`, a score bias and a causal mask.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_with(
     q: &[f32],
@@ -360,29 +336,6 @@ pub fn attention_with(
     ))
 }
 
-/// [`attention`] without gradients on tensors of the CPU autodiff backend, read in place
-/// (`q` `[b, t, h]`, `k`, `v` `[b, s, h]`, the projections): no copy of the inputs.
-pub fn nograd<B: AutodiffBackend>(
-    q: Tensor<B, 3>,
-    k: Tensor<B, 3>,
-    v: Tensor<B, 3>,
-    keep: &[bool],
-    heads: usize,
-    scale: f32,
-) -> Result<Tensor<B, 3>, ApiError> {
-    let [b, t, h] = q.dims();
-    let s = k.dims()[1];
-    let device = q.device();
-    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
-    let (qb, kb, vb) = (
-        Buf::new(qa.primitive),
-        Buf::new(ka.primitive),
-        Buf::new(va.primitive),
-    );
-    let out = attention(&qb, &kb, &vb, keep, [b, t, s], heads, scale)?;
-    Ok(super::cpu::from_vec(out, [b, t, h], &device))
-}
-
 /// Checks `q` `[b, t, h]` against keys and values split by head, `[b, heads, s, dh]` with
 /// `heads · dh = h`: `[b, t, s]`, `heads` and `h`.
 pub(crate) fn split_dims(
@@ -412,8 +365,9 @@ pub(crate) fn kv_buffers(k: FlexTensor, v: FlexTensor) -> (Buf, Buf, KvLayout) {
 
 /// [`attention_with`] without gradients on tensors of the CPU autodiff backend, reading them
 /// where they lie: `q` `[b, t, h]`, `k`, `v` `[b, heads, s, dh]` either contiguous or as the
-/// head split of a `[b, s, h]` projection (read in the `Time` layout), so a decoding step does
-/// not copy the cached cross-attention keys and values. Another backend is an error.
+/// head split of a `[b, s, h]` projection (read in the `Time` layout: no copy of BERT's
+/// projections, nor of a decoder's cached cross-attention keys and values per step). Another
+/// backend is an error.
 pub fn nograd_split<B: AutodiffBackend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 4>,

@@ -70,6 +70,45 @@ pub fn rms_norm<B: Backend, const D: usize>(
 /// depend on the thread count or on scheduling.
 const LN_BLOCK_ROWS: usize = 64;
 
+/// The backward of a per-row norm: `row(dx, dy, x̂, 1/σ, sums)` for every row of `d` values,
+/// in parallel over fixed blocks of [`LN_BLOCK_ROWS`] rows, each block adding into its own
+/// `k` sums of width `d` (the weight's and bias's gradients), which are then added in block
+/// order. rayon's adaptive fold/reduce would split by work stealing, and the rounding of the
+/// sums would then change from run to run (it did: resumed priming differed from an
+/// uninterrupted run).
+pub(crate) fn rows_backward(
+    dx: &mut [f32],
+    dy: &[f32],
+    xhat: &[f32],
+    rinv: &[f32],
+    d: usize,
+    k: usize,
+    row: impl Fn(&mut [f32], &[f32], &[f32], f32, &mut [Vec<f32>]) + Sync + Send,
+) -> Vec<Vec<f32>> {
+    let block = LN_BLOCK_ROWS.min(rinv.len().max(1));
+    let partials: Vec<Vec<Vec<f32>>> = dx
+        .par_chunks_mut(d * block)
+        .zip(dy.par_chunks(d * block))
+        .zip(xhat.par_chunks(d * block))
+        .zip(rinv.par_chunks(block))
+        .map(|(((dx, dy), xh), rs)| {
+            let mut sums = vec![vec![0f32; d]; k];
+            for (((dx, dy), xh), &r) in dx.chunks_mut(d).zip(dy.chunks(d)).zip(xh.chunks(d)).zip(rs)
+            {
+                row(dx, dy, xh, r, &mut sums);
+            }
+            sums
+        })
+        .collect();
+    let mut total = vec![vec![0f32; d]; k];
+    for p in partials {
+        for (t, p) in total.iter_mut().zip(p) {
+            t.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+        }
+    }
+    total
+}
+
 #[derive(Debug)]
 struct LayerNormBackward;
 
@@ -86,42 +125,21 @@ impl Backward<Flex, 3> for LayerNormBackward {
         let d = shape[2];
         let mut dx = vec![0f32; dy.len()];
         // dx = (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, row by row; dw, db summed.
-        // The sums run over fixed blocks of rows, added in block order: rayon's adaptive
-        // fold/reduce would split by work stealing, and the rounding of dw/db would then
-        // change from run to run (it did: resumed priming differed from an uninterrupted run).
-        let rows = rstd.len();
-        let block = LN_BLOCK_ROWS.min(rows.max(1));
-        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
-            .par_chunks_mut(d * block)
-            .zip(dy.par_chunks(d * block))
-            .zip(xhat.par_chunks(d * block))
-            .zip(rstd.par_chunks(block))
-            .map(|(((dx, dy), xh), rs)| {
-                let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-                for (((dx, dy), xh), &r) in
-                    dx.chunks_mut(d).zip(dy.chunks(d)).zip(xh.chunks(d)).zip(rs)
-                {
-                    let (mut mg, mut mgx) = (0f32, 0f32);
-                    for j in 0..d {
-                        let g = dy[j] * w[j];
-                        mg += g;
-                        mgx += g * xh[j];
-                        dw[j] += dy[j] * xh[j];
-                        db[j] += dy[j];
-                    }
-                    let (mg, mgx) = (mg / d as f32, mgx / d as f32);
-                    for j in 0..d {
-                        dx[j] = r * (dy[j] * w[j] - mg - xh[j] * mgx);
-                    }
-                }
-                (dw, db)
-            })
-            .collect();
-        let (mut dw, mut db) = (vec![0f32; d], vec![0f32; d]);
-        for (pw, pb) in partials {
-            dw.iter_mut().zip(pw).for_each(|(x, y)| *x += y);
-            db.iter_mut().zip(pb).for_each(|(x, y)| *x += y);
-        }
+        let sums = rows_backward(&mut dx, &dy, &xhat, &rstd, d, 2, |dx, dy, xh, r, sums| {
+            let (mut mg, mut mgx) = (0f32, 0f32);
+            for j in 0..d {
+                let g = dy[j] * w[j];
+                mg += g;
+                mgx += g * xh[j];
+                sums[0][j] += dy[j] * xh[j];
+                sums[1][j] += dy[j];
+            }
+            let (mg, mgx) = (mg / d as f32, mgx / d as f32);
+            for j in 0..d {
+                dx[j] = r * (dy[j] * w[j] - mg - xh[j] * mgx);
+            }
+        });
+        let [dw, db]: [Vec<f32>; 2] = sums.try_into().expect("two sums");
         let [px, pw, pb] = &ops.parents;
         if let Some(node) = px {
             grads.register::<Flex>(node.id, primitive(dx, shape));

@@ -22,9 +22,7 @@ pub mod rms_norm;
 pub mod softmax;
 pub mod value;
 
-pub use attention::{
-    attention, attention_in, attention_with, nograd, nograd_split, KvLayout, ScoreTerms,
-};
+pub use attention::{attention, attention_with, nograd_split, KvLayout, ScoreTerms};
 pub use cpu::{draw_seed, enabled, from_vec, generic_ops, keep_mask, to_vec};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, layer_norm_in, rms_norm};

@@ -1,6 +1,7 @@
 //! T5's RMS norm (`T5LayerNorm`: no mean subtraction, no bias) on the CPU: one pass per row
 //! without gradients ([`rms_norm_rows`]) and one tracked operation with its own backward
-//! ([`tracked`]) in place of the five ops burn records (square, mean, add, rsqrt, two products).
+//! ([`tracked`]) in place of the five ops burn records (square, mean, add, rsqrt, two products);
+//! its weight gradient sums rows in layer norm's fixed blocks (deterministic).
 use std::sync::Arc;
 
 use burn::{
@@ -10,14 +11,13 @@ use burn::{
 use peft_api::ApiError;
 use rayon::prelude::*;
 
-use super::autodiff::{
-    ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-    OpsKind,
+use super::{
+    autodiff::{
+        ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        OpsKind,
+    },
+    layer_norm::rows_backward,
 };
-
-/// Rows per block of the backward's weight sum: fixed, so its rounding does not depend on
-/// the thread count (as layer norm's).
-const BLOCK_ROWS: usize = 64;
 
 /// `x̂ = x / sqrt(mean(x²) + eps)` row by row into `xhat` (which holds `x` on entry); each row's
 /// reciprocal RMS into `rinv`.
@@ -58,35 +58,19 @@ impl Backward<Flex, 2> for RmsNormBackward {
         let w: &[f32] = &w;
         let d = shape[2];
         let mut dx = vec![0f32; dy.len()];
-        // dx = (1/rms)·(g − x̂·mean(g·x̂)) with g = dy·w; dw = Σ dy·x̂ over fixed row blocks.
-        let block = BLOCK_ROWS.min(rinv.len().max(1));
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(d * block)
-            .zip(dy.par_chunks(d * block))
-            .zip(xhat.par_chunks(d * block))
-            .zip(rinv.par_chunks(block))
-            .map(|(((dx, dy), xh), rs)| {
-                let mut dw = vec![0f32; d];
-                for (((dx, dy), xh), &r) in
-                    dx.chunks_mut(d).zip(dy.chunks(d)).zip(xh.chunks(d)).zip(rs)
-                {
-                    let mut mgx = 0f32;
-                    for j in 0..d {
-                        mgx += dy[j] * w[j] * xh[j];
-                        dw[j] += dy[j] * xh[j];
-                    }
-                    let mgx = mgx / d as f32;
-                    for j in 0..d {
-                        dx[j] = r * (dy[j] * w[j] - xh[j] * mgx);
-                    }
-                }
-                dw
-            })
-            .collect();
-        let mut dw = vec![0f32; d];
-        for p in partials {
-            dw.iter_mut().zip(p).for_each(|(x, y)| *x += y);
-        }
+        // dx = (1/rms)·(g − x̂·mean(g·x̂)) with g = dy·w; dw = Σ dy·x̂.
+        let sums = rows_backward(&mut dx, &dy, &xhat, &rinv, d, 1, |dx, dy, xh, r, sums| {
+            let mut mgx = 0f32;
+            for j in 0..d {
+                mgx += dy[j] * w[j] * xh[j];
+                sums[0][j] += dy[j] * xh[j];
+            }
+            let mgx = mgx / d as f32;
+            for j in 0..d {
+                dx[j] = r * (dy[j] * w[j] - xh[j] * mgx);
+            }
+        });
+        let dw = sums.into_iter().next().expect("one sum");
         let [px, pw] = &ops.parents;
         if let Some(node) = px {
             grads.register::<Flex>(node.id, primitive(dx, shape));

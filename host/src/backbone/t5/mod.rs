@@ -212,10 +212,10 @@ impl T5 {
         let c = &self.config;
         let act = c.activation();
         let h = if c.is_gated() {
-            let g = activation_fn(hooks, &act, self.lin(hooks, x, &format!("{key}.wi_0"))?);
+            let g = activation_fn(hooks, &act, self.lin(hooks, x, &format!("{key}.wi_0"))?)?;
             g * self.lin(hooks, x, &format!("{key}.wi_1"))?
         } else {
-            activation_fn(hooks, &act, self.lin(hooks, x, &format!("{key}.wi"))?)
+            activation_fn(hooks, &act, self.lin(hooks, x, &format!("{key}.wi"))?)?
         };
         let h = dropout(hooks, h, c.dropout_rate)?;
         // The activation as the output projection reads it: where (IA)³ scales.

@@ -14,6 +14,14 @@ disjoint from TRAIN) and split seed (13, 21, 42, 87, 100), scored on the test fi
   shared     prefix tuned from the multi-task prefix (`init_from`)
   hyper      prefix tuned from the generated prefix (`init_from` the adapted folder)
 
+`--permute-labels P` trains the hypermodel with label permutation (`training.permute_labels`:
+each pass shows a classification task under a random permutation of its label words, in the
+context and the targets alike), the measured remedy for a hypermodel that learns its training
+tasks by heart; `--zero-gradient` makes only the rows without fine-tuning (generated, untuned)
+and compares them with `untuned`. The last lines print how much the generated modules differ
+between tasks and between split seeds of a task (a collapsed hypermodel gives every task the
+same module).
+
 `--generator lora` does the same with generated / tuned LoRA (rank 4, query and value) in
 place of the prefix (another stage 2, other cells; the prefix cells stay as they are).
 
@@ -32,7 +40,9 @@ what starts from them), so repeat the passes until no shard reports cells not st
 `--table-only` prints the table.
 """
 import argparse
+import array
 import json
+import struct
 import statistics
 import sys
 from pathlib import Path
@@ -63,6 +73,10 @@ def main():
                     help="what the hypermodel generates and the tuned rows train")
     ap.add_argument("--plus", action="store_true",
                     help="also HyperT5+ (hyper + a downstream LoRA in stage 2): row generated+")
+    ap.add_argument("--permute-labels", type=float, default=0.0,
+                    help="stage-2 hypermodel: probability of a label permutation per pass")
+    ap.add_argument("--zero-gradient", action="store_true",
+                    help="only the rows without fine-tuning (generated, untuned)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="run nothing: tabulate what is stored")
     ap.add_argument("--shard", help="i/n: make only this shard's runs (hosts sharing --out)")
@@ -82,7 +96,9 @@ def main():
     r = Runner(args.bin, args.out, offline=args.table_only, shard=parse_shard(args.shard))
     get, missing = r.attempt, r.missing
 
-    rows = ["generated"] + (["generated+"] if args.plus else []) + ROWS[1:]
+    tuned_rows = [] if args.zero_gradient else TUNED
+    rows = ["generated"] + (["generated+"] if args.plus else []) + ["untuned"] + tuned_rows
+    base_row = "untuned" if args.zero_gradient else "random"
     if args.generator == "lora":
         rank = 4
         stage2["modules"] = [{"name": "gen", "plugin": "lora",
@@ -98,6 +114,8 @@ def main():
     # Stage 2: the hypermodel (with the shared option head), and the multi-task module.
     hyper_cfg = json.loads(json.dumps(stage2))
     hyper_cfg["training"].update(steps=args.steps, train_groups=["hyper", "head"])
+    if args.permute_labels:
+        hyper_cfg["training"]["permute_labels"] = args.permute_labels
     hyper = get(lambda: r.run(hyper_cfg, "stage2-hyper"), "stage2-hyper")
     plus = None
     if args.plus:  # HyperT5+: the downstream LoRA trains with the hypermodel
@@ -110,7 +128,9 @@ def main():
     shared_cfg["modules"] = [plain]
     shared_cfg["training"].update(steps=args.steps, learning_rate=1e-3,
                                   train_groups=["adapter", "head"])
-    shared = get(lambda: r.run(shared_cfg, "stage2-shared"), "stage2-shared")
+    shared = None
+    if not args.zero_gradient:
+        shared = get(lambda: r.run(shared_cfg, "stage2-shared"), "stage2-shared")
 
     def task(name, seed, split):
         t = {"name": name, "split_seed": seed, "head": "option_scoring", "eval_split": split}
@@ -146,7 +166,7 @@ def main():
 
     # Learning rates chosen on dev (a row's choice waits for all of its dev cells).
     chosen = {}
-    for row in TUNED:
+    for row in tuned_rows:
         dev = {}
         for lr in lrs:
             cells = [get(lambda: tuned(row, t, s, "dev", lr)[0], f"{row} dev {t} {s} lr{lr:g}")
@@ -167,7 +187,7 @@ def main():
         return None if e is None else e["evaluation"]["score"]
 
     scores = {row: {t: [] for t in unseen} for row in rows}
-    gen_seconds, ft_seconds = [], []
+    gen_seconds, ft_seconds, folders = [], [], {}
     for t in unseen:
         for s in seeds:
             a = get(lambda: adapted(t, s), f"adapt {t} {s}")
@@ -179,6 +199,7 @@ def main():
                         scores["generated+"][t].append(e)
             if a is not None:
                 gen_seconds.append(a["generation_seconds"])
+                folders[(t, s)] = Path(a["out"])
                 e = eval_adapted(a, t, s, "generated")
                 if e is not None:
                     scores["generated"][t].append(e)
@@ -188,7 +209,7 @@ def main():
                 u = get(lambda: r.run(untuned, f"untuned-{t}-{s}"), f"untuned {t} {s}")
                 if u is not None:
                     scores["untuned"][t].append(u["report"]["evaluations"][-1]["score"])
-            for row in TUNED:
+            for row in tuned_rows:
                 if row not in chosen:
                     continue
                 got = get(lambda: tuned(row, t, s, "test", chosen[row][0]), f"{row} test {t} {s}")
@@ -200,7 +221,7 @@ def main():
         print(f"{len(missing)} cells not stored (e.g. {missing[0]})"
               + (": run this shard again once the others have finished their pass"
                  if args.shard else ""), file=sys.stderr)
-        if len(chosen) < len(TUNED) or any(len(v) < len(seeds) for row in scores.values()
+        if len(chosen) < len(tuned_rows) or any(len(v) < len(seeds) for row in scores.values()
                                            for v in row.values()):
             return 0
     print(f"training tasks ({len(train)}): {', '.join(train)}")
@@ -208,7 +229,7 @@ def main():
     print(f"unseen tasks ({len(unseen)}): {', '.join(unseen)}; split seeds {seeds}; "
           f"{args.steps} stage-2 steps, {args.ft_steps} fine-tuning steps\n")
     print("| row | learning rate chosen on dev | dev mean per candidate |\n|---|---:|---|")
-    for row in TUNED:
+    for row in tuned_rows:
         lr, dev = chosen[row]
         print(f"| {row} | {lr:g} | " + ", ".join(f"{k:g}: {v:.3f}" for k, v in dev.items()) + " |")
     print("\n| task | " + " | ".join(rows) + " |\n|---|" + "---:|" * len(rows))
@@ -216,9 +237,46 @@ def main():
         cells = [f"{statistics.mean(scores[r_][t]):.3f} ± {std(scores[r_][t]):.3f}" for r_ in rows]
         print(f"| {t} | " + " | ".join(cells) + " |")
     print()
-    print(arg_rgstd(scores, "random", rows, unseen))
-    print(f"\nadapting one task: generation {statistics.median(gen_seconds):.2f} s (median), "
-          f"16-shot fine-tuning {statistics.median(ft_seconds):.1f} s of training (median)")
+    print(arg_rgstd(scores, base_row, rows, unseen))
+    print(f"\nadapting one task: generation {statistics.median(gen_seconds):.2f} s (median)"
+          + (f", 16-shot fine-tuning {statistics.median(ft_seconds):.1f} s of training (median)"
+             if ft_seconds else ""))
+    print(spread(folders))
+
+
+def read_f32(path):
+    """Every F32 tensor of a safetensors file, by name, as flat arrays."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name != "__metadata__" and info["dtype"] == "F32":
+            a, b = info["data_offsets"]
+            out[name] = array.array("f", raw[8 + n + a:8 + n + b])
+    return out
+
+
+def spread(folders):
+    """How much the generated modules differ: the largest element-wise difference between
+    split seeds of one task, and between tasks (each task's first split seed); a hypermodel
+    that ignores its examples gives ~0 for both."""
+    mods = {k: read_f32(f / "adapter.safetensors") for k, f in sorted(folders.items())}
+    if not mods:
+        return "generated modules: none stored"
+
+    def diff(a, b):
+        return max(max(abs(x - y) for x, y in zip(a[n], b[n])) for n in a)
+
+    tasks = sorted({t for t, _ in mods})
+    firsts = [mods[min(k for k in mods if k[0] == t)] for t in tasks]
+    between = [diff(firsts[i], firsts[j]) for i in range(len(firsts))
+               for j in range(i + 1, len(firsts))]
+    within = [diff(mods[k], mods[k2]) for k in mods for k2 in mods if k[0] == k2[0] and k < k2]
+    top = max(max(abs(x) for x in v) for m in mods.values() for v in m.values())
+    return (f"generated modules ({len(mods)}): largest element difference between tasks "
+            f"{max(between, default=0):.3g} (median {statistics.median(between or [0]):.3g}), "
+            f"between split seeds of a task {max(within, default=0):.3g}; values up to {top:.3g}")
 
 
 if __name__ == "__main__":

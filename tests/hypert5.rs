@@ -80,7 +80,7 @@ fn generates_prefix_and_lora_of_the_documented_shapes() {
     let graph = HostGraph::new(&model.params, true);
     let batch: Vec<&Example> = task.train.iter().take(2).collect();
     let enc = model.context_encoder.as_ref().unwrap();
-    enc.before_train_pass(&model, &graph, &task, &batch)
+    enc.before_train_pass(&model, &graph, &task, &task, &batch)
         .unwrap();
     let ctx = graph.context.borrow();
     let shape = |n: &str| ft::<B, 4>(float(&ctx[n])).dims();
@@ -122,7 +122,7 @@ fn downstream_loss_reaches_every_hypermodel_parameter() {
     let task = toy_task(8);
     let graph = HostGraph::new(&model.params, true);
     let batch: Vec<&Example> = task.train.iter().take(3).collect();
-    peft_host::context::before_train_pass(&model, &graph, &task, &batch).unwrap();
+    peft_host::context::before_train_pass(&model, &graph, &task, &task, &batch).unwrap();
     let texts: Vec<_> = batch.iter().map(|e| (e.text_a.clone(), None)).collect();
     let tb = model.tokenize(&texts, 24, &Default::default()).unwrap();
     let h = model.pooled(&graph, &tb).unwrap();
@@ -184,7 +184,7 @@ fn generator_head_gradients_match_native_burn() {
     };
     // Through the plugin.
     let graph = HostGraph::new(&model.params, true);
-    peft_host::context::before_train_pass(&model, &graph, &task, &[]).unwrap();
+    peft_host::context::before_train_pass(&model, &graph, &task, &task, &[]).unwrap();
     let (gen, summary) = {
         let ctx = graph.context.borrow();
         (
@@ -277,7 +277,7 @@ fn bad_input_gets_clear_errors() {
     let (_, model) = tiny(json!(["prefix"]), json!([{ "plugin": "prefix", "config": { "prefix_length": 5, "from_context": "hypert5.prefix" } }]), 4).unwrap();
     let task = toy_task(8);
     let graph = HostGraph::new(&model.params, true);
-    peft_host::context::before_train_pass(&model, &graph, &task, &[]).unwrap();
+    peft_host::context::before_train_pass(&model, &graph, &task, &task, &[]).unwrap();
     let tb = model
         .tokenize(&[("x".into(), None)], 8, &Default::default())
         .unwrap();
@@ -287,7 +287,7 @@ fn bad_input_gets_clear_errors() {
     let (_, model) = both();
     let few = toy_task(3);
     let graph = HostGraph::new(&model.params, true);
-    let err = peft_host::context::before_train_pass(&model, &graph, &few, &[]).unwrap_err();
+    let err = peft_host::context::before_train_pass(&model, &graph, &few, &few, &[]).unwrap_err();
     assert!(
         format!("{err:#}")
             .contains("has 3 training examples, but the context encoder `hypert5` reads k = 4"),

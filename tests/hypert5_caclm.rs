@@ -128,7 +128,7 @@ fn a_caclm_pass_reads_a_and_d_and_reaches_every_hypermodel_parameter() {
     enc.set_fixed_context("window", vec![w.a.clone(), w.d.clone()]);
     let graph = HostGraph::new(&model.params, true);
     let batch: Vec<_> = task.train.iter().collect();
-    peft_host::model::context::before_train_pass(&model, &graph, &task, &batch).unwrap();
+    peft_host::model::context::before_train_pass(&model, &graph, &task, &task, &batch).unwrap();
     {
         let ctx = graph.context.borrow();
         // The hypermodel read two sequences, A and D: 12 words and `</s>` each.

@@ -114,6 +114,13 @@ pub fn check(cfg: &RunConfig, registry: &Registry) -> Vec<ConfigError> {
             }
         }
     }
+    let p = cfg.training.permute_labels;
+    if p > 0.0 && (cfg.context_encoder.is_none() || cfg.training.mixed_batches) {
+        errors.push(host(
+            "/training/permute_labels",
+            format!("{p}: label permutation needs a context encoder (the examples that show the permuted labels) and per-task batches (mixed_batches off)"),
+        ));
+    }
     // A CACLM run reads its corpus, not tasks.
     if let Some(c) = &cfg.caclm {
         if !c.corpus.is_file() {

@@ -349,6 +349,18 @@ pub struct TrainingSpec {
     /// and negatives in one batch). Heads: classification, regression or text-to-text.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mixed_batches: bool,
+    /// Context-encoder training: the probability that a pass shows a classification task
+    /// under a uniformly random permutation of its label words (the identity included), in
+    /// the few-shot context and in the targets alike, so that which word answers which class
+    /// can only be read from the examples (a hypermodel cannot learn its training tasks by
+    /// heart). Option-scoring and text-to-text heads; multiple-choice tasks stay as they are.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub permute_labels: f64,
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn default_temperature() -> f64 {

@@ -241,13 +241,15 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
     }
 
     /// A training pass: `k` examples drawn from the task's training examples outside `batch`
-    /// (from all of them when fewer than `k` remain, as in 16-shot training). Clears the
-    /// evaluation cache, as the hypermodel is about to change.
+    /// (from all of them when fewer than `k` remain, as in 16-shot training), shown with the
+    /// label words of `answers` (the task's own, or a permutation: `training.permute_labels`).
+    /// Clears the evaluation cache, as the hypermodel is about to change.
     pub fn before_train_pass(
         &self,
         model: &Model<B>,
         graph: &HostGraph<'_, B>,
         task: &Task,
+        answers: &Task,
         batch: &[&Example],
     ) -> anyhow::Result<()> {
         self.cache.borrow_mut().clear();
@@ -267,7 +269,7 @@ impl<B: AutodiffBackend> ContextEncoder<B> {
         };
         let picked = sample(&mut *self.rng.borrow_mut(), pool.len(), self.k);
         let shots: Vec<&Example> = picked.iter().map(|i| pool[i]).collect();
-        self.encode(model, graph, task, &shots)
+        self.encode(model, graph, answers, &shots)
     }
 
     /// The generated values for `task` from its first `k` training examples, computed once
@@ -346,10 +348,11 @@ pub fn before_train_pass<B: AutodiffBackend>(
     model: &Model<B>,
     graph: &HostGraph<'_, B>,
     task: &Task,
+    answers: &Task,
     batch: &[&Example],
 ) -> anyhow::Result<()> {
     match &model.context_encoder {
-        Some(c) => c.before_train_pass(model, graph, task, batch),
+        Some(c) => c.before_train_pass(model, graph, task, answers, batch),
         None => Ok(()),
     }
 }

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod mixed;
 pub mod optim;
+mod relabel;
 mod sampling;
 pub mod services;
 
@@ -21,7 +22,8 @@ use crate::{
     heads::{per_example_loss, target_text, Head, Output},
     model::Model,
 };
-use optim::{InnerPrim, Optim};
+pub use optim::schedule;
+use optim::{add_inner, clip_global_norm, InnerPrim, Optim};
 pub use sampling::task_probabilities;
 use sampling::MultiSampler;
 pub(crate) use sampling::Sampler;
@@ -84,18 +86,20 @@ pub struct TaskRun<'a> {
 }
 
 /// The training loss of one micro-batch: the head's loss plus the modules' auxiliary losses.
+/// `answers` gives the label words this pass shows (`run.task`'s own, or permuted).
 fn loss<B: AutodiffBackend>(
     model: &Model<B>,
     graph: &HostGraph<'_, B>,
     run: &TaskRun<'_>,
+    answers: &Task,
     batch: &[&Example],
     t: &crate::config::TrainingSpec,
     device: &B::Device,
 ) -> anyhow::Result<Tensor<B, 1>> {
-    crate::model::context::before_train_pass(model, graph, run.task, batch)?;
+    crate::model::context::before_train_pass(model, graph, run.task, answers, batch)?;
     let out = run
         .head
-        .forward(model, graph, run.task, batch, t.max_length, device)?;
+        .forward(model, graph, answers, batch, t.max_length, device)?;
     let mut loss = per_example_loss(out, batch, t.label_smoothing, device).mean();
     for (w, aux) in graph.aux_losses.borrow_mut().drain(..) {
         loss = loss + ft::<B, 1>(aux) * w;
@@ -458,7 +462,10 @@ pub fn train_tasks<B: AutodiffBackend>(
                 .map(|i| &run.task.train[i])
                 .collect();
             let graph = HostGraph::new(&model.params, true);
-            let l = loss(model, &graph, run, &batch, t, device).with_context(|| {
+            let permuted =
+                relabel::draw(run.task, &run.head, t.permute_labels, cfg.seed, step, micro);
+            let answers = permuted.as_ref().unwrap_or(run.task);
+            let l = loss(model, &graph, run, answers, &batch, t, device).with_context(|| {
                 format!("step {step}, micro-batch {micro} (task {})", run.task.name)
             })?;
             lv += l.clone().into_scalar().elem_f32() / accumulation as f32;
@@ -535,63 +542,4 @@ pub fn train_tasks<B: AutodiffBackend>(
         trainable_parameters: trainable,
         batches_per_task,
     })
-}
-
-fn add_inner<B: AutodiffBackend>(
-    a: InnerPrim<B>,
-    b: InnerPrim<B>,
-    rank: usize,
-) -> anyhow::Result<InnerPrim<B>> {
-    use burn::tensor::TensorPrimitive;
-    type I<B> = <B as AutodiffBackend>::InnerBackend;
-    Ok(by_rank!(rank, |D| Ok((Tensor::<I<B>, D>::from_primitive(
-        TensorPrimitive::Float(a)
-    )
-        + Tensor::<I<B>, D>::from_primitive(
-            TensorPrimitive::Float(b)
-        ))
-    .into_primitive()
-    .tensor()))?)
-}
-
-/// Scales all gradients so that their global L2 norm is at most `max_norm` (PyTorch's
-/// `clip_grad_norm_`, with its 1e-6 in the denominator).
-fn clip_global_norm<B: AutodiffBackend>(
-    grads: &mut [Option<InnerPrim<B>>],
-    max_norm: f64,
-) -> anyhow::Result<()> {
-    use burn::tensor::{TensorMetadata, TensorPrimitive};
-    type I<B> = <B as AutodiffBackend>::InnerBackend;
-    let mut sq = 0.0f64;
-    for g in grads.iter().flatten() {
-        let n = g.shape().num_elements();
-        let flat =
-            Tensor::<I<B>, 1>::from_primitive(TensorPrimitive::Float(g.clone())).reshape([n]);
-        sq += flat.powf_scalar(2.0).sum().into_scalar().elem_f32() as f64;
-    }
-    let scale = max_norm / (sq.sqrt() + 1e-6);
-    if scale < 1.0 {
-        for g in grads.iter_mut() {
-            if let Some(x) = g.take() {
-                let rank = x.shape().num_dims();
-                *g = Some(by_rank!(rank, |D| Ok((Tensor::<I<B>, D>::from_primitive(
-                    TensorPrimitive::Float(x)
-                ) * scale)
-                    .into_primitive()
-                    .tensor()))?);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Linear warmup to `lr`, then linear decay to zero at `total`.
-pub fn schedule(lr: f64, step: usize, warmup: usize, total: usize) -> f64 {
-    if warmup > 0 && step <= warmup {
-        return lr * step as f64 / warmup as f64;
-    }
-    if total <= warmup {
-        return lr;
-    }
-    lr * (total - step) as f64 / (total - warmup) as f64
 }

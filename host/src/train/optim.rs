@@ -217,3 +217,63 @@ impl<B: AutodiffBackend> AdamW<B> {
         Ok(())
     }
 }
+
+pub(super) fn add_inner<B: AutodiffBackend>(
+    a: InnerPrim<B>,
+    b: InnerPrim<B>,
+    rank: usize,
+) -> anyhow::Result<InnerPrim<B>> {
+    use burn::tensor::TensorPrimitive;
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    Ok(by_rank!(rank, |D| Ok((Tensor::<I<B>, D>::from_primitive(
+        TensorPrimitive::Float(a)
+    )
+        + Tensor::<I<B>, D>::from_primitive(
+            TensorPrimitive::Float(b)
+        ))
+    .into_primitive()
+    .tensor()))?)
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`, with its 1e-6 in the denominator).
+pub(super) fn clip_global_norm<B: AutodiffBackend>(
+    grads: &mut [Option<InnerPrim<B>>],
+    max_norm: f64,
+) -> anyhow::Result<()> {
+    use burn::tensor::{TensorMetadata, TensorPrimitive};
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    let mut sq = 0.0f64;
+    for g in grads.iter().flatten() {
+        let n = g.shape().num_elements();
+        let flat =
+            Tensor::<I<B>, 1>::from_primitive(TensorPrimitive::Float(g.clone())).reshape([n]);
+        sq +=
+            burn::tensor::ElementConversion::elem::<f64>(flat.powf_scalar(2.0).sum().into_scalar());
+    }
+    let scale = max_norm / (sq.sqrt() + 1e-6);
+    if scale < 1.0 {
+        for g in grads.iter_mut() {
+            if let Some(x) = g.take() {
+                let rank = x.shape().num_dims();
+                *g = Some(by_rank!(rank, |D| Ok((Tensor::<I<B>, D>::from_primitive(
+                    TensorPrimitive::Float(x)
+                ) * scale)
+                    .into_primitive()
+                    .tensor()))?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Linear warmup to `lr`, then linear decay to zero at `total`.
+pub fn schedule(lr: f64, step: usize, warmup: usize, total: usize) -> f64 {
+    if warmup > 0 && step <= warmup {
+        return lr * step as f64 / warmup as f64;
+    }
+    if total <= warmup {
+        return lr;
+    }
+    lr * (total - step) as f64 / (total - warmup) as f64
+}

@@ -3,6 +3,7 @@
 mod adapt;
 mod eval;
 mod export;
+mod malloc;
 mod predict;
 mod verbs;
 
@@ -310,8 +311,10 @@ pub enum BenchCommand {
 }
 
 pub fn main() -> ExitCode {
+    let tuned = malloc::tune();
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    tracing::debug!(tuned, "malloc thresholds (cli/malloc.rs)");
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::arch::Architecture;
 use super::{
     additive_mask,
-    layers::{gelu_kernel, prefixed_keep},
+    layers::{gelu, prefixed_keep},
     Backbone, Hooks, TextBatch,
 };
 use crate::nn::{self, softmax};
@@ -335,14 +335,10 @@ impl Bert {
         let attn = hooks.pair(&format!("{p}.attention"), &x, attn)?;
         let h1 = self.ln(hooks, attn + x, &format!("{p}.attention.output.LayerNorm"))?;
         let inter = self.lin(hooks, &h1, &format!("{p}.intermediate.dense"))?;
-        let kernel = match c.hidden_act.as_str() {
-            "gelu" => gelu_kernel(hooks, &inter)?,
-            _ => None,
-        };
-        let inter = match kernel {
-            Some(y) => y,
-            None if hooks.graph.no_grad => Tensor::from_inner(act(&c.hidden_act, inter.inner())),
-            None => act(&c.hidden_act, inter),
+        let inter = match c.hidden_act.as_str() {
+            "gelu" => gelu(hooks, inter)?,
+            _ if hooks.graph.no_grad => Tensor::from_inner(act(&c.hidden_act, inter.inner())),
+            _ => act(&c.hidden_act, inter),
         };
         // HF's `BertIntermediate` output (after the activation): where (IA)³ scales.
         let inter = hooks.hidden(&format!("{p}.intermediate"), inter)?;

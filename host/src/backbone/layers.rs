@@ -49,23 +49,28 @@ pub(crate) fn split_heads<B: AutodiffBackend>(y: Tensor<B, 3>, heads: usize) -> 
     y.reshape([b, t, heads, hd / heads]).swap_dims(1, 2)
 }
 
-/// Exact GELU on the CPU kernels where they apply — one pass without gradients, one tracked
-/// op with them (burn's evaluates `erf` per element through several recorded ops); `None`
-/// elsewhere.
-pub(crate) fn gelu_kernel<B: AutodiffBackend>(
+/// Exact GELU: on the CPU kernels where they apply — one pass without gradients over the
+/// tensor's own buffer (it is taken, not cloned: a clone would force a copy of the largest
+/// activation of every layer), one tracked op with them (burn's evaluates `erf` per element
+/// through several recorded ops) — and burn's op elsewhere.
+pub(crate) fn gelu<B: AutodiffBackend>(
     hooks: &Hooks<'_, '_, B>,
-    x: &Tensor<B, 3>,
-) -> Result<Option<Tensor<B, 3>>, ApiError> {
-    if hooks.graph.no_grad && nn::enabled::<B>() {
+    x: Tensor<B, 3>,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let no_grad = hooks.graph.no_grad;
+    if no_grad && nn::enabled::<B>() {
         let (shape, device) = (x.dims(), x.device());
-        let mut v = nn::to_vec(x.clone())?;
+        let mut v = nn::to_vec(x)?;
         nn::gelu(&mut v);
-        return Ok(Some(nn::from_vec(v, shape, &device)));
+        return Ok(nn::from_vec(v, shape, &device));
     }
-    if !hooks.graph.no_grad && nn::tracked::enabled::<B>() {
-        return nn::tracked::gelu(x.clone()).map(Some);
+    if !no_grad && nn::tracked::enabled::<B>() {
+        return nn::tracked::gelu(x);
     }
-    Ok(None)
+    Ok(match no_grad {
+        true => Tensor::from_inner(activation::gelu(x.inner())),
+        false => activation::gelu(x),
+    })
 }
 
 /// Activations by HF name (`ACT2FN`); exact GELU on the CPU kernel where it applies.
@@ -75,9 +80,7 @@ pub(crate) fn activation_fn<B: AutodiffBackend>(
     x: Tensor<B, 3>,
 ) -> Result<Tensor<B, 3>, ApiError> {
     if name == "gelu" {
-        if let Some(y) = gelu_kernel(hooks, &x)? {
-            return Ok(y);
-        }
+        return gelu(hooks, x);
     }
     Ok(match name {
         "relu" => activation::relu(x),

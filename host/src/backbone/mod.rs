@@ -142,6 +142,14 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
         if fused && !self.graph.no_grad && nn::tracked::enabled::<B>() {
             return nn::tracked::layer_norm(x, w, b, eps);
         }
+        let [d] = w.dims();
+        if fused && self.graph.no_grad && nn::enabled::<B>() && x.dims()[2] == d && b.dims() == [d]
+        {
+            let (shape, device) = (x.dims(), x.device());
+            let (mut v, w, b) = (nn::to_vec(x)?, nn::to_vec(w)?, nn::to_vec(b)?);
+            nn::layer_norm::layer_norm_rows(&mut v, &w, &b, eps);
+            return Ok(nn::from_vec(v, shape, &device));
+        }
         Ok(nn::layer_norm_in(
             self.graph.no_grad,
             x,

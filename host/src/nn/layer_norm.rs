@@ -153,6 +153,43 @@ impl Backward<Flex, 3> for LayerNormBackward {
     }
 }
 
+/// `x̂ = (x − mean) / sqrt(var + eps)` row by row into `xhat` (which holds `x` on entry); each
+/// row's 1/σ into `rstd`.
+fn normalise(xhat: &mut [f32], rstd: &mut [f32], d: usize, eps: f32) {
+    xhat.par_chunks_mut(d)
+        .zip(rstd.par_iter_mut())
+        .for_each(|(row, r)| {
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d as f32;
+            *r = 1.0 / (var + eps).sqrt();
+            for x in row.iter_mut() {
+                *x = (*x - mean) * *r;
+            }
+        });
+}
+
+/// `y = y ∘ w + b` over rows of `w.len()` values.
+fn affine(y: &mut [f32], w: &[f32], b: &[f32]) {
+    y.par_chunks_mut(w.len()).for_each(|row| {
+        for ((y, w), b) in row.iter_mut().zip(w).zip(b) {
+            *y = *y * w + b;
+        }
+    });
+}
+
+/// Layer norm with weight and bias over rows of `w.len()` values, in place, without
+/// gradients: the no-grad pass's kernel (burn's generic version makes five full-size
+/// temporaries: centred input, square, variance broadcast, quotient, affine).
+pub fn layer_norm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f64) {
+    let d = w.len();
+    if d == 0 {
+        return;
+    }
+    let mut rstd = vec![0f32; x.len() / d];
+    normalise(x, &mut rstd, d, eps as f32);
+    affine(x, w, b);
+}
+
 /// Layer norm over the last dim with weight and bias `[d]` as one tracked operation of the
 /// CPU autodiff backend, with its own backward.
 pub fn tracked<B: AutodiffBackend>(
@@ -177,22 +214,9 @@ pub fn tracked<B: AutodiffBackend>(
     );
     let mut xhat = Buf::new(xa.primitive.clone()).to_vec();
     let mut rstd = vec![0f32; xhat.len() / d];
-    xhat.par_chunks_mut(d)
-        .zip(rstd.par_iter_mut())
-        .for_each(|(row, r)| {
-            let mean = row.iter().sum::<f32>() / d as f32;
-            let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d as f32;
-            *r = 1.0 / (var + eps as f32).sqrt();
-            for x in row.iter_mut() {
-                *x = (*x - mean) * *r;
-            }
-        });
+    normalise(&mut xhat, &mut rstd, d, eps as f32);
     let mut out = xhat.clone();
-    out.par_chunks_mut(d).for_each(|row| {
-        for ((y, w), b) in row.iter_mut().zip(wv.iter()).zip(bv.iter()) {
-            *y = *y * w + b;
-        }
-    });
+    affine(&mut out, &wv, &bv);
     let out = primitive(out, shape);
     let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
     let result = match LayerNormBackward

@@ -50,3 +50,19 @@ fn tracked_layer_norm_refuses_a_weight_of_another_width() {
     let e = tracked(x, w, b, 1e-12).unwrap_err();
     assert!(e.message.contains("must be [8]"), "{}", e.message);
 }
+
+/// The no-grad kernel equals burn's layer norm (and the tracked op's forward).
+#[test]
+fn no_grad_rows_kernel_matches_burn() {
+    let d = 40;
+    let x = (leaf(0.3, [2, 3, d]) * 3.0 + 0.5).detach();
+    let wv: Vec<f32> = (0..d).map(|i| 1.0 + (i as f32 * 0.3).cos() * 0.2).collect();
+    let bv: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin() * 0.1).collect();
+    let dev = Default::default();
+    let w = Tensor::<A, 1>::from_data(TensorData::new(wv.clone(), [d]), &dev);
+    let b = Tensor::<A, 1>::from_data(TensorData::new(bv.clone(), [d]), &dev);
+    let want = vals(layer_norm(x.clone(), Some(w), Some(b), 1e-12));
+    let mut got = vals(x);
+    super::layer_norm_rows(&mut got, &wv, &bv, 1e-12);
+    assert_close(&[("y", &got, &want)], 1e-5);
+}

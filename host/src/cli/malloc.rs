@@ -5,7 +5,7 @@
 //! heap top past 128 KiB of free space), so the next op's buffer arrives as fresh pages that
 //! the kernel faults in and zeroes one 4 KiB page at a time: ~400,000 page faults in a
 //! three-run MiniLM inference benchmark, 7–9 % of the profile. Serving them from the heap and
-//! keeping freed memory for the next op (raised mmap and trim thresholds) leaves ~56,000
+//! keeping freed memory for the next op (raised mmap and trim thresholds) leaves ~88,000
 //! (`docs/performance.md`, "Where the time goes"); peak RSS stays within a few percent, as
 //! freed blocks are reused rather than added to.
 //!

@@ -226,26 +226,3 @@ fn text_to_text<B: AutodiffBackend>(
     let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
     Ok((nll * mask).sum_dim(1).reshape([n]) / count)
 }
-
-/// Adds one micro-batch's gradients to the running sums, per trainable parameter (what the
-/// single-task loop does inline).
-pub(super) fn accumulate<B: AutodiffBackend>(
-    model: &Model<B>,
-    grads: &B::Gradients,
-    summed: &mut [Option<super::optim::InnerPrim<B>>],
-) -> anyhow::Result<()> {
-    let store = model.params.borrow();
-    for (slot, p) in summed.iter_mut().zip(store.trainable()) {
-        let rank = p.shape.len();
-        let g = crate::by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
-            .grad(grads)
-            .map(|g| g.into_primitive().tensor())))?;
-        if let Some(g) = g {
-            *slot = Some(match slot.take() {
-                Some(prev) => super::add_inner::<B>(prev, g, rank)?,
-                None => g,
-            });
-        }
-    }
-    Ok(())
-}

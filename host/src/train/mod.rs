@@ -16,14 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     bridge::{value::ft, HostGraph},
-    by_rank,
     config::RunConfig,
     data::{Example, Task, TaskKind},
     heads::{per_example_loss, target_text, Head, Output},
     model::Model,
 };
 pub use optim::schedule;
-use optim::{add_inner, clip_global_norm, InnerPrim, Optim};
+use optim::{accumulate, clip_global_norm, InnerPrim, Optim};
 pub use sampling::task_probabilities;
 use sampling::MultiSampler;
 pub(crate) use sampling::Sampler;
@@ -450,7 +449,7 @@ pub fn train_tasks<B: AutodiffBackend>(
                 lv += l.clone().into_scalar().elem_f32() / accumulation as f32;
                 let grads = (l / accumulation as f64).backward();
                 drop(graph);
-                mixed::accumulate::<B>(model, &grads, &mut summed)?;
+                accumulate::<B>(model, &grads, &mut summed)?;
                 continue;
             }
             let (ti, idx) = sampler.next_batch(t.batch_size);
@@ -471,19 +470,7 @@ pub fn train_tasks<B: AutodiffBackend>(
             lv += l.clone().into_scalar().elem_f32() / accumulation as f32;
             let grads = (l / accumulation as f64).backward();
             drop(graph);
-            let store = model.params.borrow();
-            for (slot, p) in summed.iter_mut().zip(store.trainable()) {
-                let rank = p.shape.len();
-                let g = by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
-                    .grad(&grads)
-                    .map(|g| g.into_primitive().tensor())))?;
-                if let Some(g) = g {
-                    *slot = Some(match slot.take() {
-                        Some(prev) => add_inner::<B>(prev, g, rank)?,
-                        None => g,
-                    });
-                }
-            }
+            accumulate::<B>(model, &grads, &mut summed)?;
         }
         let asked_stop =
             opts.stop_after == Some(step) || INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);

@@ -218,7 +218,30 @@ impl<B: AutodiffBackend> AdamW<B> {
     }
 }
 
-pub(super) fn add_inner<B: AutodiffBackend>(
+/// Adds one micro-batch's gradients to the running sums, per trainable parameter (both the
+/// per-task and the mixed-batch loops).
+pub(super) fn accumulate<B: AutodiffBackend>(
+    model: &crate::model::Model<B>,
+    grads: &B::Gradients,
+    summed: &mut [Option<InnerPrim<B>>],
+) -> anyhow::Result<()> {
+    let store = model.params.borrow();
+    for (slot, p) in summed.iter_mut().zip(store.trainable()) {
+        let rank = p.shape.len();
+        let g = by_rank!(rank, |D| Ok(ft::<B, D>(p.value.clone())
+            .grad(grads)
+            .map(|g| g.into_primitive().tensor())))?;
+        if let Some(g) = g {
+            *slot = Some(match slot.take() {
+                Some(prev) => add_inner::<B>(prev, g, rank)?,
+                None => g,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn add_inner<B: AutodiffBackend>(
     a: InnerPrim<B>,
     b: InnerPrim<B>,
     rank: usize,

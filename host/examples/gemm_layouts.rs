@@ -1,14 +1,16 @@
-//! GFLOP/s of the one GEMM wrapper (`nn::gemm::matmul`) on a linear layer's shapes, for the
-//! operand layouts a linear can use: `x · Wᵀ` with W as stored (`[out, in]`, what `nn::linear`
-//! does), the transposed product `(W · xᵀ)ᵀ`, and `x · W'` with W' stored `[in, out]`; on one
-//! thread and on all of rayon's. `cargo run --release -p peft-host --example gemm_layouts`.
+//! GFLOP/s of the one GEMM wrapper (`nn::gemm::matmul`) on a linear layer's shapes, for the two
+//! layouts a weight `W` `[out, in]` can be held in: row-major (as HF stores it) and
+//! column-major (the contiguous `[in, out]` buffer, what `nn::linear::column_major` makes), in
+//! the forward `x · Wᵀ` and in the backward's `dy · W`. Two interleaved rounds, the median of 7
+//! runs each; the second round is printed.
+//! `cargo run --release -p peft-host --example gemm_layouts`.
 use std::time::Instant;
 
 use peft_host::nn::gemm::{matmul, Mat, MatMut, Parallelism};
 
 fn median_s(mut f: impl FnMut()) -> f64 {
     f();
-    let mut v: Vec<f64> = (0..5)
+    let mut v: Vec<f64> = (0..7)
         .map(|_| {
             let s = Instant::now();
             f();
@@ -16,66 +18,65 @@ fn median_s(mut f: impl FnMut()) -> f64 {
         })
         .collect();
     v.sort_by(|a, b| a.total_cmp(b));
-    v[2]
+    v[3]
 }
 
 fn main() {
+    // MiniLM (4,096 tokens), t5-small's encoder (1,024) and decoder (256) with its LM head,
+    // bart-base's encoder.
     let shapes = [
+        (4096, 384, 384),
+        (4096, 384, 1536),
+        (4096, 1536, 384),
         (1024, 512, 512),
         (1024, 512, 2048),
         (1024, 2048, 512),
+        (256, 512, 512),
+        (256, 512, 2048),
+        (256, 2048, 512),
         (256, 512, 32128),
         (1024, 768, 768),
-        (4096, 384, 1536),
-        (4096, 1536, 384),
+        (1024, 768, 3072),
+        (1024, 3072, 768),
     ];
-    println!("| x [n, in] | W [out, in] | x·Wᵀ | (W·xᵀ)ᵀ | x·W' | x·W', 1 thread |");
-    println!("| --- | --- | ---: | ---: | ---: | ---: |");
-    for (n, i, o) in shapes {
-        let x: Vec<f32> = (0..n * i).map(|k| (k as f32 * 0.1).sin()).collect();
-        let w: Vec<f32> = (0..o * i).map(|k| (k as f32 * 0.3).sin()).collect();
-        let mut wt = vec![0f32; o * i];
-        for a in 0..o {
-            for b in 0..i {
-                wt[b * o + a] = w[a * i + b];
+    let par = Parallelism::Rayon(0);
+    for round in 0..2 {
+        if round == 1 {
+            println!("| x [n, in] | W [out, in] | x·Wᵀ, W row-major | x·Wᵀ, W column-major | dy·W, W row-major | dy·W, W column-major |");
+            println!("| --- | --- | ---: | ---: | ---: | ---: |");
+        }
+        for (n, i, o) in shapes {
+            let x: Vec<f32> = (0..n * i).map(|k| (k as f32 * 0.1).sin()).collect();
+            let dy: Vec<f32> = (0..n * o).map(|k| (k as f32 * 0.2).sin()).collect();
+            let w: Vec<f32> = (0..o * i).map(|k| (k as f32 * 0.3).sin()).collect();
+            let mut wt = vec![0f32; o * i];
+            for a in 0..o {
+                for b in 0..i {
+                    wt[b * o + a] = w[a * i + b];
+                }
+            }
+            let (mut y, mut dx) = (vec![0f32; n * o], vec![0f32; n * i]);
+            let gflop = 2.0 * (n * i * o) as f64 / 1e9;
+            let (xm, dym) = (Mat::rows(&x, 0, n, i, i), Mat::rows(&dy, 0, n, o, o));
+            // The same [out, in] weight over either buffer.
+            let (rm, cm) = (Mat::rows(&w, 0, o, i, i), Mat::new(&wt, 0, o, i, 1, o));
+            let mut fwd = |wm: Mat<'_>| {
+                median_s(|| matmul(&mut MatMut::dense(&mut y, n, o), 0.0, xm, wm.t(), 1.0, par))
+            };
+            let (a, b) = (fwd(rm), fwd(cm));
+            let mut bwd = |wm: Mat<'_>| {
+                median_s(|| matmul(&mut MatMut::dense(&mut dx, n, i), 0.0, dym, wm, 1.0, par))
+            };
+            let (c, d) = (bwd(rm), bwd(cm));
+            if round == 1 {
+                println!(
+                    "| [{n}, {i}] | [{o}, {i}] | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    gflop / a,
+                    gflop / b,
+                    gflop / c,
+                    gflop / d
+                );
             }
         }
-        let mut y = vec![0f32; n * o];
-        let gflop = 2.0 * (n * i * o) as f64 / 1e9;
-        let (xm, wm, wtm) = (
-            Mat::rows(&x, 0, n, i, i),
-            Mat::rows(&w, 0, o, i, i),
-            Mat::rows(&wt, 0, i, o, o),
-        );
-        let par = Parallelism::Rayon(0);
-        let a = median_s(|| matmul(&mut MatMut::dense(&mut y, n, o), 0.0, xm, wm.t(), 1.0, par));
-        let b = median_s(|| {
-            matmul(
-                &mut MatMut::new(&mut y, 0, o, n, 1, o),
-                0.0,
-                wm,
-                xm.t(),
-                1.0,
-                par,
-            )
-        });
-        let c = median_s(|| matmul(&mut MatMut::dense(&mut y, n, o), 0.0, xm, wtm, 1.0, par));
-        let d = median_s(|| {
-            matmul(
-                &mut MatMut::dense(&mut y, n, o),
-                0.0,
-                xm,
-                wtm,
-                1.0,
-                Parallelism::None,
-            )
-        });
-        println!(
-            "| [{n}, {i}] | [{o}, {i}] | {:.0} | {:.0} | {:.0} | {:.0} |",
-            gflop / a,
-            gflop / b,
-            gflop / c,
-            gflop / d
-        );
     }
 }

@@ -1,5 +1,7 @@
-//! Holding the frozen backbone in bf16 (`"backbone": {"dtype": "bf16"}`): which weights are
-//! stored that way and the conversion, done once right after loading.
+//! How the frozen backbone is held, decided once right after loading: in bf16
+//! (`"backbone": {"dtype": "bf16"}`), which weights are stored that way and the conversion;
+//! in f32 on the CPU kernels, the projection weights column-major (the layout the GEMM reads
+//! without packing; see [`crate::nn::linear::column_major`]).
 //!
 //! Held in bf16: every projection's weight matrix (each `Projection` site's `<site>.weight`,
 //! which only [`crate::nn::linear`] reads, widening it to f32 for the product) and, for the
@@ -14,14 +16,41 @@ use peft_api::{BackboneInfo, SiteKind};
 
 use crate::{config::BackboneDtype, nn, params::ParamStore};
 
-/// The weights a bf16 backbone holds in bf16, among those present in the store.
-pub fn bf16_keys<B: AutodiffBackend>(info: &BackboneInfo, store: &ParamStore<B>) -> Vec<String> {
+/// Every projection's weight matrix (each `Projection` site's `<site>.weight`) present in the
+/// store.
+fn projection_keys<B: AutodiffBackend>(info: &BackboneInfo, store: &ParamStore<B>) -> Vec<String> {
     let mut keys: Vec<String> = info
         .sites
         .iter()
         .filter(|s| s.kind == SiteKind::Projection)
         .map(|s| format!("{}.weight", s.name))
         .collect();
+    keys.retain(|k| store.get(k).is_some_and(|p| p.shape.len() == 2));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The weights the CPU kernels read column-major: the projections, and an untied LM head
+/// (read only by the output product; a tied one is also the embedding table, which burn's
+/// row gather would copy whole if it were transposed).
+fn column_major_keys<B: AutodiffBackend>(
+    info: &BackboneInfo,
+    store: &ParamStore<B>,
+) -> Vec<String> {
+    let mut keys = projection_keys(info, store);
+    if store
+        .get("lm_head.weight")
+        .is_some_and(|p| p.shape.len() == 2)
+    {
+        keys.push("lm_head.weight".to_string());
+    }
+    keys
+}
+
+/// The weights a bf16 backbone holds in bf16, among those present in the store.
+pub fn bf16_keys<B: AutodiffBackend>(info: &BackboneInfo, store: &ParamStore<B>) -> Vec<String> {
+    let mut keys = projection_keys(info, store);
     if info.architecture == "bert" {
         keys.extend(
             ["word", "position", "token_type"].map(|e| format!("embeddings.{e}_embeddings.weight")),
@@ -74,6 +103,17 @@ pub fn hold<B: AutodiffBackend>(
         let t = nn::bf16::tensor::<B, 2>(&values, shape, &store.device);
         drop(values);
         store.assign(key, nn::value::fp(t))?;
+    }
+    if keys.is_empty() && nn::enabled::<B>() {
+        // f32 on the CPU kernels: the projections held column-major, the layout their GEMM
+        // reads in place (`nn::linear::column_major`); same values, same bytes.
+        for key in column_major_keys(info, store) {
+            let p = store
+                .get(&key)
+                .ok_or_else(|| anyhow::anyhow!("backbone weight `{key}` vanished"))?;
+            let w = nn::linear::column_major(nn::value::ft::<B, 2>(p.value.clone()));
+            store.assign(&key, nn::value::fp(w))?;
+        }
     }
     let after = backbone_bytes(store);
     if !keys.is_empty() {

@@ -155,11 +155,31 @@ impl Buf {
     }
 }
 
+impl Buf {
+    /// A `[rows, cols]` f32 view that is the transpose (`swap_dims`) of a contiguous
+    /// `[cols, rows]` buffer: that buffer, read without a copy (element `(r, c)` at
+    /// `c·rows + r`). `None` for any other layout. A frozen projection weight is held this way
+    /// ([`super::linear::column_major`]).
+    pub(crate) fn transposed_source(p: &FlexTensor) -> Option<Self> {
+        let l = p.layout();
+        let &[rows, cols] = l.shape().as_slice() else {
+            return None;
+        };
+        let fits = p.dtype() == burn::tensor::DType::F32
+            && rows > 1
+            && cols > 1
+            && l.start_offset() == 0
+            && l.strides() == [1, rows as isize]
+            && p.storage::<f32>().len() == rows * cols;
+        fits.then(|| Buf(p.clone(), rows * cols))
+    }
+}
+
 impl std::ops::Deref for Buf {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        // `new` made the storage contiguous f32 from offset 0; `split_heads_source` checked
-        // that the storage is exactly the `[b, s, h]` buffer.
+        // `new` made the storage contiguous f32 from offset 0; `split_heads_source` and
+        // `transposed_source` checked that the storage is exactly the buffer they read.
         &self.0.storage::<f32>()[..self.1]
     }
 }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
 use half::bf16;
 
-use super::autodiff::FlexTensor;
+use super::{autodiff::FlexTensor, gemm::Mat};
 
 /// `x` rounded to the nearest bf16 (ties to even; NaN stays NaN, infinities stay infinite).
 pub fn round(x: &[f32]) -> Vec<bf16> {
@@ -69,18 +69,24 @@ pub fn to_f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
-/// A weight's storage as the kernels read it: f32 in place, or bf16 kept as is and widened
+/// A weight's storage as the kernels read it: f32 in place (row-major, or column-major when
+/// the backbone holds it so: [`super::linear::column_major`]), or bf16 kept as is and widened
 /// only for the product that needs it (the backward keeps this, not an f32 copy, so a bf16
 /// backbone holds no f32 copy of its weights between the forward and the backward).
 #[derive(Clone, Debug)]
 pub(crate) enum WeightBuf {
     F32(super::autodiff::Buf),
+    /// `[out, in]` values stored as the contiguous `[in, out]` buffer.
+    F32ColMajor(super::autodiff::Buf),
     Bf16(FlexTensor),
 }
 
 impl WeightBuf {
     pub(crate) fn new(p: FlexTensor) -> Self {
         if p.dtype() != DType::BF16 {
+            if let Some(b) = super::autodiff::Buf::transposed_source(&p) {
+                return WeightBuf::F32ColMajor(b);
+            }
             return WeightBuf::F32(super::autodiff::Buf::new(p));
         }
         if p.as_slice::<bf16>().is_some() {
@@ -90,16 +96,30 @@ impl WeightBuf {
         }
     }
 
-    /// The values as f32: borrowed when stored so, widened into a fresh buffer when bf16.
+    /// The values as f32, in storage order: borrowed when stored so, widened into a fresh
+    /// buffer when bf16. Read them through [`WeightBuf::mat`].
     pub(crate) fn f32(&self) -> Cow<'_, [f32]> {
         match self {
-            WeightBuf::F32(b) => Cow::Borrowed(b),
+            WeightBuf::F32(b) | WeightBuf::F32ColMajor(b) => Cow::Borrowed(b),
             WeightBuf::Bf16(p) => {
                 // `new` kept bf16 storage only in a contiguous layout, which has a slice.
                 let s = p.as_slice::<bf16>().expect("contiguous bf16 storage");
                 Cow::Owned(widen(s))
             }
         }
+    }
+
+    /// The `[out, in]` weight over `values` (what [`WeightBuf::f32`] returned).
+    pub(crate) fn mat<'a>(&self, values: &'a [f32], out: usize, inp: usize) -> Mat<'a> {
+        match self {
+            WeightBuf::F32ColMajor(_) => Mat::new(values, 0, out, inp, 1, out),
+            _ => Mat::rows(values, 0, out, inp, inp),
+        }
+    }
+
+    /// Whether the weight is stored column-major (its rows are not slices).
+    pub(crate) fn col_major(&self) -> bool {
+        matches!(self, WeightBuf::F32ColMajor(_))
     }
 }
 

@@ -84,3 +84,54 @@ fn skinny_product_equals_the_gemm() {
         assert_close(&[("y", &y, &want)], 1e-5);
     }
 }
+
+/// A weight held column-major (`column_major`) is read in place, not copied: the tracked op
+/// sees that layout; its values and every gradient equal the row-major weight's, on either
+/// side of the few-rows switch, frozen and training.
+#[test]
+fn column_major_weight_gives_the_row_major_values_and_gradients() {
+    use super::{column_major, SKINNY_ROWS};
+    use crate::nn::{
+        autodiff::{ad, Buf},
+        bf16::WeightBuf,
+    };
+    let w0 = leaf(1.2, [1, 40, 9]).reshape([40, 9]).detach();
+    let held = column_major(w0.clone());
+    let p = ad(held.clone()).unwrap().primitive;
+    assert!(
+        Buf::transposed_source(&p).is_some(),
+        "held weight is a transposed view"
+    );
+    assert!(WeightBuf::new(p).col_major());
+    assert_eq!(vals(held.clone()), vals(w0.clone()), "same values");
+    for n in [3, SKINNY_ROWS + 5] {
+        for w_trains in [false, true] {
+            let run = |w: burn::tensor::Tensor<crate::nn::test_support::A, 2>| {
+                let w = if w_trains { w.require_grad() } else { w };
+                let x = leaf(0.2, [1, n, 9]).reshape([n, 9]).detach().require_grad();
+                let b = leaf(2.2, [1, 1, 40]).reshape([40]).detach().require_grad();
+                let y = tracked(x.clone(), w.clone(), Some(b.clone())).unwrap();
+                let t = leaf(4.0, [1, n, 40]).reshape([n, 40]).detach();
+                let g = (y.clone() * t).sum().backward();
+                let dw = w.grad(&g).map(vals).unwrap_or_default();
+                (
+                    vals(y),
+                    vals(x.grad(&g).unwrap()),
+                    dw,
+                    vals(b.grad(&g).unwrap()),
+                )
+            };
+            let (a, b) = (run(held.clone()), run(w0.clone()));
+            assert_eq!(a.2.len(), if w_trains { 360 } else { 0 });
+            assert_close(
+                &[
+                    ("y", &a.0, &b.0),
+                    ("dx", &a.1, &b.1),
+                    ("dw", &a.2, &b.2),
+                    ("db", &a.3, &b.3),
+                ],
+                1e-5,
+            );
+        }
+    }
+}

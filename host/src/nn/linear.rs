@@ -97,6 +97,34 @@ pub fn column_major<B: AutodiffBackend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
     }
 }
 
+/// Rows per parallel task of [`repeat_rows`].
+const FILL_ROWS: usize = 64;
+
+/// `n` copies of `row`, one after another (a linear's output starts as its bias rows), written
+/// by rayon's threads straight into fresh memory: one pass over the output instead of a
+/// zeroing pass and a copy, on every thread instead of one.
+fn repeat_rows(row: &[f32], n: usize) -> Vec<f32> {
+    let o = row.len();
+    let len = n * o;
+    if len == 0 {
+        return Vec::new();
+    }
+    let mut y = Vec::with_capacity(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(o * FILL_ROWS)
+        .for_each(|chunk| {
+            for r in chunk.chunks_exact_mut(o) {
+                for (d, &s) in r.iter_mut().zip(row) {
+                    d.write(s);
+                }
+            }
+        });
+    // SAFETY: the `len` elements of spare capacity (asked for above) were all written: the
+    // chunks cover `..len` exactly and each is a whole number of `o`-long rows.
+    unsafe { y.set_len(len) };
+    y
+}
+
 /// Up to this many input rows (a decoding step's batch), [`skinny`] replaces the GEMM.
 pub(crate) const SKINNY_ROWS: usize = 16;
 /// Output features per parallel task of [`skinny`].
@@ -217,10 +245,7 @@ pub fn tracked<B: AutodiffBackend>(
         WeightBuf::new(wa.primitive.clone()),
         Buf::new(ba.primitive.clone()),
     );
-    let mut y: Vec<f32> = Vec::with_capacity(n * o);
-    for _ in 0..n {
-        y.extend_from_slice(&bv);
-    }
+    let mut y = repeat_rows(&bv, n);
     // y = 1·y + x·Wᵀ: the bias rows plus the product. A column-major weight goes to the GEMM
     // at any row count: it reads such a weight in place, without packing it.
     let wf = wv.f32();

@@ -135,3 +135,18 @@ fn column_major_weight_gives_the_row_major_values_and_gradients() {
         }
     }
 }
+
+/// The bias rows a linear starts from: `n` copies of the row, any `n` (several tasks and a
+/// partial last one), and nothing for an empty row or no rows.
+#[test]
+fn repeat_rows_writes_every_row() {
+    use super::{repeat_rows, FILL_ROWS};
+    let row: Vec<f32> = (0..7).map(|k| k as f32 - 3.0).collect();
+    for n in [1, FILL_ROWS, 3 * FILL_ROWS + 5] {
+        let y = repeat_rows(&row, n);
+        assert_eq!(y.len(), n * 7);
+        assert!(y.chunks_exact(7).all(|r| r == row.as_slice()));
+    }
+    assert!(repeat_rows(&row, 0).is_empty());
+    assert!(repeat_rows(&[], 9).is_empty());
+}

@@ -1,7 +1,7 @@
 //! How the frozen backbone is held, decided once right after loading: in bf16
 //! (`"backbone": {"dtype": "bf16"}`), which weights are stored that way and the conversion;
-//! in f32 on the CPU kernels, the projection weights column-major (the layout the GEMM reads
-//! without packing; see [`crate::nn::linear::column_major`]).
+//! and on the CPU kernels, in either dtype, the projection weights column-major (the layout
+//! the GEMM reads without packing; see [`crate::nn::linear::column_major`]).
 //!
 //! Held in bf16: every projection's weight matrix (each `Projection` site's `<site>.weight`,
 //! which only [`crate::nn::linear`] reads, widening it to f32 for the product) and, for the
@@ -90,17 +90,28 @@ pub fn hold<B: AutodiffBackend>(
         BackboneDtype::F32 => Vec::new(),
         BackboneDtype::Bf16 => bf16_keys(info, store),
     };
+    // Read only by the output products, so held column-major on the CPU kernels (as in f32).
+    let col_major: Vec<String> = if nn::enabled::<B>() {
+        column_major_keys(info, store)
+    } else {
+        Vec::new()
+    };
     for key in &keys {
         let p = store
             .get(key)
             .ok_or_else(|| anyhow::anyhow!("backbone weight `{key}` vanished"))?;
-        let shape: [usize; 2] = p
+        let [o, i]: [usize; 2] = p
             .shape
             .clone()
             .try_into()
             .map_err(|s| anyhow::anyhow!("backbone weight `{key}`: shape {s:?} is not 2-D"))?;
         let values = nn::to_vec(nn::value::ft::<B, 2>(p.value.clone()))?;
-        let t = nn::bf16::tensor::<B, 2>(&values, shape, &store.device);
+        let t = if col_major.contains(key) {
+            let t = nn::linear::transposed(&values, o, i);
+            nn::bf16::tensor::<B, 2>(&t, [i, o], &store.device).transpose()
+        } else {
+            nn::bf16::tensor::<B, 2>(&values, [o, i], &store.device)
+        };
         drop(values);
         store.assign(key, nn::value::fp(t))?;
     }

@@ -161,18 +161,22 @@ impl Buf {
     /// `c·rows + r`). `None` for any other layout. A frozen projection weight is held this way
     /// ([`super::linear::column_major`]).
     pub(crate) fn transposed_source(p: &FlexTensor) -> Option<Self> {
-        let l = p.layout();
-        let &[rows, cols] = l.shape().as_slice() else {
-            return None;
-        };
-        let fits = p.dtype() == burn::tensor::DType::F32
-            && rows > 1
-            && cols > 1
-            && l.start_offset() == 0
-            && l.strides() == [1, rows as isize]
-            && p.storage::<f32>().len() == rows * cols;
-        fits.then(|| Buf(p.clone(), rows * cols))
+        let n = transposed_len(p)?;
+        (p.dtype() == burn::tensor::DType::F32 && p.storage::<f32>().len() == n)
+            .then(|| Buf(p.clone(), n))
     }
+}
+
+/// The element count of a `[rows, cols]` view that is the transpose of a contiguous
+/// `[cols, rows]` buffer starting at offset 0 (any dtype); `None` for another layout. The
+/// caller checks that the storage holds exactly that many elements of its dtype.
+pub(crate) fn transposed_len(p: &FlexTensor) -> Option<usize> {
+    let l = p.layout();
+    let &[rows, cols] = l.shape().as_slice() else {
+        return None;
+    };
+    (rows > 1 && cols > 1 && l.start_offset() == 0 && l.strides() == [1, rows as isize])
+        .then_some(rows * cols)
 }
 
 impl std::ops::Deref for Buf {

@@ -79,6 +79,8 @@ pub(crate) enum WeightBuf {
     /// `[out, in]` values stored as the contiguous `[in, out]` buffer.
     F32ColMajor(super::autodiff::Buf),
     Bf16(FlexTensor),
+    /// bf16 `[out, in]` values stored as the contiguous `[in, out]` buffer.
+    Bf16ColMajor(FlexTensor),
 }
 
 impl WeightBuf {
@@ -89,7 +91,9 @@ impl WeightBuf {
             }
             return WeightBuf::F32(super::autodiff::Buf::new(p));
         }
-        if p.as_slice::<bf16>().is_some() {
+        if super::autodiff::transposed_len(&p) == Some(p.storage::<bf16>().len()) {
+            WeightBuf::Bf16ColMajor(p)
+        } else if p.as_slice::<bf16>().is_some() {
             WeightBuf::Bf16(p)
         } else {
             WeightBuf::Bf16(p.to_contiguous())
@@ -106,20 +110,24 @@ impl WeightBuf {
                 let s = p.as_slice::<bf16>().expect("contiguous bf16 storage");
                 Cow::Owned(widen(s))
             }
+            // `new` checked that the storage is exactly the `[in, out]` buffer.
+            WeightBuf::Bf16ColMajor(p) => Cow::Owned(widen(p.storage::<bf16>())),
         }
     }
 
     /// The `[out, in]` weight over `values` (what [`WeightBuf::f32`] returned).
     pub(crate) fn mat<'a>(&self, values: &'a [f32], out: usize, inp: usize) -> Mat<'a> {
         match self {
-            WeightBuf::F32ColMajor(_) => Mat::new(values, 0, out, inp, 1, out),
+            WeightBuf::F32ColMajor(_) | WeightBuf::Bf16ColMajor(_) => {
+                Mat::new(values, 0, out, inp, 1, out)
+            }
             _ => Mat::rows(values, 0, out, inp, inp),
         }
     }
 
     /// Whether the weight is stored column-major (its rows are not slices).
     pub(crate) fn col_major(&self) -> bool {
-        matches!(self, WeightBuf::F32ColMajor(_))
+        matches!(self, WeightBuf::F32ColMajor(_) | WeightBuf::Bf16ColMajor(_))
     }
 }
 

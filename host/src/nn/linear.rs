@@ -77,24 +77,30 @@ pub fn column_major<B: AutodiffBackend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
         Ok(v) => v,
         Err(_) => return w,
     };
-    // The transpose of the row-major values: element (r, c) of W lands at c·out + r.
-    let mut t = vec![0f32; o * i];
-    const BLOCK: usize = 32;
-    for r0 in (0..o).step_by(BLOCK) {
-        for c0 in (0..i).step_by(BLOCK) {
-            for r in r0..(r0 + BLOCK).min(o) {
-                for c in c0..(c0 + BLOCK).min(i) {
-                    t[c * o + r] = values[r * i + c];
-                }
-            }
-        }
-    }
-    let held = super::from_vec::<B, 2>(t, [i, o], &w.device()).transpose();
+    let held = super::from_vec::<B, 2>(transposed(&values, o, i), [i, o], &w.device()).transpose();
     if w.is_require_grad() {
         held.require_grad()
     } else {
         held
     }
+}
+
+/// The row-major `[rows, cols]` values transposed (row-major `[cols, rows]`): element
+/// `(r, c)` lands at `c·rows + r`. Blocked, so both sides stay in cache.
+pub fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(values.len(), rows * cols, "transpose of {rows}x{cols}");
+    let mut t = vec![0f32; rows * cols];
+    const BLOCK: usize = 32;
+    for r0 in (0..rows).step_by(BLOCK) {
+        for c0 in (0..cols).step_by(BLOCK) {
+            for r in r0..(r0 + BLOCK).min(rows) {
+                for c in c0..(c0 + BLOCK).min(cols) {
+                    t[c * rows + r] = values[r * cols + c];
+                }
+            }
+        }
+    }
+    t
 }
 
 /// Rows per parallel task of [`repeat_rows`].

@@ -114,3 +114,30 @@ fn linear_with_a_bf16_weight_equals_the_rounded_f32_weight() {
     ));
     assert_eq!(gb, gf);
 }
+
+/// A bf16 weight held column-major (what a bf16 backbone's projections are on the CPU) is
+/// read in place as bf16 and gives exactly the row-major bf16 weight's product and gradients.
+#[test]
+fn column_major_bf16_weight_equals_the_row_major_one() {
+    use super::WeightBuf;
+    use crate::nn::{autodiff::ad, linear::transposed};
+    let (o, i, n) = (24, 10, 20);
+    let v: Vec<f32> = (0..o * i).map(|k| (k as f32 * 0.31).sin()).collect();
+    let d = Default::default();
+    let row = tensor::<A, 2>(&v, [o, i], &d);
+    let col = tensor::<A, 2>(&transposed(&v, o, i), [i, o], &d).transpose();
+    let p = ad(col.clone()).unwrap().primitive;
+    assert_eq!(p.dtype(), DType::BF16);
+    assert!(WeightBuf::new(p).col_major(), "read in place, column-major");
+    assert_eq!(vals(to_f32(col.clone())), vals(to_f32(row.clone())));
+    let run = |w: Tensor<A, 2>| {
+        let x = leaf(0.4, [1, n, i]).reshape([n, i]).detach().require_grad();
+        let y = tracked(x.clone(), w, None).unwrap();
+        let g = (y.clone() * leaf(1.0, [1, n, o]).reshape([n, o]))
+            .sum()
+            .backward();
+        (vals(y), vals(x.grad(&g).unwrap()))
+    };
+    let (a, b) = (run(col), run(row));
+    crate::nn::test_support::assert_close(&[("y", &a.0, &b.0), ("dx", &a.1, &b.1)], 1e-6);
+}

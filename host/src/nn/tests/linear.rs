@@ -1,43 +1,54 @@
+use burn::tensor::Tensor;
+
 use super::tracked;
-use crate::nn::test_support::{assert_close, leaf, vals};
+use crate::nn::test_support::{assert_close, leaf, vals, A};
+
+/// y, dx, dW (empty when W is frozen) and db of `x Wᵀ + b` for seeded `x` `[n, in]` and `b`,
+/// under a seeded weighted sum: through the tracked op (`fused`) or burn's matmul.
+type Outs = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn values_and_gradients(w: Tensor<A, 2>, n: usize, w_trains: bool, fused: bool) -> Outs {
+    let [o, i] = w.dims();
+    let w = if w_trains { w.require_grad() } else { w };
+    let x = leaf(0.2, [1, n, i]).reshape([n, i]).detach().require_grad();
+    let b = leaf(2.2, [1, 1, o]).reshape([o]).detach().require_grad();
+    let y = if fused {
+        tracked(x.clone(), w.clone(), Some(b.clone())).unwrap()
+    } else {
+        x.clone().matmul(w.clone().transpose()) + b.clone().unsqueeze::<2>()
+    };
+    let t = leaf(4.0, [1, n, o]).reshape([n, o]).detach();
+    let g = (y.clone() * t).sum().backward();
+    let dw = w.grad(&g).map(vals).unwrap_or_default();
+    (
+        vals(y),
+        vals(x.grad(&g).unwrap()),
+        dw,
+        vals(b.grad(&g).unwrap()),
+    )
+}
+
+fn assert_same(a: &Outs, b: &Outs) {
+    assert_close(
+        &[
+            ("y", &a.0, &b.0),
+            ("dx", &a.1, &b.1),
+            ("dw", &a.2, &b.2),
+            ("db", &a.3, &b.3),
+        ],
+        1e-5,
+    );
+}
 
 /// Values and every gradient against burn's matmul + bias, with and without W training.
 #[test]
 fn tracked_linear_matches_burn_values_and_gradients() {
-    let run = |fused: bool, w_trains: bool| {
-        let x = leaf(0.2, [1, 7, 5]).reshape([7, 5]).detach().require_grad();
-        let mut w = leaf(1.2, [1, 3, 5]).reshape([3, 5]).detach();
-        if w_trains {
-            w = w.require_grad();
-        }
-        let b = leaf(2.2, [1, 1, 3]).reshape([3]).detach().require_grad();
-        let y = if fused {
-            tracked(x.clone(), w.clone(), Some(b.clone())).unwrap()
-        } else {
-            x.clone().matmul(w.clone().transpose()) + b.clone().unsqueeze::<2>()
-        };
-        let t = leaf(4.0, [1, 7, 3]).reshape([7, 3]).detach();
-        let g = (y.clone() * t).sum().backward();
-        let dw = w.grad(&g).map(vals).unwrap_or_default();
-        (
-            vals(y),
-            vals(x.grad(&g).unwrap()),
-            dw,
-            vals(b.grad(&g).unwrap()),
-        )
-    };
+    let w = leaf(1.2, [1, 3, 5]).reshape([3, 5]).detach();
     for w_trains in [false, true] {
-        let (a, b) = (run(true, w_trains), run(false, w_trains));
+        let a = values_and_gradients(w.clone(), 7, w_trains, true);
+        let b = values_and_gradients(w.clone(), 7, w_trains, false);
         assert_eq!(a.2.len(), if w_trains { 15 } else { 0 });
-        assert_close(
-            &[
-                ("y", &a.0, &b.0),
-                ("dx", &a.1, &b.1),
-                ("dw", &a.2, &b.2),
-                ("db", &a.3, &b.3),
-            ],
-            1e-5,
-        );
+        assert_same(&a, &b);
     }
 }
 
@@ -106,32 +117,10 @@ fn column_major_weight_gives_the_row_major_values_and_gradients() {
     assert_eq!(vals(held.clone()), vals(w0.clone()), "same values");
     for n in [3, SKINNY_ROWS + 5] {
         for w_trains in [false, true] {
-            let run = |w: burn::tensor::Tensor<crate::nn::test_support::A, 2>| {
-                let w = if w_trains { w.require_grad() } else { w };
-                let x = leaf(0.2, [1, n, 9]).reshape([n, 9]).detach().require_grad();
-                let b = leaf(2.2, [1, 1, 40]).reshape([40]).detach().require_grad();
-                let y = tracked(x.clone(), w.clone(), Some(b.clone())).unwrap();
-                let t = leaf(4.0, [1, n, 40]).reshape([n, 40]).detach();
-                let g = (y.clone() * t).sum().backward();
-                let dw = w.grad(&g).map(vals).unwrap_or_default();
-                (
-                    vals(y),
-                    vals(x.grad(&g).unwrap()),
-                    dw,
-                    vals(b.grad(&g).unwrap()),
-                )
-            };
-            let (a, b) = (run(held.clone()), run(w0.clone()));
+            let a = values_and_gradients(held.clone(), n, w_trains, true);
+            let b = values_and_gradients(w0.clone(), n, w_trains, true);
             assert_eq!(a.2.len(), if w_trains { 360 } else { 0 });
-            assert_close(
-                &[
-                    ("y", &a.0, &b.0),
-                    ("dx", &a.1, &b.1),
-                    ("dw", &a.2, &b.2),
-                    ("db", &a.3, &b.3),
-                ],
-                1e-5,
-            );
+            assert_same(&a, &b);
         }
     }
 }

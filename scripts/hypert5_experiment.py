@@ -242,11 +242,14 @@ def main():
     print()
     print(arg_rgstd(scores, base_row, rows, unseen))
     if args.zero_gradient:  # relative gains over a near-zero untuned score (sms_spam) dominate
-        d = [statistics.mean(scores["generated"][t]) - statistics.mean(scores["untuned"][t])
-             for t in unseen]
-        lo, hi = bootstrap(d, statistics.mean)
-        print(f"\ngenerated − untuned, mean absolute difference over tasks: {statistics.mean(d):+.3f} "
-              f"[{lo:+.3f}, {hi:+.3f}]")
+        print()
+        pairs = [("generated", "untuned")] + ([("generated+", "untuned"),
+                                               ("generated+", "generated")] if args.plus else [])
+        for a, b in pairs:
+            d = [statistics.mean(scores[a][t]) - statistics.mean(scores[b][t]) for t in unseen]
+            lo, hi = bootstrap(d, statistics.mean)
+            print(f"{a} − {b}, mean absolute difference over tasks: {statistics.mean(d):+.3f} "
+                  f"[{lo:+.3f}, {hi:+.3f}]")
     print(f"\nadapting one task: generation {statistics.median(gen_seconds):.2f} s (median)"
           + (f", 16-shot fine-tuning {statistics.median(ft_seconds):.1f} s of training (median)"
              if ft_seconds else ""))

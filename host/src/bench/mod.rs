@@ -196,6 +196,49 @@ pub struct ModelBench {
     /// `[batch·seq, hidden] × [hidden, intermediate]` through the kernels' GEMM, GFLOP/s:
     /// the rate the whole forward is held against.
     pub gemm_gflops_per_s: f64,
+    /// Time per kernel in each phase, when op times are collected (`--op-times`).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub op_times: Vec<PhaseOps>,
+}
+
+/// One phase's (inference, train step) wall time per run and the part of it each kernel took.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct PhaseOps {
+    pub phase: String,
+    pub wall_ms: f64,
+    /// `(op, calls per run, ms per run)`, longest first.
+    pub ops: Vec<(String, f64, f64)>,
+}
+
+impl PhaseOps {
+    /// What [`crate::nn::timing`] collected over `runs` runs taking `wall_ms` in all.
+    fn collect(phase: &str, wall_ms: f64, runs: usize) -> Self {
+        let r = runs.max(1) as f64;
+        PhaseOps {
+            phase: phase.to_string(),
+            wall_ms: wall_ms / r,
+            ops: crate::nn::timing::take()
+                .into_iter()
+                .map(|(op, n, d)| (op.to_string(), n as f64 / r, d.as_secs_f64() * 1e3 / r))
+                .collect(),
+        }
+    }
+
+    /// A markdown table: each kernel's ms per run and share of the phase, and what no kernel
+    /// covers (burn's element-wise ops, autodiff bookkeeping, allocation).
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{}: {:.1} ms per run\n\n| op | calls | ms | share |\n| --- | ---: | ---: | ---: |\n",
+            self.phase, self.wall_ms
+        );
+        let pct = |ms: f64| 100.0 * ms / self.wall_ms.max(f64::MIN_POSITIVE);
+        for (op, calls, ms) in &self.ops {
+            s += &format!("| {op} | {calls:.0} | {ms:.1} | {:.1} % |\n", pct(*ms));
+        }
+        let rest = self.wall_ms - self.ops.iter().map(|o| o.2).sum::<f64>();
+        s += &format!("| not in a kernel | | {rest:.1} | {:.1} % |\n", pct(rest));
+        s
+    }
 }
 
 /// MiniLM-shaped inference and (with modules) a full training step — forward, backward,
@@ -240,12 +283,15 @@ pub fn model_bench<B: AutodiffBackend>(
         Ok(start.elapsed().as_secs_f64() * 1e3)
     };
     infer()?;
-    let inference = summarise(
-        "inference",
-        (0..runs)
-            .map(|_| infer())
-            .collect::<anyhow::Result<Vec<_>>>()?,
-    );
+    crate::nn::timing::take();
+    let times = (0..runs)
+        .map(|_| infer())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut op_times = Vec::new();
+    if crate::nn::timing::enabled() {
+        op_times.push(PhaseOps::collect("inference", times.iter().sum(), runs));
+    }
+    let inference = summarise("inference", times);
 
     let mut trainable_parameters = 0;
     let train_step = if train {
@@ -267,12 +313,14 @@ pub fn model_bench<B: AutodiffBackend>(
             Ok(start.elapsed().as_secs_f64() * 1e3)
         };
         step()?;
-        Some(summarise(
-            "train step",
-            (0..runs)
-                .map(|_| step())
-                .collect::<anyhow::Result<Vec<_>>>()?,
-        ))
+        crate::nn::timing::take();
+        let times = (0..runs)
+            .map(|_| step())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if crate::nn::timing::enabled() {
+            op_times.push(PhaseOps::collect("train step", times.iter().sum(), runs));
+        }
+        Some(summarise("train step", times))
     } else {
         None
     };
@@ -314,6 +362,7 @@ pub fn model_bench<B: AutodiffBackend>(
         gemm_gflops_per_s: gemm,
         train_step,
         trainable_parameters,
+        op_times,
     })
 }
 

@@ -284,6 +284,10 @@ pub enum BenchCommand {
         /// How the frozen backbone's weight matrices are held (the config's `backbone.dtype`).
         #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
         backbone_dtype: String,
+        /// Also time each CPU kernel (per phase: ms per run, share, and what no kernel covers;
+        /// `PEFT_OP_TIMES=1` does the same).
+        #[arg(long)]
+        op_times: bool,
     },
     /// An encoder-decoder's (T5, BART) teacher-forced inference, greedy decoding and training
     /// step, on the shapes of scripts/pytorch_seq2seq_reference.py.

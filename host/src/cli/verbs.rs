@@ -229,7 +229,11 @@ pub fn bench(
             runs,
             json,
             backbone_dtype,
+            op_times,
         } => {
+            if op_times {
+                crate::nn::timing::set_enabled(true);
+            }
             let cfg = bench_config(
                 crate::config::BackboneDetail {
                     name: Some(backbone),
@@ -281,6 +285,9 @@ pub fn bench(
                 );
                 if let Some(g) = r.train_step_gflops_per_s {
                     println!("  train step {g:.0} GFLOP/s (useful work)");
+                }
+                for phase in &r.op_times {
+                    println!("\n{}", phase.table());
                 }
             }
         }

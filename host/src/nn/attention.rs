@@ -376,6 +376,7 @@ pub fn nograd_split<B: AutodiffBackend>(
     scale: f32,
     terms: ScoreTerms,
 ) -> Result<Tensor<B, 3>, ApiError> {
+    let _t = super::timing::span("attention");
     let ([b, t, s], heads, h) = split_dims(q.dims(), k.dims(), v.dims())?;
     let device = q.device();
     let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);

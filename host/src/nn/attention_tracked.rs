@@ -14,8 +14,8 @@ use super::{
         flash_backward, flash_forward, kv_buffers, split_dims, Dims, KvLayout, Masks, ScoreTerms,
     },
     autodiff::{
-        ad, flat, into_b, primitive, AdTensor, Backward, Buf, Checkpointer, Gradients,
-        NoCheckpointing, Ops, OpsKind,
+        ad, into_b, primitive, AdTensor, Backward, Buf, Checkpointer, Gradients, NoCheckpointing,
+        Ops, OpsKind,
     },
     flash::Dropout,
 };
@@ -43,7 +43,8 @@ impl Backward<Flex, 3> for AttentionBackward {
     type State = State;
 
     fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = flat(grads.consume::<Flex>(&ops.node));
+        let _t = super::timing::span("attention backward");
+        let grad = Buf::new(grads.consume::<Flex>(&ops.node));
         let st = ops.state;
         let d = st.dims;
         let (dq, dk, dv) = flash_backward(&st.q, &st.k, &st.v, &st.o, &st.lse, &grad, &st.masks, d);
@@ -152,6 +153,7 @@ fn tracked_ad<B: AutodiffBackend>(
     seed: u64,
     terms: ScoreTerms,
 ) -> Result<Tensor<B, 3>, ApiError> {
+    let _t = super::timing::span("attention");
     if !(0.0..1.0).contains(&dropout) {
         return Err(ApiError::invalid(format!(
             "attention: dropout {dropout} is not in [0, 1)"

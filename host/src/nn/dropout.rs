@@ -1,6 +1,7 @@
-//! Inverted dropout (`x · mask / (1 - p)`) with its mask drawn by a fast generator from a
-//! seed: burn's draws a float per element through ChaCha. The attention kernel draws its
-//! probability dropout with the same generator.
+//! Inverted dropout (`x · mask / (1 - p)`) with its mask drawn from a seed by a counter-based
+//! hash of each element's index (SplitMix64's finaliser, as the attention kernel draws its
+//! probability dropout): burn's draws a float per element through ChaCha, and a sequential
+//! generator cannot be vectorised.
 use std::sync::Arc;
 
 use burn::{
@@ -8,21 +9,40 @@ use burn::{
     tensor::{backend::AutodiffBackend, Tensor, TensorData},
 };
 use peft_api::ApiError;
-use rand::{rngs::SmallRng, RngCore, SeedableRng};
 use rayon::prelude::*;
 
-use super::autodiff::{
-    ad, flat, into_b, Backward, Buf, Checkpointer, FlexTensor, Gradients, NoCheckpointing, Ops,
-    OpsKind,
+use super::{
+    autodiff::{
+        ad, into_b, Backward, Buf, Checkpointer, FlexTensor, Gradients, NoCheckpointing, Ops,
+        OpsKind,
+    },
+    math::{mix, simd_dispatch},
 };
 
-/// Fills `kept` with "keep" draws of probability `1 - p` from a fast generator seeded by
-/// `(seed, stream)`: the same on every run and thread schedule.
-pub(crate) fn draw_keep(kept: &mut [bool], p: f64, seed: u64, stream: u64) {
-    let mut rng = SmallRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let threshold = (p * 4_294_967_296.0).min(4_294_967_295.0) as u32;
-    for m in kept.iter_mut() {
-        *m = rng.next_u32() >= threshold;
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 16;
+
+/// The hash stream of a seed (apart from the attention kernel's streams of the same seed).
+fn stream(seed: u64) -> u64 {
+    mix(seed ^ 0x5851_F42D_4C95_7F2D)
+}
+
+/// Whether element `index` is kept under `(stream, threshold)`: its hash's top 32 bits clear
+/// `threshold = p · 2³²`.
+#[inline(always)]
+fn keep(stream: u64, index: u64, threshold: u32) -> bool {
+    (mix(stream.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15))) >> 32) as u32 >= threshold
+}
+
+simd_dispatch! {
+    /// Dropout of one chunk whose first element is `first`: `out` the scaled kept values,
+    /// `kept` the decisions (what the backward applies).
+    fn apply_chunk(out: &mut [f32], kept: &mut [bool], x: &[f32], first: u64, stream: u64, threshold: u32, inv: f32) {
+        for (j, ((o, k), &x)) in out.iter_mut().zip(kept.iter_mut()).zip(x).enumerate() {
+            let kj = keep(stream, first + j as u64, threshold);
+            *k = kj;
+            *o = if kj { x * inv } else { 0.0 };
+        }
     }
 }
 
@@ -34,11 +54,19 @@ impl Backward<Flex, 1> for DropoutBackward {
     type State = (Arc<Vec<bool>>, f32, Vec<usize>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _t = super::timing::span("dropout backward");
         let (kept, inv, shape) = ops.state;
-        let mut g = flat(grads.consume::<Flex>(&ops.node));
-        g.par_iter_mut().zip(kept.par_iter()).for_each(|(g, &k)| {
-            *g = if k { *g * inv } else { 0.0 };
-        });
+        // The incoming gradient, read where it lies; the result goes to a new buffer.
+        let dy = Buf::new(grads.consume::<Flex>(&ops.node));
+        let mut g = vec![0f32; dy.len()];
+        g.par_chunks_mut(CHUNK)
+            .zip(dy.par_chunks(CHUNK))
+            .zip(kept.par_chunks(CHUNK))
+            .for_each(|((g, dy), k)| {
+                for ((g, &dy), &k) in g.iter_mut().zip(dy).zip(k) {
+                    *g = if k { dy * inv } else { 0.0 };
+                }
+            });
         if let Some(node) = &ops.parents[0] {
             let data = TensorData::new(g, shape);
             grads.register::<Flex>(node.id, FlexTensor::from_data(data));
@@ -53,6 +81,7 @@ pub fn tracked<B: AutodiffBackend, const D: usize>(
     p: f64,
     seed: u64,
 ) -> Result<Tensor<B, D>, ApiError> {
+    let _t = super::timing::span("dropout");
     if !(0.0..1.0).contains(&p) {
         return Err(ApiError::invalid(format!(
             "dropout: p = {p} is not in [0, 1)"
@@ -61,17 +90,17 @@ pub fn tracked<B: AutodiffBackend, const D: usize>(
     let shape = x.dims().to_vec();
     let xa = ad(x)?;
     let input = Buf::new(xa.primitive.clone());
-    let mut kept = vec![true; input.len()];
-    const CHUNK: usize = 1 << 16;
-    kept.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(i, c)| draw_keep(c, p, seed, i as u64));
     let inv = 1.0 / (1.0 - p as f32);
-    let out: Vec<f32> = input
-        .par_iter()
-        .zip(kept.par_iter())
-        .map(|(x, &k)| if k { x * inv } else { 0.0 })
-        .collect();
+    let threshold = (p * 4_294_967_296.0).min(4_294_967_295.0) as u32;
+    let s = stream(seed);
+    let (mut kept, mut out) = (vec![true; input.len()], vec![0f32; input.len()]);
+    kept.par_chunks_mut(CHUNK)
+        .zip(out.par_chunks_mut(CHUNK))
+        .zip(input.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(i, ((k, o), x))| {
+            apply_chunk(o, k, x, (i * CHUNK) as u64, s, threshold, inv);
+        });
     let out = FlexTensor::from_data(TensorData::new(out, shape.clone()));
     let result = match DropoutBackward
         .prepare::<NoCheckpointing>([xa.node.clone()])

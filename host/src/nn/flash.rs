@@ -8,7 +8,7 @@
 //! backward redraws exactly the forward's mask block by block.
 use super::{
     gemm::{matmul, Mat, MatMut, Parallelism},
-    math::{dot, exp, max_plus, simd_dispatch, sum},
+    math::{dot, exp, max_plus, mix, simd_dispatch, sum},
 };
 
 /// Query rows per block.
@@ -53,14 +53,6 @@ impl Dropout {
     ) {
         fill_factors(z, cols, s, i0 * s + j0, stream, *self);
     }
-}
-
-/// SplitMix64's finaliser: a bijective mix of 64 bits.
-#[inline(always)]
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 simd_dispatch! {

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::{
     autodiff::{
-        ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
         OpsKind,
     },
     math::{erf, exp, simd_dispatch},
@@ -27,18 +27,29 @@ simd_dispatch! {
     }
 }
 
+simd_dispatch! {
+    /// Exact GELU of `x` into `out` (the same length), on one chunk: the tracked op keeps its
+    /// input for the backward, so it writes a new buffer in one pass instead of copying first.
+    fn gelu_chunk_from(out: &mut [f32], x: &[f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+}
+
 /// Exact GELU, `x · Φ(x) = x/2 · (1 + erf(x/√2))`, in place.
 pub fn gelu(x: &mut [f32]) {
+    let _t = super::timing::span("gelu");
     x.par_chunks_mut(CHUNK).for_each(gelu_chunk);
 }
 
 simd_dispatch! {
-    /// GELU's backward on one chunk: `g · (Φ(x) + x·φ(x))`.
-    fn gelu_backward_chunk(g: &mut [f32], x: &[f32]) {
-        for (g, &x) in g.iter_mut().zip(x) {
+    /// GELU's backward on one chunk: `out = g · (Φ(x) + x·φ(x))`.
+    fn gelu_backward_chunk(out: &mut [f32], g: &[f32], x: &[f32]) {
+        for ((o, &g), &x) in out.iter_mut().zip(g).zip(x) {
             let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = exp(-0.5 * x * x) * 0.398_942_3;
-            *g *= cdf + x * pdf;
+            *o = g * (cdf + x * pdf);
         }
     }
 }
@@ -50,12 +61,16 @@ impl Backward<Flex, 1> for GeluBackward {
     type State = (Buf, [usize; 3]);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let mut grad = flat(grads.consume::<Flex>(&ops.node));
+        let _t = super::timing::span("gelu backward");
+        // The incoming gradient, read where it lies; the result goes to a new buffer.
+        let g = Buf::new(grads.consume::<Flex>(&ops.node));
         let (x, shape) = ops.state;
         // d/dx x·Φ(x) = Φ(x) + x·φ(x).
+        let mut grad = vec![0f32; g.len()];
         grad.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
             .zip(x.par_chunks(CHUNK))
-            .for_each(|(g, x)| gelu_backward_chunk(g, x));
+            .for_each(|((o, g), x)| gelu_backward_chunk(o, g, x));
         if let Some(node) = &ops.parents[0] {
             grads.register::<Flex>(node.id, primitive(grad, shape));
         }
@@ -64,11 +79,14 @@ impl Backward<Flex, 1> for GeluBackward {
 
 /// Exact GELU as one tracked operation of the CPU autodiff backend, with its own backward.
 pub fn tracked<B: AutodiffBackend>(x: Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError> {
+    let _t = super::timing::span("gelu");
     let shape = x.dims();
     let xa = ad(x)?;
     let input = Buf::new(xa.primitive.clone());
-    let mut out = input.to_vec();
-    gelu(&mut out);
+    let mut out = vec![0f32; input.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(input.par_chunks(CHUNK))
+        .for_each(|(o, x)| gelu_chunk_from(o, x));
     let out = primitive(out, shape);
     let result = match GeluBackward
         .prepare::<NoCheckpointing>([xa.node.clone()])

@@ -14,8 +14,7 @@ use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::autodiff::{
-    ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-    OpsKind,
+    ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops, OpsKind,
 };
 
 /// Layer norm over the last dim with optional affine weights (`[d]`), as `torch.nn.LayerNorm`.
@@ -119,7 +118,9 @@ impl Backward<Flex, 3> for LayerNormBackward {
     type State = LnState;
 
     fn backward(self, ops: Ops<LnState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = flat(grads.consume::<Flex>(&ops.node));
+        let _t = super::timing::span("layer norm backward");
+        // The incoming gradient, read where it lies.
+        let dy = Buf::new(grads.consume::<Flex>(&ops.node));
         let (xhat, rstd, w, shape) = ops.state;
         let w: &[f32] = &w;
         let d = shape[2];
@@ -181,6 +182,7 @@ fn affine(y: &mut [f32], w: &[f32], b: &[f32]) {
 /// gradients: the no-grad pass's kernel (burn's generic version makes five full-size
 /// temporaries: centred input, square, variance broadcast, quotient, affine).
 pub fn layer_norm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f64) {
+    let _t = super::timing::span("layer norm");
     let d = w.len();
     if d == 0 {
         return;
@@ -198,6 +200,7 @@ pub fn tracked<B: AutodiffBackend>(
     b: Tensor<B, 1>,
     eps: f64,
 ) -> Result<Tensor<B, 3>, ApiError> {
+    let _t = super::timing::span("layer norm");
     let shape = x.dims();
     let d = shape[2];
     if w.dims() != [d] || b.dims() != [d] || d == 0 {

@@ -9,7 +9,7 @@ use peft_api::ApiError;
 
 use super::{
     autodiff::{
-        ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
         OpsKind,
     },
     bf16::WeightBuf,
@@ -183,7 +183,9 @@ impl Backward<Flex, 3> for LinearBackward {
     type State = LinearState;
 
     fn backward(self, ops: Ops<LinearState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = flat(grads.consume::<Flex>(&ops.node));
+        let _t = super::timing::span("linear backward");
+        // The incoming gradient, read where it lies.
+        let dy = Buf::new(grads.consume::<Flex>(&ops.node));
         let (x, w, [n, i, o]) = ops.state;
         let [px, pw, pb] = &ops.parents;
         let dym = Mat::rows(&dy, 0, n, o, o);
@@ -233,6 +235,7 @@ pub fn tracked<B: AutodiffBackend>(
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
 ) -> Result<Tensor<B, 2>, ApiError> {
+    let _t = super::timing::span("linear");
     let [n, i] = x.dims();
     let o = w.dims()[0];
     if w.dims()[1] != i || b.as_ref().is_some_and(|b| b.dims() != [o]) {

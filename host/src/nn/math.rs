@@ -35,6 +35,15 @@ macro_rules! simd_dispatch {
 }
 pub(crate) use simd_dispatch;
 
+/// SplitMix64's finaliser: a bijective mix of 64 bits (the counter-based hash both dropout
+/// kernels draw their keep decisions from; vectorises, unlike a sequential generator).
+#[inline(always)]
+pub(crate) fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// e^x for f32, branch-free (Cody–Waite reduction to |r| ≤ ln2/2, degree-6 Taylor
 /// polynomial, exponent bits): relative error below 2e-7, vectorisable unlike libm's `expf`.
 /// Inputs below -87 give 2^-126 (≈ 0 against any kept score), above 88 saturate.

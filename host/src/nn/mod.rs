@@ -20,6 +20,7 @@ pub mod linear;
 mod math;
 pub mod rms_norm;
 pub mod softmax;
+pub mod timing;
 pub mod value;
 
 pub use attention::{attention, attention_with, nograd_split, KvLayout, ScoreTerms};

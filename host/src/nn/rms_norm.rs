@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{
     autodiff::{
-        ad, flat, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
         OpsKind,
     },
     layer_norm::rows_backward,
@@ -33,6 +33,7 @@ fn normalise(xhat: &mut [f32], rinv: &mut [f32], d: usize, eps: f32) {
 
 /// `w ∘ x / rms(x)` over rows of `d` values, in place, without gradients.
 pub fn rms_norm_rows(x: &mut [f32], w: &[f32], eps: f64) {
+    let _t = super::timing::span("rms norm");
     let d = w.len();
     if d == 0 {
         return;
@@ -53,7 +54,9 @@ impl Backward<Flex, 2> for RmsNormBackward {
     type State = RmsState;
 
     fn backward(self, ops: Ops<RmsState, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = flat(grads.consume::<Flex>(&ops.node));
+        let _t = super::timing::span("rms norm backward");
+        // The incoming gradient, read where it lies.
+        let dy = Buf::new(grads.consume::<Flex>(&ops.node));
         let (xhat, rinv, w, shape) = ops.state;
         let w: &[f32] = &w;
         let d = shape[2];
@@ -88,6 +91,7 @@ pub fn tracked<B: AutodiffBackend>(
     w: Tensor<B, 1>,
     eps: f64,
 ) -> Result<Tensor<B, 3>, ApiError> {
+    let _t = super::timing::span("rms norm");
     let shape = x.dims();
     let d = shape[2];
     if w.dims() != [d] || d == 0 {

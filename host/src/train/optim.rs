@@ -177,6 +177,7 @@ impl<B: AutodiffBackend> AdamW<B> {
 
     /// Updates `p` in place from its gradient (an inner-backend primitive).
     pub fn step(&mut self, p: &mut Param<B>, grad: InnerPrim<B>) -> Result<(), ApiError> {
+        let _t = crate::nn::timing::span("adamw");
         let rank = p.shape.len();
         let (lr, wd, b1, b2, eps) = (self.lr, self.weight_decay, self.beta1, self.beta2, self.eps);
         let entry = self.state.remove(&p.name);

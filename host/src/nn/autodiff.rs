@@ -188,6 +188,17 @@ impl std::ops::Deref for Buf {
     }
 }
 
+/// A gradient's values, row-major, owned: moved out of the tensor without a copy when it is
+/// the only owner of a contiguous buffer (what a backward that works in place wants; one that
+/// only reads uses [`Buf`]).
+pub(crate) fn owned(p: FlexTensor) -> Vec<f32> {
+    Tensor::<Flex, 1>::from_primitive(TensorPrimitive::Float(p))
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("f32 data")
+}
+
 /// A CPU tensor from row-major values.
 pub(crate) fn primitive<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     Tensor::<Flex, D>::from_data(TensorData::new(v, shape), &Default::default())

@@ -56,7 +56,9 @@ impl Backward<Flex, 1> for DropoutBackward {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let _t = super::timing::span("dropout backward");
         let (kept, inv, shape) = ops.state;
-        // The incoming gradient, read where it lies; the result goes to a new buffer.
+        // The incoming gradient is read where it lies and the result written to a new buffer:
+        // it usually comes from a residual sum whose gradient the other branch shares, so
+        // taking it over to work in place would copy it first.
         let dy = Buf::new(grads.consume::<Flex>(&ops.node));
         let mut g = vec![0f32; dy.len()];
         g.par_chunks_mut(CHUNK)

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::{
     autodiff::{
-        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        ad, into_b, owned, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
         OpsKind,
     },
     math::{erf, exp, simd_dispatch},
@@ -44,12 +44,12 @@ pub fn gelu(x: &mut [f32]) {
 }
 
 simd_dispatch! {
-    /// GELU's backward on one chunk: `out = g · (Φ(x) + x·φ(x))`.
-    fn gelu_backward_chunk(out: &mut [f32], g: &[f32], x: &[f32]) {
-        for ((o, &g), &x) in out.iter_mut().zip(g).zip(x) {
+    /// GELU's backward on one chunk, in place: `g · (Φ(x) + x·φ(x))`.
+    fn gelu_backward_chunk(g: &mut [f32], x: &[f32]) {
+        for (g, &x) in g.iter_mut().zip(x) {
             let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = exp(-0.5 * x * x) * 0.398_942_3;
-            *o = g * (cdf + x * pdf);
+            *g *= cdf + x * pdf;
         }
     }
 }
@@ -62,15 +62,12 @@ impl Backward<Flex, 1> for GeluBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let _t = super::timing::span("gelu backward");
-        // The incoming gradient, read where it lies; the result goes to a new buffer.
-        let g = Buf::new(grads.consume::<Flex>(&ops.node));
+        let mut grad = owned(grads.consume::<Flex>(&ops.node));
         let (x, shape) = ops.state;
         // d/dx x·Φ(x) = Φ(x) + x·φ(x).
-        let mut grad = vec![0f32; g.len()];
         grad.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
             .zip(x.par_chunks(CHUNK))
-            .for_each(|((o, g), x)| gelu_backward_chunk(o, g, x));
+            .for_each(|(g, x)| gelu_backward_chunk(g, x));
         if let Some(node) = &ops.parents[0] {
             grads.register::<Flex>(node.id, primitive(grad, shape));
         }

@@ -90,34 +90,24 @@ pub fn hold<B: AutodiffBackend>(
         BackboneDtype::F32 => Vec::new(),
         BackboneDtype::Bf16 => bf16_keys(info, store),
     };
-    // Read only by the output products, so held column-major on the CPU kernels (as in f32).
-    let col_major: Vec<String> = if nn::enabled::<B>() {
-        column_major_keys(info, store)
-    } else {
-        Vec::new()
-    };
     for key in &keys {
         let p = store
             .get(key)
             .ok_or_else(|| anyhow::anyhow!("backbone weight `{key}` vanished"))?;
-        let [o, i]: [usize; 2] = p
+        let shape: [usize; 2] = p
             .shape
             .clone()
             .try_into()
             .map_err(|s| anyhow::anyhow!("backbone weight `{key}`: shape {s:?} is not 2-D"))?;
         let values = nn::to_vec(nn::value::ft::<B, 2>(p.value.clone()))?;
-        let t = if col_major.contains(key) {
-            let t = nn::linear::transposed(&values, o, i);
-            nn::bf16::tensor::<B, 2>(&t, [i, o], &store.device).transpose()
-        } else {
-            nn::bf16::tensor::<B, 2>(&values, [o, i], &store.device)
-        };
+        let t = nn::bf16::tensor::<B, 2>(&values, shape, &store.device);
         drop(values);
         store.assign(key, nn::value::fp(t))?;
     }
-    if keys.is_empty() && nn::enabled::<B>() {
-        // f32 on the CPU kernels: the projections held column-major, the layout their GEMM
-        // reads in place (`nn::linear::column_major`); same values, same bytes.
+    if nn::enabled::<B>() {
+        // On the CPU kernels, in either dtype: the weights only the output products read held
+        // column-major, the layout their GEMM reads in place (`nn::linear::column_major`);
+        // same values, same bytes.
         for key in column_major_keys(info, store) {
             let p = store
                 .get(&key)

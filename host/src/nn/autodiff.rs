@@ -153,9 +153,7 @@ impl Buf {
             && p.storage::<f32>().len() == b * s * h;
         fits.then(|| Buf(p.clone(), b * s * h))
     }
-}
 
-impl Buf {
     /// A `[rows, cols]` f32 view that is the transpose (`swap_dims`) of a contiguous
     /// `[cols, rows]` buffer: that buffer, read without a copy (element `(r, c)` at
     /// `c·rows + r`). `None` for any other layout. A frozen projection weight is held this way

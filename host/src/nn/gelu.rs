@@ -18,11 +18,17 @@ use super::{
 
 const CHUNK: usize = 1 << 14;
 
+/// Exact GELU of one value.
+#[inline(always)]
+fn gelu_of(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 simd_dispatch! {
     /// Exact GELU in place, on one chunk.
     fn gelu_chunk(c: &mut [f32]) {
         for v in c {
-            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+            *v = gelu_of(*v);
         }
     }
 }
@@ -32,7 +38,7 @@ simd_dispatch! {
     /// input for the backward, so it writes a new buffer in one pass instead of copying first.
     fn gelu_chunk_from(out: &mut [f32], x: &[f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+            *o = gelu_of(v);
         }
     }
 }

@@ -59,8 +59,9 @@ pub fn linear<B: AutodiffBackend>(
     Ok(B::float_reshape(fp(y), Shape::from(out)))
 }
 
-/// `w` `[out, in]` with the same values stored column-major (the contiguous `[in, out]`
-/// buffer, seen through a transposed view), on the CPU backend; unchanged elsewhere.
+/// `w` `[out, in]` with the same values and dtype (f32 or bf16) stored column-major (the
+/// contiguous `[in, out]` buffer, seen through a transposed view), on the CPU backend;
+/// unchanged elsewhere.
 ///
 /// Why: the `gemm` crate packs a row-major `W` for `x Wᵀ` one element at a time with strided
 /// loads (`gemm_common`'s `pack_lhs` for a non-unit row stride), which cost 10 % of a t5-small
@@ -69,15 +70,24 @@ pub fn linear<B: AutodiffBackend>(
 /// in place. The backward's `dy · W` prefers the row-major layout, by less. Frozen projection
 /// weights are held this way ([`crate::backbone::precision::hold`]).
 pub fn column_major<B: AutodiffBackend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
-    if !super::autodiff::enabled::<B>() || w.dtype() != burn::tensor::DType::F32 {
+    use burn::tensor::DType;
+    let dtype = w.dtype();
+    if !super::autodiff::enabled::<B>() || !matches!(dtype, DType::F32 | DType::BF16) {
         return w;
     }
     let [o, i] = w.dims();
+    // bf16 values widen to f32 exactly, so rounding them back is exact too.
     let values = match super::to_vec(w.clone()) {
         Ok(v) => v,
         Err(_) => return w,
     };
-    let held = super::from_vec::<B, 2>(transposed(&values, o, i), [i, o], &w.device()).transpose();
+    let t = transposed(&values, o, i);
+    let held = if dtype == DType::BF16 {
+        super::bf16::tensor::<B, 2>(&t, [i, o], &w.device())
+    } else {
+        super::from_vec::<B, 2>(t, [i, o], &w.device())
+    }
+    .transpose();
     if w.is_require_grad() {
         held.require_grad()
     } else {

@@ -115,17 +115,17 @@ fn linear_with_a_bf16_weight_equals_the_rounded_f32_weight() {
     assert_eq!(gb, gf);
 }
 
-/// A bf16 weight held column-major (what a bf16 backbone's projections are on the CPU) is
-/// read in place as bf16 and gives exactly the row-major bf16 weight's product and gradients.
+/// A bf16 weight held column-major by `column_major` (what a bf16 backbone's projections are
+/// on the CPU) stays bf16, is read in place and gives exactly the row-major bf16 weight's
+/// product and gradients.
 #[test]
 fn column_major_bf16_weight_equals_the_row_major_one() {
     use super::WeightBuf;
-    use crate::nn::{autodiff::ad, linear::transposed};
+    use crate::nn::{autodiff::ad, linear::column_major};
     let (o, i, n) = (24, 10, 20);
     let v: Vec<f32> = (0..o * i).map(|k| (k as f32 * 0.31).sin()).collect();
-    let d = Default::default();
-    let row = tensor::<A, 2>(&v, [o, i], &d);
-    let col = tensor::<A, 2>(&transposed(&v, o, i), [i, o], &d).transpose();
+    let row = tensor::<A, 2>(&v, [o, i], &Default::default());
+    let col = column_major(row.clone());
     let p = ad(col.clone()).unwrap().primitive;
     assert_eq!(p.dtype(), DType::BF16);
     assert!(WeightBuf::new(p).col_major(), "read in place, column-major");

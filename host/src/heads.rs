@@ -250,11 +250,13 @@ impl Head {
                     1,
                 );
                 let logits = model.seq2seq_logits(graph, &tb, &decoder_input)?;
-                let logp = burn::tensor::activation::log_softmax(logits, 2);
-                let nll = logp
-                    .gather(2, answers.input_ids.unsqueeze_dim::<3>(2))
-                    .reshape([n, t])
-                    .neg();
+                let vocab = logits.dims()[2];
+                let nll = crate::nn::cross_entropy(
+                    logits.reshape([n * t, vocab]),
+                    answers.input_ids.reshape([n * t]),
+                    0.0,
+                )?
+                .reshape([n, t]);
                 let mask = answers.attention_mask.float();
                 let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
                 Output::Loss((nll * mask).sum_dim(1).reshape([n]) / count)

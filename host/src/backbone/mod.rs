@@ -218,6 +218,11 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
             return Ok((k, v));
         }
         let (dk, dv) = (k.dims(), v.dims());
+        // The gradients coming back to the head-split views, written in their layout.
+        let (k, v) = (
+            crate::nn::tracked::kv_site(k)?,
+            crate::nn::tracked::kv_site(v)?,
+        );
         let out = self.modules.call(
             self.graph,
             site,

@@ -212,7 +212,7 @@ pub struct PhaseOps {
 
 impl PhaseOps {
     /// What [`crate::nn::timing`] collected over `runs` runs taking `wall_ms` in all.
-    fn collect(phase: &str, wall_ms: f64, runs: usize) -> Self {
+    pub(crate) fn collect(phase: &str, wall_ms: f64, runs: usize) -> Self {
         let r = runs.max(1) as f64;
         PhaseOps {
             phase: phase.to_string(),

@@ -4,9 +4,7 @@
 //! (with modules) a training step on the mean token cross-entropy.
 use std::time::Instant;
 
-use burn::tensor::{
-    activation, backend::AutodiffBackend, ElementConversion, Int, Tensor, TensorData,
-};
+use burn::tensor::{backend::AutodiffBackend, ElementConversion, Int, Tensor, TensorData};
 use peft_registry::Registry;
 use serde::Serialize;
 
@@ -31,6 +29,9 @@ pub struct Seq2SeqBench {
     pub trainable_parameters: usize,
     /// The first training step's loss (the same random weights give PyTorch's).
     pub first_loss: Option<f32>,
+    /// Time per kernel in each phase, when op times are collected (`--op-times`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub op_times: Vec<super::PhaseOps>,
 }
 
 /// Deterministic ids without padding: element `k` of `[rows, len]` is
@@ -77,19 +78,26 @@ pub fn seq2seq_bench<B: AutodiffBackend>(
     let dec_in = Tensor::cat(vec![start, labels.clone().slice([0..batch, 0..tgt - 1])], 1);
 
     model.set_trainable(&[])?;
-    let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<Vec<f64>> {
-        f()?;
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f()?;
-                Ok(t.elapsed().as_secs_f64() * 1e3)
-            })
-            .collect()
-    };
+    let mut op_times = Vec::new();
+    let mut time =
+        |phase: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<Vec<f64>> {
+            f()?;
+            crate::nn::timing::take();
+            let ms = (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    f()?;
+                    Ok(t.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect::<anyhow::Result<Vec<f64>>>()?;
+            if crate::nn::timing::enabled() {
+                op_times.push(super::PhaseOps::collect(phase, ms.iter().sum(), runs));
+            }
+            Ok(ms)
+        };
     let inference = summarise(
         "inference",
-        time(&mut || {
+        time("inference", &mut || {
             let g = HostGraph::inference(&model.params);
             let _ = model.seq2seq_logits(&g, &tb, &dec_in)?.into_data();
             Ok(())
@@ -97,7 +105,7 @@ pub fn seq2seq_bench<B: AutodiffBackend>(
     );
     let generate = summarise(
         "generate",
-        time(&mut || {
+        time("generate", &mut || {
             let g = HostGraph::inference(&model.params);
             let hooks = model.hooks(&g, &tb);
             let out = s2s.greedy_generate(&hooks, &tb, new_tokens)?;
@@ -110,12 +118,13 @@ pub fn seq2seq_bench<B: AutodiffBackend>(
     if train {
         model.set_trainable(&cfg.training.train_groups)?;
         let mut opt = AdamW::<B>::new(1e-4, 0.0);
-        let flat = labels.reshape([batch * tgt, 1]);
-        let ms = time(&mut || {
+        let flat = labels.reshape([batch * tgt]);
+        let ms = time("train step", &mut || {
             let g = HostGraph::new(&model.params, true);
             let logits = model.seq2seq_logits(&g, &tb, &dec_in)?;
-            let logp = activation::log_softmax(logits.reshape([batch * tgt, vocab]), 1);
-            let loss = logp.gather(1, flat.clone()).neg().mean();
+            let loss =
+                crate::nn::cross_entropy(logits.reshape([batch * tgt, vocab]), flat.clone(), 0.0)?
+                    .mean();
             if first_loss.is_none() {
                 first_loss = Some(loss.clone().into_scalar().elem::<f32>());
             }
@@ -143,5 +152,6 @@ pub fn seq2seq_bench<B: AutodiffBackend>(
         train_step,
         trainable_parameters,
         first_loss,
+        op_times,
     })
 }

@@ -148,6 +148,7 @@ impl<'p, B: AutodiffBackend> HostGraph<'p, B> {
         inputs: &[TensorHandle],
         values: &Values,
     ) -> Result<OpOutput, ApiError> {
+        let _t = crate::nn::timing::op_span(op.name());
         if op.borrows_inputs() {
             let vals = inputs
                 .iter()

@@ -311,6 +311,9 @@ pub enum BenchCommand {
         runs: usize,
         #[arg(long)]
         json: bool,
+        /// Also time each CPU kernel per phase (as `bench model --op-times`).
+        #[arg(long)]
+        op_times: bool,
     },
 }
 

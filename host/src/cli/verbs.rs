@@ -175,7 +175,11 @@ pub fn bench(
             new_tokens,
             runs,
             json,
+            op_times,
         } => {
+            if op_times {
+                crate::nn::timing::set_enabled(true);
+            }
             let dir = std::path::Path::new(&backbone);
             let cfg = bench_config(
                 crate::config::BackboneDetail {
@@ -218,6 +222,9 @@ pub fn bench(
                 }
                 if r.train_step.is_some() {
                     println!("  trainable parameters {}", r.trainable_parameters);
+                }
+                for phase in &r.op_times {
+                    println!("\n{}", phase.table());
                 }
             }
         }

@@ -11,10 +11,12 @@ mod attention_tracked;
 mod autodiff;
 pub mod bf16;
 pub mod cpu;
+pub mod cross_entropy;
 pub mod dropout;
 pub(crate) mod flash;
 pub mod gelu;
 pub mod gemm;
+mod kv_site;
 pub mod layer_norm;
 pub mod linear;
 mod math;
@@ -25,6 +27,7 @@ pub mod value;
 
 pub use attention::{attention, attention_with, nograd_split, KvLayout, ScoreTerms};
 pub use cpu::{draw_seed, enabled, from_vec, generic_ops, keep_mask, to_vec};
+pub use cross_entropy::cross_entropy;
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, layer_norm_in, rms_norm};
 pub use linear::linear;
@@ -40,6 +43,7 @@ pub mod tracked {
     pub use super::autodiff::{contiguous_tensor as contiguous, tracks_grad};
     pub use super::dropout::tracked as dropout;
     pub use super::gelu::tracked as gelu;
+    pub use super::kv_site::tracked as kv_site;
     pub use super::layer_norm::tracked as layer_norm;
     pub use super::linear::tracked as linear;
     pub use super::rms_norm::tracked as rms_norm;

@@ -52,6 +52,24 @@ pub(crate) fn span(op: &'static str) -> Span {
     Span(Some((op, outer.then(Instant::now))))
 }
 
+/// Times the enclosing scope as `op <NAME>`, an op a plugin called through the op API (the
+/// kernels it calls count towards it): what the time outside the kernels is made of.
+pub(crate) fn op_span(name: Option<&'static str>) -> Span {
+    if !enabled() {
+        return Span(None);
+    }
+    static NAMES: Mutex<BTreeMap<&'static str, &'static str>> = Mutex::new(BTreeMap::new());
+    let name = name.unwrap_or("?");
+    let label = *NAMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(name)
+        // One small string per opcode for the life of the process: the table's keys are
+        // `&'static str`.
+        .or_insert_with(|| Box::leak(format!("op {name}").into_boxed_str()));
+    span(label)
+}
+
 /// An open [`span`]: records on drop.
 pub(crate) struct Span(Option<(&'static str, Option<Instant>)>);
 

@@ -217,11 +217,13 @@ fn text_to_text<B: AutodiffBackend>(
         1,
     );
     let logits = model.seq2seq_logits(graph, &tb, &decoder_input)?;
-    let logp = burn::tensor::activation::log_softmax(logits, 2);
-    let nll = logp
-        .gather(2, answers.input_ids.unsqueeze_dim::<3>(2))
-        .reshape([n, len])
-        .neg();
+    let vocab = logits.dims()[2];
+    let nll = crate::nn::cross_entropy(
+        logits.reshape([n * len, vocab]),
+        answers.input_ids.reshape([n * len]),
+        0.0,
+    )?
+    .reshape([n, len]);
     let mask = answers.attention_mask.float();
     let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
     Ok((nll * mask).sum_dim(1).reshape([n]) / count)

@@ -171,25 +171,12 @@ pub(super) fn cross_entropy<B: AutodiffBackend>(
     }
     let smoothing = values.floats.first().copied().unwrap_or(0.0);
     let ignore = values.ints.first().copied().unwrap_or(-100);
-    let (n, c) = (sl[0], sl[1]);
-    let logp = activation::log_softmax(ft::<B, 2>(logits), 1);
     let y = it::<B, 1>(labels);
     let valid = y.clone().not_equal_elem(ignore);
     let safe = y.mask_fill(valid.clone().bool_not(), 0);
-    let nll = logp
-        .clone()
-        .gather(1, safe.unsqueeze_dim::<2>(1))
-        .neg()
-        .reshape([n]);
-    let per = if smoothing > 0.0 {
-        let smooth = logp.mean_dim(1).neg().reshape([n]);
-        nll * (1.0 - smoothing) + smooth * smoothing
-    } else {
-        nll
-    };
+    let per = crate::nn::cross_entropy(ft::<B, 2>(logits), safe, smoothing as f32)?;
     let w = valid.float();
     let count = w.clone().sum().clamp_min(1.0);
-    let _ = c;
     Ok(fp((per * w).sum() / count))
 }
 

@@ -178,7 +178,7 @@ impl Bart {
     ) -> Result<Tensor<B, 3>, ApiError> {
         let y = dropout(hooks, f(&x)?, self.config.dropout)?;
         let y = hooks.pair(site, &x, y)?;
-        self.ln(hooks, x + y, norm_key)
+        hooks.add_layer_norm(norm_key, x, y, LN_EPS)
     }
 
     fn ffn<B: AutodiffBackend>(

@@ -333,7 +333,12 @@ impl Bert {
         let attn = self.lin(hooks, &ctx, &format!("{p}.attention.output.dense"))?;
         let attn = self.dropout(hooks, attn, c.hidden_dropout_prob)?;
         let attn = hooks.pair(&format!("{p}.attention"), &x, attn)?;
-        let h1 = self.ln(hooks, attn + x, &format!("{p}.attention.output.LayerNorm"))?;
+        let h1 = hooks.add_layer_norm(
+            &format!("{p}.attention.output.LayerNorm"),
+            attn,
+            x,
+            c.layer_norm_eps,
+        )?;
         let inter = self.lin(hooks, &h1, &format!("{p}.intermediate.dense"))?;
         let inter = match c.hidden_act.as_str() {
             "gelu" => gelu(hooks, inter)?,
@@ -345,7 +350,8 @@ impl Bert {
         let out = self.lin(hooks, &inter, &format!("{p}.output.dense"))?;
         let out = self.dropout(hooks, out, c.hidden_dropout_prob)?;
         let out = hooks.pair(&format!("{p}.ffn"), &h1, out)?;
-        let h2 = self.ln(hooks, out + h1, &format!("{p}.output.LayerNorm"))?;
+        let h2 =
+            hooks.add_layer_norm(&format!("{p}.output.LayerNorm"), out, h1, c.layer_norm_eps)?;
         hooks.hidden(&format!("{p}.output"), h2)
     }
 

@@ -159,6 +159,32 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
         ))
     }
 
+    /// `LN(a + r)` (a post-norm layer's residual, then its layer norm with HF weights
+    /// `<key>.weight`, `<key>.bias`), the sum formed inside the CPU kernels.
+    pub fn add_layer_norm(
+        &self,
+        key: &str,
+        a: Tensor<B, 3>,
+        r: Tensor<B, 3>,
+        eps: f64,
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let w = self.weight::<1>(&format!("{key}.weight"))?;
+        let b = self.weight::<1>(&format!("{key}.bias"))?;
+        let [d] = w.dims();
+        let fits = a.dims() == r.dims() && a.dims()[2] == d && b.dims() == [d];
+        if fits && !self.graph.no_grad && nn::tracked::enabled::<B>() {
+            return nn::layer_norm::tracked_add(a, r, w, b, eps);
+        }
+        if fits && self.graph.no_grad && nn::enabled::<B>() {
+            let (shape, device) = (a.dims(), a.device());
+            let (a, r) = (nn::to_vec(a)?, nn::to_vec(r)?);
+            let (w, b) = (nn::to_vec(w)?, nn::to_vec(b)?);
+            let y = nn::layer_norm::add_layer_norm_rows(&a, &r, &w, &b, eps);
+            return Ok(nn::from_vec(y, shape, &device));
+        }
+        self.layer_norm(key, a + r, eps, true)
+    }
+
     /// T5's RMS LayerNorm with HF weight `<key>.weight`.
     pub fn rms_norm(&self, key: &str, x: Tensor<B, 3>, eps: f64) -> Result<Tensor<B, 3>, ApiError> {
         let w = self.weight::<1>(&format!("{key}.weight"))?;

@@ -13,8 +13,12 @@ use burn::{
 use peft_api::ApiError;
 use rayon::prelude::*;
 
-use super::autodiff::{
-    ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops, OpsKind,
+use super::{
+    autodiff::{
+        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        OpsKind,
+    },
+    math::{dot, simd_dispatch, sum},
 };
 
 /// Layer norm over the last dim with optional affine weights (`[d]`), as `torch.nn.LayerNorm`.
@@ -114,6 +118,22 @@ struct LayerNormBackward;
 /// The normalised input, each row's 1/σ, the weight, and the input's shape.
 type LnState = (Arc<Vec<f32>>, Arc<Vec<f32>>, Buf, [usize; 3]);
 
+/// The gradients of the normalised input (`dx`), the weight and the bias from `dy`.
+fn ln_grads(dy: &[f32], (xhat, rstd, w, shape): &LnState) -> [Vec<f32>; 3] {
+    let w: &[f32] = w;
+    let d = shape[2];
+    let mut dx = vec![0f32; dy.len()];
+    // dx = (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, row by row; dw, db summed.
+    let sums = rows_backward(&mut dx, dy, xhat, rstd, d, 2, |dx, dy, xh, r, sums| {
+        let [s0, s1] = sums else {
+            unreachable!("two sums asked for")
+        };
+        ln_backward_row(dx, dy, xh, w, r, s0, s1);
+    });
+    let [dw, db]: [Vec<f32>; 2] = sums.try_into().expect("two sums");
+    [dx, dw, db]
+}
+
 impl Backward<Flex, 3> for LayerNormBackward {
     type State = LnState;
 
@@ -121,36 +141,80 @@ impl Backward<Flex, 3> for LayerNormBackward {
         let _t = super::timing::span("layer norm backward");
         // The incoming gradient, read where it lies.
         let dy = Buf::new(grads.consume::<Flex>(&ops.node));
-        let (xhat, rstd, w, shape) = ops.state;
-        let w: &[f32] = &w;
-        let d = shape[2];
-        let mut dx = vec![0f32; dy.len()];
-        // dx = (1/σ)·(g − mean(g) − x̂·mean(g·x̂)) with g = dy·w, row by row; dw, db summed.
-        let sums = rows_backward(&mut dx, &dy, &xhat, &rstd, d, 2, |dx, dy, xh, r, sums| {
-            let (mut mg, mut mgx) = (0f32, 0f32);
-            for j in 0..d {
-                let g = dy[j] * w[j];
-                mg += g;
-                mgx += g * xh[j];
-                sums[0][j] += dy[j] * xh[j];
-                sums[1][j] += dy[j];
-            }
-            let (mg, mgx) = (mg / d as f32, mgx / d as f32);
-            for j in 0..d {
-                dx[j] = r * (dy[j] * w[j] - mg - xh[j] * mgx);
-            }
-        });
-        let [dw, db]: [Vec<f32>; 2] = sums.try_into().expect("two sums");
+        let [dx, dw, db] = ln_grads(&dy, &ops.state);
+        let (shape, d) = (ops.state.3, ops.state.3[2]);
         let [px, pw, pb] = &ops.parents;
-        if let Some(node) = px {
-            grads.register::<Flex>(node.id, primitive(dx, shape));
+        for (node, g) in [
+            (px, primitive(dx, shape)),
+            (pw, primitive(dw, [d])),
+            (pb, primitive(db, [d])),
+        ] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, g);
+            }
         }
-        if let Some(node) = pw {
-            grads.register::<Flex>(node.id, primitive(dw, [d]));
+    }
+}
+
+#[derive(Debug)]
+struct AddLayerNormBackward;
+
+/// `LN(a + r)`: both summands receive the normalised input's gradient.
+impl Backward<Flex, 4> for AddLayerNormBackward {
+    type State = LnState;
+
+    fn backward(self, ops: Ops<LnState, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _t = super::timing::span("layer norm backward");
+        let dy = Buf::new(grads.consume::<Flex>(&ops.node));
+        let [dx, dw, db] = ln_grads(&dy, &ops.state);
+        let (shape, d) = (ops.state.3, ops.state.3[2]);
+        let dx = primitive(dx, shape);
+        let [pa, pr, pw, pb] = &ops.parents;
+        for (node, g) in [
+            (pa, dx.clone()),
+            (pr, dx),
+            (pw, primitive(dw, [d])),
+            (pb, primitive(db, [d])),
+        ] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, g);
+            }
         }
-        if let Some(node) = pb {
-            grads.register::<Flex>(node.id, primitive(db, [d]));
+    }
+}
+
+simd_dispatch! {
+    /// One row of layer norm's backward: `dx = r·(g − mean(g) − x̂·mean(g·x̂))`, `g = dy·w`,
+    /// and the row's terms of `dw` (`s0 += dy·x̂`) and `db` (`s1 += dy`). The means are
+    /// 16-lane reductions ([`sum`], [`dot`]): a sequential float sum does not vectorise.
+    fn ln_backward_row(dx: &mut [f32], dy: &[f32], xh: &[f32], w: &[f32], r: f32, s0: &mut [f32], s1: &mut [f32]) {
+        let n = dx.len() as f32;
+        for ((g, &dy), &w) in dx.iter_mut().zip(dy).zip(w) {
+            *g = dy * w;
         }
+        let (mg, mgx) = (sum(dx) / n, dot(dx, xh) / n);
+        for (((dx, &x), s0), (s1, &dy)) in dx.iter_mut().zip(xh).zip(s0.iter_mut()).zip(s1.iter_mut().zip(dy)) {
+            *dx = r * (*dx - mg - x * mgx);
+            *s0 += dy * x;
+            *s1 += dy;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// One row normalised in place, `x̂ = (x − mean)·r` with `r = 1/sqrt(var + eps)` (the
+    /// variance about the mean, as torch computes it), `r` into `rstd`.
+    fn normalise_row(row: &mut [f32], rstd: &mut f32, eps: f32) {
+        let n = row.len() as f32;
+        let mean = sum(row) / n;
+        for x in row.iter_mut() {
+            *x -= mean;
+        }
+        let r = 1.0 / (dot(row, row) / n + eps).sqrt();
+        for x in row.iter_mut() {
+            *x *= r;
+        }
+        *rstd = r;
     }
 }
 
@@ -159,14 +223,7 @@ impl Backward<Flex, 3> for LayerNormBackward {
 fn normalise(xhat: &mut [f32], rstd: &mut [f32], d: usize, eps: f32) {
     xhat.par_chunks_mut(d)
         .zip(rstd.par_iter_mut())
-        .for_each(|(row, r)| {
-            let mean = row.iter().sum::<f32>() / d as f32;
-            let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / d as f32;
-            *r = 1.0 / (var + eps).sqrt();
-            for x in row.iter_mut() {
-                *x = (*x - mean) * *r;
-            }
-        });
+        .for_each(|(row, r)| normalise_row(row, r, eps));
 }
 
 /// `y = y ∘ w + b` over rows of `w.len()` values.
@@ -192,6 +249,39 @@ pub fn layer_norm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f64) {
     affine(x, w, b);
 }
 
+/// Checks that `w` and `b` are `[d]` for input `shape`.
+fn check(shape: [usize; 3], w: [usize; 1], b: [usize; 1]) -> Result<(), ApiError> {
+    let d = shape[2];
+    if w != [d] || b != [d] || d == 0 {
+        return Err(ApiError::shape(format!(
+            "layer norm of {shape:?}: weight {w:?} and bias {b:?} must be [{d}]"
+        )));
+    }
+    Ok(())
+}
+
+/// From `x` (normalised in place into `x̂`): the backward's state and the output `x̂·w + b`.
+fn forward(
+    mut xhat: Vec<f32>,
+    shape: [usize; 3],
+    w: Buf,
+    b: &[f32],
+    eps: f64,
+) -> (LnState, Vec<f32>) {
+    let d = shape[2];
+    let mut rstd = vec![0f32; xhat.len() / d];
+    normalise(&mut xhat, &mut rstd, d, eps as f32);
+    let mut out = vec![0f32; xhat.len()];
+    out.par_chunks_mut(d)
+        .zip(xhat.par_chunks(d))
+        .for_each(|(o, x)| {
+            for (((o, x), w), b) in o.iter_mut().zip(x).zip(w.iter()).zip(b) {
+                *o = x * w + b;
+            }
+        });
+    ((Arc::new(xhat), Arc::new(rstd), w, shape), out)
+}
+
 /// Layer norm over the last dim with weight and bias `[d]` as one tracked operation of the
 /// CPU autodiff backend, with its own backward.
 pub fn tracked<B: AutodiffBackend>(
@@ -202,24 +292,14 @@ pub fn tracked<B: AutodiffBackend>(
 ) -> Result<Tensor<B, 3>, ApiError> {
     let _t = super::timing::span("layer norm");
     let shape = x.dims();
-    let d = shape[2];
-    if w.dims() != [d] || b.dims() != [d] || d == 0 {
-        return Err(ApiError::shape(format!(
-            "layer norm of {shape:?}: weight {:?} and bias {:?} must be [{d}]",
-            w.dims(),
-            b.dims()
-        )));
-    }
+    check(shape, w.dims(), b.dims())?;
     let (xa, wa, ba) = (ad(x)?, ad(w)?, ad(b)?);
     let (wv, bv) = (
         Buf::new(wa.primitive.clone()),
         Buf::new(ba.primitive.clone()),
     );
-    let mut xhat = Buf::new(xa.primitive.clone()).to_vec();
-    let mut rstd = vec![0f32; xhat.len() / d];
-    normalise(&mut xhat, &mut rstd, d, eps as f32);
-    let mut out = xhat.clone();
-    affine(&mut out, &wv, &bv);
+    let x = Buf::new(xa.primitive.clone()).to_vec();
+    let (state, out) = forward(x, shape, wv, &bv, eps);
     let out = primitive(out, shape);
     let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
     let result = match LayerNormBackward
@@ -227,10 +307,81 @@ pub fn tracked<B: AutodiffBackend>(
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((Arc::new(xhat), Arc::new(rstd), wv, shape), out),
+        OpsKind::Tracked(prep) => prep.finish(state, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     into_b(result)
+}
+
+/// `a + r` elementwise, in parallel, into a new buffer.
+fn sum_of(a: &[f32], r: &[f32]) -> Vec<f32> {
+    let mut x = vec![0f32; a.len()];
+    x.par_chunks_mut(1 << 14)
+        .zip(a.par_chunks(1 << 14).zip(r.par_chunks(1 << 14)))
+        .for_each(|(x, (a, r))| {
+            for ((x, a), r) in x.iter_mut().zip(a).zip(r) {
+                *x = a + r;
+            }
+        });
+    x
+}
+
+/// `LN(a + r)` (a post-norm transformer's residual and layer norm) as one tracked operation:
+/// the sum is formed inside the kernel, so it never exists as a tensor of its own.
+pub fn tracked_add<B: AutodiffBackend>(
+    a: Tensor<B, 3>,
+    r: Tensor<B, 3>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    eps: f64,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let _t = super::timing::span("layer norm");
+    let shape = a.dims();
+    if r.dims() != shape {
+        return Err(ApiError::shape(format!(
+            "layer norm of a sum: {shape:?} + {:?}",
+            r.dims()
+        )));
+    }
+    check(shape, w.dims(), b.dims())?;
+    let (aa, ra, wa, ba) = (ad(a)?, ad(r)?, ad(w)?, ad(b)?);
+    let (wv, bv) = (
+        Buf::new(wa.primitive.clone()),
+        Buf::new(ba.primitive.clone()),
+    );
+    let x = sum_of(
+        &Buf::new(aa.primitive.clone()),
+        &Buf::new(ra.primitive.clone()),
+    );
+    let (state, out) = forward(x, shape, wv, &bv, eps);
+    let out = primitive(out, shape);
+    let nodes = [
+        aa.node.clone(),
+        ra.node.clone(),
+        wa.node.clone(),
+        ba.node.clone(),
+    ];
+    let result = match AddLayerNormBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    into_b(result)
+}
+
+/// `LN(a + r)` without gradients, the sum formed in the kernel's first pass.
+pub fn add_layer_norm_rows(a: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+    let _t = super::timing::span("layer norm");
+    let mut x = sum_of(a, r);
+    if let Some(rows) = x.len().checked_div(w.len()) {
+        let mut rstd = vec![0f32; rows];
+        normalise(&mut x, &mut rstd, w.len(), eps as f32);
+        affine(&mut x, w, b);
+    }
+    x
 }
 
 #[cfg(test)]

@@ -66,3 +66,59 @@ fn no_grad_rows_kernel_matches_burn() {
     super::layer_norm_rows(&mut got, &wv, &bv, 1e-12);
     assert_close(&[("y", &got, &want)], 1e-5);
 }
+
+/// `LN(a + r)` in one kernel: values and the gradients of both summands, weight and bias
+/// against burn's add and layer norm; the no-grad rows give the same values.
+#[test]
+fn layer_norm_of_a_sum_matches_burn_values_and_gradients() {
+    let d = 40;
+    let run = |fused: bool| {
+        let a = (leaf(0.3, [2, 3, d]) * 3.0 + 0.5).detach().require_grad();
+        let r = (leaf(1.7, [2, 3, d]) * 2.0).detach().require_grad();
+        let wv: Vec<f32> = (0..d).map(|i| 1.0 + (i as f32 * 0.3).cos() * 0.2).collect();
+        let bv: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin() * 0.1).collect();
+        let w =
+            Tensor::<A, 1>::from_data(TensorData::new(wv, [d]), &Default::default()).require_grad();
+        let b =
+            Tensor::<A, 1>::from_data(TensorData::new(bv, [d]), &Default::default()).require_grad();
+        let y = if fused {
+            super::tracked_add(a.clone(), r.clone(), w.clone(), b.clone(), 1e-12).unwrap()
+        } else {
+            layer_norm(
+                a.clone() + r.clone(),
+                Some(w.clone()),
+                Some(b.clone()),
+                1e-12,
+            )
+        };
+        let t = leaf(9.0, [2, 3, d]).detach();
+        let g = (y.clone() * t).sum().backward();
+        let rows = super::add_layer_norm_rows(
+            &vals(a.clone()),
+            &vals(r.clone()),
+            &vals(w.clone()),
+            &vals(b.clone()),
+            1e-12,
+        );
+        (
+            vals(y),
+            vals(a.grad(&g).unwrap()),
+            vals(r.grad(&g).unwrap()),
+            vals(w.grad(&g).unwrap()),
+            vals(b.grad(&g).unwrap()),
+            rows,
+        )
+    };
+    let (f, g) = (run(true), run(false));
+    assert_close(
+        &[
+            ("y", &f.0, &g.0),
+            ("da", &f.1, &g.1),
+            ("dr", &f.2, &g.2),
+            ("dw", &f.3, &g.3),
+            ("db", &f.4, &g.4),
+            ("no-grad rows", &f.5, &g.0),
+        ],
+        1e-4,
+    );
+}

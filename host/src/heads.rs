@@ -240,26 +240,7 @@ impl Head {
                 let targets: Vec<_> = batch.iter().map(|e| (target_text(e, task), None)).collect();
                 let tb = model.tokenize(&inputs, max_len, device)?;
                 let answers = model.tokenize(&targets, max_len, device)?;
-                let [_, t] = answers.input_ids.dims();
-                let start = model.seq2seq()?.decoder_start_token_id();
-                let decoder_input = Tensor::cat(
-                    vec![
-                        Tensor::<B, 2, Int>::full([n, 1], start, device),
-                        answers.input_ids.clone().slice([0..n, 0..t - 1]),
-                    ],
-                    1,
-                );
-                let logits = model.seq2seq_logits(graph, &tb, &decoder_input)?;
-                let vocab = logits.dims()[2];
-                let nll = crate::nn::cross_entropy(
-                    logits.reshape([n * t, vocab]),
-                    answers.input_ids.reshape([n * t]),
-                    0.0,
-                )?
-                .reshape([n, t]);
-                let mask = answers.attention_mask.float();
-                let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
-                Output::Loss((nll * mask).sum_dim(1).reshape([n]) / count)
+                Output::Loss(teacher_forced_loss(model, graph, &tb, answers)?)
             }
         })
     }
@@ -361,4 +342,36 @@ pub fn per_example_loss<B: AutodiffBackend>(
             (pred - y).powf_scalar(2.0)
         }
     }
+}
+
+/// Each example's mean token cross-entropy of `answers` under teacher forcing: the decoder
+/// reads the answer shifted right behind the start token and predicts each of its tokens (EOS
+/// included, padding masked). `[n]`.
+pub(crate) fn teacher_forced_loss<B: AutodiffBackend>(
+    model: &Model<B>,
+    graph: &HostGraph<'_, B>,
+    inputs: &crate::backbone::TextBatch<B>,
+    answers: crate::backbone::TextBatch<B>,
+) -> anyhow::Result<Tensor<B, 1>> {
+    let [n, t] = answers.input_ids.dims();
+    let device = answers.input_ids.device();
+    let start = model.seq2seq()?.decoder_start_token_id();
+    let decoder_input = Tensor::cat(
+        vec![
+            Tensor::<B, 2, Int>::full([n, 1], start, &device),
+            answers.input_ids.clone().slice([0..n, 0..t - 1]),
+        ],
+        1,
+    );
+    let logits = model.seq2seq_logits(graph, inputs, &decoder_input)?;
+    let vocab = logits.dims()[2];
+    let nll = crate::nn::cross_entropy(
+        logits.reshape([n * t, vocab]),
+        answers.input_ids.reshape([n * t]),
+        0.0,
+    )?
+    .reshape([n, t]);
+    let mask = answers.attention_mask.float();
+    let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
+    Ok((nll * mask).sum_dim(1).reshape([n]) / count)
 }

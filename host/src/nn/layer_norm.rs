@@ -294,24 +294,33 @@ pub fn tracked<B: AutodiffBackend>(
     let shape = x.dims();
     check(shape, w.dims(), b.dims())?;
     let (xa, wa, ba) = (ad(x)?, ad(w)?, ad(b)?);
-    let (wv, bv) = (
-        Buf::new(wa.primitive.clone()),
-        Buf::new(ba.primitive.clone()),
-    );
     let x = Buf::new(xa.primitive.clone()).to_vec();
-    let (state, out) = forward(x, shape, wv, &bv, eps);
-    let out = primitive(out, shape);
     let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
-    let result = match LayerNormBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    into_b(result)
+    record!(LayerNormBackward, nodes, x, shape, wa, ba, eps)
 }
+
+/// Normalises `x` (`[shape]`, the weight and bias tensors `wa`, `ba`) and records `op` with
+/// `nodes` as its parents: what the two tracked layer norms share.
+macro_rules! record {
+    ($op:expr, $nodes:expr, $x:expr, $shape:expr, $wa:expr, $ba:expr, $eps:expr) => {{
+        let (wv, bv) = (
+            Buf::new($wa.primitive.clone()),
+            Buf::new($ba.primitive.clone()),
+        );
+        let (state, out) = forward($x, $shape, wv, &bv, $eps);
+        let out = primitive(out, $shape);
+        let result = match $op
+            .prepare::<NoCheckpointing>($nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        into_b(result)
+    }};
+}
+use record;
 
 /// `a + r` elementwise, in parallel, into a new buffer.
 fn sum_of(a: &[f32], r: &[f32]) -> Vec<f32> {
@@ -345,31 +354,17 @@ pub fn tracked_add<B: AutodiffBackend>(
     }
     check(shape, w.dims(), b.dims())?;
     let (aa, ra, wa, ba) = (ad(a)?, ad(r)?, ad(w)?, ad(b)?);
-    let (wv, bv) = (
-        Buf::new(wa.primitive.clone()),
-        Buf::new(ba.primitive.clone()),
-    );
     let x = sum_of(
         &Buf::new(aa.primitive.clone()),
         &Buf::new(ra.primitive.clone()),
     );
-    let (state, out) = forward(x, shape, wv, &bv, eps);
-    let out = primitive(out, shape);
     let nodes = [
         aa.node.clone(),
         ra.node.clone(),
         wa.node.clone(),
         ba.node.clone(),
     ];
-    let result = match AddLayerNormBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
-    into_b(result)
+    record!(AddLayerNormBackward, nodes, x, shape, wa, ba, eps)
 }
 
 /// `LN(a + r)` without gradients, the sum formed in the kernel's first pass.

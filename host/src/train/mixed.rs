@@ -189,7 +189,6 @@ fn text_to_text<B: AutodiffBackend>(
     max_len: usize,
     device: &B::Device,
 ) -> anyhow::Result<Tensor<B, 1>> {
-    let n = batch.len();
     let inputs: Vec<_> = batch
         .iter()
         .map(|e| {
@@ -207,24 +206,5 @@ fn text_to_text<B: AutodiffBackend>(
         .collect();
     let tb = model.tokenize(&inputs, max_len, device)?;
     let answers = model.tokenize(&targets, max_len, device)?;
-    let [_, len] = answers.input_ids.dims();
-    let start = model.seq2seq()?.decoder_start_token_id();
-    let decoder_input = Tensor::cat(
-        vec![
-            Tensor::<B, 2, Int>::full([n, 1], start, device),
-            answers.input_ids.clone().slice([0..n, 0..len - 1]),
-        ],
-        1,
-    );
-    let logits = model.seq2seq_logits(graph, &tb, &decoder_input)?;
-    let vocab = logits.dims()[2];
-    let nll = crate::nn::cross_entropy(
-        logits.reshape([n * len, vocab]),
-        answers.input_ids.reshape([n * len]),
-        0.0,
-    )?
-    .reshape([n, len]);
-    let mask = answers.attention_mask.float();
-    let count = mask.clone().sum_dim(1).reshape([n]).clamp_min(1.0);
-    Ok((nll * mask).sum_dim(1).reshape([n]) / count)
+    crate::heads::teacher_forced_loss(model, graph, &tb, answers)
 }

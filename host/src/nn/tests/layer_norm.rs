@@ -3,18 +3,23 @@ use burn::tensor::{Tensor, TensorData};
 use super::{layer_norm, tracked};
 use crate::nn::test_support::{assert_close, leaf, vals, A};
 
+/// A tracked weight and bias `[d]` of smooth, distinct values.
+fn weight_and_bias(d: usize) -> (Tensor<A, 1>, Tensor<A, 1>) {
+    let wv: Vec<f32> = (0..d).map(|i| 1.0 + (i as f32 * 0.3).cos() * 0.2).collect();
+    let bv: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin() * 0.1).collect();
+    let t = |v: Vec<f32>| {
+        Tensor::<A, 1>::from_data(TensorData::new(v, [d]), &Default::default()).require_grad()
+    };
+    (t(wv), t(bv))
+}
+
 /// Values and the gradients of input, weight and bias against burn's layer norm.
 #[test]
 fn tracked_layer_norm_matches_burn_values_and_gradients() {
     let d = 40;
     let run = |fused: bool| {
         let x = (leaf(0.3, [2, 3, d]) * 3.0 + 0.5).detach().require_grad();
-        let wv: Vec<f32> = (0..d).map(|i| 1.0 + (i as f32 * 0.3).cos() * 0.2).collect();
-        let bv: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin() * 0.1).collect();
-        let w =
-            Tensor::<A, 1>::from_data(TensorData::new(wv, [d]), &Default::default()).require_grad();
-        let b =
-            Tensor::<A, 1>::from_data(TensorData::new(bv, [d]), &Default::default()).require_grad();
+        let (w, b) = weight_and_bias(d);
         let y = if fused {
             tracked(x.clone(), w.clone(), b.clone(), 1e-12).unwrap()
         } else {
@@ -75,12 +80,7 @@ fn layer_norm_of_a_sum_matches_burn_values_and_gradients() {
     let run = |fused: bool| {
         let a = (leaf(0.3, [2, 3, d]) * 3.0 + 0.5).detach().require_grad();
         let r = (leaf(1.7, [2, 3, d]) * 2.0).detach().require_grad();
-        let wv: Vec<f32> = (0..d).map(|i| 1.0 + (i as f32 * 0.3).cos() * 0.2).collect();
-        let bv: Vec<f32> = (0..d).map(|i| (i as f32 * 0.7).sin() * 0.1).collect();
-        let w =
-            Tensor::<A, 1>::from_data(TensorData::new(wv, [d]), &Default::default()).require_grad();
-        let b =
-            Tensor::<A, 1>::from_data(TensorData::new(bv, [d]), &Default::default()).require_grad();
+        let (w, b) = weight_and_bias(d);
         let y = if fused {
             super::tracked_add(a.clone(), r.clone(), w.clone(), b.clone(), 1e-12).unwrap()
         } else {

@@ -371,11 +371,7 @@ pub fn tracked_add<B: AutodiffBackend>(
 pub fn add_layer_norm_rows(a: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
     let _t = super::timing::span("layer norm");
     let mut x = sum_of(a, r);
-    if let Some(rows) = x.len().checked_div(w.len()) {
-        let mut rstd = vec![0f32; rows];
-        normalise(&mut x, &mut rstd, w.len(), eps as f32);
-        affine(&mut x, w, b);
-    }
+    layer_norm_rows(&mut x, w, b, eps);
     x
 }
 

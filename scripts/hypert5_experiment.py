@@ -203,12 +203,16 @@ def main():
                 e = eval_adapted(a, t, s, "generated")
                 if e is not None:
                     scores["generated"][t].append(e)
-                untuned = {"backbone": stage2["backbone"], "modules": [],
-                           "task": task(t, s, "test"), "init_from": a["out"],
-                           "training": {"steps": 0}}
-                u = get(lambda: r.run(untuned, f"untuned-{t}-{s}"), f"untuned {t} {s}")
-                if u is not None:
-                    scores["untuned"][t].append(u["report"]["evaluations"][-1]["score"])
+                # The untuned backbone with the shared option head does not depend on the
+                # split seed (same head, same test file): scored once per task.
+                if s == seeds[0]:
+                    untuned = {"backbone": stage2["backbone"], "modules": [],
+                               "task": task(t, s, "test"), "init_from": a["out"],
+                               "training": {"steps": 0}}
+                    u = get(lambda: r.run(untuned, f"untuned-{t}-{s}"), f"untuned {t} {s}")
+                    if u is not None:
+                        score = u["report"]["evaluations"][-1]["score"]
+                        scores["untuned"][t].extend([score] * len(seeds))
             for row in tuned_rows:
                 if row not in chosen:
                     continue
@@ -286,9 +290,22 @@ def spread(folders):
                for j in range(i + 1, len(firsts))]
     within = [diff(mods[k], mods[k2]) for k in mods for k2 in mods if k[0] == k2[0] and k < k2]
     top = max(max(abs(x) for x in v) for m in mods.values() for v in m.values())
+
+    def relative(group):
+        """rms of each module's deviation from the group's mean module over the rms of that
+        mean: 0 for one module shared by all, ~1 when the differences are as large as it."""
+        dev = ref = 0.0
+        for n in group[0]:
+            for xs in zip(*(m[n] for m in group)):
+                mean = sum(xs) / len(xs)
+                ref += mean * mean
+                dev += sum((x - mean) ** 2 for x in xs) / len(xs)
+        return (dev / ref) ** 0.5 if ref else 0.0
+
     return (f"generated modules ({len(mods)}): largest element difference between tasks "
             f"{max(between, default=0):.3g} (median {statistics.median(between or [0]):.3g}), "
-            f"between split seeds of a task {max(within, default=0):.3g}; values up to {top:.3g}")
+            f"between split seeds of a task {max(within, default=0):.3g}; values up to {top:.3g}; "
+            f"relative spread between tasks {relative(firsts):.3g}")
 
 
 if __name__ == "__main__":

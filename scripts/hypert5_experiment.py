@@ -22,6 +22,10 @@ and compares them with `untuned`. The last lines print how much the generated mo
 between tasks and between split seeds of a task (a collapsed hypermodel gives every task the
 same module).
 
+`--swap-control` adds the row `swapped`: each task scored with the module generated from the next
+unseen task's examples (same split seed, same option head). If `generated` is no better than
+`swapped`, the generated module carries nothing of its own task.
+
 `--generator lora` does the same with generated / tuned LoRA (rank 4, query and value) in
 place of the prefix (another stage 2, other cells; the prefix cells stay as they are).
 
@@ -41,6 +45,7 @@ what starts from them), so repeat the passes until no shard reports cells not st
 """
 import argparse
 import array
+import shutil
 import json
 import struct
 import statistics
@@ -77,6 +82,9 @@ def main():
                     help="stage-2 hypermodel: probability of a label permutation per pass")
     ap.add_argument("--zero-gradient", action="store_true",
                     help="only the rows without fine-tuning (generated, untuned)")
+    ap.add_argument("--swap-control", action="store_true",
+                    help="also row `swapped`: each task scored with the module generated from "
+                         "the next unseen task's examples (same split seed)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="run nothing: tabulate what is stored")
     ap.add_argument("--shard", help="i/n: make only this shard's runs (hosts sharing --out)")
@@ -97,7 +105,8 @@ def main():
     get, missing = r.attempt, r.missing
 
     tuned_rows = [] if args.zero_gradient else TUNED
-    rows = ["generated"] + (["generated+"] if args.plus else []) + ["untuned"] + tuned_rows
+    rows = (["generated"] + (["swapped"] if args.swap_control else [])
+            + (["generated+"] if args.plus else []) + ["untuned"] + tuned_rows)
     base_row = "untuned" if args.zero_gradient else "random"
     if args.generator == "lora":
         rank = 4
@@ -186,6 +195,21 @@ def main():
             f"eval {tag} {t} {s}")
         return None if e is None else e["evaluation"]["score"]
 
+    def swapped(a, b, other):
+        """A copy of adapted folder `a` (its task, its option head) holding the modules that
+        were generated from another task's examples (folder `b`, same hypermodel: the head
+        stored beside them is the same)."""
+        src = Path(a["out"])
+        dst = Path(args.out) / "swapped" / f"{src.name}-from-{Path(b['out']).name}"
+        if not (dst / "adapter.safetensors").exists():
+            tmp = dst.with_name(dst.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.copyfile(Path(b["out"]) / "adapter.safetensors", tmp / "adapter.safetensors")
+            shutil.rmtree(dst, ignore_errors=True)
+            tmp.rename(dst)
+        return {"out": str(dst)}
+
     scores = {row: {t: [] for t in unseen} for row in rows}
     gen_seconds, ft_seconds, folders = [], [], {}
     for t in unseen:
@@ -213,6 +237,13 @@ def main():
                     if u is not None:
                         score = u["report"]["evaluations"][-1]["score"]
                         scores["untuned"][t].extend([score] * len(seeds))
+            if args.swap_control and a is not None:
+                other = unseen[(unseen.index(t) + 1) % len(unseen)]
+                b = get(lambda: adapted(other, s), f"adapt {other} {s}")
+                if b is not None:
+                    e = eval_adapted(swapped(a, b, other), t, s, f"swapped-from-{other}")
+                    if e is not None:
+                        scores["swapped"][t].append(e)
             for row in tuned_rows:
                 if row not in chosen:
                     continue
@@ -247,8 +278,9 @@ def main():
     print(arg_rgstd(scores, base_row, rows, unseen))
     if args.zero_gradient:  # relative gains over a near-zero untuned score (sms_spam) dominate
         print()
-        pairs = [("generated", "untuned")] + ([("generated+", "untuned"),
-                                               ("generated+", "generated")] if args.plus else [])
+        pairs = ([("generated", "untuned")]
+                 + ([("generated", "swapped")] if args.swap_control else [])
+                 + ([("generated+", "untuned"), ("generated+", "generated")] if args.plus else []))
         for a, b in pairs:
             d = [statistics.mean(scores[a][t]) - statistics.mean(scores[b][t]) for t in unseen]
             lo, hi = bootstrap(d, statistics.mean)

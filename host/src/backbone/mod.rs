@@ -139,6 +139,18 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
     ) -> Result<Tensor<B, 3>, ApiError> {
         let w = self.weight::<1>(&format!("{key}.weight"))?;
         let b = self.weight::<1>(&format!("{key}.bias"))?;
+        self.layer_norm_with(x, w, b, eps, fused)
+    }
+
+    /// [`Self::layer_norm`] with its weights already looked up.
+    fn layer_norm_with(
+        &self,
+        x: Tensor<B, 3>,
+        w: Tensor<B, 1>,
+        b: Tensor<B, 1>,
+        eps: f64,
+        fused: bool,
+    ) -> Result<Tensor<B, 3>, ApiError> {
         if fused && !self.graph.no_grad && nn::tracked::enabled::<B>() {
             return nn::tracked::layer_norm(x, w, b, eps);
         }
@@ -182,7 +194,7 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
             let y = nn::layer_norm::add_layer_norm_rows(&a, &r, &w, &b, eps);
             return Ok(nn::from_vec(y, shape, &device));
         }
-        self.layer_norm(key, a + r, eps, true)
+        self.layer_norm_with(a + r, w, b, eps, true)
     }
 
     /// T5's RMS LayerNorm with HF weight `<key>.weight`.

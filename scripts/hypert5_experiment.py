@@ -82,6 +82,8 @@ def main():
                     help="stage-2 hypermodel: probability of a label permutation per pass")
     ap.add_argument("--zero-gradient", action="store_true",
                     help="only the rows without fine-tuning (generated, untuned)")
+    ap.add_argument("--rows", default=",".join(TUNED),
+                    help="the tuned rows to make (of random, shared, hyper)")
     ap.add_argument("--swap-control", action="store_true",
                     help="also row `swapped`: each task scored with the module generated from "
                          "the next unseen task's examples (same split seed)")
@@ -104,7 +106,7 @@ def main():
     r = Runner(args.bin, args.out, offline=args.table_only, shard=parse_shard(args.shard))
     get, missing = r.attempt, r.missing
 
-    tuned_rows = [] if args.zero_gradient else TUNED
+    tuned_rows = [] if args.zero_gradient else [r_ for r_ in TUNED if r_ in args.rows.split(",")]
     rows = (["generated"] + (["swapped"] if args.swap_control else [])
             + (["generated+"] if args.plus else []) + ["untuned"] + tuned_rows)
     base_row = "untuned" if args.zero_gradient else "random"
@@ -138,7 +140,7 @@ def main():
     shared_cfg["training"].update(steps=args.steps, learning_rate=1e-3,
                                   train_groups=["adapter", "head"])
     shared = None
-    if not args.zero_gradient:
+    if "shared" in tuned_rows:
         shared = get(lambda: r.run(shared_cfg, "stage2-shared"), "stage2-shared")
 
     def task(name, seed, split):
@@ -334,10 +336,14 @@ def spread(folders):
                 dev += sum((x - mean) ** 2 for x in xs) / len(xs)
         return (dev / ref) ** 0.5 if ref else 0.0
 
+    seeds_of = [[m for k, m in mods.items() if k[0] == t] for t in tasks]
+    within_rel = [relative(ms) for ms in seeds_of if len(ms) > 1]
     return (f"generated modules ({len(mods)}): largest element difference between tasks "
             f"{max(between, default=0):.3g} (median {statistics.median(between or [0]):.3g}), "
             f"between split seeds of a task {max(within, default=0):.3g}; values up to {top:.3g}; "
-            f"relative spread between tasks {relative(firsts):.3g}")
+            f"relative spread between tasks {relative(firsts):.3g}, between the split seeds of "
+            f"a task " + (f"{statistics.mean(within_rel):.3g} (mean over tasks)" if within_rel
+                          else "n/a (one split seed)"))
 
 
 if __name__ == "__main__":

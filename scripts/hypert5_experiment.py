@@ -45,8 +45,8 @@ what starts from them), so repeat the passes until no shard reports cells not st
 """
 import argparse
 import array
-import shutil
 import json
+import shutil
 import struct
 import statistics
 import sys
@@ -197,7 +197,7 @@ def main():
             f"eval {tag} {t} {s}")
         return None if e is None else e["evaluation"]["score"]
 
-    def swapped(a, b, other):
+    def swapped(a, b):
         """A copy of adapted folder `a` (its task, its option head) holding the modules that
         were generated from another task's examples (folder `b`, same hypermodel: the head
         stored beside them is the same)."""
@@ -243,7 +243,7 @@ def main():
                 other = unseen[(unseen.index(t) + 1) % len(unseen)]
                 b = get(lambda: adapted(other, s), f"adapt {other} {s}")
                 if b is not None:
-                    e = eval_adapted(swapped(a, b, other), t, s, f"swapped-from-{other}")
+                    e = eval_adapted(swapped(a, b), t, s, f"swapped-from-{other}")
                     if e is not None:
                         scores["swapped"][t].append(e)
             for row in tuned_rows:

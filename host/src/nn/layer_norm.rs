@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use burn::{
-    backend::{autodiff::NodeId, Flex},
+    backend::Flex,
     tensor::{
         backend::{AutodiffBackend, Backend},
         Tensor,
@@ -15,8 +15,8 @@ use rayon::prelude::*;
 
 use super::{
     autodiff::{
-        ad, into_b, primitive, Backward, Buf, Checkpointer, FlexTensor, Gradients, NoCheckpointing,
-        Ops, OpsKind,
+        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
+        OpsKind,
     },
     math::{dot, simd_dispatch, sum},
 };
@@ -144,14 +144,15 @@ impl Backward<Flex, 3> for LayerNormBackward {
         let [dx, dw, db] = ln_grads(&dy, &ops.state);
         let (shape, d) = (ops.state.3, ops.state.3[2]);
         let [px, pw, pb] = &ops.parents;
-        register(
-            grads,
-            [
-                (px.as_ref().map(|n| n.id), primitive(dx, shape)),
-                (pw.as_ref().map(|n| n.id), primitive(dw, [d])),
-                (pb.as_ref().map(|n| n.id), primitive(db, [d])),
-            ],
-        );
+        for (node, g) in [
+            (px, primitive(dx, shape)),
+            (pw, primitive(dw, [d])),
+            (pb, primitive(db, [d])),
+        ] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
     }
 }
 
@@ -169,22 +170,16 @@ impl Backward<Flex, 4> for AddLayerNormBackward {
         let (shape, d) = (ops.state.3, ops.state.3[2]);
         let dx = primitive(dx, shape);
         let [pa, pr, pw, pb] = &ops.parents;
-        register(
-            grads,
-            [
-                (pa.as_ref().map(|n| n.id), dx.clone()),
-                (pr.as_ref().map(|n| n.id), dx),
-                (pw.as_ref().map(|n| n.id), primitive(dw, [d])),
-                (pb.as_ref().map(|n| n.id), primitive(db, [d])),
-            ],
-        );
-    }
-}
-
-/// Hands each tracked parent its gradient (a parent that needs none has no id).
-fn register<const N: usize>(grads: &mut Gradients, pairs: [(Option<NodeId>, FlexTensor); N]) {
-    for (id, g) in pairs.into_iter().filter_map(|(id, g)| Some((id?, g))) {
-        grads.register::<Flex>(id, g);
+        for (node, g) in [
+            (pa, dx.clone()),
+            (pr, dx),
+            (pw, primitive(dw, [d])),
+            (pb, primitive(db, [d])),
+        ] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
     }
 }
 

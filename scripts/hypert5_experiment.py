@@ -62,6 +62,15 @@ ROWS = ["generated", "untuned", "random", "shared", "hyper"]
 TUNED = ["random", "shared", "hyper"]
 
 
+def all_training_tasks(unseen, max_options):
+    """Every CrossFit task outside `unseen` with at most `max_options` options (TASKS.tsv)."""
+    rows = (ROOT.parent / "shared/data/crossfit/TASKS.tsv").read_text().splitlines()
+    head = rows[0].split("\t")
+    tasks = [dict(zip(head, r.split("\t"))) for r in rows[1:] if r.strip()]
+    return [t["task"] for t in tasks
+            if t["task"] not in unseen and int(t["max_options"]) <= max_options]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,6 +96,10 @@ def main():
     ap.add_argument("--swap-control", action="store_true",
                     help="also row `swapped`: each task scored with the module generated from "
                          "the next unseen task's examples (same split seed)")
+    ap.add_argument("--train-tasks", choices=["config", "all"], default="config",
+                    help="config: the stage-2 config's 30 tasks; all: every CrossFit task not "
+                         "unseen with at most --max-options options (the more-tasks lever)")
+    ap.add_argument("--max-options", type=int, default=8)
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--table-only", action="store_true", help="run nothing: tabulate what is stored")
     ap.add_argument("--shard", help="i/n: make only this shard's runs (hosts sharing --out)")
@@ -96,6 +109,9 @@ def main():
     lrs = [float(x) for x in args.select_lr.split(",")]
     unseen = args.tasks.split(",")
     stage2 = json.loads(STAGE2.read_text())
+    if args.train_tasks == "all":
+        stage2["tasks"] = [dict(stage2["tasks"][0], name=n)
+                           for n in all_training_tasks(set(unseen), args.max_options)]
     train = [t["name"] for t in stage2["tasks"]]
     if args.smoke:
         stage2["tasks"] = stage2["tasks"][:3]

@@ -61,6 +61,9 @@ def main():
     ap.add_argument("--seqs", default="64,128,256,512")
     ap.add_argument("--tokens", type=int, default=4096, help="tokens per batch on the curve")
     ap.add_argument("--out", default=str(ROOT / "target/bench-compare"))
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="bf16: peft-host's backbone held in bf16 (--backbone-dtype bf16) against "
+                         "PyTorch under torch.autocast(bfloat16)")
     a = ap.parse_args()
     if not a.python or not Path(a.python).exists():
         sys.exit("give the venv's python with --python or PEFT_BENCH_PYTHON "
@@ -68,9 +71,9 @@ def main():
     methods = [m for m in a.methods.split(",") if m]
     seqs = [int(s) for s in a.seqs.split(",")]
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
-    host = [a.bin, "bench", "model", "--runs", str(a.runs), "--json"]
+    host = [a.bin, "bench", "model", "--runs", str(a.runs), "--json", "--backbone-dtype", a.dtype]
     torch = [a.python, str(ROOT / "scripts/pytorch_reference.py"), "--model", a.model,
-             "--runs", str(a.runs), "--threads", str(a.threads)]
+             "--runs", str(a.runs), "--threads", str(a.threads)] + (["--bf16"] if a.dtype == "bf16" else [])
     rounds = []
     t0 = time.time()
     for r in range(a.rounds):
@@ -133,7 +136,11 @@ def main():
                                       "pytorch_ms": spread(t),
                                       "ratio": spread([x / y for x, y in zip(h, t)])}
 
-    lines = [f"peft-host vs PyTorch {summary['torch']} + transformers + HF peft, all-MiniLM-L6-v2, "
+    precision = ("" if a.dtype == "f32" else
+                 "backbone in bf16 (peft-host: bf16 weights, AMX where the CPU has it; PyTorch: "
+                 "torch.autocast bfloat16), ")
+    summary["dtype"] = a.dtype
+    lines = [f"peft-host vs PyTorch {summary['torch']} + transformers + HF peft, all-MiniLM-L6-v2, {precision}"
              f"batch 32 x 128, {a.threads} threads; median of {a.runs} runs per round, "
              f"{a.rounds} interleaved rounds: median (min-max across rounds). Issue 14's targets: "
              "inference <= 0.80x PyTorch's, every train step <= 0.75x HF peft's LoRA step.", "",

@@ -4,7 +4,8 @@ Not a project dependency: run it with the python of a throwaway venv holding tor
 transformers and peft (docs/performance.md says how to make one; scripts/bench_compare.sh
 runs it interleaved with peft-host). Prints one JSON object.
 """
-import argparse, json, statistics, time
+import argparse
+import contextlib, json, statistics, time
 
 import torch
 from transformers import AutoModel
@@ -28,6 +29,9 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-train", action="store_true", help="inference only (no LoRA step)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="run under torch.autocast('cpu', bfloat16): products in bf16 (oneDNN, AMX "
+                         "where the CPU has it), the weights kept in f32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -36,11 +40,14 @@ def main():
     ids = torch.tensor([[1000 + (i * 7919) % (vocab - 1000) for i in range(r * a.seq, (r + 1) * a.seq)] for r in range(a.batch)])
     mask = torch.ones_like(ids)
 
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.bf16 else contextlib.nullcontext
+
     def infer():
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             model(input_ids=ids, attention_mask=mask).last_hidden_state.sum().item()
 
     out = {"torch": torch.__version__, "threads": a.threads, "batch": a.batch, "seq": a.seq,
+           "bf16_autocast": a.bf16,
            "inference_ms": median_ms(infer, a.runs),
            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
     if a.no_train:
@@ -56,9 +63,10 @@ def main():
     lora.train()
 
     def step():
-        h = lora(input_ids=ids, attention_mask=mask).last_hidden_state
-        pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
-        loss = torch.nn.functional.cross_entropy(head(pooled), labels)
+        with amp():
+            h = lora(input_ids=ids, attention_mask=mask).last_hidden_state
+            pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+            loss = torch.nn.functional.cross_entropy(head(pooled).float(), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,6 +1,7 @@
 //! A backbone held in bf16 (`"backbone": {"dtype": "bf16"}`): its forward and the gradients
 //! through it equal an f32 model whose weights are the same bf16-rounded values (which
-//! isolates the kernels from the rounding), and the rounding's own effect on MiniLM is stated.
+//! isolates the kernels from the rounding; on AMX within the activations' split, `nn::amx`),
+//! and the rounding's own effect on MiniLM is stated.
 use burn::tensor::{DType, TensorMetadata};
 use peft_host::{
     backbone::{precision, Hooks},
@@ -84,7 +85,11 @@ fn minilm_in_bf16_equals_f32_with_rounded_weights() {
     let (b0, b1) = hidden(&bf);
     let (f0, f1) = hidden(&f);
     let (d0, d1) = (max_diff(&b0, &f0), max_diff(&b1, &f1));
-    assert!(d0 <= 1e-4 && d1 <= 1e-4, "no-grad {d0}, tracked {d1}");
+    // The same f32 products give the same bits (1e-4 allows for nothing in practice); on AMX
+    // the activations enter as two bf16 terms (16 significant bits, `nn::amx`), which moves the
+    // last hidden state by a few 1e-4 — still ~300 times less than the weights' rounding below.
+    let tol = if nn::amx::available() { 1e-3 } else { 1e-4 };
+    assert!(d0 <= tol && d1 <= tol, "no-grad {d0}, tracked {d1}");
 
     // Against the true f32 weights: the rounding's own effect, stated in docs/performance.md.
     let registry = Registry::new();
@@ -155,11 +160,16 @@ fn module_gradients_through_bf16_layers_equal_rounded_f32() {
     };
     let (hb, gb) = run(&bf);
     let (hf, gf) = run(&f);
-    assert!(max_diff(&hb, &hf) <= 1e-5, "outputs {}", max_diff(&hb, &hf));
+    // Relative to each gradient's scale: 1e-5 for the same f32 products, 2e-4 on AMX (the
+    // activations' and incoming gradients' 16-bit split, forward and backward).
+    let tol = if nn::amx::available() { 2e-4 } else { 1e-5 };
+    println!("AMX: {}", nn::amx::available());
+    assert!(max_diff(&hb, &hf) <= tol, "outputs {}", max_diff(&hb, &hf));
     for ((n, a), b) in names.iter().zip(&gb).zip(&gf) {
         let scale = b.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
         let d = max_diff(a, b);
-        assert!(d <= 1e-5 * scale, "gradient of {n}: {d} (scale {scale})");
+        println!("gradient of {n}: relative {:.1e}", d / scale);
+        assert!(d <= tol * scale, "gradient of {n}: {d} (scale {scale})");
         assert!(a.iter().any(|&x| x != 0.0), "gradient of {n} is zero");
     }
 }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
 use half::bf16;
 
-use super::{autodiff::FlexTensor, gemm::Mat};
+use super::{amx::Bf16Mat, autodiff::FlexTensor, gemm::Mat};
 
 /// `x` rounded to the nearest bf16 (ties to even; NaN stays NaN, infinities stay infinite).
 pub fn round(x: &[f32]) -> Vec<bf16> {
@@ -123,6 +123,42 @@ impl WeightBuf {
             }
             _ => Mat::rows(values, 0, out, inp, inp),
         }
+    }
+
+    /// A bf16 weight `[out, in]` as the matrix a product multiplies by: `Wᵀ` `[in, out]` (the
+    /// forward's `x Wᵀ`) or `W` itself (the backward's `dy · W`), read in place; `None` for an
+    /// f32 weight.
+    pub(crate) fn bf16_view(
+        &self,
+        out: usize,
+        inp: usize,
+        transposed: bool,
+    ) -> Option<Bf16Mat<'_>> {
+        let (data, rs, cs) = match self {
+            WeightBuf::F32(_) | WeightBuf::F32ColMajor(_) => return None,
+            // `new` kept bf16 storage only in a contiguous layout, which has a slice.
+            WeightBuf::Bf16(p) => (p.as_slice::<bf16>()?, inp, 1),
+            // `new` checked that the storage is exactly the `[in, out]` buffer.
+            WeightBuf::Bf16ColMajor(p) => (p.storage::<bf16>(), 1, out),
+        };
+        // (rs, cs) read W `[out, in]`; the transpose swaps them.
+        Some(if transposed {
+            Bf16Mat {
+                data,
+                rows: inp,
+                cols: out,
+                rs: cs,
+                cs: rs,
+            }
+        } else {
+            Bf16Mat {
+                data,
+                rows: out,
+                cols: inp,
+                rs,
+                cs,
+            }
+        })
     }
 
     /// Whether the weight is stored column-major (its rows are not slices).

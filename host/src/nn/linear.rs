@@ -200,18 +200,25 @@ impl Backward<Flex, 3> for LinearBackward {
         let [px, pw, pb] = &ops.parents;
         let dym = Mat::rows(&dy, 0, n, o, o);
         if let Some(node) = px {
-            // dx = dy · W
-            let mut dx = vec![0f32; n * i];
-            let wf = w.f32();
-            let w = w.mat(&wf, o, i);
-            matmul(
-                &mut MatMut::dense(&mut dx, n, i),
-                0.0,
-                dym,
-                w,
-                1.0,
-                Parallelism::Rayon(0),
-            );
+            // dx = dy · W (a bf16 W on AMX when the CPU has it)
+            let on_amx = (n > SKINNY_ROWS)
+                .then(|| w.bf16_view(o, i, false))
+                .flatten()
+                .and_then(|b| super::amx::linear_vec(&dy, b, None, n));
+            let dx = on_amx.unwrap_or_else(|| {
+                let mut dx = vec![0f32; n * i];
+                let wf = w.f32();
+                let w = w.mat(&wf, o, i);
+                matmul(
+                    &mut MatMut::dense(&mut dx, n, i),
+                    0.0,
+                    dym,
+                    w,
+                    1.0,
+                    Parallelism::Rayon(0),
+                );
+                dx
+            });
             grads.register::<Flex>(node.id, primitive(dx, [n, i]));
         }
         if let (Some(node), Some(x)) = (pw, x) {
@@ -264,24 +271,32 @@ pub fn tracked<B: AutodiffBackend>(
         WeightBuf::new(wa.primitive.clone()),
         Buf::new(ba.primitive.clone()),
     );
-    let mut y = repeat_rows(&bv, n);
-    // y = 1·y + x·Wᵀ: the bias rows plus the product. A column-major weight goes to the GEMM
-    // at any row count: it reads such a weight in place, without packing it.
-    let wf = wv.f32();
-    if n <= SKINNY_ROWS && !wv.col_major() {
-        skinny(&mut y, &xv, &wf, [n, i, o]);
-    } else {
-        let (xm, wm) = (Mat::rows(&xv, 0, n, i, i), wv.mat(&wf, o, i));
-        matmul(
-            &mut MatMut::dense(&mut y, n, o),
-            1.0,
-            xm,
-            wm.t(),
-            1.0,
-            Parallelism::Rayon(0),
-        );
-    }
-    drop(wf);
+    // A bf16 weight goes to AMX when the CPU has it (`nn::amx`: the activations split in two
+    // bf16 terms, the bias rows the accumulators' start).
+    let on_amx = (n > SKINNY_ROWS)
+        .then(|| wv.bf16_view(o, i, true))
+        .flatten()
+        .and_then(|b| super::amx::linear_vec(&xv, b, Some(&bv), n));
+    let y = on_amx.unwrap_or_else(|| {
+        // y = 1·y + x·Wᵀ: the bias rows plus the product. A column-major weight goes to the
+        // GEMM at any row count: it reads such a weight in place, without packing it.
+        let mut y = repeat_rows(&bv, n);
+        let wf = wv.f32();
+        if n <= SKINNY_ROWS && !wv.col_major() {
+            skinny(&mut y, &xv, &wf, [n, i, o]);
+        } else {
+            let (xm, wm) = (Mat::rows(&xv, 0, n, i, i), wv.mat(&wf, o, i));
+            matmul(
+                &mut MatMut::dense(&mut y, n, o),
+                1.0,
+                xm,
+                wm.t(),
+                1.0,
+                Parallelism::Rayon(0),
+            );
+        }
+        y
+    });
     let out = primitive(y, [n, o]);
     let keep_x = !wa.node.requirement.is_none();
     let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];

@@ -206,7 +206,12 @@ fn run(
     [m, k, np]: [usize; 3],
     kp: usize,
 ) {
-    debug_assert!(np.is_multiple_of(BLOCK) && kp.is_multiple_of(KB) && y.len() == m * np && bp.len() == kp * np);
+    debug_assert!(
+        np.is_multiple_of(BLOCK)
+            && kp.is_multiple_of(KB)
+            && y.len() == m * np
+            && bp.len() == kp * np
+    );
     let tasks = 2 * rayon::current_num_threads();
     let rows = up(m.div_ceil(tasks), BLOCK);
     let strip = kp * 16;

@@ -1,13 +1,15 @@
 //! bf16 storage for frozen weights: rounding f32 to bf16 once when the backbone is loaded, and
-//! widening back to f32 right before a product, so that every GEMM still multiplies and
-//! accumulates in f32 (the activations are never rounded; only the weights are).
+//! multiplying with f32 activations, which are never rounded to bf16 themselves.
 //!
-//! Why widen instead of multiplying in bf16 (`vdpbf16ps`, AVX512-BF16): that instruction takes
-//! both operands in bf16, so the activations would be rounded to 8 significant bits too, a
-//! second, larger error on every layer, and the f32 GEMM (the `gemm` crate's AVX-512 kernels)
-//! would have to be replaced by a new packed microkernel. Widening a weight costs `out · in`
-//! shifts per product against `n · out · in` multiply-adds (n = 4,096 tokens in the benchmark),
-//! so the product runs at the f32 GEMM's rate and the weights take half the memory.
+//! Two ways to multiply. Where the CPU has AMX (Sapphire Rapids and later Xeons), the products
+//! run on the tile unit with each activation split in two bf16 terms (16 significant bits, see
+//! [`super::amx`]): about twice the f32 GEMM's rate. Everywhere else the weight is widened back
+//! to f32 right before the product and the f32 GEMM multiplies and accumulates: widening costs
+//! `out · in` shifts against `n · out · in` multiply-adds, so the product runs at the f32 rate
+//! and the weights take half the memory. AVX512-BF16's `vdpbf16ps` is not used: with the
+//! activations split in two terms it does one f32 multiply-add's worth of useful work per lane,
+//! the same as `vfmadd231ps`, and with them rounded to one term it adds an 8-bit error on every
+//! layer.
 use std::borrow::Cow;
 
 use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};

@@ -113,7 +113,7 @@ pub fn load_weights<A: Architecture, B: AutodiffBackend>(
     path: &Path,
     store: &mut ParamStore<B>,
 ) -> Result<(), WeightsError> {
-    let ckpt = Checkpoint::read(path)?;
+    let mut ckpt = Checkpoint::read(path)?;
     let (mut present, mut absent) = (Vec::new(), Vec::new());
     for (name, shape) in arch.weight_shapes() {
         if A::ZERO_IF_MISSING.contains(&name.as_str()) && ckpt.find(&name, A::PREFIXES).is_none() {

@@ -12,7 +12,10 @@
 //! layer.
 use std::borrow::Cow;
 
-use burn::tensor::{backend::Backend, DType, FloatDType, Tensor, TensorData};
+use burn::tensor::{
+    backend::{AutodiffBackend, Backend},
+    DType, FloatDType, Tensor, TensorData,
+};
 use half::bf16;
 
 use super::{amx::Bf16Mat, autodiff::FlexTensor, gemm::Mat};
@@ -59,6 +62,22 @@ pub fn tensor<B: Backend, const D: usize>(
     device: &B::Device,
 ) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(round(values), shape), (device, DType::BF16))
+}
+
+/// `t` (f32) rounded to a bf16 tensor of the same shape. On the CPU kernels the values are read
+/// in place, so converting a weight never holds a second f32 copy of it (the word embeddings
+/// are half of MiniLM's weights).
+pub fn from_f32<B: AutodiffBackend, const D: usize>(
+    t: Tensor<B, D>,
+) -> anyhow::Result<Tensor<B, D>> {
+    let (shape, device) = (t.dims(), t.device());
+    if let Ok(a) = super::autodiff::ad(t.clone()) {
+        if a.primitive.dtype() == DType::F32 {
+            let buf = super::autodiff::Buf::new(a.primitive);
+            return Ok(tensor::<B, D>(&buf, shape, &device));
+        }
+    }
+    Ok(tensor::<B, D>(&super::to_vec(t)?, shape, &device))
 }
 
 /// `t` as f32: itself when it already is, else cast (a bf16 weight read by code that computes

@@ -77,6 +77,10 @@ def main():
     ap.add_argument("--bin", default=str(ROOT / "target/release/peft-host"))
     ap.add_argument("--out", default="runs/hypert5-experiment")
     ap.add_argument("--steps", type=int, default=3000, help="stage-2 steps (both stage-2 runs)")
+    ap.add_argument("--stage2-lr", type=float, default=None,
+                    help="the hypermodel's stage-2 learning rate (default: the config's)")
+    ap.add_argument("--lora-zero-b", action="store_true",
+                    help="the hypermodel's generated LoRA B starts at zero (`lora_zero_b`)")
     ap.add_argument("--ft-steps", type=int, default=100, help="16-shot fine-tuning steps")
     ap.add_argument("--select-lr", default="1e-2,3e-3,1e-3")
     ap.add_argument("--seeds", default="13,21,42,87,100")
@@ -133,6 +137,8 @@ def main():
         enc = stage2["context_encoder"]["config"]
         enc.pop("prefix_length")
         enc.update(generate=["lora"], lora_rank=rank)
+        if args.lora_zero_b:
+            enc["lora_zero_b"] = True
         plain = {"name": "gen", "plugin": "lora", "config": {"rank": rank}}
     else:
         prefix_len = stage2["context_encoder"]["config"]["prefix_length"]
@@ -143,6 +149,8 @@ def main():
     hyper_cfg["training"].update(steps=args.steps, train_groups=["hyper", "head"])
     if args.permute_labels:
         hyper_cfg["training"]["permute_labels"] = args.permute_labels
+    if args.stage2_lr:
+        hyper_cfg["training"]["learning_rate"] = args.stage2_lr
     hyper = get(lambda: r.run(hyper_cfg, "stage2-hyper"), "stage2-hyper")
     plus = None
     if args.plus:  # HyperT5+: the downstream LoRA trains with the hypermodel
@@ -282,6 +290,8 @@ def main():
     print(f"unseen tasks ({len(unseen)}): {', '.join(unseen)}; split seeds {seeds}; "
           f"{args.steps} stage-2 steps"
           + (f", label permutation p = {args.permute_labels:g}" if args.permute_labels else "")
+          + (f", stage-2 learning rate {args.stage2_lr:g}" if args.stage2_lr else "")
+          + (", generated B starting at zero" if args.lora_zero_b else "")
           + ("" if args.zero_gradient else f", {args.ft_steps} fine-tuning steps") + "\n")
     if tuned_rows:
         print("| row | learning rate chosen on dev | dev mean per candidate |\n|---|---:|---|")

@@ -115,6 +115,42 @@ fn generates_prefix_and_lora_of_the_documented_shapes() {
     assert_eq!(a, b);
 }
 
+/// `lora_zero_b`: the generated B starts at exactly zero (ΔW = 0, the backbone unchanged) and A
+/// at the heads' small normal values; a pass still sends gradient into the hypermodel.
+#[test]
+fn lora_zero_b_starts_the_generated_delta_at_zero() {
+    let mut cfg = tiny_bert_config(json!([
+        { "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } }
+    ]));
+    cfg["context_encoder"] = json!({ "plugin": "hypert5", "config": {
+        "generate": ["lora"], "lora_rank": 2, "head_hidden": 16, "k": 4, "max_length": 24,
+        "out_init_std": 0.05, "lora_zero_b": true
+    }});
+    let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
+    let registry = Registry::with_static_plugins().unwrap();
+    let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+    let task = toy_task(8);
+    let graph = HostGraph::new(&model.params, true);
+    let batch: Vec<&Example> = task.train.iter().take(2).collect();
+    let enc = model.context_encoder.as_ref().unwrap();
+    enc.before_train_pass(&model, &graph, &task, &task, &batch)
+        .unwrap();
+    let ctx = graph.context.borrow();
+    let a = vals(ft::<B, 4>(float(&ctx["hypert5.lora_A"])));
+    let b = vals(ft::<B, 4>(float(&ctx["hypert5.lora_B"])));
+    assert_eq!(b.len(), 2 * 2 * 32 * 2);
+    assert!(b.iter().all(|&x| x == 0.0), "B not zero");
+    assert!(a.iter().filter(|&&x| x != 0.0).count() > a.len() / 2, "A zero");
+    // The stored head: B's rows zero, A's drawn (per layer output: q's A, q's B, v's A, v's B).
+    let store = model.params.borrow();
+    let w = vals(store.tensor::<2>("hypert5.head.lora.dense2.weight").unwrap());
+    let (hid, block, a_len) = (16, 2 * (2 * 32), 2 * 32);
+    for (o, row) in w.chunks(hid).enumerate() {
+        let zero = row.iter().all(|&x| x == 0.0);
+        assert_eq!(zero, o % block >= a_len, "row {o}");
+    }
+}
+
 #[test]
 fn downstream_loss_reaches_every_hypermodel_parameter() {
     let (_, model) = both();

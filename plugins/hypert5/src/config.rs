@@ -33,6 +33,13 @@ pub struct HyperT5Config {
     /// unchanged backbone and generated prefixes near neutral keys.
     #[serde(default = "default_out_std")]
     pub out_init_std: f64,
+    /// Start the LoRA heads' `B` outputs at exactly zero, as LoRA itself starts `B`: the
+    /// generated `ΔW = B·A` is then 0 before training (the backbone unchanged) while `A`'s
+    /// outputs keep `out_init_std`, so the first gradients reach `B` through a nonzero `A`.
+    /// Off by default (earlier runs' behaviour): both start at `out_init_std`, which through
+    /// a 256-wide head already gives `A` and `B` entries of ~0.1.
+    #[serde(default)]
+    pub lora_zero_b: bool,
     /// Normal std of the learned pooling queries (BERT-family hypermodel; BERT's 0.02 by
     /// default). Small queries make the pooling attention near uniform at the start.
     #[serde(default = "default_query_std")]

@@ -117,7 +117,14 @@ impl HyperT5 {
 
     /// The MLP head `dense1 [hid, h] -> GELU -> dense2 [out, hid]` of one generated kind;
     /// `dense2` starts small (`out_init_std`).
-    fn create_head(&mut self, ctx: &Ctx<'_>, kind: &str, h: usize, out: usize) -> Result<()> {
+    fn create_head(
+        &mut self,
+        ctx: &Ctx<'_>,
+        kind: &str,
+        lora_head: bool,
+        h: usize,
+        out: usize,
+    ) -> Result<()> {
         let hid = self.config.head_hidden;
         let std = self.config.out_init_std;
         let p = format!("head.{kind}");
@@ -129,7 +136,19 @@ impl HyperT5 {
         )?;
         self.create(ctx, &format!("{p}.dense1.bias"), &[hid], Init::Zeros)?;
         let normal = Init::Normal { mean: 0.0, std };
-        self.create(ctx, &format!("{p}.dense2.weight"), &[out, hid], normal)?;
+        let w = format!("{p}.dense2.weight");
+        self.create(ctx, &w, &[out, hid], normal)?;
+        if lora_head && self.config.lora_zero_b {
+            // Zero the rows that produce B: each of q and v takes `r·d` outputs of A, then
+            // `inner·r` of B (the layout `out_width` and the generation's slicing share).
+            let block = out / 2;
+            let a_len = self.config.lora_rank * self.info.hidden_size;
+            let mask: Vec<f32> = (0..out)
+                .flat_map(|o| std::iter::repeat_n(f32::from(o % block < a_len), hid))
+                .collect();
+            let masked = ctx.param(&w)?.mul(ctx.from_data(&[out, hid], mask)?)?;
+            ctx.assign_param(&w, masked)?;
+        }
         self.create(ctx, &format!("{p}.dense2.bias"), &[out], Init::Zeros)
     }
 
@@ -285,7 +304,7 @@ impl ContextEncoderImpl for HyperT5 {
         self.create(ctx, "pool.LayerNorm.bias", &[h], Init::Zeros)?;
         for g in self.kinds() {
             let out = self.out_width(g);
-            self.create_head(ctx, kind_name(g), h, out)?;
+            self.create_head(ctx, kind_name(g), g == Generated::Lora, h, out)?;
         }
         Ok(AttachPlan::default())
     }

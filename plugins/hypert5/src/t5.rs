@@ -120,7 +120,7 @@ impl HyperT5 {
         for g in self.kinds() {
             let out = self.out_width(g);
             for (att, _) in ATTENTIONS {
-                self.create_head(ctx, &stem(g, att), h, out)?;
+                self.create_head(ctx, &stem(g, att), g == Generated::Lora, h, out)?;
             }
         }
         Ok(())

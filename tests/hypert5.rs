@@ -140,10 +140,17 @@ fn lora_zero_b_starts_the_generated_delta_at_zero() {
     let b = vals(ft::<B, 4>(float(&ctx["hypert5.lora_B"])));
     assert_eq!(b.len(), 2 * 2 * 32 * 2);
     assert!(b.iter().all(|&x| x == 0.0), "B not zero");
-    assert!(a.iter().filter(|&&x| x != 0.0).count() > a.len() / 2, "A zero");
+    assert!(
+        a.iter().filter(|&&x| x != 0.0).count() > a.len() / 2,
+        "A zero"
+    );
     // The stored head: B's rows zero, A's drawn (per layer output: q's A, q's B, v's A, v's B).
     let store = model.params.borrow();
-    let w = vals(store.tensor::<2>("hypert5.head.lora.dense2.weight").unwrap());
+    let w = vals(
+        store
+            .tensor::<2>("hypert5.head.lora.dense2.weight")
+            .unwrap(),
+    );
     let (hid, block, a_len) = (16, 2 * (2 * 32), 2 * 32);
     for (o, row) in w.chunks(hid).enumerate() {
         let zero = row.iter().all(|&x| x == 0.0);

@@ -73,15 +73,22 @@ fn toy_task(n: usize) -> Task {
     }
 }
 
-#[test]
-fn generates_prefix_and_lora_of_the_documented_shapes() {
-    let (_, model) = both();
+/// One training pass's generation on two examples of the toy task: the graph holding what the
+/// encoder put in the pass context.
+fn generate_once(model: &Model<B>) -> HostGraph<'_, B> {
     let task = toy_task(8);
     let graph = HostGraph::new(&model.params, true);
     let batch: Vec<&Example> = task.train.iter().take(2).collect();
     let enc = model.context_encoder.as_ref().unwrap();
-    enc.before_train_pass(&model, &graph, &task, &task, &batch)
+    enc.before_train_pass(model, &graph, &task, &task, &batch)
         .unwrap();
+    graph
+}
+
+#[test]
+fn generates_prefix_and_lora_of_the_documented_shapes() {
+    let (_, model) = both();
+    let graph = generate_once(&model);
     let ctx = graph.context.borrow();
     let shape = |n: &str| ft::<B, 4>(float(&ctx[n])).dims();
     // [L, 2, P, heads * head_dim]; A [L, 2, r, H], B [L, 2, H, r].
@@ -116,7 +123,7 @@ fn generates_prefix_and_lora_of_the_documented_shapes() {
 }
 
 /// `lora_zero_b`: the generated B starts at exactly zero (ΔW = 0, the backbone unchanged) and A
-/// at the heads' small normal values; a pass still sends gradient into the hypermodel.
+/// at the heads' small normal values: only B's rows of the head's output layer are zeroed.
 #[test]
 fn lora_zero_b_starts_the_generated_delta_at_zero() {
     let mut cfg = tiny_bert_config(json!([
@@ -129,12 +136,7 @@ fn lora_zero_b_starts_the_generated_delta_at_zero() {
     let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
     let registry = Registry::with_static_plugins().unwrap();
     let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
-    let task = toy_task(8);
-    let graph = HostGraph::new(&model.params, true);
-    let batch: Vec<&Example> = task.train.iter().take(2).collect();
-    let enc = model.context_encoder.as_ref().unwrap();
-    enc.before_train_pass(&model, &graph, &task, &task, &batch)
-        .unwrap();
+    let graph = generate_once(&model);
     let ctx = graph.context.borrow();
     let a = vals(ft::<B, 4>(float(&ctx["hypert5.lora_A"])));
     let b = vals(ft::<B, 4>(float(&ctx["hypert5.lora_B"])));

@@ -140,10 +140,11 @@ impl Checkpoint {
                 _ => None,
             };
             let mut values = Vec::with_capacity(if convert.is_some() { left / width } else { 0 });
+            let what = format!("tensor `{name}`");
             while left > 0 {
                 // Whole elements per chunk (CHUNK is a multiple of every float width).
                 let take = left.min(chunk.len());
-                read(r, &mut chunk[..take], &format!("tensor `{name}`"))?;
+                read(r, &mut chunk[..take], &what)?;
                 if let Some(f) = convert {
                     values.extend(chunk[..take].chunks_exact(width).map(f));
                 }

@@ -382,6 +382,55 @@ fn hyper_training_on_a_toy_task_lowers_the_loss() {
     assert!(r.last("toy").unwrap().score.is_finite());
 }
 
+/// `encoder_group` puts the copied encoder in its own group and `group_learning_rates` gives
+/// each group its own peak rate: at rate 0 the copy stays equal to the backbone while the
+/// pooling block and heads (`hyper`) train; frozen by leaving it out of `train_groups`, too.
+#[test]
+fn encoder_group_with_its_own_learning_rate() {
+    let mut cfg = tiny_bert_config(json!([
+        { "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } }
+    ]));
+    cfg["context_encoder"] = json!({ "plugin": "hypert5", "config": {
+        "generate": ["lora"], "lora_rank": 2, "head_hidden": 16, "k": 4, "max_length": 24,
+        "out_init_std": 0.05, "encoder_group": "hyper-encoder"
+    }});
+    let registry = Registry::with_static_plugins().unwrap();
+    let copy = "hypert5.encoder.layer.1.intermediate.dense.weight";
+    let head = "hypert5.head.lora.dense2.weight";
+    for training in [
+        json!({ "train_groups": ["hyper", "hyper-encoder", "head"],
+                "group_learning_rates": { "hyper-encoder": 0.0 } }),
+        json!({ "train_groups": ["hyper", "head"] }),
+    ] {
+        let mut c = cfg.clone();
+        c["training"] = training;
+        c["training"]["steps"] = 3.into();
+        c["training"]["batch_size"] = 4.into();
+        c["training"]["learning_rate"] = 1e-2.into();
+        c["training"]["max_length"] = 24.into();
+        let c: RunConfig = serde_json::from_value(c).unwrap();
+        let model = Model::<B>::build(&c, &registry, &Default::default(), 0).unwrap();
+        let group = |n: &str| model.params.borrow().get(n).unwrap().group.clone();
+        assert_eq!(group(copy), "hyper-encoder");
+        assert_eq!(group(head), "hyper");
+        let value = |n: &str| vals(model.params.borrow().tensor::<2>(n).unwrap());
+        let (copy0, head0) = (value(copy), value(head));
+        let task = toy_task(8);
+        let h = peft_host::heads::Head::resolve(&Default::default(), &task, "head").unwrap();
+        h.create(&mut model.params.borrow_mut(), 32).unwrap();
+        train_runs(
+            &model,
+            &[peft_host::train::TaskRun {
+                task: &task,
+                head: h,
+            }],
+            &c,
+        );
+        assert_eq!(value(copy), copy0, "the copied encoder must not move");
+        assert!(max_diff(&value(head), &head0) > 0.0, "the heads must train");
+    }
+}
+
 /// MiniLM on a real CrossFit task (option scoring): HyperT5 with 2 copied layers, k = 8.
 #[test]
 fn minilm_hypert5_learns_a_crossfit_task() {

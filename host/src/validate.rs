@@ -121,6 +121,23 @@ pub fn check(cfg: &RunConfig, registry: &Registry) -> Vec<ConfigError> {
             format!("{p}: label permutation needs a context encoder (the examples that show the permuted labels) and per-task batches (mixed_batches off)"),
         ));
     }
+    for (group, lr) in &cfg.training.group_learning_rates {
+        let pointer = format!("/training/group_learning_rates/{group}");
+        if !cfg.training.train_groups.contains(group) {
+            errors.push(host(
+                pointer,
+                format!(
+                    "group `{group}` is not in train_groups {:?}: its rate would never be used",
+                    cfg.training.train_groups
+                ),
+            ));
+        } else if !(lr.is_finite() && *lr >= 0.0) {
+            errors.push(host(
+                pointer,
+                format!("{lr}: a learning rate must be finite and not negative"),
+            ));
+        }
+    }
     // A CACLM run reads its corpus, not tasks.
     if let Some(c) = &cfg.caclm {
         if !c.corpus.is_file() {

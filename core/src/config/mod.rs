@@ -11,6 +11,8 @@ pub use caclm::CaclmSpec;
 pub use defaults::{fill_num_tasks, pha_default_run};
 pub use priming::PrimingSpec;
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -357,6 +359,12 @@ pub struct TrainingSpec {
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub permute_labels: f64,
+    /// Peak learning rate per parameter group, in place of `learning_rate` for that group's
+    /// parameters (same warmup and decay). A hypermodel's copied encoder wants a far smaller
+    /// rate than its freshly initialised heads (HyperT5's `encoder_group`). Each key must name
+    /// a group in `train_groups`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub group_learning_rates: BTreeMap<String, f64>,
 }
 
 fn is_zero_f64(x: &f64) -> bool {

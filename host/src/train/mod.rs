@@ -479,11 +479,13 @@ pub fn train_tasks<B: AutodiffBackend>(
         if let Some(max_norm) = t.max_grad_norm {
             clip_global_norm::<B>(&mut summed, max_norm)?;
         }
-        opt.set_lr(schedule(t.learning_rate, step, t.warmup_steps, t.steps));
         {
             let mut store = model.params.borrow_mut();
             for (p, g) in store.trainable_mut().zip(summed) {
                 if let Some(g) = g {
+                    let peak = t.group_learning_rates.get(&p.group);
+                    let peak = peak.copied().unwrap_or(t.learning_rate);
+                    opt.set_lr(schedule(peak, step, t.warmup_steps, t.steps));
                     opt.step(p, g)?;
                 }
             }

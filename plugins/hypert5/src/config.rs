@@ -63,6 +63,11 @@ pub struct HyperT5Config {
     /// Parameter group of the hypermodel.
     #[serde(default = "default_group")]
     pub group: String,
+    /// Parameter group of the weights copied from the backbone (the encoder, and on T5 the
+    /// decoder); `group` when absent. Its own group lets `training.train_groups` freeze the
+    /// copy or `training.group_learning_rates` give it a smaller rate than the new heads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_group: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]

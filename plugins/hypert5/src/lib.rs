@@ -106,13 +106,31 @@ impl HyperT5 {
         Ok(())
     }
 
+    /// A weight copied from the backbone, in `encoder_group` (or `group`).
+    fn create_copied(
+        &mut self,
+        ctx: &Ctx<'_>,
+        name: &str,
+        shape: &[usize],
+        init: Init,
+    ) -> Result<()> {
+        self.params += shape.iter().product::<usize>();
+        let group = self
+            .config
+            .encoder_group
+            .as_ref()
+            .unwrap_or(&self.config.group);
+        ctx.create_param(name, shape, group, init)?;
+        Ok(())
+    }
+
     fn copy(&mut self, ctx: &Ctx<'_>, key: &str) -> Result<()> {
         let w = ctx
             .param(&format!("backbone:{key}"))
             .map_err(|e| e.context(format_args!("hypert5: reading backbone weight `{key}`")))?;
         let shape = w.shape()?;
         let values = w.to_vec()?;
-        self.create(ctx, key, &shape, Init::Data { values })
+        self.create_copied(ctx, key, &shape, Init::Data { values })
     }
 
     /// The MLP head `dense1 [hid, h] -> GELU -> dense2 [out, hid]` of one generated kind;

@@ -64,6 +64,9 @@ def main():
     ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
                     help="bf16: peft-host's backbone held in bf16 (--backbone-dtype bf16) against "
                          "PyTorch under torch.autocast(bfloat16)")
+    ap.add_argument("--matmul-precision", choices=["high", "medium"], default="high",
+                    help="with --dtype bf16: peft-host's backbone.matmul_precision (medium: the "
+                         "activations of the frozen products rounded to bf16, as autocast does)")
     a = ap.parse_args()
     if not a.python or not Path(a.python).exists():
         sys.exit("give the venv's python with --python or PEFT_BENCH_PYTHON "
@@ -71,7 +74,8 @@ def main():
     methods = [m for m in a.methods.split(",") if m]
     seqs = [int(s) for s in a.seqs.split(",")]
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
-    host = [a.bin, "bench", "model", "--runs", str(a.runs), "--json", "--backbone-dtype", a.dtype]
+    host = [a.bin, "bench", "model", "--runs", str(a.runs), "--json", "--backbone-dtype", a.dtype,
+            "--matmul-precision", a.matmul_precision]
     torch = [a.python, str(ROOT / "scripts/pytorch_reference.py"), "--model", a.model,
              "--runs", str(a.runs), "--threads", str(a.threads)] + (["--bf16"] if a.dtype == "bf16" else [])
     rounds = []
@@ -137,9 +141,10 @@ def main():
                                       "ratio": spread([x / y for x, y in zip(h, t)])}
 
     precision = ("" if a.dtype == "f32" else
-                 "backbone in bf16 (peft-host: bf16 weights, AMX where the CPU has it; PyTorch: "
-                 "torch.autocast bfloat16), ")
+                 "backbone in bf16 (peft-host: bf16 weights, AMX where the CPU has it, "
+                 f"matmul_precision {a.matmul_precision}; PyTorch: torch.autocast bfloat16), ")
     summary["dtype"] = a.dtype
+    summary["matmul_precision"] = a.matmul_precision
     lines = [f"peft-host vs PyTorch {summary['torch']} + transformers + HF peft, all-MiniLM-L6-v2, {precision}"
              f"batch 32 x 128, {a.threads} threads; median of {a.runs} runs per round, "
              f"{a.rounds} interleaved rounds: median (min-max across rounds). Issue 14's targets: "

@@ -6,17 +6,19 @@
 #   bash scripts/bf16_accuracy.sh [BIN] [OUT]      (defaults: target/release/peft-host, runs/bf16)
 # SMALL=1 shrinks each run (80 steps, smaller batches and lengths, 400 SST-2 dev sentences) to
 # fit a loaded 2-core machine; without it the e2e configs run as they are (docs/results.md).
-# SEEDS="1 2 3" and TASKS="sst2 rte" choose the cells.
+# SEEDS="1 2 3" and TASKS="sst2 rte" choose the cells; DTYPES="f32 bf16" the variants (bf16m: bf16
+# with `matmul_precision: medium`, the activations of those products rounded to bf16 too).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${1:-target/release/peft-host}
 OUT=${2:-runs/bf16}
 SEEDS=${SEEDS:-1 2 3}
 TASKS=${TASKS:-sst2 rte}
+DTYPES=${DTYPES:-f32 bf16}
 mkdir -p "$OUT/configs"
 for task in $TASKS; do
   for seed in $SEEDS; do
-    for dtype in f32 bf16; do
+    for dtype in $DTYPES; do
       name="$task-$dtype-s$seed"
       if compgen -G "$OUT/$name/*/result.json" > /dev/null; then continue; fi
       cfg="$OUT/configs/$name.json"
@@ -24,7 +26,9 @@ for task in $TASKS; do
 import json, sys
 src, dst, seed, dtype, small = sys.argv[1:]
 c = json.load(open(src))
-c["backbone"] = {"name": c["backbone"], "dtype": dtype}
+c["backbone"] = {"name": c["backbone"], "dtype": dtype.rstrip("m")}
+if dtype == "bf16m":
+    c["backbone"]["matmul_precision"] = "medium"
 c["seed"] = int(seed)
 if small == "1":
     t = c["training"]

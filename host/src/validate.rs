@@ -121,6 +121,14 @@ pub fn check(cfg: &RunConfig, registry: &Registry) -> Vec<ConfigError> {
             format!("{p}: label permutation needs a context encoder (the examples that show the permuted labels) and per-task batches (mixed_batches off)"),
         ));
     }
+    if !cfg.backbone.matmul_precision().is_high()
+        && cfg.backbone.dtype() != crate::config::BackboneDtype::Bf16
+    {
+        errors.push(host(
+            "/backbone/matmul_precision",
+            "\"medium\" rounds the activations of products with bf16-held weights, and this backbone holds none: set \"dtype\": \"bf16\" beside it",
+        ));
+    }
     for (group, lr) in &cfg.training.group_learning_rates {
         let pointer = format!("/training/group_learning_rates/{group}");
         if !cfg.training.train_groups.contains(group) {

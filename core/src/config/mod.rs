@@ -132,6 +132,28 @@ pub struct BackboneDetail {
     /// every trained parameter stay f32). See docs/performance.md for its measured cost.
     #[serde(default, skip_serializing_if = "BackboneDtype::is_f32")]
     pub dtype: BackboneDtype,
+    /// With `dtype: bf16`, how the products with those weights read their f32 activations:
+    /// `high` (the default: split in two bf16 terms on AMX, exact f32 elsewhere — the weights'
+    /// rounding the only error) or `medium` (rounded to one bf16 term, as `torch.autocast`
+    /// and PyTorch's `set_float32_matmul_precision("medium")` do: half the tile work on AMX, an
+    /// 8-bit rounding of every product's input). Process-wide, like PyTorch's setting.
+    #[serde(default, skip_serializing_if = "MatmulPrecision::is_high")]
+    pub matmul_precision: MatmulPrecision,
+}
+
+/// How products with bf16-held weights read their f32 activations (`BackboneDetail`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MatmulPrecision {
+    #[default]
+    High,
+    Medium,
+}
+
+impl MatmulPrecision {
+    pub fn is_high(&self) -> bool {
+        *self == MatmulPrecision::High
+    }
 }
 
 /// The storage type of the frozen backbone's weight matrices.
@@ -162,6 +184,13 @@ impl BackboneSpec {
         match self {
             BackboneSpec::Name(_) => BackboneDtype::F32,
             BackboneSpec::Detailed(d) => d.dtype,
+        }
+    }
+
+    pub fn matmul_precision(&self) -> MatmulPrecision {
+        match self {
+            BackboneSpec::Name(_) => MatmulPrecision::High,
+            BackboneSpec::Detailed(d) => d.matmul_precision,
         }
     }
 }

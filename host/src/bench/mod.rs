@@ -177,6 +177,8 @@ pub struct ModelBench {
     pub backbone: String,
     /// How the frozen weight matrices are held (`f32`, `bf16`), and the backbone weights' size.
     pub backbone_dtype: String,
+    /// `backbone.matmul_precision` (`high`, `medium`).
+    pub matmul_precision: String,
     pub backbone_weights_mib: f64,
     pub modules: Vec<String>,
     pub batch: usize,
@@ -347,6 +349,10 @@ pub fn model_bench<B: AutodiffBackend>(
     Ok(ModelBench {
         backbone: model.info().name.clone(),
         backbone_dtype: cfg.backbone.dtype().as_str().into(),
+        matmul_precision: serde_json::to_value(cfg.backbone.matmul_precision())?
+            .as_str()
+            .unwrap_or_default()
+            .into(),
         backbone_weights_mib,
         modules: cfg.modules.iter().map(|m| m.instance_name()).collect(),
         batch,

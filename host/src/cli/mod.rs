@@ -284,6 +284,10 @@ pub enum BenchCommand {
         /// How the frozen backbone's weight matrices are held (the config's `backbone.dtype`).
         #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
         backbone_dtype: String,
+        /// With `--backbone-dtype bf16`: how the products read their activations (the
+        /// config's `backbone.matmul_precision`).
+        #[arg(long, default_value = "high", value_parser = ["high", "medium"])]
+        matmul_precision: String,
         /// Also time each CPU kernel (per phase: ms per run, share, and what no kernel covers;
         /// `PEFT_OP_TIMES=1` does the same).
         #[arg(long)]

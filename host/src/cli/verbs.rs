@@ -236,6 +236,7 @@ pub fn bench(
             runs,
             json,
             backbone_dtype,
+            matmul_precision,
             op_times,
         } => {
             if op_times {
@@ -245,6 +246,7 @@ pub fn bench(
                 crate::config::BackboneDetail {
                     name: Some(backbone),
                     dtype: serde_json::from_value(serde_json::json!(backbone_dtype))?,
+                    matmul_precision: serde_json::from_value(serde_json::json!(matmul_precision))?,
                     ..Default::default()
                 },
                 &plugin,

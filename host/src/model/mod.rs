@@ -144,6 +144,10 @@ impl<B: AutodiffBackend> Model<B> {
             &mut store,
             config.backbone.dtype(),
         )?;
+        if config.backbone.dtype() == crate::config::BackboneDtype::Bf16 {
+            // Process-wide, as PyTorch's setting: the last bf16 model built decides.
+            crate::nn::bf16::set_matmul_precision(config.backbone.matmul_precision());
+        }
         let hidden = Backbone::<B>::info(&backbone).hidden_size;
         let params = RefCell::new(store);
         let requests: Vec<ModuleRequest> = config

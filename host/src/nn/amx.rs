@@ -45,6 +45,16 @@ const KB: usize = 32;
 /// Output rows and columns per microkernel call (2 × 2 tiles of 16 × 16).
 const BLOCK: usize = 32;
 
+/// How an f32 activation enters the tile product: as `hi + lo` (16 significant bits, the
+/// default: the weights' rounding stays the only error that matters) or as `hi` alone (8 bits,
+/// like `torch.autocast`'s bf16 products or `set_float32_matmul_precision("medium")`: half the
+/// tile work and packing, a second rounding the user opts into).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Terms {
+    Two,
+    One,
+}
+
 /// Whether products with a bf16 weight run on AMX in this process: the CPU has AMX-TILE and
 /// AMX-BF16, Linux granted this process the tile state, and `PEFT_AMX` is not `0`.
 pub fn available() -> bool {
@@ -71,6 +81,7 @@ pub fn linear(
     b: Bf16Mat<'_>,
     bias: Option<&[f32]>,
     m: usize,
+    terms: Terms,
 ) -> bool {
     let (k, n) = (b.rows, b.cols);
     assert_eq!(x.len(), m * k, "amx: x is not [{m}, {k}]");
@@ -94,12 +105,12 @@ pub fn linear(
         bias_p[..n].copy_from_slice(v);
     }
     if n == np {
-        run(y, x, &bp, &bias_p, [m, k, n], kp);
+        run(y, x, &bp, &bias_p, [m, k, n], kp, terms);
     } else {
         // Ragged columns: the product runs on a buffer of whole blocks (the weight's padding
         // columns are zero), whose first n columns are copied out.
         let mut yp = vec![MaybeUninit::new(0f32); m * np];
-        run(&mut yp, x, &bp, &bias_p, [m, k, np], kp);
+        run(&mut yp, x, &bp, &bias_p, [m, k, np], kp, terms);
         for (dst, src) in y.chunks_exact_mut(n).zip(yp.chunks_exact(np)) {
             dst.copy_from_slice(&src[..n]);
         }
@@ -108,10 +119,16 @@ pub fn linear(
 }
 
 /// [`linear`] into a fresh `Vec` (`None` when AMX is not available).
-pub fn linear_vec(x: &[f32], b: Bf16Mat<'_>, bias: Option<&[f32]>, m: usize) -> Option<Vec<f32>> {
+pub fn linear_vec(
+    x: &[f32],
+    b: Bf16Mat<'_>,
+    bias: Option<&[f32]>,
+    m: usize,
+    terms: Terms,
+) -> Option<Vec<f32>> {
     let len = m * b.cols;
     let mut y = Vec::with_capacity(len);
-    if !linear(&mut y.spare_capacity_mut()[..len], x, b, bias, m) {
+    if !linear(&mut y.spare_capacity_mut()[..len], x, b, bias, m, terms) {
         return None;
     }
     // SAFETY: `linear` returned true, so it wrote all `len` elements (every 32 × 32 block of
@@ -164,8 +181,10 @@ fn pack_b(b: Bf16Mat<'_>, kp: usize, np: usize) -> Vec<u16> {
 /// Rows `r0..r0 + 32` of `x` `[m, k]` split into `hi + lo` bf16 terms, each packed as two
 /// activation strips (16 rows; for each 32-long inner slice 16 rows of 32 values), zero beyond
 /// `x`'s edges. Done per block, right before its products, so the packed rows are in L1/L2.
+/// With an empty `lo` ([`Terms::One`]) only `hi` is written.
 fn pack_x(x: &[f32], [m, k]: [usize; 2], r0: usize, hi: &mut [u16], lo: &mut [u16]) {
     let kp = hi.len() / BLOCK;
+    let two = !lo.is_empty();
     let rows = BLOCK.min(m.saturating_sub(r0));
     if rows < BLOCK || k % KB != 0 {
         // Padding is read as zeros; a whole block overwrites everything.
@@ -178,7 +197,11 @@ fn pack_x(x: &[f32], [m, k]: [usize; 2], r0: usize, hi: &mut [u16], lo: &mut [u1
         for (t, part) in row.chunks(KB).enumerate() {
             let at = strip + t * 512 + (r % 16) * 32;
             let n = part.len();
-            split(part, &mut hi[at..at + n], &mut lo[at..at + n]);
+            if two {
+                split(part, &mut hi[at..at + n], &mut lo[at..at + n]);
+            } else {
+                round_into(part, &mut hi[at..at + n]);
+            }
         }
     }
 }
@@ -194,6 +217,15 @@ simd_dispatch! {
     }
 }
 
+simd_dispatch! {
+    /// `hi = bf16(v)` element by element.
+    fn round_into(src: &[f32], hi: &mut [u16]) {
+        for (h, &v) in hi.iter_mut().zip(src) {
+            *h = round_bits(v);
+        }
+    }
+}
+
 /// `y [m, np] = bias + x[m, k] · b[kp, np]` over the packed weight, `np` a multiple of
 /// [`BLOCK`]: rayon tasks own row ranges of `y`; each packs a 32-row block of `x` and runs it
 /// against every column block (the packed weight, ≤ 2.4 MB for a 768 × 3072 projection, stays
@@ -205,6 +237,7 @@ fn run(
     bias: &[f32],
     [m, k, np]: [usize; 3],
     kp: usize,
+    terms: Terms,
 ) {
     debug_assert!(
         np.is_multiple_of(BLOCK)
@@ -216,7 +249,8 @@ fn run(
     let rows = up(m.div_ceil(tasks), BLOCK);
     let strip = kp * 16;
     y.par_chunks_mut(rows * np).enumerate().for_each(|(t, yt)| {
-        let (mut hi, mut lo) = (vec![0u16; BLOCK * kp], vec![0u16; BLOCK * kp]);
+        let lo_len = if terms == Terms::Two { BLOCK * kp } else { 0 };
+        let (mut hi, mut lo) = (vec![0u16; BLOCK * kp], vec![0u16; lo_len]);
         let mut edge = Vec::new();
         imp::with_tiles(|| {
             for r in (0..yt.len() / np).step_by(BLOCK) {
@@ -235,18 +269,18 @@ fn run(
                     // values, the two activation strips, two 16-column weight strips.
                     assert!(yb.len() == BLOCK * np && c + BLOCK <= np && bias.len() == np);
                     assert!(hi.len() == 2 * strip && bo + 2 * strip <= bp.len());
+                    assert!(lo.is_empty() || lo.len() == hi.len());
+                    let (y, ldy, bias) = (yb[c..].as_mut_ptr().cast(), np, bias[c..].as_ptr());
+                    let (b, steps) = (bp[bo..].as_ptr(), kp / KB);
                     // SAFETY: the extents were checked just above; the tiles are configured
                     // on this thread by `with_tiles`.
                     unsafe {
-                        imp::block(
-                            yb[c..].as_mut_ptr().cast(),
-                            np,
-                            bias[c..].as_ptr(),
-                            [hi.as_ptr(), lo.as_ptr()],
-                            strip,
-                            bp[bo..].as_ptr(),
-                            kp / KB,
-                        )
+                        if lo.is_empty() {
+                            imp::block1(y, ldy, bias, hi.as_ptr(), strip, b, steps)
+                        } else {
+                            let x = [hi.as_ptr(), lo.as_ptr()];
+                            imp::block(y, ldy, bias, x, strip, b, steps)
+                        }
                     }
                 }
                 if !full {
@@ -391,6 +425,62 @@ mod imp {
             options(nostack),
         );
     }
+
+    /// [`block`] with one activation term: `y = bias + hi · b`.
+    ///
+    /// # Safety
+    /// As [`block`], without `lo`.
+    pub(super) unsafe fn block1(
+        y: *mut f32,
+        ldy: usize,
+        bias: *const f32,
+        hi: *const u16,
+        strip: usize,
+        b: *const u16,
+        steps: usize,
+    ) {
+        let y16 = y.add(16 * ldy);
+        let (hi2, b2) = (hi.add(strip), b.add(strip));
+        asm!(
+            "tileloadd tmm0, [{bias} + {zero}*1]",
+            "tileloadd tmm1, [{bias} + {zero}*1 + 64]",
+            "tileloadd tmm2, [{bias} + {zero}*1]",
+            "tileloadd tmm3, [{bias} + {zero}*1 + 64]",
+            "2:",
+            "tileloadd tmm6, [{b} + {s64}*1]",
+            "tileloadd tmm7, [{b2} + {s64}*1]",
+            "tileloadd tmm4, [{hi} + {s64}*1]",
+            "tileloadd tmm5, [{hi2} + {s64}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {b}, 1024",
+            "add {b2}, 1024",
+            "add {hi}, 1024",
+            "add {hi2}, 1024",
+            "dec {steps}",
+            "jnz 2b",
+            "tilestored [{y} + {ldy}*1], tmm0",
+            "tilestored [{y} + {ldy}*1 + 64], tmm1",
+            "tilestored [{y16} + {ldy}*1], tmm2",
+            "tilestored [{y16} + {ldy}*1 + 64], tmm3",
+            y = in(reg) y,
+            y16 = in(reg) y16,
+            bias = in(reg) bias,
+            zero = in(reg) 0usize,
+            ldy = in(reg) ldy * 4,
+            hi = inout(reg) hi => _,
+            hi2 = inout(reg) hi2 => _,
+            b = inout(reg) b => _,
+            b2 = inout(reg) b2 => _,
+            s64 = in(reg) 64usize,
+            steps = inout(reg) steps => _,
+            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
+            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
+            options(nostack),
+        );
+    }
 }
 
 /// Elsewhere there is no AMX: [`available`] is false and nothing else is reached.
@@ -407,6 +497,17 @@ mod imp {
         _: usize,
         _: *const f32,
         _: [*const u16; 2],
+        _: usize,
+        _: *const u16,
+        _: usize,
+    ) {
+        unreachable!("AMX is never available on this target")
+    }
+    pub(super) unsafe fn block1(
+        _: *mut f32,
+        _: usize,
+        _: *const f32,
+        _: *const u16,
         _: usize,
         _: *const u16,
         _: usize,

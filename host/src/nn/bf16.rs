@@ -1,5 +1,6 @@
 //! bf16 storage for frozen weights: rounding f32 to bf16 once when the backbone is loaded, and
-//! multiplying with f32 activations, which are never rounded to bf16 themselves.
+//! multiplying with f32 activations, which are not rounded to bf16 themselves unless the user
+//! asks for it ([`set_matmul_precision`]).
 //!
 //! Two ways to multiply. Where the CPU has AMX (Sapphire Rapids and later Xeons), the products
 //! run on the tile unit with each activation split in two bf16 terms (16 significant bits, see
@@ -18,7 +19,42 @@ use burn::tensor::{
 };
 use half::bf16;
 
-use super::{amx::Bf16Mat, autodiff::FlexTensor, gemm::Mat};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{
+    amx::{Bf16Mat, Terms},
+    autodiff::FlexTensor,
+    gemm::Mat,
+};
+use crate::config::MatmulPrecision;
+
+/// `medium` set: see [`set_matmul_precision`].
+static MEDIUM: AtomicBool = AtomicBool::new(false);
+
+/// How every product with a bf16-held weight in this process reads its f32 activations
+/// (`backbone.matmul_precision`; process-wide, as PyTorch's `set_float32_matmul_precision`):
+/// `high` keeps them f32 (two bf16 terms on AMX), `medium` rounds them to bf16 first — one
+/// tile product on AMX, and the same rounded values on the f32 path elsewhere, so that the
+/// results do not depend on the CPU beyond summation order.
+pub fn set_matmul_precision(p: MatmulPrecision) {
+    MEDIUM.store(p == MatmulPrecision::Medium, Ordering::Relaxed);
+}
+
+pub fn matmul_precision() -> MatmulPrecision {
+    if MEDIUM.load(Ordering::Relaxed) {
+        MatmulPrecision::Medium
+    } else {
+        MatmulPrecision::High
+    }
+}
+
+/// The activations' terms on AMX under the current precision.
+pub(crate) fn terms() -> Terms {
+    match matmul_precision() {
+        MatmulPrecision::High => Terms::Two,
+        MatmulPrecision::Medium => Terms::One,
+    }
+}
 
 /// `x` rounded to the nearest bf16 (ties to even; NaN stays NaN, infinities stay infinite).
 pub fn round(x: &[f32]) -> Vec<bf16> {
@@ -180,6 +216,10 @@ impl WeightBuf {
                 cs,
             }
         })
+    }
+
+    pub(crate) fn is_bf16(&self) -> bool {
+        matches!(self, WeightBuf::Bf16(_) | WeightBuf::Bf16ColMajor(_))
     }
 
     /// Whether the weight is stored column-major (its rows are not slices).

@@ -44,8 +44,16 @@ pub fn linear<B: AutodiffBackend>(
     let y = if super::autodiff::enabled::<B>() {
         tracked(x2, ft::<B, 2>(w), b.map(ft::<B, 1>))?
     } else {
+        let w = ft::<B, 2>(w);
+        let medium = super::bf16::terms() == super::amx::Terms::One;
+        let x2 = if medium && w.dtype() == burn::tensor::DType::BF16 {
+            // `matmul_precision: medium`: the activations rounded to bf16 as well.
+            super::bf16::to_f32(x2.cast(burn::tensor::FloatDType::BF16))
+        } else {
+            x2
+        };
         // burn's matmul wants one dtype: a bf16 weight is widened first.
-        let w = super::bf16::to_f32(ft::<B, 2>(w));
+        let w = super::bf16::to_f32(w);
         let y = x2.matmul(w.transpose());
         match b {
             Some(b) => y + ft::<B, 1>(b).unsqueeze::<2>(),
@@ -201,19 +209,24 @@ impl Backward<Flex, 3> for LinearBackward {
         let dym = Mat::rows(&dy, 0, n, o, o);
         if let Some(node) = px {
             // dx = dy · W (a bf16 W on AMX when the CPU has it)
+            let terms = super::bf16::terms();
             let on_amx = (n > SKINNY_ROWS)
                 .then(|| w.bf16_view(o, i, false))
                 .flatten()
-                .and_then(|b| super::amx::linear_vec(&dy, b, None, n));
+                .and_then(|b| super::amx::linear_vec(&dy, b, None, n, terms));
             let dx = on_amx.unwrap_or_else(|| {
                 let mut dx = vec![0f32; n * i];
                 let wf = w.f32();
-                let w = w.mat(&wf, o, i);
+                let w_mat = w.mat(&wf, o, i);
+                // `medium`: dy rounded to bf16, as the AMX product reads it.
+                let rounded = (terms == super::amx::Terms::One && w.is_bf16())
+                    .then(|| super::bf16::rounded(&dy));
+                let dym = rounded.as_deref().map_or(dym, |r| Mat::rows(r, 0, n, o, o));
                 matmul(
                     &mut MatMut::dense(&mut dx, n, i),
                     0.0,
                     dym,
-                    w,
+                    w_mat,
                     1.0,
                     Parallelism::Rayon(0),
                 );
@@ -273,19 +286,24 @@ pub fn tracked<B: AutodiffBackend>(
     );
     // A bf16 weight goes to AMX when the CPU has it (`nn::amx`: the activations split in two
     // bf16 terms, the bias rows the accumulators' start).
+    let terms = super::bf16::terms();
     let on_amx = (n > SKINNY_ROWS)
         .then(|| wv.bf16_view(o, i, true))
         .flatten()
-        .and_then(|b| super::amx::linear_vec(&xv, b, Some(&bv), n));
+        .and_then(|b| super::amx::linear_vec(&xv, b, Some(&bv), n, terms));
     let y = on_amx.unwrap_or_else(|| {
         // y = 1·y + x·Wᵀ: the bias rows plus the product. A column-major weight goes to the
         // GEMM at any row count: it reads such a weight in place, without packing it.
         let mut y = repeat_rows(&bv, n);
         let wf = wv.f32();
+        // `medium`: x rounded to bf16, as the AMX product reads it.
+        let rounded =
+            (terms == super::amx::Terms::One && wv.is_bf16()).then(|| super::bf16::rounded(&xv));
+        let xs: &[f32] = rounded.as_deref().unwrap_or(&xv);
         if n <= SKINNY_ROWS && !wv.col_major() {
-            skinny(&mut y, &xv, &wf, [n, i, o]);
+            skinny(&mut y, xs, &wf, [n, i, o]);
         } else {
-            let (xm, wm) = (Mat::rows(&xv, 0, n, i, i), wv.mat(&wf, o, i));
+            let (xm, wm) = (Mat::rows(xs, 0, n, i, i), wv.mat(&wf, o, i));
             matmul(
                 &mut MatMut::dense(&mut y, n, o),
                 1.0,

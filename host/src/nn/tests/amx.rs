@@ -1,6 +1,6 @@
 use half::bf16;
 
-use super::{available, linear_vec, round_bits, widen_bits, Bf16Mat};
+use super::{available, linear_vec, round_bits, widen_bits, Bf16Mat, Terms};
 
 /// Deterministic values in [-1, 1).
 fn values(seed: u64, len: usize) -> Vec<f32> {
@@ -50,7 +50,7 @@ fn split_product_matches_the_exact_product() {
             cs: 1,
         };
         assert_eq!(
-            linear_vec(&[2.0, -4.0], b, None, 2),
+            linear_vec(&[2.0, -4.0], b, None, 2, Terms::Two),
             Some(vec![1.0, 1.0, -2.0, -2.0])
         );
     }
@@ -66,7 +66,7 @@ fn split_product_matches_the_exact_product() {
             rs: 2,
             cs: 1,
         };
-        assert!(linear_vec(&[1.0; 4], b, None, 2).is_none());
+        assert!(linear_vec(&[1.0; 4], b, None, 2, Terms::Two).is_none());
         return;
     }
     for (i, &[m, k, n]) in [
@@ -115,7 +115,7 @@ fn split_product_matches_the_exact_product() {
             },
         ];
         for (layout, b) in ["row-major", "column-major"].iter().zip(views) {
-            let y = linear_vec(&x, b, Some(&bias), m).expect("AMX is available");
+            let y = linear_vec(&x, b, Some(&bias), m, Terms::Two).expect("AMX is available");
             let mut worst = 0f64;
             for e in 0..m * n {
                 let err = (f64::from(y[e]) - want[e]).abs();
@@ -129,6 +129,16 @@ fn split_product_matches_the_exact_product() {
                 worst = worst.max(err / (mag[e] + 1e-30));
             }
             eprintln!("{m}x{k}x{n} {layout}: worst error {worst:.2e} of sum |x||b|");
+            // One term (`matmul_precision: medium`): exactly the product of x rounded to
+            // bf16, up to f32 accumulation.
+            let xr: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
+            let (want1, mag1) = reference(&y0, &xr, &wf, [m, k, n]);
+            let y1 = linear_vec(&x, b, Some(&bias), m, Terms::One).expect("AMX is available");
+            for e in 0..m * n {
+                let err = (f64::from(y1[e]) - want1[e]).abs();
+                let bound = mag1[e] * 2f64.powi(-18) + 1e-6;
+                assert!(err <= bound, "one term, {m}x{k}x{n} {layout} element {e}");
+            }
         }
     }
 }

@@ -1,0 +1,71 @@
+//! `backbone.matmul_precision: "medium"` (its own test binary: the setting is process-wide, as
+//! PyTorch's `set_float32_matmul_precision`, and would race with the bf16 tests' `high`).
+//! The activations of every product with a bf16-held weight are rounded to bf16 — one tile
+//! product on AMX, the same rounded values on the f32 path elsewhere — so MiniLM's output moves
+//! by about as much again as the weights' rounding moved it, and not more.
+use peft_host::{
+    bridge::HostGraph,
+    config::{MatmulPrecision, RunConfig},
+    model::Model,
+    nn,
+};
+use peft_registry::Registry;
+use peft_tests::*;
+
+fn last_hidden(model: &Model<B>) -> Vec<f32> {
+    let sentences: Vec<(String, Option<String>)> = [
+        "medium precision rounds the activations of the frozen products to bf16",
+        "short",
+    ]
+    .map(|s| (s.to_string(), None))
+    .to_vec();
+    let batch = model.tokenize(&sentences, 64, &Default::default()).unwrap();
+    vals(
+        model
+            .encode(&HostGraph::inference(&model.params), &batch)
+            .unwrap(),
+    )
+}
+
+#[test]
+fn medium_precision_rounds_the_activations_and_stays_close() {
+    require_minilm();
+    let build = |backbone: serde_json::Value| {
+        let cfg: RunConfig =
+            serde_json::from_value(serde_json::json!({ "backbone": backbone })).unwrap();
+        Model::<B>::build(&cfg, &Registry::new(), &Default::default(), 0).unwrap()
+    };
+    let exact = last_hidden(&build("all-MiniLM-L6-v2".into()));
+    let high_model = build(serde_json::json!({"name": "all-MiniLM-L6-v2", "dtype": "bf16"}));
+    assert_eq!(nn::bf16::matmul_precision(), MatmulPrecision::High);
+    let high = last_hidden(&high_model);
+    let medium_model = build(serde_json::json!(
+        {"name": "all-MiniLM-L6-v2", "dtype": "bf16", "matmul_precision": "medium"}
+    ));
+    assert_eq!(nn::bf16::matmul_precision(), MatmulPrecision::Medium);
+    let medium = last_hidden(&medium_model);
+    // Process-wide: the first model now computes as the second.
+    assert_eq!(last_hidden(&high_model), medium);
+
+    let scale = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let mean = |a: &[f32], b: &[f32]| {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+    };
+    let (weights, both) = (max_diff(&high, &exact), max_diff(&medium, &exact));
+    println!(
+        "MiniLM last hidden state against f32 (largest |value| {scale:.2}): bf16 weights {weights:.3e} max, {:.3e} mean; medium precision {both:.3e} max, {:.3e} mean; medium against high {:.3e} max",
+        mean(&high, &exact),
+        mean(&medium, &exact),
+        max_diff(&medium, &high)
+    );
+    assert!(
+        max_diff(&medium, &high) > 0.0,
+        "medium must round the activations"
+    );
+    assert!(both < 0.05 * scale, "medium moved the output by {both}");
+    assert!(
+        mean(&medium, &exact) < 4.0 * mean(&high, &exact),
+        "medium's error should be of the weights' rounding's order"
+    );
+    nn::bf16::set_matmul_precision(MatmulPrecision::High);
+}

@@ -79,6 +79,9 @@ def main():
     ap.add_argument("--steps", type=int, default=3000, help="stage-2 steps (both stage-2 runs)")
     ap.add_argument("--stage2-lr", type=float, default=None,
                     help="the hypermodel's stage-2 learning rate (default: the config's)")
+    ap.add_argument("--stage2-hyper-lr", type=float, default=None,
+                    help="peak rate of the hypermodel's own group `hyper` (training."
+                         "group_learning_rates), the option head keeping the stage-2 rate")
     ap.add_argument("--lora-zero-b", action="store_true",
                     help="the hypermodel's generated LoRA B starts at zero (`lora_zero_b`)")
     ap.add_argument("--ft-steps", type=int, default=100, help="16-shot fine-tuning steps")
@@ -151,6 +154,8 @@ def main():
         hyper_cfg["training"]["permute_labels"] = args.permute_labels
     if args.stage2_lr:
         hyper_cfg["training"]["learning_rate"] = args.stage2_lr
+    if args.stage2_hyper_lr:
+        hyper_cfg["training"]["group_learning_rates"] = {"hyper": args.stage2_hyper_lr}
     hyper = get(lambda: r.run(hyper_cfg, "stage2-hyper"), "stage2-hyper")
     plus = None
     if args.plus:  # HyperT5+: the downstream LoRA trains with the hypermodel
@@ -291,6 +296,7 @@ def main():
           f"{args.steps} stage-2 steps"
           + (f", label permutation p = {args.permute_labels:g}" if args.permute_labels else "")
           + (f", stage-2 learning rate {args.stage2_lr:g}" if args.stage2_lr else "")
+          + (f", the hypermodel's own rate {args.stage2_hyper_lr:g}" if args.stage2_hyper_lr else "")
           + (", generated B starting at zero" if args.lora_zero_b else "")
           + ("" if args.zero_gradient else f", {args.ft_steps} fine-tuning steps") + "\n")
     if tuned_rows:

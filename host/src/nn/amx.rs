@@ -276,10 +276,11 @@ fn run(
                     // on this thread by `with_tiles`.
                     unsafe {
                         if lo.is_empty() {
-                            imp::block1(y, ldy, bias, hi.as_ptr(), strip, b, steps)
+                            let x = [hi.as_ptr(); 2];
+                            imp::block::<false>(y, ldy, bias, x, strip, b, steps)
                         } else {
                             let x = [hi.as_ptr(), lo.as_ptr()];
-                            imp::block(y, ldy, bias, x, strip, b, steps)
+                            imp::block::<true>(y, ldy, bias, x, strip, b, steps)
                         }
                     }
                 }
@@ -355,15 +356,16 @@ mod imp {
     }
 
     /// The microkernel: the `32 × 32` f32 block at `y` (row stride `ldy` elements) `=` the 32
-    /// values at `bias` in every row `+` the two activation strips at `hi`/`lo` (strip stride
-    /// `strip` elements) times the two weight strips at `b` (strip stride `strip`), over `steps`
+    /// values at `bias` in every row `+` the two activation strips at `hi` (and, with `TWO`,
+    /// those of the second term at `lo`; otherwise `lo` is not read) (strip stride `strip`
+    /// elements) times the two weight strips at `b` (strip stride `strip`), over `steps`
     /// inner slices of 32. `y` is only written.
     ///
     /// # Safety
     /// AMX granted and tiles configured on this thread ([`with_tiles`]); `y` valid for writes
     /// of 32 rows of 32 at stride `ldy`; `bias` valid for 32 reads; `hi`, `lo` and `b` valid
     /// for `2 · strip` elements, `strip ≥ steps · 512`, `steps ≥ 1`.
-    pub(super) unsafe fn block(
+    pub(super) unsafe fn block<const TWO: bool>(
         y: *mut f32,
         ldy: usize,
         bias: *const f32,
@@ -389,18 +391,21 @@ mod imp {
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
+            // The second term (assembled only for `TWO`).
+            ".if {two}",
             "tileloadd tmm4, [{lo} + {s64}*1]",
             "tileloadd tmm5, [{lo2} + {s64}*1]",
             "tdpbf16ps tmm0, tmm4, tmm6",
             "tdpbf16ps tmm1, tmm4, tmm7",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {lo}, 1024",
+            "add {lo2}, 1024",
+            ".endif",
             "add {b}, 1024",
             "add {b2}, 1024",
             "add {hi}, 1024",
             "add {hi2}, 1024",
-            "add {lo}, 1024",
-            "add {lo2}, 1024",
             "dec {steps}",
             "jnz 2b",
             "tilestored [{y} + {ldy}*1], tmm0",
@@ -420,62 +425,7 @@ mod imp {
             b2 = inout(reg) b2 => _,
             s64 = in(reg) 64usize,
             steps = inout(reg) steps => _,
-            out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
-            out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
-            options(nostack),
-        );
-    }
-
-    /// [`block`] with one activation term: `y = bias + hi · b`.
-    ///
-    /// # Safety
-    /// As [`block`], without `lo`.
-    pub(super) unsafe fn block1(
-        y: *mut f32,
-        ldy: usize,
-        bias: *const f32,
-        hi: *const u16,
-        strip: usize,
-        b: *const u16,
-        steps: usize,
-    ) {
-        let y16 = y.add(16 * ldy);
-        let (hi2, b2) = (hi.add(strip), b.add(strip));
-        asm!(
-            "tileloadd tmm0, [{bias} + {zero}*1]",
-            "tileloadd tmm1, [{bias} + {zero}*1 + 64]",
-            "tileloadd tmm2, [{bias} + {zero}*1]",
-            "tileloadd tmm3, [{bias} + {zero}*1 + 64]",
-            "2:",
-            "tileloadd tmm6, [{b} + {s64}*1]",
-            "tileloadd tmm7, [{b2} + {s64}*1]",
-            "tileloadd tmm4, [{hi} + {s64}*1]",
-            "tileloadd tmm5, [{hi2} + {s64}*1]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {b}, 1024",
-            "add {b2}, 1024",
-            "add {hi}, 1024",
-            "add {hi2}, 1024",
-            "dec {steps}",
-            "jnz 2b",
-            "tilestored [{y} + {ldy}*1], tmm0",
-            "tilestored [{y} + {ldy}*1 + 64], tmm1",
-            "tilestored [{y16} + {ldy}*1], tmm2",
-            "tilestored [{y16} + {ldy}*1 + 64], tmm3",
-            y = in(reg) y,
-            y16 = in(reg) y16,
-            bias = in(reg) bias,
-            zero = in(reg) 0usize,
-            ldy = in(reg) ldy * 4,
-            hi = inout(reg) hi => _,
-            hi2 = inout(reg) hi2 => _,
-            b = inout(reg) b => _,
-            b2 = inout(reg) b2 => _,
-            s64 = in(reg) 64usize,
-            steps = inout(reg) steps => _,
+            two = const TWO as u8,
             out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
             out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
             options(nostack),
@@ -492,22 +442,11 @@ mod imp {
     pub(super) fn with_tiles(f: impl FnOnce()) {
         f()
     }
-    pub(super) unsafe fn block(
+    pub(super) unsafe fn block<const TWO: bool>(
         _: *mut f32,
         _: usize,
         _: *const f32,
         _: [*const u16; 2],
-        _: usize,
-        _: *const u16,
-        _: usize,
-    ) {
-        unreachable!("AMX is never available on this target")
-    }
-    pub(super) unsafe fn block1(
-        _: *mut f32,
-        _: usize,
-        _: *const f32,
-        _: *const u16,
         _: usize,
         _: *const u16,
         _: usize,

@@ -154,6 +154,13 @@ impl MatmulPrecision {
     pub fn is_high(&self) -> bool {
         *self == MatmulPrecision::High
     }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MatmulPrecision::High => "high",
+            MatmulPrecision::Medium => "medium",
+        }
+    }
 }
 
 /// The storage type of the frozen backbone's weight matrices.

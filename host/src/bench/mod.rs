@@ -349,10 +349,7 @@ pub fn model_bench<B: AutodiffBackend>(
     Ok(ModelBench {
         backbone: model.info().name.clone(),
         backbone_dtype: cfg.backbone.dtype().as_str().into(),
-        matmul_precision: serde_json::to_value(cfg.backbone.matmul_precision())?
-            .as_str()
-            .unwrap_or_default()
-            .into(),
+        matmul_precision: cfg.backbone.matmul_precision().as_str().into(),
         backbone_weights_mib,
         modules: cfg.modules.iter().map(|m| m.instance_name()).collect(),
         batch,

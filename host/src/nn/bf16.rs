@@ -218,8 +218,16 @@ impl WeightBuf {
         })
     }
 
-    pub(crate) fn is_bf16(&self) -> bool {
-        matches!(self, WeightBuf::Bf16(_) | WeightBuf::Bf16ColMajor(_))
+    /// What a product with this weight multiplies on the f32 path: `x` itself, or under
+    /// `medium` with a bf16 weight `x` rounded to bf16 (the values AMX's one-term product
+    /// reads, so that both paths compute the same).
+    pub(crate) fn product_input<'a>(&self, x: &'a [f32]) -> Cow<'a, [f32]> {
+        let bf16 = matches!(self, WeightBuf::Bf16(_) | WeightBuf::Bf16ColMajor(_));
+        if bf16 && terms() == Terms::One {
+            Cow::Owned(rounded(x))
+        } else {
+            Cow::Borrowed(x)
+        }
     }
 
     /// Whether the weight is stored column-major (its rows are not slices).

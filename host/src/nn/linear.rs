@@ -218,14 +218,11 @@ impl Backward<Flex, 3> for LinearBackward {
                 let mut dx = vec![0f32; n * i];
                 let wf = w.f32();
                 let w_mat = w.mat(&wf, o, i);
-                // `medium`: dy rounded to bf16, as the AMX product reads it.
-                let rounded = (terms == super::amx::Terms::One && w.is_bf16())
-                    .then(|| super::bf16::rounded(&dy));
-                let dym = rounded.as_deref().map_or(dym, |r| Mat::rows(r, 0, n, o, o));
+                let dyp = w.product_input(&dy);
                 matmul(
                     &mut MatMut::dense(&mut dx, n, i),
                     0.0,
-                    dym,
+                    Mat::rows(&dyp, 0, n, o, o),
                     w_mat,
                     1.0,
                     Parallelism::Rayon(0),
@@ -296,14 +293,11 @@ pub fn tracked<B: AutodiffBackend>(
         // GEMM at any row count: it reads such a weight in place, without packing it.
         let mut y = repeat_rows(&bv, n);
         let wf = wv.f32();
-        // `medium`: x rounded to bf16, as the AMX product reads it.
-        let rounded =
-            (terms == super::amx::Terms::One && wv.is_bf16()).then(|| super::bf16::rounded(&xv));
-        let xs: &[f32] = rounded.as_deref().unwrap_or(&xv);
+        let xs = wv.product_input(&xv);
         if n <= SKINNY_ROWS && !wv.col_major() {
-            skinny(&mut y, xs, &wf, [n, i, o]);
+            skinny(&mut y, &xs, &wf, [n, i, o]);
         } else {
-            let (xm, wm) = (Mat::rows(xs, 0, n, i, i), wv.mat(&wf, o, i));
+            let (xm, wm) = (Mat::rows(&xs, 0, n, i, i), wv.mat(&wf, o, i));
             matmul(
                 &mut MatMut::dense(&mut y, n, o),
                 1.0,

@@ -101,25 +101,19 @@ impl HyperT5 {
     }
 
     fn create(&mut self, ctx: &Ctx<'_>, name: &str, shape: &[usize], init: Init) -> Result<()> {
-        self.params += shape.iter().product::<usize>();
-        ctx.create_param(name, shape, &self.config.group, init)?;
-        Ok(())
+        let group = self.config.group.clone();
+        self.create_in(ctx, &group, name, shape, init)
     }
 
-    /// A weight copied from the backbone, in `encoder_group` (or `group`).
-    fn create_copied(
+    fn create_in(
         &mut self,
         ctx: &Ctx<'_>,
+        group: &str,
         name: &str,
         shape: &[usize],
         init: Init,
     ) -> Result<()> {
         self.params += shape.iter().product::<usize>();
-        let group = self
-            .config
-            .encoder_group
-            .as_ref()
-            .unwrap_or(&self.config.group);
         ctx.create_param(name, shape, group, init)?;
         Ok(())
     }
@@ -130,7 +124,10 @@ impl HyperT5 {
             .map_err(|e| e.context(format_args!("hypert5: reading backbone weight `{key}`")))?;
         let shape = w.shape()?;
         let values = w.to_vec()?;
-        self.create_copied(ctx, key, &shape, Init::Data { values })
+        // In `encoder_group` when given (or `group`).
+        let group = (self.config.encoder_group.as_ref()).unwrap_or(&self.config.group);
+        let group = group.clone();
+        self.create_in(ctx, &group, key, &shape, Init::Data { values })
     }
 
     /// The MLP head `dense1 [hid, h] -> GELU -> dense2 [out, hid]` of one generated kind;

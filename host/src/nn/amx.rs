@@ -144,7 +144,7 @@ fn up(x: usize, to: usize) -> usize {
 /// `x` rounded to the nearest bf16 (ties to even), as bits; NaN stays NaN. Branch-free, so the
 /// packing loops vectorise.
 #[inline(always)]
-fn round_bits(x: f32) -> u16 {
+pub(super) fn round_bits(x: f32) -> u16 {
     let b = x.to_bits();
     let r = ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16;
     if (b & 0x7fff_ffff) > 0x7f80_0000 {

@@ -7,10 +7,10 @@
 //! [`super::amx`]): about twice the f32 GEMM's rate. Everywhere else the weight is widened back
 //! to f32 right before the product and the f32 GEMM multiplies and accumulates: widening costs
 //! `out · in` shifts against `n · out · in` multiply-adds, so the product runs at the f32 rate
-//! and the weights take half the memory. AVX512-BF16's `vdpbf16ps` is not used: with the
-//! activations split in two terms it does one f32 multiply-add's worth of useful work per lane,
-//! the same as `vfmadd231ps`, and with them rounded to one term it adds an 8-bit error on every
-//! layer.
+//! and the weights take half the memory. Under `matmul_precision: medium` (activations rounded
+//! to one bf16 term) a CPU with AVX512-BF16 but no AMX multiplies with `vdpbf16ps`, two
+//! multiply-adds per f32 lane ([`super::dpbf16`]); under `high` that instruction would do one
+//! useful multiply-add per lane, no more than `vfmadd231ps`, so the f32 GEMM stays.
 use std::borrow::Cow;
 
 use burn::tensor::{
@@ -54,6 +54,23 @@ pub(crate) fn terms() -> Terms {
         MatmulPrecision::High => Terms::Two,
         MatmulPrecision::Medium => Terms::One,
     }
+}
+
+/// `bias + x · b` with a bf16 weight on the fastest path this CPU has for the current
+/// precision: AMX (either precision), else `vdpbf16ps` under `medium` ([`super::dpbf16`]);
+/// `None` where neither applies (the caller widens the weight and runs the f32 GEMM).
+pub(crate) fn product_vec(
+    x: &[f32],
+    b: Bf16Mat<'_>,
+    bias: Option<&[f32]>,
+    m: usize,
+) -> Option<Vec<f32>> {
+    let terms = terms();
+    super::amx::linear_vec(x, b, bias, m, terms).or_else(|| {
+        (terms == Terms::One)
+            .then(|| super::dpbf16::linear_vec(x, b, bias, m))
+            .flatten()
+    })
 }
 
 /// `x` rounded to the nearest bf16 (ties to even; NaN stays NaN, infinities stay infinite).

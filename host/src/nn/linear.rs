@@ -208,12 +208,11 @@ impl Backward<Flex, 3> for LinearBackward {
         let [px, pw, pb] = &ops.parents;
         let dym = Mat::rows(&dy, 0, n, o, o);
         if let Some(node) = px {
-            // dx = dy · W (a bf16 W on AMX when the CPU has it)
-            let terms = super::bf16::terms();
+            // dx = dy · W (a bf16 W on AMX or AVX512-BF16 when the CPU has it)
             let on_amx = (n > SKINNY_ROWS)
                 .then(|| w.bf16_view(o, i, false))
                 .flatten()
-                .and_then(|b| super::amx::linear_vec(&dy, b, None, n, terms));
+                .and_then(|b| super::bf16::product_vec(&dy, b, None, n));
             let dx = on_amx.unwrap_or_else(|| {
                 let mut dx = vec![0f32; n * i];
                 let wf = w.f32();
@@ -282,12 +281,11 @@ pub fn tracked<B: AutodiffBackend>(
         Buf::new(ba.primitive.clone()),
     );
     // A bf16 weight goes to AMX when the CPU has it (`nn::amx`: the activations split in two
-    // bf16 terms, the bias rows the accumulators' start).
-    let terms = super::bf16::terms();
+    // bf16 terms, the bias rows the accumulators' start), or under `medium` to `vdpbf16ps`.
     let on_amx = (n > SKINNY_ROWS)
         .then(|| wv.bf16_view(o, i, true))
         .flatten()
-        .and_then(|b| super::amx::linear_vec(&xv, b, Some(&bv), n, terms));
+        .and_then(|b| super::bf16::product_vec(&xv, b, Some(&bv), n));
     let y = on_amx.unwrap_or_else(|| {
         // y = 1·y + x·Wᵀ: the bias rows plus the product. A column-major weight goes to the
         // GEMM at any row count: it reads such a weight in place, without packing it.

@@ -13,6 +13,7 @@ mod autodiff;
 pub mod bf16;
 pub mod cpu;
 pub mod cross_entropy;
+pub mod dpbf16;
 pub mod dropout;
 pub(crate) mod flash;
 pub mod gelu;

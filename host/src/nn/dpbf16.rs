@@ -105,18 +105,37 @@ pub fn linear_vec(x: &[f32], b: Bf16Mat<'_>, bias: Option<&[f32]>, m: usize) -> 
 }
 
 /// `b` as strips of [`NR`] columns: for each strip, for each inner pair `p`, the 48 pairs
-/// `(b[2p, c], b[2p + 1, c])` interleaved; zero beyond `b`'s edges.
-fn pack_b(b: Bf16Mat<'_>, pairs: usize) -> Vec<u16> {
-    let strip = pairs * 2 * NR;
+/// `(b[2p, c], b[2p + 1, c])` as one `u32` per column (the even row in the low half, as the
+/// instruction pairs them); zero beyond `b`'s edges. Rows are read as slices where the columns
+/// are contiguous (both layouts the linears pass), so the interleave vectorises.
+fn pack_b(b: Bf16Mat<'_>, pairs: usize) -> Vec<u32> {
+    let strip = pairs * NR;
     let strips = b.cols.div_ceil(NR);
-    let mut out = vec![0u16; strip * strips];
+    let mut out = vec![0u32; strip * strips];
+    let bits = |r: usize, c: usize| u32::from(b.data[r * b.rs + c * b.cs].to_bits());
     out.par_chunks_mut(strip).enumerate().for_each(|(s, dst)| {
         let c0 = s * NR;
         let cols = (b.cols - c0).min(NR);
-        for kk in 0..b.rows {
-            let row = &mut dst[kk / 2 * 2 * NR..][..2 * NR];
-            for c in 0..cols {
-                row[c * 2 + kk % 2] = b.data[kk * b.rs + (c0 + c) * b.cs].to_bits();
+        for (p, pair) in dst.chunks_exact_mut(NR).enumerate() {
+            let (r0, r1) = (2 * p, 2 * p + 1);
+            let pair = &mut pair[..cols];
+            if b.cs == 1 {
+                let even = &b.data[r0 * b.rs + c0..][..cols];
+                if r1 < b.rows {
+                    let odd = &b.data[r1 * b.rs + c0..][..cols];
+                    for ((o, e), d) in pair.iter_mut().zip(even).zip(odd) {
+                        *o = u32::from(e.to_bits()) | u32::from(d.to_bits()) << 16;
+                    }
+                } else {
+                    for (o, e) in pair.iter_mut().zip(even) {
+                        *o = u32::from(e.to_bits());
+                    }
+                }
+            } else {
+                for (c, o) in pair.iter_mut().enumerate() {
+                    let odd = if r1 < b.rows { bits(r1, c0 + c) } else { 0 };
+                    *o = bits(r0, c0 + c) | odd << 16;
+                }
             }
         }
     });
@@ -130,13 +149,13 @@ fn pack_b(b: Bf16Mat<'_>, pairs: usize) -> Vec<u16> {
 fn run(
     yt: &mut [MaybeUninit<f32>],
     x: &[f32],
-    bp: &[u16],
+    bp: &[u32],
     bias: Option<&[f32]>,
     [m, k, n]: [usize; 3],
     r0: usize,
 ) {
     let pairs = k.div_ceil(2);
-    let strip = pairs * 2 * NR;
+    let strip = pairs * NR;
     let task_rows = yt.len() / n;
     // Rows per block: the packed block (`mc · pairs` pairs) within A_BLOCK bytes.
     let mc = (A_BLOCK / (4 * pairs)).clamp(MR, MC) / MR * MR;
@@ -157,7 +176,7 @@ fn run(
                 // The extents the microkernel touches: `rows` rows of `cols` at stride n.
                 assert!(yb.len() >= (rows - 1) * n + cols);
                 // SAFETY: `available()` held (checked by `linear` before any task ran); `a`
-                // holds MR rows of `lda`, `b` pairs·96 values, `yb` the extents asserted above,
+                // holds MR rows of `lda`, `b` pairs·48 pairs, `yb` the extents asserted above,
                 // the bias `cols` values; rows ≤ MR and cols ≤ NR.
                 unsafe {
                     imp::kernel(
@@ -227,20 +246,20 @@ mod imp {
         })
     }
 
-    /// The microkernel: `y[r, c] = bias[c] + Σ_p a[r·lda + 2p ..] · b[p·96 + 2c ..]` for
+    /// The microkernel: `y[r, c] = bias[c] + Σ_p a[r·lda + 2p ..] · b[p·48 + c]` for
     /// `r < rows`, `c < cols` over `pairs` inner pairs, rows at stride `ldy` elements; a null
     /// `bias` reads as zeros. `y` is only written.
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX512-BF16; `a` valid for MR rows of `lda ≥ 2 · pairs`, `b` for
-    /// `pairs · 96`, `y` for writes of `rows` rows of `cols` at stride `ldy`, a non-null
+    /// `pairs · 48`, `y` for writes of `rows` rows of `cols` at stride `ldy`, a non-null
     /// `bias` for `cols` reads; `rows ≤ MR`, `cols ≤ NR`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn kernel(
         a: *const u16,
         lda: usize,
-        b: *const u16,
+        b: *const u32,
         pairs: usize,
         y: *mut f32,
         ldy: usize,
@@ -256,9 +275,9 @@ mod imp {
             acc.iter_mut().for_each(|r| *r = row);
         }
         for p in 0..pairs {
-            let bp = b.add(p * 2 * NR);
+            let bp = b.add(p * NR);
             let w: [__m512bh; 3] = std::array::from_fn(|j| {
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(32 * j).cast()))
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(16 * j).cast()))
             });
             let ap = a.add(2 * p);
             for (r, acc_r) in acc.iter_mut().enumerate() {
@@ -288,7 +307,7 @@ mod imp {
     pub(super) unsafe fn kernel(
         _: *const u16,
         _: usize,
-        _: *const u16,
+        _: *const u32,
         _: usize,
         _: *mut f32,
         _: usize,

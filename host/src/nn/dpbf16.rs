@@ -31,6 +31,8 @@ use super::math::simd_dispatch;
 const MR: usize = 8;
 /// Output columns per microkernel (three 16-lane vectors).
 const NR: usize = 48;
+/// 16-lane vectors per microkernel row.
+const NV: usize = NR / 16;
 /// Most rows per block of packed activations.
 const MC: usize = 256;
 /// Bytes of packed activations per block (kept in L2 while the strips pass over it).
@@ -230,16 +232,16 @@ simd_dispatch! {
 mod imp {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::{MR, NR, NV};
 
     pub(super) fn detect() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
 
-    /// Lanes of the three vectors that hold columns `< cols`.
+    /// Lanes of the [`NV`] vectors that hold columns `< cols`.
     #[inline(always)]
-    fn masks(cols: usize) -> [__mmask16; 3] {
+    fn masks(cols: usize) -> [__mmask16; NV] {
         std::array::from_fn(|j| {
             let lanes = cols.saturating_sub(16 * j).min(16);
             ((1u32 << lanes) - 1) as __mmask16
@@ -268,29 +270,29 @@ mod imp {
         cols: usize,
     ) {
         let mask = masks(cols);
-        let mut acc = [[_mm512_setzero_ps(); 3]; MR];
+        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         if !bias.is_null() {
-            let row: [__m512; 3] =
+            let row: [__m512; NV] =
                 std::array::from_fn(|j| _mm512_maskz_loadu_ps(mask[j], bias.wrapping_add(16 * j)));
             acc.iter_mut().for_each(|r| *r = row);
         }
         for p in 0..pairs {
             let bp = b.add(p * NR);
-            let w: [__m512bh; 3] = std::array::from_fn(|j| {
+            let w: [__m512bh; NV] = std::array::from_fn(|j| {
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(16 * j).cast()))
             });
             let ap = a.add(2 * p);
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let pair = ap.add(r * lda).cast::<i32>().read_unaligned();
                 let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
-                for j in 0..3 {
+                for j in 0..NV {
                     acc_r[j] = _mm512_dpbf16_ps(acc_r[j], x, w[j]);
                 }
             }
         }
         for (r, acc_r) in acc.iter().enumerate().take(rows) {
             let yr = y.add(r * ldy);
-            for j in 0..3 {
+            for j in 0..NV {
                 _mm512_mask_storeu_ps(yr.wrapping_add(16 * j), mask[j], acc_r[j]);
             }
         }

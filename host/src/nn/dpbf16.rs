@@ -99,9 +99,9 @@ pub fn linear_vec(x: &[f32], b: Bf16Mat<'_>, bias: Option<&[f32]>, m: usize) -> 
     if !linear(&mut y.spare_capacity_mut()[..len], x, b, bias, m) {
         return None;
     }
-    // SAFETY: `linear` returned true, so every element was written (each task's rows are
-    // covered by its blocks, each block's columns by its strips, the first inner block
-    // storing every valid row and column).
+    // SAFETY: `linear` returned true, so every element was written: the tasks' row ranges
+    // cover all m rows, each range's blocks and panels cover its rows, the strips cover all n
+    // columns, and each microkernel call stores every row and column of its block.
     unsafe { y.set_len(len) };
     Some(y)
 }

@@ -140,8 +140,9 @@ def main():
                                       "pytorch_ms": spread(t),
                                       "ratio": spread([x / y for x, y in zip(h, t)])}
 
+    path = rounds[0]["methods"][methods[0]]["result"].get("bf16_products", "?")
     precision = ("" if a.dtype == "f32" else
-                 "backbone in bf16 (peft-host: bf16 weights, AMX where the CPU has it, "
+                 f"backbone in bf16 (peft-host: bf16 weights, products on {path}, "
                  f"matmul_precision {a.matmul_precision}; PyTorch: torch.autocast bfloat16), ")
     summary["dtype"] = a.dtype
     summary["matmul_precision"] = a.matmul_precision

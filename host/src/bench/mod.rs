@@ -179,6 +179,9 @@ pub struct ModelBench {
     pub backbone_dtype: String,
     /// `backbone.matmul_precision` (`high`, `medium`).
     pub matmul_precision: String,
+    /// What multiplied the frozen bf16 weights on this CPU: `amx`, `vdpbf16ps` (medium without
+    /// AMX), `f32 gemm` (widened weights); `f32 gemm` for an f32 backbone too.
+    pub bf16_products: String,
     pub backbone_weights_mib: f64,
     pub modules: Vec<String>,
     pub batch: usize,
@@ -350,6 +353,7 @@ pub fn model_bench<B: AutodiffBackend>(
         backbone: model.info().name.clone(),
         backbone_dtype: cfg.backbone.dtype().as_str().into(),
         matmul_precision: cfg.backbone.matmul_precision().as_str().into(),
+        bf16_products: crate::nn::bf16::product_path().into(),
         backbone_weights_mib,
         modules: cfg.modules.iter().map(|m| m.instance_name()).collect(),
         batch,

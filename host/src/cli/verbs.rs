@@ -264,14 +264,19 @@ pub fn bench(
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "{} batch {} x seq {}, {} threads, {} runs; backbone weights {} ({:.1} MiB)",
+                    "{} batch {} x seq {}, {} threads, {} runs; backbone weights {} ({:.1} MiB){}",
                     r.backbone,
                     r.batch,
                     r.seq,
                     r.threads,
                     r.inference.runs,
                     r.backbone_dtype,
-                    r.backbone_weights_mib
+                    r.backbone_weights_mib,
+                    if r.backbone_dtype == "bf16" {
+                        format!(", products on {}", r.bf16_products)
+                    } else {
+                        String::new()
+                    }
                 );
                 println!(
                     "  inference   median {:>8.1} ms  ({:.0} tokens/s)",

@@ -73,6 +73,18 @@ pub(crate) fn product_vec(
     })
 }
 
+/// Which path [`product_vec`] takes on this CPU under the current precision (for reports):
+/// `amx`, `vdpbf16ps` or `f32 gemm`.
+pub fn product_path() -> &'static str {
+    if super::amx::available() {
+        "amx"
+    } else if terms() == Terms::One && super::dpbf16::available() {
+        "vdpbf16ps"
+    } else {
+        "f32 gemm"
+    }
+}
+
 /// `x` rounded to the nearest bf16 (ties to even; NaN stays NaN, infinities stay infinite).
 pub fn round(x: &[f32]) -> Vec<bf16> {
     x.iter().map(|&v| bf16::from_f32(v)).collect()

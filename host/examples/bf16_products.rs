@@ -5,7 +5,8 @@
 //! AMX with one and two terms where the CPU has it. Two interleaved rounds, median of 7 runs
 //! each; the second round is printed.
 //! `cargo run --release -p peft-host --example bf16_products`.
-use std::time::Instant;
+#[path = "support/timing.rs"]
+mod timing;
 
 use half::bf16;
 use peft_host::nn::{
@@ -14,28 +15,11 @@ use peft_host::nn::{
     gemm::{matmul, Mat, MatMut, Parallelism},
 };
 
-fn median_s(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut v: Vec<f64> = (0..7)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[3]
-}
+use timing::median_s;
 
 fn main() {
-    let shapes = [
-        (4096, 384, 384),
-        (4096, 384, 1536),
-        (4096, 1536, 384),
-        (1024, 512, 512),
-        (1024, 512, 2048),
-        (1024, 2048, 512),
-    ];
+    // MiniLM's and t5-small's encoder products.
+    let shapes = &timing::LINEAR_SHAPES[..6];
     println!(
         "dpbf16 available: {}, AMX available: {}",
         dpbf16::available(),
@@ -44,7 +28,7 @@ fn main() {
     let mut rows = Vec::new();
     for round in 0..2 {
         rows.clear();
-        for &(m, k, n) in &shapes {
+        for &(m, k, n) in shapes {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
                 .collect();

@@ -4,41 +4,15 @@
 //! the forward `x · Wᵀ` and in the backward's `dy · W`. Two interleaved rounds, the median of 7
 //! runs each; the second round is printed.
 //! `cargo run --release -p peft-host --example gemm_layouts`.
-use std::time::Instant;
+#[path = "support/timing.rs"]
+mod timing;
 
 use peft_host::nn::gemm::{matmul, Mat, MatMut, Parallelism};
 
-fn median_s(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut v: Vec<f64> = (0..7)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[3]
-}
+use timing::median_s;
 
 fn main() {
-    // MiniLM (4,096 tokens), t5-small's encoder (1,024) and decoder (256) with its LM head,
-    // bart-base's encoder.
-    let shapes = [
-        (4096, 384, 384),
-        (4096, 384, 1536),
-        (4096, 1536, 384),
-        (1024, 512, 512),
-        (1024, 512, 2048),
-        (1024, 2048, 512),
-        (256, 512, 512),
-        (256, 512, 2048),
-        (256, 2048, 512),
-        (256, 512, 32128),
-        (1024, 768, 768),
-        (1024, 768, 3072),
-        (1024, 3072, 768),
-    ];
+    let shapes = timing::LINEAR_SHAPES;
     let par = Parallelism::Rayon(0);
     for round in 0..2 {
         if round == 1 {

@@ -40,6 +40,46 @@ pub struct Bf16Mat<'a> {
     pub cs: usize,
 }
 
+impl<'a> Bf16Mat<'a> {
+    /// `data` as a contiguous row-major `[rows, cols]` matrix.
+    pub fn row_major(data: &'a [bf16], rows: usize, cols: usize) -> Self {
+        Bf16Mat {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// Panics (naming `who`) unless `x` `[m, rows]`, `y` `[m, cols]` and `bias` `[cols]` fit
+    /// this weight and every element it names lies in its storage: the extents the products'
+    /// unsafe microkernels rely on.
+    pub(crate) fn check_product(
+        &self,
+        who: &str,
+        x_len: usize,
+        y_len: usize,
+        bias: Option<&[f32]>,
+        m: usize,
+    ) {
+        let (k, n) = (self.rows, self.cols);
+        assert_eq!(x_len, m * k, "{who}: x is not [{m}, {k}]");
+        assert_eq!(y_len, m * n, "{who}: y is not [{m}, {n}]");
+        assert!(
+            bias.is_none_or(|v| v.len() == n),
+            "{who}: bias is not [{n}]"
+        );
+        if k > 0 && n > 0 {
+            let last = (k - 1) * self.rs + (n - 1) * self.cs;
+            assert!(
+                last < self.data.len(),
+                "{who}: weight [{k}, {n}] outside its storage"
+            );
+        }
+    }
+}
+
 /// Inner positions per tile step (32 bf16 = one 64-byte tile row).
 const KB: usize = 32;
 /// Output rows and columns per microkernel call (2 × 2 tiles of 16 × 16).
@@ -59,14 +99,7 @@ pub enum Terms {
 /// AMX-BF16, Linux granted this process the tile state, and `PEFT_AMX` is not `0`.
 pub fn available() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        if std::env::var("PEFT_AMX").is_ok_and(|v| v == "0") {
-            return false;
-        }
-        let on = imp::request();
-        tracing::debug!(amx = on, "bf16 products on AMX");
-        on
-    })
+    *ON.get_or_init(|| super::cpu::optional_path("PEFT_AMX", "bf16 products on AMX", imp::request))
 }
 
 /// `y = bias + x · b` for `x` `[m, k]` (row-major f32), `b` `[k, n]` (bf16), `bias` `[n]` (none:
@@ -84,16 +117,7 @@ pub fn linear(
     terms: Terms,
 ) -> bool {
     let (k, n) = (b.rows, b.cols);
-    assert_eq!(x.len(), m * k, "amx: x is not [{m}, {k}]");
-    assert_eq!(y.len(), m * n, "amx: y is not [{m}, {n}]");
-    assert!(bias.is_none_or(|v| v.len() == n), "amx: bias is not [{n}]");
-    if k > 0 && n > 0 {
-        let last = (k - 1) * b.rs + (n - 1) * b.cs;
-        assert!(
-            last < b.data.len(),
-            "amx: weight [{k}, {n}] outside its storage"
-        );
-    }
+    b.check_product("amx", x.len(), y.len(), bias, m);
     if !available() || m == 0 || n == 0 || k == 0 {
         return false;
     }

@@ -13,6 +13,18 @@ pub fn enabled<B: AutodiffBackend>() -> bool {
     !off && !GENERIC.get() && TypeId::of::<B::InnerBackend>() == TypeId::of::<burn::backend::Flex>()
 }
 
+/// Whether an optional CPU path is on in this process: `probe` (a CPU feature check) says the
+/// CPU can, and the environment variable `var` is not `0`; logged once at debug level. The
+/// callers keep the answer in a `OnceLock` (the probe may make a system call).
+pub(crate) fn optional_path(var: &str, what: &str, probe: impl FnOnce() -> bool) -> bool {
+    if std::env::var(var).is_ok_and(|v| v == "0") {
+        return false;
+    }
+    let on = probe();
+    tracing::debug!(on, "{what}");
+    on
+}
+
 thread_local! {
     static GENERIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

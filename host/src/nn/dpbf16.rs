@@ -46,12 +46,7 @@ const A_BLOCK: usize = 256 << 10;
 pub fn available() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        if std::env::var("PEFT_DPBF16").is_ok_and(|v| v == "0") {
-            return false;
-        }
-        let on = imp::detect();
-        tracing::debug!(dpbf16 = on, "bf16 products with vdpbf16ps under medium");
-        on
+        super::cpu::optional_path("PEFT_DPBF16", "bf16 products on vdpbf16ps", imp::detect)
     })
 }
 
@@ -69,19 +64,7 @@ pub fn linear(
     m: usize,
 ) -> bool {
     let (k, n) = (b.rows, b.cols);
-    assert_eq!(x.len(), m * k, "dpbf16: x is not [{m}, {k}]");
-    assert_eq!(y.len(), m * n, "dpbf16: y is not [{m}, {n}]");
-    assert!(
-        bias.is_none_or(|v| v.len() == n),
-        "dpbf16: bias is not [{n}]"
-    );
-    if k > 0 && n > 0 {
-        let last = (k - 1) * b.rs + (n - 1) * b.cs;
-        assert!(
-            last < b.data.len(),
-            "dpbf16: weight [{k}, {n}] outside its storage"
-        );
-    }
+    b.check_product("dpbf16", x.len(), y.len(), bias, m);
     if !available() || m == 0 || n == 0 || k == 0 {
         return false;
     }

@@ -1,42 +1,7 @@
 use half::bf16;
 
 use super::{available, linear_vec, Bf16Mat, MC, MR, NR};
-
-/// Deterministic values in [-1, 1).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
-
-/// `bias + x · b` in f64 and `Σ|x||b|` per element, `b` given as `[k, n]` values.
-fn reference(
-    bias: Option<&[f32]>,
-    x: &[f32],
-    b: &[f32],
-    [m, k, n]: [usize; 3],
-) -> (Vec<f64>, Vec<f64>) {
-    let (mut y, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
-    for r in 0..m {
-        for c in 0..n {
-            let (mut s, mut a) = (bias.map_or(0.0, |v| f64::from(v[c])), 0f64);
-            for q in 0..k {
-                let p = f64::from(x[r * k + q]) * f64::from(b[q * n + c]);
-                s += p;
-                a += p.abs();
-            }
-            y[r * n + c] = s;
-            mag[r * n + c] = a;
-        }
-    }
-    (y, mag)
-}
+use crate::nn::test_support::{both_layouts, reference, values};
 
 /// The `vdpbf16ps` product equals the exact product of the activations rounded to bf16 and the
 /// bf16 weight to within 2⁻¹⁸ of `Σ|x||b|` (bf16 × bf16 is exact in f32; only the f32
@@ -48,25 +13,13 @@ fn product_equals_the_exact_product_of_the_rounded_activations() {
     if !available() {
         eprintln!("AVX512-BF16 is not available here (CPU or PEFT_DPBF16=0): checking the refusal");
         let w = vec![bf16::ONE; 4];
-        let b = Bf16Mat {
-            data: &w,
-            rows: 2,
-            cols: 2,
-            rs: 2,
-            cs: 1,
-        };
+        let b = Bf16Mat::row_major(&w, 2, 2);
         assert!(linear_vec(&[1.0; 4], b, None, 2).is_none());
         return;
     }
     // Exact small case: rounding to bf16 happens (1 + 2⁻¹⁰ rounds to 1), sums are exact.
     let w = [bf16::from_f32(0.5), bf16::from_f32(2.0)];
-    let b = Bf16Mat {
-        data: &w,
-        rows: 1,
-        cols: 2,
-        rs: 2,
-        cs: 1,
-    };
+    let b = Bf16Mat::row_major(&w, 1, 2);
     assert_eq!(
         linear_vec(&[1.0 + 2f32.powi(-10), -4.0], b, Some(&[1.0, -1.0]), 2),
         Some(vec![1.5, 1.0, -1.0, -9.0])
@@ -92,28 +45,8 @@ fn product_equals_the_exact_product_of_the_rounded_activations() {
             .collect();
         let wf: Vec<f32> = wq.iter().map(|v| v.to_f32()).collect();
         let bias = values(5 * i as u64 + 3, n);
-        let mut wt = vec![bf16::ZERO; k * n];
-        for q in 0..k {
-            for c in 0..n {
-                wt[c * k + q] = wq[q * n + c];
-            }
-        }
-        let views = [
-            Bf16Mat {
-                data: &wq,
-                rows: k,
-                cols: n,
-                rs: n,
-                cs: 1,
-            },
-            Bf16Mat {
-                data: &wt,
-                rows: k,
-                cols: n,
-                rs: 1,
-                cs: k,
-            },
-        ];
+        let mut wt = Vec::new();
+        let views = both_layouts(&wq, &mut wt, k, n);
         for (layout, b) in ["row-major", "column-major"].iter().zip(views) {
             for bias in [Some(&bias[..]), None] {
                 let (want, mag) = reference(bias, &xr, &wf, [m, k, n]);

@@ -1,5 +1,9 @@
-//! Helpers the kernel tests share: small deterministic tensors on the CPU autodiff backend.
+//! Helpers the kernel tests share: small deterministic tensors on the CPU autodiff backend, and
+//! the exact reference and weight layouts the bf16 product tests (`amx`, `dpbf16`) check against.
 use burn::tensor::{backend::Backend, Tensor, TensorData};
+use half::bf16;
+
+use super::amx::Bf16Mat;
 
 pub type A = burn::backend::Autodiff<burn::backend::Flex>;
 
@@ -27,4 +31,67 @@ pub fn leaf(seed: f32, shape: [usize; 3]) -> Tensor<A, 3> {
 
 pub fn vals<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec().unwrap()
+}
+
+/// Deterministic values in [-1, 1) (xorshift).
+pub fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// `bias + x · b` in f64 and the bound `Σ|x||b|` per element, `b` given as `[k, n]` values.
+pub fn reference(
+    bias: Option<&[f32]>,
+    x: &[f32],
+    b: &[f32],
+    [m, k, n]: [usize; 3],
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut y, mut mag) = (vec![0f64; m * n], vec![0f64; m * n]);
+    for r in 0..m {
+        for c in 0..n {
+            let (mut s, mut a) = (bias.map_or(0.0, |v| f64::from(v[c])), 0f64);
+            for q in 0..k {
+                let p = f64::from(x[r * k + q]) * f64::from(b[q * n + c]);
+                s += p;
+                a += p.abs();
+            }
+            y[r * n + c] = s;
+            mag[r * n + c] = a;
+        }
+    }
+    (y, mag)
+}
+
+/// The `[k, n]` weight `wq` (row-major) as a product reads it in both layouts: itself, and the
+/// transpose of an `[n, k]` buffer (`wt`, filled here) — how the backbones hold it.
+pub fn both_layouts<'a>(
+    wq: &'a [bf16],
+    wt: &'a mut Vec<bf16>,
+    k: usize,
+    n: usize,
+) -> [Bf16Mat<'a>; 2] {
+    wt.clear();
+    wt.resize(k * n, bf16::ZERO);
+    for q in 0..k {
+        for c in 0..n {
+            wt[c * k + q] = wq[q * n + c];
+        }
+    }
+    [
+        Bf16Mat::row_major(wq, k, n),
+        Bf16Mat {
+            data: wt,
+            rows: k,
+            cols: n,
+            rs: 1,
+            cs: k,
+        },
+    ]
 }

@@ -50,13 +50,7 @@ fn main() {
                     Parallelism::Rayon(0),
                 )
             });
-            let b = Bf16Mat {
-                data: &wb,
-                rows: k,
-                cols: n,
-                rs: n,
-                cs: 1,
-            };
+            let b = Bf16Mat::row_major(&wb, k, n);
             // Into a buffer allocated once, as the f32 GEMM's (a fresh output's page faults
             // would be counted otherwise).
             let mut yu = vec![std::mem::MaybeUninit::new(0f32); m * n];

@@ -1,5 +1,5 @@
-//! Timing and shapes shared by the kernel examples (not an example itself: cargo builds only the files
-//! directly in `examples/`).
+//! Timing and shapes shared by the kernel examples (not an example itself: cargo builds only
+//! the files directly in `examples/`).
 use std::time::Instant;
 
 /// Seconds of `f`: one warm-up call, then the median of 7 timed calls.

@@ -353,7 +353,7 @@ pub fn model_bench<B: AutodiffBackend>(
         backbone: model.info().name.clone(),
         backbone_dtype: cfg.backbone.dtype().as_str().into(),
         matmul_precision: cfg.backbone.matmul_precision().as_str().into(),
-        bf16_products: crate::nn::bf16::product_path().into(),
+        bf16_products: crate::nn::bf16::ProductPath::current().as_str().into(),
         backbone_weights_mib,
         modules: cfg.modules.iter().map(|m| m.instance_name()).collect(),
         batch,

@@ -242,8 +242,8 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// `hi = bf16(v)` element by element.
-    fn round_into(src: &[f32], hi: &mut [u16]) {
+    /// `hi = bf16(v)` element by element (also `dpbf16`'s activation packing).
+    pub(super) fn round_into(src: &[f32], hi: &mut [u16]) {
         for (h, &v) in hi.iter_mut().zip(src) {
             *h = round_bits(v);
         }

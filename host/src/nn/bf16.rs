@@ -56,32 +56,50 @@ pub(crate) fn terms() -> Terms {
     }
 }
 
-/// `bias + x · b` with a bf16 weight on the fastest path this CPU has for the current
-/// precision: AMX (either precision), else `vdpbf16ps` under `medium` ([`super::dpbf16`]);
-/// `None` where neither applies (the caller widens the weight and runs the f32 GEMM).
+/// Which kernel multiplies by a bf16 weight on this CPU under the current precision: AMX
+/// (either precision), else `vdpbf16ps` under `medium` ([`super::dpbf16`]), else the f32 GEMM
+/// over the widened weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProductPath {
+    Amx,
+    Vdpbf16ps,
+    F32Gemm,
+}
+
+impl ProductPath {
+    /// The path this process takes now.
+    pub fn current() -> Self {
+        if super::amx::available() {
+            ProductPath::Amx
+        } else if terms() == Terms::One && super::dpbf16::available() {
+            ProductPath::Vdpbf16ps
+        } else {
+            ProductPath::F32Gemm
+        }
+    }
+
+    /// The name reports use: `amx`, `vdpbf16ps`, `f32 gemm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProductPath::Amx => "amx",
+            ProductPath::Vdpbf16ps => "vdpbf16ps",
+            ProductPath::F32Gemm => "f32 gemm",
+        }
+    }
+}
+
+/// `bias + x · b` with a bf16 weight on [`ProductPath::current`]; `None` on the f32 path or
+/// for an empty product (the caller widens the weight and runs the f32 GEMM).
 pub(crate) fn product_vec(
     x: &[f32],
     b: Bf16Mat<'_>,
     bias: Option<&[f32]>,
     m: usize,
 ) -> Option<Vec<f32>> {
-    let terms = terms();
-    super::amx::linear_vec(x, b, bias, m, terms).or_else(|| {
-        (terms == Terms::One)
-            .then(|| super::dpbf16::linear_vec(x, b, bias, m))
-            .flatten()
-    })
-}
-
-/// Which path [`product_vec`] takes on this CPU under the current precision (for reports):
-/// `amx`, `vdpbf16ps` or `f32 gemm`.
-pub fn product_path() -> &'static str {
-    if super::amx::available() {
-        "amx"
-    } else if terms() == Terms::One && super::dpbf16::available() {
-        "vdpbf16ps"
-    } else {
-        "f32 gemm"
+    match ProductPath::current() {
+        ProductPath::Amx => super::amx::linear_vec(x, b, bias, m, terms()),
+        ProductPath::Vdpbf16ps => super::dpbf16::linear_vec(x, b, bias, m),
+        ProductPath::F32Gemm => None,
     }
 }
 

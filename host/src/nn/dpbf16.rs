@@ -25,8 +25,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::amx::{round_bits, Bf16Mat};
-use super::math::simd_dispatch;
+use super::amx::{round_into, Bf16Mat};
 
 /// Output rows per microkernel (one activation panel).
 const MR: usize = 8;
@@ -210,15 +209,6 @@ fn pack_a(ap: &mut [u16], x: &[f32], [m, k]: [usize; 2], r0: usize, rows: usize)
             dst[k..].fill(0);
         } else {
             dst.fill(0);
-        }
-    }
-}
-
-simd_dispatch! {
-    /// `dst = bf16(src)` element by element (16 lanes with AVX-512).
-    fn round_into(src: &[f32], dst: &mut [u16]) {
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = round_bits(v);
         }
     }
 }

@@ -1,7 +1,7 @@
 use half::bf16;
 
 use super::{available, linear_vec, round_bits, widen_bits, Bf16Mat, Terms};
-use crate::nn::test_support::{both_layouts, reference, values};
+use crate::nn::test_support::{assert_within, both_layouts, reference, values};
 
 /// The split product equals the exact product of the f32 activations and the bf16 weight to
 /// within 2⁻¹⁶ of `Σ|x||b|` (the split keeps 16 significant bits; f32 accumulation adds less),
@@ -52,29 +52,20 @@ fn split_product_matches_the_exact_product() {
         let views = both_layouts(&wq, &mut wt, k, n);
         for (layout, b) in ["row-major", "column-major"].iter().zip(views) {
             let y = linear_vec(&x, b, Some(&bias), m, Terms::Two).expect("AMX is available");
-            let mut worst = 0f64;
-            for e in 0..m * n {
-                let err = (f64::from(y[e]) - want[e]).abs();
-                let bound = mag[e] * 2f64.powi(-16) + 1e-6;
-                assert!(
-                    err <= bound,
-                    "{m}x{k}x{n} {layout} element {e}: {} vs {} (bound {bound:e})",
-                    y[e],
-                    want[e]
-                );
-                worst = worst.max(err / (mag[e] + 1e-30));
-            }
+            let worst = assert_within(&y, &want, &mag, 16, &format!("{m}x{k}x{n} {layout}"));
             eprintln!("{m}x{k}x{n} {layout}: worst error {worst:.2e} of sum |x||b|");
             // One term (`matmul_precision: medium`): exactly the product of x rounded to
             // bf16, up to f32 accumulation.
             let xr: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
             let (want1, mag1) = reference(Some(&bias), &xr, &wf, [m, k, n]);
             let y1 = linear_vec(&x, b, Some(&bias), m, Terms::One).expect("AMX is available");
-            for e in 0..m * n {
-                let err = (f64::from(y1[e]) - want1[e]).abs();
-                let bound = mag1[e] * 2f64.powi(-18) + 1e-6;
-                assert!(err <= bound, "one term, {m}x{k}x{n} {layout} element {e}");
-            }
+            assert_within(
+                &y1,
+                &want1,
+                &mag1,
+                18,
+                &format!("one term, {m}x{k}x{n} {layout}"),
+            );
         }
     }
 }

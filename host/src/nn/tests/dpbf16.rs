@@ -1,7 +1,7 @@
 use half::bf16;
 
 use super::{available, linear_vec, Bf16Mat, MC, MR, NR};
-use crate::nn::test_support::{both_layouts, reference, values};
+use crate::nn::test_support::{assert_within, both_layouts, reference, values};
 
 /// The `vdpbf16ps` product equals the exact product of the activations rounded to bf16 and the
 /// bf16 weight to within 2⁻¹⁸ of `Σ|x||b|` (bf16 × bf16 is exact in f32; only the f32
@@ -51,19 +51,8 @@ fn product_equals_the_exact_product_of_the_rounded_activations() {
             for bias in [Some(&bias[..]), None] {
                 let (want, mag) = reference(bias, &xr, &wf, [m, k, n]);
                 let y = linear_vec(&x, b, bias, m).expect("AVX512-BF16 is available");
-                let mut worst = 0f64;
-                for e in 0..m * n {
-                    let err = (f64::from(y[e]) - want[e]).abs();
-                    let bound = mag[e] * 2f64.powi(-18) + 1e-6;
-                    assert!(
-                        err <= bound,
-                        "{m}x{k}x{n} {layout} bias {} element {e}: {} vs {} (bound {bound:e})",
-                        bias.is_some(),
-                        y[e],
-                        want[e]
-                    );
-                    worst = worst.max(err / (mag[e] + 1e-30));
-                }
+                let what = format!("{m}x{k}x{n} {layout} bias {}", bias.is_some());
+                let worst = assert_within(&y, &want, &mag, 18, &what);
                 eprintln!("{m}x{k}x{n} {layout}: worst error {worst:.2e} of sum |x||b|");
             }
         }

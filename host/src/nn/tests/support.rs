@@ -95,3 +95,23 @@ pub fn both_layouts<'a>(
         },
     ]
 }
+
+/// Asserts `|y − want| ≤ 2^-bits · mag + 1e-6` element by element (`mag` = `Σ|x||b|` from
+/// [`reference`]), naming `what` and the element on failure; returns the worst error as a
+/// fraction of `mag`.
+pub fn assert_within(y: &[f32], want: &[f64], mag: &[f64], bits: i32, what: &str) -> f64 {
+    assert_eq!(y.len(), want.len(), "{what}: lengths");
+    let mut worst = 0f64;
+    for e in 0..y.len() {
+        let err = (f64::from(y[e]) - want[e]).abs();
+        let bound = mag[e] * 2f64.powi(-bits) + 1e-6;
+        assert!(
+            err <= bound,
+            "{what} element {e}: {} vs {} (bound {bound:e})",
+            y[e],
+            want[e]
+        );
+        worst = worst.max(err / (mag[e] + 1e-30));
+    }
+    worst
+}

@@ -148,3 +148,35 @@ fn long_pairs_truncate_longest_first() {
     // Short inputs are untouched.
     assert_eq!(ids(&[(short, None)], 512), tail);
 }
+
+/// The no-grad embedding sum (one pass over the gathered rows) gives the tracked path's
+/// values exactly (the same additions in the same order), with token types and without.
+#[test]
+fn inference_embeddings_equal_the_tracked_path() {
+    let model = model();
+    let dev = Default::default();
+    let (n, t) = (3, 7);
+    let ids: Vec<i64> = (0..n * t)
+        .map(|i| 101 + (i as i64 * 977) % 20_000)
+        .collect();
+    let types: Vec<i64> = (0..n * t).map(|i| ((i / 4) % 2) as i64).collect();
+    let mk = |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [n, t]), &dev);
+    for token_type_ids in [Some(mk(types)), None] {
+        let batch = TextBatch {
+            input_ids: mk(ids.clone()),
+            attention_mask: mk(vec![1; n * t]),
+            token_type_ids,
+        };
+        let with_types = batch.token_type_ids.is_some();
+        let embeddings = |graph: &HostGraph<'_, B>| {
+            let hooks = Hooks::new(graph, &NoModules);
+            let bert = model.backbone.as_bert().unwrap();
+            to_vec(bert.encode_all(&hooks, &batch).unwrap()[0].clone())
+        };
+        let tracked = embeddings(&HostGraph::new(&model.params, false));
+        let inference = embeddings(&HostGraph::inference(&model.params));
+        let tracked: Vec<f64> = tracked.iter().map(|&x| f64::from(x)).collect();
+        let d = max_abs_diff(&inference, &tracked);
+        assert!(d < 1e-6, "token types {with_types}: max abs diff {d}");
+    }
+}

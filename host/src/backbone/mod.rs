@@ -191,7 +191,7 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
             let (shape, device) = (a.dims(), a.device());
             let (a, r) = (nn::to_vec(a)?, nn::to_vec(r)?);
             let (w, b) = (nn::to_vec(w)?, nn::to_vec(b)?);
-            let y = nn::layer_norm::add_layer_norm_rows(&a, &r, &w, &b, eps);
+            let y = nn::layer_norm::add_layer_norm_rows(a, &r, &w, &b, eps);
             return Ok(nn::from_vec(y, shape, &device));
         }
         self.layer_norm_with(a + r, w, b, eps, true)

@@ -226,13 +226,29 @@ fn normalise(xhat: &mut [f32], rstd: &mut [f32], d: usize, eps: f32) {
         .for_each(|(row, r)| normalise_row(row, r, eps));
 }
 
-/// `y = y ∘ w + b` over rows of `w.len()` values.
-fn affine(y: &mut [f32], w: &[f32], b: &[f32]) {
-    y.par_chunks_mut(w.len()).for_each(|row| {
-        for ((y, w), b) in row.iter_mut().zip(w).zip(b) {
-            *y = *y * w + b;
+simd_dispatch! {
+    /// One row of the no-grad layer norm in place: `r` (when not empty) added first, then
+    /// normalised and `∘ w + b` — the operations of [`normalise_row`] and the tracked
+    /// [`forward`]'s affine in the same order, so the same values — in one visit of the row
+    /// while it is in L1 (a zeroed sum buffer, then separate passes for the sum, the
+    /// normalisation and the affine, cost several times the arithmetic).
+    fn ln_row(row: &mut [f32], r: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        if !r.is_empty() {
+            for (x, r) in row.iter_mut().zip(r) {
+                *x += r;
+            }
         }
-    });
+        let n = row.len() as f32;
+        let mean = sum(row) / n;
+        for x in row.iter_mut() {
+            *x -= mean;
+        }
+        let rstd = 1.0 / (dot(row, row) / n + eps).sqrt();
+        for ((x, w), b) in row.iter_mut().zip(w).zip(b) {
+            let xhat = *x * rstd;
+            *x = xhat * w + b;
+        }
+    }
 }
 
 /// Layer norm with weight and bias over rows of `w.len()` values, in place, without
@@ -244,9 +260,8 @@ pub fn layer_norm_rows(x: &mut [f32], w: &[f32], b: &[f32], eps: f64) {
     if d == 0 {
         return;
     }
-    let mut rstd = vec![0f32; x.len() / d];
-    normalise(x, &mut rstd, d, eps as f32);
-    affine(x, w, b);
+    x.par_chunks_mut(d)
+        .for_each(|row| ln_row(row, &[], w, b, eps as f32));
 }
 
 /// Checks that `w` and `b` are `[d]` for input `shape`.
@@ -367,12 +382,23 @@ pub fn tracked_add<B: AutodiffBackend>(
     record!(AddLayerNormBackward, nodes, x, shape, wa, ba, eps)
 }
 
-/// `LN(a + r)` without gradients, the sum formed in the kernel's first pass.
-pub fn add_layer_norm_rows(a: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
+/// `LN(a + r)` without gradients, in `a`'s buffer: each row summed, normalised and scaled in
+/// one visit (`a` is the sublayer's output, owned here; `r` the residual stream).
+pub fn add_layer_norm_rows(mut a: Vec<f32>, r: &[f32], w: &[f32], b: &[f32], eps: f64) -> Vec<f32> {
     let _t = super::timing::span("layer norm");
-    let mut x = sum_of(a, r);
-    layer_norm_rows(&mut x, w, b, eps);
-    x
+    let d = w.len();
+    assert_eq!(
+        a.len(),
+        r.len(),
+        "layer norm of a sum: summands of different lengths"
+    );
+    if d == 0 {
+        return a;
+    }
+    a.par_chunks_mut(d)
+        .zip(r.par_chunks(d))
+        .for_each(|(row, r)| ln_row(row, r, w, b, eps as f32));
+    a
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ fn layer_norm_of_a_sum_matches_burn_values_and_gradients() {
         let t = leaf(9.0, [2, 3, d]).detach();
         let g = (y.clone() * t).sum().backward();
         let rows = super::add_layer_norm_rows(
-            &vals(a.clone()),
+            vals(a.clone()),
             &vals(r.clone()),
             &vals(w.clone()),
             &vals(b.clone()),

@@ -4,6 +4,7 @@
 //! product on AMX, the same rounded values on the f32 path elsewhere — so MiniLM's output moves
 //! by about as much again as the weights' rounding moved it, and not more.
 use peft_host::{
+    backbone::{Hooks, NoModules},
     bridge::HostGraph,
     config::{MatmulPrecision, RunConfig},
     model::Model,
@@ -46,6 +47,30 @@ fn medium_precision_rounds_the_activations_and_stays_close() {
     let medium = last_hidden(&medium_model);
     // Process-wide: the first model now computes as the second.
     assert_eq!(last_hidden(&high_model), medium);
+    // Attention's products on bf16 operands (heads of 64 and more; MiniLM's 32 keep f32):
+    // asked for under medium, without gradients, on a bf16-held backbone only.
+    let f32_model = build("all-MiniLM-L6-v2".into());
+    nn::bf16::set_matmul_precision(MatmulPrecision::Medium);
+    let asks = |model: &Model<B>, no_grad: bool| {
+        let graph = if no_grad {
+            HostGraph::inference(&model.params)
+        } else {
+            HostGraph::new(&model.params, true)
+        };
+        Hooks::new(&graph, &NoModules).bf16_attention()
+    };
+    assert!(asks(&medium_model, true));
+    assert!(
+        !asks(&medium_model, false),
+        "with gradients attention stays f32"
+    );
+    assert!(
+        !asks(&f32_model, true),
+        "an f32 backbone holds no bf16 weight"
+    );
+    nn::bf16::set_matmul_precision(MatmulPrecision::High);
+    assert!(!asks(&medium_model, true), "under high attention stays f32");
+    nn::bf16::set_matmul_precision(MatmulPrecision::Medium);
 
     let scale = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
     let mean = |a: &[f32], b: &[f32]| {

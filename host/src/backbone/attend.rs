@@ -104,7 +104,8 @@ fn kernel<B: AutodiffBackend>(
             }
         }
     };
-    let terms = nn::ScoreTerms { pos, causal };
+    let bf16 = hooks.bf16_attention();
+    let terms = nn::ScoreTerms { pos, causal, bf16 };
     if hooks.graph.no_grad {
         nn::nograd_split(q, k, v, &keep, spec.scale, terms)
     } else {

@@ -82,6 +82,8 @@ pub struct Hooks<'a, 'p, B: AutodiffBackend> {
     pub graph: &'a HostGraph<'p, B>,
     pub modules: &'a dyn SiteModules<B>,
     cache: std::cell::RefCell<HashMap<String, bool>>,
+    /// Whether the backbone holds bf16 weights (looked up once per pass).
+    bf16_held: std::cell::OnceCell<bool>,
 }
 
 impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
@@ -90,7 +92,24 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
             graph,
             modules,
             cache: Default::default(),
+            bf16_held: Default::default(),
         }
+    }
+
+    /// Whether attention's two products run on bf16-rounded operands in this pass: without
+    /// gradients, under `matmul_precision: medium`, on a backbone held in bf16 — as
+    /// `torch.autocast` runs attention (the probabilities rounded before `P·V`). A pass with
+    /// gradients keeps f32 attention (see [`nn::ScoreTerms::bf16`]).
+    pub fn bf16_attention(&self) -> bool {
+        use crate::config::MatmulPrecision;
+        self.graph.no_grad
+            && nn::bf16::matmul_precision() == MatmulPrecision::Medium
+            && *self.bf16_held.get_or_init(|| {
+                self.graph.params.borrow().iter().any(|p| {
+                    use burn::tensor::TensorMetadata;
+                    p.owner == "backbone" && p.value.dtype() == burn::tensor::DType::BF16
+                })
+            })
     }
 
     pub fn training(&self) -> bool {

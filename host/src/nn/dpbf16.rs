@@ -25,7 +25,10 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::amx::{round_into, Bf16Mat};
+use super::{
+    amx::{round_into, Bf16Mat},
+    gemm::Mat,
+};
 
 /// Output rows per microkernel (one activation panel).
 const MR: usize = 8;
@@ -173,7 +176,7 @@ fn run(
                     // block before a later one reads them), the bias `cols` values;
                     // rows ≤ MR and cols ≤ NR.
                     unsafe {
-                        imp::kernel(
+                        imp::kernel::<NV>(
                             a.as_ptr(),
                             lda,
                             b.as_ptr(),
@@ -213,38 +216,191 @@ fn pack_a(ap: &mut [u16], x: &[f32], [m, k]: [usize; 2], r0: usize, rows: usize)
     }
 }
 
+/// Columns per strip of an attention [`Panel`] (two 16-lane vectors): keys come in blocks of
+/// [`super::flash::BC`] (a multiple of it), and a head of 32 or 64 dimensions fills one or two
+/// strips whole, where the linears' 48 would leave a third of the lanes idle.
+pub(crate) const PANEL_NR: usize = 32;
+const PANEL_NV: usize = PANEL_NR / 16;
+
+/// The right-hand operand `b` `[k, n]` of one of attention's products under `medium` (keys for
+/// `q kᵀ`, values for `p v`), rounded to bf16 once per (batch, head) and packed as the
+/// microkernel reads it: strips of [`PANEL_NR`] columns, each `pairs × 32` `u32` pairs (the
+/// even inner position in the low half), zero past `k` and `n`. The buffers are the caller's,
+/// reused from head to head (`tmp` holds the rounded rows on the way).
+pub(crate) struct Panel<'a> {
+    data: &'a [u32],
+    k: usize,
+    n: usize,
+}
+
+impl<'a> Panel<'a> {
+    fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+
+    /// `b = srcᵀ` for `src` `[n, k]` (rows read as slices): a head's keys, whose dimensions
+    /// pair up within each key's row.
+    pub(crate) fn transposed(
+        src: Mat<'_>,
+        n: usize,
+        k: usize,
+        buf: &'a mut Vec<u32>,
+        tmp: &mut Vec<u16>,
+    ) -> Self {
+        let pairs = k.div_ceil(2);
+        // The keys rounded, each row `2·pairs` long (its pairs as u32 below), then transposed
+        // strip by strip.
+        let lda = round_rows(tmp, n, k, |c| src.row(c));
+        buf.clear();
+        buf.resize(n.div_ceil(PANEL_NR) * pairs * PANEL_NR, 0);
+        for (c, row) in tmp.chunks_exact(lda).take(n).enumerate() {
+            let strip = &mut buf[(c / PANEL_NR) * pairs * PANEL_NR + c % PANEL_NR..];
+            for (p, two) in row.chunks_exact(2).enumerate() {
+                strip[p * PANEL_NR] = u32::from(two[0]) | u32::from(two[1]) << 16;
+            }
+        }
+        Panel { data: buf, k, n }
+    }
+
+    /// `b = src` `[k, n]` (rows read as slices): a head's values, whose consecutive keys pair
+    /// up.
+    pub(crate) fn rows(
+        src: Mat<'_>,
+        k: usize,
+        n: usize,
+        buf: &'a mut Vec<u32>,
+        tmp: &mut Vec<u16>,
+    ) -> Self {
+        let pairs = k.div_ceil(2);
+        let strips = n.div_ceil(PANEL_NR);
+        // Rows rounded at a stride of 2·⌈n/2⌉, one zero row past an odd k (MR-padded).
+        let ld = round_rows(tmp, k, n, |r| src.row(r));
+        buf.clear();
+        buf.resize(strips * pairs * PANEL_NR, 0);
+        for p in 0..pairs {
+            let even = &tmp[2 * p * ld..][..n];
+            let odd = &tmp[(2 * p + 1) * ld..][..n];
+            for s in 0..strips {
+                let c0 = s * PANEL_NR;
+                let cols = PANEL_NR.min(n - c0);
+                let dst = &mut buf[(s * pairs + p) * PANEL_NR..][..cols];
+                for ((o, &e), &d) in dst.iter_mut().zip(&even[c0..]).zip(&odd[c0..]) {
+                    *o = u32::from(e) | u32::from(d) << 16;
+                }
+            }
+        }
+        Panel { data: buf, k, n }
+    }
+}
+
+/// `m` rows of `k` values (`row(r)`, f32) rounded to bf16 into `dst`, row-major at a stride of
+/// `2·⌈k/2⌉` (returned), padded with zero rows to a multiple of [`MR`]: the left operand of
+/// [`panel_product`].
+pub(crate) fn round_rows<'a>(
+    dst: &mut Vec<u16>,
+    m: usize,
+    k: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) -> usize {
+    let lda = 2 * k.div_ceil(2);
+    dst.clear();
+    dst.resize(m.div_ceil(MR) * MR * lda, 0);
+    for (r, d) in dst.chunks_exact_mut(lda).take(m).enumerate() {
+        round_into(&row(r)[..k], &mut d[..k]);
+    }
+    lda
+}
+
+/// `y (+)= a · b[2·pairs.start .., cols]` on one thread: `a` `m` rows from [`round_rows`]
+/// (stride `lda = 2·pairs.len()`, or more), `y` dense `[m, cols.len()]`, overwritten or, with
+/// `accumulate`, added to. `cols.start` is a multiple of [`PANEL_NR`]. The caller checked
+/// [`available`]; panics when it does not hold or an extent does not fit.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn panel_product(
+    y: &mut [f32],
+    a: &[u16],
+    lda: usize,
+    m: usize,
+    b: &Panel,
+    pairs: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    accumulate: bool,
+) {
+    let (bp, n) = (b.pairs(), cols.len());
+    assert!(available(), "panel_product without AVX512-BF16");
+    assert!(
+        pairs.end <= bp && cols.end <= b.n && cols.start.is_multiple_of(PANEL_NR),
+        "panel_product: pairs {pairs:?}, columns {cols:?} of a {}x{} panel",
+        b.k,
+        b.n
+    );
+    assert!(lda >= 2 * pairs.len() && a.len() >= m.div_ceil(MR) * MR * lda && y.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    for c0 in cols.clone().step_by(PANEL_NR) {
+        let width = PANEL_NR.min(cols.end - c0);
+        let strip = &b.data[((c0 / PANEL_NR) * bp + pairs.start) * PANEL_NR..];
+        let strip = &strip[..pairs.len() * PANEL_NR];
+        for i in 0..m.div_ceil(MR) {
+            let rows = MR.min(m - i * MR);
+            let yb = &mut y[i * MR * n + (c0 - cols.start)..];
+            assert!(yb.len() >= (rows - 1) * n + width);
+            // SAFETY: `available()` held (asserted above); `a` holds MR rows of `lda` from
+            // row i·MR (the padded length asserted above), each read for `2·pairs.len()`
+            // values; `strip` `pairs.len()·32` pairs; `yb` the extents asserted just above;
+            // rows ≤ MR, width ≤ 32 = 16·PANEL_NV.
+            unsafe {
+                imp::kernel::<PANEL_NV>(
+                    a[i * MR * lda..].as_ptr(),
+                    lda,
+                    strip.as_ptr(),
+                    pairs.len(),
+                    yb.as_mut_ptr(),
+                    n,
+                    std::ptr::null(),
+                    accumulate,
+                    rows,
+                    width,
+                )
+            };
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod imp {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR, NV};
+    use super::MR;
 
     pub(super) fn detect() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
 
-    /// Lanes of the [`NV`] vectors that hold columns `< cols`.
+    /// Lanes of the `V` vectors that hold columns `< cols`.
     #[inline(always)]
-    fn masks(cols: usize) -> [__mmask16; NV] {
+    fn masks<const V: usize>(cols: usize) -> [__mmask16; V] {
         std::array::from_fn(|j| {
             let lanes = cols.saturating_sub(16 * j).min(16);
             ((1u32 << lanes) - 1) as __mmask16
         })
     }
 
-    /// The microkernel: `y[r, c] = start + Σ_p a[r·lda + 2p ..] · b[p·48 + c]` for `r < rows`,
-    /// `c < cols` over `pairs` inner pairs, rows at stride `ldy` elements, where `start` is
-    /// `y[r, c]` itself with `accumulate`, else `bias[c]` (a null `bias`: zero).
+    /// The microkernel over strips of `16·V` columns (`V` = 3 for the linears, 2 for
+    /// attention's panels): `y[r, c] = start + Σ_p a[r·lda + 2p ..] · b[p·16V + c]` for
+    /// `r < rows`, `c < cols` over `pairs` inner pairs, rows at stride `ldy` elements, where
+    /// `start` is `y[r, c]` itself with `accumulate`, else `bias[c]` (a null `bias`: zero).
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX512-BF16; `a` valid for MR rows of `lda`, each read for
-    /// `2 · pairs` values, `b` for `pairs · 48`, `y` for writes (and, with `accumulate`, reads of
-    /// initialised values) of `rows` rows of `cols` at stride `ldy`, a non-null `bias` for
-    /// `cols` reads; `rows ≤ MR`, `cols ≤ NR`.
+    /// `2 · pairs` values, `b` for `pairs · 16V`, `y` for writes (and, with `accumulate`, reads
+    /// of initialised values) of `rows` rows of `cols` at stride `ldy`, a non-null `bias` for
+    /// `cols` reads; `rows ≤ MR`, `cols ≤ 16V`, `V ≤ 3`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn kernel(
+    pub(super) unsafe fn kernel<const V: usize>(
         a: *const u16,
         lda: usize,
         b: *const u32,
@@ -256,37 +412,37 @@ mod imp {
         rows: usize,
         cols: usize,
     ) {
-        let mask = masks(cols);
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+        let mask = masks::<V>(cols);
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
         if accumulate {
             for (r, acc_r) in acc.iter_mut().enumerate().take(rows) {
                 let yr = y.add(r * ldy);
-                for j in 0..NV {
+                for j in 0..V {
                     acc_r[j] = _mm512_maskz_loadu_ps(mask[j], yr.wrapping_add(16 * j));
                 }
             }
         } else if !bias.is_null() {
-            let row: [__m512; NV] =
+            let row: [__m512; V] =
                 std::array::from_fn(|j| _mm512_maskz_loadu_ps(mask[j], bias.wrapping_add(16 * j)));
             acc.iter_mut().for_each(|r| *r = row);
         }
         for p in 0..pairs {
-            let bp = b.add(p * NR);
-            let w: [__m512bh; NV] = std::array::from_fn(|j| {
+            let bp = b.add(p * 16 * V);
+            let w: [__m512bh; V] = std::array::from_fn(|j| {
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(16 * j).cast()))
             });
             let ap = a.add(2 * p);
             for (r, acc_r) in acc.iter_mut().enumerate() {
                 let pair = ap.add(r * lda).cast::<i32>().read_unaligned();
                 let x = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
-                for j in 0..NV {
+                for j in 0..V {
                     acc_r[j] = _mm512_dpbf16_ps(acc_r[j], x, w[j]);
                 }
             }
         }
         for (r, acc_r) in acc.iter().enumerate().take(rows) {
             let yr = y.add(r * ldy);
-            for j in 0..NV {
+            for j in 0..V {
                 _mm512_mask_storeu_ps(yr.wrapping_add(16 * j), mask[j], acc_r[j]);
             }
         }
@@ -300,7 +456,7 @@ mod imp {
         false
     }
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn kernel(
+    pub(super) unsafe fn kernel<const V: usize>(
         _: *const u16,
         _: usize,
         _: *const u32,

@@ -7,6 +7,7 @@
 //! each element's keep decision from a counter-based hash of (seed, head, row, key), so the
 //! backward redraws exactly the forward's mask block by block.
 use super::{
+    dpbf16,
     gemm::{matmul, Mat, MatMut, Parallelism},
     math::{dot, exp, max_plus, mix, simd_dispatch, sum},
 };
@@ -143,6 +144,12 @@ pub(crate) struct Head<'a> {
     pub drop: Option<(Dropout, u64)>,
     pub pos: Option<Mat<'a>>,
     pub causal: Option<usize>,
+    /// Both products on operands rounded to bf16 (`q`, `k`, `v` and the probabilities; sums
+    /// in f32), as `torch.autocast` runs attention: `matmul_precision: medium` without
+    /// gradients. On `vdpbf16ps` where the CPU has it ([`Head::forward_bf16`]); elsewhere the
+    /// caller passes rounded `q`, `k`, `v` and the f32 path rounds the probabilities, so the
+    /// values do not depend on the CPU beyond summation order.
+    pub bf16: bool,
 }
 
 /// Per-thread buffers, reused across heads.
@@ -155,6 +162,15 @@ pub(crate) struct Scratch {
     l: Vec<f32>,
     alpha: Vec<f32>,
     d: Vec<f32>,
+    /// The bf16 path's rounded query block and probabilities, and its dense `[BR, dh]`
+    /// accumulator.
+    qa: Vec<u16>,
+    pa: Vec<u16>,
+    o: Vec<f32>,
+    /// The bf16 path's packed keys and values, and the rows rounded on the way.
+    kp: Vec<u32>,
+    vp: Vec<u32>,
+    tmp: Vec<u16>,
 }
 
 impl Scratch {
@@ -206,11 +222,16 @@ impl Head<'_> {
             let mut sm = MatMut::dense(x, br, bc);
             let (q, k) = (self.q.sub_rows(i0, br), self.k.sub_rows(j0, bc));
             matmul(&mut sm, 0.0, q, k.t(), self.scale, Parallelism::None);
-            if let Some(pos) = &self.pos {
-                for (r, row) in x.chunks_exact_mut(bc).enumerate() {
-                    let p = &pos.row(i0 + r)[j0..j0 + bc];
-                    row.iter_mut().zip(p).for_each(|(x, p)| *x += p);
-                }
+        }
+        self.score_terms(x, i0, br, j0, bc);
+    }
+
+    /// The position bias (unless uniform) and the causal mask on a block of scaled scores.
+    fn score_terms(&self, x: &mut [f32], i0: usize, br: usize, j0: usize, bc: usize) {
+        if let (Some(pos), false) = (&self.pos, self.uniform) {
+            for (r, row) in x.chunks_exact_mut(bc).take(br).enumerate() {
+                let p = &pos.row(i0 + r)[j0..j0 + bc];
+                row.iter_mut().zip(p).for_each(|(x, p)| *x += p);
             }
         }
         if let Some(off) = self.causal {
@@ -230,6 +251,9 @@ impl Head<'_> {
         mut lse: Option<&mut [f32]>,
         sc: &mut Scratch,
     ) {
+        if self.bf16 && lse.is_none() && self.drop.is_none() && dpbf16::available() {
+            return self.forward_bf16(out, sc);
+        }
         let (t, s) = (self.t(), self.s());
         sc.ensure(t, s);
         for i0 in (0..t).step_by(BR) {
@@ -262,6 +286,12 @@ impl Head<'_> {
                         *x *= z;
                     }
                 }
+                if self.bf16 {
+                    // Without `vdpbf16ps`: the probabilities rounded as the bf16 path rounds
+                    // them (after their sum was taken).
+                    x.iter_mut()
+                        .for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+                }
                 // The first live block writes the accumulator; later ones rescale it first.
                 if !first {
                     let alpha = &sc.alpha;
@@ -289,6 +319,60 @@ impl Head<'_> {
                     lse[i0 + r] = sc.m[r] + sc.l[r].ln();
                 }
             }
+        }
+    }
+
+    /// [`Head::forward`] with both products on `vdpbf16ps`: the head's keys and values rounded
+    /// and packed once, each query block rounded once, each block of probabilities rounded
+    /// after the online softmax has summed it in f32 (as PyTorch's CPU flash attention does
+    /// for bf16), the context accumulated in f32.
+    fn forward_bf16(&self, out: &mut MatMut<'_>, sc: &mut Scratch) {
+        let (t, s) = (self.t(), self.s());
+        let dh = self.q.ncols();
+        sc.ensure(t, s);
+        let keys = dpbf16::Panel::transposed(self.k, s, dh, &mut sc.kp, &mut sc.tmp);
+        let values = dpbf16::Panel::rows(self.v, s, dh, &mut sc.vp, &mut sc.tmp);
+        sc.o.resize(BR.min(t) * dh, 0.0);
+        for i0 in (0..t).step_by(BR) {
+            let br = BR.min(t - i0);
+            sc.m[..br].fill(f32::NEG_INFINITY);
+            sc.l[..br].fill(0.0);
+            let lq = dpbf16::round_rows(&mut sc.qa, br, dh, |r| self.q.row(i0 + r));
+            let o = &mut sc.o[..br * dh];
+            o.fill(0.0);
+            for j0 in (0..s).step_by(BC) {
+                let bc = BC.min(s - j0);
+                if !self.live(j0, bc) || !self.reaches(i0, br, j0) {
+                    continue;
+                }
+                let x = &mut sc.s[..br * bc];
+                if self.uniform {
+                    x.fill(0.0);
+                } else {
+                    let pairs = 0..dh.div_ceil(2);
+                    dpbf16::panel_product(x, &sc.qa, lq, br, &keys, pairs, j0..j0 + bc, false);
+                    x.iter_mut().for_each(|v| *v *= self.scale);
+                }
+                self.score_terms(x, i0, br, j0, bc);
+                let (bias, kf) = (&self.bias[j0..j0 + bc], &self.kf[j0..j0 + bc]);
+                let (m, l, alpha) = (&mut sc.m[..br], &mut sc.l[..br], &mut sc.alpha[..br]);
+                online_block(x, bc, bias, kf, m, l, alpha);
+                for (row, a) in o.chunks_exact_mut(dh).zip(alpha.iter()) {
+                    row.iter_mut().for_each(|y| *y *= a);
+                }
+                let lp = dpbf16::round_rows(&mut sc.pa, br, bc, |r| &x[r * bc..(r + 1) * bc]);
+                // Key block j0 starts at pair j0 / 2 (BC is even); an odd last block's
+                // missing partner is zero in both operands.
+                let pairs = j0 / 2..(j0 + bc).div_ceil(2);
+                dpbf16::panel_product(o, &sc.pa, lp, br, &values, pairs, 0..dh, true);
+            }
+            let l = &sc.l;
+            out.sub_rows(i0, br).for_each_row(|r, row| {
+                let inv = 1.0 / l[r];
+                for (y, &v) in row.iter_mut().zip(&o[r * dh..(r + 1) * dh]) {
+                    *y = v * inv;
+                }
+            });
         }
     }
 

@@ -91,6 +91,11 @@ impl<'a> Mat<'a> {
         self.rows
     }
 
+    /// The number of columns.
+    pub fn ncols(&self) -> usize {
+        self.cols
+    }
+
     /// Row `i` as a slice (columns adjacent: `cs == 1`, asserted).
     pub fn row(&self, i: usize) -> &'a [f32] {
         assert!(

@@ -206,6 +206,7 @@ fn score_bias_and_causal_mask_match_burn_across_blocks() {
         let terms = ScoreTerms {
             pos: pos.clone(),
             causal,
+            bf16: false,
         };
         // burn's ops with the terms written out as an additive `[1 or b, heads, t, s]` tensor.
         let mut add = vec![0f32; b * heads * t * s];
@@ -299,6 +300,7 @@ fn score_bias_and_causal_mask_match_burn_across_blocks() {
     let terms = ScoreTerms {
         pos: Some(vec![0.0; 5]),
         causal: None,
+        bf16: false,
     };
     let err = attention_with(
         &q,

@@ -58,3 +58,81 @@ fn product_equals_the_exact_product_of_the_rounded_activations() {
         }
     }
 }
+
+/// Attention's panels: `Panel::transposed` (keys, `b = srcᵀ`) and `Panel::rows` (values) under
+/// `panel_product` equal the exact product of the rounded operands within 2⁻¹⁸ of `Σ|a||b|`,
+/// over pair and column sub-ranges (a key block of a longer head), odd inner lengths, rows
+/// that do not fill a microkernel, columns that do not fill a strip, and with accumulation.
+#[test]
+fn panel_products_equal_the_exact_product_of_the_rounded_operands() {
+    use super::{panel_product, round_rows, Panel, PANEL_NR};
+    use crate::nn::gemm::Mat;
+    if !available() {
+        eprintln!("AVX512-BF16 is not available here (CPU or PEFT_DPBF16=0): nothing to check");
+        return;
+    }
+    let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect() };
+    // [m, k, n]: the whole panel; then the sub-range (pairs, columns) multiplied.
+    for (i, &[m, k, n]) in [[13, 32, 96], [MR, 7, 33], [130, 64, 300], [1, 31, 5]]
+        .iter()
+        .enumerate()
+    {
+        let a = values(7 * i as u64 + 1, m * k);
+        let src = values(7 * i as u64 + 2, k * n); // `b` row-major [k, n]
+        let mut srct = vec![0f32; k * n]; // its transpose [n, k]
+        for q in 0..k {
+            for c in 0..n {
+                srct[c * k + q] = src[q * n + c];
+            }
+        }
+        let (mut b1, mut b2, mut tmp) = (Vec::new(), Vec::new(), Vec::new());
+        let panels = [
+            (
+                "rows",
+                Panel::rows(Mat::rows(&src, 0, k, n, n), k, n, &mut b1, &mut tmp),
+            ),
+            (
+                "transposed",
+                Panel::transposed(Mat::rows(&srct, 0, n, k, k), n, k, &mut b2, &mut tmp),
+            ),
+        ];
+        let (ar, br) = (round(&a), round(&src));
+        let pairs_all = k.div_ceil(2);
+        for (name, panel) in &panels {
+            for (p, c) in [
+                (0..pairs_all, 0..n),
+                (
+                    pairs_all / 2..pairs_all,
+                    PANEL_NR.min(n - 1) / PANEL_NR * PANEL_NR..n,
+                ),
+            ] {
+                let (q0, q1) = (2 * p.start, (2 * p.end).min(k));
+                let kk = q1 - q0;
+                let mut ap = Vec::new();
+                let lda = round_rows(&mut ap, m, kk, |r| &a[r * k + q0..r * k + q1]);
+                // The reference over the same sub-ranges.
+                let asub: Vec<f32> = (0..m)
+                    .flat_map(|r| ar[r * k + q0..r * k + q1].to_vec())
+                    .collect();
+                let bsub: Vec<f32> = (q0..q1)
+                    .flat_map(|q| br[q * n + c.start..q * n + c.end].to_vec())
+                    .collect();
+                let nc = c.len();
+                let start = values(7 * i as u64 + 3, m * nc);
+                for accumulate in [false, true] {
+                    let mut y = start.clone();
+                    panel_product(&mut y, &ap, lda, m, panel, p.clone(), c.clone(), accumulate);
+                    let (mut want, mag) = reference(None, &asub, &bsub, [m, kk, nc]);
+                    if accumulate {
+                        want.iter_mut()
+                            .zip(&start)
+                            .for_each(|(w, &s)| *w += f64::from(s));
+                    }
+                    let what =
+                        format!("{name} {m}x{k}x{n} pairs {p:?} cols {c:?} acc {accumulate}");
+                    assert_within(&y, &want, &mag, 18, &what);
+                }
+            }
+        }
+    }
+}

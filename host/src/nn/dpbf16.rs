@@ -18,6 +18,10 @@
 //! core and 1.6–1.8× on two, on MiniLM's and t5-small's shapes (the instruction's peak is 2×;
 //! the isolated microkernel reaches 99 % of it).
 //!
+//! Attention's two products under `medium` use the same microkernel over [`Panel`]s: a head's
+//! keys and values rounded and packed once, in strips of 32 columns ([`panel_product`], one
+//! thread, called per head from `flash.rs`).
+//!
 //! The `unsafe` is the microkernel (`imp::kernel`, AVX-512 intrinsics) and the `set_len` of an
 //! output it wrote whole; [`linear`] checks every extent first and [`available`] the CPU
 //! (CPUID through `is_x86_feature_detected!`) and `PEFT_DPBF16=0` (which turns the path off).

@@ -132,8 +132,13 @@ class Runner:
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
             cfg_path.write_text(json.dumps(cfg, indent=2))
             run_dir = self.out / "runs" / f"{label}-{key}"
-            print(f"[run] {label}", file=sys.stderr, flush=True)
-            subprocess.run([self.bin, "run", str(cfg_path), "--out", str(run_dir), "--quiet"],
+            # A run interrupted after a checkpoint (a killed pass, a lost host) continues
+            # from it: `--resume` replays the data order and restores the optimizer.
+            resume = any(run_dir.glob("*/checkpoint/progress.json"))
+            print(f"[run] {label}" + (" (resumed)" if resume else ""), file=sys.stderr,
+                  flush=True)
+            subprocess.run([self.bin, "run", str(cfg_path), "--out", str(run_dir), "--quiet"]
+                           + (["--resume"] if resume else []),
                            check=True, stdout=subprocess.DEVNULL)
             result_path = next(run_dir.glob("*/result.json"))
             result = json.loads(result_path.read_text())

@@ -21,6 +21,9 @@ pub struct Seq2SeqBench {
     pub tgt: usize,
     pub new_tokens: usize,
     pub threads: usize,
+    /// `backbone.dtype` (`f32`, `bf16`) and `backbone.matmul_precision` (`high`, `medium`).
+    pub backbone_dtype: String,
+    pub matmul_precision: String,
     /// Encoder + teacher-forced decoder + LM head, no gradients.
     pub inference: Timing,
     /// Encoder once, then `new_tokens` cached decoding steps (EOS suppressed).
@@ -147,6 +150,8 @@ pub fn seq2seq_bench<B: AutodiffBackend>(
         tgt,
         new_tokens,
         threads: rayon_threads(),
+        backbone_dtype: cfg.backbone.dtype().as_str().into(),
+        matmul_precision: cfg.backbone.matmul_precision().as_str().into(),
         inference,
         generate,
         train_step,

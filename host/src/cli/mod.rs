@@ -315,6 +315,13 @@ pub enum BenchCommand {
         runs: usize,
         #[arg(long)]
         json: bool,
+        /// How the frozen backbone's weight matrices are held (the config's `backbone.dtype`).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+        backbone_dtype: String,
+        /// With `--backbone-dtype bf16`: how the products (and, under `medium`, attention with
+        /// heads of 64+ dimensions) read their activations (`backbone.matmul_precision`).
+        #[arg(long, default_value = "high", value_parser = ["high", "medium"])]
+        matmul_precision: String,
         /// Also time each CPU kernel per phase (as `bench model --op-times`).
         #[arg(long)]
         op_times: bool,

@@ -175,6 +175,8 @@ pub fn bench(
             new_tokens,
             runs,
             json,
+            backbone_dtype,
+            matmul_precision,
             op_times,
         } => {
             if op_times {
@@ -185,6 +187,8 @@ pub fn bench(
                 crate::config::BackboneDetail {
                     name: Some(backbone.clone()),
                     path: dir.is_dir().then(|| backbone.clone()),
+                    dtype: serde_json::from_value(serde_json::json!(backbone_dtype))?,
+                    matmul_precision: serde_json::from_value(serde_json::json!(matmul_precision))?,
                     ..Default::default()
                 },
                 &plugin,
@@ -211,6 +215,12 @@ pub fn bench(
                     r.threads,
                     r.inference.runs
                 );
+                if r.backbone_dtype == "bf16" {
+                    println!(
+                        "  backbone weights bf16, matmul precision {}",
+                        r.matmul_precision
+                    );
+                }
                 for t in [Some(&r.inference), Some(&r.generate), r.train_step.as_ref()]
                     .into_iter()
                     .flatten()

@@ -33,6 +33,13 @@ pub enum KvLayout {
 /// operands outweighs the faster products), so narrower heads keep exact f32 attention.
 pub const BF16_MIN_DH: usize = 64;
 
+/// The fewest queries per head whose attention [`ScoreTerms::bf16`] rounds: packing a head's
+/// keys and values costs as much as multiplying them by one query row, so a decoding step (one
+/// query against the cache) keeps f32. Measured (`bench seq2seq`, t5-small shapes, bf16
+/// medium, two rounds): greedy decoding's attention 130–149 ms in f32 against 223–228 ms with
+/// every step rounded and packed.
+pub const BF16_MIN_ROWS: usize = 16;
+
 /// The sizes every buffer of one attention call is checked against.
 #[derive(Clone, Copy, Debug)]
 pub struct Dims {
@@ -139,8 +146,8 @@ pub struct ScoreTerms {
     /// Both products on bf16-rounded operands, as `torch.autocast` runs attention
     /// (`matmul_precision: medium` on a bf16 backbone, [`crate::backbone::Hooks::bf16_attention`]);
     /// honoured without gradients only (the tracked pass keeps f32, its backward recomputing
-    /// the probabilities from the forward's f32 scores) and for heads of at least
-    /// [`BF16_MIN_DH`] dimensions (narrower ones are faster in f32).
+    /// the probabilities from the forward's f32 scores), for heads of at least [`BF16_MIN_DH`]
+    /// dimensions and at least [`BF16_MIN_ROWS`] queries (otherwise f32 is faster).
     pub bf16: bool,
 }
 
@@ -242,7 +249,11 @@ pub(crate) fn flash_forward(
     if out.is_empty() {
         return out;
     }
-    let bf16 = m.terms.bf16 && lse.is_none() && d.drop.is_none() && d.dh() >= BF16_MIN_DH;
+    let bf16 = m.terms.bf16
+        && lse.is_none()
+        && d.drop.is_none()
+        && d.dh() >= BF16_MIN_DH
+        && d.t >= BF16_MIN_ROWS;
     // Without `vdpbf16ps` the f32 path reads rounded copies (and rounds the probabilities).
     let rounded = (bf16 && !dpbf16::available()).then(|| [q, k, v].map(round_copy));
     let (q, k, v) = match &rounded {

@@ -1,7 +1,7 @@
 //! Attention under `medium` (`ScoreTerms::bf16`): both products on bf16-rounded operands.
 use half::bf16;
 
-use super::{attention_with, KvLayout, ScoreTerms, BF16_MIN_DH};
+use super::{attention_with, KvLayout, ScoreTerms, BF16_MIN_DH, BF16_MIN_ROWS};
 use crate::nn::flash::{BC, BR};
 
 fn round(v: f32) -> f64 {
@@ -83,7 +83,7 @@ fn bf16_attention_equals_the_rounded_blocked_algorithm() {
         (BR + 5, 2 * BC + 37, None, false),
         (40, 300, None, true),
         (BR + 3, BR + 3, Some(0), true),
-        (3, 7, None, false),
+        (BF16_MIN_ROWS, 37, None, false),
     ] {
         let val = |n: usize, m: f32, a: f32| -> Vec<f32> {
             (0..n).map(|i| (i as f32 * 0.37 + m).sin() * a).collect()
@@ -171,37 +171,44 @@ fn bf16_attention_equals_the_rounded_blocked_algorithm() {
     }
 }
 
-/// Heads narrower than [`BF16_MIN_DH`] keep f32 attention: the same values with and without
-/// `bf16`.
+/// Heads narrower than [`BF16_MIN_DH`] and fewer queries than [`BF16_MIN_ROWS`] (a decoding
+/// step) keep f32 attention: the same values with and without `bf16`.
 #[test]
-fn narrow_heads_keep_f32_attention() {
-    let (b, t, heads, dh) = (2, 9, 3, BF16_MIN_DH / 2);
-    let h = heads * dh;
-    let val =
-        |n: usize, m: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * 0.37 + m).sin()).collect() };
-    let (q, k, v) = (
-        val(b * t * h, 0.1),
-        val(b * t * h, 0.7),
-        val(b * t * h, 1.9),
-    );
-    let keep = vec![true; b * t];
-    let run = |bf16| {
-        let terms = ScoreTerms {
-            bf16,
-            ..Default::default()
+fn narrow_heads_and_decoding_steps_keep_f32_attention() {
+    for (t, s, dh) in [
+        (9, 9, BF16_MIN_DH / 2),
+        (1, 40, BF16_MIN_DH),
+        (BF16_MIN_ROWS - 1, 20, BF16_MIN_DH),
+    ] {
+        let (b, heads) = (2, 3);
+        let h = heads * dh;
+        let val = |n: usize, m: f32| -> Vec<f32> {
+            (0..n).map(|i| (i as f32 * 0.37 + m).sin()).collect()
         };
-        attention_with(
-            &q,
-            &k,
-            &v,
-            &keep,
-            [b, t, t],
-            heads,
-            0.3,
-            KvLayout::Time,
-            terms,
-        )
-        .unwrap()
-    };
-    assert_eq!(run(true), run(false));
+        let (q, k, v) = (
+            val(b * t * h, 0.1),
+            val(b * s * h, 0.7),
+            val(b * s * h, 1.9),
+        );
+        let keep = vec![true; b * s];
+        let run = |bf16| {
+            let terms = ScoreTerms {
+                bf16,
+                ..Default::default()
+            };
+            attention_with(
+                &q,
+                &k,
+                &v,
+                &keep,
+                [b, t, s],
+                heads,
+                0.3,
+                KvLayout::Time,
+                terms,
+            )
+            .unwrap()
+        };
+        assert_eq!(run(true), run(false), "t={t} s={s} dh={dh}");
+    }
 }

@@ -229,12 +229,19 @@ const PANEL_NV: usize = PANEL_NR / 16;
 /// The right-hand operand `b` `[k, n]` of one of attention's products under `medium` (keys for
 /// `q kᵀ`, values for `p v`), rounded to bf16 once per (batch, head) and packed as the
 /// microkernel reads it: strips of [`PANEL_NR`] columns, each `pairs × 32` `u32` pairs (the
-/// even inner position in the low half), zero past `k` and `n`. The buffers are the caller's,
-/// reused from head to head (`tmp` holds the rounded rows on the way).
+/// even inner position in the low half), zero past `k` and `n`, in a [`PanelBuf`] the caller
+/// reuses from head to head.
 pub(crate) struct Panel<'a> {
     data: &'a [u32],
     k: usize,
     n: usize,
+}
+
+/// A [`Panel`]'s storage, and the rounded rows on the way there.
+#[derive(Default)]
+pub(crate) struct PanelBuf {
+    data: Vec<u32>,
+    tmp: Vec<u16>,
 }
 
 impl<'a> Panel<'a> {
@@ -244,14 +251,9 @@ impl<'a> Panel<'a> {
 
     /// `b = srcᵀ` for `src` `[n, k]` (rows read as slices): a head's keys, whose dimensions
     /// pair up within each key's row.
-    pub(crate) fn transposed(
-        src: Mat<'_>,
-        n: usize,
-        k: usize,
-        buf: &'a mut Vec<u32>,
-        tmp: &mut Vec<u16>,
-    ) -> Self {
-        let pairs = k.div_ceil(2);
+    pub(crate) fn transposed(src: Mat<'_>, n: usize, k: usize, buf: &'a mut PanelBuf) -> Self {
+        let (pairs, tmp) = (k.div_ceil(2), &mut buf.tmp);
+        let buf = &mut buf.data;
         // The keys rounded, each row `2·pairs` long (its pairs as u32 below), then transposed
         // strip by strip.
         let lda = round_rows(tmp, n, k, |c| src.row(c));
@@ -268,14 +270,9 @@ impl<'a> Panel<'a> {
 
     /// `b = src` `[k, n]` (rows read as slices): a head's values, whose consecutive keys pair
     /// up.
-    pub(crate) fn rows(
-        src: Mat<'_>,
-        k: usize,
-        n: usize,
-        buf: &'a mut Vec<u32>,
-        tmp: &mut Vec<u16>,
-    ) -> Self {
-        let pairs = k.div_ceil(2);
+    pub(crate) fn rows(src: Mat<'_>, k: usize, n: usize, buf: &'a mut PanelBuf) -> Self {
+        let (pairs, tmp) = (k.div_ceil(2), &mut buf.tmp);
+        let buf = &mut buf.data;
         let strips = n.div_ceil(PANEL_NR);
         // Rows rounded at a stride of 2·⌈n/2⌉, one zero row past an odd k (MR-padded).
         let ld = round_rows(tmp, k, n, |r| src.row(r));

@@ -167,10 +167,9 @@ pub(crate) struct Scratch {
     qa: Vec<u16>,
     pa: Vec<u16>,
     o: Vec<f32>,
-    /// The bf16 path's packed keys and values, and the rows rounded on the way.
-    kp: Vec<u32>,
-    vp: Vec<u32>,
-    tmp: Vec<u16>,
+    /// The bf16 path's packed keys and values.
+    kp: dpbf16::PanelBuf,
+    vp: dpbf16::PanelBuf,
 }
 
 impl Scratch {
@@ -330,8 +329,8 @@ impl Head<'_> {
         let (t, s) = (self.t(), self.s());
         let dh = self.q.ncols();
         sc.ensure(t, s);
-        let keys = dpbf16::Panel::transposed(self.k, s, dh, &mut sc.kp, &mut sc.tmp);
-        let values = dpbf16::Panel::rows(self.v, s, dh, &mut sc.vp, &mut sc.tmp);
+        let keys = dpbf16::Panel::transposed(self.k, s, dh, &mut sc.kp);
+        let values = dpbf16::Panel::rows(self.v, s, dh, &mut sc.vp);
         sc.o.resize(BR.min(t) * dh, 0.0);
         for i0 in (0..t).step_by(BR) {
             let br = BR.min(t - i0);

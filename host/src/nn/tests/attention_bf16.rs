@@ -4,6 +4,18 @@ use half::bf16;
 use super::{attention_with, KvLayout, ScoreTerms, BF16_MIN_DH, BF16_MIN_ROWS};
 use crate::nn::flash::{BC, BR};
 
+/// `attention_with` on keys and values in the projections' layout.
+fn attend(
+    [q, k, v]: [&[f32]; 3],
+    keep: &[bool],
+    bts: [usize; 3],
+    heads: usize,
+    scale: f32,
+    terms: ScoreTerms,
+) -> Vec<f32> {
+    attention_with(q, k, v, keep, bts, heads, scale, KvLayout::Time, terms).unwrap()
+}
+
 fn round(v: f32) -> f64 {
     f64::from(bf16::from_f32(v).to_f32())
 }
@@ -105,18 +117,7 @@ fn bf16_attention_equals_the_rounded_blocked_algorithm() {
                 causal,
                 bf16,
             };
-            attention_with(
-                &q,
-                &k,
-                &v,
-                &keep,
-                [b, t, s],
-                heads,
-                scale,
-                KvLayout::Time,
-                terms,
-            )
-            .unwrap()
+            attend([&q, &k, &v], &keep, [b, t, s], heads, scale, terms)
         };
         let (got, f32s) = (run(true), run(false));
         let (mut worst, mut unrounded, mut vs_f32) = (0f64, f64::INFINITY, 0f64);
@@ -196,18 +197,7 @@ fn narrow_heads_and_decoding_steps_keep_f32_attention() {
                 bf16,
                 ..Default::default()
             };
-            attention_with(
-                &q,
-                &k,
-                &v,
-                &keep,
-                [b, t, s],
-                heads,
-                0.3,
-                KvLayout::Time,
-                terms,
-            )
-            .unwrap()
+            attend([&q, &k, &v], &keep, [b, t, s], heads, 0.3, terms)
         };
         assert_eq!(run(true), run(false), "t={t} s={s} dh={dh}");
     }

@@ -85,15 +85,15 @@ fn panel_products_equal_the_exact_product_of_the_rounded_operands() {
                 srct[c * k + q] = src[q * n + c];
             }
         }
-        let (mut b1, mut b2, mut tmp) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut b1, mut b2) = (Default::default(), Default::default());
         let panels = [
             (
                 "rows",
-                Panel::rows(Mat::rows(&src, 0, k, n, n), k, n, &mut b1, &mut tmp),
+                Panel::rows(Mat::rows(&src, 0, k, n, n), k, n, &mut b1),
             ),
             (
                 "transposed",
-                Panel::transposed(Mat::rows(&srct, 0, n, k, k), n, k, &mut b2, &mut tmp),
+                Panel::transposed(Mat::rows(&srct, 0, n, k, k), n, k, &mut b2),
             ),
         ];
         let (ar, br) = (round(&a), round(&src));

@@ -300,13 +300,13 @@ impl Bert {
                 0
             };
             let mut keep = nn::keep_mask(mask)?;
+            let terms = nn::ScoreTerms {
+                bf16: hooks.bf16_attention(),
+                ..Default::default()
+            };
             if fused {
                 if hooks.graph.no_grad {
                     // The head split of the projections is read in place.
-                    let terms = nn::ScoreTerms {
-                        bf16: hooks.bf16_attention(),
-                        ..Default::default()
-                    };
                     nn::nograd_split(q, split(k), split(v), &keep, scale, terms)?
                 } else {
                     nn::tracked::attention(q, k, v, &keep, heads, scale, p, seed)?
@@ -317,10 +317,6 @@ impl Bert {
                 // Positions a site prepends (prefix tuning) are visible to every query.
                 keep = prefixed_keep(&keep, b, t, s);
                 if hooks.graph.no_grad {
-                    let terms = nn::ScoreTerms {
-                        bf16: hooks.bf16_attention(),
-                        ..Default::default()
-                    };
                     nn::nograd_split(q, k, v, &keep, scale, terms)?
                 } else {
                     nn::tracked::attention_split(q, k, v, &keep, scale, p, seed)?

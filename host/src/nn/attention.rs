@@ -255,7 +255,7 @@ pub(crate) fn flash_forward(
         && d.dh() >= BF16_MIN_DH
         && d.t >= BF16_MIN_ROWS;
     // Without `vdpbf16ps` the f32 path reads rounded copies (and rounds the probabilities).
-    let rounded = (bf16 && !dpbf16::available()).then(|| [q, k, v].map(round_copy));
+    let rounded = (bf16 && !dpbf16::available()).then(|| [q, k, v].map(super::bf16::rounded));
     let (q, k, v) = match &rounded {
         Some([q, k, v]) => (&q[..], &k[..], &v[..]),
         None => (q, k, v),
@@ -276,13 +276,6 @@ pub(crate) fn flash_forward(
             h.forward(&mut out, lse, sc);
         });
     out
-}
-
-/// The values rounded to bf16 (and widened back).
-fn round_copy(x: &[f32]) -> Vec<f32> {
-    x.par_iter()
-        .map(|&v| half::bf16::from_f32(v).to_f32())
-        .collect()
 }
 
 /// Gradients of `q`, `k`, `v` (in their own layouts) from the output `o`, its gradient

@@ -14,10 +14,12 @@ use super::{
     },
     bf16::WeightBuf,
     gemm::{matmul, Mat, MatMut, Parallelism},
+    low_rank::{rows_axpy, LOW_RANK},
     math::{dot, simd_dispatch},
     value::{fp, ft, FloatPrim},
 };
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// `x @ w^T + b` with `w: [out, in]`, flattening leading dims into one matmul.
 pub fn linear<B: AutodiffBackend>(
@@ -190,6 +192,18 @@ simd_dispatch! {
     }
 }
 
+/// A weight `[out, in]` as the f32 rows of `W` (`row_major`) or of `Wᵀ`: borrowed where an
+/// f32 weight is stored so, else copied (bf16 widened exactly); callers ask only for
+/// low-rank weights, whose copies are small.
+fn weight_rows(w: &WeightBuf, o: usize, i: usize, row_major: bool) -> Cow<'_, [f32]> {
+    let stored = w.f32();
+    match (w.col_major(), row_major) {
+        (false, true) | (true, false) => stored,
+        (false, false) => Cow::Owned(transposed(&stored, o, i)),
+        (true, true) => Cow::Owned(transposed(&stored, i, o)),
+    }
+}
+
 #[derive(Debug)]
 struct LinearBackward;
 
@@ -213,7 +227,14 @@ impl Backward<Flex, 3> for LinearBackward {
                 .then(|| w.bf16_view(o, i, false))
                 .flatten()
                 .and_then(|b| super::bf16::product_vec(&dy, b, None, n));
-            let dx = on_amx.unwrap_or_else(|| {
+            // A down-projection's input gradient (inner width `o` small): `nn::low_rank`.
+            let low = || {
+                (o <= LOW_RANK).then(|| {
+                    let m = weight_rows(&w, o, i, true);
+                    rows_axpy(&w.product_input(&dy), &m, None, [n, o, i])
+                })
+            };
+            let dx = on_amx.or_else(low).unwrap_or_else(|| {
                 let mut dx = vec![0f32; n * i];
                 let wf = w.f32();
                 let w_mat = w.mat(&wf, o, i);
@@ -286,7 +307,15 @@ pub fn tracked<B: AutodiffBackend>(
         .then(|| wv.bf16_view(o, i, true))
         .flatten()
         .and_then(|b| super::bf16::product_vec(&xv, b, Some(&bv), n));
-    let y = on_amx.unwrap_or_else(|| {
+    // An up-projection (inner width `i` small): `nn::low_rank`, each output row summed in
+    // registers and written once.
+    let low = || {
+        (i <= LOW_RANK).then(|| {
+            let m = weight_rows(&wv, o, i, false);
+            rows_axpy(&wv.product_input(&xv), &m, Some(&bv), [n, i, o])
+        })
+    };
+    let y = on_amx.or_else(low).unwrap_or_else(|| {
         // y = 1·y + x·Wᵀ: the bias rows plus the product. A column-major weight goes to the
         // GEMM at any row count: it reads such a weight in place, without packing it.
         let mut y = repeat_rows(&bv, n);

@@ -21,6 +21,7 @@ pub mod gemm;
 mod kv_site;
 pub mod layer_norm;
 pub mod linear;
+pub mod low_rank;
 mod math;
 pub mod rms_norm;
 pub mod softmax;

@@ -139,3 +139,31 @@ fn repeat_rows_writes_every_row() {
     assert!(repeat_rows(&row, 0).is_empty());
     assert!(repeat_rows(&[], 9).is_empty());
 }
+
+/// A low-rank weight (`nn::low_rank`: an adapter's down- and up-projection, LoRA's `A` and
+/// `B`) gives burn's values and every gradient through the row kernels, row-major and held
+/// column-major, frozen and training, with few rows and many.
+#[test]
+fn low_rank_weights_give_burns_values_and_gradients() {
+    use super::column_major;
+    use crate::nn::low_rank::LOW_RANK;
+    for (o, i) in [
+        (8, 37),
+        (37, 8),
+        (LOW_RANK, LOW_RANK + 1),
+        (LOW_RANK + 1, 1),
+        (2, 3),
+    ] {
+        let w0 = leaf(1.7, [1, o, i]).reshape([o, i]).detach();
+        for w in [w0.clone(), column_major(w0.clone())] {
+            for n in [4, 150] {
+                for w_trains in [false, true] {
+                    let a = values_and_gradients(w.clone(), n, w_trains, true);
+                    let b = values_and_gradients(w0.clone(), n, w_trains, false);
+                    assert_eq!(a.2.len(), if w_trains { o * i } else { 0 });
+                    assert_same(&a, &b);
+                }
+            }
+        }
+    }
+}

@@ -8,7 +8,10 @@ use peft_host::{
     bridge::HostGraph,
     config::{MatmulPrecision, RunConfig},
     model::Model,
-    nn,
+    nn::{
+        self,
+        value::{fp, ft},
+    },
 };
 use peft_registry::Registry;
 use peft_tests::*;
@@ -92,5 +95,37 @@ fn medium_precision_rounds_the_activations_and_stays_close() {
         mean(&medium, &exact) < 4.0 * mean(&high, &exact),
         "medium's error should be of the weights' rounding's order"
     );
+
+    // A BERT intermediate layer under medium without gradients: the product and GELU in one
+    // pass where the product runs on `vdpbf16ps`, the same values as the two apart.
+    let device = Default::default();
+    let w = nn::bf16::tensor::<B, 2>(&seeded(11, 1536 * 384, 0.05), [1536, 384], &device);
+    let b = burn::tensor::Tensor::<B, 1>::from_floats(&seeded(12, 1536, 0.5)[..], &device);
+    let x = burn::tensor::Tensor::<B, 1>::from_floats(&seeded(13, 2 * 40 * 384, 1.0)[..], &device)
+        .reshape([2, 40, 384]);
+    let fused = nn::linear::gelu_product::<B>(&x, fp(w.clone()), fp(b.clone())).unwrap();
+    let on_dpbf16 = nn::bf16::ProductPath::current() == nn::bf16::ProductPath::Vdpbf16ps;
+    assert_eq!(
+        fused.is_some(),
+        on_dpbf16,
+        "fused exactly where the product runs on vdpbf16ps"
+    );
+    if let Some(fused) = fused {
+        let y = ft::<B, 3>(nn::linear::<B>(fp(x), fp(w), Some(fp(b))).unwrap());
+        let mut apart = nn::to_vec(y).unwrap();
+        nn::gelu(&mut apart);
+        assert_eq!(vals(fused), apart);
+    }
     nn::bf16::set_matmul_precision(MatmulPrecision::High);
+}
+
+/// `n` values in `[-scale, scale)` from a seed.
+fn seeded(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let h =
+                (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            ((h >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
 }

@@ -5,11 +5,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::arch::Architecture;
-use super::{
-    additive_mask,
-    layers::{gelu, prefixed_keep},
-    Backbone, Hooks, TextBatch,
-};
+use super::{additive_mask, layers::prefixed_keep, Backbone, Hooks, TextBatch};
 use crate::nn::{self, softmax};
 
 /// The fields of an HF `config.json` that BertModel uses.
@@ -343,11 +339,16 @@ impl Bert {
             x,
             c.layer_norm_eps,
         )?;
-        let inter = self.lin(hooks, &h1, &format!("{p}.intermediate.dense"))?;
+        let dense = format!("{p}.intermediate.dense");
         let inter = match c.hidden_act.as_str() {
-            "gelu" => gelu(hooks, inter)?,
-            _ if hooks.graph.no_grad => Tensor::from_inner(act(&c.hidden_act, inter.inner())),
-            _ => act(&c.hidden_act, inter),
+            "gelu" => hooks.linear_gelu(&dense, &h1)?,
+            _ => {
+                let inter = self.lin(hooks, &h1, &dense)?;
+                match hooks.graph.no_grad {
+                    true => Tensor::from_inner(act(&c.hidden_act, inter.inner())),
+                    false => act(&c.hidden_act, inter),
+                }
+            }
         };
         // HF's `BertIntermediate` output (after the activation): where (IA)³ scales.
         let inter = hooks.hidden(&format!("{p}.intermediate"), inter)?;

@@ -140,6 +140,21 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
         self.pair(key, x, y)
     }
 
+    /// [`Self::linear`] then exact GELU (a BERT intermediate layer): without gradients and
+    /// with nothing attached at the site, in one pass where the product runs on `vdpbf16ps`
+    /// ([`nn::linear::gelu_product`]).
+    pub fn linear_gelu(&self, key: &str, x: &Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError> {
+        if self.graph.no_grad && nn::enabled::<B>() && !self.attached(key) {
+            let w = self.graph.param_value(&format!("{key}.weight"))?;
+            let b = self.graph.param_value(&format!("{key}.bias"))?;
+            if let Some(y) = nn::linear::gelu_product::<B>(x, w, b)? {
+                return Ok(y);
+            }
+        }
+        let y = self.linear(key, x)?;
+        layers::gelu(self, y)
+    }
+
     /// A bias-free linear projection (T5) with HF weight `<key>.weight`, then its site `<key>`.
     pub fn linear_no_bias(&self, key: &str, x: &Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError> {
         let w = self.graph.param_value(&format!("{key}.weight"))?;

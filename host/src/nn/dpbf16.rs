@@ -69,6 +69,29 @@ pub fn linear(
     bias: Option<&[f32]>,
     m: usize,
 ) -> bool {
+    linear_then(y, x, b, bias, m, Epilogue::None)
+}
+
+/// What [`linear_then`] applies to the outputs once they are final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// Exact GELU (`nn::gelu`), on each block of rows right after its last strip is stored,
+    /// while the block is still in cache: a BERT intermediate layer without gradients then
+    /// writes its `[tokens, 4·hidden]` output once instead of writing it, reading it back and
+    /// writing it again.
+    Gelu,
+}
+
+/// [`linear`], then `epilogue` on the outputs.
+pub fn linear_then(
+    y: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    b: Bf16Mat<'_>,
+    bias: Option<&[f32]>,
+    m: usize,
+    epilogue: Epilogue,
+) -> bool {
     let (k, n) = (b.rows, b.cols);
     b.check_product("dpbf16", x.len(), y.len(), bias, m);
     if !available() || m == 0 || n == 0 || k == 0 {
@@ -80,15 +103,26 @@ pub fn linear(
     let rows = m.div_ceil(tasks).div_ceil(MR) * MR;
     y.par_chunks_mut(rows * n)
         .enumerate()
-        .for_each(|(t, yt)| run(yt, x, &bp, bias, [m, k, n], t * rows));
+        .for_each(|(t, yt)| run(yt, x, &bp, bias, [m, k, n], t * rows, epilogue));
     true
 }
 
 /// [`linear`] into a fresh `Vec` (`None` when the path is not available).
 pub fn linear_vec(x: &[f32], b: Bf16Mat<'_>, bias: Option<&[f32]>, m: usize) -> Option<Vec<f32>> {
+    linear_vec_then(x, b, bias, m, Epilogue::None)
+}
+
+/// [`linear_then`] into a fresh `Vec` (`None` when the path is not available).
+pub fn linear_vec_then(
+    x: &[f32],
+    b: Bf16Mat<'_>,
+    bias: Option<&[f32]>,
+    m: usize,
+    epilogue: Epilogue,
+) -> Option<Vec<f32>> {
     let len = m * b.cols;
     let mut y = Vec::with_capacity(len);
-    if !linear(&mut y.spare_capacity_mut()[..len], x, b, bias, m) {
+    if !linear_then(&mut y.spare_capacity_mut()[..len], x, b, bias, m, epilogue) {
         return None;
     }
     // SAFETY: `linear` returned true, so every element was written: the tasks' row ranges
@@ -149,6 +183,7 @@ fn run(
     bias: Option<&[f32]>,
     [m, k, n]: [usize; 3],
     r0: usize,
+    epilogue: Epilogue,
 ) {
     let pairs = k.div_ceil(2);
     let strip = pairs * NR;
@@ -195,6 +230,15 @@ fn run(
                     };
                 }
             }
+        }
+        if epilogue == Epilogue::Gelu {
+            let block = &mut yt[m0 * n..(m0 + mrows) * n];
+            // SAFETY: every element of these `mrows` whole rows was stored above: the strips
+            // cover all n columns and each microkernel call stores every row and column of
+            // its block (the first inner block writes, later ones add); MaybeUninit<f32> has
+            // f32's layout.
+            let block = unsafe { &mut *(block as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            super::gelu::gelu_serial(block);
         }
     }
 }

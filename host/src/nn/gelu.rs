@@ -43,6 +43,11 @@ simd_dispatch! {
     }
 }
 
+/// [`gelu`] on the calling thread (a kernel's epilogue, inside its own parallel task).
+pub(crate) fn gelu_serial(x: &mut [f32]) {
+    gelu_chunk(x);
+}
+
 /// Exact GELU, `x · Φ(x) = x/2 · (1 + erf(x/√2))`, in place.
 pub fn gelu(x: &mut [f32]) {
     let _t = super::timing::span("gelu");

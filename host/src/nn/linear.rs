@@ -69,6 +69,41 @@ pub fn linear<B: AutodiffBackend>(
     Ok(B::float_reshape(fp(y), Shape::from(out)))
 }
 
+/// `gelu(x Wᵀ + b)` without gradients in one pass over the output where the product runs on
+/// `vdpbf16ps` (a bf16 weight under `matmul_precision: medium`, no AMX; `nn::dpbf16`'s GELU
+/// epilogue): the same values as [`linear`] then [`super::gelu()`], whose second pass read and
+/// wrote the whole `[tokens, 4·hidden]` output again. `None` (nothing computed) elsewhere: the
+/// caller runs the two apart.
+pub fn gelu_product<B: AutodiffBackend>(
+    x: &Tensor<B, 3>,
+    w: FloatPrim<B>,
+    b: FloatPrim<B>,
+) -> Result<Option<Tensor<B, 3>>, ApiError> {
+    use super::bf16::ProductPath;
+    if !super::autodiff::enabled::<B>() || ProductPath::current() != ProductPath::Vdpbf16ps {
+        return Ok(None);
+    }
+    let (w, b) = (ft::<B, 2>(w), ft::<B, 1>(b));
+    let [bs, t, i] = x.dims();
+    let (n, o) = (bs * t, w.dims()[0]);
+    let fits = w.dims()[1] == i && b.dims() == [o] && n > SKINNY_ROWS;
+    if !fits || w.dtype() != burn::tensor::DType::BF16 {
+        return Ok(None);
+    }
+    let _t = super::timing::span("linear gelu");
+    let wv = WeightBuf::new(ad(w)?.primitive);
+    let Some(view) = wv.bf16_view(o, i, true) else {
+        return Ok(None);
+    };
+    let xv = Buf::new(ad(x.clone().reshape([n, i]))?.primitive);
+    let bv = Buf::new(ad(b)?.primitive);
+    let epilogue = super::dpbf16::Epilogue::Gelu;
+    let Some(y) = super::dpbf16::linear_vec_then(&xv, view, Some(&bv), n, epilogue) else {
+        return Ok(None);
+    };
+    Ok(Some(super::from_vec(y, [bs, t, o], &x.device())))
+}
+
 /// `w` `[out, in]` with the same values and dtype (f32 or bf16) stored column-major (the
 /// contiguous `[in, out]` buffer, seen through a transposed view), on the CPU backend;
 /// unchanged elsewhere.

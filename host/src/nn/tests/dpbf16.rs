@@ -1,6 +1,6 @@
 use half::bf16;
 
-use super::{available, linear_vec, Bf16Mat, MC, MR, NR};
+use super::{available, linear_vec, linear_vec_then, Bf16Mat, Epilogue, MC, MR, NR};
 use crate::nn::test_support::{assert_within, both_layouts, reference, values};
 
 /// The `vdpbf16ps` product equals the exact product of the activations rounded to bf16 and the
@@ -132,6 +132,44 @@ fn panel_products_equal_the_exact_product_of_the_rounded_operands() {
                         format!("{name} {m}x{k}x{n} pairs {p:?} cols {c:?} acc {accumulate}");
                     assert_within(&y, &want, &mag, 18, &what);
                 }
+            }
+        }
+    }
+}
+
+/// The GELU epilogue gives exactly the product followed by `nn::gelu` (the same stored values,
+/// the same GELU), over several row blocks and tasks, partial strips and panels, both weight
+/// layouts, with and without a bias.
+#[test]
+fn gelu_epilogue_equals_the_product_then_gelu() {
+    if !available() {
+        eprintln!("AVX512-BF16 is not available here (CPU or PEFT_DPBF16=0): nothing to check");
+        return;
+    }
+    for (i, &[m, k, n]) in [[3, 5, 7], [2 * MC + 13, 96, 2 * NR + 5], [MR, 384, 1536]]
+        .iter()
+        .enumerate()
+    {
+        let x: Vec<f32> = values(7 * i as u64 + 1, m * k)
+            .iter()
+            .map(|v| v * 3.0)
+            .collect();
+        let wq: Vec<bf16> = values(7 * i as u64 + 2, k * n)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let bias = values(7 * i as u64 + 3, n);
+        let mut wt = Vec::new();
+        for b in both_layouts(&wq, &mut wt, k, n) {
+            for bias in [Some(&bias[..]), None] {
+                let mut want = linear_vec(&x, b, bias, m).expect("available");
+                crate::nn::gelu(&mut want);
+                let got = linear_vec_then(&x, b, bias, m, Epilogue::Gelu).expect("available");
+                assert_eq!(got, want, "{m}x{k}x{n} bias {}", bias.is_some());
+                assert!(
+                    got.iter().any(|&v| v < 0.0),
+                    "GELU's negative lobe is present"
+                );
             }
         }
     }

@@ -22,7 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-METHODS = ["houlsby", "parallel-adapter", "adapter-bias", "meta-adapters", "lora", "prefix"]
+METHODS = ["houlsby", "parallel-adapter", "adapter-bias", "meta-adapters", "lora", "prefix", "pha",
+           "hypert5"]
+# Methods that are compositions rather than one plugin's defaults: `bench model --config`, the
+# backbone section set to this run's dtype and precision.
+METHOD_CONFIGS = {"hypert5": "scripts/bench/hypert5-minilm.json"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -74,8 +78,20 @@ def main():
     methods = [m for m in a.methods.split(",") if m]
     seqs = [int(s) for s in a.seqs.split(",")]
     env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
-    host = [a.bin, "bench", "model", "--runs", str(a.runs), "--json", "--backbone-dtype", a.dtype,
-            "--matmul-precision", a.matmul_precision]
+    base = [a.bin, "bench", "model", "--runs", str(a.runs), "--json"]
+    host = base + ["--backbone-dtype", a.dtype, "--matmul-precision", a.matmul_precision]
+    method_cmd = {}
+    for m in methods:
+        if m not in METHOD_CONFIGS:
+            method_cmd[m] = host + ["--plugin", m]
+            continue
+        cfg = json.loads((ROOT / METHOD_CONFIGS[m]).read_text())
+        cfg["backbone"] = {"name": "all-MiniLM-L6-v2", "dtype": a.dtype,
+                           "matmul_precision": a.matmul_precision}
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        path = Path(a.out) / f"{m}.config.json"
+        path.write_text(json.dumps(cfg, indent=1))
+        method_cmd[m] = base + ["--config", str(path)]
     torch = [a.python, str(ROOT / "scripts/pytorch_reference.py"), "--model", a.model,
              "--runs", str(a.runs), "--threads", str(a.threads)] + (["--bf16"] if a.dtype == "bf16" else [])
     rounds = []
@@ -89,7 +105,7 @@ def main():
 
         def run_methods():
             for m in methods:
-                res, rss = timed(host + ["--plugin", m], env)
+                res, rss = timed(method_cmd[m], env)
                 rd["methods"][m] = {"result": res, "rss_mib": rss}
 
         for step in ([run_methods, run_torch] if host_first else [run_torch, run_methods]):

@@ -246,20 +246,65 @@ impl PhaseOps {
     }
 }
 
-/// MiniLM-shaped inference and (with modules) a full training step — forward, backward,
-/// AdamW — on `batch` x `seq` tokens, median over `runs`.
+/// What [`model_bench`] runs on: `batch` × `seq` tokens, `tasks` tasks mixed in the batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub batch: usize,
+    pub seq: usize,
+    pub tasks: usize,
+}
+
+/// MiniLM-shaped inference and (with modules) a full training step — forward, backward (the
+/// modules' auxiliary losses included, as training adds them), AdamW — on `batch` x `seq`
+/// tokens, example `i` of task `i mod tasks`, median over `runs`.
 pub fn model_bench<B: AutodiffBackend>(
     cfg: &crate::config::RunConfig,
     registry: &Registry,
-    batch: usize,
-    seq: usize,
+    Shape { batch, seq, tasks }: Shape,
     runs: usize,
     train: bool,
     device: &B::Device,
 ) -> anyhow::Result<ModelBench> {
-    use crate::{backbone::TextBatch, train::optim::AdamW};
+    use crate::{backbone::TextBatch, bridge::Value, model::TASK_IDS, train::optim::AdamW};
     use burn::tensor::{Int, TensorData};
     let model = crate::model::Model::<B>::build(cfg, registry, device, 2)?;
+    let task_ids = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            (0..batch as i64).map(|i| i % tasks.max(1) as i64).collect(),
+            [batch],
+        ),
+        device,
+    );
+    let with_tasks = |g: &HostGraph<'_, B>| {
+        let ids = Value::Int(task_ids.clone().into_primitive());
+        g.context.borrow_mut().insert(TASK_IDS.into(), ids);
+    };
+    // A context encoder (HyperT5) reads `k` examples of the pass's task: here `k` texts as long
+    // as its `max_length` allows, fixed for the task. Each training pass runs the hypermodel
+    // over them on the pass's graph (a stage-2 step); inference reads the values generated
+    // once for the task, as evaluation does.
+    let task = crate::data::Task {
+        name: "bench".into(),
+        kind: crate::data::TaskKind::Classification,
+        labels: vec!["0".into(), "1".into()],
+        train: Vec::new(),
+        eval: Vec::new(),
+        eval_split: "none".into(),
+        metric: "accuracy".into(),
+    };
+    if let Some(c) = &model.context_encoder {
+        let words = [
+            "context", "shows", "an", "example", "of", "the", "task", "and",
+        ];
+        let text = |j: usize| -> String {
+            let n = c.max_length.max(1);
+            (0..n)
+                .map(|w| words[(w + j) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        c.set_fixed_context(&task.name, (0..c.k).map(text).collect());
+    }
     let vocab = model.info().vocab_size as i64;
     // Deterministic pseudo-random token ids (no padding: every position is real).
     let ids: Vec<i64> = (0..batch * seq)
@@ -283,6 +328,8 @@ pub fn model_bench<B: AutodiffBackend>(
     let infer = || -> anyhow::Result<f64> {
         let start = Instant::now();
         let g = HostGraph::inference(&model.params);
+        with_tasks(&g);
+        crate::model::context::before_eval_pass(&model, &g, &task)?;
         let h = model.encode(&g, &tb)?;
         let _ = h.into_data();
         Ok(start.elapsed().as_secs_f64() * 1e3)
@@ -306,12 +353,17 @@ pub fn model_bench<B: AutodiffBackend>(
         let mut step = || -> anyhow::Result<f64> {
             let start = Instant::now();
             let g = HostGraph::new(&model.params, true);
+            with_tasks(&g);
+            crate::model::context::before_train_pass(&model, &g, &task, &task, &[])?;
             let logits = model.logits(&g, &tb)?;
             let logp = activation::log_softmax(logits, 1);
-            let loss = logp
+            let mut loss = logp
                 .gather(1, labels.clone().unsqueeze_dim::<2>(1))
                 .neg()
                 .mean();
+            for (w, aux) in g.aux_losses.borrow_mut().drain(..) {
+                loss = loss + crate::nn::value::ft::<B, 1>(aux) * w;
+            }
             let grads = loss.backward();
             drop(g);
             adamw_step(&model, &grads, &mut opt)?;

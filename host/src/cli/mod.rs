@@ -271,6 +271,11 @@ pub enum BenchCommand {
         /// Module plugins to train (none: inference only).
         #[arg(long)]
         plugin: Vec<String>,
+        /// A run config instead of `--plugin` and the backbone flags: its backbone, modules,
+        /// context encoder (HyperT5: the hypermodel runs in every training pass over `k`
+        /// texts of its `max_length`) and `training.train_groups`; its tasks are not read.
+        #[arg(long, conflicts_with_all = ["plugin", "backbone", "backbone_dtype", "matmul_precision"])]
+        config: Option<std::path::PathBuf>,
         #[arg(long, default_value = "all-MiniLM-L6-v2")]
         backbone: String,
         #[arg(long, default_value_t = 32)]
@@ -292,6 +297,11 @@ pub enum BenchCommand {
         /// `PEFT_OP_TIMES=1` does the same).
         #[arg(long)]
         op_times: bool,
+        /// Tasks mixed in the batch (example `i` is task `i mod N` in each pass's context),
+        /// the count a module that takes one is given (PHA's prototypes), as a multi-task run
+        /// would fill it in.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+        tasks: u32,
     },
     /// An encoder-decoder's (T5, BART) teacher-forced inference, greedy decoding and training
     /// step, on the shapes of scripts/pytorch_seq2seq_reference.py.

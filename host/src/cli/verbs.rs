@@ -93,8 +93,11 @@ pub fn plan(
 
 /// `bench overhead` and `bench model`.
 /// The run config a benchmark builds: `backbone` and each plugin with its defaults.
+/// The modules' default configs over `backbone`, training the groups `peft-host run --plugin`
+/// trains (PHA: its retriever, prototypes and hypernetwork as well as the adapters).
 fn bench_config(backbone: crate::config::BackboneDetail, plugins: &[String]) -> RunConfig {
     let mut cfg = RunConfig::for_plugin("none");
+    cfg.training.train_groups = RunConfig::default_run(plugins).training.train_groups;
     cfg.backbone = crate::config::BackboneSpec::Detailed(backbone);
     cfg.modules = plugins
         .iter()
@@ -240,6 +243,7 @@ pub fn bench(
         }
         BenchCommand::Model {
             plugin,
+            config,
             backbone,
             batch,
             seq,
@@ -248,26 +252,34 @@ pub fn bench(
             backbone_dtype,
             matmul_precision,
             op_times,
+            tasks,
         } => {
             if op_times {
                 crate::nn::timing::set_enabled(true);
             }
-            let cfg = bench_config(
-                crate::config::BackboneDetail {
-                    name: Some(backbone),
-                    dtype: serde_json::from_value(serde_json::json!(backbone_dtype))?,
-                    matmul_precision: serde_json::from_value(serde_json::json!(matmul_precision))?,
-                    ..Default::default()
-                },
-                &plugin,
-            );
+            let tasks = tasks as usize;
+            let cfg = match &config {
+                Some(path) => load_config(path, registry)?,
+                None => bench_config(
+                    crate::config::BackboneDetail {
+                        name: Some(backbone),
+                        dtype: serde_json::from_value(serde_json::json!(backbone_dtype))?,
+                        matmul_precision: serde_json::from_value(serde_json::json!(
+                            matmul_precision
+                        ))?,
+                        ..Default::default()
+                    },
+                    &plugin,
+                ),
+            };
+            let names: Vec<String> = (0..tasks).map(|t| format!("task{t}")).collect();
+            let cfg = crate::config::fill_num_tasks(&cfg, &names, registry);
             let r = crate::bench::model_bench::<crate::device::Cpu>(
                 &cfg,
                 registry,
-                batch,
-                seq,
+                crate::bench::Shape { batch, seq, tasks },
                 runs,
-                !plugin.is_empty(),
+                !cfg.modules.is_empty(),
                 &Default::default(),
             )?;
             if json {

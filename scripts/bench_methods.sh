@@ -10,7 +10,7 @@ cargo build --release -p peft-host --quiet
 bin=./target/release/peft-host
 echo "| method | trainable | inference (ms) | train step (ms) | peak RSS (MiB) |"
 echo "| --- | ---: | ---: | ---: | ---: |"
-for m in houlsby parallel-adapter adapter-bias meta-adapters lora prefix; do
+for m in houlsby parallel-adapter adapter-bias meta-adapters lora prefix pha; do
   out="$(mktemp)"
   /usr/bin/time -f '%M' -o "$out.rss" "$bin" bench model --plugin "$m" --runs "$runs" --json >"$out" 2>/dev/null
   python3 - "$m" "$out" "$out.rss" <<'PY'

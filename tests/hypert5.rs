@@ -769,3 +769,55 @@ fn adapt_keeps_a_downstream_module_trained_with_the_hypermodel() {
         assert_eq!(got, v, "{name}: the trained downstream value");
     }
 }
+
+/// The hypermodel's copy of the encoder starts at the backbone's values and is f32 when the
+/// backbone holds its weights in bf16 (`PARAM` hands plugins a bf16 weight widened, exactly,
+/// and the copy is assigned from it inside the host).
+#[test]
+fn encoder_copy_equals_the_backbone_and_stays_f32_under_a_bf16_backbone() {
+    use burn::tensor::{DType, TensorMetadata};
+    for dtype in ["f32", "bf16"] {
+        let mut cfg = tiny_bert_config(json!([
+            { "plugin": "lora", "config": { "rank": 2, "from_context": "hypert5.lora" } }
+        ]));
+        cfg["backbone"]["dtype"] = dtype.into();
+        cfg["context_encoder"] = json!({ "plugin": "hypert5", "config": {
+            "generate": ["lora"], "lora_rank": 2, "head_hidden": 16, "k": 2, "max_length": 8
+        }});
+        let cfg: RunConfig = serde_json::from_value(cfg).unwrap();
+        let registry = Registry::with_static_plugins().unwrap();
+        let model = Model::<B>::build(&cfg, &registry, &Default::default(), 0).unwrap();
+        let store = model.params.borrow();
+        let backbone: std::collections::HashMap<&str, _> = store
+            .iter()
+            .filter(|p| p.owner == "backbone")
+            .map(|p| (p.name.as_str(), p))
+            .collect();
+        let mut copies = 0;
+        for p in store.iter().filter(|p| p.owner == "hypert5") {
+            let Some(b) = p
+                .name
+                .strip_prefix("hypert5.")
+                .and_then(|k| backbone.get(k))
+            else {
+                continue;
+            };
+            copies += 1;
+            assert_eq!(p.value.dtype(), DType::F32, "{} under {dtype}", p.name);
+            let vals = |v: &burn::tensor::ops::FloatTensor<B>, rank: usize| match rank {
+                1 => vals(peft_host::nn::value::ft::<B, 1>(v.clone())),
+                _ => vals(peft_host::nn::value::ft::<B, 2>(v.clone())),
+            };
+            assert_eq!(
+                vals(&p.value, p.shape.len()),
+                vals(&b.value, b.shape.len()),
+                "{} under {dtype}",
+                p.name
+            );
+        }
+        assert!(
+            copies >= 12,
+            "the encoder's weight matrices are copied ({copies})"
+        );
+    }
+}

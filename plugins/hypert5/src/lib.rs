@@ -6,8 +6,8 @@
 //! On T5 the hypermodel is an encoder copy over the examples and a decoder copy fed learned
 //! queries, generating prefixes and/or LoRA A and B for all three attention kinds (`t5.rs`). On BERT-family
 //! encoders — the rest of this file — it is (group `hyper`): a trainable copy of the backbone's encoder layers and embedding
-//! LayerNorm, initialised from the backbone weights (`PARAM("backbone:…")`, `TO_DATA`,
-//! `Init::Data`; the word, position and type embeddings are read from the frozen backbone),
+//! LayerNorm, initialised from the backbone weights (`PARAM("backbone:…")` then
+//! `ASSIGN_PARAM`; the word, position and type embeddings are read from the frozen backbone),
 //! then one single-head attention block whose learned queries (one per layer and generated
 //! kind) attend over the tokens of all `k` examples, then one MLP head per kind
 //! (`Linear -> GELU -> Linear`).
@@ -123,11 +123,14 @@ impl HyperT5 {
             .param(&format!("backbone:{key}"))
             .map_err(|e| e.context(format_args!("hypert5: reading backbone weight `{key}`")))?;
         let shape = w.shape()?;
-        let values = w.to_vec()?;
         // In `encoder_group` when given (or `group`).
         let group = (self.config.encoder_group.as_ref()).unwrap_or(&self.config.group);
         let group = group.clone();
-        self.create_in(ctx, &group, key, &shape, Init::Data { values })
+        // Created, then given the backbone's values (widened to f32 by `PARAM`) inside the
+        // host with `ASSIGN_PARAM`: `Init::Data` would carry every value through the ABI as
+        // JSON text, ~3 s for MiniLM's 10.6 M encoder weights.
+        self.create_in(ctx, &group, key, &shape, Init::Zeros)?;
+        ctx.assign_param(key, w)
     }
 
     /// The MLP head `dense1 [hid, h] -> GELU -> dense2 [out, hid]` of one generated kind;

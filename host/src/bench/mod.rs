@@ -215,6 +215,29 @@ impl PhaseOps {
     }
 }
 
+/// One benchmark phase: a warm-up call of `f`, then `runs` timed calls (ms each); with op
+/// times on, the kernels' share of them goes to `op_times` under `phase`.
+pub(crate) fn time_phase(
+    phase: &str,
+    runs: usize,
+    op_times: &mut Vec<PhaseOps>,
+    f: &mut dyn FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    f()?;
+    crate::nn::timing::take();
+    let ms = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    if crate::nn::timing::enabled() {
+        op_times.push(PhaseOps::collect(phase, ms.iter().sum(), runs));
+    }
+    Ok(ms)
+}
+
 /// One AdamW step on every trainable parameter that received a gradient; returns how many
 /// elements did (what a benchmark's "trainable" counts: parameters off the loss's path are
 /// left out).

@@ -1,13 +1,14 @@
 //! `peft-host bench model`: MiniLM-shaped inference and a full training step of any module
 //! composition (PHA with its tasks mixed in the batch, a context encoder's hypermodel in each
 //! training pass), with the GFLOP/s the forward and the step reach against the GEMM.
-use std::time::Instant;
 
 use burn::tensor::{activation, backend::AutodiffBackend, Tensor};
 use peft_registry::Registry;
 use serde::Serialize;
 
-use super::{adamw_step, encoder_flops, gemm_rate, rayon_threads, summarise, PhaseOps, Timing};
+use super::{
+    adamw_step, encoder_flops, gemm_rate, rayon_threads, summarise, time_phase, PhaseOps, Timing,
+};
 use crate::bridge::HostGraph;
 
 #[derive(Serialize, Debug)]
@@ -123,24 +124,14 @@ pub fn model_bench<B: AutodiffBackend>(
     );
 
     model.set_trainable(&[])?;
-    let infer = || -> anyhow::Result<f64> {
-        let start = Instant::now();
+    let mut op_times = Vec::new();
+    let times = time_phase("inference", runs, &mut op_times, &mut || {
         let g = HostGraph::inference(&model.params);
         with_tasks(&g);
         crate::model::context::before_eval_pass(&model, &g, &task)?;
-        let h = model.encode(&g, &tb)?;
-        let _ = h.into_data();
-        Ok(start.elapsed().as_secs_f64() * 1e3)
-    };
-    infer()?;
-    crate::nn::timing::take();
-    let times = (0..runs)
-        .map(|_| infer())
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut op_times = Vec::new();
-    if crate::nn::timing::enabled() {
-        op_times.push(PhaseOps::collect("inference", times.iter().sum(), runs));
-    }
+        let _ = model.encode(&g, &tb)?.into_data();
+        Ok(())
+    })?;
     let inference = summarise("inference", times);
 
     let mut trainable_parameters = 0;
@@ -148,33 +139,22 @@ pub fn model_bench<B: AutodiffBackend>(
         model.set_trainable(&cfg.training.train_groups)?;
         trainable_parameters = model.params.borrow().trainable().map(|p| p.numel()).sum();
         let mut opt = AdamW::<B>::new(1e-4, 0.0);
-        let mut step = || -> anyhow::Result<f64> {
-            let start = Instant::now();
+        let times = time_phase("train step", runs, &mut op_times, &mut || {
             let g = HostGraph::new(&model.params, true);
             with_tasks(&g);
             crate::model::context::before_train_pass(&model, &g, &task, &task, &[])?;
             let logits = model.logits(&g, &tb)?;
             let logp = activation::log_softmax(logits, 1);
-            let mut loss = logp
+            let nll = logp
                 .gather(1, labels.clone().unsqueeze_dim::<2>(1))
                 .neg()
                 .mean();
-            for (w, aux) in g.aux_losses.borrow_mut().drain(..) {
-                loss = loss + crate::nn::value::ft::<B, 1>(aux) * w;
-            }
+            let loss = g.with_aux_losses(nll);
             let grads = loss.backward();
             drop(g);
             adamw_step(&model, &grads, &mut opt)?;
-            Ok(start.elapsed().as_secs_f64() * 1e3)
-        };
-        step()?;
-        crate::nn::timing::take();
-        let times = (0..runs)
-            .map(|_| step())
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if crate::nn::timing::enabled() {
-            op_times.push(PhaseOps::collect("train step", times.iter().sum(), runs));
-        }
+            Ok(())
+        })?;
         Some(summarise("train step", times))
     } else {
         None

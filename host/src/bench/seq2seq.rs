@@ -2,7 +2,6 @@
 //! `scripts/pytorch_seq2seq_reference.py`, so the two sides time the same work: a
 //! teacher-forced forward to the LM logits, greedy decoding through the key/value cache, and
 //! (with modules) a training step on the mean token cross-entropy.
-use std::time::Instant;
 
 use burn::tensor::{backend::AutodiffBackend, ElementConversion, Int, Tensor, TensorData};
 use peft_registry::Registry;
@@ -82,22 +81,9 @@ pub fn seq2seq_bench<B: AutodiffBackend>(
 
     model.set_trainable(&[])?;
     let mut op_times = Vec::new();
-    let mut time =
-        |phase: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<Vec<f64>> {
-            f()?;
-            crate::nn::timing::take();
-            let ms = (0..runs)
-                .map(|_| {
-                    let t = Instant::now();
-                    f()?;
-                    Ok(t.elapsed().as_secs_f64() * 1e3)
-                })
-                .collect::<anyhow::Result<Vec<f64>>>()?;
-            if crate::nn::timing::enabled() {
-                op_times.push(super::PhaseOps::collect(phase, ms.iter().sum(), runs));
-            }
-            Ok(ms)
-        };
+    let mut time = |phase: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| {
+        super::time_phase(phase, runs, &mut op_times, f)
+    };
     let inference = summarise(
         "inference",
         time("inference", &mut || {

@@ -77,6 +77,15 @@ impl<'p, B: AutodiffBackend> HostGraph<'p, B> {
         }
     }
 
+    /// `loss` plus the auxiliary terms modules added in this pass (`ADD_LOSS`), each times
+    /// its weight; the terms are taken, so a second call adds nothing.
+    pub fn with_aux_losses(&self, loss: burn::tensor::Tensor<B, 1>) -> burn::tensor::Tensor<B, 1> {
+        self.aux_losses
+            .borrow_mut()
+            .drain(..)
+            .fold(loss, |l, (w, aux)| l + value::ft::<B, 1>(aux) * w)
+    }
+
     pub fn device(&self) -> B::Device {
         self.params.borrow().device.clone()
     }

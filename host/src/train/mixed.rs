@@ -21,7 +21,7 @@ pub use crate::model::{mark_task, publish_task_ids, TASK_ID, TASK_IDS};
 
 use super::{task_probabilities, Sampler, TaskRun};
 use crate::{
-    bridge::{value::ft, HostGraph, Value},
+    bridge::{HostGraph, Value},
     config::TrainingSpec,
     data::Example,
     heads::{per_example_loss, target_text, Head, Output},
@@ -111,11 +111,7 @@ pub fn loss<B: AutodiffBackend>(
     } else {
         per_task_heads(model, graph, runs, items, &batch, t, device)?
     };
-    let mut loss = per_example.mean();
-    for (w, aux) in graph.aux_losses.borrow_mut().drain(..) {
-        loss = loss + ft::<B, 1>(aux) * w;
-    }
-    Ok(loss)
+    Ok(graph.with_aux_losses(per_example.mean()))
 }
 
 /// Encodes the batch once and answers each task's rows with its own head; `[n]` losses in

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bridge::{value::ft, HostGraph},
+    bridge::HostGraph,
     config::RunConfig,
     data::{Example, Task, TaskKind},
     heads::{per_example_loss, target_text, Head, Output},
@@ -99,11 +99,8 @@ fn loss<B: AutodiffBackend>(
     let out = run
         .head
         .forward(model, graph, answers, batch, t.max_length, device)?;
-    let mut loss = per_example_loss(out, batch, t.label_smoothing, device).mean();
-    for (w, aux) in graph.aux_losses.borrow_mut().drain(..) {
-        loss = loss + ft::<B, 1>(aux) * w;
-    }
-    Ok(loss)
+    let loss = per_example_loss(out, batch, t.label_smoothing, device).mean();
+    Ok(graph.with_aux_losses(loss))
 }
 
 fn floats<B: burn::tensor::backend::Backend, const D: usize>(

@@ -117,11 +117,8 @@ impl<B: AutodiffBackend> Services<'_, '_, B> {
             t.max_length,
             &self.device,
         )?;
-        let mut loss = per_example_loss(out, batch, t.label_smoothing, &self.device).mean();
-        for (w, aux) in self.graph.aux_losses.borrow_mut().drain(..) {
-            loss = loss + ft::<B, 1>(aux) * w;
-        }
-        Ok(loss)
+        let loss = per_example_loss(out, batch, t.label_smoothing, &self.device).mean();
+        Ok(self.graph.with_aux_losses(loss))
     }
 
     pub(super) fn step(&self, a: StepArgs, inputs: Vec<Value<B>>) -> Result<Json, ApiError> {

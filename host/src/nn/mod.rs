@@ -5,6 +5,7 @@
 //! apply only on burn's CPU backend ([`enabled`]), and multiply through the one checked GEMM
 //! in [`gemm`]. Each is tested against burn's generic path (values and gradients) in
 //! `nn/tests/`, and end to end by the parity tests.
+pub mod adamw;
 pub mod amx;
 pub mod attention;
 pub(crate) mod attention_dense;

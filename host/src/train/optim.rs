@@ -181,6 +181,29 @@ impl<B: AutodiffBackend> AdamW<B> {
         let rank = p.shape.len();
         let (lr, wd, b1, b2, eps) = (self.lr, self.weight_decay, self.beta1, self.beta2, self.eps);
         let entry = self.state.remove(&p.name);
+        let t = entry.as_ref().map_or(1, |e| e.0 + 1);
+        let h = crate::nn::adamw::Hyper {
+            lr,
+            weight_decay: wd,
+            beta1: b1,
+            beta2: b2,
+            eps,
+            t,
+        };
+        // One pass on the CPU backend; the composed ops below elsewhere (the same values).
+        let (grad, entry) = match crate::nn::adamw::adamw_step::<B>(
+            &p.value,
+            grad,
+            entry.map(|(_, m, v)| (m, v)),
+            h,
+        ) {
+            Ok((value, m, v)) => {
+                p.value = value;
+                self.state.insert(p.name.clone(), (t, m, v));
+                return Ok(());
+            }
+            Err((grad, moments)) => (grad, moments.map(|(m, v)| (t - 1, m, v))),
+        };
         let (t, m, v, value) = by_rank!(rank, |D| {
             let w = ft::<B, D>(p.value.clone()).inner();
             let g = Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(grad));

@@ -174,6 +174,16 @@ fn every_mismatch_is_named() {
     });
     let e = load_err(dir.path());
     assert!(e.contains("0.0.1") && e.contains("weights differ"), "{e}");
+    // An adapter saved by plugins built for an earlier API minor (1.1, before `ATTENTION`)
+    // still loads: the majors match and the plugins' own versions pin what they compute.
+    let dir = tempfile::tempdir().unwrap();
+    saved_model(dir.path());
+    edit_manifest(dir.path(), |v| {
+        for p in v["plugins"].as_array_mut().unwrap() {
+            p["api_version"] = json!("1.1");
+        }
+    });
+    folder::load::<B>(dir.path(), &registry(), &Default::default()).unwrap();
 }
 
 #[test]

@@ -233,3 +233,162 @@ fn op_errors_are_values_not_panics() {
     }
     assert_eq!(graph.live_handles(), 0);
 }
+
+/// `ATTENTION` (API 1.2) through the op API — the fused kernel in a training graph, its
+/// no-gradient pass, and burn's ops with the kernels off — against the composed attention
+/// written in burn: the same outputs and the same gradients for q, k and v, with padded keys
+/// in one batch and keys that outnumber the queries.
+#[test]
+fn attention_through_the_op_api_matches_native_burn() {
+    let (b, t, s, h, heads, scale) = (2, 5, 7, 8, 2, 0.35f32);
+    let data = |n: usize, m: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * m) % 29) as f32 - 14.0) / 9.0)
+            .collect()
+    };
+    let (dq, dk, dv, dw) = (
+        data(b * t * h, 7),
+        data(b * s * h, 11),
+        data(b * s * h, 13),
+        data(b * t * h, 17),
+    );
+    // Batch 1 sees only its first four keys.
+    let keep: Vec<f32> = (0..b * s)
+        .map(|i| if i >= s && i % s >= 4 { 0.0 } else { 1.0 })
+        .collect();
+
+    let through_api = |training: bool| {
+        let store = std::cell::RefCell::new(peft_host::params::ParamStore::<B>::new(
+            Default::default(),
+            7,
+        ));
+        let graph = if training {
+            HostGraph::new(&store, true)
+        } else {
+            HostGraph::inference(&store)
+        };
+        let out = {
+            let ctx = Ctx::new(graph.as_abi());
+            let leaf = |shape: &[usize], v: &Vec<f32>| {
+                let x = ctx.from_data(shape, v.clone()).unwrap();
+                if training {
+                    x.require_grad().unwrap()
+                } else {
+                    x
+                }
+            };
+            let (q, k, v) = (
+                leaf(&[b, t, h], &dq),
+                leaf(&[b, s, h], &dk),
+                leaf(&[b, s, h], &dv),
+            );
+            let m = ctx.from_data(&[b, s], keep.clone()).unwrap();
+            let y = q
+                .clone()
+                .attention(k.clone(), v.clone(), Some(m), heads, scale as f64)
+                .unwrap();
+            let w = ctx.from_data(&[b, t, h], dw.clone()).unwrap();
+            let loss = y.clone().mul(w).unwrap().sum().unwrap();
+            let y = y.to_vec().unwrap();
+            let grads = if training {
+                let g = ctx.grad(loss, vec![q, k, v]).unwrap();
+                g.iter().map(|x| x.to_vec().unwrap()).collect()
+            } else {
+                Vec::new()
+            };
+            (y, grads)
+        };
+        assert_eq!(graph.live_handles(), 0, "every handle is released");
+        out
+    };
+
+    // Directly in burn.
+    let dev = Default::default();
+    let leaf = |shape: [usize; 3], v: &Vec<f32>| {
+        Tensor::<B, 3>::from_data(TensorData::new(v.clone(), shape), &dev).require_grad()
+    };
+    let (q, k, v) = (
+        leaf([b, t, h], &dq),
+        leaf([b, s, h], &dk),
+        leaf([b, s, h], &dv),
+    );
+    let split = |x: Tensor<B, 3>, n: usize| x.reshape([b, n, heads, h / heads]).swap_dims(1, 2);
+    let mask: Vec<f32> = keep
+        .iter()
+        .map(|&m| if m == 0.0 { f32::MIN } else { 0.0 })
+        .collect();
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s]), &dev)
+        .unsqueeze_dim::<3>(1)
+        .unsqueeze_dim::<4>(1);
+    let scores = split(q.clone(), t).matmul(split(k.clone(), s).swap_dims(2, 3)) * scale as f64;
+    let y = activation::softmax(scores + mask, 3)
+        .matmul(split(v.clone(), s))
+        .swap_dims(1, 2)
+        .reshape([b, t, h]);
+    let w = Tensor::<B, 3>::from_data(TensorData::new(dw.clone(), [b, t, h]), &dev);
+    let want_y = vals(y.clone());
+    let g = (y * w).sum().backward();
+    let want_grads = [q, k, v].map(|x| vals(x.grad(&g).unwrap()));
+
+    for (what, (y, grads)) in [
+        ("the kernel", through_api(true)),
+        (
+            "burn's ops",
+            peft_host::nn::generic_ops(|| through_api(true)),
+        ),
+    ] {
+        assert!(
+            max_diff(&y, &want_y) < 1e-5,
+            "{what}: output differs by {}",
+            max_diff(&y, &want_y)
+        );
+        for (name, (got, want)) in ["dq", "dk", "dv"].iter().zip(grads.iter().zip(&want_grads)) {
+            let d = max_diff(got, want);
+            assert!(d < 1e-5, "{what}: {name} differs by {d}");
+        }
+    }
+    let (y, _) = through_api(false);
+    assert!(
+        max_diff(&y, &want_y) < 1e-5,
+        "no-gradient pass: output differs by {}",
+        max_diff(&y, &want_y)
+    );
+}
+
+/// `ATTENTION`'s bad arguments come back as errors naming what is wrong.
+#[test]
+fn attention_rejects_bad_shapes_and_head_counts() {
+    let store = std::cell::RefCell::new(peft_host::params::ParamStore::<B>::new(
+        Default::default(),
+        7,
+    ));
+    let graph = HostGraph::new(&store, false);
+    {
+        let ctx = Ctx::new(graph.as_abi());
+        let x = |shape: &[usize]| {
+            let n = shape.iter().product();
+            ctx.from_data(shape, vec![0.5; n]).unwrap()
+        };
+        let err = x(&[2, 3, 8])
+            .attention(x(&[2, 4, 8]), x(&[2, 4, 8]), None, 3, 1.0)
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("heads = 3 does not divide the width 8"),
+            "{err:?}"
+        );
+        let err = x(&[2, 3, 8])
+            .attention(x(&[2, 4, 6]), x(&[2, 4, 6]), None, 2, 1.0)
+            .unwrap_err();
+        assert!(err.message.contains("do not fit"), "{err:?}");
+        let err = x(&[2, 3, 8])
+            .attention(x(&[2, 4, 8]), x(&[2, 4, 8]), Some(x(&[2, 3])), 2, 1.0)
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("keep [2, 3] does not fit [b, s] = [2, 4]"),
+            "{err:?}"
+        );
+    }
+    assert_eq!(graph.live_handles(), 0);
+}

@@ -100,6 +100,13 @@ opcodes! {
     MATMUL = 40, since 0;
     /// (x, weight [out, in], [bias [out]]) -> x @ weight^T + bias (PyTorch layout).
     LINEAR = 41, since 0;
+    /// (q [b, t, h], k [b, s, h], v [b, s, h], [keep [b, s]]) ints = [heads] floats = [scale]
+    /// -> `softmax(q kᵀ · scale) v` per head, the heads split from `h` as `[heads, h / heads]`
+    /// (BERT's layout) and merged back: `[b, t, h]`. Keys whose `keep` is 0 are masked out
+    /// (a batch with none kept attends uniformly). No dropout. The host runs its fused kernel
+    /// where it has one (never materialising the `[t, s]` scores); the same values as the
+    /// composed `MATMUL`/`SOFTMAX` chain.
+    ATTENTION = 42, since 2;
 
     /// (x) ints = shape (one entry may be -1) -> reshaped x.
     RESHAPE = 50, since 0;

@@ -375,6 +375,29 @@ impl<'c> Tensor<'c> {
         };
         exec1(self.ctx, OpCode::COSINE_SIMILARITY, vec![self, other], &v)
     }
+    /// Multi-head attention of these queries `[b, t, h]` over keys and values `[b, s, h]`:
+    /// `softmax(q kᵀ · scale) v` per head, `heads` split from `h` BERT's way; `keep` `[b, s]`
+    /// (1 = visible, 0 = padding) masks keys. The host's fused kernel on the CPU (values and
+    /// gradients equal to the composed ops). Since API 1.2: on an older host this fails with
+    /// `UNKNOWN_OP`; compare `OpCode::ATTENTION.since_minor()` with the host's minor first.
+    pub fn attention(
+        self,
+        k: Tensor<'c>,
+        v: Tensor<'c>,
+        keep: Option<Tensor<'c>>,
+        heads: usize,
+        scale: f64,
+    ) -> Result<Tensor<'c>> {
+        let v_ = Values {
+            ints: RVec::from(vec![heads as i64]),
+            floats: RVec::from(vec![scale]),
+            ..values()
+        };
+        let ctx = self.ctx;
+        let mut inputs = vec![self, k, v];
+        inputs.extend(keep);
+        exec1(ctx, OpCode::ATTENTION, inputs, &v_)
+    }
     /// Mean squared error, shape `[1]`. Since API 1.1.
     pub fn mse(self, other: Tensor<'c>) -> Result<Tensor<'c>> {
         self.binary(OpCode::MSE, other)

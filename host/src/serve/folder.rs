@@ -286,7 +286,7 @@ pub fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
 }
 
 /// Everything in `m` that does not match this host: plugins missing or of another version or
-/// API version, a backbone with other weights. Empty when the adapter can be used.
+/// API major version, a backbone with other weights. Empty when the adapter can be used.
 pub fn mismatches(m: &Manifest, registry: &peft_registry::Registry) -> Vec<String> {
     let mut out = Vec::new();
     for p in &m.plugins {
@@ -302,7 +302,10 @@ pub fn mismatches(m: &Manifest, registry: &peft_registry::Registry) -> Vec<Strin
                         p.instance, p.plugin, p.version, e.manifest.version
                     ));
                 }
-                if e.api_version.to_string() != p.api_version {
+                // Another API minor is the same ABI (the plugin's own version, pinned above,
+                // says what it computes): only another major makes the adapter unusable.
+                let major = |v: &str| v.split('.').next().unwrap_or_default().to_string();
+                if major(&e.api_version.to_string()) != major(&p.api_version) {
                     out.push(format!(
                         "module `{}`: plugin `{}` was built for API {}, the installed one for API {}",
                         p.instance, p.plugin, p.api_version, e.api_version

@@ -24,7 +24,7 @@ mod t5;
 
 pub use config::{Generated, HyperT5Config};
 use peft_api::{
-    ApiError, AttachPlan, BackboneInfo, ContextEncoderImpl, Ctx, Init, Manifest, Plugin,
+    ApiError, AttachPlan, BackboneInfo, ContextEncoderImpl, Ctx, Init, Manifest, OpCode, Plugin,
     PluginKind, Result, Tensor,
 };
 use serde_json::{json, Value};
@@ -51,6 +51,14 @@ const LAYER_WEIGHTS: [&str; 16] = [
 
 /// BERT's LayerNorm epsilon (HF default, MiniLM's config).
 const EPS: f64 = 1e-12;
+
+/// Which tokens of the examples attention sees: BERT's additive mask `[k, 1, 1, T]` (0 on
+/// tokens, −10000 on padding) for the composed ops, and the 0/1 mask `[k, T]` for the host's
+/// fused `ATTENTION` (API 1.2; `None` on an older host).
+struct Mask<'c> {
+    bias: Tensor<'c>,
+    keep: Option<Tensor<'c>>,
+}
 
 pub struct HyperT5 {
     config: HyperT5Config,
@@ -190,12 +198,12 @@ impl HyperT5 {
         )
     }
 
-    /// One BERT layer over `[k, T, H]` with the additive mask `[k, 1, 1, T]`.
+    /// One BERT layer over `[k, T, H]`.
     fn layer<'c>(
         &self,
         ctx: &'c Ctx<'_>,
         x: Tensor<'c>,
-        bias: &Tensor<'c>,
+        mask: &Mask<'c>,
         l: usize,
     ) -> Result<Tensor<'c>> {
         let p = format!("encoder.layer.{l}");
@@ -208,18 +216,31 @@ impl HyperT5 {
             y.reshape(&[k as i64, t as i64, nh as i64, dh as i64])?
                 .permute(&[0, 2, 1, 3])
         };
-        let q = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.query"))?)?;
-        let kk = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.key"))?)?;
-        let v = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.value"))?)?;
-        let scores = q
-            .matmul(kk.transpose(2, 3)?)?
-            .mul_scalar(1.0 / (dh as f64).sqrt())?
-            .add(bias.clone())?;
-        let c = scores
-            .softmax(-1)?
-            .matmul(v)?
-            .permute(&[0, 2, 1, 3])?
-            .reshape(&[k as i64, t as i64, (nh * dh) as i64])?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let c = match &mask.keep {
+            // API 1.2: the host's fused attention (its kernel and backward on the CPU).
+            Some(keep) => {
+                let (q, kk, v) = (x.clone(), x.clone(), x.clone());
+                let q = self.lin(ctx, q, &format!("{p}.attention.self.query"))?;
+                let kk = self.lin(ctx, kk, &format!("{p}.attention.self.key"))?;
+                let v = self.lin(ctx, v, &format!("{p}.attention.self.value"))?;
+                q.attention(kk, v, Some(keep.clone()), nh, scale)?
+            }
+            None => {
+                let q = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.query"))?)?;
+                let kk = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.key"))?)?;
+                let v = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.value"))?)?;
+                let scores = q
+                    .matmul(kk.transpose(2, 3)?)?
+                    .mul_scalar(scale)?
+                    .add(mask.bias.clone())?;
+                scores
+                    .softmax(-1)?
+                    .matmul(v)?
+                    .permute(&[0, 2, 1, 3])?
+                    .reshape(&[k as i64, t as i64, (nh * dh) as i64])?
+            }
+        };
         let a = self.lin(ctx, c, &format!("{p}.attention.output.dense"))?;
         let h1 = self.ln(ctx, a.add(x)?, &format!("{p}.attention.output.LayerNorm"))?;
         let i = self
@@ -236,7 +257,7 @@ impl HyperT5 {
         ctx: &'c Ctx<'_>,
         ids: Tensor<'c>,
         types: Tensor<'c>,
-        bias: &Tensor<'c>,
+        mask: &Mask<'c>,
     ) -> Result<Tensor<'c>> {
         let [k, t]: [usize; 2] = ids
             .shape()?
@@ -263,7 +284,7 @@ impl HyperT5 {
             )?;
         let mut x = self.ln(ctx, e, "embeddings.LayerNorm")?;
         for l in 0..self.layers {
-            x = self.layer(ctx, x, bias, l)?;
+            x = self.layer(ctx, x, mask, l)?;
         }
         Ok(x)
     }
@@ -346,8 +367,15 @@ impl ContextEncoderImpl for HyperT5 {
         }
         // Additive mask: 0 on tokens, -10000 on padding (BERT's convention).
         let neg: Vec<f32> = m.iter().map(|v| (1.0 - v) * -10000.0).collect();
-        let bias = ctx.from_data(&[k, 1, 1, t], neg.clone())?;
-        let x = self.encode_examples(ctx, ids, types, &bias)?;
+        let fused =
+            ctx.graph().version().minor >= OpCode::ATTENTION.since_minor().unwrap_or(u32::MAX);
+        let mask = Mask {
+            bias: ctx.from_data(&[k, 1, 1, t], neg.clone())?,
+            keep: fused
+                .then(|| ctx.from_data(&[k, t], m.clone()))
+                .transpose()?,
+        };
+        let x = self.encode_examples(ctx, ids, types, &mask)?;
         // Learned queries attend over every token of every example.
         let h = self.info.hidden_size;
         let tokens = x.reshape(&[(k * t) as i64, h as i64])?;

@@ -13,6 +13,7 @@ use crate::by_rank;
 pub use crate::nn::{layer_norm, linear, rms_norm};
 
 mod args;
+mod attention;
 mod math;
 
 use args::*;
@@ -126,6 +127,7 @@ pub fn exec<B: AutodiffBackend>(
             let a = pop_float(&mut inputs, op, "a")?;
             one(matmul::<B>(a, b)?)
         }
+        OpCode::ATTENTION => one(attention::attention(g, inputs, values)?),
         OpCode::LINEAR => {
             arity(op, &inputs, 2, 3)?;
             let b = (inputs.len() == 3)

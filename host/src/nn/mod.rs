@@ -24,6 +24,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod low_rank;
 mod math;
+pub mod matmul;
 pub mod rms_norm;
 pub mod softmax;
 pub mod timing;

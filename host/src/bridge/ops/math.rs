@@ -163,7 +163,14 @@ pub(super) fn matmul<B: AutodiffBackend>(a: FloatPrim<B>, b: FloatPrim<B>) -> R<
     }
     check_broadcast(OpCode::MATMUL, &sa[..sa.len() - 2], &sb[..sb.len() - 2])?;
     let (a, b, r) = align::<B>(a, b);
-    by_rank!(r, |D| Ok(fp(ft::<B, D>(a).matmul(ft::<B, D>(b)))))
+    by_rank!(r, |D| {
+        let (a, b) = (ft::<B, D>(a), ft::<B, D>(b));
+        // The CPU kernel when the leading dims agree; burn's (broadcasting) matmul otherwise.
+        match crate::nn::matmul::tracked(a.clone(), b.clone())? {
+            Some(y) => Ok(fp(y)),
+            None => Ok(fp(a.matmul(b))),
+        }
+    })
 }
 
 pub(super) fn cross_entropy<B: AutodiffBackend>(

@@ -5,7 +5,7 @@
 //! here each element's `m`, `v` and new value are computed where they lie, the moments in
 //! place and the new value into the gradient's buffer, over both cores. The arithmetic is the
 //! composed version's, operation for operation (the same f32 roundings of the f64 scalars, no
-//! fused multiply-adds), so the two agree bit for bit (`tests/adamw.rs`).
+//! fused multiply-adds), so the two agree bit for bit (`train/tests/optim.rs`).
 use std::any::Any;
 
 use burn::tensor::{backend::AutodiffBackend, DType, TensorData};
@@ -14,7 +14,9 @@ use rayon::prelude::*;
 use super::autodiff::{AdTensor, FlexTensor};
 use super::math::simd_dispatch;
 use super::value::FloatPrim;
-use crate::params::InnerPrim;
+
+/// A float primitive of `B`'s inner (gradient-free) backend: what gradients and moments are.
+type InnerPrim<B> = burn::tensor::ops::FloatTensor<<B as AutodiffBackend>::InnerBackend>;
 
 /// The scalars of one update (PyTorch's AdamW: decoupled weight decay, bias correction).
 #[derive(Clone, Copy, Debug)]
@@ -165,7 +167,3 @@ simd_dispatch! {
         }
     }
 }
-
-#[cfg(test)]
-#[path = "tests/adamw.rs"]
-mod tests;

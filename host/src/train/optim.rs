@@ -324,3 +324,7 @@ pub fn schedule(lr: f64, step: usize, warmup: usize, total: usize) -> f64 {
     }
     lr * (total - step) as f64 / (total - warmup) as f64
 }
+
+#[cfg(test)]
+#[path = "tests/optim.rs"]
+mod tests;

@@ -56,7 +56,7 @@ pub mod tracked {
 
 #[cfg(test)]
 #[path = "tests/support.rs"]
-mod test_support;
+pub(crate) mod test_support;
 
 #[cfg(test)]
 #[path = "tests/math.rs"]

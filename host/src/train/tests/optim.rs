@@ -4,25 +4,9 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use super::{AdamW, Optim};
 use crate::params::{InnerPrim, Param};
 
-type A = burn::backend::Autodiff<burn::backend::Flex>;
+use crate::nn::test_support::{vals, values, A};
+
 type Inner = burn::backend::Flex;
-
-fn vals<Bk: burn::tensor::backend::Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec().unwrap()
-}
-
-/// Deterministic values in [-1, 1) (xorshift).
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn param(shape: [usize; 2], seed: u64) -> Param<A> {
     let data = TensorData::new(values(seed, shape[0] * shape[1]), shape);

@@ -120,17 +120,15 @@ pub fn adamw_step<B: AutodiffBackend>(
     fn flex<T: 'static>(x: &T) -> Option<&FlexTensor> {
         (x as &dyn Any).downcast_ref::<FlexTensor>()
     }
+    // `Some(None)`: no moments yet; `None`: moments of another primitive type.
+    let m = match &moments {
+        Some((m, v)) => flex(m).zip(flex(v)).map(Some),
+        None => Some(None),
+    };
     let ok = cpu
-        && w.zip(flex(&grad)).is_some_and(|(w, g)| {
-            let m = match &moments {
-                Some((m, v)) => match (flex(m), flex(v)) {
-                    (Some(m), Some(v)) => Some(Some((m, v))),
-                    _ => None,
-                },
-                None => Some(None),
-            };
-            m.is_some_and(|m| fits(&w.primitive, g, m))
-        });
+        && w.zip(flex(&grad))
+            .zip(m)
+            .is_some_and(|((w, g), m)| fits(&w.primitive, g, m));
     let (Some(w), true) = (w, ok) else {
         return Err((grad, moments));
     };

@@ -202,18 +202,17 @@ impl<B: AutodiffBackend> AdamW<B> {
                 self.state.insert(p.name.clone(), (t, m, v));
                 return Ok(());
             }
-            Err((grad, moments)) => (grad, moments.map(|(m, v)| (t - 1, m, v))),
+            Err(back) => back,
         };
-        let (t, m, v, value) = by_rank!(rank, |D| {
+        let (m, v, value) = by_rank!(rank, |D| {
             let w = ft::<B, D>(p.value.clone()).inner();
             let g = Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(grad));
-            let (t, m, v) = match entry {
-                Some((t, m, v)) => (
-                    t + 1,
+            let (m, v) = match entry {
+                Some((m, v)) => (
                     Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(m)),
                     Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(v)),
                 ),
-                None => (1, g.zeros_like(), g.zeros_like()),
+                None => (g.zeros_like(), g.zeros_like()),
             };
             let m = m * b1 + g.clone() * (1.0 - b1);
             let v = v * b2 + g.powf_scalar(2.0) * (1.0 - b2);
@@ -230,7 +229,6 @@ impl<B: AutodiffBackend> AdamW<B> {
                 .into_primitive()
                 .tensor();
             Ok((
-                t,
                 m.into_primitive().tensor(),
                 v.into_primitive().tensor(),
                 value,

@@ -335,7 +335,7 @@ pub fn attention_bench(
         let mut blocked_t = || {
             let mut lse = vec![0f32; b * heads * seq];
             let o = flash_forward(&q, &k, &v, &masks, dt, Some(&mut lse));
-            std::hint::black_box(flash_backward(&q, &k, &v, &o, &lse, &g, &masks, dt));
+            std::hint::black_box(flash_backward(&q, &k, &v, &o, &lse, &g, &masks, dt, false).dq);
         };
         // Warm-up, then alternate which of each pair runs first.
         for f in [

@@ -279,7 +279,9 @@ pub(crate) fn flash_forward(
 }
 
 /// Gradients of `q`, `k`, `v` (in their own layouts) from the output `o`, its gradient
-/// `grad` and the forward's `lse`.
+/// `grad` and the forward's `lse`; with `pos_grad`, also the score bias's `[heads, t, s]`
+/// (summed over the batch: each worker sums the heads it ran into its own copy, so the
+/// memory is a few `[heads, t, s]`, never the `[b, heads, t, s]` scores).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn flash_backward(
     q: &[f32],
@@ -290,30 +292,63 @@ pub(crate) fn flash_backward(
     grad: &[f32],
     m: &Masks,
     d: Dims,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    pos_grad: bool,
+) -> Grads {
     let mut dq = vec![0f32; d.b * d.t * d.h];
     let mut dk = vec![0f32; d.b * d.s * d.h];
     let mut dv = vec![0f32; d.b * d.s * d.h];
+    let ts = d.t * d.s;
+    let n = if pos_grad { d.heads * ts } else { 0 };
     if dq.is_empty() {
-        return (dq, dk, dv);
+        let dpos = pos_grad.then(|| vec![0f32; n]);
+        return Grads { dq, dk, dv, dpos };
     }
     let dh = d.dh();
     let dq_heads = MatMut::blocks(&mut dq, d.b * d.t, d.h, d.t, dh);
     let dk_heads = d.kv_blocks(&mut dk);
     let dv_heads = d.kv_blocks(&mut dv);
-    dq_heads
+    let dpos = dq_heads
         .into_par_iter()
         .zip(dk_heads)
         .zip(dv_heads)
         .enumerate()
-        .for_each_init(Scratch::default, |sc, (bh, ((mut dq, mut dk), mut dv))| {
-            let (qo, _) = d.offsets(bh);
-            let om = Mat::rows(o, qo, d.t, dh, d.h);
-            let g = Mat::rows(grad, qo, d.t, dh, d.h);
-            let lse = &lse[bh * d.t..(bh + 1) * d.t];
-            head(q, k, v, m, &d, bh).backward(om, g, lse, &mut dq, &mut dk, &mut dv, sc);
-        });
-    (dq, dk, dv)
+        .fold(
+            || (Scratch::default(), vec![0f32; n]),
+            |(mut sc, mut acc), (bh, ((mut dq, mut dk), mut dv))| {
+                let (qo, _) = d.offsets(bh);
+                let om = Mat::rows(o, qo, d.t, dh, d.h);
+                let g = Mat::rows(grad, qo, d.t, dh, d.h);
+                let lse = &lse[bh * d.t..(bh + 1) * d.t];
+                let hi = bh % d.heads;
+                let dpos = (n > 0).then(|| &mut acc[hi * ts..(hi + 1) * ts]);
+                head(q, k, v, m, &d, bh)
+                    .backward(om, g, lse, &mut dq, &mut dk, &mut dv, dpos, &mut sc);
+                (sc, acc)
+            },
+        )
+        .map(|(_, acc)| acc)
+        .reduce(
+            || vec![0f32; n],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    Grads {
+        dq,
+        dk,
+        dv,
+        dpos: pos_grad.then_some(dpos),
+    }
+}
+
+/// What [`flash_backward`] returns: `dq` `[b, t, h]`, `dk`, `dv` in the keys' layout, and the
+/// score bias's gradient `[heads, t, s]` when asked for.
+pub(crate) struct Grads {
+    pub dq: Vec<f32>,
+    pub dk: Vec<f32>,
+    pub dv: Vec<f32>,
+    pub dpos: Option<Vec<f32>>,
 }
 
 /// `softmax(q kᵀ · scale) v` over the keys `keep` marks, without gradients, `k`, `v`

@@ -36,6 +36,46 @@ struct State {
     split_view: bool,
 }
 
+/// Registers the gradients of `q`, `k`, `v` with the first three parents (`k`'s and `v`'s in
+/// the layout they came in) and, when there is a tracked fourth, the score bias's
+/// `[heads, t, s]`.
+fn backward_into<const N: usize>(ops: Ops<State, N>, grads: &mut Gradients) {
+    let _t = super::timing::span("attention backward");
+    let grad = Buf::new(grads.consume::<Flex>(&ops.node));
+    let (st, parents) = (ops.state, ops.parents);
+    let d = st.dims;
+    let bias = parents.get(3).and_then(Option::as_ref);
+    let g = flash_backward(
+        &st.q,
+        &st.k,
+        &st.v,
+        &st.o,
+        &st.lse,
+        &grad,
+        &st.masks,
+        d,
+        bias.is_some(),
+    );
+    if let Some(node) = &parents[0] {
+        grads.register::<Flex>(node.id, primitive(g.dq, [d.b, d.t, d.h]));
+    }
+    for (parent, x) in [(&parents[1], g.dk), (&parents[2], g.dv)] {
+        if let Some(node) = parent {
+            let x = match d.layout {
+                KvLayout::Time if st.split_view => {
+                    primitive(x, [d.b, d.s, d.heads, d.dh()]).transpose(1, 2)
+                }
+                KvLayout::Time => primitive(x, [d.b, d.s, d.h]),
+                KvLayout::Heads => primitive(x, [d.b, d.heads, d.s, d.dh()]),
+            };
+            grads.register::<Flex>(node.id, x);
+        }
+    }
+    if let (Some(node), Some(dpos)) = (bias, g.dpos) {
+        grads.register::<Flex>(node.id, primitive(dpos, [d.heads, d.t, d.s]));
+    }
+}
+
 #[derive(Debug)]
 struct AttentionBackward;
 
@@ -43,27 +83,19 @@ impl Backward<Flex, 3> for AttentionBackward {
     type State = State;
 
     fn backward(self, ops: Ops<State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let _t = super::timing::span("attention backward");
-        let grad = Buf::new(grads.consume::<Flex>(&ops.node));
-        let st = ops.state;
-        let d = st.dims;
-        let (dq, dk, dv) = flash_backward(&st.q, &st.k, &st.v, &st.o, &st.lse, &grad, &st.masks, d);
-        let [p0, p1, p2] = &ops.parents;
-        if let Some(node) = p0 {
-            grads.register::<Flex>(node.id, primitive(dq, [d.b, d.t, d.h]));
-        }
-        for (parent, g) in [(p1, dk), (p2, dv)] {
-            if let Some(node) = parent {
-                let g = match d.layout {
-                    KvLayout::Time if st.split_view => {
-                        primitive(g, [d.b, d.s, d.heads, d.dh()]).transpose(1, 2)
-                    }
-                    KvLayout::Time => primitive(g, [d.b, d.s, d.h]),
-                    KvLayout::Heads => primitive(g, [d.b, d.heads, d.s, d.dh()]),
-                };
-                grads.register::<Flex>(node.id, g);
-            }
-        }
+        backward_into(ops, grads);
+    }
+}
+
+/// Attention whose additive score bias (the fourth parent, `[heads, t, s]`) is tracked too.
+#[derive(Debug)]
+struct BiasedAttentionBackward;
+
+impl Backward<Flex, 4> for BiasedAttentionBackward {
+    type State = State;
+
+    fn backward(self, ops: Ops<State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        backward_into(ops, grads);
     }
 }
 
@@ -82,29 +114,56 @@ pub fn tracked<B: AutodiffBackend>(
     dropout: f64,
     seed: u64,
 ) -> Result<Tensor<B, 3>, ApiError> {
-    let [b, t, h] = q.dims();
-    let [bk, s, hk] = k.dims();
-    if bk != b || hk != h || v.dims() != k.dims() {
+    let (bts, h) = (time_dims(q.dims(), k.dims(), v.dims())?, q.dims()[2]);
+    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
+    let spec = (bts, heads, h, KvLayout::Time);
+    let terms = ScoreTerms::default();
+    tracked_ad(qa, ka, va, None, keep, spec, scale, dropout, seed, terms)
+}
+
+/// [`tracked`] without dropout, with an additive score bias `[heads, t, s]` shared by the
+/// batch (a trainable relative position bias: it receives the score gradient summed over
+/// the batch) and, with `causal = Some(off)`, query `i` seeing key `j` only when
+/// `j <= i + off`.
+#[allow(clippy::too_many_arguments)]
+pub fn tracked_biased<B: AutodiffBackend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    keep: &[bool],
+    heads: usize,
+    scale: f32,
+    bias: Tensor<B, 3>,
+    causal: Option<usize>,
+) -> Result<Tensor<B, 3>, ApiError> {
+    let [b, t, s] = time_dims(q.dims(), k.dims(), v.dims())?;
+    if bias.dims() != [heads, t, s] {
         return Err(ApiError::shape(format!(
-            "attention: q {:?}, k {:?}, v {:?} do not fit [b, t, h], [b, s, h], [b, s, h]",
-            q.dims(),
-            k.dims(),
-            v.dims()
+            "attention: the score bias {:?} does not fit [heads, t, s] = [{heads}, {t}, {s}]",
+            bias.dims()
         )));
     }
-    let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
+    let h = q.dims()[2];
+    let (qa, ka, va, ba) = (ad(q)?, ad(k)?, ad(v)?, ad(bias)?);
+    let pos = Buf::new(ba.primitive.clone()).to_vec();
+    let terms = ScoreTerms {
+        pos: Some(pos),
+        causal,
+        bf16: false,
+    };
     let spec = ([b, t, s], heads, h, KvLayout::Time);
-    tracked_ad(
-        qa,
-        ka,
-        va,
-        keep,
-        spec,
-        scale,
-        dropout,
-        seed,
-        ScoreTerms::default(),
-    )
+    tracked_ad(qa, ka, va, Some(ba), keep, spec, scale, 0.0, 0, terms)
+}
+
+/// `[b, t, s]` of `q` `[b, t, h]` over `k`, `v` `[b, s, h]`, or what does not fit.
+fn time_dims(q: [usize; 3], k: [usize; 3], v: [usize; 3]) -> Result<[usize; 3], ApiError> {
+    let ([b, t, h], [bk, s, hk]) = (q, k);
+    if bk != b || hk != h || v != k {
+        return Err(ApiError::shape(format!(
+            "attention: q {q:?}, k {k:?}, v {v:?} do not fit [b, t, h], [b, s, h], [b, s, h]"
+        )));
+    }
+    Ok([b, t, s])
 }
 
 /// [`tracked`] with the keys and values split by head, `[b, heads, s, dh]`, as a key/value
@@ -138,7 +197,7 @@ pub fn tracked_split_with<B: AutodiffBackend>(
     let (bts, heads, h) = split_dims(q.dims(), k.dims(), v.dims())?;
     let (qa, ka, va) = (ad(q)?, ad(k)?, ad(v)?);
     let spec = (bts, heads, h, KvLayout::Heads);
-    tracked_ad(qa, ka, va, keep, spec, scale, dropout, seed, terms)
+    tracked_ad(qa, ka, va, None, keep, spec, scale, dropout, seed, terms)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -146,6 +205,7 @@ fn tracked_ad<B: AutodiffBackend>(
     qa: AdTensor,
     ka: AdTensor,
     va: AdTensor,
+    bias: Option<AdTensor>,
     keep: &[bool],
     ([b, t, s], heads, h, layout): ([usize; 3], usize, usize, KvLayout),
     scale: f32,
@@ -197,14 +257,28 @@ fn tracked_ad<B: AutodiffBackend>(
         dims: d,
         split_view,
     };
-    let nodes = [qa.node.clone(), ka.node.clone(), va.node.clone()];
-    let result = match AttentionBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(st, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
+    let [qn, kn, vn] = [&qa, &ka, &va].map(|x| x.node.clone());
+    let result = match bias {
+        None => match AttentionBackward
+            .prepare::<NoCheckpointing>([qn, kn, vn])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(st, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+        Some(ba) => match BiasedAttentionBackward
+            .prepare::<NoCheckpointing>([qn, kn, vn, ba.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(st, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
     };
     into_b(result)
 }
+
+#[cfg(test)]
+#[path = "tests/attention_bias.rs"]
+mod bias_tests;

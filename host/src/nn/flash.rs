@@ -376,7 +376,9 @@ impl Head<'_> {
     }
 
     /// Accumulates the gradients of `q`, `k`, `v` (`dq` `[t, dh]`, `dk`, `dv` `[s, dh]`, zeroed
-    /// by the caller) from the output `o`, its gradient `g` (both `[t, dh]`) and `lse`.
+    /// by the caller) from the output `o`, its gradient `g` (both `[t, dh]`) and `lse`; and,
+    /// when given, the score gradient into `dpos` (`[t, s]` row-major: what an additive score
+    /// bias such as a trainable position bias receives).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward(
         &self,
@@ -386,6 +388,7 @@ impl Head<'_> {
         dq: &mut MatMut<'_>,
         dk: &mut MatMut<'_>,
         dv: &mut MatMut<'_>,
+        mut dpos: Option<&mut [f32]>,
         sc: &mut Scratch,
     ) {
         let (t, s) = (self.t(), self.s());
@@ -441,6 +444,12 @@ impl Head<'_> {
                 let mut dpm = MatMut::dense(dp, br, bc);
                 matmul(&mut dpm, 0.0, gb, vb.t(), 1.0, Parallelism::None);
                 softmax_grad(dp, &sc.p[..br * bc], z, bc, &sc.d[i0..i0 + br]);
+                if let Some(dpos) = dpos.as_deref_mut() {
+                    for (r, ds) in dp.chunks_exact(bc).enumerate() {
+                        let row = &mut dpos[(i0 + r) * s + j0..][..bc];
+                        row.iter_mut().zip(ds).for_each(|(x, d)| *x += d);
+                    }
+                }
                 // A uniform batch's scores still pass their gradient on, as HF's additive
                 // `finfo.min` mask does (the softmax's backward sees uniform probabilities).
                 let ds = Mat::rows(dp, 0, br, bc, bc);

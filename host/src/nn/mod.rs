@@ -42,6 +42,7 @@ pub use softmax::softmax;
 /// backward; an error on another backend (check [`tracked::enabled`] first).
 pub mod tracked {
     pub use super::attention_tracked::tracked as attention;
+    pub use super::attention_tracked::tracked_biased as attention_biased;
     pub use super::attention_tracked::tracked_split as attention_split;
     pub use super::attention_tracked::tracked_split_with as attention_split_with;
     pub use super::autodiff::enabled;

@@ -240,17 +240,33 @@ fn op_errors_are_values_not_panics() {
 /// in one batch and keys that outnumber the queries.
 #[test]
 fn attention_through_the_op_api_matches_native_burn() {
+    attention_op_matches_native_burn(None);
+}
+
+/// `ATTENTION_BIAS` (API 1.3): a trainable `[heads, t, s]` score bias (its gradient summed
+/// over the batch) and a causal mask, through the op API, against burn's composed ops.
+#[test]
+fn attention_with_a_trainable_bias_through_the_op_api_matches_native_burn() {
+    attention_op_matches_native_burn(Some(None));
+    attention_op_matches_native_burn(Some(Some(2)));
+}
+
+/// `ATTENTION` (`bias` `None`) or `ATTENTION_BIAS` with that causal offset: output and
+/// gradients through the kernel, through burn's ops, and the no-gradient pass, against the
+/// attention written out in burn.
+fn attention_op_matches_native_burn(bias: Option<Option<usize>>) {
     let (b, t, s, h, heads, scale) = (2, 5, 7, 8, 2, 0.35f32);
     let data = |n: usize, m: usize| -> Vec<f32> {
         (0..n)
             .map(|i| (((i * m) % 29) as f32 - 14.0) / 9.0)
             .collect()
     };
-    let (dq, dk, dv, dw) = (
+    let (dq, dk, dv, dw, db) = (
         data(b * t * h, 7),
         data(b * s * h, 11),
         data(b * s * h, 13),
         data(b * t * h, 17),
+        data(heads * t * s, 19),
     );
     // Batch 1 sees only its first four keys.
     let keep: Vec<f32> = (0..b * s)
@@ -283,15 +299,21 @@ fn attention_through_the_op_api_matches_native_burn() {
                 leaf(&[b, s, h], &dv),
             );
             let m = ctx.from_data(&[b, s], keep.clone()).unwrap();
-            let y = q
-                .clone()
-                .attention(k.clone(), v.clone(), Some(m), heads, scale as f64)
-                .unwrap();
+            let mut wrt = vec![q.clone(), k.clone(), v.clone()];
+            let y = match bias {
+                None => q.attention(k, v, Some(m), heads, scale as f64),
+                Some(causal) => {
+                    let p = leaf(&[heads, t, s], &db);
+                    wrt.push(p.clone());
+                    q.attention_bias(k, v, p, Some(m), heads, scale as f64, causal)
+                }
+            }
+            .unwrap();
             let w = ctx.from_data(&[b, t, h], dw.clone()).unwrap();
             let loss = y.clone().mul(w).unwrap().sum().unwrap();
             let y = y.to_vec().unwrap();
             let grads = if training {
-                let g = ctx.grad(loss, vec![q, k, v]).unwrap();
+                let g = ctx.grad(loss, wrt).unwrap();
                 g.iter().map(|x| x.to_vec().unwrap()).collect()
             } else {
                 Vec::new()
@@ -307,28 +329,43 @@ fn attention_through_the_op_api_matches_native_burn() {
     let leaf = |shape: [usize; 3], v: &Vec<f32>| {
         Tensor::<B, 3>::from_data(TensorData::new(v.clone(), shape), &dev).require_grad()
     };
-    let (q, k, v) = (
+    let (q, k, v, p) = (
         leaf([b, t, h], &dq),
         leaf([b, s, h], &dk),
         leaf([b, s, h], &dv),
+        leaf([heads, t, s], &db),
     );
     let split = |x: Tensor<B, 3>, n: usize| x.reshape([b, n, heads, h / heads]).swap_dims(1, 2);
-    let mask: Vec<f32> = keep
-        .iter()
-        .map(|&m| if m == 0.0 { f32::MIN } else { 0.0 })
+    let causal = bias.flatten();
+    let mask: Vec<f32> = (0..b * t * s)
+        .map(|e| {
+            let (bi, i, j) = (e / (t * s), e / s % t, e % s);
+            let hidden = causal.is_some_and(|off| j > i + off);
+            if keep[bi * s + j] == 0.0 || hidden {
+                f32::MIN
+            } else {
+                0.0
+            }
+        })
         .collect();
-    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [b, s]), &dev)
-        .unsqueeze_dim::<3>(1)
-        .unsqueeze_dim::<4>(1);
-    let scores = split(q.clone(), t).matmul(split(k.clone(), s).swap_dims(2, 3)) * scale as f64;
-    let y = activation::softmax(scores + mask, 3)
+    let mask =
+        Tensor::<B, 3>::from_data(TensorData::new(mask, [b, t, s]), &dev).unsqueeze_dim::<4>(1);
+    let mut scores =
+        split(q.clone(), t).matmul(split(k.clone(), s).swap_dims(2, 3)) * scale as f64 + mask;
+    if bias.is_some() {
+        scores = scores + p.clone().unsqueeze_dim::<4>(0);
+    }
+    let y = activation::softmax(scores, 3)
         .matmul(split(v.clone(), s))
         .swap_dims(1, 2)
         .reshape([b, t, h]);
     let w = Tensor::<B, 3>::from_data(TensorData::new(dw.clone(), [b, t, h]), &dev);
     let want_y = vals(y.clone());
     let g = (y * w).sum().backward();
-    let want_grads = [q, k, v].map(|x| vals(x.grad(&g).unwrap()));
+    let mut want_grads: Vec<Vec<f32>> = [q, k, v].map(|x| vals(x.grad(&g).unwrap())).into();
+    if bias.is_some() {
+        want_grads.push(vals(p.grad(&g).unwrap()));
+    }
 
     for (what, (y, grads)) in [
         ("the kernel", through_api(true)),
@@ -339,18 +376,22 @@ fn attention_through_the_op_api_matches_native_burn() {
     ] {
         assert!(
             max_diff(&y, &want_y) < 1e-5,
-            "{what}: output differs by {}",
+            "{what} ({bias:?}): output differs by {}",
             max_diff(&y, &want_y)
         );
-        for (name, (got, want)) in ["dq", "dk", "dv"].iter().zip(grads.iter().zip(&want_grads)) {
+        assert_eq!(grads.len(), want_grads.len());
+        for (name, (got, want)) in ["dq", "dk", "dv", "dbias"]
+            .iter()
+            .zip(grads.iter().zip(&want_grads))
+        {
             let d = max_diff(got, want);
-            assert!(d < 1e-5, "{what}: {name} differs by {d}");
+            assert!(d < 1e-5, "{what} ({bias:?}): {name} differs by {d}");
         }
     }
     let (y, _) = through_api(false);
     assert!(
         max_diff(&y, &want_y) < 1e-5,
-        "no-gradient pass: output differs by {}",
+        "no-gradient pass ({bias:?}): output differs by {}",
         max_diff(&y, &want_y)
     );
 }
@@ -387,6 +428,22 @@ fn attention_rejects_bad_shapes_and_head_counts() {
         assert!(
             err.message
                 .contains("keep [2, 3] does not fit [b, s] = [2, 4]"),
+            "{err:?}"
+        );
+        let err = x(&[2, 3, 8])
+            .attention_bias(
+                x(&[2, 4, 8]),
+                x(&[2, 4, 8]),
+                x(&[2, 4, 3]),
+                None,
+                2,
+                1.0,
+                None,
+            )
+            .unwrap_err();
+        assert!(
+            err.message
+                .contains("bias [2, 4, 3] does not fit [heads, t, s] = [2, 3, 4]"),
             "{err:?}"
         );
     }

@@ -107,6 +107,12 @@ opcodes! {
     /// where it has one (never materialising the `[t, s]` scores); the same values as the
     /// composed `MATMUL`/`SOFTMAX` chain.
     ATTENTION = 42, since 2;
+    /// (q [b, t, h], k [b, s, h], v [b, s, h], bias [heads, t, s], [keep [b, s]])
+    /// ints = [heads, causal] floats = [scale] -> [`OpCode::ATTENTION`] with `bias` added to
+    /// every batch's scaled scores (T5's relative position bias; it receives the score
+    /// gradient summed over the batch when it is trainable) and, when `causal >= 0`, query
+    /// `i` seeing key `j` only for `j <= i + causal` (`-1`: no causal mask).
+    ATTENTION_BIAS = 43, since 3;
 
     /// (x) ints = shape (one entry may be -1) -> reshaped x.
     RESHAPE = 50, since 0;

@@ -398,6 +398,32 @@ impl<'c> Tensor<'c> {
         inputs.extend(keep);
         exec1(ctx, OpCode::ATTENTION, inputs, &v_)
     }
+    /// [`Tensor::attention`] with `bias` `[heads, t, s]` added to every batch's scaled scores
+    /// (T5's relative position bias, which may be trainable: it gets the score gradient
+    /// summed over the batch) and, with `causal = Some(off)`, query `i` seeing key `j` only
+    /// for `j <= i + off`. Since API 1.3 (`OpCode::ATTENTION_BIAS`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_bias(
+        self,
+        k: Tensor<'c>,
+        v: Tensor<'c>,
+        bias: Tensor<'c>,
+        keep: Option<Tensor<'c>>,
+        heads: usize,
+        scale: f64,
+        causal: Option<usize>,
+    ) -> Result<Tensor<'c>> {
+        let causal = causal.map_or(-1, |c| c as i64);
+        let v_ = Values {
+            ints: RVec::from(vec![heads as i64, causal]),
+            floats: RVec::from(vec![scale]),
+            ..values()
+        };
+        let ctx = self.ctx;
+        let mut inputs = vec![self, k, v, bias];
+        inputs.extend(keep);
+        exec1(ctx, OpCode::ATTENTION_BIAS, inputs, &v_)
+    }
     /// Mean squared error, shape `[1]`. Since API 1.1.
     pub fn mse(self, other: Tensor<'c>) -> Result<Tensor<'c>> {
         self.binary(OpCode::MSE, other)

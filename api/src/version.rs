@@ -10,7 +10,7 @@ pub struct ApiVersion {
 }
 
 /// The version of this copy of `peft-api` (kept equal to the crate version's major.minor).
-pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 2 };
+pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 3 };
 
 impl ApiVersion {
     /// A plugin built against `plugin` loads into a host of version `self` when the majors agree;

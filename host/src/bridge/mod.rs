@@ -51,6 +51,8 @@ pub struct HostGraph<'p, B: AutodiffBackend> {
     /// The module instance currently called; its parameter names are prefixed with it.
     pub namespace: RefCell<String>,
     pub sites: Cell<Option<&'p dyn SiteDispatch<B>>>,
+    /// The API version plugins are told (this host's unless [`HostGraph::emulating`]).
+    api: ApiVersion,
 }
 
 impl<'p, B: AutodiffBackend> HostGraph<'p, B> {
@@ -66,7 +68,23 @@ impl<'p, B: AutodiffBackend> HostGraph<'p, B> {
             no_grad: false,
             namespace: RefCell::new(String::new()),
             sites: Cell::new(None),
+            api: API_VERSION,
         }
+    }
+
+    /// This pass as a host of the older `version` (same major) would run it: plugins are told
+    /// that version and ops it lacks answer `UNKNOWN_OP`, so a plugin's fallback for older
+    /// hosts can be checked against its fast path in one build.
+    pub fn emulating(self, version: ApiVersion) -> Result<Self, ApiError> {
+        if version.major != API_VERSION.major || version > API_VERSION {
+            return Err(ApiError::invalid(format!(
+                "cannot emulate peft-api {version} on a {API_VERSION} host (an older minor of the same major only)"
+            )));
+        }
+        Ok(HostGraph {
+            api: version,
+            ..self
+        })
     }
 
     /// A pass in eval mode in which nothing needs a gradient (evaluation, inference).
@@ -187,7 +205,7 @@ fn stale(h: TensorHandle) -> ApiError {
 
 impl<B: AutodiffBackend> Graph for HostGraph<'_, B> {
     fn version(&self) -> ApiVersion {
-        API_VERSION
+        self.api
     }
 
     fn exec(
@@ -196,10 +214,13 @@ impl<B: AutodiffBackend> Graph for HostGraph<'_, B> {
         inputs: RSlice<'_, TensorHandle>,
         values: &Values,
     ) -> RResult<OpOutput, ApiError> {
-        if op.name().is_none() {
+        if op.name().is_none() || op.since_minor().is_some_and(|m| m > self.api.minor) {
             return RResult::RErr(ApiError::new(
                 ErrorKind::UNKNOWN_OP,
-                format!("op #{} is not known to this host (peft-api {API_VERSION}); the plugin needs a newer host", op.0),
+                format!(
+                    "op #{} is not known to this host (peft-api {}); the plugin needs a newer host",
+                    op.0, self.api
+                ),
             ));
         }
         guard(|| self.exec_values(op, inputs.as_slice(), values)).into()

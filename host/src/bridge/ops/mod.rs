@@ -128,6 +128,7 @@ pub fn exec<B: AutodiffBackend>(
             one(matmul::<B>(a, b)?)
         }
         OpCode::ATTENTION => one(attention::attention(g, inputs, values)?),
+        OpCode::ATTENTION_BIAS => one(attention::attention_bias(g, inputs, values)?),
         OpCode::LINEAR => {
             arity(op, &inputs, 2, 3)?;
             let b = (inputs.len() == 3)

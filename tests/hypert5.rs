@@ -821,3 +821,25 @@ fn encoder_copy_equals_the_backbone_and_stays_f32_under_a_bf16_backbone() {
         );
     }
 }
+
+/// On a host older than API 1.2 the BERT hypermodel records its attention (and the learned
+/// queries' pooling) as `MATMUL`/`SOFTMAX` with BERT's −10000 mask; on a newer one it runs
+/// `ATTENTION`. Both give the same generated prefix and LoRA and the same gradient for every
+/// hypermodel parameter.
+#[test]
+fn older_hosts_run_the_composed_attention_to_the_same_values_and_gradients() {
+    let (_, model) = both();
+    model.set_trainable(&["hyper".into()]).unwrap();
+    let task = toy_task(8);
+    let batch: Vec<&Example> = task.train.iter().take(3).collect();
+    let enc = model.context_encoder.as_ref().unwrap();
+    let texts: Vec<_> = batch.iter().map(|e| (e.text_a.clone(), None)).collect();
+    let tb = model.tokenize(&texts, 24, &Default::default()).unwrap();
+    let api = peft_api::ApiVersion { major: 1, minor: 1 };
+    let outputs = ["hypert5.prefix", "hypert5.lora_A", "hypert5.lora_B"];
+    assert_same_on_an_older_host(&model, api, &outputs, 1e-5, |graph| {
+        enc.encode(&model, graph, &task, &batch).unwrap();
+        let h = model.pooled(graph, &tb).unwrap();
+        (h.clone() * h).sum()
+    });
+}

@@ -116,3 +116,56 @@ pub fn t5_hyper_setup(dir: &std::path::Path, h: T5Hyper<'_>) -> (RunConfig, data
     .unwrap();
     (cfg, sst)
 }
+
+/// Runs `pass` (the hypermodel's generation, then a loss) on a graph of this host's API and on
+/// one emulating the older `api`, where the plugin falls back to composed ops, and checks that
+/// the context `outputs` and every trainable parameter's gradient agree to `tol` (relative to
+/// each tensor's largest magnitude).
+pub fn assert_same_on_an_older_host(
+    model: &peft_host::model::Model<crate::B>,
+    api: peft_api::ApiVersion,
+    outputs: &[&str],
+    tol: f32,
+    pass: impl Fn(&peft_host::bridge::HostGraph<'_, crate::B>) -> burn::tensor::Tensor<crate::B, 1>,
+) {
+    use peft_host::bridge::{value::ft, HostGraph};
+    let run = |older: bool| {
+        let mut graph = HostGraph::new(&model.params, true);
+        if older {
+            graph = graph.emulating(api).unwrap();
+        }
+        let grads = pass(&graph).backward();
+        let ctx = graph.context.borrow();
+        let outs: Vec<Vec<f32>> = outputs
+            .iter()
+            .map(|n| crate::vals(ft::<crate::B, 4>(crate::float_value(&ctx[*n]))))
+            .collect();
+        let names = crate::trainable_names(model);
+        let g = crate::param_grads(model, &names, &grads);
+        (outs, names, g)
+    };
+    let ((new_out, names, new_g), (old_out, _, old_g)) = (run(false), run(true));
+    let worst = std::cell::Cell::new(0f32);
+    // A gradient that is zero in exact arithmetic (a key bias under softmax) is rounding
+    // noise: measured against a thousandth of the largest gradient of any parameter.
+    let floor = 1e-3 * old_g.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    let close = |what: &str, a: &[f32], b: &[f32]| {
+        let big = b.iter().fold(floor.max(1e-12), |m, x| m.max(x.abs()));
+        let d = crate::max_diff(a, b);
+        worst.set(worst.get().max(d / big));
+        assert!(
+            d <= tol * big,
+            "{what}: differs by {d} (largest {big}) on peft-api {api}"
+        );
+    };
+    for (n, (a, b)) in outputs.iter().zip(new_out.iter().zip(&old_out)) {
+        close(n, a, b);
+    }
+    for (n, (a, b)) in names.iter().zip(new_g.iter().zip(&old_g)) {
+        close(&format!("the gradient of {n}"), a, b);
+    }
+    eprintln!(
+        "peft-api {api} against this host: largest relative difference {:.1e}",
+        worst.get()
+    );
+}

@@ -52,12 +52,12 @@ const LAYER_WEIGHTS: [&str; 16] = [
 /// BERT's LayerNorm epsilon (HF default, MiniLM's config).
 const EPS: f64 = 1e-12;
 
-/// Which tokens of the examples attention sees: BERT's additive mask `[k, 1, 1, T]` (0 on
-/// tokens, −10000 on padding) for the composed ops, and the 0/1 mask `[k, T]` for the host's
-/// fused `ATTENTION` (API 1.2; `None` on an older host).
-struct Mask<'c> {
-    bias: Tensor<'c>,
-    keep: Option<Tensor<'c>>,
+/// Which tokens of the examples attention sees: the 0/1 mask `[k, T]` for the host's fused
+/// `ATTENTION` (API 1.2), or on an older host BERT's additive mask `[k, T]` (0 on tokens,
+/// −10000 on padding) for the composed ops.
+enum Mask<'c> {
+    Keep(Tensor<'c>),
+    Additive(Tensor<'c>),
 }
 
 pub struct HyperT5 {
@@ -217,29 +217,20 @@ impl HyperT5 {
                 .permute(&[0, 2, 1, 3])
         };
         let scale = 1.0 / (dh as f64).sqrt();
-        let c = match &mask.keep {
+        let q = self.lin(ctx, x.clone(), &format!("{p}.attention.self.query"))?;
+        let kk = self.lin(ctx, x.clone(), &format!("{p}.attention.self.key"))?;
+        let v = self.lin(ctx, x.clone(), &format!("{p}.attention.self.value"))?;
+        let c = match mask {
             // API 1.2: the host's fused attention (its kernel and backward on the CPU).
-            Some(keep) => {
-                let (q, kk, v) = (x.clone(), x.clone(), x.clone());
-                let q = self.lin(ctx, q, &format!("{p}.attention.self.query"))?;
-                let kk = self.lin(ctx, kk, &format!("{p}.attention.self.key"))?;
-                let v = self.lin(ctx, v, &format!("{p}.attention.self.value"))?;
-                q.attention(kk, v, Some(keep.clone()), nh, scale)?
-            }
-            None => {
-                let q = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.query"))?)?;
-                let kk = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.key"))?)?;
-                let v = heads(self.lin(ctx, x.clone(), &format!("{p}.attention.self.value"))?)?;
-                let scores = q
-                    .matmul(kk.transpose(2, 3)?)?
-                    .mul_scalar(scale)?
-                    .add(mask.bias.clone())?;
-                scores
-                    .softmax(-1)?
-                    .matmul(v)?
-                    .permute(&[0, 2, 1, 3])?
-                    .reshape(&[k as i64, t as i64, (nh * dh) as i64])?
-            }
+            Mask::Keep(keep) => q.attention(kk, v, Some(keep.clone()), nh, scale)?,
+            Mask::Additive(bias) => heads(q)?
+                .matmul(heads(kk)?.transpose(2, 3)?)?
+                .mul_scalar(scale)?
+                .add(bias.clone().reshape(&[k as i64, 1, 1, t as i64])?)?
+                .softmax(-1)?
+                .matmul(heads(v)?)?
+                .permute(&[0, 2, 1, 3])?
+                .reshape(&[k as i64, t as i64, h as i64])?,
         };
         let a = self.lin(ctx, c, &format!("{p}.attention.output.dense"))?;
         let h1 = self.ln(ctx, a.add(x)?, &format!("{p}.attention.output.LayerNorm"))?;
@@ -247,7 +238,6 @@ impl HyperT5 {
             .lin(ctx, h1.clone(), &format!("{p}.intermediate.dense"))?
             .gelu()?;
         let o = self.lin(ctx, i, &format!("{p}.output.dense"))?;
-        let _ = h;
         self.ln(ctx, o.add(h1)?, &format!("{p}.output.LayerNorm"))
     }
 
@@ -365,29 +355,36 @@ impl ContextEncoderImpl for HyperT5 {
         if self.info.architecture == "t5" {
             return self.encode_t5(ctx, ids, m);
         }
-        // Additive mask: 0 on tokens, -10000 on padding (BERT's convention).
-        let neg: Vec<f32> = m.iter().map(|v| (1.0 - v) * -10000.0).collect();
         let fused =
             ctx.graph().version().minor >= OpCode::ATTENTION.since_minor().unwrap_or(u32::MAX);
-        let mask = Mask {
-            bias: ctx.from_data(&[k, 1, 1, t], neg.clone())?,
-            keep: fused
-                .then(|| ctx.from_data(&[k, t], m.clone()))
-                .transpose()?,
+        let mask = if fused {
+            Mask::Keep(ctx.from_data(&[k, t], m)?)
+        } else {
+            // 0 on tokens, -10000 on padding (BERT's convention).
+            let neg: Vec<f32> = m.iter().map(|v| (1.0 - v) * -10000.0).collect();
+            Mask::Additive(ctx.from_data(&[k, t], neg)?)
         };
         let x = self.encode_examples(ctx, ids, types, &mask)?;
-        // Learned queries attend over every token of every example.
+        // Learned queries attend over every token of every example (one head).
         let h = self.info.hidden_size;
-        let tokens = x.reshape(&[(k * t) as i64, h as i64])?;
+        let tokens = x.reshape(&[1, (k * t) as i64, h as i64])?;
         let queries = ctx.param("queries")?;
-        let q = self.lin(ctx, queries.clone(), "pool.query")?;
+        let nq = queries.shape()?[0] as i64;
+        let q = self.lin(ctx, queries.clone(), "pool.query")?.unsqueeze(0)?;
         let kx = self.lin(ctx, tokens.clone(), "pool.key")?;
         let vx = self.lin(ctx, tokens, "pool.value")?;
-        let scores = q
-            .matmul(kx.transpose(0, 1)?)?
-            .mul_scalar(1.0 / (h as f64).sqrt())?
-            .add(ctx.from_data(&[1, k * t], neg)?)?;
-        let pooled = self.lin(ctx, scores.softmax(-1)?.matmul(vx)?, "pool.output")?;
+        let scale = 1.0 / (h as f64).sqrt();
+        let flat = |m: &Tensor<'c>| m.clone().reshape(&[1, (k * t) as i64]);
+        let context = match &mask {
+            Mask::Keep(keep) => q.attention(kx, vx, Some(flat(keep)?), 1, scale)?,
+            Mask::Additive(neg) => q
+                .matmul(kx.transpose(1, 2)?)?
+                .mul_scalar(scale)?
+                .add(flat(neg)?)?
+                .softmax(-1)?
+                .matmul(vx)?,
+        };
+        let pooled = self.lin(ctx, context.reshape(&[nq, h as i64])?, "pool.output")?;
         let summary = self.ln(ctx, pooled.add(queries)?, "pool.LayerNorm")?;
         ctx.set_context(&self.name("summary"), summary.clone())?;
         let n = self.info.num_layers;

@@ -18,7 +18,7 @@
 //! states) for tests. Relative positions use T5's maximum distance of 128 (every released
 //! checkpoint's).
 use peft_api::{
-    blocks::t5_relative_position_bucket, ApiError, BackboneInfo, Ctx, Init, Result, Tensor,
+    blocks::t5_relative_position_bucket, ApiError, BackboneInfo, Ctx, Init, OpCode, Result, Tensor,
 };
 
 use crate::{Generated, HyperT5};
@@ -27,6 +27,23 @@ use crate::{Generated, HyperT5};
 const EPS: f64 = 1e-6;
 /// Additive mask on padding (T5 uses the dtype's minimum; this is as good under a softmax).
 const MASKED: f32 = -1e9;
+
+/// What one T5 attention adds to its scores. On a host with the fused ops the keys' 0/1 mask
+/// `[b, t]` and the position bias `[heads, s, t]` go to `ATTENTION` (API 1.2, no bias) or
+/// `ATTENTION_BIAS` (API 1.3; the bias trainable, its gradient summed over the batch);
+/// otherwise one additive tensor broadcast to `[b, heads, s, t]` for the composed ops.
+enum Scores<'c> {
+    Fused {
+        pos: Option<Tensor<'c>>,
+        keep: Option<Tensor<'c>>,
+    },
+    Additive(Tensor<'c>),
+}
+
+/// Whether the host runs `op` (its minor version is at least the op's).
+fn has(ctx: &Ctx<'_>, op: OpCode) -> bool {
+    ctx.graph().version().minor >= op.since_minor().unwrap_or(u32::MAX)
+}
 
 /// The three attention kinds of T5: context-name part and stack.
 pub(crate) const ATTENTIONS: [(&str, &str); 3] = [
@@ -126,7 +143,7 @@ impl HyperT5 {
         Ok(())
     }
 
-    /// The relative position bias `[1, heads, s, t]` of `stack` for `s` queries and `t` keys.
+    /// The relative position bias `[heads, s, t]` of `stack` for `s` queries and `t` keys.
     fn position_bias<'c>(
         &self,
         ctx: &'c Ctx<'_>,
@@ -150,44 +167,49 @@ impl HyperT5 {
         let heads = self.info.num_heads as i64;
         table
             .index_select(0, ctx.from_ints(&[s * t], idx)?)?
-            .reshape(&[1, s as i64, t as i64, heads])?
-            .permute(&[0, 3, 1, 2])
+            .reshape(&[s as i64, t as i64, heads])?
+            .permute(&[2, 0, 1])
     }
 
-    /// T5 attention (no biases, no score scaling) of `x [b, s, H]` over `kv [b, t, H]` with the
-    /// additive `bias` (broadcast to `[b, heads, s, t]`).
+    /// T5 attention (no biases, no score scaling) of `x [b, s, H]` over `kv [b, t, H]`.
     fn t5_attention<'c>(
         &self,
         ctx: &'c Ctx<'_>,
         x: Tensor<'c>,
         kv: Tensor<'c>,
-        bias: Tensor<'c>,
+        scores: &Scores<'c>,
         p: &str,
     ) -> Result<Tensor<'c>> {
-        let (nh, dh) = (self.info.num_heads as i64, self.info.head_dim as i64);
+        let (nh, dh) = (self.info.num_heads, self.info.head_dim);
         let w = |m: &str| ctx.param(&format!("{p}.{m}.weight"));
-        let split = |y: Tensor<'c>| -> Result<Tensor<'c>> {
-            let [b, n, _]: [usize; 3] = y
-                .shape()?
-                .try_into()
-                .map_err(|_| ApiError::shape("hypert5: states must be [b, n, H]"))?;
-            y.reshape(&[b as i64, n as i64, nh, dh])?
-                .permute(&[0, 2, 1, 3])
-        };
         let [b, s, _]: [usize; 3] = x
             .shape()?
             .try_into()
             .map_err(|_| ApiError::shape("hypert5: states must be [b, n, H]"))?;
-        let q = split(x.linear(w("q")?, None)?)?;
-        let k = split(kv.clone().linear(w("k")?, None)?)?;
-        let v = split(kv.linear(w("v")?, None)?)?;
-        let c = q
-            .matmul(k.transpose(2, 3)?)?
-            .add(bias)?
-            .softmax(-1)?
-            .matmul(v)?
-            .permute(&[0, 2, 1, 3])?
-            .reshape(&[b as i64, s as i64, nh * dh])?;
+        let q = x.linear(w("q")?, None)?;
+        let k = kv.clone().linear(w("k")?, None)?;
+        let v = kv.linear(w("v")?, None)?;
+        let c = match scores {
+            Scores::Fused { pos: None, keep } => q.attention(k, v, keep.clone(), nh, 1.0)?,
+            Scores::Fused {
+                pos: Some(pos),
+                keep,
+            } => q.attention_bias(k, v, pos.clone(), keep.clone(), nh, 1.0, None)?,
+            Scores::Additive(bias) => {
+                let split = |y: Tensor<'c>| -> Result<Tensor<'c>> {
+                    let n = y.shape()?[1] as i64;
+                    y.reshape(&[b as i64, n, nh as i64, dh as i64])?
+                        .permute(&[0, 2, 1, 3])
+                };
+                split(q)?
+                    .matmul(split(k)?.transpose(2, 3)?)?
+                    .add(bias.clone())?
+                    .softmax(-1)?
+                    .matmul(split(v)?)?
+                    .permute(&[0, 2, 1, 3])?
+                    .reshape(&[b as i64, s as i64, (nh * dh) as i64])?
+            }
+        };
         c.linear(w("o")?, None)
     }
 
@@ -225,20 +247,29 @@ impl HyperT5 {
         let mut x = words
             .index_select(0, ids.reshape(&[(k * t) as i64])?)?
             .reshape(&[k as i64, t as i64, h])?;
+        // Encoder self-attention: the position bias and the examples' padding.
+        let (with_bias, fused) = (
+            has(ctx, OpCode::ATTENTION_BIAS),
+            has(ctx, OpCode::ATTENTION),
+        );
         let pad: Vec<f32> = mask.iter().map(|m| (1.0 - m) * MASKED).collect();
-        let enc_bias = self
-            .position_bias(ctx, "encoder", t, t)?
-            .add(ctx.from_data(&[k, 1, 1, t], pad.clone())?)?;
+        let enc_pos = self.position_bias(ctx, "encoder", t, t)?;
+        let enc = if with_bias {
+            Scores::Fused {
+                pos: Some(enc_pos),
+                keep: Some(ctx.from_data(&[k, t], mask.clone())?),
+            }
+        } else {
+            Scores::Additive(
+                enc_pos
+                    .unsqueeze(0)?
+                    .add(ctx.from_data(&[k, 1, 1, t], pad.clone())?)?,
+            )
+        };
         for l in 0..self.layers {
             let p = format!("encoder.block.{l}.layer");
             let n = self.norm(ctx, x.clone(), &format!("{p}.0.layer_norm.weight"))?;
-            let a = self.t5_attention(
-                ctx,
-                n.clone(),
-                n,
-                enc_bias.clone(),
-                &format!("{p}.0.SelfAttention"),
-            )?;
+            let a = self.t5_attention(ctx, n.clone(), n, &enc, &format!("{p}.0.SelfAttention"))?;
             x = x.add(a)?;
             let n = self.norm(ctx, x.clone(), &format!("{p}.1.layer_norm.weight"))?;
             x = x.add(self.t5_ffn(ctx, n, &format!("{p}.1"))?)?;
@@ -247,29 +278,39 @@ impl HyperT5 {
         // The examples' encoder states `[k, T, H]`, for tests (the copy starts as the backbone).
         ctx.set_context(&self.name("examples"), states.clone())?;
         let memory = states.reshape(&[1, (k * t) as i64, h])?;
-        let cross_bias = ctx.from_data(&[1, 1, 1, k * t], pad)?;
+        // Cross-attention sees every token of every example.
+        let cross = if fused {
+            Scores::Fused {
+                pos: None,
+                keep: Some(ctx.from_data(&[1, k * t], mask)?),
+            }
+        } else {
+            Scores::Additive(ctx.from_data(&[1, 1, 1, k * t], pad)?)
+        };
         let queries = ctx.param("queries")?;
         let nq = queries.shape()?[0];
         let mut y = queries.unsqueeze(0)?;
         // Non-causal: every query sees every other, through the decoder's own position bias.
-        let self_bias = self.position_bias(ctx, "decoder", nq, nq)?;
+        let dec_pos = self.position_bias(ctx, "decoder", nq, nq)?;
+        let dec = if with_bias {
+            Scores::Fused {
+                pos: Some(dec_pos),
+                keep: None,
+            }
+        } else {
+            Scores::Additive(dec_pos.unsqueeze(0)?)
+        };
         for l in 0..self.decoder_layers {
             let p = format!("decoder.block.{l}.layer");
             let n = self.norm(ctx, y.clone(), &format!("{p}.0.layer_norm.weight"))?;
-            let a = self.t5_attention(
-                ctx,
-                n.clone(),
-                n,
-                self_bias.clone(),
-                &format!("{p}.0.SelfAttention"),
-            )?;
+            let a = self.t5_attention(ctx, n.clone(), n, &dec, &format!("{p}.0.SelfAttention"))?;
             y = y.add(a)?;
             let n = self.norm(ctx, y.clone(), &format!("{p}.1.layer_norm.weight"))?;
             let a = self.t5_attention(
                 ctx,
                 n,
                 memory.clone(),
-                cross_bias.clone(),
+                &cross,
                 &format!("{p}.1.EncDecAttention"),
             )?;
             y = y.add(a)?;

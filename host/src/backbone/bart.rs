@@ -176,9 +176,8 @@ impl Bart {
         site: &str,
         f: impl FnOnce(&Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError>,
     ) -> Result<Tensor<B, 3>, ApiError> {
-        let y = dropout(hooks, f(&x)?, self.config.dropout)?;
-        let y = hooks.pair(site, &x, y)?;
-        hooks.add_layer_norm(norm_key, x, y, LN_EPS)
+        let y = f(&x)?;
+        hooks.dropout_add_layer_norm(norm_key, site, y, x, (self.config.dropout, LN_EPS))
     }
 
     fn ffn<B: AutodiffBackend>(

@@ -331,13 +331,12 @@ impl Bert {
             probs.matmul(v).swap_dims(1, 2).reshape([b, t, h])
         };
         let attn = self.lin(hooks, &ctx, &format!("{p}.attention.output.dense"))?;
-        let attn = self.dropout(hooks, attn, c.hidden_dropout_prob)?;
-        let attn = hooks.pair(&format!("{p}.attention"), &x, attn)?;
-        let h1 = hooks.add_layer_norm(
+        let h1 = hooks.dropout_add_layer_norm(
             &format!("{p}.attention.output.LayerNorm"),
+            &format!("{p}.attention"),
             attn,
             x,
-            c.layer_norm_eps,
+            (c.hidden_dropout_prob, c.layer_norm_eps),
         )?;
         let dense = format!("{p}.intermediate.dense");
         let inter = match c.hidden_act.as_str() {
@@ -353,10 +352,13 @@ impl Bert {
         // HF's `BertIntermediate` output (after the activation): where (IA)³ scales.
         let inter = hooks.hidden(&format!("{p}.intermediate"), inter)?;
         let out = self.lin(hooks, &inter, &format!("{p}.output.dense"))?;
-        let out = self.dropout(hooks, out, c.hidden_dropout_prob)?;
-        let out = hooks.pair(&format!("{p}.ffn"), &h1, out)?;
-        let h2 =
-            hooks.add_layer_norm(&format!("{p}.output.LayerNorm"), out, h1, c.layer_norm_eps)?;
+        let h2 = hooks.dropout_add_layer_norm(
+            &format!("{p}.output.LayerNorm"),
+            &format!("{p}.ffn"),
+            out,
+            h1,
+            (c.hidden_dropout_prob, c.layer_norm_eps),
+        )?;
         hooks.hidden(&format!("{p}.output"), h2)
     }
 

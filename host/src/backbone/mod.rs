@@ -231,6 +231,30 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
         self.layer_norm_with(a + r, w, b, eps, true)
     }
 
+    /// `LN(r + site(r, dropout(y)))` with HF weights `<key>.weight`, `<key>.bias`: a post-norm
+    /// layer's sublayer output `y` through dropout `p` and the module site `site`, plus the
+    /// residual `r`. Training on the CPU kernels with nothing at `site`, the three are one
+    /// tracked op (the same seed drawn, so the same values as the ops one by one).
+    pub fn dropout_add_layer_norm(
+        &self,
+        key: &str,
+        site: &str,
+        y: Tensor<B, 3>,
+        r: Tensor<B, 3>,
+        (p, eps): (f64, f64),
+    ) -> Result<Tensor<B, 3>, ApiError> {
+        let fused = self.training() && p > 0.0 && !self.graph.no_grad;
+        if fused && nn::tracked::enabled::<B>() && !self.attached(site) && y.dims() == r.dims() {
+            let w = self.weight::<1>(&format!("{key}.weight"))?;
+            let b = self.weight::<1>(&format!("{key}.bias"))?;
+            let seed = nn::draw_seed::<B>(&y.device());
+            return nn::layer_norm::tracked_dropout_add(y, r, w, b, (p, seed), eps);
+        }
+        let y = layers::dropout(self, y, p)?;
+        let y = self.pair(site, &r, y)?;
+        self.add_layer_norm(key, y, r, eps)
+    }
+
     /// T5's RMS LayerNorm with HF weight `<key>.weight`.
     pub fn rms_norm(&self, key: &str, x: Tensor<B, 3>, eps: f64) -> Result<Tensor<B, 3>, ApiError> {
         let w = self.weight::<1>(&format!("{key}.weight"))?;

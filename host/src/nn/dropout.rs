@@ -46,6 +46,43 @@ simd_dispatch! {
     }
 }
 
+/// A dropout mask as a function of the element's flat index: what [`tracked`] draws for a
+/// `(p, seed)`, for kernels that apply it inside their own pass over the rows (layer norm of
+/// a dropped sublayer output plus the residual) and redraw it in their backward instead of
+/// keeping it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mask {
+    stream: u64,
+    threshold: u32,
+    inv: f32,
+}
+
+impl Mask {
+    /// The mask of `(p, seed)`, `p` in `[0, 1)` (checked by the caller).
+    pub(crate) fn new(p: f64, seed: u64) -> Self {
+        Mask {
+            stream: stream(seed),
+            threshold: (p * 4_294_967_296.0).min(4_294_967_295.0) as u32,
+            inv: 1.0 / (1.0 - p as f32),
+        }
+    }
+
+    /// `out[j] = x[j]·1/(1 − p)` where element `first + j` is kept, else 0 (as [`tracked`]'s
+    /// forward computes it); the backward's `dx` from `dy` is the same map.
+    pub(crate) fn apply(&self, out: &mut [f32], x: &[f32], first: u64) {
+        mask_chunk(out, x, first, self.stream, self.threshold, self.inv);
+    }
+}
+
+simd_dispatch! {
+    /// [`Mask::apply`] on one run of elements.
+    fn mask_chunk(out: &mut [f32], x: &[f32], first: u64, stream: u64, threshold: u32, inv: f32) {
+        for (j, (o, &x)) in out.iter_mut().zip(x).enumerate() {
+            *o = if keep(stream, first + j as u64, threshold) { x * inv } else { 0.0 };
+        }
+    }
+}
+
 #[derive(Debug)]
 struct DropoutBackward;
 

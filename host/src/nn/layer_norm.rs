@@ -18,6 +18,7 @@ use super::{
         ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
         OpsKind,
     },
+    dropout::Mask,
     math::{dot, simd_dispatch, sum},
 };
 
@@ -159,19 +160,32 @@ impl Backward<Flex, 3> for LayerNormBackward {
 #[derive(Debug)]
 struct AddLayerNormBackward;
 
-/// `LN(a + r)`: both summands receive the normalised input's gradient.
-impl Backward<Flex, 4> for AddLayerNormBackward {
-    type State = LnState;
+/// `LN(a + r)`'s state: layer norm's, and the dropout mask `a` went through (if any).
+type AddLnState = (LnState, Option<Mask>);
 
-    fn backward(self, ops: Ops<LnState, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+/// `LN(drop(a) + r)`: `r` receives the normalised input's gradient, `a` the same through the
+/// dropout mask (redrawn from its seed, not kept).
+impl Backward<Flex, 4> for AddLayerNormBackward {
+    type State = AddLnState;
+
+    fn backward(self, ops: Ops<AddLnState, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
         let _t = super::timing::span("layer norm backward");
         let dy = Buf::new(grads.consume::<Flex>(&ops.node));
-        let [dx, dw, db] = ln_grads(&dy, &ops.state);
-        let (shape, d) = (ops.state.3, ops.state.3[2]);
+        let (state, mask) = ops.state;
+        let [dx, dw, db] = ln_grads(&dy, &state);
+        let (shape, d) = (state.3, state.3[2]);
+        let da = mask.map(|m| {
+            let mut da = vec![0f32; dx.len()];
+            da.par_chunks_mut(1 << 14)
+                .zip(dx.par_chunks(1 << 14))
+                .enumerate()
+                .for_each(|(i, (da, dx))| m.apply(da, dx, (i << 14) as u64));
+            primitive(da, shape)
+        });
         let dx = primitive(dx, shape);
         let [pa, pr, pw, pb] = &ops.parents;
         for (node, g) in [
-            (pa, dx.clone()),
+            (pa, da.unwrap_or_else(|| dx.clone())),
             (pr, dx),
             (pw, primitive(dw, [d])),
             (pb, primitive(db, [d])),
@@ -216,14 +230,6 @@ simd_dispatch! {
         }
         *rstd = r;
     }
-}
-
-/// `x̂ = (x − mean) / sqrt(var + eps)` row by row into `xhat` (which holds `x` on entry); each
-/// row's 1/σ into `rstd`.
-fn normalise(xhat: &mut [f32], rstd: &mut [f32], d: usize, eps: f32) {
-    xhat.par_chunks_mut(d)
-        .zip(rstd.par_iter_mut())
-        .for_each(|(row, r)| normalise_row(row, r, eps));
 }
 
 simd_dispatch! {
@@ -275,26 +281,64 @@ fn check(shape: [usize; 3], w: [usize; 1], b: [usize; 1]) -> Result<(), ApiError
     Ok(())
 }
 
-/// From `x` (normalised in place into `x̂`): the backward's state and the output `x̂·w + b`.
+/// Rows per parallel task of the tracked forward.
+const FORWARD_ROWS: usize = 16;
+
+/// `x = drop(a) + r` (`drop` and `r` when given) normalised row by row, each row visited once
+/// while it is in L1: summed into `x̂`, normalised there ([`normalise_row`]), then `x̂·w + b`
+/// into the output — the operations of dropout, the sum and layer norm as separate passes, in
+/// the same order, so the same values. Returns the backward's state and the output.
 fn forward(
-    mut xhat: Vec<f32>,
+    a: &[f32],
+    r: Option<&[f32]>,
+    drop: Option<Mask>,
     shape: [usize; 3],
     w: Buf,
     b: &[f32],
     eps: f64,
 ) -> (LnState, Vec<f32>) {
     let d = shape[2];
-    let mut rstd = vec![0f32; xhat.len() / d];
-    normalise(&mut xhat, &mut rstd, d, eps as f32);
-    let mut out = vec![0f32; xhat.len()];
-    out.par_chunks_mut(d)
-        .zip(xhat.par_chunks(d))
-        .for_each(|(o, x)| {
-            for (((o, x), w), b) in o.iter_mut().zip(x).zip(w.iter()).zip(b) {
-                *o = x * w + b;
+    let (n, rows) = (a.len(), a.len() / d);
+    let (mut xhat, mut rstd, mut out) = (vec![0f32; n], vec![0f32; rows], vec![0f32; n]);
+    let block = FORWARD_ROWS * d;
+    xhat.par_chunks_mut(block)
+        .zip(out.par_chunks_mut(block))
+        .zip(rstd.par_chunks_mut(FORWARD_ROWS))
+        .enumerate()
+        .for_each(|(i, ((xh, out), rs))| {
+            let first = i * block;
+            let a = &a[first..first + xh.len()];
+            match drop {
+                Some(m) => m.apply(xh, a, first as u64),
+                None => xh.copy_from_slice(a),
+            }
+            if let Some(r) = r {
+                add_into(xh, &r[first..first + xh.len()]);
+            }
+            for ((x, o), rs) in xh.chunks_mut(d).zip(out.chunks_mut(d)).zip(rs) {
+                normalise_row(x, rs, eps as f32);
+                affine_row(o, x, &w, b);
             }
         });
     ((Arc::new(xhat), Arc::new(rstd), w, shape), out)
+}
+
+simd_dispatch! {
+    /// `x += r`.
+    fn add_into(x: &mut [f32], r: &[f32]) {
+        for (x, r) in x.iter_mut().zip(r) {
+            *x += r;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `out = x̂·w + b` for one row.
+    fn affine_row(out: &mut [f32], xhat: &[f32], w: &[f32], b: &[f32]) {
+        for (((o, x), w), b) in out.iter_mut().zip(xhat).zip(w).zip(b) {
+            *o = x * w + b;
+        }
+    }
 }
 
 /// Layer norm over the last dim with weight and bias `[d]` as one tracked operation of the
@@ -309,27 +353,27 @@ pub fn tracked<B: AutodiffBackend>(
     let shape = x.dims();
     check(shape, w.dims(), b.dims())?;
     let (xa, wa, ba) = (ad(x)?, ad(w)?, ad(b)?);
-    let x = Buf::new(xa.primitive.clone()).to_vec();
+    let x = Buf::new(xa.primitive.clone());
+    let (wv, bv) = (
+        Buf::new(wa.primitive.clone()),
+        Buf::new(ba.primitive.clone()),
+    );
+    let (state, out) = forward(&x, None, None, shape, wv, &bv, eps);
     let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
-    record!(LayerNormBackward, nodes, x, shape, wa, ba, eps)
+    record!(LayerNormBackward, nodes, state, out, shape)
 }
 
-/// Normalises `x` (`[shape]`, the weight and bias tensors `wa`, `ba`) and records `op` with
-/// `nodes` as its parents: what the two tracked layer norms share.
+/// Records `op` with `nodes` as its parents, its output `out` (`shape`) and backward `state`:
+/// what the tracked layer norms share (a macro: burn's node type is not nameable here).
 macro_rules! record {
-    ($op:expr, $nodes:expr, $x:expr, $shape:expr, $wa:expr, $ba:expr, $eps:expr) => {{
-        let (wv, bv) = (
-            Buf::new($wa.primitive.clone()),
-            Buf::new($ba.primitive.clone()),
-        );
-        let (state, out) = forward($x, $shape, wv, &bv, $eps);
-        let out = primitive(out, $shape);
+    ($op:expr, $nodes:expr, $state:expr, $out:expr, $shape:expr) => {{
+        let out = primitive($out, $shape);
         let result = match $op
             .prepare::<NoCheckpointing>($nodes)
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(state, out),
+            OpsKind::Tracked(prep) => prep.finish($state, out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         };
         into_b(result)
@@ -337,23 +381,42 @@ macro_rules! record {
 }
 use record;
 
-/// `a + r` elementwise, in parallel, into a new buffer.
-fn sum_of(a: &[f32], r: &[f32]) -> Vec<f32> {
-    let mut x = vec![0f32; a.len()];
-    x.par_chunks_mut(1 << 14)
-        .zip(a.par_chunks(1 << 14).zip(r.par_chunks(1 << 14)))
-        .for_each(|(x, (a, r))| {
-            for ((x, a), r) in x.iter_mut().zip(a).zip(r) {
-                *x = a + r;
-            }
-        });
-    x
-}
-
 /// `LN(a + r)` (a post-norm transformer's residual and layer norm) as one tracked operation:
 /// the sum is formed inside the kernel, so it never exists as a tensor of its own.
 pub fn tracked_add<B: AutodiffBackend>(
     a: Tensor<B, 3>,
+    r: Tensor<B, 3>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    eps: f64,
+) -> Result<Tensor<B, 3>, ApiError> {
+    add_dropped(a, None, r, w, b, eps)
+}
+
+/// `LN(dropout(a) + r)` — a post-norm layer's sublayer output `a` through inverted dropout
+/// with probability `p` (the mask [`super::dropout::tracked`] draws from `seed`), plus the
+/// residual `r`, then layer norm — as one tracked operation: neither the dropped output nor
+/// its mask is stored (the backward redraws the mask from the seed).
+pub fn tracked_dropout_add<B: AutodiffBackend>(
+    a: Tensor<B, 3>,
+    r: Tensor<B, 3>,
+    w: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+    (p, seed): (f64, u64),
+    eps: f64,
+) -> Result<Tensor<B, 3>, ApiError> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(ApiError::invalid(format!(
+            "dropout: p = {p} is not in [0, 1)"
+        )));
+    }
+    let mask = (p > 0.0).then(|| Mask::new(p, seed));
+    add_dropped(a, mask, r, w, b, eps)
+}
+
+fn add_dropped<B: AutodiffBackend>(
+    a: Tensor<B, 3>,
+    mask: Option<Mask>,
     r: Tensor<B, 3>,
     w: Tensor<B, 1>,
     b: Tensor<B, 1>,
@@ -369,17 +432,22 @@ pub fn tracked_add<B: AutodiffBackend>(
     }
     check(shape, w.dims(), b.dims())?;
     let (aa, ra, wa, ba) = (ad(a)?, ad(r)?, ad(w)?, ad(b)?);
-    let x = sum_of(
-        &Buf::new(aa.primitive.clone()),
-        &Buf::new(ra.primitive.clone()),
+    let (av, rv) = (
+        Buf::new(aa.primitive.clone()),
+        Buf::new(ra.primitive.clone()),
     );
+    let (wv, bv) = (
+        Buf::new(wa.primitive.clone()),
+        Buf::new(ba.primitive.clone()),
+    );
+    let (state, out) = forward(&av, Some(&rv), mask, shape, wv, &bv, eps);
     let nodes = [
         aa.node.clone(),
         ra.node.clone(),
         wa.node.clone(),
         ba.node.clone(),
     ];
-    record!(AddLayerNormBackward, nodes, x, shape, wa, ba, eps)
+    record!(AddLayerNormBackward, nodes, (state, mask), out, shape)
 }
 
 /// `LN(a + r)` without gradients, in `a`'s buffer: each row summed, normalised and scaled in

@@ -122,3 +122,57 @@ fn layer_norm_of_a_sum_matches_burn_values_and_gradients() {
         1e-4,
     );
 }
+
+/// `LN(dropout(a) + r)` in one op equals the separate tracked dropout (same `p`, same seed)
+/// followed by the tracked `LN(a + r)` bit for bit: the output and the gradients of `a`, `r`,
+/// the weight and the bias, over enough rows that the row blocks and the backward's chunks of
+/// the mask do not line up with each other; `p = 0` is `LN(a + r)`; a bad `p` is an error.
+#[test]
+fn dropout_add_layer_norm_equals_dropout_then_layer_norm_bit_for_bit() {
+    let (rows, d) = (7 * 131, 40);
+    let value = |seed: f32| {
+        let v: Vec<f32> = (0..rows * d)
+            .map(|i| ((i as f32 * 0.61 + seed).sin() * 2.3) + seed * 0.1)
+            .collect();
+        Tensor::<A, 3>::from_data(TensorData::new(v, [7, 131, d]), &Default::default())
+            .require_grad()
+    };
+    for p in [0.1, 0.0] {
+        let run = |fused: bool| {
+            let (a, r) = (value(0.3), value(1.7));
+            let (w, b) = weight_and_bias(d);
+            let y = if fused {
+                super::tracked_dropout_add(
+                    a.clone(),
+                    r.clone(),
+                    w.clone(),
+                    b.clone(),
+                    (p, 99),
+                    1e-12,
+                )
+                .unwrap()
+            } else {
+                let dropped = crate::nn::dropout::tracked(a.clone(), p, 99).unwrap();
+                super::tracked_add(dropped, r.clone(), w.clone(), b.clone(), 1e-12).unwrap()
+            };
+            let t = value(9.0).detach();
+            let g = (y.clone() * t).sum().backward();
+            [
+                vals(y),
+                vals(a.grad(&g).unwrap()),
+                vals(r.grad(&g).unwrap()),
+                vals(w.grad(&g).unwrap()),
+                vals(b.grad(&g).unwrap()),
+            ]
+        };
+        let (f, c) = (run(true), run(false));
+        for (name, (x, y)) in ["y", "da", "dr", "dw", "db"].iter().zip(f.iter().zip(&c)) {
+            assert!(x == y, "p = {p}: {name} differs");
+        }
+        let zeros = f[1].iter().filter(|&&x| x == 0.0).count() as f64 / f[1].len() as f64;
+        assert!((zeros - p).abs() < 0.02, "p = {p}: {zeros} of da dropped");
+    }
+    let (w, b) = weight_and_bias(d);
+    let err = super::tracked_dropout_add(value(0.3), value(1.7), w, b, (1.0, 1), 1e-12);
+    assert!(err.is_err());
+}

@@ -37,6 +37,32 @@ pub fn rows_axpy(x: &[f32], m: &[f32], bias: Option<&[f32]>, [n, p, q]: [usize; 
     })
 }
 
+/// [`rows_axpy`] for a batch of products `x[i] · m[i]` (`x` `[batch, n, p]`, `m` `[batch, p,
+/// q]`) in one parallel pass over all `batch · n` output rows, written in place.
+pub fn rows_axpy_batched(x: &[f32], m: &[f32], [batch, n, p, q]: [usize; 4]) -> Vec<f32> {
+    assert_eq!(
+        x.len(),
+        batch * n * p,
+        "rows_axpy_batched: x is not [{batch}, {n}, {p}]"
+    );
+    assert_eq!(
+        m.len(),
+        batch * p * q,
+        "rows_axpy_batched: m is not [{batch}, {p}, {q}]"
+    );
+    fill(batch * n, q, p + q, |first, out| {
+        // The chunk's rows, split where a batch item ends (each item has its own `m`).
+        let (mut row, mut out) = (first, out);
+        while !out.is_empty() {
+            let item = row / n;
+            let rows = (n - row % n).min(out.len() / q);
+            let (seg, rest) = out.split_at_mut(rows * q);
+            axpy_rows(seg, &x[row * p..], &m[item * p * q..], None, p, q);
+            (row, out) = (row + rows, rest);
+        }
+    })
+}
+
 /// An `[n, w]` output written by rayon's threads straight into fresh memory, `rows(first,
 /// chunk)` writing every element of the whole rows in `chunk` that start at row `first`;
 /// `row_elems` (a row's input and output) sizes the tasks.

@@ -18,7 +18,7 @@ use super::{
         OpsKind,
     },
     gemm::{matmul, Mat, MatMut, Parallelism},
-    low_rank::{rows_axpy, LOW_RANK},
+    low_rank::{rows_axpy_batched, LOW_RANK},
 };
 
 /// `[batch, m, k, n]` of a product whose leading dims (flattened into `batch`) agree.
@@ -74,16 +74,7 @@ pub fn tracked<B: AutodiffBackend, const D: usize>(
 fn forward(a: &[f32], b: &[f32], [batch, m, k, n]: Dims) -> Vec<f32> {
     if k <= LOW_RANK {
         // Each output row summed in registers from its k input values (`nn::low_rank`).
-        let mut y = Vec::with_capacity(batch * m * n);
-        for i in 0..batch {
-            y.extend(rows_axpy(
-                &a[i * m * k..(i + 1) * m * k],
-                &b[i * k * n..(i + 1) * k * n],
-                None,
-                [m, k, n],
-            ));
-        }
-        return y;
+        return rows_axpy_batched(a, b, [batch, m, k, n]);
     }
     let mut y = vec![0f32; batch * m * n];
     per_item(&mut y, m * n, batch, |i, out, par| {

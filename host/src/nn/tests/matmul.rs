@@ -59,6 +59,8 @@ fn batched_products_and_gradients_equal_burns() {
     check([3, 5, 20], [3, 20, 7], false);
     // Inner width 4: the row kernel; four leading dims flattened.
     check([2, 2, 9, 4], [2, 2, 4, 11], false);
+    // The row kernel's parallel tasks (1,092 rows here) starting inside a batch item.
+    check([3, 700, 4], [3, 4, 11], false);
     // One item: the GEMM on all threads; a narrow output.
     check([1, 6, 33], [1, 33, 2], false);
     // A transposed view as the right operand (read through a contiguous copy).

@@ -449,3 +449,37 @@ fn attention_rejects_bad_shapes_and_head_counts() {
     }
     assert_eq!(graph.live_handles(), 0);
 }
+
+/// A pass emulating an older host tells plugins that version and refuses the ops it lacks with
+/// `UNKNOWN_OP`, as that host would; only an older minor of the same major can be emulated.
+#[test]
+fn an_emulated_older_host_refuses_newer_ops() {
+    use peft_api::{ApiVersion, ErrorKind};
+    let store = std::cell::RefCell::new(peft_host::params::ParamStore::<B>::new(
+        Default::default(),
+        7,
+    ));
+    let v = |minor| ApiVersion { major: 1, minor };
+    let graph = HostGraph::new(&store, false).emulating(v(1)).unwrap();
+    {
+        let ctx = Ctx::new(graph.as_abi());
+        assert_eq!(ctx.graph().version(), v(1));
+        let x = || ctx.from_data(&[1, 2, 4], vec![0.5; 8]).unwrap();
+        let err = x().attention(x(), x(), None, 2, 1.0).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UNKNOWN_OP, "{err:?}");
+        assert!(err.message.contains("peft-api 1.1"), "{err:?}");
+        // What 1.1 had still runs.
+        assert_eq!(x().mse(x()).unwrap().to_vec().unwrap(), [0.0]);
+    }
+    assert_eq!(graph.live_handles(), 0);
+    for bad in [
+        ApiVersion {
+            major: 1,
+            minor: 99,
+        },
+        ApiVersion { major: 2, minor: 0 },
+    ] {
+        let err = HostGraph::new(&store, false).emulating(bad).err().unwrap();
+        assert!(err.message.contains("cannot emulate"), "{err:?}");
+    }
+}

@@ -215,6 +215,10 @@ impl<B: AutodiffBackend> Graph for HostGraph<'_, B> {
         values: &Values,
     ) -> RResult<OpOutput, ApiError> {
         if op.name().is_none() || op.since_minor().is_some_and(|m| m > self.api.minor) {
+            // The inputs were moved into the op: released here as a failing op's are.
+            for &h in inputs.iter() {
+                self.release(h);
+            }
             return RResult::RErr(ApiError::new(
                 ErrorKind::UNKNOWN_OP,
                 format!(

@@ -86,16 +86,9 @@ pub(super) fn attention<B: AutodiffBackend>(
     values: &Values,
 ) -> R<FloatPrim<B>> {
     let op = OpCode::ATTENTION;
-    arity(op, &inputs, 3, 4)?;
-    let keep = if inputs.len() == 4 {
-        Some(pop_float(&mut inputs, op, "keep")?)
-    } else {
-        None
-    };
-    let v = pop_float(&mut inputs, op, "v")?;
-    let k = pop_float(&mut inputs, op, "k")?;
-    let q = pop_float(&mut inputs, op, "q")?;
-    let x = operands::<B>(op, [q, k, v], keep, values)?;
+    let keep = optional_keep(&mut inputs, op, 3)?;
+    let qkv = pop_qkv(&mut inputs, op)?;
+    let x = operands::<B>(op, qkv, keep, values)?;
     let out = if !kernels(g) {
         generic(x, None, None)?
     } else if g.no_grad {
@@ -115,16 +108,9 @@ pub(super) fn attention_bias<B: AutodiffBackend>(
     values: &Values,
 ) -> R<FloatPrim<B>> {
     let op = OpCode::ATTENTION_BIAS;
-    arity(op, &inputs, 4, 5)?;
-    let keep = if inputs.len() == 5 {
-        Some(pop_float(&mut inputs, op, "keep")?)
-    } else {
-        None
-    };
+    let keep = optional_keep(&mut inputs, op, 4)?;
     let bias = pop_float(&mut inputs, op, "bias")?;
-    let v = pop_float(&mut inputs, op, "v")?;
-    let k = pop_float(&mut inputs, op, "k")?;
-    let q = pop_float(&mut inputs, op, "q")?;
+    let qkv = pop_qkv(&mut inputs, op)?;
     let causal = match int_arg(values, 1, op, "causal")? {
         -1 => None,
         c if c >= 0 => Some(c as usize),
@@ -134,7 +120,7 @@ pub(super) fn attention_bias<B: AutodiffBackend>(
             )))
         }
     };
-    let x = operands::<B>(op, [q, k, v], keep, values)?;
+    let x = operands::<B>(op, qkv, keep, values)?;
     let [_, t, s] = x.bts;
     let sb = shape_of::<B>(&bias);
     if sb != [x.heads, t, s] {
@@ -158,6 +144,25 @@ pub(super) fn attention_bias<B: AutodiffBackend>(
         nn::tracked::attention_biased(x.q, x.k, x.v, &x.keep, x.heads, x.scale, bias, causal)?
     };
     Ok(fp(out))
+}
+
+/// After checking that there are `fixed` inputs and maybe the key mask: the mask, taken.
+fn optional_keep<B: AutodiffBackend>(
+    inputs: &mut Vec<Value<B>>,
+    op: OpCode,
+    fixed: usize,
+) -> R<Option<FloatPrim<B>>> {
+    arity(op, inputs, fixed, fixed + 1)?;
+    (inputs.len() > fixed)
+        .then(|| pop_float(inputs, op, "keep"))
+        .transpose()
+}
+
+/// `[q, k, v]`, the first three inputs (taken from the back).
+fn pop_qkv<B: AutodiffBackend>(inputs: &mut Vec<Value<B>>, op: OpCode) -> R<[FloatPrim<B>; 3]> {
+    let v = pop_float(inputs, op, "v")?;
+    let k = pop_float(inputs, op, "k")?;
+    Ok([pop_float(inputs, op, "q")?, k, v])
 }
 
 /// Whether the CPU kernels run this pass.

@@ -60,6 +60,12 @@ enum Mask<'c> {
     Additive(Tensor<'c>),
 }
 
+/// Whether the host runs `op` (its minor version is at least the op's): the fused attention
+/// ops where it does, the composed chain on an older host.
+pub(crate) fn has(ctx: &Ctx<'_>, op: OpCode) -> bool {
+    ctx.graph().version().minor >= op.since_minor().unwrap_or(u32::MAX)
+}
+
 pub struct HyperT5 {
     config: HyperT5Config,
     info: BackboneInfo,
@@ -355,9 +361,7 @@ impl ContextEncoderImpl for HyperT5 {
         if self.info.architecture == "t5" {
             return self.encode_t5(ctx, ids, m);
         }
-        let fused =
-            ctx.graph().version().minor >= OpCode::ATTENTION.since_minor().unwrap_or(u32::MAX);
-        let mask = if fused {
+        let mask = if has(ctx, OpCode::ATTENTION) {
             Mask::Keep(ctx.from_data(&[k, t], m)?)
         } else {
             // 0 on tokens, -10000 on padding (BERT's convention).

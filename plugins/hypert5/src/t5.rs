@@ -21,7 +21,7 @@ use peft_api::{
     blocks::t5_relative_position_bucket, ApiError, BackboneInfo, Ctx, Init, OpCode, Result, Tensor,
 };
 
-use crate::{Generated, HyperT5};
+use crate::{has, Generated, HyperT5};
 
 /// T5's RMS norm epsilon (HF default).
 const EPS: f64 = 1e-6;
@@ -38,11 +38,6 @@ enum Scores<'c> {
         keep: Option<Tensor<'c>>,
     },
     Additive(Tensor<'c>),
-}
-
-/// Whether the host runs `op` (its minor version is at least the op's).
-fn has(ctx: &Ctx<'_>, op: OpCode) -> bool {
-    ctx.graph().version().minor >= op.since_minor().unwrap_or(u32::MAX)
 }
 
 /// The three attention kinds of T5: context-name part and stack.

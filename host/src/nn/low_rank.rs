@@ -26,29 +26,30 @@ const LANES: usize = 16;
 
 /// `y_r = bias + Σ_k x[r, k] m_k` for the rows of `x` `[n, p]` and `m` `[p, q]`: `[n, q]`.
 pub fn rows_axpy(x: &[f32], m: &[f32], bias: Option<&[f32]>, [n, p, q]: [usize; 3]) -> Vec<f32> {
-    assert_eq!(x.len(), n * p, "rows_axpy: x is not [{n}, {p}]");
-    assert_eq!(m.len(), p * q, "rows_axpy: m is not [{p}, {q}]");
-    assert!(
-        bias.is_none_or(|b| b.len() == q),
-        "rows_axpy: bias is not [{q}]"
-    );
-    fill(n, q, p + q, |first, out| {
-        axpy_rows(out, &x[first * p..], m, bias, p, q)
-    })
+    rows_axpy_batched(x, m, bias, [1, n, p, q])
 }
 
 /// [`rows_axpy`] for a batch of products `x[i] · m[i]` (`x` `[batch, n, p]`, `m` `[batch, p,
-/// q]`) in one parallel pass over all `batch · n` output rows, written in place.
-pub fn rows_axpy_batched(x: &[f32], m: &[f32], [batch, n, p, q]: [usize; 4]) -> Vec<f32> {
+/// q]`, the same `bias` for all) in one parallel pass over all `batch · n` output rows.
+pub fn rows_axpy_batched(
+    x: &[f32],
+    m: &[f32],
+    bias: Option<&[f32]>,
+    [batch, n, p, q]: [usize; 4],
+) -> Vec<f32> {
     assert_eq!(
         x.len(),
         batch * n * p,
-        "rows_axpy_batched: x is not [{batch}, {n}, {p}]"
+        "rows_axpy: x is not [{batch}, {n}, {p}]"
     );
     assert_eq!(
         m.len(),
         batch * p * q,
-        "rows_axpy_batched: m is not [{batch}, {p}, {q}]"
+        "rows_axpy: m is not [{batch}, {p}, {q}]"
+    );
+    assert!(
+        bias.is_none_or(|b| b.len() == q),
+        "rows_axpy: bias is not [{q}]"
     );
     fill(batch * n, q, p + q, |first, out| {
         // The chunk's rows, split where a batch item ends (each item has its own `m`).
@@ -57,7 +58,7 @@ pub fn rows_axpy_batched(x: &[f32], m: &[f32], [batch, n, p, q]: [usize; 4]) -> 
             let item = row / n;
             let rows = (n - row % n).min(out.len() / q);
             let (seg, rest) = out.split_at_mut(rows * q);
-            axpy_rows(seg, &x[row * p..], &m[item * p * q..], None, p, q);
+            axpy_rows(seg, &x[row * p..], &m[item * p * q..], bias, p, q);
             (row, out) = (row + rows, rest);
         }
     })

@@ -74,7 +74,7 @@ pub fn tracked<B: AutodiffBackend, const D: usize>(
 fn forward(a: &[f32], b: &[f32], [batch, m, k, n]: Dims) -> Vec<f32> {
     if k <= LOW_RANK {
         // Each output row summed in registers from its k input values (`nn::low_rank`).
-        return rows_axpy_batched(a, b, [batch, m, k, n]);
+        return rows_axpy_batched(a, b, None, [batch, m, k, n]);
     }
     let mut y = vec![0f32; batch * m * n];
     per_item(&mut y, m * n, batch, |i, out, par| {

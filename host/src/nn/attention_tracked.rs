@@ -14,8 +14,7 @@ use super::{
         flash_backward, flash_forward, kv_buffers, split_dims, Dims, KvLayout, Masks, ScoreTerms,
     },
     autodiff::{
-        ad, into_b, primitive, AdTensor, Backward, Buf, Checkpointer, Gradients, NoCheckpointing,
-        Ops, OpsKind,
+        ad, into_b, primitive, record, AdTensor, Backward, Buf, Checkpointer, Gradients, Ops,
     },
     flash::Dropout,
 };
@@ -259,22 +258,13 @@ fn tracked_ad<B: AutodiffBackend>(
     };
     let [qn, kn, vn] = [&qa, &ka, &va].map(|x| x.node.clone());
     let result = match bias {
-        None => match AttentionBackward
-            .prepare::<NoCheckpointing>([qn, kn, vn])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(st, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-        Some(ba) => match BiasedAttentionBackward
-            .prepare::<NoCheckpointing>([qn, kn, vn, ba.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(st, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
+        None => record!(AttentionBackward, [qn, kn, vn], st, out),
+        Some(ba) => record!(
+            BiasedAttentionBackward,
+            [qn, kn, vn, ba.node.clone()],
+            st,
+            out
+        ),
     };
     into_b(result)
 }

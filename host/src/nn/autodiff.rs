@@ -18,6 +18,26 @@ pub(crate) use burn::backend::autodiff::{
     ops::{Backward, Ops, OpsKind},
 };
 
+/// Records the tracked op `op` (a [`Backward`]) over the parent nodes `nodes` with its output
+/// primitive `out`, keeping `state` for the backward only when a parent is tracked: how every
+/// tracked kernel ends (a macro, as burn's node type is not nameable outside its crate).
+/// Evaluates to the CPU-autodiff result; [`into_b`] turns it into a tensor of `B`.
+macro_rules! record {
+    ($op:expr, $nodes:expr, $state:expr, $out:expr) => {{
+        use $crate::nn::autodiff::{Backward as _, NoCheckpointing, OpsKind};
+        let out = $out;
+        match $op
+            .prepare::<NoCheckpointing>($nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish($state, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }};
+}
+pub(crate) use record;
+
 pub(crate) type Ad = Autodiff<Flex>;
 /// The CPU autodiff backend's float primitive (burn-autodiff's `AutodiffTensor<Flex>`).
 pub(crate) type AdTensor = <Ad as BackendTypes>::FloatTensorPrimitive;

@@ -11,10 +11,7 @@ use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{
-        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-        OpsKind,
-    },
+    autodiff::{ad, into_b, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops},
     math::{exp, simd_dispatch, sum},
 };
 
@@ -151,14 +148,12 @@ pub fn cross_entropy<B: AutodiffBackend>(
     let x = Buf::new(xa.primitive.clone());
     let st = stats(&x, c);
     let out = primitive(losses(&x, c, &st, &y, smoothing), [rows]);
-    let result = match CrossEntropyBackward
-        .prepare::<NoCheckpointing>([xa.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((x, st, y, smoothing, [rows, c]), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
+    let result = record!(
+        CrossEntropyBackward,
+        [xa.node.clone()],
+        (x, st, y, smoothing, [rows, c]),
+        out
+    );
     into_b(result)
 }
 

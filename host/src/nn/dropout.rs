@@ -12,10 +12,7 @@ use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{
-        ad, into_b, Backward, Buf, Checkpointer, FlexTensor, Gradients, NoCheckpointing, Ops,
-        OpsKind,
-    },
+    autodiff::{ad, into_b, record, Backward, Buf, Checkpointer, FlexTensor, Gradients, Ops},
     math::{mix, simd_dispatch},
 };
 
@@ -141,14 +138,12 @@ pub fn tracked<B: AutodiffBackend, const D: usize>(
             apply_chunk(o, k, x, (i * CHUNK) as u64, s, threshold, inv);
         });
     let out = FlexTensor::from_data(TensorData::new(out, shape.clone()));
-    let result = match DropoutBackward
-        .prepare::<NoCheckpointing>([xa.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((Arc::new(kept), inv, shape), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
+    let result = record!(
+        DropoutBackward,
+        [xa.node.clone()],
+        (Arc::new(kept), inv, shape),
+        out
+    );
     into_b(result)
 }
 

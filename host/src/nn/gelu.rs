@@ -9,10 +9,7 @@ use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{
-        ad, into_b, owned, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-        OpsKind,
-    },
+    autodiff::{ad, into_b, owned, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops},
     math::{erf, exp, simd_dispatch},
 };
 
@@ -96,14 +93,7 @@ pub fn tracked<B: AutodiffBackend>(x: Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiE
         .zip(input.par_chunks(CHUNK))
         .for_each(|(o, x)| gelu_chunk_from(o, x));
     let out = primitive(out, shape);
-    let result = match GeluBackward
-        .prepare::<NoCheckpointing>([xa.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((input, shape), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
+    let result = record!(GeluBackward, [xa.node.clone()], (input, shape), out);
     into_b(result)
 }
 

@@ -13,9 +13,7 @@ use burn::{
 use peft_api::ApiError;
 use rayon::prelude::*;
 
-use super::autodiff::{
-    ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops, OpsKind,
-};
+use super::autodiff::{ad, into_b, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops};
 
 #[derive(Debug)]
 struct KvSiteBackward;
@@ -58,14 +56,7 @@ pub fn tracked<B: AutodiffBackend>(x: Tensor<B, 4>) -> Result<Tensor<B, 4>, ApiE
     }
     let dims = x.dims();
     let out = xa.primitive.clone();
-    let result = match KvSiteBackward
-        .prepare::<NoCheckpointing>([xa.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(dims, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
+    let result = record!(KvSiteBackward, [xa.node.clone()], dims, out);
     into_b(result)
 }
 

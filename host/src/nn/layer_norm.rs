@@ -14,10 +14,7 @@ use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{
-        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-        OpsKind,
-    },
+    autodiff::{ad, into_b, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops},
     dropout::Mask,
     math::{dot, simd_dispatch, sum},
 };
@@ -360,26 +357,13 @@ pub fn tracked<B: AutodiffBackend>(
     );
     let (state, out) = forward(&x, None, None, shape, wv, &bv, eps);
     let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
-    record!(LayerNormBackward, nodes, state, out, shape)
+    into_b(record!(
+        LayerNormBackward,
+        nodes,
+        state,
+        primitive(out, shape)
+    ))
 }
-
-/// Records `op` with `nodes` as its parents, its output `out` (`shape`) and backward `state`:
-/// what the tracked layer norms share (a macro: burn's node type is not nameable here).
-macro_rules! record {
-    ($op:expr, $nodes:expr, $state:expr, $out:expr, $shape:expr) => {{
-        let out = primitive($out, $shape);
-        let result = match $op
-            .prepare::<NoCheckpointing>($nodes)
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish($state, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        };
-        into_b(result)
-    }};
-}
-use record;
 
 /// `LN(a + r)` (a post-norm transformer's residual and layer norm) as one tracked operation:
 /// the sum is formed inside the kernel, so it never exists as a tensor of its own.
@@ -447,7 +431,12 @@ fn add_dropped<B: AutodiffBackend>(
         wa.node.clone(),
         ba.node.clone(),
     ];
-    record!(AddLayerNormBackward, nodes, (state, mask), out, shape)
+    into_b(record!(
+        AddLayerNormBackward,
+        nodes,
+        (state, mask),
+        primitive(out, shape)
+    ))
 }
 
 /// `LN(a + r)` without gradients, in `a`'s buffer: each row summed, normalised and scaled in

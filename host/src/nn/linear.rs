@@ -8,10 +8,7 @@ use burn::{
 use peft_api::ApiError;
 
 use super::{
-    autodiff::{
-        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-        OpsKind,
-    },
+    autodiff::{ad, into_b, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops},
     bf16::WeightBuf,
     gemm::{matmul, Mat, MatMut, Parallelism},
     low_rank::{rows_axpy, LOW_RANK},
@@ -374,14 +371,12 @@ pub fn tracked<B: AutodiffBackend>(
     let out = primitive(y, [n, o]);
     let keep_x = !wa.node.requirement.is_none();
     let nodes = [xa.node.clone(), wa.node.clone(), ba.node.clone()];
-    let result = match LinearBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((keep_x.then_some(xv), wv, [n, i, o]), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
+    let result = record!(
+        LinearBackward,
+        nodes,
+        (keep_x.then_some(xv), wv, [n, i, o]),
+        out
+    );
     into_b(result)
 }
 

@@ -13,10 +13,7 @@ use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{
-        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-        OpsKind,
-    },
+    autodiff::{ad, into_b, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops},
     gemm::{matmul, Mat, MatMut, Parallelism},
     low_rank::{rows_axpy_batched, LOW_RANK},
 };
@@ -59,14 +56,7 @@ pub fn tracked<B: AutodiffBackend, const D: usize>(
         shape_a: sa.to_vec(),
         shape_b: sb.to_vec(),
     };
-    let result = match MatmulBackward
-        .prepare::<NoCheckpointing>([aa.node.clone(), ba.node.clone()])
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish(state, y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
+    let result = record!(MatmulBackward, [aa.node.clone(), ba.node.clone()], state, y);
     into_b(result).map(Some)
 }
 

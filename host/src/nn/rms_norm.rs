@@ -12,10 +12,7 @@ use peft_api::ApiError;
 use rayon::prelude::*;
 
 use super::{
-    autodiff::{
-        ad, into_b, primitive, Backward, Buf, Checkpointer, Gradients, NoCheckpointing, Ops,
-        OpsKind,
-    },
+    autodiff::{ad, into_b, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops},
     layer_norm::rows_backward,
 };
 
@@ -110,14 +107,12 @@ pub fn tracked<B: AutodiffBackend>(
         .for_each(|row| row.iter_mut().zip(wv.iter()).for_each(|(y, w)| *y *= w));
     let out = primitive(out, shape);
     let nodes = [xa.node.clone(), wa.node.clone()];
-    let result = match RmsNormBackward
-        .prepare::<NoCheckpointing>(nodes)
-        .compute_bound()
-        .stateful()
-    {
-        OpsKind::Tracked(prep) => prep.finish((Arc::new(xhat), Arc::new(rinv), wv, shape), out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
-    };
+    let result = record!(
+        RmsNormBackward,
+        nodes,
+        (Arc::new(xhat), Arc::new(rinv), wv, shape),
+        out
+    );
     into_b(result)
 }
 

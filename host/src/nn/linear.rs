@@ -10,7 +10,7 @@ use peft_api::ApiError;
 use super::{
     autodiff::{ad, into_b, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops},
     bf16::WeightBuf,
-    gemm::{matmul, Mat, MatMut, Parallelism},
+    gemm::{product, Mat, Parallelism},
     low_rank::{rows_axpy, LOW_RANK},
     math::{dot, simd_dispatch},
     value::{fp, ft, FloatPrim},
@@ -183,6 +183,24 @@ fn repeat_rows(row: &[f32], n: usize) -> Vec<f32> {
     y
 }
 
+/// `y[r] += bias` for every `bias`-long row of `y`, rows split across rayon's threads.
+fn add_rows(y: &mut [f32], bias: &[f32]) {
+    let o = bias.len();
+    y.par_chunks_mut(o * FILL_ROWS)
+        .for_each(|rows| add_row_chunk(rows, bias));
+}
+
+simd_dispatch! {
+    /// [`add_rows`] on one chunk of whole rows.
+    fn add_row_chunk(rows: &mut [f32], bias: &[f32]) {
+        for r in rows.chunks_exact_mut(bias.len()) {
+            for (y, &b) in r.iter_mut().zip(bias) {
+                *y += b;
+            }
+        }
+    }
+}
+
 /// Up to this many input rows (a decoding step's batch), [`skinny`] replaces the GEMM.
 pub(crate) const SKINNY_ROWS: usize = 16;
 /// Output features per parallel task of [`skinny`].
@@ -267,31 +285,19 @@ impl Backward<Flex, 3> for LinearBackward {
                 })
             };
             let dx = on_amx.or_else(low).unwrap_or_else(|| {
-                let mut dx = vec![0f32; n * i];
                 let wf = w.f32();
                 let w_mat = w.mat(&wf, o, i);
                 let dyp = w.product_input(&dy);
-                matmul(
-                    &mut MatMut::dense(&mut dx, n, i),
-                    0.0,
-                    Mat::rows(&dyp, 0, n, o, o),
-                    w_mat,
-                    1.0,
-                    Parallelism::Rayon(0),
-                );
-                dx
+                let dyp = Mat::rows(&dyp, 0, n, o, o);
+                product(dyp, w_mat, 1.0, Parallelism::Rayon(0))
             });
             grads.register::<Flex>(node.id, primitive(dx, [n, i]));
         }
         if let (Some(node), Some(x)) = (pw, x) {
             // dW = dyᵀ · x
-            let mut dw = vec![0f32; o * i];
-            let x = Mat::rows(&x, 0, n, i, i);
-            matmul(
-                &mut MatMut::dense(&mut dw, o, i),
-                0.0,
+            let dw = product(
                 dym.t(),
-                x,
+                Mat::rows(&x, 0, n, i, i),
                 1.0,
                 Parallelism::Rayon(0),
             );
@@ -326,6 +332,7 @@ pub fn tracked<B: AutodiffBackend>(
         )));
     }
     let device = x.device();
+    let has_bias = b.is_some();
     let b = b.unwrap_or_else(|| Tensor::zeros([o], &device));
     let (xa, wa, ba) = (ad(x)?, ad(w)?, ad(b)?);
     let (xv, wv, bv) = (
@@ -348,25 +355,23 @@ pub fn tracked<B: AutodiffBackend>(
         })
     };
     let y = on_amx.or_else(low).unwrap_or_else(|| {
-        // y = 1·y + x·Wᵀ: the bias rows plus the product. A column-major weight goes to the
-        // GEMM at any row count: it reads such a weight in place, without packing it.
-        let mut y = repeat_rows(&bv, n);
         let wf = wv.f32();
         let xs = wv.product_input(&xv);
         if n <= SKINNY_ROWS && !wv.col_major() {
+            let mut y = repeat_rows(&bv, n);
             skinny(&mut y, &xs, &wf, [n, i, o]);
+            y
         } else {
+            // The product written once, then the bias added row by row (see `gemm::product`).
+            // A column-major weight goes to the GEMM at any row count: it reads such a weight
+            // in place, without packing it.
             let (xm, wm) = (Mat::rows(&xs, 0, n, i, i), wv.mat(&wf, o, i));
-            matmul(
-                &mut MatMut::dense(&mut y, n, o),
-                1.0,
-                xm,
-                wm.t(),
-                1.0,
-                Parallelism::Rayon(0),
-            );
+            let mut y = product(xm, wm.t(), 1.0, Parallelism::Rayon(0));
+            if has_bias {
+                add_rows(&mut y, &bv);
+            }
+            y
         }
-        y
     });
     let out = primitive(y, [n, o]);
     let keep_x = !wa.node.requirement.is_none();

@@ -1,4 +1,4 @@
-use crate::nn::gemm::{matmul, Mat, MatMut, Parallelism};
+use crate::nn::gemm::{matmul, product, Mat, MatMut, Parallelism};
 
 /// A strided product (transposed operand, accumulation into a block of a larger buffer)
 /// against a plain triple loop.
@@ -79,4 +79,29 @@ fn blocks_partition_the_matrix() {
         })
         .collect();
     assert_eq!(v, want);
+}
+
+/// [`product`] writes the same values as [`matmul`] over a zeroed buffer, bit for bit, on
+/// plain, transposed and strided operands, a depth past one GEMM block and k = 0 (zeros).
+#[test]
+fn product_equals_matmul_into_zeros() {
+    for (m, k, n) in [(1, 1, 1), (7, 0, 5), (33, 17, 65), (130, 600, 70)] {
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        // b [k, n] with rows 2n apart, after 3 leading values.
+        let b: Vec<f32> = (0..3 + k * 2 * n)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        let bm = Mat::rows(&b, 3, k, n, 2 * n);
+        // a row-major, and the same shape read transposed from a [k, m] buffer.
+        for am in [Mat::rows(&a, 0, m, k, k), Mat::rows(&a, 0, k, m, m).t()] {
+            let mut want = vec![0f32; m * n];
+            let par = Parallelism::Rayon(0);
+            matmul(&mut MatMut::dense(&mut want, m, n), 0.0, am, bm, 0.5, par);
+            let got = product(am, bm, 0.5, par);
+            assert_eq!(got.len(), want.len());
+            for (e, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "[{m}x{k}x{n}] element {e}");
+            }
+        }
+    }
 }

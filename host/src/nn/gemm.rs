@@ -263,20 +263,49 @@ pub fn matmul(
         b.rows,
         b.cols
     );
+    // SAFETY: `dst` writes only its own elements inside its buffer (checked when made) and
+    // is a unique borrow, so it aliases neither `a` nor `b`; the shapes agree (asserted
+    // above).
+    unsafe {
+        gemm_raw(
+            dst.ptr,
+            [dst.rows, dst.cols, dst.rs, dst.cs],
+            alpha,
+            a,
+            b,
+            beta,
+            par,
+        )
+    }
+}
+
+/// `dst = alpha·dst + beta·(a · b)` through `gemm::gemm`, reading `dst` only when `alpha != 0`.
+///
+/// # Safety
+/// `dst` with `[rows, cols, rs, cs]` must be valid for writes (and, with `alpha != 0`, reads)
+/// of every element `(i, j)`, `i < rows`, `j < cols`, at `dst + i·rs + j·cs`, alias neither
+/// `a` nor `b`, and `rows == a.rows`, `cols == b.cols`, `a.cols == b.rows`. (`a` and `b` read
+/// only elements inside their slices: each view checked its extent when made, so gemm touches
+/// a for k < a.cols and b for k < b.rows only; strides fit `isize`, spanning allocated slices.)
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    [rows, cols, rs, cs]: [usize; 4],
+    alpha: f32,
+    a: Mat<'_>,
+    b: Mat<'_>,
+    beta: f32,
+    par: Parallelism,
+) {
     let s = |x: usize| x as isize;
-    // SAFETY: `a` and `b` read only elements inside their slices and `dst` writes only its own
-    // elements inside its buffer (each view checked its extent when made); `dst` is a unique
-    // borrow, so it aliases neither `a` nor `b`; the shapes agree (asserted above), so gemm
-    // touches (i, j) of dst for i < m, j < n, of a for k < a.cols, of b for k < b.rows only.
-    // Strides fit `isize`: the extents they span lie inside allocated slices.
+    // SAFETY: the caller's contract above.
     unsafe {
         gemm::gemm(
-            dst.rows,
-            dst.cols,
+            rows,
+            cols,
             a.cols,
-            dst.ptr,
-            s(dst.cs),
-            s(dst.rs),
+            dst,
+            s(cs),
+            s(rs),
             alpha != 0.0,
             a.data.as_ptr().add(a.offset),
             s(a.cs),
@@ -314,38 +343,17 @@ pub fn product(a: Mat<'_>, b: Mat<'_>, beta: f32, par: Parallelism) -> Vec<f32> 
     if len == 0 {
         return y;
     }
-    let s = |x: usize| x as isize;
-    // SAFETY: `a` and `b` read only elements inside their slices (checked when made) and the
-    // shapes agree (asserted above); the destination is `y`'s own `len = m·n` elements of
-    // spare capacity, row-major (column stride 1, row stride n), aliasing nothing. With
-    // `read_dst = false` gemm-common 0.19 (`gemm_basic_generic`) zeroes alpha, so its first
-    // block along k stores `beta·(a·b)` into every destination element without reading it
-    // (microkernel `alpha_status` 0) and later blocks accumulate into what it stored; with
-    // k = 0 it stores zeros. Every element is therefore written before any is read, and all
-    // `len` are initialised when gemm returns, which makes `set_len` sound (`tests/gemm.rs`
-    // checks the values against `matmul` over a zeroed buffer, k = 0 included).
+    // SAFETY: the destination is `y`'s own `len = m·n` elements of spare capacity, row-major
+    // (row stride n, column stride 1), aliasing neither operand; the shapes agree (asserted
+    // above). With alpha = 0 (`read_dst = false`) gemm-common 0.19 (`gemm_basic_generic`)
+    // stores `beta·(a·b)` into every destination element in its first block along k without
+    // reading it (microkernel `alpha_status` 0) and later blocks accumulate into what it
+    // stored; with k = 0 it stores zeros. Every element is therefore written before any is
+    // read, and all `len` are initialised when it returns, which makes `set_len` sound
+    // (`tests/gemm.rs` checks the values against `matmul` over a zeroed buffer, k = 0
+    // included).
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            a.cols,
-            y.as_mut_ptr(),
-            1,
-            s(n),
-            false,
-            a.data.as_ptr().add(a.offset),
-            s(a.cs),
-            s(a.rs),
-            b.data.as_ptr().add(b.offset),
-            s(b.cs),
-            s(b.rs),
-            0.0,
-            beta,
-            false,
-            false,
-            false,
-            par,
-        );
+        gemm_raw(y.as_mut_ptr(), [m, n, n, 1], 0.0, a, b, beta, par);
         y.set_len(len);
     }
     y

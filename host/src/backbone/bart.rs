@@ -187,11 +187,13 @@ impl Bart {
         x: &Tensor<B, 3>,
     ) -> Result<Tensor<B, 3>, ApiError> {
         let c = &self.config;
-        let h = activation_fn(
-            hooks,
-            &c.activation_function,
-            self.lin(hooks, x, &format!("{p}.fc1"))?,
-        )?;
+        let fc1 = format!("{p}.fc1");
+        let h = if c.activation_function == "gelu" {
+            // Exact GELU: without gradients applied with the bias, in one pass.
+            hooks.linear_gelu(&fc1, x)?
+        } else {
+            activation_fn(hooks, &c.activation_function, self.lin(hooks, x, &fc1)?)?
+        };
         let h = dropout(hooks, h, c.activation_dropout)?;
         // The activation as the output projection reads it: where (IA)³ scales.
         let h = hooks.hidden(&format!("{p}.intermediate"), h)?;

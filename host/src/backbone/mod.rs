@@ -141,8 +141,8 @@ impl<'a, 'p, B: AutodiffBackend> Hooks<'a, 'p, B> {
     }
 
     /// [`Self::linear`] then exact GELU (a BERT intermediate layer): without gradients and
-    /// with nothing attached at the site, in one pass where the product runs on `vdpbf16ps`
-    /// ([`nn::linear::gelu_product`]).
+    /// with nothing attached at the site, the activation applied as the product's output is
+    /// written (`vdpbf16ps`) or together with the bias ([`nn::linear::gelu_product`]).
     pub fn linear_gelu(&self, key: &str, x: &Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiError> {
         if self.graph.no_grad && nn::enabled::<B>() && !self.attached(key) {
             let w = self.graph.param_value(&format!("{key}.weight"))?;

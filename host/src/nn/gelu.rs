@@ -7,6 +7,7 @@ use burn::{
 };
 use peft_api::ApiError;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::{
     autodiff::{ad, into_b, owned, primitive, record, Backward, Buf, Checkpointer, Gradients, Ops},
@@ -32,12 +33,39 @@ simd_dispatch! {
 
 simd_dispatch! {
     /// Exact GELU of `x` into `out` (the same length), on one chunk: the tracked op keeps its
-    /// input for the backward, so it writes a new buffer in one pass instead of copying first.
-    fn gelu_chunk_from(out: &mut [f32], x: &[f32]) {
+    /// input for the backward, so it writes a new, unzeroed buffer in one pass instead of
+    /// copying (or zeroing) first.
+    fn gelu_chunk_from(out: &mut [MaybeUninit<f32>], x: &[f32]) {
+        assert_eq!(out.len(), x.len());
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = gelu_of(v);
+            o.write(gelu_of(v));
         }
     }
+}
+
+simd_dispatch! {
+    /// `y ← gelu(y + bias)` for each `bias`-long row of one chunk.
+    fn bias_gelu_chunk(rows: &mut [f32], bias: &[f32]) {
+        for r in rows.chunks_exact_mut(bias.len()) {
+            for (y, &b) in r.iter_mut().zip(bias) {
+                *y = gelu_of(*y + b);
+            }
+        }
+    }
+}
+
+/// Rows per parallel task of [`bias_gelu`].
+const BIAS_ROWS: usize = 16;
+
+/// `y ← gelu(y + bias)` for every `bias`-long row of `y`: a linear's bias and its activation
+/// in one pass over the output (the same values as adding the bias, then [`gelu`]).
+pub(crate) fn bias_gelu(y: &mut [f32], bias: &[f32]) {
+    let _t = super::timing::span("gelu");
+    if bias.is_empty() {
+        return;
+    }
+    y.par_chunks_mut(bias.len() * BIAS_ROWS)
+        .for_each(|rows| bias_gelu_chunk(rows, bias));
 }
 
 /// [`gelu`] on the calling thread (a kernel's epilogue, inside its own parallel task).
@@ -88,10 +116,15 @@ pub fn tracked<B: AutodiffBackend>(x: Tensor<B, 3>) -> Result<Tensor<B, 3>, ApiE
     let shape = x.dims();
     let xa = ad(x)?;
     let input = Buf::new(xa.primitive.clone());
-    let mut out = vec![0f32; input.len()];
-    out.par_chunks_mut(CHUNK)
+    let len = input.len();
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(CHUNK)
         .zip(input.par_chunks(CHUNK))
         .for_each(|(o, x)| gelu_chunk_from(o, x));
+    // SAFETY: the chunks cover the `len` elements of spare capacity exactly, and
+    // `gelu_chunk_from` writes every element of its chunk (its input chunk has the same length).
+    unsafe { out.set_len(len) };
     let out = primitive(out, shape);
     let result = record!(GeluBackward, [xa.node.clone()], (input, shape), out);
     into_b(result)

@@ -66,37 +66,58 @@ pub fn linear<B: AutodiffBackend>(
     Ok(B::float_reshape(fp(y), Shape::from(out)))
 }
 
-/// `gelu(x Wᵀ + b)` without gradients in one pass over the output where the product runs on
-/// `vdpbf16ps` (a bf16 weight under `matmul_precision: medium`, no AMX; `nn::dpbf16`'s GELU
-/// epilogue): the same values as [`linear`] then [`super::gelu()`], whose second pass read and
-/// wrote the whole `[tokens, 4·hidden]` output again. `None` (nothing computed) elsewhere: the
-/// caller runs the two apart.
+/// `gelu(x Wᵀ + b)` without gradients (a BERT intermediate layer), the activation applied
+/// where the product's output is still being written or read once: on `vdpbf16ps` (a bf16
+/// weight under `matmul_precision: medium`, no AMX) in the microkernel's epilogue
+/// (`nn::dpbf16`), each block of rows while in cache; on the f32 GEMM the product is written
+/// once and one pass adds the bias and applies GELU ([`super::gelu::bias_gelu`]), where
+/// [`linear`] then [`super::gelu()`] read and wrote the whole `[tokens, 4·hidden]` output
+/// twice more. The same values as those two (bit for bit on the f32 path). `None` (nothing
+/// computed) where neither applies (AMX, few rows, a narrow inner width): the caller runs the
+/// two apart.
 pub fn gelu_product<B: AutodiffBackend>(
     x: &Tensor<B, 3>,
     w: FloatPrim<B>,
     b: FloatPrim<B>,
 ) -> Result<Option<Tensor<B, 3>>, ApiError> {
     use super::bf16::ProductPath;
-    if !super::autodiff::enabled::<B>() || ProductPath::current() != ProductPath::Vdpbf16ps {
+    if !super::autodiff::enabled::<B>() {
         return Ok(None);
     }
     let (w, b) = (ft::<B, 2>(w), ft::<B, 1>(b));
     let [bs, t, i] = x.dims();
     let (n, o) = (bs * t, w.dims()[0]);
-    let fits = w.dims()[1] == i && b.dims() == [o] && n > SKINNY_ROWS;
-    if !fits || w.dtype() != burn::tensor::DType::BF16 {
+    if w.dims()[1] != i || b.dims() != [o] || n <= SKINNY_ROWS {
+        return Ok(None);
+    }
+    let path = ProductPath::current();
+    let bf16 = w.dtype() == burn::tensor::DType::BF16;
+    if bf16 && path == ProductPath::Amx {
         return Ok(None);
     }
     let _t = super::timing::span("linear gelu");
     let wv = WeightBuf::new(ad(w)?.primitive);
-    let Some(view) = wv.bf16_view(o, i, true) else {
-        return Ok(None);
-    };
     let xv = Buf::new(ad(x.clone().reshape([n, i]))?.primitive);
     let bv = Buf::new(ad(b)?.primitive);
-    let epilogue = super::dpbf16::Epilogue::Gelu;
-    let Some(y) = super::dpbf16::linear_vec_then(&xv, view, Some(&bv), n, epilogue) else {
-        return Ok(None);
+    let y = if bf16 && path == ProductPath::Vdpbf16ps {
+        let Some(view) = wv.bf16_view(o, i, true) else {
+            return Ok(None);
+        };
+        let epilogue = super::dpbf16::Epilogue::Gelu;
+        let Some(y) = super::dpbf16::linear_vec_then(&xv, view, Some(&bv), n, epilogue) else {
+            return Ok(None);
+        };
+        y
+    } else {
+        // The f32 GEMM, as `tracked` runs it for these shapes (a bf16 weight widened).
+        if i <= LOW_RANK {
+            return Ok(None);
+        }
+        let (wf, xs) = (wv.f32(), wv.product_input(&xv));
+        let (xm, wm) = (Mat::rows(&xs, 0, n, i, i), wv.mat(&wf, o, i));
+        let mut y = product(xm, wm.t(), 1.0, Parallelism::Rayon(0));
+        super::gelu::bias_gelu(&mut y, &bv);
+        y
     };
     Ok(Some(super::from_vec(y, [bs, t, o], &x.device())))
 }

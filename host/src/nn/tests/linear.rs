@@ -167,3 +167,30 @@ fn low_rank_weights_give_burns_values_and_gradients() {
         }
     }
 }
+
+/// Without gradients on the f32 GEMM, `gelu_product` (the product written once, then the bias
+/// and GELU in one pass) gives bit for bit what `linear` then `gelu` give, for a row-major and
+/// a column-major weight, across several row chunks and a partial last one.
+#[test]
+fn f32_gelu_product_equals_the_linear_then_gelu() {
+    use super::{column_major, gelu_product, linear};
+    use crate::nn::value::{fp, ft};
+    let x = leaf(0.7, [3, 41, 24]).detach();
+    let w0 = leaf(1.9, [1, 37, 24]).reshape([37, 24]).detach();
+    let b = leaf(2.6, [1, 1, 37]).reshape([37]).detach();
+    for w in [w0.clone(), column_major(w0)] {
+        let fused = gelu_product::<A>(&x, fp(w.clone()), fp(b.clone()))
+            .unwrap()
+            .expect("the f32 path applies at these shapes");
+        let y = ft::<A, 3>(linear::<A>(fp(x.clone()), fp(w), Some(fp(b.clone()))).unwrap());
+        let mut want = vals(y);
+        crate::nn::gelu(&mut want);
+        let got = vals(fused);
+        assert_eq!(got.len(), 3 * 41 * 37);
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "fused bias + GELU differs from linear then gelu");
+    }
+}

@@ -114,8 +114,17 @@ pub fn gelu_product<B: AutodiffBackend>(
             return Ok(None);
         }
         let (wf, xs) = (wv.f32(), wv.product_input(&xv));
-        let (xm, wm) = (Mat::rows(&xs, 0, n, i, i), wv.mat(&wf, o, i));
-        let mut y = product(xm, wm.t(), 1.0, Parallelism::Rayon(0));
+        let relaid = relayout(&wv, &wf, [n, o, i], true);
+        let wm = match &relaid {
+            Some(t) => relaid_mat(t, o, i, true),
+            None => wv.mat(&wf, o, i),
+        };
+        let mut y = product(
+            Mat::rows(&xs, 0, n, i, i),
+            wm.t(),
+            1.0,
+            Parallelism::Rayon(0),
+        );
         super::gelu::bias_gelu(&mut y, &bv);
         y
     };
@@ -159,21 +168,101 @@ pub fn column_major<B: AutodiffBackend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
 }
 
 /// The row-major `[rows, cols]` values transposed (row-major `[cols, rows]`): element
-/// `(r, c)` lands at `c·rows + r`. Blocked, so both sides stay in cache.
+/// `(r, c)` lands at `c·rows + r`. Each rayon task writes its own band of output rows, in
+/// 8 × 8 tiles that the compiler transposes in registers.
 pub fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     assert_eq!(values.len(), rows * cols, "transpose of {rows}x{cols}");
     let mut t = vec![0f32; rows * cols];
-    const BLOCK: usize = 32;
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
-            for r in r0..(r0 + BLOCK).min(rows) {
-                for c in c0..(c0 + BLOCK).min(cols) {
-                    t[c * rows + r] = values[r * cols + c];
+    if t.is_empty() {
+        return t;
+    }
+    t.par_chunks_mut(BAND * rows)
+        .enumerate()
+        .for_each(|(band, out)| transpose_band(out, values, rows, cols, band * BAND));
+    t
+}
+
+/// Output rows (source columns) per task of [`transposed`].
+const BAND: usize = 32;
+/// Tile side of [`transpose_band`].
+const TILE: usize = 8;
+
+simd_dispatch! {
+    /// Output rows `c0 .. c0 + out.len() / rows` of [`transposed`] into `out`.
+    fn transpose_band(out: &mut [f32], values: &[f32], rows: usize, cols: usize, c0: usize) {
+        let band = out.len() / rows;
+        let (full_r, full_c) = (rows / TILE * TILE, band / TILE * TILE);
+        for r0 in (0..full_r).step_by(TILE) {
+            for c in (0..full_c).step_by(TILE) {
+                let mut tile = [[0f32; TILE]; TILE];
+                for (k, row) in tile.iter_mut().enumerate() {
+                    row.copy_from_slice(&values[(r0 + k) * cols + c0 + c..][..TILE]);
+                }
+                for j in 0..TILE {
+                    let d = &mut out[(c + j) * rows + r0..][..TILE];
+                    for (k, d) in d.iter_mut().enumerate() {
+                        *d = tile[k][j];
+                    }
                 }
             }
         }
+        // The edges: the last columns of the band, then the last rows.
+        for r in 0..full_r {
+            for c in full_c..band {
+                out[c * rows + r] = values[r * cols + c0 + c];
+            }
+        }
+        for r in full_r..rows {
+            for c in 0..band {
+                out[c * rows + r] = values[r * cols + c0 + c];
+            }
+        }
     }
-    t
+}
+
+/// Below this many rows of `x` (forward) or `dy` (backward), a product whose weight is held in
+/// the layout the `gemm` crate reads slowly for it multiplies a transposed copy instead
+/// (`out · in` values moved, in registers, against `n · out · in` multiply-adds). Slowly means
+/// a row-major `W` in `x · Wᵀ` with `in ≥ out`, or a column-major `W` in `dy · W` with
+/// `out ≥ in`: the crate then packs the long side with strided loads. `examples/gemm_layouts.rs`
+/// (two cores, the copy's time included): at 256 rows `x · Wᵀ` over `[512, 2048]` 68 → 170
+/// GFLOP/s, `dy · W` over `[2048, 512]` 74 → 165; at 1,024 rows 146–183 → 181–207 and
+/// 144–182 → 190–211; the other aspect, the other layout, or 4,096 rows: no gain, so the
+/// weight is read in place. Trainable weights are row-major (a hypermodel's, at a few hundred
+/// rows per pass), frozen ones column-major (`column_major`; a decoder's backward runs at
+/// batch × target rows).
+const RELAYOUT_ROWS: usize = 2048;
+/// Larger weights (a vocabulary head) are read in place: their copy costs more than it saves.
+const RELAYOUT_MAX: usize = 1 << 22;
+
+/// The copy of `w`'s f32 `values` that a product over `n` rows reads instead of `w` itself
+/// (see [`RELAYOUT_ROWS`]), laid out column-major when `col_major` (the forward) or row-major
+/// (the backward's `dy · W`); `None` where the weight is read in place.
+fn relayout(
+    w: &WeightBuf,
+    values: &[f32],
+    [n, o, i]: [usize; 3],
+    col_major: bool,
+) -> Option<Vec<f32>> {
+    let slow = w.col_major() != col_major && if col_major { i >= o } else { o >= i };
+    if !slow || n >= RELAYOUT_ROWS || o * i > RELAYOUT_MAX {
+        return None;
+    }
+    let _t = super::timing::span("weight relayout");
+    Some(if col_major {
+        transposed(values, o, i)
+    } else {
+        transposed(values, i, o)
+    })
+}
+
+/// `W` `[out, in]` over a [`relayout`] copy (`col_major` as passed there).
+fn relaid_mat(t: &[f32], o: usize, i: usize, col_major: bool) -> Mat<'_> {
+    if col_major {
+        Mat::new(t, 0, o, i, 1, o)
+    } else {
+        Mat::rows(t, 0, o, i, i)
+    }
 }
 
 /// Rows per parallel task of [`repeat_rows`].
@@ -307,7 +396,11 @@ impl Backward<Flex, 3> for LinearBackward {
             };
             let dx = on_amx.or_else(low).unwrap_or_else(|| {
                 let wf = w.f32();
-                let w_mat = w.mat(&wf, o, i);
+                let relaid = relayout(&w, &wf, [n, o, i], false);
+                let w_mat = match &relaid {
+                    Some(t) => relaid_mat(t, o, i, false),
+                    None => w.mat(&wf, o, i),
+                };
                 let dyp = w.product_input(&dy);
                 let dyp = Mat::rows(&dyp, 0, n, o, o);
                 product(dyp, w_mat, 1.0, Parallelism::Rayon(0))
@@ -386,7 +479,12 @@ pub fn tracked<B: AutodiffBackend>(
             // The product written once, then the bias added row by row (see `gemm::product`).
             // A column-major weight goes to the GEMM at any row count: it reads such a weight
             // in place, without packing it.
-            let (xm, wm) = (Mat::rows(&xs, 0, n, i, i), wv.mat(&wf, o, i));
+            let relaid = relayout(&wv, &wf, [n, o, i], true);
+            let wm = match &relaid {
+                Some(t) => relaid_mat(t, o, i, true),
+                None => wv.mat(&wf, o, i),
+            };
+            let xm = Mat::rows(&xs, 0, n, i, i);
             let mut y = product(xm, wm.t(), 1.0, Parallelism::Rayon(0));
             if has_bias {
                 add_rows(&mut y, &bv);

@@ -194,3 +194,47 @@ fn f32_gelu_product_equals_the_linear_then_gelu() {
         assert!(same, "fused bias + GELU differs from linear then gelu");
     }
 }
+
+/// Between the few-rows switch and `RELAYOUT_ROWS`, the forward of a row-major weight and the
+/// backward of a column-major one multiply a transposed copy: values and every gradient still
+/// equal burn's matmul + bias, frozen and training.
+#[test]
+fn relaid_weights_give_burns_values_and_gradients() {
+    use super::{column_major, RELAYOUT_ROWS, SKINNY_ROWS};
+    let n = 3 * SKINNY_ROWS + 7;
+    assert!(n < RELAYOUT_ROWS);
+    // Both aspects: a wide input relays a row-major weight in the forward, a wide output a
+    // column-major one in the backward.
+    for [o, i] in [[45, 38], [38, 45]] {
+        let w0 = leaf(0.4, [1, o, i]).reshape([o, i]).detach();
+        for w in [w0.clone(), column_major(w0.clone())] {
+            for w_trains in [false, true] {
+                let a = values_and_gradients(w.clone(), n, w_trains, true);
+                let b = values_and_gradients(w0.clone(), n, w_trains, false);
+                assert_eq!(a.2.len(), if w_trains { o * i } else { 0 });
+                assert_same(&a, &b);
+            }
+        }
+    }
+}
+
+/// The blocked, banded transpose moves every element, at sizes that are and are not
+/// multiples of its block.
+#[test]
+fn transposed_moves_every_element() {
+    use super::transposed;
+    for (rows, cols) in [(1, 1), (1, 40), (33, 70), (70, 33), (64, 64), (0, 5)] {
+        let v: Vec<f32> = (0..rows * cols).map(|k| k as f32).collect();
+        let t = transposed(&v, rows, cols);
+        assert_eq!(t.len(), rows * cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    t[c * rows + r],
+                    v[r * cols + c],
+                    "({r}, {c}) of {rows}x{cols}"
+                );
+            }
+        }
+    }
+}

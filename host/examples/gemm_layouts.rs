@@ -23,8 +23,8 @@ fn main() {
     let par = Parallelism::Rayon(0);
     for round in 0..2 {
         if round == 1 {
-            println!("| x [n, in] | W [out, in] | x·Wᵀ, W row-major | x·Wᵀ, W column-major | x·Wᵀ, row-major W copied | dy·W, W row-major | dy·W, W column-major | dy·W, column-major W copied |");
-            println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+            println!("| x [n, in] | W [out, in] | x·Wᵀ, W row-major | x·Wᵀ, W column-major | x·Wᵀ, row-major W copied | dy·W, W row-major | dy·W, W column-major | dy·W, column-major W copied | dW = dyᵀ·x | dW, dy copied transposed |");
+            println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         }
         for &(n, i, o) in &shapes {
             let x: Vec<f32> = (0..n * i).map(|k| (k as f32 * 0.1).sin()).collect();
@@ -61,8 +61,18 @@ fn main() {
                 let tm = Mat::rows(&t, 0, o, i, i);
                 matmul(&mut MatMut::dense(&mut dx, n, i), 0.0, dym, tm, 1.0, par)
             });
+            // The weight's gradient dyᵀ · x, dy read transposed in place or copied first.
+            let mut dw = vec![0f32; o * i];
+            let e = median_s(|| {
+                matmul(&mut MatMut::dense(&mut dw, o, i), 0.0, dym.t(), xm, 1.0, par)
+            });
+            let e2 = median_s(|| {
+                let t = transposed(&dy, n, o);
+                let tm = Mat::rows(&t, 0, o, n, n);
+                matmul(&mut MatMut::dense(&mut dw, o, i), 0.0, tm, xm, 1.0, par)
+            });
             if round == 1 {
-                let r = [a, b, a2, c, d, d2].map(|s| format!("{:.0}", gflop / s));
+                let r = [a, b, a2, c, d, d2, e, e2].map(|s| format!("{:.0}", gflop / s));
                 println!("| [{n}, {i}] | [{o}, {i}] | {} |", r.join(" | "));
             }
         }

@@ -64,7 +64,14 @@ fn main() {
             // The weight's gradient dyᵀ · x, dy read transposed in place or copied first.
             let mut dw = vec![0f32; o * i];
             let e = median_s(|| {
-                matmul(&mut MatMut::dense(&mut dw, o, i), 0.0, dym.t(), xm, 1.0, par)
+                matmul(
+                    &mut MatMut::dense(&mut dw, o, i),
+                    0.0,
+                    dym.t(),
+                    xm,
+                    1.0,
+                    par,
+                )
             });
             let e2 = median_s(|| {
                 let t = transposed(&dy, n, o);

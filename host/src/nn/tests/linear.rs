@@ -145,7 +145,6 @@ fn repeat_rows_writes_every_row() {
 /// column-major, frozen and training, with few rows and many.
 #[test]
 fn low_rank_weights_give_burns_values_and_gradients() {
-    use super::column_major;
     use crate::nn::low_rank::LOW_RANK;
     for (o, i) in [
         (8, 37),
@@ -154,15 +153,22 @@ fn low_rank_weights_give_burns_values_and_gradients() {
         (LOW_RANK + 1, 1),
         (2, 3),
     ] {
-        let w0 = leaf(1.7, [1, o, i]).reshape([o, i]).detach();
-        for w in [w0.clone(), column_major(w0.clone())] {
-            for n in [4, 150] {
-                for w_trains in [false, true] {
-                    let a = values_and_gradients(w.clone(), n, w_trains, true);
-                    let b = values_and_gradients(w0.clone(), n, w_trains, false);
-                    assert_eq!(a.2.len(), if w_trains { o * i } else { 0 });
-                    assert_same(&a, &b);
-                }
+        assert_matches_burn(o, i, &[4, 150], 1.7);
+    }
+}
+
+/// A seeded `[o, i]` weight, row- and column-major, at each row count of `rows`, frozen and
+/// training: values and every gradient equal burn's matmul + bias.
+fn assert_matches_burn(o: usize, i: usize, rows: &[usize], seed: f32) {
+    use super::column_major;
+    let w0 = leaf(seed, [1, o, i]).reshape([o, i]).detach();
+    for w in [w0.clone(), column_major(w0.clone())] {
+        for &n in rows {
+            for w_trains in [false, true] {
+                let a = values_and_gradients(w.clone(), n, w_trains, true);
+                let b = values_and_gradients(w0.clone(), n, w_trains, false);
+                assert_eq!(a.2.len(), if w_trains { o * i } else { 0 });
+                assert_same(&a, &b);
             }
         }
     }
@@ -200,21 +206,13 @@ fn f32_gelu_product_equals_the_linear_then_gelu() {
 /// equal burn's matmul + bias, frozen and training.
 #[test]
 fn relaid_weights_give_burns_values_and_gradients() {
-    use super::{column_major, RELAYOUT_ROWS, SKINNY_ROWS};
+    use super::{RELAYOUT_ROWS, SKINNY_ROWS};
     let n = 3 * SKINNY_ROWS + 7;
     assert!(n < RELAYOUT_ROWS);
     // Both aspects: a wide input relays a row-major weight in the forward, a wide output a
     // column-major one in the backward.
     for [o, i] in [[45, 38], [38, 45]] {
-        let w0 = leaf(0.4, [1, o, i]).reshape([o, i]).detach();
-        for w in [w0.clone(), column_major(w0.clone())] {
-            for w_trains in [false, true] {
-                let a = values_and_gradients(w.clone(), n, w_trains, true);
-                let b = values_and_gradients(w0.clone(), n, w_trains, false);
-                assert_eq!(a.2.len(), if w_trains { o * i } else { 0 });
-                assert_same(&a, &b);
-            }
-        }
+        assert_matches_burn(o, i, &[n], 0.4);
     }
 }
 

@@ -50,3 +50,27 @@ fn pha_and_hypert5_train_what_their_runs_train() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--tasks"));
 }
+
+/// No runs to take a median of is refused by clap, naming the flag, on every timing verb
+/// (it panicked on an empty list of times).
+#[test]
+fn zero_runs_is_a_named_error() {
+    for verb in [
+        &["bench", "model"][..],
+        &["bench", "seq2seq", "--backbone", "t5-small"],
+        &["bench", "overhead", "--plugin", "x.so"],
+        &["bench", "attention"],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_peft-host"))
+            .args(verb)
+            .args(["--runs", "0"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{verb:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("--runs") && err.contains("0 is not in 1.."),
+            "{verb:?}: {err}"
+        );
+    }
+}

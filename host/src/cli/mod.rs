@@ -245,7 +245,7 @@ pub enum BenchCommand {
         /// The houlsby plugin library (e.g. target/release/libhoulsby.so).
         #[arg(long)]
         plugin: PathBuf,
-        #[arg(long, default_value_t = 60, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        #[arg(long, default_value_t = 60, value_parser = at_least_one())]
         runs: usize,
         /// Activations shape: batch, time, hidden.
         #[arg(long, num_args = 3, default_values_t = [32, 128, 384])]
@@ -261,7 +261,7 @@ pub enum BenchCommand {
         /// Sequence lengths, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = [64, 128, 256, 512])]
         seq: Vec<usize>,
-        #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one())]
         runs: usize,
         #[arg(long)]
         json: bool,
@@ -282,7 +282,7 @@ pub enum BenchCommand {
         batch: usize,
         #[arg(long, default_value_t = 128)]
         seq: usize,
-        #[arg(long, default_value_t = 10, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        #[arg(long, default_value_t = 10, value_parser = at_least_one())]
         runs: usize,
         #[arg(long)]
         json: bool,
@@ -321,7 +321,7 @@ pub enum BenchCommand {
         tgt: usize,
         #[arg(long, default_value_t = 32)]
         new_tokens: usize,
-        #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one())]
         runs: usize,
         #[arg(long)]
         json: bool,
@@ -562,4 +562,9 @@ fn finish(result: anyhow::Result<()>) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// `--runs`: a median needs at least one timed run.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }

@@ -114,17 +114,7 @@ pub fn gelu_product<B: AutodiffBackend>(
             return Ok(None);
         }
         let (wf, xs) = (wv.f32(), wv.product_input(&xv));
-        let relaid = relayout(&wv, &wf, [n, o, i], true);
-        let wm = match &relaid {
-            Some(t) => relaid_mat(t, o, i, true),
-            None => wv.mat(&wf, o, i),
-        };
-        let mut y = product(
-            Mat::rows(&xs, 0, n, i, i),
-            wm.t(),
-            1.0,
-            Parallelism::Rayon(0),
-        );
+        let mut y = gemm_forward(&wv, &wf, &xs, [n, o, i]);
         super::gelu::bias_gelu(&mut y, &bv);
         y
     };
@@ -235,34 +225,41 @@ const RELAYOUT_ROWS: usize = 2048;
 /// Larger weights (a vocabulary head) are read in place: their copy costs more than it saves.
 const RELAYOUT_MAX: usize = 1 << 22;
 
-/// The copy of `w`'s f32 `values` that a product over `n` rows reads instead of `w` itself
-/// (see [`RELAYOUT_ROWS`]), laid out column-major when `col_major` (the forward) or row-major
-/// (the backward's `dy · W`); `None` where the weight is read in place.
-fn relayout(
+/// The weight `[out, in]` over its f32 `values` (`WeightBuf::f32`) as a product over `n` rows
+/// reads it: in place, or from a transposed copy kept in `copy` (see [`RELAYOUT_ROWS`]), laid
+/// out column-major for the forward `x · Wᵀ` (`col_major`) or row-major for the backward's
+/// `dy · W`.
+fn weight_mat<'a>(
     w: &WeightBuf,
-    values: &[f32],
+    values: &'a [f32],
+    copy: &'a mut Option<Vec<f32>>,
     [n, o, i]: [usize; 3],
     col_major: bool,
-) -> Option<Vec<f32>> {
+) -> Mat<'a> {
     let slow = w.col_major() != col_major && if col_major { i >= o } else { o >= i };
     if !slow || n >= RELAYOUT_ROWS || o * i > RELAYOUT_MAX {
-        return None;
+        return w.mat(values, o, i);
     }
     let _t = super::timing::span("weight relayout");
-    Some(if col_major {
-        transposed(values, o, i)
+    if col_major {
+        Mat::new(copy.insert(transposed(values, o, i)), 0, o, i, 1, o)
     } else {
-        transposed(values, i, o)
-    })
+        Mat::rows(copy.insert(transposed(values, i, o)), 0, o, i, i)
+    }
 }
 
-/// `W` `[out, in]` over a [`relayout`] copy (`col_major` as passed there).
-fn relaid_mat(t: &[f32], o: usize, i: usize, col_major: bool) -> Mat<'_> {
-    if col_major {
-        Mat::new(t, 0, o, i, 1, o)
-    } else {
-        Mat::rows(t, 0, o, i, i)
-    }
+/// `x Wᵀ` without a bias on the f32 GEMM, written once into a fresh buffer, for `xs` `[n, in]`
+/// as the weight's products read it (`WeightBuf::product_input`) and the weight's f32 `values`
+/// (what [`linear`]'s tracked op and [`gelu_product`] both run for more than a few rows).
+fn gemm_forward(w: &WeightBuf, values: &[f32], xs: &[f32], [n, o, i]: [usize; 3]) -> Vec<f32> {
+    let mut copy = None;
+    let wm = weight_mat(w, values, &mut copy, [n, o, i], true);
+    product(
+        Mat::rows(xs, 0, n, i, i),
+        wm.t(),
+        1.0,
+        Parallelism::Rayon(0),
+    )
 }
 
 /// Rows per parallel task of [`repeat_rows`].
@@ -396,11 +393,8 @@ impl Backward<Flex, 3> for LinearBackward {
             };
             let dx = on_amx.or_else(low).unwrap_or_else(|| {
                 let wf = w.f32();
-                let relaid = relayout(&w, &wf, [n, o, i], false);
-                let w_mat = match &relaid {
-                    Some(t) => relaid_mat(t, o, i, false),
-                    None => w.mat(&wf, o, i),
-                };
+                let mut copy = None;
+                let w_mat = weight_mat(&w, &wf, &mut copy, [n, o, i], false);
                 let dyp = w.product_input(&dy);
                 let dyp = Mat::rows(&dyp, 0, n, o, o);
                 product(dyp, w_mat, 1.0, Parallelism::Rayon(0))
@@ -479,13 +473,7 @@ pub fn tracked<B: AutodiffBackend>(
             // The product written once, then the bias added row by row (see `gemm::product`).
             // A column-major weight goes to the GEMM at any row count: it reads such a weight
             // in place, without packing it.
-            let relaid = relayout(&wv, &wf, [n, o, i], true);
-            let wm = match &relaid {
-                Some(t) => relaid_mat(t, o, i, true),
-                None => wv.mat(&wf, o, i),
-            };
-            let xm = Mat::rows(&xs, 0, n, i, i);
-            let mut y = product(xm, wm.t(), 1.0, Parallelism::Rayon(0));
+            let mut y = gemm_forward(&wv, &wf, &xs, [n, o, i]);
             if has_bias {
                 add_rows(&mut y, &bv);
             }

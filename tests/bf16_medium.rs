@@ -3,6 +3,7 @@
 //! The activations of every product with a bf16-held weight are rounded to bf16 — one tile
 //! product on AMX, the same rounded values on the f32 path elsewhere — so MiniLM's output moves
 //! by about as much again as the weights' rounding moved it, and not more.
+use burn::tensor::Tensor;
 use peft_host::{
     backbone::{Hooks, NoModules},
     bridge::HostGraph,
@@ -115,6 +116,73 @@ fn medium_precision_rounds_the_activations_and_stays_close() {
         let mut apart = nn::to_vec(y).unwrap();
         nn::gelu(&mut apart);
         assert_eq!(vals(fused), apart);
+    }
+
+    // A trainable f32 weight under medium, where its product runs on the GEMM: rounded to bf16
+    // for the call, as autocast casts weights — the output and the input's gradient of the same
+    // weight held in bf16, bit for bit; its own gradient stays the f32 `dyᵀ·x`. Under high, and
+    // for a LoRA-sized weight (the low-rank kernels), the f32 product.
+    let (n, i) = (40, 64);
+    let xv = seeded(21, n * i, 1.0);
+    let pass = |w: Tensor<B, 2>, o: usize| {
+        let x = Tensor::<B, 1>::from_floats(&xv[..], &device)
+            .reshape([n, i])
+            .require_grad();
+        let y = nn::linear::tracked(x.clone(), w.clone(), None).unwrap();
+        let dy = Tensor::<B, 1>::from_floats(&seeded(22, n * o, 1.0)[..], &device).reshape([n, o]);
+        let g = (y.clone() * dy.clone()).sum().backward();
+        let want_dw = vals(dy.inner().transpose().matmul(x.clone().inner()));
+        (
+            vals(y),
+            vals(x.grad(&g).unwrap()),
+            w.grad(&g).map(vals),
+            want_dw,
+        )
+    };
+    for o in [96, 8] {
+        let wv = seeded(23 + o as u64, o * i, 0.3);
+        let trainable = || {
+            Tensor::<B, 1>::from_floats(&wv[..], &device)
+                .reshape([o, i])
+                .require_grad()
+        };
+        let (y, dx, dw, want_dw) = pass(trainable(), o);
+        let dw = dw.expect("the weight trains");
+        let scale = want_dw.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            max_diff(&dw, &want_dw) < 1e-5 * scale,
+            "dW must stay the f32 dyᵀ·x (o = {o}): off by {}",
+            max_diff(&dw, &want_dw)
+        );
+        nn::bf16::set_matmul_precision(MatmulPrecision::High);
+        let (y_high, dx_high, ..) = pass(trainable(), o);
+        nn::bf16::set_matmul_precision(MatmulPrecision::Medium);
+        if o > nn::low_rank::LOW_RANK {
+            let held = nn::bf16::tensor::<B, 2>(&wv, [o, i], &device);
+            let (y_held, dx_held, ..) = pass(held, o);
+            assert!(
+                y == y_held,
+                "the product of the rounded weight: off by {}",
+                max_diff(&y, &y_held)
+            );
+            assert!(
+                dx == dx_held,
+                "dx from the rounded weight: off by {}",
+                max_diff(&dx, &dx_held)
+            );
+            assert!(max_diff(&y, &y_high) > 0.0, "medium rounds the weight");
+        } else {
+            assert!(
+                y == y_high,
+                "a low-rank product stays f32: off by {}",
+                max_diff(&y, &y_high)
+            );
+            assert!(
+                dx == dx_high,
+                "and so does its dx: off by {}",
+                max_diff(&dx, &dx_high)
+            );
+        }
     }
     nn::bf16::set_matmul_precision(MatmulPrecision::High);
 }

@@ -1,6 +1,7 @@
 //! GFLOP/s of a product with a bf16-held weight on each path this CPU has, against the f32
 //! GEMM on the same shapes: the forward `x · Wᵀ` of MiniLM's and t5-small's linears (4,096 and
-//! 1,024 tokens), the weight column-major as the backbones hold it. Paths: f32 (the f32 GEMM
+//! 1,024 tokens) and a HyperT5 hypermodel's (512), the weight column-major as the backbones hold it
+//! and row-major as a trainable one is (rounded under `medium`). Paths: f32 (the f32 GEMM
 //! over f32 weights), `vdpbf16ps` (`nn::dpbf16`, `matmul_precision: medium` without AMX) and
 //! AMX with one and two terms where the CPU has it. Two interleaved rounds, median of 7 runs
 //! each; the second round is printed.
@@ -19,7 +20,9 @@ use timing::median_s;
 
 fn main() {
     // MiniLM's and t5-small's encoder products.
-    let shapes = &timing::LINEAR_SHAPES[..6];
+    let mut shapes = timing::LINEAR_SHAPES[..6].to_vec();
+    // A HyperT5 hypermodel's (eight 64-token contexts through MiniLM-sized layers).
+    shapes.extend([(512, 384, 384), (512, 384, 1536), (512, 1536, 384)]);
     println!(
         "dpbf16 available: {}, AMX available: {}",
         dpbf16::available(),
@@ -28,7 +31,7 @@ fn main() {
     let mut rows = Vec::new();
     for round in 0..2 {
         rows.clear();
-        for &(m, k, n) in shapes {
+        for &(m, k, n) in &shapes {
             let x: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
                 .collect();
@@ -56,6 +59,18 @@ fn main() {
             let mut yu = vec![std::mem::MaybeUninit::new(0f32); m * n];
             let dp = dpbf16::available()
                 .then(|| median_s(|| assert!(dpbf16::linear(&mut yu, &x, b, Some(&bias), m))));
+            // The same weight held row-major ([n, k], a trainable weight rounded under
+            // `medium`): `Wᵀ` is read down its columns.
+            let wr: Vec<bf16> = (0..n * k).map(|j| wb[(j % k) * n + j / k]).collect();
+            let br = Bf16Mat {
+                data: &wr,
+                rows: k,
+                cols: n,
+                rs: 1,
+                cs: k,
+            };
+            let dp_r = dpbf16::available()
+                .then(|| median_s(|| assert!(dpbf16::linear(&mut yu, &x, br, Some(&bias), m))));
             let amx1 = amx::available()
                 .then(|| median_s(|| drop(amx::linear_vec(&x, b, Some(&bias), m, Terms::One))));
             let amx2 = amx::available()
@@ -63,9 +78,10 @@ fn main() {
             let g =
                 |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{:.0}", flop / s / 1e9));
             rows.push(format!(
-                "| {m}x{k}x{n} | {:.0} | {} | {} | {} |",
+                "| {m}x{k}x{n} | {:.0} | {} | {} | {} | {} |",
                 flop / f32_s / 1e9,
                 g(dp),
+                g(dp_r),
                 g(amx1),
                 g(amx2)
             ));
@@ -74,7 +90,7 @@ fn main() {
             rows.iter().for_each(|r| eprintln!("(first round) {r}"));
         }
     }
-    println!("| [m, k] x [k, n] | f32 GEMM | vdpbf16ps (medium) | AMX one term | AMX two terms |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| [m, k] x [k, n] | f32 GEMM | vdpbf16ps (medium) | vdpbf16ps, W row-major | AMX one term | AMX two terms |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     rows.iter().for_each(|r| println!("{r}"));
 }

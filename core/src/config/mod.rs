@@ -136,7 +136,10 @@ pub struct BackboneDetail {
     /// `high` (the default: split in two bf16 terms on AMX, exact f32 elsewhere — the weights'
     /// rounding the only error) or `medium` (rounded to one bf16 term, as `torch.autocast`
     /// and PyTorch's `set_float32_matmul_precision("medium")` do: half the tile work on AMX, an
-    /// 8-bit rounding of every product's input). Process-wide, like PyTorch's setting.
+    /// 8-bit rounding of every product's input). Under `medium` a trained weight whose product
+    /// is GEMM-sized (a hypermodel's; not LoRA's or an adapter's low-rank ones) is rounded to
+    /// bf16 for its products as well, as autocast casts weights; its gradient, update and
+    /// stored value stay f32. Process-wide, like PyTorch's setting.
     #[serde(default, skip_serializing_if = "MatmulPrecision::is_high")]
     pub matmul_precision: MatmulPrecision,
 }

@@ -18,6 +18,7 @@ use burn::tensor::{
     DType, FloatDType, Tensor, TensorData,
 };
 use half::bf16;
+use rayon::prelude::*;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -280,6 +281,29 @@ impl WeightBuf {
     /// Whether the weight is stored column-major (its rows are not slices).
     pub(crate) fn col_major(&self) -> bool {
         matches!(self, WeightBuf::F32ColMajor(_) | WeightBuf::Bf16ColMajor(_))
+    }
+
+    /// A row-major f32 weight `[out, in]` rounded to a bf16 copy under `medium` (`None`
+    /// otherwise): `torch.autocast` casts every weight to bf16 in each forward, and PyTorch's
+    /// `medium` lets any f32 product run on bf16 operands; with the copy a trainable weight's
+    /// products take the path a bf16-held weight's do (`vdpbf16ps` or AMX, or the same rounded
+    /// values on the f32 GEMM elsewhere). Rounded on both cores; the backward's `dy · W` reads
+    /// the same copy.
+    pub(crate) fn medium_copy(&self, shape: [usize; 2]) -> Option<WeightBuf> {
+        let WeightBuf::F32(values) = self else {
+            return None;
+        };
+        if terms() != Terms::One {
+            return None;
+        }
+        let mut out = vec![bf16::ZERO; values.len()];
+        out.par_chunks_mut(1 << 14)
+            .zip(values.par_chunks(1 << 14))
+            .for_each(|(o, v)| super::amx::round_slice(v, o));
+        Some(WeightBuf::Bf16(FlexTensor::from_data(TensorData::new(
+            out,
+            shape.to_vec(),
+        ))))
     }
 }
 

@@ -144,6 +144,23 @@ fn pack_b(b: Bf16Mat<'_>, pairs: usize) -> Vec<u32> {
     out.par_chunks_mut(strip).enumerate().for_each(|(s, dst)| {
         let c0 = s * NR;
         let cols = (b.cols - c0).min(NR);
+        if b.rs == 1 && b.cs != 1 {
+            // Columns contiguous (a column-major `b`: a row-major weight's `Wᵀ`, or a
+            // column-major one's `W` in the backward): a pair is two adjacent values, so each
+            // column is read once, in order, and written down the strip (in L1/L2) — where
+            // the element-wise path below gathered every value across columns.
+            for c in 0..cols {
+                let col = &b.data[(c0 + c) * b.cs..][..b.rows];
+                let mut two = col.chunks_exact(2);
+                for (p, pr) in two.by_ref().enumerate() {
+                    dst[p * NR + c] = u32::from(pr[0].to_bits()) | u32::from(pr[1].to_bits()) << 16;
+                }
+                if let [last] = two.remainder() {
+                    dst[(b.rows / 2) * NR + c] = u32::from(last.to_bits());
+                }
+            }
+            return;
+        }
         for (p, pair) in dst.chunks_exact_mut(NR).enumerate() {
             let (r0, r1) = (2 * p, 2 * p + 1);
             let pair = &mut pair[..cols];

@@ -43,11 +43,19 @@ pub fn linear<B: AutodiffBackend>(
     let y = if super::autodiff::enabled::<B>() {
         tracked(x2, ft::<B, 2>(w), b.map(ft::<B, 1>))?
     } else {
+        use burn::tensor::{DType, FloatDType};
         let w = ft::<B, 2>(w);
         let medium = super::bf16::terms() == super::amx::Terms::One;
-        let x2 = if medium && w.dtype() == burn::tensor::DType::BF16 {
-            // `matmul_precision: medium`: the activations rounded to bf16 as well.
-            super::bf16::to_f32(x2.cast(burn::tensor::FloatDType::BF16))
+        // `matmul_precision: medium` as on the CPU kernels (`tracked`): an f32 weight whose
+        // product is GEMM-sized rounded to bf16, and the activations of every bf16 product.
+        let gemm_sized = n > SKINNY_ROWS && sw[0] > LOW_RANK && sw[1] > LOW_RANK;
+        let w = if medium && gemm_sized && w.dtype() == DType::F32 {
+            w.cast(FloatDType::BF16)
+        } else {
+            w
+        };
+        let x2 = if medium && w.dtype() == DType::BF16 {
+            super::bf16::to_f32(x2.cast(FloatDType::BF16))
         } else {
             x2
         };
@@ -448,6 +456,14 @@ pub fn tracked<B: AutodiffBackend>(
         WeightBuf::new(wa.primitive.clone()),
         Buf::new(ba.primitive.clone()),
     );
+    // Under `medium` an f32 weight whose product runs on the GEMM (past the skinny and
+    // low-rank kernels, which stay f32: LoRA's and adapters' products) is rounded to bf16 for
+    // this call, as autocast does; `dW` below still reads the f32 input.
+    let gemm_sized = n > SKINNY_ROWS && i > LOW_RANK && o > LOW_RANK;
+    let wv = gemm_sized
+        .then(|| wv.medium_copy([o, i]))
+        .flatten()
+        .unwrap_or(wv);
     // A bf16 weight goes to AMX when the CPU has it (`nn::amx`: the activations split in two
     // bf16 terms, the bias rows the accumulators' start), or under `medium` to `vdpbf16ps`.
     let on_amx = (n > SKINNY_ROWS)

@@ -128,7 +128,7 @@ fn medium_precision_rounds_the_activations_and_stays_close() {
         let x = Tensor::<B, 1>::from_floats(&xv[..], &device)
             .reshape([n, i])
             .require_grad();
-        let y = nn::linear::tracked(x.clone(), w.clone(), None).unwrap();
+        let y = ft::<B, 2>(nn::linear::<B>(fp(x.clone()), fp(w.clone()), None).unwrap());
         let dy = Tensor::<B, 1>::from_floats(&seeded(22, n * o, 1.0)[..], &device).reshape([n, o]);
         let g = (y.clone() * dy.clone()).sum().backward();
         let want_dw = vals(dy.inner().transpose().matmul(x.clone().inner()));
@@ -153,6 +153,30 @@ fn medium_precision_rounds_the_activations_and_stays_close() {
             max_diff(&dw, &want_dw) < 1e-5 * scale,
             "dW must stay the f32 dyᵀ·x (o = {o}): off by {}",
             max_diff(&dw, &want_dw)
+        );
+        // burn's generic ops (`PEFT_CPU_KERNELS=0`, and other devices) round the same way; the
+        // weight's gradient is f32 too but, as under autocast, reads the rounded input.
+        let (y_gen, _, dw_gen, _) = nn::generic_ops(|| pass(trainable(), o));
+        let want_dw_gen = if o > nn::low_rank::LOW_RANK {
+            let xr =
+                Tensor::<B, 1>::from_floats(&nn::bf16::rounded(&xv)[..], &device).reshape([n, i]);
+            let dy =
+                Tensor::<B, 1>::from_floats(&seeded(22, n * o, 1.0)[..], &device).reshape([n, o]);
+            vals(dy.transpose().matmul(xr))
+        } else {
+            want_dw
+        };
+        let y_scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(
+            max_diff(&y_gen, &y) < 1e-5 * y_scale,
+            "generic ops under medium (o = {o}): off by {}",
+            max_diff(&y_gen, &y)
+        );
+        let dw_gen = dw_gen.expect("the weight trains on generic ops");
+        assert!(
+            max_diff(&dw_gen, &want_dw_gen) < 1e-5 * scale,
+            "dW on generic ops (o = {o}): off by {}",
+            max_diff(&dw_gen, &want_dw_gen)
         );
         nn::bf16::set_matmul_precision(MatmulPrecision::High);
         let (y_high, dx_high, ..) = pass(trainable(), o);

@@ -47,14 +47,19 @@ pub fn linear<B: AutodiffBackend>(
         let w = ft::<B, 2>(w);
         let medium = super::bf16::terms() == super::amx::Terms::One;
         // `matmul_precision: medium` as on the CPU kernels (`tracked`): an f32 weight whose
-        // product is GEMM-sized rounded to bf16, and the activations of every bf16 product.
+        // product is GEMM-sized rounded to bf16 — its values only: `w + (bf16(w) − w)` with
+        // the difference detached is exactly bf16(w) and passes the f32 gradient straight
+        // through, where a tracked cast would round the gradient too — and the activations of
+        // every product with a bf16 weight.
         let gemm_sized = n > SKINNY_ROWS && sw[0] > LOW_RANK && sw[1] > LOW_RANK;
-        let w = if medium && gemm_sized && w.dtype() == DType::F32 {
-            w.cast(FloatDType::BF16)
+        let round_w = medium && gemm_sized && w.dtype() == DType::F32;
+        let w = if round_w {
+            let r = super::bf16::to_f32(w.clone().detach().cast(FloatDType::BF16));
+            w.clone() + (r - w.detach())
         } else {
             w
         };
-        let x2 = if medium && w.dtype() == DType::BF16 {
+        let x2 = if medium && (round_w || w.dtype() == DType::BF16) {
             super::bf16::to_f32(x2.cast(FloatDType::BF16))
         } else {
             x2

@@ -51,8 +51,7 @@ pub fn linear<B: AutodiffBackend>(
         // the difference detached is exactly bf16(w) and passes the f32 gradient straight
         // through, where a tracked cast would round the gradient too — and the activations of
         // every product with a bf16 weight.
-        let gemm_sized = n > SKINNY_ROWS && sw[0] > LOW_RANK && sw[1] > LOW_RANK;
-        let round_w = medium && gemm_sized && w.dtype() == DType::F32;
+        let round_w = medium && gemm_sized([n, sw[0], sw[1]]) && w.dtype() == DType::F32;
         let w = if round_w {
             let r = super::bf16::to_f32(w.clone().detach().cast(FloatDType::BF16));
             w.clone() + (r - w.detach())
@@ -77,6 +76,14 @@ pub fn linear<B: AutodiffBackend>(
         *last = sw[0];
     }
     Ok(B::float_reshape(fp(y), Shape::from(out)))
+}
+
+/// Whether a product over `n` rows with a weight `[out, in]` runs on a GEMM, past the few-rows
+/// ([`SKINNY_ROWS`]) and low-rank ([`LOW_RANK`]) kernels: what `medium` rounds a trained f32
+/// weight for (the low-rank products of LoRA and the adapters keep f32; bf16 would save them
+/// nothing).
+fn gemm_sized([n, o, i]: [usize; 3]) -> bool {
+    n > SKINNY_ROWS && o > LOW_RANK && i > LOW_RANK
 }
 
 /// `gelu(x Wᵀ + b)` without gradients (a BERT intermediate layer), the activation applied
@@ -464,8 +471,7 @@ pub fn tracked<B: AutodiffBackend>(
     // Under `medium` an f32 weight whose product runs on the GEMM (past the skinny and
     // low-rank kernels, which stay f32: LoRA's and adapters' products) is rounded to bf16 for
     // this call, as autocast does; `dW` below still reads the f32 input.
-    let gemm_sized = n > SKINNY_ROWS && i > LOW_RANK && o > LOW_RANK;
-    let wv = gemm_sized
+    let wv = gemm_sized([n, o, i])
         .then(|| wv.medium_copy([o, i]))
         .flatten()
         .unwrap_or(wv);

@@ -191,6 +191,22 @@ fn pack_b(b: Bf16Mat<'_>, kp: usize, np: usize) -> Vec<u16> {
     out.par_chunks_mut(strip).enumerate().for_each(|(s, dst)| {
         let c0 = s * 16;
         let cols = b.cols.saturating_sub(c0).min(16);
+        if b.rs == 1 && b.cs != 1 {
+            // Columns contiguous (a row-major weight's `Wᵀ`, a column-major one's `W` in the
+            // backward): each column read once, in order, its pairs landing side by side —
+            // where the loop below gathers every value across columns.
+            for c in 0..cols {
+                let col = &b.data[(c0 + c) * b.cs..][..b.rows];
+                for (q, pr) in col.chunks(2).enumerate() {
+                    let kk = 2 * q;
+                    let at = (kk / KB) * 512 + ((kk % KB) / 2) * 32 + c * 2;
+                    for (d, v) in dst[at..at + pr.len()].iter_mut().zip(pr) {
+                        *d = v.to_bits();
+                    }
+                }
+            }
+            return;
+        }
         for kk in 0..b.rows {
             let (t, r, p) = (kk / KB, (kk % KB) / 2, kk % 2);
             let row = &mut dst[t * 512 + r * 32..][..32];

@@ -1,29 +1,20 @@
 use half::bf16;
 
 use super::{available, linear_vec, pack_b, round_bits, up, widen_bits, Bf16Mat, Terms, BLOCK, KB};
-use crate::nn::test_support::{assert_within, both_layouts, reference, values};
+use crate::nn::test_support::{assert_within, both_layouts, each_layout_pair, reference, values};
 
 /// The weight tiles are the same from either layout (a column-major operand takes its own
 /// column-by-column path): odd inner lengths, partial tiles and strips. Plain Rust, so it runs
 /// on any CPU.
 #[test]
 fn packing_reads_both_layouts_alike() {
-    for (i, &(k, n)) in [(1, 1), (45, 19), (64, 48), (77, 33), (384, 96)]
-        .iter()
-        .enumerate()
-    {
-        let wq: Vec<bf16> = values(40 + i as u64, k * n)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
-        let mut wt = Vec::new();
-        let [rows, cols] = both_layouts(&wq, &mut wt, k, n);
+    each_layout_pair(40, |rows, cols, k, n| {
         let (kp, np) = (up(k, KB), up(n, BLOCK));
         assert!(
             pack_b(rows, kp, np) == pack_b(cols, kp, np),
             "[{k}, {n}] packs differently by layout"
         );
-    }
+    });
 }
 
 /// The split product equals the exact product of the f32 activations and the bf16 weight to

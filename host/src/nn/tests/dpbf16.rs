@@ -1,28 +1,19 @@
 use half::bf16;
 
 use super::{available, linear_vec, linear_vec_then, pack_b, Bf16Mat, Epilogue, MC, MR, NR};
-use crate::nn::test_support::{assert_within, both_layouts, reference, values};
+use crate::nn::test_support::{assert_within, both_layouts, each_layout_pair, reference, values};
 
 /// The packed weight is the same from either layout (a column-major operand takes its own
 /// column-by-column path): odd inner lengths, partial strips. Plain Rust, so it runs on any CPU.
 #[test]
 fn packing_reads_both_layouts_alike() {
-    for (i, &(k, n)) in [(1, 1), (45, 19), (64, 48), (77, 97), (384, 96)]
-        .iter()
-        .enumerate()
-    {
-        let wq: Vec<bf16> = values(60 + i as u64, k * n)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
-        let mut wt = Vec::new();
-        let [rows, cols] = both_layouts(&wq, &mut wt, k, n);
+    each_layout_pair(60, |rows, cols, k, n| {
         let pairs = k.div_ceil(2);
         assert!(
             pack_b(rows, pairs) == pack_b(cols, pairs),
             "[{k}, {n}] packs differently by layout"
         );
-    }
+    });
 }
 
 /// The `vdpbf16ps` product equals the exact product of the activations rounded to bf16 and the

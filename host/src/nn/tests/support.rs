@@ -71,6 +71,24 @@ pub fn reference(
 
 /// The `[k, n]` weight `wq` (row-major) as a product reads it in both layouts: itself, and the
 /// transpose of an `[n, k]` buffer (`wt`, filled here) — how the backbones hold it.
+/// `check(rows, cols, k, n)` on a seeded bf16 weight `[k, n]` read row-major and column-major
+/// ([`both_layouts`]), at shapes with odd inner lengths and partial tiles and strips: what the
+/// packing tests compare.
+pub fn each_layout_pair(seed: u64, check: impl Fn(Bf16Mat<'_>, Bf16Mat<'_>, usize, usize)) {
+    for (i, &(k, n)) in [(1, 1), (45, 19), (64, 48), (77, 97), (384, 96)]
+        .iter()
+        .enumerate()
+    {
+        let wq: Vec<bf16> = values(seed + i as u64, k * n)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let mut wt = Vec::new();
+        let [rows, cols] = both_layouts(&wq, &mut wt, k, n);
+        check(rows, cols, k, n);
+    }
+}
+
 pub fn both_layouts<'a>(
     wq: &'a [bf16],
     wt: &'a mut Vec<bf16>,

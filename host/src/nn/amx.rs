@@ -258,17 +258,8 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// `out = bf16(v)` element by element: a weight rounded for its products under `medium`
-    /// (`WeightBuf::medium_copy`).
-    pub(super) fn round_slice(src: &[f32], out: &mut [bf16]) {
-        for (o, &v) in out.iter_mut().zip(src) {
-            *o = bf16::from_bits(round_bits(v));
-        }
-    }
-}
-
-simd_dispatch! {
-    /// `hi = bf16(v)` element by element (also `dpbf16`'s activation packing).
+    /// `hi = bf16(v)` element by element (also `dpbf16`'s activation packing and
+    /// `WeightBuf::medium_copy`).
     pub(super) fn round_into(src: &[f32], hi: &mut [u16]) {
         for (h, &v) in hi.iter_mut().zip(src) {
             *h = round_bits(v);

@@ -69,8 +69,6 @@ pub fn reference(
     (y, mag)
 }
 
-/// The `[k, n]` weight `wq` (row-major) as a product reads it in both layouts: itself, and the
-/// transpose of an `[n, k]` buffer (`wt`, filled here) — how the backbones hold it.
 /// `check(rows, cols, k, n)` on a seeded bf16 weight `[k, n]` read row-major and column-major
 /// ([`both_layouts`]), at shapes with odd inner lengths and partial tiles and strips: what the
 /// packing tests compare.
@@ -89,6 +87,8 @@ pub fn each_layout_pair(seed: u64, check: impl Fn(Bf16Mat<'_>, Bf16Mat<'_>, usiz
     }
 }
 
+/// The `[k, n]` weight `wq` (row-major) as a product reads it in both layouts: itself, and the
+/// transpose of an `[n, k]` buffer (`wt`, filled here) — how the backbones hold it.
 pub fn both_layouts<'a>(
     wq: &'a [bf16],
     wt: &'a mut Vec<bf16>,

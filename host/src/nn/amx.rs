@@ -27,7 +27,10 @@ use std::mem::MaybeUninit;
 use half::bf16;
 use rayon::prelude::*;
 
-use super::math::simd_dispatch;
+use super::{
+    math::simd_dispatch,
+    round::{round_bits, round_into},
+};
 
 /// A bf16 matrix `[rows, cols]` whose element `(r, c)` is `data[r * rs + c * cs]` (a weight
 /// seen in whichever layout the product needs, without a copy).
@@ -165,19 +168,6 @@ fn up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
 
-/// `x` rounded to the nearest bf16 (ties to even), as bits; NaN stays NaN. Branch-free, so the
-/// packing loops vectorise.
-#[inline(always)]
-pub(super) fn round_bits(x: f32) -> u16 {
-    let b = x.to_bits();
-    let r = ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16;
-    if (b & 0x7fff_ffff) > 0x7f80_0000 {
-        0x7fc0
-    } else {
-        r
-    }
-}
-
 #[inline(always)]
 fn widen_bits(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
@@ -253,16 +243,6 @@ simd_dispatch! {
             let top = round_bits(v);
             *h = top;
             *l = round_bits(v - widen_bits(top));
-        }
-    }
-}
-
-simd_dispatch! {
-    /// `hi = bf16(v)` element by element (also `dpbf16`'s activation packing and
-    /// `WeightBuf::medium_copy`).
-    pub(super) fn round_into(src: &[f32], hi: &mut [u16]) {
-        for (h, &v) in hi.iter_mut().zip(src) {
-            *h = round_bits(v);
         }
     }
 }

@@ -299,7 +299,7 @@ impl WeightBuf {
         let mut out = vec![bf16::ZERO; values.len()];
         out.par_chunks_mut(1 << 14)
             .zip(values.par_chunks(1 << 14))
-            .for_each(|(o, v)| super::amx::round_into(v, o.reinterpret_cast_mut()));
+            .for_each(|(o, v)| super::round::round_into(v, o.reinterpret_cast_mut()));
         Some(WeightBuf::Bf16(FlexTensor::from_data(TensorData::new(
             out,
             shape.to_vec(),

@@ -29,10 +29,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::{
-    amx::{round_into, Bf16Mat},
-    gemm::Mat,
-};
+use super::{amx::Bf16Mat, gemm::Mat, round::round_into};
 
 /// Output rows per microkernel (one activation panel).
 const MR: usize = 8;

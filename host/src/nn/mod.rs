@@ -26,6 +26,7 @@ pub mod low_rank;
 mod math;
 pub mod matmul;
 pub mod rms_norm;
+mod round;
 pub mod softmax;
 pub mod timing;
 pub mod value;

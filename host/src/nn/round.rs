@@ -1,6 +1,7 @@
-//! Rounding f32 to bf16, the one definition every bf16 path uses (AMX's and `vdpbf16ps`'s
-//! packing, attention's operands and a trained weight's copy under `medium`): to nearest, ties
-//! to even, NaN kept a NaN, subnormals rounded like any other value ([`round_bits`]); in bulk
+//! Rounding f32 to bf16 in the CPU kernels (AMX's and `vdpbf16ps`'s packing, attention's
+//! operands and a trained weight's per-call copy under `medium`): to nearest, ties to even,
+//! NaN kept a NaN, subnormals rounded like any other value ([`round_bits`], the same values
+//! as `half::bf16::from_f32` that the weights' conversion uses, NaN payloads aside); in bulk
 //! ([`round_into`]) 32 values per `vcvtne2ps2bf16` on CPUs with AVX512-BF16, the same bits.
 //!
 //! The `unsafe` is the instruction's loop (`imp::round_chunks`); [`round_chunks`] checks the

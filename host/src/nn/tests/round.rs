@@ -4,6 +4,7 @@ use super::{imp, round_bits, round_chunks, round_into};
 /// `vcvtne2ps2bf16` where the CPU has it (ties to even, values that round up to infinity,
 /// both signs), and subnormals and NaNs, whose chunks the instruction would read as zero or
 /// keep the payload of, on the exact loop from there on; lengths that leave a partial chunk.
+/// Non-NaN values also equal `half`'s rounding, which the weights' conversion uses.
 #[test]
 fn rounding_in_chunks_equals_round_bits() {
     let mut state = 0x9E37_79B9u32;
@@ -54,6 +55,9 @@ fn rounding_in_chunks_equals_round_bits() {
                 "{v:e} ({:#010x}) at length {len}",
                 v.to_bits()
             );
+            if !v.is_nan() {
+                assert_eq!(*g, half::bf16::from_f32(*v).to_bits(), "{v:e} as half's");
+            }
         }
     }
     // The instruction's path is the one taken on normal values where the CPU has it.

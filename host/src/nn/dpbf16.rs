@@ -53,6 +53,12 @@ pub fn available() -> bool {
     })
 }
 
+/// Whether the CPU has AVX-512F and AVX512-BF16 (CPUID, whatever `PEFT_DPBF16` says; callers
+/// keep the answer in a `OnceLock`): what [`available`] and `nn/round.rs`'s rounding check.
+pub(super) fn cpu_has_bf16() -> bool {
+    imp::detect()
+}
+
 /// `y = bias + bf16(x) · b` for `x` `[m, k]` (row-major f32, each value rounded to the nearest
 /// bf16 before the product), `b` `[k, n]` (bf16), `bias` `[n]` (none: zeros), `y` `[m, n]`
 /// (row-major, written whole: its prior contents are not read). Returns `false`, with nothing

@@ -39,11 +39,11 @@ simd_dispatch! {
     }
 }
 
-/// Rounds the leading whole chunks of 32 values of `src` into `dst` (equal lengths, asserted)
-/// with `vcvtne2ps2bf16` and returns how many it did (0 without AVX512-BF16). The instruction
-/// rounds to nearest even as [`round_bits`] does but reads subnormal inputs as zero and keeps
-/// a NaN's sign and payload; a chunk holding either is left to the caller's exact loop (it
-/// stops there), so the result is the same bits on every CPU.
+/// Rounds the whole chunks of 32 values of `src` into `dst` (equal lengths, asserted) with
+/// `vcvtne2ps2bf16` and returns how many values it did (0 without AVX512-BF16). The
+/// instruction rounds to nearest even as [`round_bits`] does but reads subnormal inputs as zero
+/// and keeps a NaN's sign and payload; a chunk holding either is rounded by [`round_bits`]
+/// instead, so the result is the same bits on every CPU.
 fn round_chunks(src: &[f32], dst: &mut [u16]) -> usize {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     assert_eq!(
@@ -53,7 +53,7 @@ fn round_chunks(src: &[f32], dst: &mut [u16]) -> usize {
         src.len(),
         dst.len()
     );
-    if !*ON.get_or_init(imp::detect) {
+    if !*ON.get_or_init(super::dpbf16::cpu_has_bf16) {
         return 0;
     }
     // SAFETY: the CPU has AVX-512F and AVX512-BF16 (detected just above); `src` and `dst`
@@ -66,13 +66,10 @@ fn round_chunks(src: &[f32], dst: &mut [u16]) -> usize {
 mod imp {
     use std::arch::x86_64::*;
 
-    pub(super) fn detect() -> bool {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
+    use super::round_bits;
 
-    /// Up to `chunks` chunks of 32 values of `src` rounded to bf16 into `dst`; stops before
-    /// the first chunk with a subnormal or NaN value and returns the values done.
+    /// `chunks` chunks of 32 values of `src` rounded to bf16 into `dst`, a chunk with a
+    /// subnormal or NaN value by [`round_bits`]; returns the values done.
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX512-BF16; `src` valid for reads and `dst` for writes of
@@ -97,7 +94,10 @@ mod imp {
                     | _mm512_cmpgt_epu32_mask(a, inf)
             };
             if special(lo) | special(hi) != 0 {
-                return 32 * c;
+                for i in 32 * c..32 * (c + 1) {
+                    *dst.add(i) = round_bits(*src.add(i));
+                }
+                continue;
             }
             // The second operand's values land in the low half of the result.
             let r = _mm512_cvtne2ps_pbh(hi, lo);
@@ -113,9 +113,6 @@ mod imp {
 /// Elsewhere there is no AVX512-BF16: the exact loop does every value.
 #[cfg(not(target_arch = "x86_64"))]
 mod imp {
-    pub(super) fn detect() -> bool {
-        false
-    }
     pub(super) unsafe fn round_chunks(_: *const f32, _: *mut u16, _: usize) -> usize {
         unreachable!("AVX512-BF16 is never available on this target")
     }

@@ -1,9 +1,9 @@
-use super::{imp, round_bits, round_chunks, round_into};
+use super::{round_bits, round_chunks, round_into};
 
 /// `round_into` gives `round_bits`'s bits for every kind of value: normal values on
 /// `vcvtne2ps2bf16` where the CPU has it (ties to even, values that round up to infinity,
 /// both signs), and subnormals and NaNs, whose chunks the instruction would read as zero or
-/// keep the payload of, on the exact loop from there on; lengths that leave a partial chunk.
+/// keep the payload of, on the exact rounding; lengths that leave a partial chunk.
 /// Non-NaN values also equal `half`'s rounding, which the weights' conversion uses.
 #[test]
 fn rounding_in_chunks_equals_round_bits() {
@@ -33,7 +33,7 @@ fn rounding_in_chunks_equals_round_bits() {
     vals[102] = f32::INFINITY;
     vals[103] = 0.0;
     vals[104] = -0.0;
-    // The first special value sits in the second half: the instruction rounds the first.
+    // The special values sit in the second half, among chunks the instruction rounds.
     let specials = [
         0x0000_0123,
         0x8060_0000,
@@ -60,8 +60,9 @@ fn rounding_in_chunks_equals_round_bits() {
             }
         }
     }
-    // The instruction's path is the one taken on normal values where the CPU has it.
-    let mut out = vec![0u16; 2048];
-    let done = round_chunks(&vals[..2048], &mut out);
-    assert_eq!(done, if imp::detect() { 2048 } else { 0 });
+    // The instruction's loop takes every whole chunk, special or not, where the CPU has it.
+    let mut out = vec![0u16; 4095];
+    let done = round_chunks(&vals[..4095], &mut out);
+    let has = crate::nn::dpbf16::cpu_has_bf16();
+    assert_eq!(done, if has { 4064 } else { 0 });
 }

@@ -12,6 +12,7 @@ pub(crate) mod attention_dense;
 mod attention_tracked;
 mod autodiff;
 pub mod bf16;
+pub(crate) mod cat;
 pub mod cpu;
 pub mod cross_entropy;
 pub mod dpbf16;
@@ -48,6 +49,7 @@ pub mod tracked {
     pub use super::attention_tracked::tracked_split_with as attention_split_with;
     pub use super::autodiff::enabled;
     pub use super::autodiff::{contiguous_tensor as contiguous, tracks_grad};
+    pub use super::cat::tracked as cat;
     pub use super::dropout::tracked as dropout;
     pub use super::gelu::tracked as gelu;
     pub use super::kv_site::tracked as kv_site;

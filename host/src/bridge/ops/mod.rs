@@ -227,14 +227,19 @@ pub fn exec<B: AutodiffBackend>(
                     )));
                 }
             }
-            // Strided inputs (a head split, a broadcast prefix) copied by whole rows first:
-            // burn-flex's cat would walk them element by element.
-            by_rank!(s0.len(), |D| one(fp(Tensor::cat(
-                ps.into_iter()
-                    .map(|p| crate::nn::tracked::contiguous(ft::<B, D>(p)))
-                    .collect(),
-                d
-            ))))
+            // On the CPU one tracked copy of each input into place (`nn::cat`); elsewhere
+            // strided inputs (a head split, a broadcast prefix) are copied by whole rows
+            // first: burn-flex's cat would walk them element by element.
+            by_rank!(s0.len(), |D| {
+                let xs: Vec<Tensor<B, D>> = ps.into_iter().map(ft::<B, D>).collect();
+                if let Some(y) = crate::nn::tracked::cat(&xs, d)? {
+                    return one(fp(y));
+                }
+                one(fp(Tensor::cat(
+                    xs.into_iter().map(crate::nn::tracked::contiguous).collect(),
+                    d,
+                )))
+            })
         }
         OpCode::GATHER => {
             arity(op, &inputs, 2, 2)?;

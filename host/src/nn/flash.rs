@@ -152,10 +152,42 @@ pub(crate) struct Head<'a> {
     pub bf16: bool,
 }
 
+/// Lanes of the online softmax's chunks (one AVX-512 register of f32).
+const LANES: usize = 16;
+
+/// A key block's masks padded to whole chunks: bias −∞ and kept 0 past the block's keys.
+#[derive(Default)]
+struct PadMasks {
+    bias: Vec<f32>,
+    kf: Vec<f32>,
+}
+
+impl PadMasks {
+    /// `bias` and `kf` as they are when `ld` is their length, else padded copies.
+    fn masks<'a>(
+        &'a mut self,
+        bias: &'a [f32],
+        kf: &'a [f32],
+        ld: usize,
+    ) -> (&'a [f32], &'a [f32]) {
+        if ld == bias.len() {
+            return (bias, kf);
+        }
+        self.bias.clear();
+        self.bias.extend_from_slice(bias);
+        self.bias.resize(ld, f32::NEG_INFINITY);
+        self.kf.clear();
+        self.kf.extend_from_slice(kf);
+        self.kf.resize(ld, 0.0);
+        (&self.bias, &self.kf)
+    }
+}
+
 /// Per-thread buffers, reused across heads.
 #[derive(Default)]
 pub(crate) struct Scratch {
     s: Vec<f32>,
+    pad: PadMasks,
     p: Vec<f32>,
     z: Vec<f32>,
     m: Vec<f32>,
@@ -176,7 +208,7 @@ impl Scratch {
     /// Grows the buffers to what `t` queries and `s` keys use (short sequences use less than
     /// a whole block: rayon makes one `Scratch` per piece of work it splits off).
     fn ensure(&mut self, t: usize, s: usize) {
-        let (br, bc) = (BR.min(t), BC.min(s));
+        let (br, bc) = (BR.min(t), BC.min(s).next_multiple_of(LANES));
         for b in [&mut self.s, &mut self.p, &mut self.z] {
             if b.len() < br * bc {
                 b.resize(br * bc, 0.0);
@@ -212,32 +244,39 @@ impl Head<'_> {
         self.causal.is_none_or(|off| j0 <= i0 + br - 1 + off)
     }
 
-    /// `scale · q[i0..] k[j0..]ᵀ + pos` into `x` (`br × bc`), or zeros when the batch is
-    /// uniform; causally hidden keys get `f32::MIN`.
-    fn scores(&self, x: &mut [f32], i0: usize, br: usize, j0: usize, bc: usize) {
+    /// `scale · q[i0..] k[j0..]ᵀ + pos` into `x` (`br` rows of `bc` scores, `ld` apart:
+    /// the columns past `bc` are set to 0), or zeros when the batch is uniform; causally
+    /// hidden keys get `f32::MIN`.
+    #[allow(clippy::too_many_arguments)]
+    fn scores(&self, x: &mut [f32], i0: usize, br: usize, j0: usize, bc: usize, ld: usize) {
         if self.uniform {
             x.fill(0.0);
         } else {
-            let mut sm = MatMut::dense(x, br, bc);
+            let mut sm = MatMut::new(x, 0, br, bc, ld, 1);
             let (q, k) = (self.q.sub_rows(i0, br), self.k.sub_rows(j0, bc));
             matmul(&mut sm, 0.0, q, k.t(), self.scale, Parallelism::None);
+            if ld > bc {
+                x.chunks_exact_mut(ld).for_each(|row| row[bc..].fill(0.0));
+            }
         }
-        self.score_terms(x, i0, br, j0, bc);
+        self.score_terms(x, i0, br, j0, bc, ld);
     }
 
-    /// The position bias (unless uniform) and the causal mask on a block of scaled scores.
-    fn score_terms(&self, x: &mut [f32], i0: usize, br: usize, j0: usize, bc: usize) {
+    /// The position bias (unless uniform) and the causal mask on a block of scaled scores
+    /// (rows `ld` apart).
+    #[allow(clippy::too_many_arguments)]
+    fn score_terms(&self, x: &mut [f32], i0: usize, br: usize, j0: usize, bc: usize, ld: usize) {
         if let (Some(pos), false) = (&self.pos, self.uniform) {
-            for (r, row) in x.chunks_exact_mut(bc).take(br).enumerate() {
+            for (r, row) in x.chunks_exact_mut(ld).take(br).enumerate() {
                 let p = &pos.row(i0 + r)[j0..j0 + bc];
                 row.iter_mut().zip(p).for_each(|(x, p)| *x += p);
             }
         }
         if let Some(off) = self.causal {
-            for (r, row) in x.chunks_exact_mut(bc).enumerate() {
+            for (r, row) in x.chunks_exact_mut(ld).enumerate() {
                 // Keys `j0 + c` with `c >= first` lie after what query `i0 + r` may see.
                 let first = (i0 + r + off + 1).saturating_sub(j0).min(bc);
-                row[first..].fill(f32::MIN);
+                row[first..bc].fill(f32::MIN);
             }
         }
     }
@@ -266,12 +305,18 @@ impl Head<'_> {
                 if !self.live(j0, bc) || !self.reaches(i0, br, j0) {
                     continue;
                 }
-                let x = &mut sc.s[..br * bc];
-                self.scores(x, i0, br, j0, bc);
-                let (bias, kf) = (&self.bias[j0..j0 + bc], &self.kf[j0..j0 + bc]);
+                // Rows padded to whole 16-lane chunks (the padding masked out: bias −∞, kept
+                // 0, score 0) so that the online softmax never runs a partial chunk: a block
+                // of 138 keys (a prefix's 10 before 128) took longer than one of 144.
+                let ld = bc.next_multiple_of(LANES);
+                let x = &mut sc.s[..br * ld];
+                self.scores(x, i0, br, j0, bc, ld);
+                let (bias, kf) = sc
+                    .pad
+                    .masks(&self.bias[j0..j0 + bc], &self.kf[j0..j0 + bc], ld);
                 online_block(
                     x,
-                    bc,
+                    ld,
                     bias,
                     kf,
                     &mut sc.m[..br],
@@ -281,8 +326,8 @@ impl Head<'_> {
                 if let Some((d, stream)) = &self.drop {
                     let z = &mut sc.z[..br * bc];
                     d.factors(*stream, z, bc, s, i0, j0);
-                    for (x, z) in x.iter_mut().zip(z.iter()) {
-                        *x *= z;
+                    for (x, z) in x.chunks_exact_mut(ld).zip(z.chunks_exact(bc)) {
+                        x.iter_mut().zip(z).for_each(|(x, z)| *x *= z);
                     }
                 }
                 if self.bf16 {
@@ -296,7 +341,7 @@ impl Head<'_> {
                     let alpha = &sc.alpha;
                     acc.for_each_row(|r, row| row.iter_mut().for_each(|y| *y *= alpha[r]));
                 }
-                let pm = Mat::rows(x, 0, br, bc, bc);
+                let pm = Mat::rows(x, 0, br, bc, ld);
                 let keep = if first { 0.0 } else { 1.0 };
                 first = false;
                 matmul(
@@ -352,7 +397,7 @@ impl Head<'_> {
                     dpbf16::panel_product(x, &sc.qa, lq, br, &keys, pairs, j0..j0 + bc, false);
                     x.iter_mut().for_each(|v| *v *= self.scale);
                 }
-                self.score_terms(x, i0, br, j0, bc);
+                self.score_terms(x, i0, br, j0, bc, bc);
                 let (bias, kf) = (&self.bias[j0..j0 + bc], &self.kf[j0..j0 + bc]);
                 let (m, l, alpha) = (&mut sc.m[..br], &mut sc.l[..br], &mut sc.alpha[..br]);
                 online_block(x, bc, bias, kf, m, l, alpha);
@@ -413,7 +458,7 @@ impl Head<'_> {
                 }
                 let (qb, gb) = (self.q.sub_rows(i0, br), g.sub_rows(i0, br));
                 let p = &mut sc.p[..br * bc];
-                self.scores(p, i0, br, j0, bc);
+                self.scores(p, i0, br, j0, bc, bc);
                 recompute(p, bc, &lse[i0..i0 + br], kf);
                 let z: &[f32] = match &self.drop {
                     Some((d, stream)) => {

@@ -1,8 +1,11 @@
 //! Element functions shared by the kernels, `exp` and `erf`, written branch-free so that LLVM
 //! vectorises the loops that call them, and the AVX-512 dispatch that compiles those loops wide.
 
-/// Runs `$body` compiled for AVX-512 when the CPU has it (detected once), else as built:
-/// the kernels' element loops are written branch-free so that LLVM vectorises them 16 wide.
+/// Runs `$body` compiled for AVX-512 when the CPU has it, else for AVX2 + FMA when it has
+/// that (Zen 1-3, Haswell to Comet Lake: most rented cores without AVX-512), else as built
+/// (x86-64's baseline, SSE2): the kernels' element loops are written branch-free so that LLVM
+/// vectorises them 16, 8 or 4 wide. The tier is detected once. Rust never contracts `a * b + c`
+/// into an FMA on its own and no body calls `mul_add`, so every tier gives the same bits.
 macro_rules! simd_dispatch {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$doc])*
@@ -17,16 +20,18 @@ macro_rules! simd_dispatch {
                 unsafe fn wide($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-                if *WIDE.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma"))
-                {
-                    // SAFETY: the CPU supports every feature `wide` is compiled for (all five
-                    // detected just above); `wide` is otherwise the safe `body`.
-                    return unsafe { wide($($arg),*) };
+                // Safety contract: as `wide`'s, for AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn mid($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                match $crate::nn::math::simd_tier() {
+                    // SAFETY: the CPU supports every feature `wide` is compiled for
+                    // (`simd_tier` detected all five); `wide` is otherwise the safe `body`.
+                    $crate::nn::math::SimdTier::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: as above, AVX2 and FMA detected by `simd_tier`.
+                    $crate::nn::math::SimdTier::Avx2 => return unsafe { mid($($arg),*) },
+                    $crate::nn::math::SimdTier::Baseline => {}
                 }
             }
             body($($arg),*)
@@ -34,6 +39,70 @@ macro_rules! simd_dispatch {
     };
 }
 pub(crate) use simd_dispatch;
+
+/// The widest instruction set `simd_dispatch!` compiles its loops for on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SimdTier {
+    /// AVX-512 F, DQ and VL, with AVX2 and FMA.
+    Avx512,
+    /// AVX2 and FMA.
+    Avx2,
+    /// What the binary was built for.
+    Baseline,
+}
+
+/// Detects the CPU's tier once; `PEFT_SIMD=avx2` or `baseline` caps it (to compare tiers on
+/// one machine, or to check that each gives the same result).
+pub(crate) fn simd_tier() -> SimdTier {
+    static TIER: std::sync::OnceLock<SimdTier> = std::sync::OnceLock::new();
+    let tier = *TIER.get_or_init(|| {
+        let cap = match std::env::var("PEFT_SIMD").as_deref() {
+            Ok("baseline") => SimdTier::Baseline,
+            Ok("avx2") => SimdTier::Avx2,
+            _ => SimdTier::Avx512,
+        };
+        detect().max_by_cap(cap)
+    });
+    #[cfg(test)]
+    let tier = tier.max_by_cap(test_cap::get());
+    tier
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> SimdTier {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512dq") && has!("avx512vl") && has!("avx2") && has!("fma") {
+        SimdTier::Avx512
+    } else if has!("avx2") && has!("fma") {
+        SimdTier::Avx2
+    } else {
+        SimdTier::Baseline
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> SimdTier {
+    SimdTier::Baseline
+}
+
+impl SimdTier {
+    pub(crate) fn rank(self) -> u8 {
+        match self {
+            SimdTier::Baseline => 0,
+            SimdTier::Avx2 => 1,
+            SimdTier::Avx512 => 2,
+        }
+    }
+
+    /// The narrower of the detected tier and the cap.
+    pub(crate) fn max_by_cap(self, cap: SimdTier) -> SimdTier {
+        if cap.rank() < self.rank() {
+            cap
+        } else {
+            self
+        }
+    }
+}
 
 /// SplitMix64's finaliser: a bijective mix of 64 bits (the counter-based hash both dropout
 /// kernels draw their keep decisions from; vectorises, unlike a sequential generator).
@@ -149,4 +218,30 @@ pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + r
+}
+
+/// Tests cap the tier at run time to check every tier gives the same bits; tests running
+/// beside them at the same moment see a narrower tier, which by that property changes nothing.
+#[cfg(test)]
+pub(crate) mod test_cap {
+    use super::SimdTier;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    static CAP: AtomicU8 = AtomicU8::new(2);
+
+    pub(crate) fn get() -> SimdTier {
+        match CAP.load(Ordering::Relaxed) {
+            0 => SimdTier::Baseline,
+            1 => SimdTier::Avx2,
+            _ => SimdTier::Avx512,
+        }
+    }
+
+    /// Runs `f` with the tier capped at `tier`, then lifts the cap.
+    pub(crate) fn with<R>(tier: SimdTier, f: impl FnOnce() -> R) -> R {
+        CAP.store(tier.rank(), Ordering::Relaxed);
+        let r = f();
+        CAP.store(2, Ordering::Relaxed);
+        r
+    }
 }

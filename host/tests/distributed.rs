@@ -585,8 +585,10 @@ fn sigint_on_one_rank_stops_both_and_resume_finishes() {
         assert_eq!(
             read(&format!("cut{r}.rc")).trim(),
             "130",
-            "rank {r} exits 130 after the stop:\n{}",
-            read(&format!("cut{r}.log"))
+            "rank {r} exits 130 after the stop:\n--- rank 0 ---\n{}\n--- rank 1 (exit {}) ---\n{}",
+            read("cut0.log"),
+            read("cut1.rc").trim(),
+            read("cut1.log")
         );
     }
     let progress = read_json(&run_dir(&cut).join("checkpoint/progress.json"));

@@ -204,6 +204,12 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         transfer_id: TensorTransferId,
     ) -> Option<bytes::Bytes> {
         loop {
+            // Register for the next notification *before* looking at the map: a tensor exposed
+            // between the look and the wait would otherwise wake nobody (`notify_waiters`
+            // stores no permit) and this download would wait forever.
+            let notified = self.new_tensor_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             {
                 let mut exposed_tensors = self.exposed_tensors.lock().await;
                 // take the tensor out of the hashmap while we download
@@ -220,7 +226,7 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
                 }
             }
             // No matching tensor, wait for a new one to come in.
-            self.new_tensor_notify.notified().await;
+            notified.await;
         }
     }
 

@@ -7,55 +7,32 @@
 //! Two interleaved rounds, median of 7 runs each.
 //! `cargo run --release -p peft-host --example attention_curve` (`-- layer 512`: only that layer,
 //! for `perf record`).
+#[path = "support/attention.rs"]
+#[allow(dead_code)]
+mod attention;
 #[path = "support/timing.rs"]
 #[allow(dead_code)]
 mod timing;
 
+use attention::wave;
 use peft_host::nn::{
-    attention_with,
     gemm::{matmul, Mat, MatMut, Parallelism},
-    KvLayout, ScoreTerms,
+    ScoreTerms,
 };
 
 const HEADS: usize = 12;
 const DH: usize = 32;
 const H: usize = HEADS * DH;
 
-fn val(n: usize, m: f32) -> Vec<f32> {
-    (0..n).map(|i| (i as f32 * 0.37 + m).sin()).collect()
-}
-
 /// One layer's attention over `4096 / t` sequences of `t` tokens, all cores.
 fn layer(t: usize) -> (f64, f64) {
-    let b = 4096 / t;
-    let (q, k, v) = (
-        val(b * t * H, 0.1),
-        val(b * t * H, 0.7),
-        val(b * t * H, 1.9),
-    );
-    let keep = vec![true; b * t];
-    let scale = 1.0 / (DH as f32).sqrt();
-    let s = timing::median_s(|| {
-        let out = attention_with(
-            &q,
-            &k,
-            &v,
-            &keep,
-            [b, t, t],
-            HEADS,
-            scale,
-            KvLayout::Time,
-            ScoreTerms::default(),
-        );
-        std::hint::black_box(out.unwrap());
-    });
-    (s, 4.0 * (b * HEADS * t * t * DH) as f64)
+    attention::layer_s(4096 / t, t, HEADS, DH, ScoreTerms::default())
 }
 
 /// The scores product `q[br, 32] · k[bc, 32]ᵀ` and the context product `p[br, bc] · v[bc, 32]`
 /// of one block, one core, in GFLOP/s.
 fn block_products(br: usize, bc: usize) -> (f64, f64) {
-    let (q, k, v) = (val(br * H, 0.1), val(bc * H, 0.7), val(bc * H, 1.9));
+    let (q, k, v) = (wave(br * H, 0.1), wave(bc * H, 0.7), wave(bc * H, 1.9));
     let mut s = vec![0.0f32; br * bc];
     let mut o = vec![0.0f32; br * DH];
     let flop = 2.0 * (br * bc * DH) as f64;
@@ -92,28 +69,17 @@ fn block_products(br: usize, bc: usize) -> (f64, f64) {
     (flop / t_s / 1e9, flop / t_o / 1e9)
 }
 
-/// `[512, 384] · [384, 1536]` on one core, in GFLOP/s.
+/// `[512, 384] · [384, 1536]` on one core (bench's GEMM rate in a one-thread pool), in GFLOP/s.
 fn big_gemm() -> f64 {
-    let (m, k, n) = (512, 384, 1536);
-    let (a, b) = (val(m * k, 0.3), val(k * n, 0.9));
-    let mut c = vec![0.0f32; m * n];
-    let s = timing::median_s(|| {
-        let mut d = MatMut::dense(&mut c, m, n);
-        matmul(
-            &mut d,
-            0.0,
-            Mat::rows(&a, 0, m, k, k),
-            Mat::rows(&b, 0, k, n, n),
-            1.0,
-            Parallelism::None,
-        );
-        std::hint::black_box(&c);
-    });
-    2.0 * (m * k * n) as f64 / s / 1e9
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread pool")
+        .install(|| peft_host::bench::gemm_rate(512, 384, 1536, 7))
 }
 
 fn main() {
-    // `layer T`: only the layer at sequence T, 20 times (for a sampling profiler).
+    // `layer T`: only the layer at sequence T, three times (for a sampling profiler).
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [what, t] = args.as_slice() {
         assert_eq!(what, "layer", "usage: attention_curve [layer T]");

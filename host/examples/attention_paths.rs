@@ -5,11 +5,14 @@
 //! Heads narrower than `nn::attention::BF16_MIN_DH` keep f32 attention under `bf16` too (the
 //! MiniLM line then times f32 twice; its doc gives what the bf16 path measured there).
 //! `cargo run --release -p peft-host --example attention_paths` (`RAYON_NUM_THREADS=1`: one core).
+#[path = "support/attention.rs"]
+#[allow(dead_code)]
+mod attention;
 #[path = "support/timing.rs"]
 #[allow(dead_code)]
 mod timing;
 
-use peft_host::nn::{attention_with, dpbf16, KvLayout, ScoreTerms};
+use peft_host::nn::{dpbf16, ScoreTerms};
 
 fn main() {
     println!("dpbf16 available: {}", dpbf16::available());
@@ -17,17 +20,6 @@ fn main() {
     let only = std::env::args().nth(1);
     for round in 0..2 {
         for (name, b, t, heads, dh) in [("MiniLM", 32, 128, 12, 32), ("t5-small", 8, 128, 8, 64)] {
-            let h = heads * dh;
-            let val = |n: usize, m: f32| -> Vec<f32> {
-                (0..n).map(|i| (i as f32 * 0.37 + m).sin()).collect()
-            };
-            let (q, k, v) = (
-                val(b * t * h, 0.1),
-                val(b * t * h, 0.7),
-                val(b * t * h, 1.9),
-            );
-            let keep = vec![true; b * t];
-            let flop = 4.0 * (b * heads * t * t * dh) as f64;
             let mut line = format!("round {round} {name}:");
             for bf16 in [false, true] {
                 if only
@@ -36,25 +28,11 @@ fn main() {
                 {
                     continue;
                 }
-                let s = timing::median_s(|| {
-                    let terms = ScoreTerms {
-                        bf16,
-                        ..Default::default()
-                    };
-                    let scale = 1.0 / (dh as f32).sqrt();
-                    let out = attention_with(
-                        &q,
-                        &k,
-                        &v,
-                        &keep,
-                        [b, t, t],
-                        heads,
-                        scale,
-                        KvLayout::Time,
-                        terms,
-                    );
-                    std::hint::black_box(out.unwrap());
-                });
+                let terms = ScoreTerms {
+                    bf16,
+                    ..Default::default()
+                };
+                let (s, flop) = attention::layer_s(b, t, heads, dh, terms);
                 let tag = if bf16 { "bf16" } else { "f32" };
                 line += &format!(" {tag} {:.2} ms ({:.0} GFLOP/s)", s * 1e3, flop / s / 1e9);
             }

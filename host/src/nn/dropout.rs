@@ -1,7 +1,7 @@
 //! Inverted dropout (`x · mask / (1 - p)`) with its mask drawn from a seed by a counter-based
-//! hash of each element's index (SplitMix64's finaliser, as the attention kernel draws its
-//! probability dropout): burn's draws a float per element through ChaCha, and a sequential
-//! generator cannot be vectorised.
+//! hash of each element's index (two keyed rounds of a 32-bit finaliser, [`draw`], as the
+//! attention kernel draws its probability dropout): burn's draws a float per element through
+//! ChaCha, and a sequential generator cannot be vectorised.
 use std::sync::Arc;
 
 use burn::{
@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::{
     autodiff::{ad, into_b, record, Backward, Buf, Checkpointer, FlexTensor, Gradients, Ops},
-    math::{mix, simd_dispatch},
+    math::{draw, draw_runs, mix, simd_dispatch},
 };
 
 /// Elements per parallel task.
@@ -24,22 +24,19 @@ fn stream(seed: u64) -> u64 {
     mix(seed ^ 0x5851_F42D_4C95_7F2D)
 }
 
-/// Whether element `index` is kept under `(stream, threshold)`: its hash's top 32 bits clear
-/// `threshold = p · 2³²`.
-#[inline(always)]
-fn keep(stream: u64, index: u64, threshold: u32) -> bool {
-    (mix(stream.wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15))) >> 32) as u32 >= threshold
-}
-
 simd_dispatch! {
     /// Dropout of one chunk whose first element is `first`: `out` the scaled kept values,
     /// `kept` the decisions (what the backward applies).
     fn apply_chunk(out: &mut [f32], kept: &mut [bool], x: &[f32], first: u64, stream: u64, threshold: u32, inv: f32) {
-        for (j, ((o, k), &x)) in out.iter_mut().zip(kept.iter_mut()).zip(x).enumerate() {
-            let kj = keep(stream, first + j as u64, threshold);
-            *k = kj;
-            *o = if kj { x * inv } else { 0.0 };
-        }
+        draw_runs(stream, first, out.len(), |at, n, keys, lo| {
+            let (out, kept, x) = (&mut out[at..at + n], &mut kept[at..at + n], &x[at..at + n]);
+            for (j, ((o, k), &x)) in out.iter_mut().zip(kept.iter_mut()).zip(x).enumerate() {
+                // Kept when the draw clears `threshold = p · 2³²`.
+                let kj = draw(keys, lo.wrapping_add(j as u32)) >= threshold;
+                *k = kj;
+                *o = if kj { x * inv } else { 0.0 };
+            }
+        });
     }
 }
 
@@ -74,9 +71,12 @@ impl Mask {
 simd_dispatch! {
     /// [`Mask::apply`] on one run of elements.
     fn mask_chunk(out: &mut [f32], x: &[f32], first: u64, stream: u64, threshold: u32, inv: f32) {
-        for (j, (o, &x)) in out.iter_mut().zip(x).enumerate() {
-            *o = if keep(stream, first + j as u64, threshold) { x * inv } else { 0.0 };
-        }
+        draw_runs(stream, first, out.len(), |at, n, keys, lo| {
+            let (out, x) = (&mut out[at..at + n], &x[at..at + n]);
+            for (j, (o, &x)) in out.iter_mut().zip(x).enumerate() {
+                *o = if draw(keys, lo.wrapping_add(j as u32)) >= threshold { x * inv } else { 0.0 };
+            }
+        });
     }
 }
 

@@ -9,7 +9,7 @@
 use super::{
     dpbf16,
     gemm::{matmul, Mat, MatMut, Parallelism},
-    math::{dot, exp, max_plus, mix, simd_dispatch, sum},
+    math::{dot, draw, draw_runs, exp, max_plus, mix, simd_dispatch, sum},
 };
 
 /// Query rows per block.
@@ -61,11 +61,12 @@ simd_dispatch! {
     /// `first` is the index of element (0, 0) in `[t, s]`.
     fn fill_factors(z: &mut [f32], cols: usize, s: usize, first: usize, stream: u64, d: Dropout) {
         for (r, row) in z.chunks_exact_mut(cols).enumerate() {
-            let base = (first + r * s) as u64;
-            for (c, x) in row.iter_mut().enumerate() {
-                let h = mix(stream.wrapping_add((base + c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-                *x = if (h >> 32) as u32 >= d.threshold { d.inv_keep } else { 0.0 };
-            }
+            draw_runs(stream, (first + r * s) as u64, cols, |at, n, keys, lo| {
+                for (c, x) in row[at..at + n].iter_mut().enumerate() {
+                    let h = draw(keys, lo.wrapping_add(c as u32));
+                    *x = if h >= d.threshold { d.inv_keep } else { 0.0 };
+                }
+            });
         }
     }
 }
